@@ -1,0 +1,30 @@
+//! The body type used on both sides of the proxy.
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+
+/// Errors a body stream may yield.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A streaming or complete body.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// A complete body.
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+/// An empty body.
+pub fn empty() -> ProxyBody {
+    full(Bytes::new())
+}
+
+/// Box any body.
+pub fn boxed<B>(body: B) -> ProxyBody
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed()
+}

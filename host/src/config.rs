@@ -1,0 +1,356 @@
+//! The `gateway.toml` schema, in one place.
+//!
+//! Every struct denies unknown fields, so a typo is an error with a line
+//! number rather than a silently ignored setting. Values that are checked
+//! against each other (a route's upstream, a chain's plugins) keep their
+//! source span so the error can point at them. README's "Configuration
+//! reference" documents every key; keep the two in step.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+/// A whole `gateway.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Listeners and server-wide settings.
+    pub server: ServerConfig,
+    /// Plugin runtime settings (read at start; a reload keeps the old ones).
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// Named upstream services.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Spanned<UpstreamConfig>>,
+    /// Named plugin instances.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, Spanned<PluginConfig>>,
+    /// Routes, matched in order: the first match wins.
+    #[serde(default)]
+    pub routes: Vec<Spanned<RouteConfig>>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the proxy listener (HTTP/1.1 and h2c).
+    pub listen: SocketAddr,
+    /// Address of the admin listener (`/healthz`, `/metrics`, `/admin/*`); none if absent.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
+    /// Folder of `.wasm` modules, relative to the config file.
+    #[serde(default = "defaults::plugins_dir")]
+    pub plugins_dir: PathBuf,
+    /// Reload when the config file or a module changes.
+    #[serde(default = "defaults::yes")]
+    pub watch: bool,
+    /// Time allowed for a client to send a complete request head.
+    #[serde(default = "defaults::header_read_timeout", deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// On shutdown, how long in-flight requests may take to finish.
+    #[serde(default = "defaults::drain_timeout", deserialize_with = "duration")]
+    pub drain_timeout: Duration,
+    /// Largest body buffered for a plugin body phase (413/502 beyond).
+    #[serde(default = "defaults::max_buffered_body", deserialize_with = "byte_size")]
+    pub max_buffered_body: u64,
+}
+
+/// `[runtime]`: the plugin engine. Sizes the pooling allocator, so it is
+/// read once at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Most plugin instances alive at once, over all plugins (pool slots).
+    #[serde(default = "defaults::max_instances")]
+    pub max_instances: u32,
+    /// Largest memory limit a plugin may be given.
+    #[serde(default = "defaults::max_memory", deserialize_with = "byte_size")]
+    pub max_memory: u64,
+    /// Idle instances kept per plugin for reuse.
+    #[serde(default = "defaults::max_idle_per_plugin")]
+    pub max_idle_per_plugin: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            max_instances: defaults::max_instances(),
+            max_memory: defaults::max_memory(),
+            max_idle_per_plugin: defaults::max_idle_per_plugin(),
+        }
+    }
+}
+
+/// `[upstreams.NAME]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `host:port` targets, used round robin.
+    pub targets: Vec<Spanned<String>>,
+    /// Time allowed to establish a connection (502 beyond).
+    #[serde(default = "defaults::connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Time allowed for the response head to arrive (504 beyond).
+    #[serde(default = "defaults::upstream_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+/// `[plugins.NAME]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// File name of the module in `plugins_dir`.
+    pub module: Spanned<String>,
+    /// Handed to the plugin's `init` as JSON.
+    #[serde(default)]
+    pub config: Option<Spanned<toml::Table>>,
+    /// What a trap or deadline does to the request.
+    #[serde(default)]
+    pub failure: FailurePolicy,
+    /// Memory and CPU limits.
+    #[serde(default)]
+    pub limits: PluginLimits,
+    /// Instance reuse.
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// If set, the module's sha256 (hex) must match.
+    #[serde(default)]
+    pub sha256: Option<Spanned<String>>,
+}
+
+/// `failure = "closed" | "open"`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailurePolicy {
+    /// A trap answers 500, a deadline 504.
+    #[default]
+    Closed,
+    /// A trap or deadline skips the plugin; the request goes on.
+    Open,
+}
+
+/// `isolation = "pool" | "request"`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Initialised instances are reused, one request at a time.
+    #[default]
+    Pool,
+    /// Every request gets a fresh instance (for plugins handling secrets).
+    Request,
+}
+
+/// `limits = { memory = "16MiB", deadline = "50ms" }`
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginLimits {
+    /// Linear memory limit per instance.
+    #[serde(default = "defaults::plugin_memory", deserialize_with = "byte_size")]
+    pub memory: u64,
+    /// CPU deadline per phase call.
+    #[serde(default = "defaults::plugin_deadline", deserialize_with = "duration")]
+    pub deadline: Duration,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        Self { memory: defaults::plugin_memory(), deadline: defaults::plugin_deadline() }
+    }
+}
+
+/// `[[routes]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Name used in metrics, logs and the plugins' request head.
+    pub name: String,
+    /// Host to match (port ignored, case-insensitive); `*.example.com`
+    /// matches any subdomain. Any host if absent.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Exact path, or a pattern with `{param}` segments and a final `{*rest}`.
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
+    /// Path prefix, matched on segment boundaries (`/users` matches
+    /// `/users` and `/users/7`, not `/usersx`).
+    #[serde(default)]
+    pub path_prefix: Option<Spanned<String>>,
+    /// Methods to match; any if absent.
+    #[serde(default)]
+    pub methods: Option<Spanned<Vec<String>>>,
+    /// The upstream to forward to.
+    pub upstream: Spanned<String>,
+    /// Plugins to run, in order.
+    #[serde(default)]
+    pub chain: Vec<Spanned<String>>,
+}
+
+mod defaults {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    pub(super) fn plugins_dir() -> PathBuf {
+        PathBuf::from("plugins")
+    }
+    pub(super) fn yes() -> bool {
+        true
+    }
+    pub(super) fn header_read_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub(super) fn drain_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub(super) fn max_buffered_body() -> u64 {
+        1 << 20
+    }
+    pub(super) fn max_instances() -> u32 {
+        1000
+    }
+    pub(super) fn max_memory() -> u64 {
+        256 << 20
+    }
+    pub(super) fn max_idle_per_plugin() -> usize {
+        64
+    }
+    pub(super) fn connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub(super) fn upstream_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub(super) fn plugin_memory() -> u64 {
+        32 << 20
+    }
+    pub(super) fn plugin_deadline() -> Duration {
+        Duration::from_millis(100)
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+}
+
+fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_byte_size(&s).ok_or_else(|| {
+        serde::de::Error::custom(format!("invalid size {s:?}: expected e.g. \"512KiB\", \"16MiB\", \"1GiB\""))
+    })
+}
+
+/// `"16MiB"` → 16777216. Units: B, KB, KiB, MB, MiB, GB, GiB.
+pub fn parse_byte_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1000,
+        "KiB" => 1 << 10,
+        "MB" => 1000 * 1000,
+        "MiB" => 1 << 20,
+        "GB" => 1000 * 1000 * 1000,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// A problem in the configuration or a plugin, located in a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    /// The file at fault (config or module).
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.file.display(), line, self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// Every problem found while loading; a configuration is all or nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadErrors(pub Vec<LoadError>);
+
+impl fmt::Display for LoadErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadErrors {}
+
+/// The source text of a config file, to turn spans into line numbers.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Path of the file as given.
+    pub path: PathBuf,
+    text: String,
+}
+
+impl Source {
+    /// Read a config file.
+    pub fn read(path: &Path) -> Result<Self, LoadErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            LoadErrors(vec![LoadError { file: path.to_owned(), line: None, message: format!("cannot read: {e}") }])
+        })?;
+        Ok(Self { path: path.to_owned(), text })
+    }
+
+    /// A source from text (tests, fuzzing).
+    pub fn from_text(path: impl Into<PathBuf>, text: impl Into<String>) -> Self {
+        Self { path: path.into(), text: text.into() }
+    }
+
+    /// The 1-based line of a byte offset.
+    pub fn line_of(&self, offset: usize) -> usize {
+        self.text.as_bytes()[..offset.min(self.text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+    }
+
+    /// An error located at `span`.
+    pub fn error(&self, span: Range<usize>, message: impl Into<String>) -> LoadError {
+        LoadError { file: self.path.clone(), line: Some(self.line_of(span.start)), message: message.into() }
+    }
+
+    /// Parse the text; syntax and schema errors carry their line.
+    pub fn parse(&self) -> Result<GatewayConfig, LoadErrors> {
+        toml::from_str(&self.text).map_err(|e| {
+            let line = e.span().map(|s| self.line_of(s.start));
+            LoadErrors(vec![LoadError { file: self.path.clone(), line, message: e.message().trim_end().to_owned() }])
+        })
+    }
+
+    /// The directory relative paths in the file are resolved against.
+    pub fn base_dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

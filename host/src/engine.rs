@@ -1,0 +1,162 @@
+//! Every wasmtime policy decision, in one commented module.
+//!
+//! * One [`Engine`] per gateway process, shared by every snapshot, so a
+//!   module compiled for one snapshot can be reused by the next.
+//! * **Pooling allocator**: instance slots (memories, tables, fiber stacks)
+//!   are reserved once at start and recycled, and linear memories are
+//!   initialised copy-on-write from the module's image. Creating an instance
+//!   is then a few microseconds, which is what makes both the instance pool
+//!   and `isolation = "request"` cheap. `[runtime] max_instances` sizes it.
+//! * **CPU deadline by epoch interruption**: a dedicated OS thread bumps the
+//!   engine epoch every [`EPOCH_TICK`]; each plugin call sets its deadline in
+//!   ticks and traps with `Trap::Interrupt` when it passes. The ticker is a
+//!   thread, not a tokio task, on purpose: with one runtime worker a task
+//!   could never run while that worker is stuck in a guest loop.
+//! * **Memory limit** per instance through [`StoreLimits`]: `memory.grow`
+//!   beyond the plugin's `limits.memory` fails (the guest sees an allocation
+//!   failure, which for Rust is an abort, i.e. a trap).
+//! * **Stack**: wasm stack capped at [`MAX_WASM_STACK`] so runaway recursion
+//!   traps cleanly long before the fiber stack is exhausted.
+//! * **Async**: guest calls run on fibers (`call_async`), so host imports
+//!   that do I/O await without blocking a runtime thread.
+//! * **WASI grants nothing**: see [`sandbox_wasi`].
+
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, StoreLimits, StoreLimitsBuilder,
+};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
+
+use crate::config::RuntimeConfig;
+
+/// Granularity of plugin deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Deepest wasm stack a plugin may use.
+pub const MAX_WASM_STACK: usize = 512 << 10;
+
+/// Core instances, memories and tables one plugin component may contain.
+/// A Rust `wasm32-wasip2` component has one memory and a handful of core
+/// instances (the module plus small shims); these leave ample room.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+const MEMORIES_PER_COMPONENT: u32 = 2;
+const TABLES_PER_COMPONENT: u32 = 8;
+
+/// Deadline used while an instance runs its `init` (config parsing can be
+/// heavier than a request phase, e.g. PEM keys).
+pub fn init_deadline(call_deadline: Duration) -> Duration {
+    (call_deadline * 10).max(Duration::from_secs(1))
+}
+
+/// The engine and the ticker that drives its deadlines.
+pub struct PluginEngine {
+    engine: Engine,
+    max_memory: u64,
+}
+
+impl PluginEngine {
+    /// Build the engine from `[runtime]` and start the epoch ticker.
+    pub fn new(rt: &RuntimeConfig) -> wasmtime::Result<Arc<Self>> {
+        let mut pool = PoolingAllocationConfig::default();
+        let n = rt.max_instances.max(1);
+        pool.total_component_instances(n)
+            .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+            .total_memories(n.saturating_mul(MEMORIES_PER_COMPONENT))
+            .total_tables(n.saturating_mul(TABLES_PER_COMPONENT))
+            // One fiber stack per instance in a call at once.
+            .total_stacks(n)
+            .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+            .max_memories_per_component(MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(TABLES_PER_COMPONENT)
+            // The slot size caps what any plugin's `limits.memory` can be.
+            .max_memory_size(rt.max_memory as usize);
+
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .cranelift_opt_level(OptLevel::Speed)
+            .max_wasm_stack(MAX_WASM_STACK)
+            .memory_init_cow(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+
+        let engine = Engine::new(&config)?;
+        spawn_ticker(&engine);
+        Ok(Arc::new(Self { engine, max_memory: rt.max_memory }))
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Largest `limits.memory` a plugin may ask for.
+    pub fn max_memory(&self) -> u64 {
+        self.max_memory
+    }
+
+    /// Compile a component. CPU-heavy: call from a blocking thread.
+    pub fn compile(&self, bytes: &[u8]) -> wasmtime::Result<Component> {
+        Component::new(&self.engine, bytes)
+    }
+
+    /// A linker with the sandboxed WASI and the weir host imports.
+    pub(crate) fn linker(&self) -> wasmtime::Result<Linker<crate::plugin::StoreData>> {
+        let mut linker = Linker::new(&self.engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        crate::plugin::add_host_to_linker(&mut linker)?;
+        Ok(linker)
+    }
+
+    /// Ticks for a deadline, rounded up, at least one.
+    pub fn deadline_ticks(deadline: Duration) -> u64 {
+        (deadline.as_micros().div_ceil(EPOCH_TICK.as_micros())).max(1) as u64
+    }
+}
+
+/// Drive epochs until the engine is dropped.
+fn spawn_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = thread::Builder::new().name("weir-epoch".into()).spawn(move || {
+        while let Some(engine) = weak.upgrade() {
+            engine.increment_epoch();
+            drop(engine);
+            thread::sleep(EPOCH_TICK);
+        }
+    });
+    if let Err(e) = spawned {
+        // Without a ticker deadlines never fire: refuse to run half-safe.
+        panic!("cannot start the epoch ticker thread: {e}");
+    }
+}
+
+/// Per-instance resource limits.
+pub fn store_limits(memory: u64) -> StoreLimits {
+    StoreLimitsBuilder::new()
+        .memory_size(memory as usize)
+        .memories(MEMORIES_PER_COMPONENT as usize)
+        .tables(TABLES_PER_COMPONENT as usize)
+        .instances(CORE_INSTANCES_PER_COMPONENT as usize)
+        // A refused `memory.grow` returns -1 to the guest (its allocator
+        // decides); a refused table growth likewise.
+        .trap_on_grow_failure(false)
+        .build()
+}
+
+/// The WASI context a plugin gets: nothing. No preopened directories, no
+/// environment, no arguments, stdin closed, stdout/stderr discarded, no TCP,
+/// no UDP, no name lookups, every socket address denied. Clocks and random
+/// numbers are left working: Rust's std needs them and they reveal nothing
+/// a plugin could not get from the host clock import.
+pub fn sandbox_wasi() -> WasiCtx {
+    WasiCtxBuilder::new()
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .socket_addr_check(|_, _| Box::pin(async { false }))
+        .build()
+}

@@ -1,0 +1,97 @@
+//! Typed errors of the request path. Each knows who caused it (client,
+//! plugin, upstream, gateway) and the status it becomes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+
+use crate::plugin::PluginFailure;
+
+/// Why a request was answered by the gateway instead of the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matches host and path.
+    #[error("no route matches this request")]
+    NoRoute,
+    /// A route matches host and path, but not the method.
+    #[error("method not allowed")]
+    MethodNotAllowed(Vec<Method>),
+    /// A body a plugin asked to buffer is larger than allowed.
+    #[error("request body exceeds {0} bytes")]
+    RequestBodyTooLarge(u64),
+    /// The client's body could not be read.
+    #[error("cannot read request body: {0}")]
+    RequestBody(String),
+    /// A plugin failed and its policy is `failure = "closed"`.
+    #[error("plugin `{plugin}`: {failure}")]
+    Plugin {
+        /// Plugin instance name.
+        plugin: Arc<str>,
+        /// What went wrong.
+        failure: PluginFailure,
+    },
+    /// The upstream could not be connected to.
+    #[error("cannot connect to upstream `{upstream}`: {detail}")]
+    UpstreamConnect {
+        /// Upstream name.
+        upstream: Arc<str>,
+        /// Cause.
+        detail: String,
+    },
+    /// The upstream did not answer in time.
+    #[error("upstream `{upstream}` did not answer within {timeout:?}")]
+    UpstreamTimeout {
+        /// Upstream name.
+        upstream: Arc<str>,
+        /// The configured timeout.
+        timeout: Duration,
+    },
+    /// The upstream failed otherwise.
+    #[error("upstream `{upstream}` failed: {detail}")]
+    Upstream {
+        /// Upstream name.
+        upstream: Arc<str>,
+        /// Cause.
+        detail: String,
+    },
+    /// A response body a plugin asked to buffer is larger than allowed.
+    #[error("upstream response body exceeds {0} bytes")]
+    ResponseBodyTooLarge(u64),
+}
+
+impl ProxyError {
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::RequestBodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::RequestBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Plugin { failure, .. } => match failure {
+                PluginFailure::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
+                PluginFailure::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                PluginFailure::Trap(_) | PluginFailure::InvalidOutput(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            ProxyError::UpstreamConnect { .. } | ProxyError::Upstream { .. } | ProxyError::ResponseBodyTooLarge(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Who caused it, for logs and the error body.
+    pub fn source_kind(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute
+            | ProxyError::MethodNotAllowed(_)
+            | ProxyError::RequestBodyTooLarge(_)
+            | ProxyError::RequestBody(_) => "client",
+            ProxyError::Plugin { .. } => "plugin",
+            ProxyError::UpstreamConnect { .. }
+            | ProxyError::UpstreamTimeout { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::ResponseBodyTooLarge(_) => "upstream",
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Header rules at the proxy boundary: hop-by-hop headers (RFC 9110 §7.6.1),
+//! forwarding headers, request ids, and what plugins may not touch.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::plugin::Header;
+
+/// Headers that describe one connection and are never forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+/// Most headers a plugin may return in one list.
+pub const MAX_PLUGIN_HEADERS: usize = 256;
+/// Largest total size of a header list a plugin may return.
+pub const MAX_PLUGIN_HEADER_BYTES: usize = 64 * 1024;
+
+/// Remove hop-by-hop headers, including those named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Headers whose value the gateway owns: framing and hop-by-hop. Plugins'
+/// values for them are ignored.
+pub fn is_gateway_owned(name: &str) -> bool {
+    name == "content-length" || HOP_BY_HOP.contains(&name)
+}
+
+/// A header map as the WIT header list.
+pub fn to_wit(headers: &HeaderMap) -> Vec<Header> {
+    headers.iter().map(|(n, v)| Header { name: n.as_str().to_owned(), value: v.as_bytes().to_vec() }).collect()
+}
+
+/// Validate a header list from a plugin and build a map from it, skipping
+/// gateway-owned headers. Any invalid name or value rejects the whole list.
+pub fn from_plugin(list: Vec<Header>) -> Result<HeaderMap, String> {
+    if list.len() > MAX_PLUGIN_HEADERS {
+        return Err(format!("{} headers returned, at most {MAX_PLUGIN_HEADERS} allowed", list.len()));
+    }
+    let total: usize = list.iter().map(|h| h.name.len() + h.value.len()).sum();
+    if total > MAX_PLUGIN_HEADER_BYTES {
+        return Err(format!("headers total {total} bytes, at most {MAX_PLUGIN_HEADER_BYTES} allowed"));
+    }
+    let mut map = HeaderMap::with_capacity(list.len());
+    for h in list {
+        let name =
+            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| format!("invalid header name {:?}", h.name))?;
+        let value = HeaderValue::from_bytes(&h.value)
+            .map_err(|_| format!("invalid value for header {:?}: {:?}", h.name, String::from_utf8_lossy(&h.value)))?;
+        if is_gateway_owned(name.as_str()) {
+            continue;
+        }
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// Replace `headers` with a plugin's list, keeping the gateway-owned ones.
+pub fn replace_from_plugin(headers: &mut HeaderMap, list: Vec<Header>) -> Result<(), String> {
+    let mut new = from_plugin(list)?;
+    for name in ["content-length", "transfer-encoding"] {
+        for v in headers.get_all(name) {
+            new.append(HeaderName::from_static(name), v.clone());
+        }
+    }
+    *headers = new;
+    Ok(())
+}
+
+/// Add `X-Forwarded-For`/`-Proto`/`-Host` and `Forwarded` for the hop from
+/// `client` to us.
+pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: &str) {
+    let ip = client.to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+        _ => ip.clone(),
+    };
+    if let Ok(v) = HeaderValue::try_from(xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if !headers.contains_key("x-forwarded-host")
+        && let Ok(v) = HeaderValue::try_from(host)
+    {
+        headers.insert("x-forwarded-host", v);
+    }
+    let node = if client.is_ipv6() { format!("\"[{ip}]\"") } else { ip };
+    let mut elem = format!("for={node};proto=http");
+    if !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b';' && b != b',') {
+        elem.push_str(";host=");
+        elem.push_str(host);
+    }
+    if let Ok(v) = HeaderValue::try_from(elem) {
+        headers.append(header::FORWARDED, v);
+    }
+}
+
+/// The request id: the client's `x-request-id` if it is sane, else a new one.
+pub fn request_id(headers: &HeaderMap) -> String {
+    if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
+        && !v.is_empty()
+        && v.len() <= 128
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return v.to_owned();
+    }
+    format!("{:032x}", fastrand::u128(..))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_listed() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn plugin_headers_are_validated_and_framing_kept() {
+        let hdr = |n: &str, v: &[u8]| Header { name: n.into(), value: v.to_vec() };
+        assert!(from_plugin(vec![hdr("bad name", b"x")]).is_err());
+        assert!(from_plugin(vec![hdr("x", b"a\r\nb")]).is_err());
+        assert!(from_plugin(vec![hdr("x", b"a\0")]).is_err());
+        assert!(from_plugin((0..300).map(|i| hdr(&format!("h{i}"), b"v")).collect()).is_err());
+
+        let mut h = HeaderMap::new();
+        h.insert("content-length", HeaderValue::from_static("5"));
+        replace_from_plugin(
+            &mut h,
+            vec![hdr("content-length", b"999"), hdr("transfer-encoding", b"chunked"), hdr("x-a", b"1")],
+        )
+        .expect("valid");
+        assert_eq!(h["content-length"], "5");
+        assert!(!h.contains_key("transfer-encoding"));
+        assert_eq!(h["x-a"], "1");
+    }
+
+    #[test]
+    fn forwarding_headers_append() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        add_forwarding(&mut h, "::1".parse().expect("ip"), "api.example.com");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, ::1");
+        assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http;host=api.example.com");
+        assert_eq!(h["x-forwarded-host"], "api.example.com");
+    }
+
+    #[test]
+    fn request_ids() {
+        let mut h = HeaderMap::new();
+        let generated = request_id(&h);
+        assert_eq!(generated.len(), 32);
+        assert_ne!(generated, request_id(&h));
+        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert("x-request-id", HeaderValue::from_static("has space"));
+        assert_ne!(request_id(&h), "has space");
+    }
+}

@@ -1,0 +1,168 @@
+//! # weir — a WebAssembly plugin-host API gateway
+//!
+//! `weir` is a reverse proxy whose routes run ordered chains of sandboxed
+//! Wasm plugins (components built against `wit/plugin.wit`, usually with the
+//! `weir-plugin-sdk` crate). Configuration and modules reload live: a new
+//! snapshot is built whole off the request path and published atomically.
+//!
+//! Where things live, following the request:
+//!
+//! | room | module |
+//! |------|--------|
+//! | accept, HTTP/1.1 + h2c, drain | [`server`] |
+//! | route matching | [`router`] |
+//! | the request path (chains, upstream, reply) | [`proxy`] |
+//! | header rules (hop-by-hop, forwarding) | [`forwarding`] |
+//! | upstream targets and clients | [`upstream`] |
+//! | plugin runtime (pool, phases, host imports) | [`plugin`] |
+//! | wasmtime policy (pooling, deadlines, limits, WASI) | [`engine`] |
+//! | config schema | [`config`] |
+//! | snapshots and hot reload | [`snapshot`], [`reload`] |
+//! | admin API and metrics | [`admin`], [`metrics`] |
+//!
+//! Embedding (this is what the integration tests do):
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let gateway = weir::Gateway::load("gateway.toml").await?;
+//! let bound = gateway.bind().await?;
+//! println!("proxy on {}", bound.proxy_addr());
+//! bound.serve(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod forwarding;
+pub mod metrics;
+pub mod plugin;
+pub mod proxy;
+pub mod reload;
+pub mod router;
+pub mod server;
+pub mod snapshot;
+pub mod state;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+
+use crate::config::{LoadErrors, Source};
+use crate::engine::PluginEngine;
+use crate::metrics::Metrics;
+use crate::snapshot::{Loader, Snapshot};
+use crate::state::StateStore;
+
+/// What the gateway shares between listeners, the watcher and admin.
+pub struct Shared {
+    /// The serving snapshot.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Builds snapshots.
+    pub loader: Loader,
+    /// The config file.
+    pub config_path: PathBuf,
+    /// Reload bookkeeping.
+    pub status: Mutex<ReloadStatus>,
+    /// One reload at a time.
+    pub(crate) reload_lock: tokio::sync::Mutex<()>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The outcome of the latest reload attempts.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadStatus {
+    /// The last failed attempt's message, cleared by a success.
+    pub last_error: Option<String>,
+    /// When the last attempt finished.
+    pub last_attempt: Option<SystemTime>,
+    /// Successful reloads.
+    pub successes: u64,
+    /// Failed reloads.
+    pub failures: u64,
+}
+
+/// A gateway with its first snapshot loaded.
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    /// Load `config_path` and everything it names, or report every error.
+    pub async fn load(config_path: impl AsRef<Path>) -> Result<Self, LoadErrors> {
+        let path = config_path.as_ref().to_owned();
+        let cfg = Source::read(&path)?.parse()?;
+        let engine = PluginEngine::new(&cfg.runtime)
+            .map_err(|e| snapshot::file_error(&path, format!("cannot create the plugin engine: {e:#}")))?;
+        let metrics = Arc::new(Metrics::new());
+        let state = Arc::new(StateStore::default());
+        let loader = Loader::new(engine, state, metrics.clone(), cfg.runtime.max_idle_per_plugin)
+            .map_err(|e| snapshot::file_error(&path, format!("cannot link the plugin host: {e:#}")))?;
+        let snapshot = loader.build(&path, 1).await?;
+        metrics.set_generation(1);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                snapshot: ArcSwap::from_pointee(snapshot),
+                loader,
+                config_path: path,
+                status: Mutex::new(ReloadStatus::default()),
+                reload_lock: tokio::sync::Mutex::new(()),
+                metrics,
+            }),
+        })
+    }
+
+    /// The shared state (snapshot, metrics, reload status).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Bind the proxy and admin listeners from `[server]`.
+    pub async fn bind(self) -> std::io::Result<Bound> {
+        let server = self.shared.snapshot.load().server.clone();
+        let proxy = TcpListener::bind(server.listen).await?;
+        let admin = match server.admin_listen {
+            Some(a) => Some(TcpListener::bind(a).await?),
+            None => None,
+        };
+        Ok(Bound { shared: self.shared, proxy, admin })
+    }
+}
+
+/// A gateway with its listeners bound, ready to serve.
+pub struct Bound {
+    shared: Arc<Shared>,
+    proxy: TcpListener,
+    admin: Option<TcpListener>,
+}
+
+impl Bound {
+    /// The proxy listener's address.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The admin listener's address, if any.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.local_addr().ok())
+    }
+
+    /// The shared state.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Serve until `shutdown` resolves, then drain in-flight requests for at
+    /// most `server.drain_timeout`.
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send) -> anyhow::Result<()> {
+        server::serve(self.shared, self.proxy, self.admin, shutdown).await
+    }
+}

@@ -1,0 +1,116 @@
+//! The `weir` command: parse the command line, call the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+/// A WebAssembly plugin-host API gateway.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with a configuration (reloaded live when it or a module changes).
+    Run {
+        /// Path to gateway.toml.
+        #[arg(short, long, default_value = "gateway.toml")]
+        config: PathBuf,
+    },
+    /// Load and validate a configuration and every plugin it names, then exit.
+    Check {
+        /// Path to gateway.toml.
+        #[arg(short, long, default_value = "gateway.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => subscriber.init(),
+        LogFormat::Json => subscriber.json().init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weir: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { config } => run(config).await,
+            Command::Check { config } => check(config).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: PathBuf) -> anyhow::Result<()> {
+    let gateway = weir::Gateway::load(&config).await?;
+    let bound = gateway.bind().await?;
+    bound.serve(shutdown_signal()).await
+}
+
+async fn check(config: PathBuf) -> anyhow::Result<()> {
+    let gateway = weir::Gateway::load(&config).await?;
+    let snap = gateway.shared().snapshot.load();
+    println!(
+        "{}: ok ({} routes, {} upstreams, {} plugins)",
+        config.display(),
+        snap.routes.len(),
+        snap.upstreams.len(),
+        snap.plugins.len()
+    );
+    for p in snap.plugins.values() {
+        println!("  plugin {:<16} {} sha256:{}", p.name(), p.spec().module, p.spec().sha256);
+    }
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,249 @@
+//! Prometheus metrics, served on the admin listener at `/metrics`.
+//!
+//! Labels come only from names in the configuration (routes, upstreams,
+//! plugins) and from plugin-defined metric names, which are capped per
+//! plugin: raw paths, client addresses and header values never become
+//! labels. Hot-path handles are resolved once per snapshot, so recording a
+//! request is a few atomic adds with no allocation.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteStatus {
+    route: String,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamError {
+    upstream: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginOutcome {
+    plugin: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabel {
+    plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginNamed {
+    plugin: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginEvent {
+    plugin: String,
+    kind: String,
+    severity: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadResult {
+    result: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 50µs .. ~26s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RouteStatus, Counter>,
+    request_duration: HistogramFamily<RouteLabel>,
+    upstream_errors: Family<UpstreamError, Counter>,
+    plugin_calls: Family<PluginOutcome, Counter>,
+    plugin_duration: HistogramFamily<PluginLabel>,
+    plugin_instances: Family<PluginLabel, Counter>,
+    plugin_counters: Family<PluginNamed, Counter>,
+    plugin_gauges: Family<PluginNamed, Gauge>,
+    plugin_events: Family<PluginEvent, Counter>,
+    reloads: Family<ReloadResult, Counter>,
+    generation: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Register all metrics.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("weir");
+        let requests = Family::default();
+        registry.register("requests", "Downstream requests by route and status class", requests.clone());
+        let request_duration = HistogramFamily::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to response head, by route",
+            request_duration.clone(),
+        );
+        let upstream_errors = Family::default();
+        registry.register("upstream_errors", "Failed upstream requests by kind", upstream_errors.clone());
+        let plugin_calls = Family::default();
+        registry.register("plugin_calls", "Plugin phase calls by outcome", plugin_calls.clone());
+        let plugin_duration = HistogramFamily::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register("plugin_call_duration_seconds", "Plugin phase call latency", plugin_duration.clone());
+        let plugin_instances = Family::default();
+        registry.register("plugin_instances_created", "Plugin instances created", plugin_instances.clone());
+        let plugin_counters = Family::default();
+        registry.register("plugin_custom", "Plugin-defined counters", plugin_counters.clone());
+        let plugin_gauges = Family::default();
+        registry.register("plugin_custom_gauge", "Plugin-defined gauges", plugin_gauges.clone());
+        let plugin_events = Family::default();
+        registry.register("plugin_events", "Events emitted by plugins", plugin_events.clone());
+        let reloads = Family::default();
+        registry.register("config_reloads", "Configuration reloads by result", reloads.clone());
+        let generation = Gauge::default();
+        registry.register("config_generation", "Generation of the serving snapshot", generation.clone());
+        Self {
+            registry,
+            requests,
+            request_duration,
+            upstream_errors,
+            plugin_calls,
+            plugin_duration,
+            plugin_instances,
+            plugin_counters,
+            plugin_gauges,
+            plugin_events,
+            reloads,
+            generation,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Handles for one route.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        let by = |status| self.requests.get_or_create(&RouteStatus { route: route.to_owned(), status }).clone();
+        RouteMetrics {
+            by_class: [by("1xx"), by("2xx"), by("3xx"), by("4xx"), by("5xx")],
+            duration: self.request_duration.get_or_create(&RouteLabel { route: route.to_owned() }).clone(),
+        }
+    }
+
+    /// Count requests that matched no route.
+    pub fn unrouted(&self) -> RouteMetrics {
+        self.route("")
+    }
+
+    /// Handles for one plugin.
+    pub fn plugin(&self, plugin: &str) -> PluginMetrics {
+        let by =
+            |outcome| self.plugin_calls.get_or_create(&PluginOutcome { plugin: plugin.to_owned(), outcome }).clone();
+        let label = PluginLabel { plugin: plugin.to_owned() };
+        PluginMetrics {
+            ok: by("ok"),
+            respond: by("respond"),
+            trap: by("trap"),
+            timeout: by("timeout"),
+            invalid: by("invalid_output"),
+            duration: self.plugin_duration.get_or_create(&label).clone(),
+            instances: self.plugin_instances.get_or_create(&label).clone(),
+        }
+    }
+
+    /// Handles for one upstream.
+    pub fn upstream(&self, upstream: &str) -> UpstreamMetrics {
+        let by =
+            |kind| self.upstream_errors.get_or_create(&UpstreamError { upstream: upstream.to_owned(), kind }).clone();
+        UpstreamMetrics { connect: by("connect"), timeout: by("timeout"), request: by("request") }
+    }
+
+    /// A plugin-defined counter.
+    pub fn plugin_counter_add(&self, plugin: &str, name: &str, value: u64) {
+        self.plugin_counters
+            .get_or_create(&PluginNamed { plugin: plugin.to_owned(), name: name.to_owned() })
+            .inc_by(value);
+    }
+
+    /// A plugin-defined gauge.
+    pub fn plugin_gauge_set(&self, plugin: &str, name: &str, value: i64) {
+        self.plugin_gauges.get_or_create(&PluginNamed { plugin: plugin.to_owned(), name: name.to_owned() }).set(value);
+    }
+
+    /// A plugin event.
+    pub fn plugin_event(&self, plugin: &str, kind: &str, severity: &'static str) {
+        self.plugin_events
+            .get_or_create(&PluginEvent { plugin: plugin.to_owned(), kind: kind.to_owned(), severity })
+            .inc();
+    }
+
+    /// A reload attempt.
+    pub fn reload(&self, ok: bool) {
+        self.reloads.get_or_create(&ReloadResult { result: if ok { "success" } else { "failure" } }).inc();
+    }
+
+    /// The serving generation.
+    pub fn set_generation(&self, generation: u64) {
+        self.generation.set(generation as i64);
+    }
+}
+
+/// Per-route handles.
+#[derive(Clone, Debug)]
+pub struct RouteMetrics {
+    by_class: [Counter; 5],
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    /// Record one finished request.
+    pub fn record(&self, status: u16, seconds: f64) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.by_class[class].inc();
+        self.duration.observe(seconds);
+    }
+}
+
+/// Per-upstream error counters.
+#[derive(Clone, Debug)]
+pub struct UpstreamMetrics {
+    /// Connection failures.
+    pub connect: Counter,
+    /// No response head in time.
+    pub timeout: Counter,
+    /// Other request failures.
+    pub request: Counter,
+}
+
+/// Per-plugin handles.
+#[derive(Clone, Debug)]
+pub struct PluginMetrics {
+    pub(crate) ok: Counter,
+    pub(crate) respond: Counter,
+    pub(crate) trap: Counter,
+    pub(crate) timeout: Counter,
+    pub(crate) invalid: Counter,
+    pub(crate) duration: Histogram,
+    pub(crate) instances: Counter,
+}

@@ -1,0 +1,325 @@
+//! The plugin runtime: compiled modules, pooled instances, phase calls.
+//!
+//! A [`LoadedPlugin`] is one named plugin instance from the configuration:
+//! its module compiled once (and pre-linked into an `InstancePre`), its
+//! config, limits and failure policy, and a pool of initialised instances.
+//! A request borrows an instance for one phase call and returns it; an
+//! instance that trapped or hit its deadline is dropped, never reused.
+
+mod bindings;
+mod host;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Store, Trap};
+
+pub(crate) use bindings::{
+    BodyAction, Header, Phases, PluginResponse, RequestAction, RequestEdits, RequestHead, ResponseAction,
+    ResponseEdits, ResponseHead,
+};
+pub(crate) use host::{PluginHost, StoreData};
+
+use crate::config::{FailurePolicy, Isolation, PluginLimits};
+use crate::engine::{self, PluginEngine};
+use crate::metrics::PluginMetrics;
+
+/// Add weir's imports to a linker.
+pub(crate) fn add_host_to_linker(linker: &mut Linker<StoreData>) -> wasmtime::Result<()> {
+    host::add_to_linker(linker)
+}
+
+/// Why a plugin call produced no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PluginFailure {
+    /// The guest trapped (panic, out of memory, unreachable, ...).
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+    /// The call ran past its deadline.
+    #[error("plugin exceeded its {0:?} deadline")]
+    Deadline(Duration),
+    /// No instance could be made (pool exhausted, init failed).
+    #[error("plugin unavailable: {0}")]
+    Unavailable(String),
+    /// The plugin returned something the gateway refuses to forward.
+    #[error("plugin returned invalid output: {0}")]
+    InvalidOutput(String),
+}
+
+/// One initialised instance.
+struct Instance {
+    store: Store<StoreData>,
+    world: bindings::PluginWorld,
+}
+
+/// A call into a phase, with borrowed arguments.
+enum Call<'a> {
+    Request(&'a RequestHead),
+    RequestBody(&'a RequestHead, &'a [u8]),
+    Response(&'a RequestHead, &'a ResponseHead),
+    ResponseBody(&'a RequestHead, &'a ResponseHead, &'a [u8]),
+}
+
+enum Answer {
+    Request(RequestAction),
+    Response(ResponseAction),
+    Body(BodyAction),
+}
+
+impl Instance {
+    async fn call(&mut self, call: Call<'_>) -> wasmtime::Result<Answer> {
+        let h = self.world.weir_plugin_handler();
+        let s = &mut self.store;
+        Ok(match call {
+            Call::Request(req) => Answer::Request(h.call_on_request(s, req).await?),
+            Call::RequestBody(req, body) => Answer::Body(h.call_on_request_body(s, req, body).await?),
+            Call::Response(req, resp) => Answer::Response(h.call_on_response(s, req, resp).await?),
+            Call::ResponseBody(req, resp, body) => Answer::Body(h.call_on_response_body(s, req, resp, body).await?),
+        })
+    }
+}
+
+/// What a plugin needs to be loaded, from the configuration.
+pub struct PluginSpec {
+    /// Instance name (`[plugins.NAME]`).
+    pub name: Arc<str>,
+    /// Module file name.
+    pub module: String,
+    /// Module sha256, hex.
+    pub sha256: String,
+    /// Config as JSON.
+    pub config_json: String,
+    /// Failure policy.
+    pub failure: FailurePolicy,
+    /// Limits.
+    pub limits: PluginLimits,
+    /// Instance reuse.
+    pub isolation: Isolation,
+    /// Idle instances kept.
+    pub max_idle: usize,
+}
+
+/// A named plugin instance ready to serve.
+pub struct LoadedPlugin {
+    spec: PluginSpec,
+    phases: Phases,
+    pre: bindings::PluginPre<StoreData>,
+    engine: Arc<PluginEngine>,
+    host: Arc<PluginHost>,
+    idle: Mutex<Vec<Instance>>,
+    deadline_ticks: u64,
+    metrics: PluginMetrics,
+}
+
+impl LoadedPlugin {
+    /// Pre-link `component`, create a first instance and hand it its config.
+    /// `Err` carries the reason for the operator (e.g. the plugin's own
+    /// config error).
+    pub(crate) async fn load(
+        spec: PluginSpec,
+        engine: Arc<PluginEngine>,
+        linker: &Linker<StoreData>,
+        component: &Component,
+        host: Arc<PluginHost>,
+        metrics: PluginMetrics,
+    ) -> Result<Self, String> {
+        let pre = linker.instantiate_pre(component).map_err(|e| format!("cannot link module: {e:#}"))?;
+        let pre = bindings::PluginPre::new(pre).map_err(|e| format!("module is not a weir plugin: {e:#}"))?;
+        let deadline_ticks = PluginEngine::deadline_ticks(spec.limits.deadline);
+        let mut plugin = Self {
+            spec,
+            phases: Phases::empty(),
+            pre,
+            engine,
+            host,
+            idle: Mutex::new(Vec::new()),
+            deadline_ticks,
+            metrics,
+        };
+        let (first, phases) = plugin.instantiate().await?;
+        plugin.phases = phases;
+        plugin.put_back(first);
+        Ok(plugin)
+    }
+
+    /// The configured name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.spec.name
+    }
+
+    /// The spec it was loaded from.
+    pub fn spec(&self) -> &PluginSpec {
+        &self.spec
+    }
+
+    /// The phases the plugin asked for.
+    pub(crate) fn phases(&self) -> Phases {
+        self.phases
+    }
+
+    /// Names of the phases the plugin asked for.
+    pub fn phase_names(&self) -> Vec<&'static str> {
+        [
+            (Phases::REQUEST_HEADERS, "request_headers"),
+            (Phases::REQUEST_BODY, "request_body"),
+            (Phases::RESPONSE_HEADERS, "response_headers"),
+            (Phases::RESPONSE_BODY, "response_body"),
+        ]
+        .into_iter()
+        .filter(|(p, _)| self.phases.contains(*p))
+        .map(|(_, n)| n)
+        .collect()
+    }
+
+    /// Idle instances in the pool.
+    pub fn idle_instances(&self) -> usize {
+        self.idle.lock().map(|v| v.len()).unwrap_or(0)
+    }
+
+    /// Create and initialise a fresh instance.
+    async fn instantiate(&self) -> Result<(Instance, Phases), String> {
+        let limits = engine::store_limits(self.spec.limits.memory);
+        let mut store = Store::new(self.engine.engine(), StoreData::new(self.host.clone(), limits));
+        store.limiter(|d| &mut d.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(PluginEngine::deadline_ticks(engine::init_deadline(self.spec.limits.deadline)));
+        let world = self.pre.instantiate_async(&mut store).await.map_err(|e| format!("cannot instantiate: {e:#}"))?;
+        let info = world
+            .weir_plugin_handler()
+            .call_init(&mut store, &self.spec.config_json)
+            .await
+            .map_err(|e| format!("init trapped: {}", describe_trap(&e)))?
+            .map_err(|reason| format!("config rejected by the plugin: {reason}"))?;
+        self.metrics.instances.inc();
+        Ok((Instance { store, world }, info.phases))
+    }
+
+    async fn borrow(&self) -> Result<Instance, PluginFailure> {
+        if self.spec.isolation == Isolation::Pool
+            && let Some(inst) = self.idle.lock().ok().and_then(|mut v| v.pop())
+        {
+            return Ok(inst);
+        }
+        self.instantiate().await.map(|(inst, _)| inst).map_err(PluginFailure::Unavailable)
+    }
+
+    fn put_back(&self, inst: Instance) {
+        if self.spec.isolation == Isolation::Request {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.spec.max_idle
+        {
+            idle.push(inst);
+        }
+    }
+
+    /// Borrow an instance, run one phase under the deadline, return it.
+    async fn run(&self, call: Call<'_>) -> Result<Answer, PluginFailure> {
+        let started = Instant::now();
+        let mut inst = self.borrow().await?;
+        inst.store.set_epoch_deadline(self.deadline_ticks);
+        // The epoch deadline stops guest code; this timeout also bounds time
+        // spent awaiting host I/O (state calls), which epochs do not see.
+        let budget = self.spec.limits.deadline + crate::engine::EPOCH_TICK * 2;
+        let result = tokio::time::timeout(budget, inst.call(call)).await;
+        self.metrics.duration.observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Ok(answer)) => {
+                self.put_back(inst);
+                Ok(answer)
+            }
+            Ok(Err(e)) if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) => {
+                self.metrics.timeout.inc();
+                Err(PluginFailure::Deadline(self.spec.limits.deadline))
+            }
+            Err(_elapsed) => {
+                self.metrics.timeout.inc();
+                Err(PluginFailure::Deadline(self.spec.limits.deadline))
+            }
+            Ok(Err(e)) => {
+                self.metrics.trap.inc();
+                let msg = describe_trap(&e);
+                tracing::warn!(plugin = %self.spec.name, error = %msg, "plugin trapped; instance discarded");
+                Err(PluginFailure::Trap(msg))
+            }
+        }
+    }
+
+    fn count(&self, responded: bool) {
+        if responded { &self.metrics.respond } else { &self.metrics.ok }.inc();
+    }
+
+    /// Count output the gateway refused.
+    pub(crate) fn count_invalid(&self) {
+        self.metrics.invalid.inc();
+    }
+
+    /// `on-request`.
+    pub(crate) async fn on_request(&self, req: &RequestHead) -> Result<RequestAction, PluginFailure> {
+        match self.run(Call::Request(req)).await? {
+            Answer::Request(a) => {
+                self.count(matches!(a, RequestAction::Respond(_)));
+                Ok(a)
+            }
+            _ => unreachable_answer(),
+        }
+    }
+
+    /// `on-request-body`.
+    pub(crate) async fn on_request_body(&self, req: &RequestHead, body: &[u8]) -> Result<BodyAction, PluginFailure> {
+        match self.run(Call::RequestBody(req, body)).await? {
+            Answer::Body(a) => {
+                self.count(matches!(a, BodyAction::Respond(_)));
+                Ok(a)
+            }
+            _ => unreachable_answer(),
+        }
+    }
+
+    /// `on-response`.
+    pub(crate) async fn on_response(
+        &self,
+        req: &RequestHead,
+        resp: &ResponseHead,
+    ) -> Result<ResponseAction, PluginFailure> {
+        match self.run(Call::Response(req, resp)).await? {
+            Answer::Response(a) => {
+                self.count(matches!(a, ResponseAction::Respond(_)));
+                Ok(a)
+            }
+            _ => unreachable_answer(),
+        }
+    }
+
+    /// `on-response-body`.
+    pub(crate) async fn on_response_body(
+        &self,
+        req: &RequestHead,
+        resp: &ResponseHead,
+        body: &[u8],
+    ) -> Result<BodyAction, PluginFailure> {
+        match self.run(Call::ResponseBody(req, resp, body)).await? {
+            Answer::Body(a) => {
+                self.count(matches!(a, BodyAction::Respond(_)));
+                Ok(a)
+            }
+            _ => unreachable_answer(),
+        }
+    }
+}
+
+/// `Instance::call` answers each call with its own variant.
+fn unreachable_answer<T>() -> Result<T, PluginFailure> {
+    Err(PluginFailure::Trap("internal: phase answered with another phase's type".into()))
+}
+
+/// A one-line description of a guest error: the trap code when there is one.
+fn describe_trap(e: &wasmtime::Error) -> String {
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => "deadline exceeded".into(),
+        Some(trap) => trap.to_string(),
+        None => format!("{e:#}").lines().next().unwrap_or_default().to_string(),
+    }
+}

@@ -1,0 +1,425 @@
+//! The request path, room by room:
+//! route → request chain → (request body chain) → upstream →
+//! response chain → (response body chain) → reply.
+//!
+//! Bodies stream straight through unless a plugin on the route asked for a
+//! body phase; then that body alone is buffered, up to
+//! `server.max_buffered_body`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Limited};
+
+use crate::body::{self, ProxyBody};
+use crate::config::FailurePolicy;
+use crate::error::ProxyError;
+use crate::forwarding;
+use crate::plugin::{
+    BodyAction, LoadedPlugin, Phases, PluginFailure, PluginResponse, RequestAction, RequestEdits, RequestHead,
+    ResponseAction, ResponseEdits, ResponseHead,
+};
+use crate::router::Match;
+use crate::snapshot::{Route, Snapshot};
+
+/// Serve one downstream request on `snap`.
+pub async fn handle<B>(snap: Arc<Snapshot>, req: Request<B>, client: SocketAddr) -> Response<ProxyBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<body::BoxError>,
+{
+    let started = Instant::now();
+    let request_id = forwarding::request_id(req.headers());
+    let (mut parts, body) = req.into_parts();
+    let host = authority_of(&parts).to_owned();
+    let (route, params) = match snap.router.find(&host, parts.uri.path(), &parts.method) {
+        Match::Found(i, params) => (&snap.routes[i], params),
+        Match::NotFound => return error_response(&snap.unrouted, ProxyError::NoRoute, &request_id, started),
+        Match::MethodNotAllowed(allowed) => {
+            return error_response(&snap.unrouted, ProxyError::MethodNotAllowed(allowed), &request_id, started);
+        }
+    };
+
+    forwarding::strip_hop_by_hop(&mut parts.headers);
+    if let Ok(v) = HeaderValue::try_from(request_id.as_str()) {
+        parts.headers.insert("x-request-id", v);
+    }
+    // From here on the URI is origin-form; the authority is kept in `host`.
+    let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    parts.uri = Uri::from(pq);
+
+    let mut exchange = Exchange { snap: &snap, route, client, host, request_id, params, head: None };
+    let result = exchange.run(parts, body).await;
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(e) => return error_response(&route.metrics, e, &exchange.request_id, started),
+    };
+    if let Ok(v) = HeaderValue::try_from(exchange.request_id.as_str()) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    route.metrics.record(resp.status().as_u16(), started.elapsed().as_secs_f64());
+    resp
+}
+
+/// The authority the client addressed: `:authority`/absolute URI, else `Host`.
+fn authority_of(parts: &Parts) -> &str {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or("")
+}
+
+/// One request's trip through a route.
+struct Exchange<'a> {
+    snap: &'a Snapshot,
+    route: &'a Route,
+    client: SocketAddr,
+    host: String,
+    request_id: String,
+    params: Vec<(String, String)>,
+    /// The request head as plugins see it, built on first use and kept in
+    /// step with the edits.
+    head: Option<RequestHead>,
+}
+
+impl Exchange<'_> {
+    async fn run<B>(&mut self, mut parts: Parts, body: B) -> Result<Response<ProxyBody>, ProxyError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<body::BoxError>,
+    {
+        let route = self.route;
+
+        // Request chain.
+        for plugin in &route.chain {
+            if !plugin.phases().contains(Phases::REQUEST_HEADERS) {
+                continue;
+            }
+            let head = self.head(&parts);
+            let action = guard(plugin, plugin.on_request(head).await)?;
+            match action {
+                Some(RequestAction::Continue(edits)) => self.apply_request_edits(plugin, &mut parts, edits)?,
+                Some(RequestAction::Respond(r)) => return plugin_reply(plugin, r, self.snap.server.max_buffered_body),
+                None => {}
+            }
+        }
+
+        // Request body chain (buffered), or stream it.
+        let upstream_body = if route.buffer_request {
+            let mut bytes = self.buffer_request(&parts, body).await?;
+            for plugin in &route.chain {
+                if !plugin.phases().contains(Phases::REQUEST_BODY) {
+                    continue;
+                }
+                let head = self.head(&parts);
+                match guard(plugin, plugin.on_request_body(head, &bytes).await)? {
+                    Some(BodyAction::Continue(Some(new))) => bytes = self.check_body(plugin, new)?.into(),
+                    Some(BodyAction::Respond(r)) => {
+                        return plugin_reply(plugin, r, self.snap.server.max_buffered_body);
+                    }
+                    Some(BodyAction::Continue(None)) | None => {}
+                }
+            }
+            parts.headers.remove(header::TRANSFER_ENCODING);
+            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            body::full(bytes)
+        } else {
+            body::boxed(body)
+        };
+
+        // Upstream.
+        let upstream_parts = self.upstream_request(&parts)?;
+        let upstream = &route.upstream;
+        let req = Request::from_parts(upstream_parts, upstream_body);
+        let resp = match tokio::time::timeout(upstream.timeout, upstream.client.request(req)).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) if e.is_connect() => {
+                upstream.metrics.connect.inc();
+                return Err(ProxyError::UpstreamConnect { upstream: upstream.name.clone(), detail: error_chain(&e) });
+            }
+            Ok(Err(e)) => {
+                upstream.metrics.request.inc();
+                return Err(ProxyError::Upstream { upstream: upstream.name.clone(), detail: error_chain(&e) });
+            }
+            Err(_) => {
+                upstream.metrics.timeout.inc();
+                return Err(ProxyError::UpstreamTimeout { upstream: upstream.name.clone(), timeout: upstream.timeout });
+            }
+        };
+        let (mut rparts, rbody) = resp.into_parts();
+        forwarding::strip_hop_by_hop(&mut rparts.headers);
+        rparts.version = Version::HTTP_11;
+
+        // Response chain, in reverse order.
+        let wants_response = route.chain.iter().any(|p| p.phases().contains(Phases::RESPONSE_HEADERS));
+        let mut resp_head = None;
+        if wants_response || route.buffer_response {
+            for plugin in route.chain.iter().rev() {
+                if !plugin.phases().contains(Phases::RESPONSE_HEADERS) {
+                    continue;
+                }
+                let rh = resp_head.get_or_insert_with(|| response_head(rparts.status, &rparts.headers));
+                let head = self.head(&parts);
+                match guard(plugin, plugin.on_response(head, rh).await)? {
+                    Some(ResponseAction::Continue(edits)) => apply_response_edits(plugin, &mut rparts, rh, edits)?,
+                    Some(ResponseAction::Respond(r)) => {
+                        return plugin_reply(plugin, r, self.snap.server.max_buffered_body);
+                    }
+                    None => {}
+                }
+            }
+        }
+
+        if !route.buffer_response {
+            return Ok(Response::from_parts(rparts, body::boxed(rbody)));
+        }
+        let max = self.snap.server.max_buffered_body;
+        let mut bytes = match Limited::new(rbody, max as usize).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                return Err(ProxyError::ResponseBodyTooLarge(max));
+            }
+            Err(e) => return Err(ProxyError::Upstream { upstream: upstream.name.clone(), detail: e.to_string() }),
+        };
+        for plugin in route.chain.iter().rev() {
+            if !plugin.phases().contains(Phases::RESPONSE_BODY) {
+                continue;
+            }
+            let rh = resp_head.get_or_insert_with(|| response_head(rparts.status, &rparts.headers));
+            let head = self.head(&parts);
+            match guard(plugin, plugin.on_response_body(head, rh, &bytes).await)? {
+                Some(BodyAction::Continue(Some(new))) => bytes = self.check_body(plugin, new)?.into(),
+                Some(BodyAction::Respond(r)) => return plugin_reply(plugin, r, max),
+                Some(BodyAction::Continue(None)) | None => {}
+            }
+        }
+        rparts.headers.remove(header::TRANSFER_ENCODING);
+        rparts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        Ok(Response::from_parts(rparts, body::full(bytes)))
+    }
+
+    /// The plugin view of the request, built once and then kept in step.
+    fn head(&mut self, parts: &Parts) -> &RequestHead {
+        self.head.get_or_insert_with(|| RequestHead {
+            method: parts.method.as_str().to_owned(),
+            uri: parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+            authority: self.host.clone(),
+            headers: forwarding::to_wit(&parts.headers),
+            client_addr: self.client.to_string(),
+            route: self.route.name.to_string(),
+            request_id: self.request_id.clone(),
+            path_params: self.params.clone(),
+        })
+    }
+
+    fn apply_request_edits(
+        &mut self,
+        plugin: &LoadedPlugin,
+        parts: &mut Parts,
+        edits: RequestEdits,
+    ) -> Result<(), ProxyError> {
+        let invalid = |msg: String| {
+            plugin.count_invalid();
+            ProxyError::Plugin { plugin: plugin.name().clone(), failure: PluginFailure::InvalidOutput(msg) }
+        };
+        if let Some(m) = &edits.method {
+            parts.method = Method::from_bytes(m.as_bytes()).map_err(|_| invalid(format!("invalid method {m:?}")))?;
+        }
+        if let Some(u) = &edits.uri {
+            let pq: PathAndQuery = u
+                .parse()
+                .ok()
+                .filter(|_| u.starts_with('/'))
+                .ok_or_else(|| invalid(format!("invalid uri {u:?}: must be a path like /a?b=c")))?;
+            parts.uri = Uri::from(pq);
+        }
+        if let Some(list) = edits.headers {
+            forwarding::replace_from_plugin(&mut parts.headers, list).map_err(invalid)?;
+        }
+        if let Some(head) = &mut self.head {
+            if let Some(m) = edits.method {
+                head.method = m;
+            }
+            if let Some(u) = edits.uri {
+                head.uri = u;
+            }
+            head.headers = forwarding::to_wit(&parts.headers);
+        }
+        Ok(())
+    }
+
+    async fn buffer_request<B>(&self, parts: &Parts, body: B) -> Result<Bytes, ProxyError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<body::BoxError>,
+    {
+        let max = self.snap.server.max_buffered_body;
+        let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err(ProxyError::RequestBodyTooLarge(max));
+        }
+        match Limited::new(body, max as usize).collect().await {
+            Ok(c) => Ok(c.to_bytes()),
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                Err(ProxyError::RequestBodyTooLarge(max))
+            }
+            Err(e) => Err(ProxyError::RequestBody(e.to_string())),
+        }
+    }
+
+    fn check_body(&self, plugin: &LoadedPlugin, body: Vec<u8>) -> Result<Vec<u8>, ProxyError> {
+        let max = self.snap.server.max_buffered_body;
+        if body.len() as u64 > max {
+            plugin.count_invalid();
+            return Err(ProxyError::Plugin {
+                plugin: plugin.name().clone(),
+                failure: PluginFailure::InvalidOutput(format!("body of {} bytes exceeds {max}", body.len())),
+            });
+        }
+        Ok(body)
+    }
+
+    /// The request as sent upstream: absolute URI to the picked target,
+    /// HTTP/1.1, `Host` kept, forwarding headers added.
+    fn upstream_request(&self, parts: &Parts) -> Result<Parts, ProxyError> {
+        let upstream = &self.route.upstream;
+        let target = upstream.pick();
+        let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(target.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| ProxyError::Upstream { upstream: upstream.name.clone(), detail: e.to_string() })?;
+        let mut headers = HeaderMap::with_capacity(parts.headers.len() + 4);
+        headers.clone_from(&parts.headers);
+        if !headers.contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::try_from(if self.host.is_empty() { target.as_str() } else { &self.host })
+        {
+            headers.insert(header::HOST, v);
+        }
+        forwarding::add_forwarding(&mut headers, self.client.ip(), &self.host);
+        let mut builder = Request::builder().method(parts.method.clone()).uri(uri).version(Version::HTTP_11);
+        if let Some(h) = builder.headers_mut() {
+            *h = headers;
+        }
+        let (p, ()) = builder
+            .body(())
+            .map_err(|e| ProxyError::Upstream { upstream: upstream.name.clone(), detail: e.to_string() })?
+            .into_parts();
+        Ok(p)
+    }
+}
+
+fn response_head(status: StatusCode, headers: &HeaderMap) -> ResponseHead {
+    ResponseHead { status: status.as_u16(), headers: forwarding::to_wit(headers) }
+}
+
+fn apply_response_edits(
+    plugin: &LoadedPlugin,
+    parts: &mut http::response::Parts,
+    head: &mut ResponseHead,
+    edits: ResponseEdits,
+) -> Result<(), ProxyError> {
+    let invalid = |msg: String| {
+        plugin.count_invalid();
+        ProxyError::Plugin { plugin: plugin.name().clone(), failure: PluginFailure::InvalidOutput(msg) }
+    };
+    if let Some(s) = edits.status {
+        parts.status = StatusCode::from_u16(s)
+            .ok()
+            .filter(|s| s.as_u16() >= 200)
+            .ok_or_else(|| invalid(format!("invalid status {s}")))?;
+        head.status = s;
+    }
+    if let Some(list) = edits.headers {
+        forwarding::replace_from_plugin(&mut parts.headers, list).map_err(invalid)?;
+        head.headers = forwarding::to_wit(&parts.headers);
+    }
+    Ok(())
+}
+
+/// Apply a plugin's failure policy: `Ok(None)` means "skip this plugin".
+fn guard<T>(plugin: &LoadedPlugin, result: Result<T, PluginFailure>) -> Result<Option<T>, ProxyError> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(failure) if plugin.spec().failure == FailurePolicy::Open => {
+            tracing::warn!(plugin = %plugin.name(), %failure, "plugin failed; skipped (failure = \"open\")");
+            Ok(None)
+        }
+        Err(failure) => Err(ProxyError::Plugin { plugin: plugin.name().clone(), failure }),
+    }
+}
+
+/// A plugin's own response, validated.
+fn plugin_reply(plugin: &LoadedPlugin, r: PluginResponse, max_body: u64) -> Result<Response<ProxyBody>, ProxyError> {
+    let invalid = |msg: String| {
+        plugin.count_invalid();
+        ProxyError::Plugin { plugin: plugin.name().clone(), failure: PluginFailure::InvalidOutput(msg) }
+    };
+    let status = StatusCode::from_u16(r.status)
+        .ok()
+        .filter(|s| s.as_u16() >= 200)
+        .ok_or_else(|| invalid(format!("invalid response status {}", r.status)))?;
+    if r.body.len() as u64 > max_body {
+        return Err(invalid(format!("response body of {} bytes exceeds {max_body}", r.body.len())));
+    }
+    let headers = forwarding::from_plugin(r.headers).map_err(invalid)?;
+    let mut resp = Response::new(body::full(r.body));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    Ok(resp)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+fn error_response(
+    metrics: &crate::metrics::RouteMetrics,
+    err: ProxyError,
+    request_id: &str,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let status = err.status();
+    if status.is_server_error() {
+        tracing::warn!(request_id, source = err.source_kind(), status = status.as_u16(), "{err}");
+    } else {
+        tracing::debug!(request_id, source = err.source_kind(), status = status.as_u16(), "{err}");
+    }
+    let body = serde_json::json!({
+        "error": err.to_string(),
+        "source": err.source_kind(),
+        "request_id": request_id,
+    });
+    let mut resp = Response::new(body::full(body.to_string()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(v) = HeaderValue::try_from(request_id) {
+        h.insert("x-request-id", v);
+    }
+    if let ProxyError::MethodNotAllowed(allowed) = &err {
+        let list = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+        if let Ok(v) = HeaderValue::try_from(list) {
+            h.insert(header::ALLOW, v);
+        }
+    }
+    metrics.record(status.as_u16(), started.elapsed().as_secs_f64());
+    resp
+}

@@ -1,0 +1,143 @@
+//! Hot reload: watch the config file and the plugins folder, rebuild a
+//! whole snapshot off the request path, publish it only if it is entirely
+//! valid. A failed attempt is logged with file, line and reason, recorded
+//! for `/admin/status`, and the serving snapshot stays as it was.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use crate::Shared;
+use crate::config::LoadErrors;
+
+/// Quiet period after the last file event before reloading: editors and
+/// `cp` write files in several steps.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+/// Upper bound on how long a stream of events can postpone a reload.
+const MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// Build and publish a new snapshot. Returns the new generation.
+pub async fn reload(shared: &Shared) -> Result<u64, LoadErrors> {
+    let _one_at_a_time = shared.reload_lock.lock().await;
+    let current = shared.snapshot.load_full();
+    let generation = current.generation + 1;
+    let result = shared.loader.build(&shared.config_path, generation).await;
+    let mut status = shared.status.lock().unwrap_or_else(|p| p.into_inner());
+    status.last_attempt = Some(SystemTime::now());
+    match result {
+        Ok(next) => {
+            if next.server.listen != current.server.listen || next.server.admin_listen != current.server.admin_listen {
+                tracing::warn!("listen addresses changed in the config: they take effect on restart");
+            }
+            shared.snapshot.store(Arc::new(next));
+            shared.metrics.set_generation(generation);
+            shared.metrics.reload(true);
+            status.last_error = None;
+            status.successes += 1;
+            tracing::info!(generation, "configuration reloaded");
+            Ok(generation)
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                tracing::error!(file = %e.file.display(), line = e.line, "reload rejected: {}", e.message);
+            }
+            shared.metrics.reload(false);
+            status.last_error = Some(errors.to_string());
+            status.failures += 1;
+            Err(errors)
+        }
+    }
+}
+
+/// Watch the config file and plugins folder until the returned handle is
+/// dropped.
+pub fn watch(shared: Arc<Shared>) -> notify::Result<WatchHandle> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev
+            && !matches!(ev.kind, EventKind::Access(_))
+        {
+            for p in ev.paths {
+                let _ = tx.send(p);
+            }
+        }
+    })?;
+    let config_dir = parent_dir(&shared.config_path);
+    watcher.watch(&config_dir, RecursiveMode::NonRecursive)?;
+    let mut plugins_dir = shared.snapshot.load().plugins_dir.clone();
+    if plugins_dir != config_dir {
+        watch_dir(&mut watcher, &plugins_dir);
+    }
+    let config_name = shared.config_path.file_name().map(ToOwned::to_owned);
+
+    let task = tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut relevant = is_relevant(&first, config_name.as_deref(), &plugins_dir);
+            let deadline = tokio::time::Instant::now() + MAX_DELAY;
+            loop {
+                let quiet = tokio::time::sleep(DEBOUNCE);
+                tokio::select! {
+                    Some(p) = rx.recv() => {
+                        relevant |= is_relevant(&p, config_name.as_deref(), &plugins_dir);
+                        if tokio::time::Instant::now() >= deadline { break; }
+                    }
+                    () = quiet => break,
+                }
+            }
+            if !relevant {
+                continue;
+            }
+            if reload(&shared).await.is_ok() {
+                let now = shared.snapshot.load().plugins_dir.clone();
+                if now != plugins_dir {
+                    let _ = watcher.unwatch(&plugins_dir);
+                    watch_dir(&mut watcher, &now);
+                    plugins_dir = now;
+                }
+            }
+        }
+        drop(watcher);
+    });
+    Ok(WatchHandle { task })
+}
+
+fn watch_dir(watcher: &mut impl Watcher, dir: &Path) {
+    if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+        tracing::warn!(dir = %dir.display(), "cannot watch plugins folder: {e}");
+    }
+}
+
+fn parent_dir(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// The config file itself, or a `.wasm` in the plugins folder.
+fn is_relevant(path: &Path, config_name: Option<&std::ffi::OsStr>, plugins_dir: &Path) -> bool {
+    let name = path.file_name();
+    if name.is_some() && name == config_name {
+        return true;
+    }
+    let in_plugins = path.parent().is_some_and(|d| same_dir(d, plugins_dir));
+    in_plugins && path.extension().is_some_and(|e| e == "wasm")
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+}
+
+/// Stops the watcher when dropped.
+pub struct WatchHandle {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WatchHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,125 @@
+//! Accepting connections: HTTP/1.1 and HTTP/2 (h2c prior knowledge) on the
+//! proxy listener, HTTP/1.1 on the admin listener, graceful drain.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::Shared;
+
+/// Most concurrent HTTP/2 streams per connection.
+const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Largest HTTP/2 header list accepted.
+const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
+
+/// Serve the proxy (and admin) listener until `shutdown`, then drain.
+pub async fn serve(
+    shared: Arc<Shared>,
+    proxy: TcpListener,
+    admin: Option<TcpListener>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let server_cfg = shared.snapshot.load().server.clone();
+    let _watch = if server_cfg.watch {
+        match crate::reload::watch(shared.clone()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!("file watching unavailable, reload with POST /admin/reload: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let sweeper = {
+        let state = shared.loader.state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                state.sweep();
+            }
+        })
+    };
+
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(server_cfg.header_read_timeout).keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST);
+
+    tracing::info!(addr = %proxy.local_addr()?, "proxy listening");
+    if let Some(a) = &admin {
+        tracing::info!(addr = %a.local_addr()?, "admin listening");
+    }
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = proxy.accept() => {
+                let Ok((stream, peer)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                let svc = service_fn(move |req: hyper::Request<Incoming>| {
+                    let snap = shared.snapshot.load_full();
+                    async move { Ok::<_, Infallible>(crate::proxy::handle(snap, req, peer).await) }
+                });
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, "connection ended: {e}");
+                    }
+                });
+            }
+            accepted = accept_admin(admin.as_ref()) => {
+                let Ok((stream, peer)) = accepted else { continue };
+                serve_admin(shared.clone(), stream, peer, &graceful);
+            }
+            () = &mut shutdown => break,
+        }
+    }
+
+    sweeper.abort();
+    drop(proxy);
+    drop(admin);
+    tracing::info!(timeout = ?server_cfg.drain_timeout, "draining connections");
+    if tokio::time::timeout(server_cfg.drain_timeout, graceful.shutdown()).await.is_err() {
+        tracing::warn!("drain timeout reached; closing remaining connections");
+    }
+    Ok(())
+}
+
+async fn accept_admin(admin: Option<&TcpListener>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match admin {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn serve_admin(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: SocketAddr, graceful: &GracefulShutdown) {
+    let svc = service_fn(move |req: hyper::Request<Incoming>| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(crate::admin::handle(&shared, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(TokioIo::new(stream), svc);
+    let conn = graceful.watch(conn);
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%peer, "admin connection ended: {e}");
+        }
+    });
+}

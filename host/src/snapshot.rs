@@ -1,0 +1,322 @@
+//! A snapshot: everything a request needs, built whole from one version of
+//! the configuration and the plugin modules, validated, then published
+//! atomically. A request keeps the snapshot it started with to the end.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+
+use crate::config::{GatewayConfig, LoadError, LoadErrors, ServerConfig, Source};
+use crate::engine::PluginEngine;
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::plugin::{LoadedPlugin, Phases, PluginHost, PluginSpec, StoreData};
+use crate::router::{RouteMatcher, Router};
+use crate::state::StateStore;
+use crate::upstream::{ClientCache, Upstream, parse_target};
+
+/// A route ready to serve.
+pub struct Route {
+    /// Configured name.
+    pub name: Arc<str>,
+    /// Where requests go.
+    pub upstream: Arc<Upstream>,
+    /// Plugins in chain order.
+    pub chain: Vec<Arc<LoadedPlugin>>,
+    /// Whether some plugin wants the whole request body.
+    pub buffer_request: bool,
+    /// Whether some plugin wants the whole response body.
+    pub buffer_response: bool,
+    /// Metric handles.
+    pub metrics: RouteMetrics,
+}
+
+/// One published state of the gateway.
+pub struct Snapshot {
+    /// Increments with every published snapshot.
+    pub generation: u64,
+    /// When it was built.
+    pub loaded_at: SystemTime,
+    /// `[server]` of the file it came from.
+    pub server: ServerConfig,
+    /// The plugins folder, resolved.
+    pub plugins_dir: PathBuf,
+    /// Routes, in match order.
+    pub routes: Vec<Route>,
+    /// The matcher over `routes`.
+    pub router: Router,
+    /// Upstreams by name.
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// Plugins by name.
+    pub plugins: BTreeMap<String, Arc<LoadedPlugin>>,
+    /// Metrics for requests no route matched.
+    pub unrouted: RouteMetrics,
+}
+
+/// What snapshot building needs from the gateway; lives as long as it.
+pub struct Loader {
+    pub(crate) engine: Arc<PluginEngine>,
+    linker: Linker<StoreData>,
+    pub(crate) state: Arc<StateStore>,
+    pub(crate) metrics: Arc<Metrics>,
+    clients: ClientCache,
+    /// Compiled components by module sha256, so an unchanged module is not
+    /// compiled again on reload.
+    compiled: Mutex<HashMap<String, Component>>,
+    max_idle: usize,
+}
+
+impl Loader {
+    /// A loader on `engine`.
+    pub fn new(
+        engine: Arc<PluginEngine>,
+        state: Arc<StateStore>,
+        metrics: Arc<Metrics>,
+        max_idle: usize,
+    ) -> wasmtime::Result<Self> {
+        let linker = engine.linker()?;
+        Ok(Self {
+            engine,
+            linker,
+            state,
+            metrics,
+            clients: ClientCache::default(),
+            compiled: Mutex::new(HashMap::new()),
+            max_idle,
+        })
+    }
+
+    /// Build a complete snapshot from the config file at `path`, or report
+    /// every problem found.
+    pub async fn build(&self, path: &Path, generation: u64) -> Result<Snapshot, LoadErrors> {
+        let source = Source::read(path)?;
+        let config = source.parse()?;
+        self.build_from(&source, config, generation).await
+    }
+
+    async fn build_from(&self, src: &Source, cfg: GatewayConfig, generation: u64) -> Result<Snapshot, LoadErrors> {
+        let mut errors = Vec::new();
+        let plugins_dir = src.base_dir().join(&cfg.server.plugins_dir);
+
+        // Upstreams.
+        let mut upstreams = BTreeMap::new();
+        for (name, up) in &cfg.upstreams {
+            let span = up.span();
+            let up = up.get_ref();
+            if up.targets.is_empty() {
+                errors.push(src.error(span.clone(), format!("upstream `{name}` has no targets")));
+            }
+            let mut targets = Vec::new();
+            for t in &up.targets {
+                match parse_target(t.get_ref()) {
+                    Ok(a) => targets.push(a),
+                    Err(e) => errors.push(src.error(t.span(), format!("upstream `{name}`: {e}"))),
+                }
+            }
+            if !targets.is_empty() {
+                let client = self.clients.get(up.connect_timeout);
+                let metrics = self.metrics.upstream(name);
+                let upstream = Upstream::new(name.as_str().into(), targets, up.timeout, client, metrics);
+                upstreams.insert(name.clone(), Arc::new(upstream));
+            }
+        }
+
+        // Plugins: validate, compile each distinct module once, instantiate.
+        let mut plugins = BTreeMap::new();
+        let mut used_modules = HashSet::new();
+        for (name, p) in &cfg.plugins {
+            let span = p.span();
+            let p = p.get_ref();
+            if !valid_name(name) {
+                errors.push(src.error(span.clone(), format!("plugin name `{name}` must be [A-Za-z0-9_-]+")));
+                continue;
+            }
+            let module = p.module.get_ref();
+            if module.contains(['/', '\\']) || module.starts_with('.') || module.is_empty() {
+                errors.push(src.error(
+                    p.module.span(),
+                    format!("plugin `{name}`: module {module:?} must be a file name in plugins_dir"),
+                ));
+                continue;
+            }
+            if p.limits.memory > self.engine.max_memory() {
+                errors.push(src.error(
+                    span.clone(),
+                    format!(
+                        "plugin `{name}`: limits.memory {} exceeds [runtime] max_memory {}",
+                        p.limits.memory,
+                        self.engine.max_memory()
+                    ),
+                ));
+                continue;
+            }
+            if p.limits.deadline.is_zero() {
+                errors.push(src.error(span.clone(), format!("plugin `{name}`: limits.deadline must be above zero")));
+                continue;
+            }
+            let file = plugins_dir.join(module);
+            let bytes = match std::fs::read(&file) {
+                Ok(b) => b,
+                Err(e) => {
+                    errors.push(
+                        src.error(p.module.span(), format!("plugin `{name}`: cannot read {}: {e}", file.display())),
+                    );
+                    continue;
+                }
+            };
+            let sha256 = hex(&Sha256::digest(&bytes));
+            if let Some(pin) = &p.sha256
+                && !pin.get_ref().eq_ignore_ascii_case(&sha256)
+            {
+                errors.push(src.error(
+                    pin.span(),
+                    format!(
+                        "plugin `{name}`: {} has sha256 {sha256}, but the config pins {}",
+                        file.display(),
+                        pin.get_ref()
+                    ),
+                ));
+                continue;
+            }
+            let component = match self.compile(&sha256, bytes).await {
+                Ok(c) => c,
+                Err(e) => {
+                    errors.push(src.error(
+                        p.module.span(),
+                        format!("plugin `{name}`: {} is not a valid plugin component: {e}", file.display()),
+                    ));
+                    continue;
+                }
+            };
+            used_modules.insert(sha256.clone());
+            let config_json = match &p.config {
+                Some(c) => serde_json::to_string(c.get_ref()).unwrap_or_else(|_| "{}".into()),
+                None => "{}".into(),
+            };
+            let name_arc: Arc<str> = name.as_str().into();
+            let spec = PluginSpec {
+                name: name_arc.clone(),
+                module: module.clone(),
+                sha256,
+                config_json,
+                failure: p.failure,
+                limits: p.limits,
+                isolation: p.isolation,
+                max_idle: self.max_idle,
+            };
+            let host = Arc::new(PluginHost::new(name_arc, self.state.clone(), self.metrics.clone()));
+            let metrics = self.metrics.plugin(name);
+            match LoadedPlugin::load(spec, self.engine.clone(), &self.linker, &component, host, metrics).await {
+                Ok(loaded) => {
+                    plugins.insert(name.clone(), Arc::new(loaded));
+                }
+                Err(e) => {
+                    let at = p.config.as_ref().map_or(span.clone(), |c| c.span());
+                    errors.push(src.error(at, format!("plugin `{name}` ({module}): {e}")));
+                }
+            }
+        }
+
+        // Routes.
+        let mut routes = Vec::new();
+        let mut matchers = Vec::new();
+        let mut names = HashSet::new();
+        for r in &cfg.routes {
+            let span = r.span();
+            let r = r.get_ref();
+            if !names.insert(r.name.clone()) {
+                errors.push(src.error(span.clone(), format!("route name `{}` is used twice", r.name)));
+            }
+            let matcher = RouteMatcher::new(
+                r.host.as_deref(),
+                r.path.as_ref().map(|p| p.get_ref().as_str()),
+                r.path_prefix.as_ref().map(|p| p.get_ref().as_str()),
+                r.methods.as_ref().map(|m| m.get_ref().as_slice()),
+            );
+            let matcher = match matcher {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    errors.push(src.error(span.clone(), format!("route `{}`: {e}", r.name)));
+                    None
+                }
+            };
+            let upstream = upstreams.get(r.upstream.get_ref()).cloned();
+            if upstream.is_none() && !cfg.upstreams.contains_key(r.upstream.get_ref()) {
+                errors.push(src.error(
+                    r.upstream.span(),
+                    format!("route `{}`: unknown upstream `{}`", r.name, r.upstream.get_ref()),
+                ));
+            }
+            let mut chain = Vec::new();
+            for c in &r.chain {
+                match plugins.get(c.get_ref()) {
+                    Some(p) => chain.push(Arc::clone(p)),
+                    None if !cfg.plugins.contains_key(c.get_ref()) => {
+                        errors
+                            .push(src.error(c.span(), format!("route `{}`: unknown plugin `{}`", r.name, c.get_ref())));
+                    }
+                    None => {} // the plugin's own error is reported above
+                }
+            }
+            if let (Some(m), Some(upstream)) = (matcher, upstream) {
+                matchers.push(m);
+                routes.push(Route {
+                    name: r.name.as_str().into(),
+                    upstream,
+                    buffer_request: chain.iter().any(|p| p.phases().contains(Phases::REQUEST_BODY)),
+                    buffer_response: chain.iter().any(|p| p.phases().contains(Phases::RESPONSE_BODY)),
+                    chain,
+                    metrics: self.metrics.route(&r.name),
+                });
+            }
+        }
+
+        if !errors.is_empty() {
+            return Err(LoadErrors(errors));
+        }
+        self.compiled.lock().unwrap_or_else(|p| p.into_inner()).retain(|sha, _| used_modules.contains(sha));
+        Ok(Snapshot {
+            generation,
+            loaded_at: SystemTime::now(),
+            server: cfg.server,
+            plugins_dir,
+            routes,
+            router: Router::new(matchers),
+            upstreams,
+            plugins,
+            unrouted: self.metrics.unrouted(),
+        })
+    }
+
+    /// Compile a module unless a component with the same hash is cached.
+    /// Compilation runs on a blocking thread: it is CPU-heavy and must not
+    /// stall request handling.
+    async fn compile(&self, sha256: &str, bytes: Vec<u8>) -> Result<Component, String> {
+        if let Some(c) = self.compiled.lock().unwrap_or_else(|p| p.into_inner()).get(sha256) {
+            return Ok(c.clone());
+        }
+        let engine = self.engine.clone();
+        let component = tokio::task::spawn_blocking(move || engine.compile(&bytes))
+            .await
+            .map_err(|e| format!("compiler task failed: {e}"))?
+            .map_err(|e| format!("{e:#}").lines().next().unwrap_or_default().to_owned())?;
+        self.compiled.lock().unwrap_or_else(|p| p.into_inner()).insert(sha256.to_owned(), component.clone());
+        Ok(component)
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Errors for a whole file that failed before any item could be checked.
+pub fn file_error(path: &Path, message: impl Into<String>) -> LoadErrors {
+    LoadErrors(vec![LoadError { file: path.to_owned(), line: None, message: message.into() }])
+}

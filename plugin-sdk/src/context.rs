@@ -1,0 +1,170 @@
+//! Host capabilities available to a phase: logging, clocks, shared state,
+//! metrics and events.
+
+use std::fmt;
+
+use crate::host;
+
+/// Access to the gateway's capabilities during a phase.
+///
+/// Natively (under `cargo test`) the same calls reach the in-memory host of
+/// [`testing`](crate::testing).
+#[derive(Debug)]
+pub struct Context {
+    _private: (),
+}
+
+impl Context {
+    pub(crate) fn new() -> Self {
+        Self { _private: () }
+    }
+
+    /// Write a log line, tagged by the gateway with the plugin's name.
+    pub fn log(&self, level: Level, message: &str) {
+        host::log(level, message);
+    }
+
+    /// Monotonic time in nanoseconds (only differences are meaningful).
+    pub fn monotonic_now(&self) -> u64 {
+        host::monotonic_now()
+    }
+
+    /// Wall-clock time in milliseconds since the Unix epoch.
+    pub fn wall_now(&self) -> u64 {
+        host::wall_now()
+    }
+
+    /// Shared counters and key-value state.
+    pub fn state(&self) -> State {
+        State { _private: () }
+    }
+
+    /// Add to a plugin-defined counter metric (`[a-z][a-z0-9_]*`).
+    pub fn counter_add(&self, name: &str, value: u64) {
+        host::counter_add(name, value);
+    }
+
+    /// Set a plugin-defined gauge metric (`[a-z][a-z0-9_]*`).
+    pub fn gauge_set(&self, name: &str, value: i64) {
+        host::gauge_set(name, value);
+    }
+
+    /// Emit an event for operators (logged, counted, possibly forwarded).
+    pub fn emit(&self, event: Event) {
+        host::emit(event);
+    }
+}
+
+/// Log severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Very detailed.
+    Trace,
+    /// Debugging aid.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Something unexpected but handled.
+    Warn,
+    /// Something failed.
+    Error,
+}
+
+/// Event urgency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// For the record.
+    Info,
+    /// Worth a look.
+    Warning,
+    /// Act now.
+    Critical,
+}
+
+/// An event for operators, e.g. an anomaly alert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Machine-readable kind, e.g. `anomaly.scan`.
+    pub kind: String,
+    /// Urgency.
+    pub severity: Severity,
+    /// A sentence for humans.
+    pub message: String,
+    /// Structured fields.
+    pub attributes: Vec<(String, String)>,
+}
+
+impl Event {
+    /// A new event without attributes.
+    pub fn new(kind: impl Into<String>, severity: Severity, message: impl Into<String>) -> Self {
+        Self { kind: kind.into(), severity, message: message.into(), attributes: Vec::new() }
+    }
+
+    /// Add an attribute.
+    pub fn attr(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.attributes.push((key.into(), value.into()));
+        self
+    }
+}
+
+/// Shared state: counters and key-value pairs with expiry, shared by all
+/// instances of this plugin (and all gateway nodes with the Redis backend).
+#[derive(Debug)]
+pub struct State {
+    _private: (),
+}
+
+impl State {
+    /// Atomically add `delta` to counter `key`, returning the new value. A
+    /// new counter starts at 0 and expires `ttl_ms` after creation (0: never).
+    pub fn incr(&self, key: &str, delta: i64, ttl_ms: u64) -> Result<i64, StateError> {
+        host::state_incr(key, delta, ttl_ms)
+    }
+
+    /// Read a value.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        host::state_get(key)
+    }
+
+    /// Write a value that expires after `ttl_ms` (0: never).
+    pub fn set(&self, key: &str, value: &[u8], ttl_ms: u64) -> Result<(), StateError> {
+        host::state_set(key, value, ttl_ms)
+    }
+
+    /// Write `value` only if the current value is `expected` (`None`: only if
+    /// absent). Returns whether it was written.
+    pub fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+        ttl_ms: u64,
+    ) -> Result<bool, StateError> {
+        host::state_cas(key, expected, value, ttl_ms)
+    }
+
+    /// Remove a key; returns whether it existed.
+    pub fn delete(&self, key: &str) -> Result<bool, StateError> {
+        host::state_delete(key)
+    }
+}
+
+/// Why a state call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateError {
+    /// The backend is unreachable; decide whether to fail open or closed.
+    Unavailable(String),
+    /// The arguments were refused (key too long, value too large).
+    Invalid(String),
+}
+
+impl fmt::Display for StateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateError::Unavailable(m) => write!(f, "state backend unavailable: {m}"),
+            StateError::Invalid(m) => write!(f, "invalid state call: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for StateError {}

@@ -1,0 +1,224 @@
+//! Write plugins for the [weir](https://example.invalid/weir) API gateway in Rust.
+//!
+//! A plugin is a type implementing [`Plugin`], registered with
+//! [`export_plugin!`] and built for `wasm32-wasip2`:
+//!
+//! ```
+//! use weir_plugin_sdk::prelude::*;
+//!
+//! struct AddHeader { value: HeaderValue }
+//!
+//! impl Plugin for AddHeader {
+//!     fn new(config: &Config) -> Result<Self> {
+//!         Ok(Self { value: config.get_str("value").unwrap_or("hello").parse()? })
+//!     }
+//!     fn on_request(&self, req: &mut Request, _cx: &Context) -> Result<Action> {
+//!         req.headers_mut().insert("x-added", self.value.clone());
+//!         Ok(Action::Continue)
+//!     }
+//! }
+//!
+//! weir_plugin_sdk::export_plugin!(AddHeader);
+//! ```
+//!
+//! ```text
+//! cargo build --release --target wasm32-wasip2   # → target/wasm32-wasip2/release/<crate>.wasm
+//! ```
+//!
+//! # Phases
+//!
+//! | method               | runs when                        | default          | asked for by            |
+//! |----------------------|----------------------------------|------------------|-------------------------|
+//! | [`Plugin::new`]      | an instance is created           | (required)       | always                  |
+//! | [`Plugin::on_request`] | a request head arrived         | continue         | [`Phases::REQUEST_HEADERS`] |
+//! | [`Plugin::on_request_body`] | the whole request body is buffered | continue | [`Phases::REQUEST_BODY`] |
+//! | [`Plugin::on_response`] | the upstream's response head arrived | continue | [`Phases::RESPONSE_HEADERS`] |
+//! | [`Plugin::on_response_body`] | the whole response body is buffered | continue | [`Phases::RESPONSE_BODY`] |
+//!
+//! Request phases run in chain order; response phases in reverse chain
+//! order. [`Plugin::phases`] says which phases the gateway calls: by default
+//! both head phases, never the body phases (asking for a body phase makes the
+//! gateway buffer that body, up to its configured limit).
+//!
+//! # State between requests
+//!
+//! The gateway keeps a pool of initialised instances of each plugin and lends
+//! one to each request in turn (unless the route's plugin is configured with
+//! `isolation = "request"`, which gives every request a fresh instance). So:
+//!
+//! * what [`Plugin::new`] derives from the configuration (parsed keys,
+//!   compiled patterns) is computed once per instance and reused — put it in
+//!   your plugin struct;
+//! * a cache kept in the struct (through `RefCell`/`Cell`) is allowed, but
+//!   it is per instance: another request may be served by another instance,
+//!   and an instance is discarded after a trap or a deadline;
+//! * anything that must be shared or must survive — counters, rate limit
+//!   windows, baselines — belongs in the host's [`State`] (see
+//!   [`Context::state`]), which all instances and, with Redis, all gateway
+//!   nodes share. Never rely on globals for it.
+//!
+//! # Errors
+//!
+//! Every callback returns [`Result`]. An `Err` from [`Plugin::new`] rejects
+//! the configuration (the gateway names the plugin and the reason). An `Err`
+//! from a phase answers the client with the error's status (500 unless set
+//! with [`Error::new`]) and a JSON body `{"error": "..."}`; a panic or trap is
+//! handled by the gateway according to the plugin's `failure` policy.
+//!
+//! # Testing
+//!
+//! [`testing::Harness`] runs a plugin natively under `cargo test`, with an
+//! in-memory host (state, logs, metrics, events), through the same
+//! conversions the gateway uses.
+
+mod action;
+mod config;
+mod context;
+mod convert;
+mod error;
+mod head;
+mod host;
+pub mod testing;
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use action::{Action, Reply};
+pub use config::Config;
+pub use context::{Context, Event, Level, Severity, State, StateError};
+pub use error::{Error, Result};
+pub use head::{Body, Request, Response};
+pub use http;
+pub use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+
+/// The phases a plugin asks the gateway to call.
+pub use __private::bindings::weir::plugin::types::Phases;
+
+/// Everything a plugin usually needs, in one `use`.
+pub mod prelude {
+    pub use crate::{
+        Action, Body, Config, Context, Error, Event, HeaderMap, HeaderName, HeaderValue, Level, Method, Phases, Plugin,
+        Reply, Request, Response, Result, Severity, StatusCode,
+    };
+}
+
+/// A gateway plugin.
+///
+/// Implement [`Plugin::new`] and whichever phases you need; the others
+/// default to "continue unchanged". Register the type with
+/// [`export_plugin!`].
+pub trait Plugin: Sized + 'static {
+    /// Create an instance from its `config` table in `gateway.toml`.
+    ///
+    /// Runs once per instance, before any phase. Validate everything here:
+    /// an `Err` rejects the gateway configuration with your message, so bad
+    /// settings are caught by `weir check` and on reload, not on a request.
+    fn new(config: &Config) -> Result<Self>;
+
+    /// The phases the gateway calls, read once after [`Plugin::new`].
+    ///
+    /// Default: both head phases. Narrow it to save a call per request, and
+    /// widen it to receive buffered bodies.
+    fn phases(&self) -> Phases {
+        Phases::REQUEST_HEADERS | Phases::RESPONSE_HEADERS
+    }
+
+    /// A request head arrived. Edit `req` in place and return
+    /// [`Action::Continue`], or answer the client with [`Action::Respond`].
+    fn on_request(&self, req: &mut Request, cx: &Context) -> Result<Action> {
+        let _ = (req, cx);
+        Ok(Action::Continue)
+    }
+
+    /// The whole request body is buffered (only with
+    /// [`Phases::REQUEST_BODY`]). The head was settled by the head phases;
+    /// `body` may be replaced (the gateway fixes `content-length`).
+    fn on_request_body(&self, req: &Request, body: &mut Body, cx: &Context) -> Result<Action> {
+        let _ = (req, body, cx);
+        Ok(Action::Continue)
+    }
+
+    /// The upstream's response head arrived. `req` is the request as it was
+    /// sent upstream. Edit `resp` in place, or replace the whole response
+    /// with [`Action::Respond`].
+    fn on_response(&self, req: &Request, resp: &mut Response, cx: &Context) -> Result<Action> {
+        let _ = (req, resp, cx);
+        Ok(Action::Continue)
+    }
+
+    /// The whole response body is buffered (only with
+    /// [`Phases::RESPONSE_BODY`]).
+    fn on_response_body(&self, req: &Request, resp: &Response, body: &mut Body, cx: &Context) -> Result<Action> {
+        let _ = (req, resp, body, cx);
+        Ok(Action::Continue)
+    }
+}
+
+/// Register a [`Plugin`] type as the component's exported handler.
+///
+/// Use it once, at the crate root of a `cdylib` crate:
+///
+/// ```
+/// use weir_plugin_sdk::prelude::*;
+///
+/// struct Noop;
+/// impl Plugin for Noop {
+///     fn new(_: &Config) -> Result<Self> { Ok(Noop) }
+/// }
+///
+/// weir_plugin_sdk::export_plugin!(Noop);
+/// ```
+///
+/// A type that does not implement [`Plugin`] is rejected at compile time
+/// with "the trait `Plugin` is not implemented for `...`".
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        const _: () = {
+            ::std::thread_local! {
+                static __WEIR_PLUGIN: ::std::cell::OnceCell<$plugin> =
+                    const { ::std::cell::OnceCell::new() };
+            }
+
+            struct __WeirExport;
+
+            impl $crate::__private::Guest for __WeirExport {
+                fn init(
+                    config: ::std::string::String,
+                ) -> ::std::result::Result<$crate::__private::PluginInfo, ::std::string::String> {
+                    __WEIR_PLUGIN.with(|slot| $crate::__private::init::<$plugin>(slot, &config))
+                }
+                fn on_request(req: $crate::__private::RequestHead) -> $crate::__private::RequestAction {
+                    __WEIR_PLUGIN.with(|slot| $crate::__private::on_request::<$plugin>(slot.get(), req))
+                }
+                fn on_request_body(
+                    req: $crate::__private::RequestHead,
+                    body: ::std::vec::Vec<u8>,
+                ) -> $crate::__private::BodyAction {
+                    __WEIR_PLUGIN.with(|slot| $crate::__private::on_request_body::<$plugin>(slot.get(), req, body))
+                }
+                fn on_response(
+                    req: $crate::__private::RequestHead,
+                    resp: $crate::__private::ResponseHead,
+                ) -> $crate::__private::ResponseAction {
+                    __WEIR_PLUGIN.with(|slot| $crate::__private::on_response::<$plugin>(slot.get(), req, resp))
+                }
+                fn on_response_body(
+                    req: $crate::__private::RequestHead,
+                    resp: $crate::__private::ResponseHead,
+                    body: ::std::vec::Vec<u8>,
+                ) -> $crate::__private::BodyAction {
+                    __WEIR_PLUGIN
+                        .with(|slot| $crate::__private::on_response_body::<$plugin>(slot.get(), req, resp, body))
+                }
+            }
+
+            // Natively (for `cargo test`) there is nothing to export, and the
+            // component export names are not valid native symbol names.
+            #[cfg(target_arch = "wasm32")]
+    $crate::__private::export!(__WeirExport with_types_in $crate::__private::bindings);
+            #[cfg(not(target_arch = "wasm32"))]
+            let _ = <__WeirExport as $crate::__private::Guest>::init;
+        };
+    };
+}
