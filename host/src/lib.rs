@@ -133,7 +133,19 @@ impl Gateway {
             Some(a) => Some(TcpListener::bind(a).await?),
             None => None,
         };
-        Ok(Bound { shared: self.shared, proxy, admin })
+        // Watch from here on, so no change made after `bind` returns is missed.
+        let watch = if server.watch {
+            match reload::watch(self.shared.clone()) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::warn!("file watching unavailable, reload with POST /admin/reload: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Ok(Bound { shared: self.shared, proxy, admin, watch })
     }
 }
 
@@ -142,6 +154,7 @@ pub struct Bound {
     shared: Arc<Shared>,
     proxy: TcpListener,
     admin: Option<TcpListener>,
+    watch: Option<reload::WatchHandle>,
 }
 
 impl Bound {
@@ -163,6 +176,8 @@ impl Bound {
     /// Serve until `shutdown` resolves, then drain in-flight requests for at
     /// most `server.drain_timeout`.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send) -> anyhow::Result<()> {
-        server::serve(self.shared, self.proxy, self.admin, shutdown).await
+        let result = server::serve(self.shared, self.proxy, self.admin, shutdown).await;
+        drop(self.watch);
+        result
     }
 }

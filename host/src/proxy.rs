@@ -23,7 +23,7 @@ use crate::error::ProxyError;
 use crate::forwarding;
 use crate::plugin::{
     BodyAction, LoadedPlugin, Phases, PluginFailure, PluginResponse, RequestAction, RequestEdits, RequestHead,
-    ResponseAction, ResponseEdits, ResponseHead,
+    RequestInstance, ResponseAction, ResponseEdits, ResponseHead,
 };
 use crate::router::Match;
 use crate::snapshot::{Route, Snapshot};
@@ -54,7 +54,8 @@ where
     let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     parts.uri = Uri::from(pq);
 
-    let mut exchange = Exchange { snap: &snap, route, client, host, request_id, params, head: None };
+    let held = route.chain.iter().map(|_| RequestInstance::default()).collect();
+    let mut exchange = Exchange { snap: &snap, route, client, host, request_id, params, head: None, held };
     let result = exchange.run(parts, body).await;
     let mut resp = match result {
         Ok(resp) => resp,
@@ -88,6 +89,8 @@ struct Exchange<'a> {
     /// The request head as plugins see it, built on first use and kept in
     /// step with the edits.
     head: Option<RequestHead>,
+    /// Per chain position: the instance of an `isolation = "request"` plugin.
+    held: Vec<RequestInstance>,
 }
 
 impl Exchange<'_> {
@@ -99,12 +102,12 @@ impl Exchange<'_> {
         let route = self.route;
 
         // Request chain.
-        for plugin in &route.chain {
+        for (i, plugin) in route.chain.iter().enumerate() {
             if !plugin.phases().contains(Phases::REQUEST_HEADERS) {
                 continue;
             }
-            let head = self.head(&parts);
-            let action = guard(plugin, plugin.on_request(head).await)?;
+            let (head, held) = self.head_and_slot(&parts, i);
+            let action = guard(plugin, plugin.on_request(head, held).await)?;
             match action {
                 Some(RequestAction::Continue(edits)) => self.apply_request_edits(plugin, &mut parts, edits)?,
                 Some(RequestAction::Respond(r)) => return plugin_reply(plugin, r, self.snap.server.max_buffered_body),
@@ -114,13 +117,13 @@ impl Exchange<'_> {
 
         // Request body chain (buffered), or stream it.
         let upstream_body = if route.buffer_request {
-            let mut bytes = self.buffer_request(&parts, body).await?;
-            for plugin in &route.chain {
+            let mut bytes = buffer_request(&parts, body, self.snap.server.max_buffered_body).await?;
+            for (i, plugin) in route.chain.iter().enumerate() {
                 if !plugin.phases().contains(Phases::REQUEST_BODY) {
                     continue;
                 }
-                let head = self.head(&parts);
-                match guard(plugin, plugin.on_request_body(head, &bytes).await)? {
+                let (head, held) = self.head_and_slot(&parts, i);
+                match guard(plugin, plugin.on_request_body(head, &bytes, held).await)? {
                     Some(BodyAction::Continue(Some(new))) => bytes = self.check_body(plugin, new)?.into(),
                     Some(BodyAction::Respond(r)) => {
                         return plugin_reply(plugin, r, self.snap.server.max_buffered_body);
@@ -162,13 +165,13 @@ impl Exchange<'_> {
         let wants_response = route.chain.iter().any(|p| p.phases().contains(Phases::RESPONSE_HEADERS));
         let mut resp_head = None;
         if wants_response || route.buffer_response {
-            for plugin in route.chain.iter().rev() {
+            for (i, plugin) in route.chain.iter().enumerate().rev() {
                 if !plugin.phases().contains(Phases::RESPONSE_HEADERS) {
                     continue;
                 }
                 let rh = resp_head.get_or_insert_with(|| response_head(rparts.status, &rparts.headers));
-                let head = self.head(&parts);
-                match guard(plugin, plugin.on_response(head, rh).await)? {
+                let (head, held) = self.head_and_slot(&parts, i);
+                match guard(plugin, plugin.on_response(head, rh, held).await)? {
                     Some(ResponseAction::Continue(edits)) => apply_response_edits(plugin, &mut rparts, rh, edits)?,
                     Some(ResponseAction::Respond(r)) => {
                         return plugin_reply(plugin, r, self.snap.server.max_buffered_body);
@@ -189,13 +192,13 @@ impl Exchange<'_> {
             }
             Err(e) => return Err(ProxyError::Upstream { upstream: upstream.name.clone(), detail: e.to_string() }),
         };
-        for plugin in route.chain.iter().rev() {
+        for (i, plugin) in route.chain.iter().enumerate().rev() {
             if !plugin.phases().contains(Phases::RESPONSE_BODY) {
                 continue;
             }
             let rh = resp_head.get_or_insert_with(|| response_head(rparts.status, &rparts.headers));
-            let head = self.head(&parts);
-            match guard(plugin, plugin.on_response_body(head, rh, &bytes).await)? {
+            let (head, held) = self.head_and_slot(&parts, i);
+            match guard(plugin, plugin.on_response_body(head, rh, &bytes, held).await)? {
                 Some(BodyAction::Continue(Some(new))) => bytes = self.check_body(plugin, new)?.into(),
                 Some(BodyAction::Respond(r)) => return plugin_reply(plugin, r, max),
                 Some(BodyAction::Continue(None)) | None => {}
@@ -206,9 +209,10 @@ impl Exchange<'_> {
         Ok(Response::from_parts(rparts, body::full(bytes)))
     }
 
-    /// The plugin view of the request, built once and then kept in step.
-    fn head(&mut self, parts: &Parts) -> &RequestHead {
-        self.head.get_or_insert_with(|| RequestHead {
+    /// The plugin view of the request (built on first use, then kept in
+    /// step with the edits) and the instance slot of chain position `i`.
+    fn head_and_slot(&mut self, parts: &Parts, i: usize) -> (&RequestHead, &mut RequestInstance) {
+        let head = self.head.get_or_insert_with(|| RequestHead {
             method: parts.method.as_str().to_owned(),
             uri: parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
             authority: self.host.clone(),
@@ -217,7 +221,8 @@ impl Exchange<'_> {
             route: self.route.name.to_string(),
             request_id: self.request_id.clone(),
             path_params: self.params.clone(),
-        })
+        });
+        (head, &mut self.held[i])
     }
 
     fn apply_request_edits(
@@ -254,25 +259,6 @@ impl Exchange<'_> {
             head.headers = forwarding::to_wit(&parts.headers);
         }
         Ok(())
-    }
-
-    async fn buffer_request<B>(&self, parts: &Parts, body: B) -> Result<Bytes, ProxyError>
-    where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<body::BoxError>,
-    {
-        let max = self.snap.server.max_buffered_body;
-        let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max) {
-            return Err(ProxyError::RequestBodyTooLarge(max));
-        }
-        match Limited::new(body, max as usize).collect().await {
-            Ok(c) => Ok(c.to_bytes()),
-            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-                Err(ProxyError::RequestBodyTooLarge(max))
-            }
-            Err(e) => Err(ProxyError::RequestBody(e.to_string())),
-        }
     }
 
     fn check_body(&self, plugin: &LoadedPlugin, body: Vec<u8>) -> Result<Vec<u8>, ProxyError> {
@@ -316,6 +302,25 @@ impl Exchange<'_> {
             .map_err(|e| ProxyError::Upstream { upstream: upstream.name.clone(), detail: e.to_string() })?
             .into_parts();
         Ok(p)
+    }
+}
+
+/// Read a whole request body, refusing more than `max` bytes.
+async fn buffer_request<B>(parts: &Parts, body: B, max: u64) -> Result<Bytes, ProxyError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<body::BoxError>,
+{
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(ProxyError::RequestBodyTooLarge(max));
+    }
+    match Limited::new(body, max as usize).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(ProxyError::RequestBodyTooLarge(max))
+        }
+        Err(e) => Err(ProxyError::RequestBody(e.to_string())),
     }
 }
 

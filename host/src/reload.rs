@@ -75,6 +75,7 @@ pub fn watch(shared: Arc<Shared>) -> notify::Result<WatchHandle> {
 
     let task = tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
+            tracing::debug!(path = %first.display(), "file event");
             let mut relevant = is_relevant(&first, config_name.as_deref(), &plugins_dir);
             let deadline = tokio::time::Instant::now() + MAX_DELAY;
             loop {
@@ -88,6 +89,7 @@ pub fn watch(shared: Arc<Shared>) -> notify::Result<WatchHandle> {
                 }
             }
             if !relevant {
+                tracing::debug!(path = %first.display(), "file events ignored");
                 continue;
             }
             if reload(&shared).await.is_ok() {

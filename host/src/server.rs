@@ -28,17 +28,6 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let server_cfg = shared.snapshot.load().server.clone();
-    let _watch = if server_cfg.watch {
-        match crate::reload::watch(shared.clone()) {
-            Ok(h) => Some(h),
-            Err(e) => {
-                tracing::warn!("file watching unavailable, reload with POST /admin/reload: {e}");
-                None
-            }
-        }
-    } else {
-        None
-    };
     let sweeper = {
         let state = shared.loader.state.clone();
         tokio::spawn(async move {

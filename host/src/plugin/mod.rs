@@ -47,6 +47,12 @@ pub enum PluginFailure {
     InvalidOutput(String),
 }
 
+/// The instance a request holds for an `isolation = "request"` plugin: made
+/// fresh for the request, used by all its phases, dropped with it. Unused
+/// for pooled plugins.
+#[derive(Default)]
+pub struct RequestInstance(Option<Instance>);
+
 /// One initialised instance.
 struct Instance {
     store: Store<StoreData>,
@@ -195,19 +201,26 @@ impl LoadedPlugin {
         Ok((Instance { store, world }, info.phases))
     }
 
-    async fn borrow(&self) -> Result<Instance, PluginFailure> {
-        if self.spec.isolation == Isolation::Pool
-            && let Some(inst) = self.idle.lock().ok().and_then(|mut v| v.pop())
-        {
-            return Ok(inst);
+    async fn borrow(&self, held: &mut RequestInstance) -> Result<Instance, PluginFailure> {
+        let reused = match self.spec.isolation {
+            Isolation::Pool => self.idle.lock().ok().and_then(|mut v| v.pop()),
+            Isolation::Request => held.0.take(),
+        };
+        match reused {
+            Some(inst) => Ok(inst),
+            None => self.instantiate().await.map(|(inst, _)| inst).map_err(PluginFailure::Unavailable),
         }
-        self.instantiate().await.map(|(inst, _)| inst).map_err(PluginFailure::Unavailable)
+    }
+
+    /// Return a healthy instance: to the pool, or to the request holding it.
+    fn give_back(&self, inst: Instance, held: &mut RequestInstance) {
+        match self.spec.isolation {
+            Isolation::Pool => self.put_back(inst),
+            Isolation::Request => held.0 = Some(inst),
+        }
     }
 
     fn put_back(&self, inst: Instance) {
-        if self.spec.isolation == Isolation::Request {
-            return;
-        }
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < self.spec.max_idle
         {
@@ -216,9 +229,9 @@ impl LoadedPlugin {
     }
 
     /// Borrow an instance, run one phase under the deadline, return it.
-    async fn run(&self, call: Call<'_>) -> Result<Answer, PluginFailure> {
+    async fn run(&self, call: Call<'_>, held: &mut RequestInstance) -> Result<Answer, PluginFailure> {
         let started = Instant::now();
-        let mut inst = self.borrow().await?;
+        let mut inst = self.borrow(held).await?;
         inst.store.set_epoch_deadline(self.deadline_ticks);
         // The epoch deadline stops guest code; this timeout also bounds time
         // spent awaiting host I/O (state calls), which epochs do not see.
@@ -227,7 +240,7 @@ impl LoadedPlugin {
         self.metrics.duration.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(Ok(answer)) => {
-                self.put_back(inst);
+                self.give_back(inst, held);
                 Ok(answer)
             }
             Ok(Err(e)) if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) => {
@@ -257,8 +270,12 @@ impl LoadedPlugin {
     }
 
     /// `on-request`.
-    pub(crate) async fn on_request(&self, req: &RequestHead) -> Result<RequestAction, PluginFailure> {
-        match self.run(Call::Request(req)).await? {
+    pub(crate) async fn on_request(
+        &self,
+        req: &RequestHead,
+        held: &mut RequestInstance,
+    ) -> Result<RequestAction, PluginFailure> {
+        match self.run(Call::Request(req), held).await? {
             Answer::Request(a) => {
                 self.count(matches!(a, RequestAction::Respond(_)));
                 Ok(a)
@@ -268,8 +285,13 @@ impl LoadedPlugin {
     }
 
     /// `on-request-body`.
-    pub(crate) async fn on_request_body(&self, req: &RequestHead, body: &[u8]) -> Result<BodyAction, PluginFailure> {
-        match self.run(Call::RequestBody(req, body)).await? {
+    pub(crate) async fn on_request_body(
+        &self,
+        req: &RequestHead,
+        body: &[u8],
+        held: &mut RequestInstance,
+    ) -> Result<BodyAction, PluginFailure> {
+        match self.run(Call::RequestBody(req, body), held).await? {
             Answer::Body(a) => {
                 self.count(matches!(a, BodyAction::Respond(_)));
                 Ok(a)
@@ -283,8 +305,9 @@ impl LoadedPlugin {
         &self,
         req: &RequestHead,
         resp: &ResponseHead,
+        held: &mut RequestInstance,
     ) -> Result<ResponseAction, PluginFailure> {
-        match self.run(Call::Response(req, resp)).await? {
+        match self.run(Call::Response(req, resp), held).await? {
             Answer::Response(a) => {
                 self.count(matches!(a, ResponseAction::Respond(_)));
                 Ok(a)
@@ -299,8 +322,9 @@ impl LoadedPlugin {
         req: &RequestHead,
         resp: &ResponseHead,
         body: &[u8],
+        held: &mut RequestInstance,
     ) -> Result<BodyAction, PluginFailure> {
-        match self.run(Call::ResponseBody(req, resp, body)).await? {
+        match self.run(Call::ResponseBody(req, resp, body), held).await? {
             Answer::Body(a) => {
                 self.count(matches!(a, BodyAction::Respond(_)));
                 Ok(a)

@@ -1,0 +1,160 @@
+//! Plugin chains: order, edits, short-circuits, body phases, shared state.
+
+use http::Method;
+use weir_tests::{TestGateway, Upstream};
+
+fn probe(name: &str, config: &str) -> String {
+    format!("[plugins.{name}]\nmodule = \"probe.wasm\"\nconfig = {{ {config} }}\n")
+}
+
+fn route(chain: &[&str], upstream: &str) -> String {
+    let chain: Vec<String> = chain.iter().map(|c| format!("\"{c}\"")).collect();
+    format!(
+        "[upstreams.up]\ntargets = [\"{upstream}\"]\n[[routes]]\nname = \"r\"\nupstream = \"up\"\nchain = [{}]\n",
+        chain.join(", ")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_runs_in_order_and_responses_in_reverse() {
+    let up = Upstream::start("up").await;
+    let cfg = format!(
+        "{}{}{}{}",
+        probe("a", "tag = \"a\""),
+        probe("b", "tag = \"b\""),
+        probe("c", "tag = \"c\""),
+        route(&["a", "b", "c"], &up.addr.to_string())
+    );
+    let gw = TestGateway::start(&cfg, &["probe.wasm"]).await;
+    let r = gw.get("/").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.seen("x-chain").as_deref(), Some("a,b,c"));
+    assert_eq!(r.header("x-chain-resp"), Some("c,b,a"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_circuit_skips_upstream_and_the_rest_of_the_chain() {
+    let up = Upstream::start("up").await;
+    let cfg = format!(
+        "{}{}{}{}",
+        probe("first", "tag = \"first\""),
+        probe("gate", "tag = \"gate\", respond_status = 418"),
+        probe("never", "tag = \"never\", count = true"),
+        route(&["first", "gate", "never"], &up.addr.to_string())
+    );
+    let gw = TestGateway::start(&cfg, &["probe.wasm"]).await;
+    let r = gw.request(Method::GET, "/", &[("x-probe-respond", "1")], "").await;
+    assert_eq!(r.status, 418);
+    assert_eq!(r.header("x-responded-by"), Some("gate"));
+    assert_eq!(r.text(), "short-circuit by gate");
+    assert!(r.header("x-request-id").is_some());
+    assert_eq!(up.hits(), 0, "the upstream must not be called");
+
+    // Without the trigger the whole chain runs; `never` counted only this one.
+    let r = gw.get("/").await;
+    assert_eq!(r.seen("x-chain").as_deref(), Some("first,gate,never"));
+    assert_eq!(r.seen("x-count").as_deref(), Some("1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_and_response_edits() {
+    let up = Upstream::start("up").await;
+    let cfg = format!(
+        "{}{}{}",
+        probe("rewrite", "rewrite_uri = \"/v2/items?limit=5\", set_method = \"PUT\", remove_header = \"x-secret\""),
+        probe("status", "response_status = 203"),
+        route(&["rewrite", "status"], &up.addr.to_string())
+    );
+    let gw = TestGateway::start(&cfg, &["probe.wasm"]).await;
+    let r = gw.request(Method::GET, "/v1/items", &[("x-secret", "s3cr3t"), ("x-kept", "k")], "").await;
+    assert_eq!(r.status, 203);
+    let seen = r.json();
+    assert_eq!(seen["method"], "PUT");
+    assert_eq!(seen["uri"], "/v2/items?limit=5");
+    assert_eq!(seen["headers"]["x-secret"], serde_json::Value::Null);
+    assert_eq!(seen["headers"]["x-kept"][0], "k");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_module_backs_several_instances() {
+    let up = Upstream::start("up").await;
+    let cfg = format!(
+        r#"
+[plugins.greet]
+module = "add_header.wasm"
+config = {{ name = "x-greeting", value = "hello" }}
+[plugins.served]
+module = "add_header.wasm"
+config = {{ name = "x-served-by", value = "weir", to = "response" }}
+{}"#,
+        route(&["greet", "served"], &up.addr.to_string())
+    );
+    let gw = TestGateway::start(&cfg, &["add_header.wasm"]).await;
+    let r = gw.get("/").await;
+    assert_eq!(r.seen("x-greeting").as_deref(), Some("hello"));
+    assert_eq!(r.header("x-served-by"), Some("weir"));
+    let status = gw.status().await;
+    let shas: Vec<_> = status["plugins"].as_array().expect("plugins").iter().map(|p| p["sha256"].clone()).collect();
+    assert_eq!(shas.len(), 2);
+    assert_eq!(shas[0], shas[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_body_phases() {
+    let up = Upstream::start("up").await;
+    let cfg = format!(
+        "{}{}",
+        probe("body", "upper_body = true, body_suffix = \"-done\""),
+        route(&["body"], &up.addr.to_string())
+    );
+    let gw = TestGateway::start(&cfg, &["probe.wasm"]).await;
+    let r = gw.request(Method::POST, "/echo", &[], "hello body").await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().ends_with("-done"), "response body phase ran: {}", r.text());
+    let echoed: serde_json::Value =
+        serde_json::from_str(r.text().trim_end_matches("-done")).expect("upstream JSON before the suffix");
+    assert_eq!(echoed["body"], "HELLO BODY");
+    assert_eq!(echoed["headers"]["content-length"][0], "10");
+    assert_eq!(r.header("content-length"), Some(r.body.len().to_string().as_str()));
+
+    // Over the buffer limit (1 MiB by default): 413, never forwarded.
+    let hits = up.hits();
+    let big = "x".repeat(2 << 20);
+    assert_eq!(gw.request(Method::POST, "/echo", &[], &big).await.status, 413);
+    assert_eq!(up.hits(), hits);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_state_is_shared_across_instances_and_isolation_modes() {
+    let up = Upstream::start("up").await;
+    let cfg = format!(
+        "{}[plugins.fresh]\nmodule = \"probe.wasm\"\nconfig = {{ count = true }}\nisolation = \"request\"\n{}",
+        probe("pooled", "count = true"),
+        "[upstreams.up]\ntargets = [\"UP\"]\n[[routes]]\nname = \"p\"\npath_prefix = \"/p\"\nupstream = \"up\"\nchain = [\"pooled\"]\n[[routes]]\nname = \"f\"\npath_prefix = \"/f\"\nupstream = \"up\"\nchain = [\"fresh\"]\n"
+            .replace("UP", &up.addr.to_string())
+    );
+    let gw = TestGateway::start(&cfg, &["probe.wasm"]).await;
+    // Concurrent requests force several pooled instances; the count in host
+    // state still goes 1..=N without gaps or repeats.
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let c = gw.client.clone();
+        let url = format!("{}/p", gw.url);
+        tasks.push(tokio::spawn(async move { c.get(&url).await.expect("request").seen("x-count") }));
+    }
+    let mut counts: Vec<u64> = Vec::new();
+    for t in tasks {
+        counts.push(t.await.expect("task").expect("x-count").parse().expect("number"));
+    }
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=20).collect::<Vec<_>>());
+
+    for i in 1..=3 {
+        assert_eq!(gw.get("/f").await.seen("x-count"), Some(i.to_string()), "fresh instances share host state too");
+    }
+    let metrics = gw.metrics().await;
+    assert!(metrics.contains(r#"weir_plugin_custom_total{plugin="pooled",name="probe_requests"} 20"#), "{metrics}");
+    // isolation = "request": one instance at load plus one per request (its
+    // request and response phases share it).
+    assert!(metrics.contains(r#"weir_plugin_instances_created_total{plugin="fresh"} 4"#), "{metrics}");
+}

@@ -1,0 +1,99 @@
+//! The `weir` binary: `check` and `run` as a real process.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use weir_tests::{Upstream, fixture, weir_binary};
+
+fn prepare(config: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("plugins")).expect("mkdir");
+    std::fs::copy(fixture("add_header.wasm"), dir.path().join("plugins/add_header.wasm")).expect("copy");
+    std::fs::write(dir.path().join("gateway.toml"), config).expect("write");
+    dir
+}
+
+const GOOD: &str = r#"[server]
+listen = "LISTEN"
+admin_listen = "127.0.0.1:0"
+plugins_dir = "plugins"
+
+[upstreams.users]
+targets = ["UPSTREAM"]
+
+[plugins.greet]
+module = "add_header.wasm"
+config = { name = "x-greeting", value = "hello" }
+failure = "closed"
+limits = { memory = "16MiB", deadline = "50ms" }
+
+[[routes]]
+name = "users"
+path_prefix = "/users"
+methods = ["GET", "POST"]
+upstream = "users"
+chain = ["greet"]
+"#;
+
+#[test]
+fn check_accepts_good_and_lists_every_error() {
+    let dir = prepare(&GOOD.replace("LISTEN", "127.0.0.1:0").replace("UPSTREAM", "127.0.0.1:9"));
+    let out = Command::new(weir_binary())
+        .args(["check", "--config"])
+        .arg(dir.path().join("gateway.toml"))
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("ok (1 routes, 1 upstreams, 1 plugins)"), "{stdout}");
+
+    let bad = GOOD
+        .replace("LISTEN", "127.0.0.1:0")
+        .replace("UPSTREAM", "nowhere")
+        .replace("add_header.wasm", "missing.wasm")
+        .replace("upstream = \"users\"", "upstream = \"userz\"");
+    let dir = prepare(&bad);
+    let out = Command::new(weir_binary())
+        .args(["check", "--config"])
+        .arg(dir.path().join("gateway.toml"))
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("gateway.toml:7: upstream `users`: target \"nowhere\" needs a port"), "{stderr}");
+    assert!(stderr.contains("gateway.toml:10: plugin `greet`: cannot read"), "{stderr}");
+    assert!(stderr.contains("gateway.toml:19: route `users`: unknown upstream `userz`"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_and_drains_on_sigterm() {
+    let up = Upstream::start("users").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let dir = prepare(&GOOD.replace("LISTEN", &format!("127.0.0.1:{port}")).replace("UPSTREAM", &up.addr.to_string()));
+    let mut child = Command::new(weir_binary())
+        .args(["run", "--config"])
+        .arg(dir.path().join("gateway.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn weir");
+    let client = weir_tests::Client::new();
+    let url = format!("http://127.0.0.1:{port}/users/1");
+    let reply = weir_tests::wait_for(Duration::from_secs(20), || async { client.get(&url).await.ok() }).await;
+    let reply = reply.expect("weir answered");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.seen("x-greeting").as_deref(), Some("hello"));
+
+    // SIGTERM: exits cleanly.
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "weir did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+}

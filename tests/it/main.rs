@@ -1,0 +1,10 @@
+//! Whole-gateway tests: the real gateway on loopback, real upstream servers,
+//! real `.wasm` plugins built from `plugins/` and `tests/plugins/`.
+//!
+//! One test binary (faster to link than one per file); one module per area.
+
+mod chain;
+mod cli;
+mod reload;
+mod routing;
+mod sandbox;

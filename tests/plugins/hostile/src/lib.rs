@@ -1,0 +1,139 @@
+//! `hostile.wasm` — a test-only plugin written against the raw WIT bindings
+//! (no SDK), so it can do what the SDK would not let it: loop forever, trap,
+//! exhaust memory, recurse without end, return invalid headers. The
+//! behaviour is `config.mode`; modes other than `ok` act in `on-request`.
+
+#![allow(unsafe_code)]
+// Natively (workspace `cargo test`) nothing is exported, so nothing is used.
+#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code, unused_imports))]
+
+use std::cell::Cell;
+
+wit_bindgen::generate!({ path: "../../../wit", world: "plugin" });
+
+use exports::weir::plugin::handler::Guest;
+use weir::plugin::types::*;
+
+thread_local! {
+    static MODE: Cell<Mode> = const { Cell::new(Mode::Ok) };
+    static EVERY: Cell<u64> = const { Cell::new(0) };
+    static SEEN: Cell<u64> = const { Cell::new(0) };
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Ok,
+    Loop,
+    Trap,
+    /// Trap on every n-th request (`every`) of this instance.
+    TrapEvery,
+    /// Trap when the request has `x-trap`.
+    TrapOnHeader,
+    MemoryBomb,
+    Recurse,
+    InvalidHeader,
+    HugeBody,
+}
+
+struct Hostile;
+
+fn cont() -> RequestAction {
+    RequestAction::Continue(RequestEdits { method: None, uri: None, headers: None })
+}
+
+#[inline(never)]
+#[allow(unconditional_recursion)] // on purpose: it must overflow the stack
+fn recurse(n: u64) -> u64 {
+    let pad = [n; 64];
+    std::hint::black_box(&pad);
+    recurse(n + 1) + pad[(n % 64) as usize]
+}
+
+impl Guest for Hostile {
+    fn init(config: String) -> Result<PluginInfo, String> {
+        let v: serde_json::Value = serde_json::from_str(&config).map_err(|e| e.to_string())?;
+        let mode = match v.get("mode").and_then(|m| m.as_str()).unwrap_or("ok") {
+            "ok" => Mode::Ok,
+            "loop" => Mode::Loop,
+            "trap" => Mode::Trap,
+            "trap_every" => Mode::TrapEvery,
+            "trap_on_header" => Mode::TrapOnHeader,
+            "memory_bomb" => Mode::MemoryBomb,
+            "recurse" => Mode::Recurse,
+            "invalid_header" => Mode::InvalidHeader,
+            "huge_body" => Mode::HugeBody,
+            "loop_in_init" => loop {
+                std::hint::spin_loop();
+            },
+            other => return Err(format!("unknown mode {other:?}")),
+        };
+        MODE.set(mode);
+        EVERY.set(v.get("every").and_then(|e| e.as_u64()).unwrap_or(100));
+        Ok(PluginInfo { phases: Phases::REQUEST_HEADERS })
+    }
+
+    fn on_request(req: RequestHead) -> RequestAction {
+        match MODE.get() {
+            Mode::Ok => cont(),
+            Mode::Loop => {
+                let mut x: u64 = 0;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            Mode::Trap => panic!("hostile plugin: trap on purpose"),
+            Mode::TrapEvery => {
+                let n = SEEN.get() + 1;
+                SEEN.set(n);
+                if n % EVERY.get().max(1) == 0 {
+                    panic!("hostile plugin: trap on request {n}");
+                }
+                cont()
+            }
+            Mode::TrapOnHeader => {
+                if req.headers.iter().any(|h| h.name == "x-trap") {
+                    panic!("hostile plugin: trap on header");
+                }
+                cont()
+            }
+            Mode::MemoryBomb => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                    if hoard.len() > 1024 {
+                        break cont();
+                    }
+                }
+            }
+            Mode::Recurse => {
+                std::hint::black_box(recurse(0));
+                cont()
+            }
+            Mode::InvalidHeader => RequestAction::Continue(RequestEdits {
+                method: None,
+                uri: None,
+                headers: Some(vec![Header { name: "x-evil".into(), value: b"a\r\nx-injected: 1".to_vec() }]),
+            }),
+            Mode::HugeBody => {
+                RequestAction::Respond(Response { status: 200, headers: vec![], body: vec![b'x'; 8 << 20] })
+            }
+        }
+    }
+
+    fn on_request_body(_req: RequestHead, _body: Vec<u8>) -> BodyAction {
+        BodyAction::Continue(None)
+    }
+
+    fn on_response(_req: RequestHead, _resp: ResponseHead) -> ResponseAction {
+        ResponseAction::Continue(ResponseEdits { status: None, headers: None })
+    }
+
+    fn on_response_body(_req: RequestHead, _resp: ResponseHead, _body: Vec<u8>) -> BodyAction {
+        BodyAction::Continue(None)
+    }
+}
+
+// Component export names are not valid native symbols.
+#[cfg(target_arch = "wasm32")]
+export!(Hostile);

@@ -1,0 +1,129 @@
+//! `probe.wasm` — a test-only plugin whose behaviour is chosen by config, so
+//! integration tests can observe chain order, edits, short-circuits, body
+//! phases and host state through the real gateway.
+
+use serde::Deserialize;
+use weir_plugin_sdk::prelude::*;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    /// Appended to `x-chain` on the request and `x-chain-resp` on the response.
+    #[serde(default)]
+    tag: Option<String>,
+    /// Answer with this status when the request carries `x-probe-respond`.
+    #[serde(default)]
+    respond_status: Option<u16>,
+    /// Replace the path and query.
+    #[serde(default)]
+    rewrite_uri: Option<String>,
+    /// Replace the method.
+    #[serde(default)]
+    set_method: Option<String>,
+    /// Remove this request header.
+    #[serde(default)]
+    remove_header: Option<String>,
+    /// Set the response status.
+    #[serde(default)]
+    response_status: Option<u16>,
+    /// Uppercase the request body (asks for the request body phase).
+    #[serde(default)]
+    upper_body: bool,
+    /// Append to the response body (asks for the response body phase).
+    #[serde(default)]
+    body_suffix: Option<String>,
+    /// Count requests in host state; the count goes in `x-count`.
+    #[serde(default)]
+    count: bool,
+    /// Reject the configuration with this message.
+    #[serde(default)]
+    reject: Option<String>,
+}
+
+struct Probe {
+    s: Settings,
+}
+
+impl Plugin for Probe {
+    fn new(config: &Config) -> Result<Self> {
+        let s: Settings = config.parse()?;
+        if let Some(reason) = &s.reject {
+            return Err(Error::internal(reason.clone()));
+        }
+        Ok(Self { s })
+    }
+
+    fn phases(&self) -> Phases {
+        let mut p = Phases::REQUEST_HEADERS | Phases::RESPONSE_HEADERS;
+        if self.s.upper_body {
+            p |= Phases::REQUEST_BODY;
+        }
+        if self.s.body_suffix.is_some() {
+            p |= Phases::RESPONSE_BODY;
+        }
+        p
+    }
+
+    fn on_request(&self, req: &mut Request, cx: &Context) -> Result<Action> {
+        if let (Some(status), Some(_)) = (self.s.respond_status, req.header("x-probe-respond")) {
+            let status = StatusCode::from_u16(status)?;
+            let tag = self.s.tag.as_deref().unwrap_or("probe");
+            return Ok(Reply::new(status).header("x-responded-by", tag).body(format!("short-circuit by {tag}")).into());
+        }
+        if let Some(tag) = &self.s.tag {
+            append(req.headers_mut(), "x-chain", tag)?;
+        }
+        if let Some(uri) = &self.s.rewrite_uri {
+            req.set_uri(uri)?;
+        }
+        if let Some(m) = &self.s.set_method {
+            req.set_method(Method::from_bytes(m.as_bytes())?);
+        }
+        if let Some(h) = &self.s.remove_header {
+            req.headers_mut().remove(h.as_str());
+        }
+        if self.s.count {
+            let n = cx.state().incr("requests", 1, 0)?;
+            req.headers_mut().insert("x-count", HeaderValue::from(n));
+            cx.counter_add("probe_requests", 1);
+        }
+        Ok(Action::Continue)
+    }
+
+    fn on_request_body(&self, _req: &Request, body: &mut Body, _cx: &Context) -> Result<Action> {
+        if self.s.upper_body {
+            let upper = body.as_bytes().to_ascii_uppercase();
+            body.set(upper);
+        }
+        Ok(Action::Continue)
+    }
+
+    fn on_response(&self, _req: &Request, resp: &mut Response, _cx: &Context) -> Result<Action> {
+        if let Some(tag) = &self.s.tag {
+            append(resp.headers_mut(), "x-chain-resp", tag)?;
+        }
+        if let Some(status) = self.s.response_status {
+            resp.set_status(StatusCode::from_u16(status)?);
+        }
+        Ok(Action::Continue)
+    }
+
+    fn on_response_body(&self, _req: &Request, _resp: &Response, body: &mut Body, _cx: &Context) -> Result<Action> {
+        if let Some(suffix) = &self.s.body_suffix {
+            body.bytes_mut().extend_from_slice(suffix.as_bytes());
+        }
+        Ok(Action::Continue)
+    }
+}
+
+/// Append `tag` to a comma-separated header.
+fn append(headers: &mut HeaderMap, name: &'static str, tag: &str) -> Result<()> {
+    let value = match headers.get(name).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev},{tag}"),
+        None => tag.to_owned(),
+    };
+    headers.insert(name, value.parse()?);
+    Ok(())
+}
+
+weir_plugin_sdk::export_plugin!(Probe);

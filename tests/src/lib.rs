@@ -1,0 +1,435 @@
+//! Test harness for weir: everything real, on loopback.
+//!
+//! * [`fixtures`] builds every plugin (built-in and test-only) for
+//!   `wasm32-wasip2` once per test run, with cargo, into the usual
+//!   `target/wasm32-wasip2/release/`.
+//! * [`Upstream`] is a real HTTP server that echoes what it received as JSON.
+//! * [`TestGateway`] starts the real gateway (the `weir` library) on
+//!   ephemeral ports from a config written to a temporary folder.
+//! * [`Client`] is a plain HTTP/1.1 client.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
+}
+
+/// Where cargo puts the wasm plugins.
+pub fn wasm_dir() -> PathBuf {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+    target.join("wasm32-wasip2").join("release")
+}
+
+/// Build all plugins for wasm32-wasip2 (once per process) and return the
+/// folder holding the `.wasm` files.
+pub fn fixtures() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = workspace_root();
+        let mut packages = Vec::new();
+        for dir in ["plugins", "tests/plugins"] {
+            let Ok(entries) = std::fs::read_dir(root.join(dir)) else { continue };
+            for e in entries.flatten() {
+                let manifest = e.path().join("Cargo.toml");
+                if let Ok(text) = std::fs::read_to_string(&manifest)
+                    && let Some(name) = text.lines().find_map(|l| l.strip_prefix("name = \""))
+                {
+                    packages.push(name.trim_end_matches('"').to_owned());
+                }
+            }
+        }
+        packages.sort();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(&root).args(["build", "--release", "--target", "wasm32-wasip2"]);
+        for p in &packages {
+            cmd.args(["-p", p]);
+        }
+        // Do not leak the outer build's settings into the wasm build.
+        for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "RUSTC_WORKSPACE_WRAPPER", "CARGO_BUILD_TARGET"] {
+            cmd.env_remove(var);
+        }
+        let status = cmd.status().expect("run cargo to build the wasm fixtures");
+        assert!(status.success(), "building wasm fixtures failed (is `rustup target add wasm32-wasip2` done?)");
+        wasm_dir()
+    })
+}
+
+/// Path of one built module, e.g. `fixture("add_header.wasm")`.
+pub fn fixture(file: &str) -> PathBuf {
+    let p = fixtures().join(file);
+    assert!(p.exists(), "fixture {} missing", p.display());
+    p
+}
+
+/// The `weir` binary, built on first use.
+pub fn weir_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(workspace_root())
+            .args(["build", "--release", "-p", "weir", "--bin", "weir"])
+            .status()
+            .expect("run cargo to build weir");
+        assert!(status.success(), "building weir failed");
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+        target.join("release").join("weir")
+    })
+}
+
+// ---- upstream ----------------------------------------------------------
+
+/// A real upstream server: answers every request with a JSON echo of it.
+///
+/// The reply has header `x-upstream: NAME` and body
+/// `{"upstream", "method", "uri", "headers": {name: [values]}, "body"}`.
+/// A request header `x-delay-ms: N` delays the answer; `x-status: N` sets
+/// the status.
+pub struct Upstream {
+    /// Listening address.
+    pub addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Upstream {
+    /// Start on an ephemeral loopback port.
+    pub async fn start(name: &str) -> Self {
+        Self::start_on("127.0.0.1:0".parse().expect("addr"), name).await
+    }
+
+    /// Start on a given address.
+    pub async fn start_on(addr: SocketAddr, name: &str) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind upstream");
+        let addr = listener.local_addr().expect("addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (stop, mut stopped) = oneshot::channel();
+        let name: Arc<str> = name.into();
+        let counter = hits.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                    _ = &mut stopped => break,
+                };
+                let name = name.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        echo(name.clone(), req)
+                    });
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        Self { addr, hits, stop: Some(stop) }
+    }
+
+    /// Requests received so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+async fn echo(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await?.to_bytes();
+    if let Some(ms) = parts.headers.get("x-delay-ms").and_then(|v| v.to_str().ok()?.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let mut headers = serde_json::Map::new();
+    for (k, v) in &parts.headers {
+        let entry = headers.entry(k.as_str()).or_insert_with(|| serde_json::Value::Array(vec![]));
+        if let serde_json::Value::Array(a) = entry {
+            a.push(String::from_utf8_lossy(v.as_bytes()).into_owned().into());
+        }
+    }
+    let doc = serde_json::json!({
+        "upstream": &*name,
+        "method": parts.method.as_str(),
+        "uri": parts.uri.to_string(),
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+    });
+    let status = parts
+        .headers
+        .get("x-status")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    let mut resp = Response::new(Full::new(Bytes::from(doc.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert("content-type", "application/json".parse().expect("static"));
+    resp.headers_mut().insert("x-upstream", name.parse().expect("upstream name is a header value"));
+    Ok(resp)
+}
+
+// ---- client ------------------------------------------------------------
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON (panics with the body if it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The first value the upstream saw for a request header (echo body).
+    pub fn seen(&self, header: &str) -> Option<String> {
+        self.json()["headers"][header][0].as_str().map(str::to_owned)
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A small HTTP/1.1 client with connection reuse.
+#[derive(Clone)]
+pub struct Client {
+    inner: HyperClient<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Client {
+    /// A new client.
+    pub fn new() -> Self {
+        Self { inner: HyperClient::builder(TokioExecutor::new()).build_http() }
+    }
+
+    /// Send a request.
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> anyhow::Result<Reply> {
+        let resp = self.inner.request(req).await?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Reply { status: parts.status, headers: parts.headers, body })
+    }
+
+    /// `GET url`.
+    pub async fn get(&self, url: &str) -> anyhow::Result<Reply> {
+        self.request(Method::GET, url, &[], "").await
+    }
+
+    /// Any request.
+    pub async fn request(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> anyhow::Result<Reply> {
+        let mut b = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        self.send(b.body(Full::new(Bytes::copy_from_slice(body.as_bytes())))?).await
+    }
+}
+
+// ---- gateway -------------------------------------------------------------
+
+/// A running gateway on ephemeral ports, with its own folder.
+pub struct TestGateway {
+    /// The proxy's base URL, e.g. `http://127.0.0.1:40123`.
+    pub url: String,
+    /// The admin base URL.
+    pub admin: String,
+    /// The folder holding `gateway.toml` and `plugins/`.
+    pub dir: tempfile::TempDir,
+    /// A client.
+    pub client: Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// The `[server]` and `[runtime]` sections tests use: ephemeral ports, a
+/// small instance pool (many gateways share one test process).
+pub fn server_section() -> String {
+    "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nplugins_dir = \"plugins\"\n\n\
+     [runtime]\nmax_instances = 64\n\n"
+        .to_owned()
+}
+
+impl TestGateway {
+    /// Write `body` (everything but `[server]`/`[runtime]`) as the config,
+    /// copy the named modules into `plugins/`, and start the gateway.
+    pub async fn start(body: &str, modules: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("plugins")).expect("plugins dir");
+        for m in modules {
+            std::fs::copy(fixture(m), dir.path().join("plugins").join(m)).expect("copy module");
+        }
+        std::fs::write(dir.path().join("gateway.toml"), format!("{}{body}", server_section())).expect("write config");
+        Self::start_in(dir).await
+    }
+
+    /// Start a gateway on an already prepared folder.
+    pub async fn start_in(dir: tempfile::TempDir) -> Self {
+        init_logging();
+        let gateway = match weir::Gateway::load(dir.path().join("gateway.toml")).await {
+            Ok(g) => g,
+            Err(e) => panic!("gateway failed to load:\n{e}"),
+        };
+        let bound = gateway.bind().await.expect("bind");
+        let url = format!("http://{}", bound.proxy_addr());
+        let admin = format!("http://{}", bound.admin_addr().expect("admin listener"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(bound.serve(async {
+            let _ = stopped.await;
+        }));
+        Self { url, admin, dir, client: Client::new(), stop: Some(stop), task: Some(task) }
+    }
+
+    /// `GET {url}{path}`.
+    pub async fn get(&self, path: &str) -> Reply {
+        self.client.get(&format!("{}{path}", self.url)).await.expect("request to gateway")
+    }
+
+    /// A request to the proxy.
+    pub async fn request(&self, method: Method, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+        self.client.request(method, &format!("{}{path}", self.url), headers, body).await.expect("request to gateway")
+    }
+
+    /// `GET /admin/status` as JSON.
+    pub async fn status(&self) -> serde_json::Value {
+        self.client.get(&format!("{}/admin/status", self.admin)).await.expect("admin status").json()
+    }
+
+    /// `GET /metrics` as text.
+    pub async fn metrics(&self) -> String {
+        self.client.get(&format!("{}/metrics", self.admin)).await.expect("metrics").text()
+    }
+
+    /// The plugins folder.
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.dir.path().join("plugins")
+    }
+
+    /// Replace the config body (the server section is kept), atomically.
+    pub fn write_config(&self, body: &str) {
+        write_atomic(&self.dir.path().join("gateway.toml"), format!("{}{body}", server_section()).as_bytes());
+    }
+
+    /// Wait until the serving generation is at least `generation`.
+    pub async fn wait_generation(&self, generation: u64) -> serde_json::Value {
+        wait_for(Duration::from_secs(10), || async {
+            let s = self.status().await;
+            (s["generation"].as_u64() >= Some(generation)).then_some(s)
+        })
+        .await
+        .unwrap_or_else(|| panic!("generation {generation} not reached"))
+    }
+
+    /// Wait until `/admin/status` reports a reload error, and return it.
+    pub async fn wait_reload_error(&self) -> String {
+        wait_for(Duration::from_secs(10), || async {
+            self.status().await["last_reload_error"].as_str().map(str::to_owned)
+        })
+        .await
+        .expect("a reload error")
+    }
+
+    /// Stop the gateway and wait for it to drain.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// Gateway logs go to the test's output; `WEIR_LOG` filters (default `warn`).
+pub fn init_logging() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    });
+}
+
+/// Write a file by writing a sibling and renaming it over the target.
+pub fn write_atomic(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, bytes).expect("write temp file");
+    std::fs::rename(&tmp, path).expect("rename into place");
+}
+
+/// Poll `f` until it returns `Some` or `timeout` passes.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
