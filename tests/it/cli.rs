@@ -86,7 +86,8 @@ async fn run_serves_and_drains_on_sigterm() {
 
     // SIGTERM: exits cleanly.
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let kill = format!("kill -TERM {pid}");
+    assert!(Command::new("sh").args(["-c", &kill]).status().expect("sh").success());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
