@@ -231,10 +231,7 @@ impl Exchange<'_> {
         parts: &mut Parts,
         edits: RequestEdits,
     ) -> Result<(), ProxyError> {
-        let invalid = |msg: String| {
-            plugin.count_invalid();
-            ProxyError::Plugin { plugin: plugin.name().clone(), failure: PluginFailure::InvalidOutput(msg) }
-        };
+        let invalid = |msg| invalid_output(plugin, msg);
         if let Some(m) = &edits.method {
             parts.method = Method::from_bytes(m.as_bytes()).map_err(|_| invalid(format!("invalid method {m:?}")))?;
         }
@@ -264,11 +261,7 @@ impl Exchange<'_> {
     fn check_body(&self, plugin: &LoadedPlugin, body: Vec<u8>) -> Result<Vec<u8>, ProxyError> {
         let max = self.snap.server.max_buffered_body;
         if body.len() as u64 > max {
-            plugin.count_invalid();
-            return Err(ProxyError::Plugin {
-                plugin: plugin.name().clone(),
-                failure: PluginFailure::InvalidOutput(format!("body of {} bytes exceeds {max}", body.len())),
-            });
+            return Err(invalid_output(plugin, format!("body of {} bytes exceeds {max}", body.len())));
         }
         Ok(body)
     }
@@ -334,10 +327,7 @@ fn apply_response_edits(
     head: &mut ResponseHead,
     edits: ResponseEdits,
 ) -> Result<(), ProxyError> {
-    let invalid = |msg: String| {
-        plugin.count_invalid();
-        ProxyError::Plugin { plugin: plugin.name().clone(), failure: PluginFailure::InvalidOutput(msg) }
-    };
+    let invalid = |msg| invalid_output(plugin, msg);
     if let Some(s) = edits.status {
         parts.status = StatusCode::from_u16(s)
             .ok()
@@ -350,6 +340,12 @@ fn apply_response_edits(
         head.headers = forwarding::to_wit(&parts.headers);
     }
     Ok(())
+}
+
+/// A plugin returned something the gateway will not forward.
+fn invalid_output(plugin: &LoadedPlugin, msg: String) -> ProxyError {
+    plugin.count_invalid();
+    ProxyError::Plugin { plugin: plugin.name().clone(), failure: PluginFailure::InvalidOutput(msg) }
 }
 
 /// Apply a plugin's failure policy: `Ok(None)` means "skip this plugin".
@@ -366,10 +362,7 @@ fn guard<T>(plugin: &LoadedPlugin, result: Result<T, PluginFailure>) -> Result<O
 
 /// A plugin's own response, validated.
 fn plugin_reply(plugin: &LoadedPlugin, r: PluginResponse, max_body: u64) -> Result<Response<ProxyBody>, ProxyError> {
-    let invalid = |msg: String| {
-        plugin.count_invalid();
-        ProxyError::Plugin { plugin: plugin.name().clone(), failure: PluginFailure::InvalidOutput(msg) }
-    };
+    let invalid = |msg| invalid_output(plugin, msg);
     let status = StatusCode::from_u16(r.status)
         .ok()
         .filter(|s| s.as_u16() >= 200)

@@ -194,3 +194,21 @@ impl WaitError for TestGateway {
         .unwrap_or_else(|| panic!("no reload error containing {needle:?}"))
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sha256_pin_is_enforced() {
+    let up = Upstream::start("up").await;
+    let addr = up.addr.to_string();
+    let gw = TestGateway::start(&body(&addr, GREET, "\"greet\""), &["add_header.wasm"]).await;
+    let sha = gw.status().await["plugins"][0]["sha256"].as_str().expect("sha256").to_owned();
+    assert_eq!(sha.len(), 64);
+
+    let wrong = "0".repeat(64);
+    gw.write_config(&body(&addr, &format!("{GREET}sha256 = \"{wrong}\"\n"), "\"greet\""));
+    let err = gw.wait_reload_error().await;
+    assert!(err.contains(&format!("has sha256 {sha}, but the config pins {wrong}")), "{err}");
+
+    gw.write_config(&body(&addr, &format!("{GREET}sha256 = \"{}\"\n", sha.to_uppercase()), "\"greet\""));
+    let status = gw.wait_generation(2).await;
+    assert_eq!(status["last_reload_error"], serde_json::Value::Null);
+}

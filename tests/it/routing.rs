@@ -158,3 +158,35 @@ upstream = "slow"
     assert!(metrics.contains(r#"weir_upstream_errors_total{upstream="dead",kind="connect"} 1"#), "{metrics}");
     assert!(metrics.contains(r#"weir_upstream_errors_total{upstream="slow",kind="timeout"} 1"#), "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_prior_knowledge_downstream() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let up = Upstream::start("up").await;
+    let gw = TestGateway::start(
+        &format!(
+            "[plugins.greet]\nmodule = \"add_header.wasm\"\nconfig = {{ name = \"x-greeting\", value = \"h2\" }}\n\
+             [upstreams.up]\ntargets = [\"{}\"]\n[[routes]]\nname = \"all\"\nupstream = \"up\"\nchain = [\"greet\"]\n",
+            up.addr
+        ),
+        &["add_header.wasm"],
+    )
+    .await;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    for i in 0..3 {
+        let req = http::Request::get(format!("{}/h2/{i}", gw.url)).body(Full::default()).expect("request");
+        let resp = client.request(req).await.expect("h2c request");
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let seen: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(seen["uri"], format!("/h2/{i}"));
+        assert_eq!(seen["headers"]["x-greeting"][0], "h2");
+        // The upstream hop is HTTP/1.1 and gets a Host header from :authority.
+        assert_eq!(seen["headers"]["host"][0].as_str(), gw.url.strip_prefix("http://"));
+    }
+}

@@ -137,27 +137,27 @@ fn to_wit(e: StateError) -> state::Error {
 
 impl state::Host for StoreData {
     async fn incr(&mut self, key: String, delta: i64, ttl_ms: u64) -> wasmtime::Result<Result<i64, state::Error>> {
-        let key = match self.host.key(&key) {
-            Ok(k) => k,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(self.host.state.incr(&key, delta, ttl_ms).await.map_err(to_wit))
+        Ok(async {
+            let key = self.host.key(&key)?;
+            self.host.state.incr(&key, delta, ttl_ms).await.map_err(to_wit)
+        }
+        .await)
     }
 
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, state::Error>> {
-        let key = match self.host.key(&key) {
-            Ok(k) => k,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(self.host.state.get(&key).await.map_err(to_wit))
+        Ok(async {
+            let key = self.host.key(&key)?;
+            self.host.state.get(&key).await.map_err(to_wit)
+        }
+        .await)
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u64) -> wasmtime::Result<Result<(), state::Error>> {
-        let key = match self.host.key(&key) {
-            Ok(k) => k,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(self.host.state.set(&key, &value, ttl_ms).await.map_err(to_wit))
+        Ok(async {
+            let key = self.host.key(&key)?;
+            self.host.state.set(&key, &value, ttl_ms).await.map_err(to_wit)
+        }
+        .await)
     }
 
     async fn compare_and_swap(
@@ -167,19 +167,19 @@ impl state::Host for StoreData {
         value: Vec<u8>,
         ttl_ms: u64,
     ) -> wasmtime::Result<Result<bool, state::Error>> {
-        let key = match self.host.key(&key) {
-            Ok(k) => k,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(self.host.state.compare_and_swap(&key, expected.as_deref(), &value, ttl_ms).await.map_err(to_wit))
+        Ok(async {
+            let key = self.host.key(&key)?;
+            self.host.state.compare_and_swap(&key, expected.as_deref(), &value, ttl_ms).await.map_err(to_wit)
+        }
+        .await)
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, state::Error>> {
-        let key = match self.host.key(&key) {
-            Ok(k) => k,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(self.host.state.delete(&key).await.map_err(to_wit))
+        Ok(async {
+            let key = self.host.key(&key)?;
+            self.host.state.delete(&key).await.map_err(to_wit)
+        }
+        .await)
     }
 }
 
