@@ -76,16 +76,16 @@ pub fn from_plugin(list: Vec<Header>) -> Result<HeaderMap, String> {
     Ok(map)
 }
 
-/// Replace `headers` with a plugin's list, keeping the gateway-owned ones.
-pub fn replace_from_plugin(headers: &mut HeaderMap, list: Vec<Header>) -> Result<(), String> {
+/// The header map that replaces `current` after a plugin returned `list`:
+/// the plugin's headers plus the gateway-owned framing headers of `current`.
+pub fn with_plugin_headers(current: &HeaderMap, list: Vec<Header>) -> Result<HeaderMap, String> {
     let mut new = from_plugin(list)?;
     for name in ["content-length", "transfer-encoding"] {
-        for v in headers.get_all(name) {
+        for v in current.get_all(name) {
             new.append(HeaderName::from_static(name), v.clone());
         }
     }
-    *headers = new;
-    Ok(())
+    Ok(new)
 }
 
 /// Add `X-Forwarded-For`/`-Proto`/`-Host` and `Forwarded` for the hop from
@@ -153,13 +153,10 @@ mod tests {
         assert!(from_plugin(vec![hdr("x", b"a\0")]).is_err());
         assert!(from_plugin((0..300).map(|i| hdr(&format!("h{i}"), b"v")).collect()).is_err());
 
-        let mut h = HeaderMap::new();
-        h.insert("content-length", HeaderValue::from_static("5"));
-        replace_from_plugin(
-            &mut h,
-            vec![hdr("content-length", b"999"), hdr("transfer-encoding", b"chunked"), hdr("x-a", b"1")],
-        )
-        .expect("valid");
+        let mut current = HeaderMap::new();
+        current.insert("content-length", HeaderValue::from_static("5"));
+        let list = vec![hdr("content-length", b"999"), hdr("transfer-encoding", b"chunked"), hdr("x-a", b"1")];
+        let h = with_plugin_headers(&current, list).expect("valid");
         assert_eq!(h["content-length"], "5");
         assert!(!h.contains_key("transfer-encoding"));
         assert_eq!(h["x-a"], "1");

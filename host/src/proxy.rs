@@ -100,6 +100,7 @@ impl Exchange<'_> {
         B::Error: Into<body::BoxError>,
     {
         let route = self.route;
+        let max = self.snap.server.max_buffered_body;
 
         // Request chain.
         for (i, plugin) in route.chain.iter().enumerate() {
@@ -109,24 +110,37 @@ impl Exchange<'_> {
             let (head, held) = self.head_and_slot(&parts, i);
             let action = guard(plugin, plugin.on_request(head, held).await)?;
             match action {
-                Some(RequestAction::Continue(edits)) => self.apply_request_edits(plugin, &mut parts, edits)?,
-                Some(RequestAction::Respond(r)) => return plugin_reply(plugin, r, self.snap.server.max_buffered_body),
+                Some(RequestAction::Continue(edits)) => {
+                    let applied = self.apply_request_edits(&mut parts, edits);
+                    guard(plugin, applied)?;
+                }
+                Some(RequestAction::Respond(r)) => {
+                    if let Some(resp) = guard(plugin, plugin_reply(r, max))? {
+                        return Ok(resp);
+                    }
+                }
                 None => {}
             }
         }
 
         // Request body chain (buffered), or stream it.
         let upstream_body = if route.buffer_request {
-            let mut bytes = buffer_request(&parts, body, self.snap.server.max_buffered_body).await?;
+            let mut bytes = buffer_request(&parts, body, max).await?;
             for (i, plugin) in route.chain.iter().enumerate() {
                 if !plugin.phases().contains(Phases::REQUEST_BODY) {
                     continue;
                 }
                 let (head, held) = self.head_and_slot(&parts, i);
                 match guard(plugin, plugin.on_request_body(head, &bytes, held).await)? {
-                    Some(BodyAction::Continue(Some(new))) => bytes = self.check_body(plugin, new)?.into(),
+                    Some(BodyAction::Continue(Some(new))) => {
+                        if let Some(new) = guard(plugin, check_body(new, max))? {
+                            bytes = new.into();
+                        }
+                    }
                     Some(BodyAction::Respond(r)) => {
-                        return plugin_reply(plugin, r, self.snap.server.max_buffered_body);
+                        if let Some(resp) = guard(plugin, plugin_reply(r, max))? {
+                            return Ok(resp);
+                        }
                     }
                     Some(BodyAction::Continue(None)) | None => {}
                 }
@@ -172,9 +186,13 @@ impl Exchange<'_> {
                 let rh = resp_head.get_or_insert_with(|| response_head(rparts.status, &rparts.headers));
                 let (head, held) = self.head_and_slot(&parts, i);
                 match guard(plugin, plugin.on_response(head, rh, held).await)? {
-                    Some(ResponseAction::Continue(edits)) => apply_response_edits(plugin, &mut rparts, rh, edits)?,
+                    Some(ResponseAction::Continue(edits)) => {
+                        guard(plugin, apply_response_edits(&mut rparts, rh, edits))?;
+                    }
                     Some(ResponseAction::Respond(r)) => {
-                        return plugin_reply(plugin, r, self.snap.server.max_buffered_body);
+                        if let Some(resp) = guard(plugin, plugin_reply(r, max))? {
+                            return Ok(resp);
+                        }
                     }
                     None => {}
                 }
@@ -184,7 +202,6 @@ impl Exchange<'_> {
         if !route.buffer_response {
             return Ok(Response::from_parts(rparts, body::boxed(rbody)));
         }
-        let max = self.snap.server.max_buffered_body;
         let mut bytes = match Limited::new(rbody, max as usize).collect().await {
             Ok(c) => c.to_bytes(),
             Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
@@ -199,8 +216,16 @@ impl Exchange<'_> {
             let rh = resp_head.get_or_insert_with(|| response_head(rparts.status, &rparts.headers));
             let (head, held) = self.head_and_slot(&parts, i);
             match guard(plugin, plugin.on_response_body(head, rh, &bytes, held).await)? {
-                Some(BodyAction::Continue(Some(new))) => bytes = self.check_body(plugin, new)?.into(),
-                Some(BodyAction::Respond(r)) => return plugin_reply(plugin, r, max),
+                Some(BodyAction::Continue(Some(new))) => {
+                    if let Some(new) = guard(plugin, check_body(new, max))? {
+                        bytes = new.into();
+                    }
+                }
+                Some(BodyAction::Respond(r)) => {
+                    if let Some(resp) = guard(plugin, plugin_reply(r, max))? {
+                        return Ok(resp);
+                    }
+                }
                 Some(BodyAction::Continue(None)) | None => {}
             }
         }
@@ -225,26 +250,33 @@ impl Exchange<'_> {
         (head, &mut self.held[i])
     }
 
-    fn apply_request_edits(
-        &mut self,
-        plugin: &LoadedPlugin,
-        parts: &mut Parts,
-        edits: RequestEdits,
-    ) -> Result<(), ProxyError> {
-        let invalid = |msg| invalid_output(plugin, msg);
-        if let Some(m) = &edits.method {
-            parts.method = Method::from_bytes(m.as_bytes()).map_err(|_| invalid(format!("invalid method {m:?}")))?;
+    /// Validate a plugin's request edits, then apply them all (or none).
+    fn apply_request_edits(&mut self, parts: &mut Parts, edits: RequestEdits) -> Result<(), PluginFailure> {
+        let method = match &edits.method {
+            Some(m) => Some(Method::from_bytes(m.as_bytes()).map_err(|_| invalid(format!("invalid method {m:?}")))?),
+            None => None,
+        };
+        let uri = match &edits.uri {
+            Some(u) => Some(
+                u.parse::<PathAndQuery>()
+                    .ok()
+                    .filter(|_| u.starts_with('/'))
+                    .ok_or_else(|| invalid(format!("invalid uri {u:?}: must be a path like /a?b=c")))?,
+            ),
+            None => None,
+        };
+        let headers = match edits.headers {
+            Some(list) => Some(forwarding::with_plugin_headers(&parts.headers, list).map_err(invalid)?),
+            None => None,
+        };
+        if let Some(m) = method {
+            parts.method = m;
         }
-        if let Some(u) = &edits.uri {
-            let pq: PathAndQuery = u
-                .parse()
-                .ok()
-                .filter(|_| u.starts_with('/'))
-                .ok_or_else(|| invalid(format!("invalid uri {u:?}: must be a path like /a?b=c")))?;
+        if let Some(pq) = uri {
             parts.uri = Uri::from(pq);
         }
-        if let Some(list) = edits.headers {
-            forwarding::replace_from_plugin(&mut parts.headers, list).map_err(invalid)?;
+        if let Some(h) = headers {
+            parts.headers = h;
         }
         if let Some(head) = &mut self.head {
             if let Some(m) = edits.method {
@@ -256,14 +288,6 @@ impl Exchange<'_> {
             head.headers = forwarding::to_wit(&parts.headers);
         }
         Ok(())
-    }
-
-    fn check_body(&self, plugin: &LoadedPlugin, body: Vec<u8>) -> Result<Vec<u8>, ProxyError> {
-        let max = self.snap.server.max_buffered_body;
-        if body.len() as u64 > max {
-            return Err(invalid_output(plugin, format!("body of {} bytes exceeds {max}", body.len())));
-        }
-        Ok(body)
     }
 
     /// The request as sent upstream: absolute URI to the picked target,
@@ -321,35 +345,54 @@ fn response_head(status: StatusCode, headers: &HeaderMap) -> ResponseHead {
     ResponseHead { status: status.as_u16(), headers: forwarding::to_wit(headers) }
 }
 
+/// Validate a plugin's response edits, then apply them all (or none).
 fn apply_response_edits(
-    plugin: &LoadedPlugin,
     parts: &mut http::response::Parts,
     head: &mut ResponseHead,
     edits: ResponseEdits,
-) -> Result<(), ProxyError> {
-    let invalid = |msg| invalid_output(plugin, msg);
-    if let Some(s) = edits.status {
-        parts.status = StatusCode::from_u16(s)
-            .ok()
-            .filter(|s| s.as_u16() >= 200)
-            .ok_or_else(|| invalid(format!("invalid status {s}")))?;
-        head.status = s;
+) -> Result<(), PluginFailure> {
+    let status = match edits.status {
+        Some(s) => Some(final_status(s)?),
+        None => None,
+    };
+    let headers = match edits.headers {
+        Some(list) => Some(forwarding::with_plugin_headers(&parts.headers, list).map_err(invalid)?),
+        None => None,
+    };
+    if let Some(s) = status {
+        parts.status = s;
+        head.status = s.as_u16();
     }
-    if let Some(list) = edits.headers {
-        forwarding::replace_from_plugin(&mut parts.headers, list).map_err(invalid)?;
+    if let Some(h) = headers {
+        parts.headers = h;
         head.headers = forwarding::to_wit(&parts.headers);
     }
     Ok(())
 }
 
-/// A plugin returned something the gateway will not forward.
-fn invalid_output(plugin: &LoadedPlugin, msg: String) -> ProxyError {
-    plugin.count_invalid();
-    ProxyError::Plugin { plugin: plugin.name().clone(), failure: PluginFailure::InvalidOutput(msg) }
+fn invalid(msg: String) -> PluginFailure {
+    PluginFailure::InvalidOutput(msg)
+}
+
+/// A status a plugin may answer with: a final one (200-999).
+fn final_status(s: u16) -> Result<StatusCode, PluginFailure> {
+    StatusCode::from_u16(s).ok().filter(|s| s.as_u16() >= 200).ok_or_else(|| invalid(format!("invalid status {s}")))
+}
+
+/// A body a plugin returned, within the buffer limit.
+fn check_body(body: Vec<u8>, max: u64) -> Result<Vec<u8>, PluginFailure> {
+    if body.len() as u64 > max {
+        return Err(invalid(format!("body of {} bytes exceeds {max}", body.len())));
+    }
+    Ok(body)
 }
 
 /// Apply a plugin's failure policy: `Ok(None)` means "skip this plugin".
+/// Invalid output counts as a failure of the plugin, like a trap.
 fn guard<T>(plugin: &LoadedPlugin, result: Result<T, PluginFailure>) -> Result<Option<T>, ProxyError> {
+    if let Err(PluginFailure::InvalidOutput(_)) = &result {
+        plugin.count_invalid();
+    }
     match result {
         Ok(v) => Ok(Some(v)),
         Err(failure) if plugin.spec().failure == FailurePolicy::Open => {
@@ -361,17 +404,11 @@ fn guard<T>(plugin: &LoadedPlugin, result: Result<T, PluginFailure>) -> Result<O
 }
 
 /// A plugin's own response, validated.
-fn plugin_reply(plugin: &LoadedPlugin, r: PluginResponse, max_body: u64) -> Result<Response<ProxyBody>, ProxyError> {
-    let invalid = |msg| invalid_output(plugin, msg);
-    let status = StatusCode::from_u16(r.status)
-        .ok()
-        .filter(|s| s.as_u16() >= 200)
-        .ok_or_else(|| invalid(format!("invalid response status {}", r.status)))?;
-    if r.body.len() as u64 > max_body {
-        return Err(invalid(format!("response body of {} bytes exceeds {max_body}", r.body.len())));
-    }
+fn plugin_reply(r: PluginResponse, max_body: u64) -> Result<Response<ProxyBody>, PluginFailure> {
+    let status = final_status(r.status)?;
+    let body = check_body(r.body, max_body)?;
     let headers = forwarding::from_plugin(r.headers).map_err(invalid)?;
-    let mut resp = Response::new(body::full(r.body));
+    let mut resp = Response::new(body::full(body));
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     Ok(resp)

@@ -100,6 +100,7 @@ async fn memory_limit_recursion_and_invalid_output() {
                 ("deep", "recurse", ""),
                 ("evil", "invalid_header", ""),
                 ("huge", "huge_body", "limits = { memory = \"64MiB\" }"),
+                ("evilopen", "invalid_header", "failure = \"open\""),
             ],
         ),
         &["hostile.wasm"],
@@ -115,6 +116,12 @@ async fn memory_limit_recursion_and_invalid_output() {
     let huge = gw.get("/huge").await;
     assert!(huge.json()["error"].as_str().is_some_and(|e| e.contains("exceeds")), "{}", huge.text());
     assert_eq!(up.hits(), 0, "nothing from a failed plugin is forwarded");
+    // With failure = "open" invalid output is skipped like a trap: the
+    // request goes on without the plugin's edits.
+    let r = gw.get("/evilopen").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.seen("x-evil"), None);
+    assert_eq!(r.seen("x-injected"), None);
     // And the gateway is fine.
     assert_eq!(gw.get("/plain").await.status, 200);
     let metrics = gw.metrics().await;
