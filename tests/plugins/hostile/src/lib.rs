@@ -85,7 +85,7 @@ impl Guest for Hostile {
             Mode::TrapEvery => {
                 let n = SEEN.get() + 1;
                 SEEN.set(n);
-                if n % EVERY.get().max(1) == 0 {
+                if n.is_multiple_of(EVERY.get().max(1)) {
                     panic!("hostile plugin: trap on request {n}");
                 }
                 cont()
