@@ -9,7 +9,8 @@ rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add was
 plugins=()
 for dir in plugins/*/; do plugins+=(-p "$(basename "$dir")"); done
 cargo build --release --target wasm32-wasip2 "${plugins[@]}"
-cargo build --release -p weir --bin weir -p weir-tests --bin weir-demo-upstream
+# `--workspace`: the same feature set as the test build, so wasmtime is built once for both.
+cargo build --release --workspace --bins
 
 target/release/weir-demo-upstream users-1 127.0.0.1:9001 users-2 127.0.0.1:9002 &
 upstreams=$!

@@ -31,6 +31,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod body;
 pub mod config;

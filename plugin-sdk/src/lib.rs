@@ -71,6 +71,8 @@
 //! in-memory host (state, logs, metrics, events), through the same
 //! conversions the gateway uses.
 
+#![warn(missing_docs)]
+
 mod action;
 mod config;
 mod context;

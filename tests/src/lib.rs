@@ -87,7 +87,9 @@ pub fn weir_binary() -> &'static Path {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(workspace_root())
-            .args(["build", "--release", "-p", "weir", "--bin", "weir"])
+            // `--workspace` so features unify exactly as in `cargo test --workspace`
+            // and wasmtime is not compiled a second time.
+            .args(["build", "--release", "--workspace", "--bins"])
             .status()
             .expect("run cargo to build weir");
         assert!(status.success(), "building weir failed");
