@@ -24,6 +24,9 @@ enum Command {
         /// Path to gateway.toml.
         #[arg(short, long, default_value = "gateway.toml")]
         config: PathBuf,
+        /// Runtime worker threads (default: one per CPU).
+        #[arg(long)]
+        workers: Option<usize>,
     },
     /// Load and validate a configuration and every plugin it names, then exit.
     Check {
@@ -47,7 +50,18 @@ fn main() -> ExitCode {
         LogFormat::Text => subscriber.init(),
         LogFormat::Json => subscriber.json().init(),
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // One worker: a single-threaded event loop (like an nginx worker), which
+    // skips the work-stealing machinery. Otherwise a multi-threaded runtime.
+    let mut builder = match &cli.command {
+        Command::Run { workers: Some(1), .. } => tokio::runtime::Builder::new_current_thread(),
+        Command::Run { workers: Some(n), .. } => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads((*n).max(1));
+            b
+        }
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("weir: cannot start the async runtime: {e}");
@@ -56,7 +70,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { config } => run(config).await,
+            Command::Run { config, .. } => run(config).await,
             Command::Check { config } => check(config).await,
         }
     });

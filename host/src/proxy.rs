@@ -153,7 +153,13 @@ impl Exchange<'_> {
         };
 
         // Upstream.
-        let upstream_parts = self.upstream_request(&parts)?;
+        // The response phases see the request as the chain left it; build
+        // their view now, before the parts move into the upstream request.
+        let wants_response = route.chain.iter().any(|p| p.phases().contains(Phases::RESPONSE_HEADERS));
+        if (wants_response || route.buffer_response) && self.head.is_none() {
+            self.head_and_slot(&parts, 0);
+        }
+        let upstream_parts = self.into_upstream(parts)?;
         let upstream = &route.upstream;
         let req = Request::from_parts(upstream_parts, upstream_body);
         let resp = match tokio::time::timeout(upstream.timeout, upstream.client.request(req)).await {
@@ -176,7 +182,6 @@ impl Exchange<'_> {
         rparts.version = Version::HTTP_11;
 
         // Response chain, in reverse order.
-        let wants_response = route.chain.iter().any(|p| p.phases().contains(Phases::RESPONSE_HEADERS));
         let mut resp_head = None;
         if wants_response || route.buffer_response {
             for (i, plugin) in route.chain.iter().enumerate().rev() {
@@ -184,7 +189,7 @@ impl Exchange<'_> {
                     continue;
                 }
                 let rh = resp_head.get_or_insert_with(|| response_head(rparts.status, &rparts.headers));
-                let (head, held) = self.head_and_slot(&parts, i);
+                let Some((head, held)) = self.built_head_and_slot(i) else { continue };
                 match guard(plugin, plugin.on_response(head, rh, held).await)? {
                     Some(ResponseAction::Continue(edits)) => {
                         guard(plugin, apply_response_edits(&mut rparts, rh, edits))?;
@@ -214,7 +219,7 @@ impl Exchange<'_> {
                 continue;
             }
             let rh = resp_head.get_or_insert_with(|| response_head(rparts.status, &rparts.headers));
-            let (head, held) = self.head_and_slot(&parts, i);
+            let Some((head, held)) = self.built_head_and_slot(i) else { continue };
             match guard(plugin, plugin.on_response_body(head, rh, &bytes, held).await)? {
                 Some(BodyAction::Continue(Some(new))) => {
                     if let Some(new) = guard(plugin, check_body(new, max))? {
@@ -248,6 +253,11 @@ impl Exchange<'_> {
             path_params: self.params.clone(),
         });
         (head, &mut self.held[i])
+    }
+
+    /// The view built before the request went upstream (see `run`).
+    fn built_head_and_slot(&mut self, i: usize) -> Option<(&RequestHead, &mut RequestInstance)> {
+        self.head.as_ref().map(|head| (head, &mut self.held[i]))
     }
 
     /// Validate a plugin's request edits, then apply them all (or none).
@@ -290,35 +300,26 @@ impl Exchange<'_> {
         Ok(())
     }
 
-    /// The request as sent upstream: absolute URI to the picked target,
-    /// HTTP/1.1, `Host` kept, forwarding headers added.
-    fn upstream_request(&self, parts: &Parts) -> Result<Parts, ProxyError> {
+    /// Turn the request into the one sent upstream, in place: absolute URI
+    /// to the picked target, HTTP/1.1, `Host` kept, forwarding headers added.
+    fn into_upstream(&self, mut parts: Parts) -> Result<Parts, ProxyError> {
         let upstream = &self.route.upstream;
         let target = upstream.pick();
         let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let uri = Uri::builder()
+        parts.uri = Uri::builder()
             .scheme("http")
             .authority(target.clone())
             .path_and_query(pq)
             .build()
             .map_err(|e| ProxyError::Upstream { upstream: upstream.name.clone(), detail: e.to_string() })?;
-        let mut headers = HeaderMap::with_capacity(parts.headers.len() + 4);
-        headers.clone_from(&parts.headers);
-        if !headers.contains_key(header::HOST)
+        parts.version = Version::HTTP_11;
+        if !parts.headers.contains_key(header::HOST)
             && let Ok(v) = HeaderValue::try_from(if self.host.is_empty() { target.as_str() } else { &self.host })
         {
-            headers.insert(header::HOST, v);
+            parts.headers.insert(header::HOST, v);
         }
-        forwarding::add_forwarding(&mut headers, self.client.ip(), &self.host);
-        let mut builder = Request::builder().method(parts.method.clone()).uri(uri).version(Version::HTTP_11);
-        if let Some(h) = builder.headers_mut() {
-            *h = headers;
-        }
-        let (p, ()) = builder
-            .body(())
-            .map_err(|e| ProxyError::Upstream { upstream: upstream.name.clone(), detail: e.to_string() })?
-            .into_parts();
-        Ok(p)
+        forwarding::add_forwarding(&mut parts.headers, self.client.ip(), &self.host);
+        Ok(parts)
     }
 }
 

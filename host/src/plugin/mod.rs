@@ -334,6 +334,27 @@ impl LoadedPlugin {
     }
 }
 
+impl LoadedPlugin {
+    /// Run `on-request` once on a small synthetic `GET` head, outside any
+    /// request: the per-call cost of the runtime (borrow an instance, call,
+    /// return it) without the network. For benchmarks and diagnostics.
+    #[doc(hidden)]
+    pub async fn probe_on_request(&self, path: &str) -> Result<(), PluginFailure> {
+        let header = |n: &str, v: &str| Header { name: n.to_owned(), value: v.as_bytes().to_vec() };
+        let head = RequestHead {
+            method: "GET".into(),
+            uri: path.into(),
+            authority: "bench.local".into(),
+            headers: vec![header("host", "bench.local"), header("user-agent", "bench"), header("accept", "*/*")],
+            client_addr: "127.0.0.1:40000".into(),
+            route: "bench".into(),
+            request_id: "0123456789abcdef0123456789abcdef".into(),
+            path_params: Vec::new(),
+        };
+        self.on_request(&head, &mut RequestInstance::default()).await.map(drop)
+    }
+}
+
 /// `Instance::call` answers each call with its own variant.
 fn unreachable_answer<T>() -> Result<T, PluginFailure> {
     Err(PluginFailure::Trap("internal: phase answered with another phase's type".into()))

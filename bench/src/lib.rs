@@ -1,0 +1,1 @@
+//! Benchmark tools for weir; see `bench/run.sh` and README's "Performance".
