@@ -159,7 +159,7 @@ impl Exchange<'_> {
         if (wants_response || route.buffer_response) && self.head.is_none() {
             self.head_and_slot(&parts, 0);
         }
-        let upstream_parts = self.into_upstream(parts)?;
+        let upstream_parts = self.upstream_parts(parts)?;
         let upstream = &route.upstream;
         let req = Request::from_parts(upstream_parts, upstream_body);
         let resp = match tokio::time::timeout(upstream.timeout, upstream.client.request(req)).await {
@@ -302,7 +302,7 @@ impl Exchange<'_> {
 
     /// Turn the request into the one sent upstream, in place: absolute URI
     /// to the picked target, HTTP/1.1, `Host` kept, forwarding headers added.
-    fn into_upstream(&self, mut parts: Parts) -> Result<Parts, ProxyError> {
+    fn upstream_parts(&self, mut parts: Parts) -> Result<Parts, ProxyError> {
         let upstream = &self.route.upstream;
         let target = upstream.pick();
         let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
