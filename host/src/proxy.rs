@@ -159,6 +159,7 @@ impl Exchange<'_> {
         if (wants_response || route.buffer_response) && self.head.is_none() {
             self.head_and_slot(&parts, 0);
         }
+        let is_head = parts.method == Method::HEAD;
         let upstream_parts = self.upstream_parts(parts)?;
         let upstream = &route.upstream;
         let req = Request::from_parts(upstream_parts, upstream_body);
@@ -204,7 +205,10 @@ impl Exchange<'_> {
             }
         }
 
-        if !route.buffer_response {
+        // Responses without a body (HEAD, 204, 304) skip the body phases:
+        // there is nothing to buffer and their Content-Length must stay.
+        let bodyless = is_head || matches!(rparts.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
+        if !route.buffer_response || bodyless {
             return Ok(Response::from_parts(rparts, body::boxed(rbody)));
         }
         let mut bytes = match Limited::new(rbody, max as usize).collect().await {

@@ -117,6 +117,15 @@ async fn buffered_body_phases() {
     assert_eq!(echoed["headers"]["content-length"][0], "10");
     assert_eq!(r.header("content-length"), Some(r.body.len().to_string().as_str()));
 
+    // HEAD and 204 have no body: the body phase is skipped and framing kept.
+    let head = gw.request(Method::HEAD, "/echo", &[], "").await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_ne!(head.header("content-length"), Some("5"), "not the length of the suffix alone");
+    let nc = gw.request(Method::GET, "/echo", &[("x-status", "204")], "").await;
+    assert_eq!(nc.status, 204);
+    assert!(nc.body.is_empty());
+
     // Over the buffer limit (1 MiB by default): 413, never forwarded.
     let hits = up.hits();
     let big = "x".repeat(2 << 20);
