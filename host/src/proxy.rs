@@ -131,18 +131,9 @@ impl Exchange<'_> {
                     continue;
                 }
                 let (head, held) = self.head_and_slot(&parts, i);
-                match guard(plugin, plugin.on_request_body(head, &bytes, held).await)? {
-                    Some(BodyAction::Continue(Some(new))) => {
-                        if let Some(new) = guard(plugin, check_body(new, max))? {
-                            bytes = new.into();
-                        }
-                    }
-                    Some(BodyAction::Respond(r)) => {
-                        if let Some(resp) = guard(plugin, plugin_reply(r, max))? {
-                            return Ok(resp);
-                        }
-                    }
-                    Some(BodyAction::Continue(None)) | None => {}
+                let action = guard(plugin, plugin.on_request_body(head, &bytes, held).await)?;
+                if let Some(resp) = apply_body_action(plugin, action, &mut bytes, max)? {
+                    return Ok(resp);
                 }
             }
             parts.headers.remove(header::TRANSFER_ENCODING);
@@ -224,18 +215,9 @@ impl Exchange<'_> {
             }
             let rh = resp_head.get_or_insert_with(|| response_head(rparts.status, &rparts.headers));
             let Some((head, held)) = self.built_head_and_slot(i) else { continue };
-            match guard(plugin, plugin.on_response_body(head, rh, &bytes, held).await)? {
-                Some(BodyAction::Continue(Some(new))) => {
-                    if let Some(new) = guard(plugin, check_body(new, max))? {
-                        bytes = new.into();
-                    }
-                }
-                Some(BodyAction::Respond(r)) => {
-                    if let Some(resp) = guard(plugin, plugin_reply(r, max))? {
-                        return Ok(resp);
-                    }
-                }
-                Some(BodyAction::Continue(None)) | None => {}
+            let action = guard(plugin, plugin.on_response_body(head, rh, &bytes, held).await)?;
+            if let Some(resp) = apply_body_action(plugin, action, &mut bytes, max)? {
+                return Ok(resp);
             }
         }
         rparts.headers.remove(header::TRANSFER_ENCODING);
@@ -405,6 +387,26 @@ fn guard<T>(plugin: &LoadedPlugin, result: Result<T, PluginFailure>) -> Result<O
             Ok(None)
         }
         Err(failure) => Err(ProxyError::Plugin { plugin: plugin.name().clone(), failure }),
+    }
+}
+
+/// Carry out a body phase's decision: replace `bytes`, or return the
+/// plugin's own response (`None` from `guard` means the plugin was skipped).
+fn apply_body_action(
+    plugin: &LoadedPlugin,
+    action: Option<BodyAction>,
+    bytes: &mut Bytes,
+    max: u64,
+) -> Result<Option<Response<ProxyBody>>, ProxyError> {
+    match action {
+        Some(BodyAction::Continue(Some(new))) => {
+            if let Some(new) = guard(plugin, check_body(new, max))? {
+                *bytes = new.into();
+            }
+            Ok(None)
+        }
+        Some(BodyAction::Respond(r)) => guard(plugin, plugin_reply(r, max)),
+        Some(BodyAction::Continue(None)) | None => Ok(None),
     }
 }
 
