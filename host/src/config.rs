@@ -25,6 +25,12 @@ pub struct GatewayConfig {
     /// Plugin runtime settings (read at start; a reload keeps the old ones).
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// Where plugins' shared state lives (read at start).
+    #[serde(default)]
+    pub state: Option<Spanned<StateConfig>>,
+    /// What happens to events plugins emit.
+    #[serde(default)]
+    pub events: EventsConfig,
     /// Named upstream services.
     #[serde(default)]
     pub upstreams: BTreeMap<String, Spanned<UpstreamConfig>>,
@@ -84,6 +90,108 @@ impl Default for RuntimeConfig {
             max_instances: defaults::max_instances(),
             max_memory: defaults::max_memory(),
             max_idle_per_plugin: defaults::max_idle_per_plugin(),
+        }
+    }
+}
+
+/// `[state]`: the backend behind the plugins' `state` calls. Read at start
+/// (counters must not silently move between backends on a reload).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// `memory` (in-process, default) or `redis` (shared by gateway nodes).
+    #[serde(default)]
+    pub backend: StateBackend,
+    /// `redis://[user:password@]host:port[/db]`; required with `backend = "redis"`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Prefix of every Redis key, so several gateway clusters can share one Redis.
+    #[serde(default = "defaults::key_prefix")]
+    pub key_prefix: String,
+    /// Time allowed for one Redis operation before it counts as unavailable.
+    #[serde(default = "defaults::state_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// After a Redis failure, calls fail fast for this long before the next try.
+    #[serde(default = "defaults::state_retry_interval", deserialize_with = "duration")]
+    pub retry_interval: Duration,
+    /// Most keys the memory backend holds (writes beyond fail as unavailable).
+    #[serde(default = "defaults::state_max_entries")]
+    pub max_entries: usize,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            backend: StateBackend::default(),
+            url: None,
+            key_prefix: defaults::key_prefix(),
+            timeout: defaults::state_timeout(),
+            retry_interval: defaults::state_retry_interval(),
+            max_entries: defaults::state_max_entries(),
+        }
+    }
+}
+
+/// `backend = "memory" | "redis"`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    /// A sharded map inside the gateway process.
+    #[default]
+    Memory,
+    /// A Redis server shared by every node pointing at it.
+    Redis,
+}
+
+/// `[events]`: plugin events (e.g. anomaly alerts) are always logged and
+/// counted; this section can also POST them to a webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// `http://host:port/path` each event is POSTed to as JSON; none if absent.
+    #[serde(default)]
+    pub webhook: Option<Spanned<String>>,
+    /// Least severity POSTed to the webhook: `info`, `warning` or `critical`.
+    #[serde(default = "defaults::min_severity")]
+    pub min_severity: Severity,
+    /// Time allowed for one webhook POST.
+    #[serde(default = "defaults::webhook_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Events waiting to be POSTed; beyond this, new ones are dropped (and counted).
+    #[serde(default = "defaults::webhook_queue")]
+    pub queue: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            webhook: None,
+            min_severity: defaults::min_severity(),
+            timeout: defaults::webhook_timeout(),
+            queue: defaults::webhook_queue(),
+        }
+    }
+}
+
+/// Event severity, ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// For the record.
+    Info,
+    /// Worth a look.
+    Warning,
+    /// Act now.
+    Critical,
+}
+
+impl Severity {
+    /// The lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
         }
     }
 }
@@ -231,6 +339,27 @@ mod defaults {
     }
     pub(super) fn plugin_deadline() -> Duration {
         Duration::from_millis(100)
+    }
+    pub(super) fn key_prefix() -> String {
+        "weir:".into()
+    }
+    pub(super) fn state_timeout() -> Duration {
+        Duration::from_millis(50)
+    }
+    pub(super) fn state_retry_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub(super) fn state_max_entries() -> usize {
+        1_000_000
+    }
+    pub(super) fn min_severity() -> super::Severity {
+        super::Severity::Warning
+    }
+    pub(super) fn webhook_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub(super) fn webhook_queue() -> usize {
+        1024
     }
 }
 

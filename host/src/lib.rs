@@ -19,6 +19,8 @@
 //! | config schema | [`config`] |
 //! | snapshots and hot reload | [`snapshot`], [`reload`] |
 //! | admin API and metrics | [`admin`], [`metrics`] |
+//! | plugin state (in-process or Redis) | [`state`] |
+//! | plugin events (log, history, webhook) | [`events`] |
 //!
 //! Embedding (this is what the integration tests do):
 //!
@@ -38,6 +40,7 @@ pub mod body;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod forwarding;
 pub mod metrics;
 pub mod plugin;
@@ -59,6 +62,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{LoadErrors, Source};
 use crate::engine::PluginEngine;
+use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::snapshot::{Loader, Snapshot};
 use crate::state::StateStore;
@@ -101,12 +105,18 @@ impl Gateway {
     /// Load `config_path` and everything it names, or report every error.
     pub async fn load(config_path: impl AsRef<Path>) -> Result<Self, LoadErrors> {
         let path = config_path.as_ref().to_owned();
-        let cfg = Source::read(&path)?.parse()?;
+        let source = Source::read(&path)?;
+        let cfg = source.parse()?;
         let engine = PluginEngine::new(&cfg.runtime)
             .map_err(|e| snapshot::file_error(&path, format!("cannot create the plugin engine: {e:#}")))?;
         let metrics = Arc::new(Metrics::new());
-        let state = Arc::new(StateStore::default());
-        let loader = Loader::new(engine, state, metrics.clone(), cfg.runtime.max_idle_per_plugin)
+        let state_cfg = cfg.state.as_ref().map(|s| s.get_ref().clone()).unwrap_or_default();
+        let state = StateStore::from_config(&state_cfg).map_err(|e| {
+            let span = cfg.state.as_ref().map_or(0..0, |s| s.span());
+            LoadErrors(vec![source.error(span, format!("[state]: {e}"))])
+        })?;
+        let events = Arc::new(Events::new(cfg.events.queue, metrics.clone()));
+        let loader = Loader::new(engine, Arc::new(state), events, metrics.clone(), cfg.runtime.max_idle_per_plugin)
             .map_err(|e| snapshot::file_error(&path, format!("cannot link the plugin host: {e:#}")))?;
         let snapshot = loader.build(&path, 1).await?;
         metrics.set_generation(1);

@@ -59,6 +59,11 @@ struct ReloadResult {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kind {
+    kind: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -80,6 +85,8 @@ pub struct Metrics {
     plugin_events: Family<PluginEvent, Counter>,
     reloads: Family<ReloadResult, Counter>,
     generation: Gauge,
+    webhooks: Family<ReloadResult, Counter>,
+    state_errors: Family<Kind, Counter>,
 }
 
 impl Default for Metrics {
@@ -118,6 +125,10 @@ impl Metrics {
         registry.register("config_reloads", "Configuration reloads by result", reloads.clone());
         let generation = Gauge::default();
         registry.register("config_generation", "Generation of the serving snapshot", generation.clone());
+        let webhooks = Family::default();
+        registry.register("event_webhooks", "Event webhook deliveries by result", webhooks.clone());
+        let state_errors = Family::default();
+        registry.register("state_errors", "Failed plugin state calls by kind", state_errors.clone());
         Self {
             registry,
             requests,
@@ -131,6 +142,8 @@ impl Metrics {
             plugin_events,
             reloads,
             generation,
+            webhooks,
+            state_errors,
         }
     }
 
@@ -201,6 +214,16 @@ impl Metrics {
     /// A reload attempt.
     pub fn reload(&self, ok: bool) {
         self.reloads.get_or_create(&ReloadResult { result: if ok { "success" } else { "failure" } }).inc();
+    }
+
+    /// An event webhook delivery: `sent`, `failed` or `dropped`.
+    pub fn webhook(&self, result: &'static str) {
+        self.webhooks.get_or_create(&ReloadResult { result }).inc();
+    }
+
+    /// A failed state call: `unavailable` or `invalid`.
+    pub fn state_error(&self, kind: &'static str) {
+        self.state_errors.get_or_create(&Kind { kind }).inc();
     }
 
     /// The serving generation.

@@ -23,7 +23,7 @@ use crate::error::ProxyError;
 use crate::forwarding;
 use crate::plugin::{
     BodyAction, LoadedPlugin, Phases, PluginFailure, PluginResponse, RequestAction, RequestEdits, RequestHead,
-    RequestInstance, ResponseAction, ResponseEdits, ResponseHead,
+    RequestSlot, ResponseAction, ResponseEdits, ResponseHead,
 };
 use crate::router::Match;
 use crate::snapshot::{Route, Snapshot};
@@ -54,7 +54,7 @@ where
     let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     parts.uri = Uri::from(pq);
 
-    let held = route.chain.iter().map(|_| RequestInstance::default()).collect();
+    let held = route.chain.iter().map(|_| RequestSlot::default()).collect();
     let mut exchange = Exchange { snap: &snap, route, client, host, request_id, params, head: None, held };
     let result = exchange.run(parts, body).await;
     let mut resp = match result {
@@ -89,8 +89,9 @@ struct Exchange<'a> {
     /// The request head as plugins see it, built on first use and kept in
     /// step with the edits.
     head: Option<RequestHead>,
-    /// Per chain position: the instance of an `isolation = "request"` plugin.
-    held: Vec<RequestInstance>,
+    /// Per chain position: request-local values, and the instance of an
+    /// `isolation = "request"` plugin.
+    held: Vec<RequestSlot>,
 }
 
 impl Exchange<'_> {
@@ -227,7 +228,7 @@ impl Exchange<'_> {
 
     /// The plugin view of the request (built on first use, then kept in
     /// step with the edits) and the instance slot of chain position `i`.
-    fn head_and_slot(&mut self, parts: &Parts, i: usize) -> (&RequestHead, &mut RequestInstance) {
+    fn head_and_slot(&mut self, parts: &Parts, i: usize) -> (&RequestHead, &mut RequestSlot) {
         let head = self.head.get_or_insert_with(|| RequestHead {
             method: parts.method.as_str().to_owned(),
             uri: parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
@@ -242,7 +243,7 @@ impl Exchange<'_> {
     }
 
     /// The view built before the request went upstream (see `run`).
-    fn built_head_and_slot(&mut self, i: usize) -> Option<(&RequestHead, &mut RequestInstance)> {
+    fn built_head_and_slot(&mut self, i: usize) -> Option<(&RequestHead, &mut RequestSlot)> {
         self.head.as_ref().map(|head| (head, &mut self.held[i]))
     }
 

@@ -32,6 +32,9 @@ pub async fn reload(shared: &Shared) -> Result<u64, LoadErrors> {
             if next.server.listen != current.server.listen || next.server.admin_listen != current.server.admin_listen {
                 tracing::warn!("listen addresses changed in the config: they take effect on restart");
             }
+            if next.state != current.state {
+                tracing::warn!("[state] changed in the config: it takes effect on restart");
+            }
             shared.snapshot.store(Arc::new(next));
             shared.metrics.set_generation(generation);
             shared.metrics.reload(true);

@@ -31,7 +31,7 @@ pub async fn serve(
     let sweeper = {
         let state = shared.loader.state.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            let mut tick = tokio::time::interval(crate::state::StateStore::SWEEP_INTERVAL);
             loop {
                 tick.tick().await;
                 state.sweep();

@@ -10,8 +10,9 @@ use std::time::SystemTime;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 
-use crate::config::{GatewayConfig, LoadError, LoadErrors, ServerConfig, Source};
+use crate::config::{GatewayConfig, LoadError, LoadErrors, ServerConfig, Source, StateConfig};
 use crate::engine::PluginEngine;
+use crate::events::{Events, Webhook};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::plugin::{LoadedPlugin, Phases, PluginHost, PluginSpec, StoreData};
 use crate::router::{RouteMatcher, Router};
@@ -54,6 +55,11 @@ pub struct Snapshot {
     pub plugins: BTreeMap<String, Arc<LoadedPlugin>>,
     /// Metrics for requests no route matched.
     pub unrouted: RouteMetrics,
+    /// `[state]` of the file it came from (the store itself is built once,
+    /// at start).
+    pub state: StateConfig,
+    /// Where events are POSTed, from `[events]`.
+    pub webhook: Option<Arc<Webhook>>,
 }
 
 /// What snapshot building needs from the gateway; lives as long as it.
@@ -61,6 +67,7 @@ pub struct Loader {
     pub(crate) engine: Arc<PluginEngine>,
     linker: Linker<StoreData>,
     pub(crate) state: Arc<StateStore>,
+    pub(crate) events: Arc<Events>,
     pub(crate) metrics: Arc<Metrics>,
     clients: ClientCache,
     /// Compiled components by module sha256, so an unchanged module is not
@@ -74,6 +81,7 @@ impl Loader {
     pub fn new(
         engine: Arc<PluginEngine>,
         state: Arc<StateStore>,
+        events: Arc<Events>,
         metrics: Arc<Metrics>,
         max_idle: usize,
     ) -> wasmtime::Result<Self> {
@@ -82,6 +90,7 @@ impl Loader {
             engine,
             linker,
             state,
+            events,
             metrics,
             clients: ClientCache::default(),
             compiled: Mutex::new(HashMap::new()),
@@ -100,6 +109,12 @@ impl Loader {
     async fn build_from(&self, src: &Source, cfg: GatewayConfig, generation: u64) -> Result<Snapshot, LoadErrors> {
         let mut errors = Vec::new();
         let plugins_dir = src.base_dir().join(&cfg.server.plugins_dir);
+
+        let webhook = Webhook::from_config(&cfg.events).unwrap_or_else(|e| {
+            let span = cfg.events.webhook.as_ref().map_or(0..0, |w| w.span());
+            errors.push(src.error(span, format!("[events]: {e}")));
+            None
+        });
 
         // Upstreams.
         let mut upstreams = BTreeMap::new();
@@ -207,7 +222,13 @@ impl Loader {
                 isolation: p.isolation,
                 max_idle: self.max_idle,
             };
-            let host = Arc::new(PluginHost::new(name_arc, self.state.clone(), self.metrics.clone()));
+            let host = Arc::new(PluginHost::new(
+                name_arc,
+                self.state.clone(),
+                self.metrics.clone(),
+                self.events.clone(),
+                webhook.clone(),
+            ));
             let metrics = self.metrics.plugin(name);
             match LoadedPlugin::load(spec, self.engine.clone(), &self.linker, &component, host, metrics).await {
                 Ok(loaded) => {
@@ -288,6 +309,8 @@ impl Loader {
             upstreams,
             plugins,
             unrouted: self.metrics.unrouted(),
+            state: cfg.state.map(|s| s.into_inner()).unwrap_or_default(),
+            webhook,
         })
     }
 

@@ -39,6 +39,22 @@ impl Context {
         State { _private: () }
     }
 
+    /// A value stored with [`Context::set_local`] by an earlier phase of
+    /// this same request (by this plugin, at this position in the chain).
+    ///
+    /// Use it to carry a decision from `on_request` to `on_response`: the
+    /// instance serving the response may not be the one that saw the
+    /// request, so fields of the plugin struct cannot carry it.
+    pub fn get_local(&self, key: &str) -> Option<Vec<u8>> {
+        host::local_get(key)
+    }
+
+    /// Keep `value` under `key` until this request ends. Returns `false`
+    /// (storing nothing) beyond 32 keys, 128-byte keys or 16 KiB in all.
+    pub fn set_local(&self, key: &str, value: impl AsRef<[u8]>) -> bool {
+        host::local_set(key, value.as_ref())
+    }
+
     /// Add to a plugin-defined counter metric (`[a-z][a-z0-9_]*`).
     pub fn counter_add(&self, name: &str, value: u64) {
         host::counter_add(name, value);

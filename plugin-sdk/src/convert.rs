@@ -99,7 +99,12 @@ pub(crate) fn reply_to_wit(reply: Reply) -> Result<WitResponse, PhaseError> {
 }
 
 /// Used by the native harness to build the head the gateway would send.
-pub(crate) fn request_to_wit(req: &http::Request<()>, client_addr: &str, route: &str) -> RequestHead {
+pub(crate) fn request_to_wit(
+    req: &http::Request<()>,
+    client_addr: &str,
+    route: &str,
+    path_params: &[(String, String)],
+) -> RequestHead {
     RequestHead {
         method: req.method().as_str().to_owned(),
         uri: req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into()),
@@ -113,7 +118,7 @@ pub(crate) fn request_to_wit(req: &http::Request<()>, client_addr: &str, route: 
         client_addr: client_addr.to_owned(),
         route: route.to_owned(),
         request_id: "test-request".to_owned(),
-        path_params: Vec::new(),
+        path_params: path_params.to_vec(),
     }
 }
 

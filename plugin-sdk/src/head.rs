@@ -99,6 +99,11 @@ impl Request {
         self.client_addr
     }
 
+    /// The client's IP address.
+    pub fn client_ip(&self) -> Option<std::net::IpAddr> {
+        self.client_addr.map(|a| a.ip())
+    }
+
     /// The name of the route that matched.
     pub fn route(&self) -> &str {
         &self.route

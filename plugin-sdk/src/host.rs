@@ -13,6 +13,10 @@ pub(crate) use crate::testing::host::*;
 /// native tests is not refused by the gateway.
 pub(crate) const MAX_KEY_LEN: usize = 512;
 pub(crate) const MAX_VALUE_LEN: usize = 64 * 1024;
+/// Request-local limits (see `wit/plugin.wit`, interface `request-local`).
+pub(crate) const MAX_LOCAL_KEYS: usize = 32;
+pub(crate) const MAX_LOCAL_KEY_LEN: usize = 128;
+pub(crate) const MAX_LOCAL_BYTES: usize = 16 * 1024;
 
 #[allow(dead_code)]
 pub(crate) fn check_key(key: &str) -> Result<(), StateError> {
@@ -25,7 +29,7 @@ pub(crate) fn check_key(key: &str) -> Result<(), StateError> {
 #[cfg(target_arch = "wasm32")]
 mod wasm {
     use super::*;
-    use crate::__private::bindings::weir::plugin::{clock, events, log as wlog, metrics, state};
+    use crate::__private::bindings::weir::plugin::{clock, events, log as wlog, metrics, request_local, state};
     use crate::{Event, Level, Severity};
 
     pub(crate) fn log(level: Level, message: &str) {
@@ -72,6 +76,14 @@ mod wasm {
 
     pub(crate) fn state_delete(key: &str) -> Result<bool, StateError> {
         state::delete(key).map_err(err)
+    }
+
+    pub(crate) fn local_get(key: &str) -> Option<Vec<u8>> {
+        request_local::get(key)
+    }
+
+    pub(crate) fn local_set(key: &str, value: &[u8]) -> bool {
+        request_local::set(key, value)
     }
 
     pub(crate) fn counter_add(name: &str, value: u64) {

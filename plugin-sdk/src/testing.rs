@@ -6,6 +6,11 @@
 //! events you can inspect. The host is per thread, so parallel tests do not
 //! see each other's state.
 //!
+//! The harness serves one request at a time: each [`Harness::on_request`]
+//! starts a new request, so values kept with
+//! [`Context::set_local`](crate::Context::set_local) are forgotten there and
+//! kept through the following body and response phases, as in the gateway.
+//!
 //! ```
 //! use weir_plugin_sdk::prelude::*;
 //! use weir_plugin_sdk::testing::{Harness, Outcome};
@@ -75,6 +80,7 @@ pub struct Harness<P: Plugin> {
     phases: Phases,
     client_addr: String,
     route: String,
+    path_params: Vec<(String, String)>,
 }
 
 impl<P: Plugin> Harness<P> {
@@ -82,7 +88,13 @@ impl<P: Plugin> Harness<P> {
     pub fn new(config: serde_json::Value) -> Result<Self, String> {
         let plugin = OnceCell::new();
         let info = __private::init::<P>(&plugin, &config.to_string())?;
-        Ok(Self { plugin, phases: info.phases, client_addr: "127.0.0.1:40000".into(), route: "test".into() })
+        Ok(Self {
+            plugin,
+            phases: info.phases,
+            client_addr: "127.0.0.1:40000".into(),
+            route: "test".into(),
+            path_params: Vec::new(),
+        })
     }
 
     /// Set the client address requests come from (default `127.0.0.1:40000`).
@@ -97,14 +109,26 @@ impl<P: Plugin> Harness<P> {
         self
     }
 
+    /// Add a path parameter, as captured by a route such as `/users/{id}`.
+    pub fn path_param(mut self, name: &str, value: &str) -> Self {
+        self.path_params.push((name.into(), value.into()));
+        self
+    }
+
+    fn head(&self, req: &http::Request<()>) -> crate::__private::RequestHead {
+        convert::request_to_wit(req, &self.client_addr, &self.route, &self.path_params)
+    }
+
     /// The phases the plugin asked for.
     pub fn phases(&self) -> Phases {
         self.phases
     }
 
-    /// Run `on-request`.
+    /// Run `on-request`; this starts a new request (request-local values
+    /// of the previous one are forgotten).
     pub fn on_request(&self, mut req: http::Request<()>) -> Outcome<http::Request<()>> {
-        let head = convert::request_to_wit(&req, &self.client_addr, &self.route);
+        with(|h| h.locals.clear());
+        let head = self.head(&req);
         match __private::on_request::<P>(self.plugin.get(), head) {
             RequestAction::Respond(r) => Outcome::Respond(response(r)),
             RequestAction::Continue(edits) => {
@@ -124,13 +148,13 @@ impl<P: Plugin> Harness<P> {
 
     /// Run `on-request-body`; continues with the (possibly new) body.
     pub fn on_request_body(&self, req: &http::Request<()>, body: &[u8]) -> Outcome<Vec<u8>> {
-        let head = convert::request_to_wit(req, &self.client_addr, &self.route);
+        let head = self.head(req);
         body_outcome(__private::on_request_body::<P>(self.plugin.get(), head, body.to_vec()), body)
     }
 
     /// Run `on-response` for `req` and `resp`.
     pub fn on_response(&self, req: &http::Request<()>, mut resp: http::Response<()>) -> Outcome<http::Response<()>> {
-        let head = convert::request_to_wit(req, &self.client_addr, &self.route);
+        let head = self.head(req);
         match __private::on_response::<P>(self.plugin.get(), head, response_head(&resp)) {
             ResponseAction::Respond(r) => Outcome::Respond(response(r)),
             ResponseAction::Continue(edits) => {
@@ -152,7 +176,7 @@ impl<P: Plugin> Harness<P> {
         resp: &http::Response<()>,
         body: &[u8],
     ) -> Outcome<Vec<u8>> {
-        let head = convert::request_to_wit(req, &self.client_addr, &self.route);
+        let head = self.head(req);
         body_outcome(
             __private::on_response_body::<P>(self.plugin.get(), head, response_head(resp), body.to_vec()),
             body,
@@ -189,6 +213,7 @@ struct TestHost {
     events: Vec<Event>,
     clock_offset: Duration,
     state_unavailable: bool,
+    locals: Vec<(String, Vec<u8>)>,
 }
 
 thread_local! {
@@ -239,7 +264,7 @@ pub fn reset() {
 pub(crate) mod host {
     use super::*;
     use crate::StateError;
-    use crate::host::{MAX_VALUE_LEN, check_key};
+    use crate::host::{MAX_LOCAL_BYTES, MAX_LOCAL_KEY_LEN, MAX_LOCAL_KEYS, MAX_VALUE_LEN, check_key};
 
     pub(crate) fn log(level: Level, message: &str) {
         with(|h| h.logs.push((level, message.to_owned())));
@@ -315,6 +340,31 @@ pub(crate) mod host {
 
     pub(crate) fn state_delete(key: &str) -> Result<bool, StateError> {
         live(key, |h, _| h.state.remove(key).is_some())
+    }
+
+    pub(crate) fn local_get(key: &str) -> Option<Vec<u8>> {
+        with(|h| h.locals.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()))
+    }
+
+    /// The same limits as the gateway's (`host/src/plugin/host.rs`).
+    pub(crate) fn local_set(key: &str, value: &[u8]) -> bool {
+        with(|h| {
+            let others: usize =
+                h.locals.iter().filter(|(k, _)| k != key).map(|(k, v)| k.len() + v.len()).sum::<usize>();
+            let exists = h.locals.iter().any(|(k, _)| k == key);
+            if key.is_empty()
+                || key.len() > MAX_LOCAL_KEY_LEN
+                || others + key.len() + value.len() > MAX_LOCAL_BYTES
+                || (!exists && h.locals.len() >= MAX_LOCAL_KEYS)
+            {
+                return false;
+            }
+            match h.locals.iter_mut().find(|(k, _)| k == key) {
+                Some(slot) => slot.1 = value.to_vec(),
+                None => h.locals.push((key.to_owned(), value.to_vec())),
+            }
+            true
+        })
     }
 
     pub(crate) fn counter_add(name: &str, value: u64) {

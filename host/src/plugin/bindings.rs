@@ -20,5 +20,5 @@ pub(crate) use generated::weir::plugin::types::{
     BodyAction, Header, Phases, RequestAction, RequestEdits, RequestHead, Response as PluginResponse, ResponseAction,
     ResponseEdits, ResponseHead,
 };
-pub(crate) use generated::weir::plugin::{clock, events, log, metrics, state, types};
+pub(crate) use generated::weir::plugin::{clock, events, log, metrics, request_local, state, types};
 pub(crate) use generated::{Plugin as PluginWorld, PluginPre};

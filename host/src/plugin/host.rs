@@ -10,7 +10,9 @@ use wasmtime::StoreLimits;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{self, clock, events, log, metrics, state, types};
+use super::bindings::{self, clock, events, log, metrics, request_local, state, types};
+use crate::config::Severity;
+use crate::events::{EventRecord, Events, Webhook};
 use crate::metrics::Metrics;
 use crate::state::{StateError, StateStore};
 
@@ -18,19 +20,45 @@ use crate::state::{StateError, StateStore};
 const MAX_LOG_LINE: usize = 4096;
 /// Distinct plugin-defined metric names (and event kinds) kept per plugin.
 const MAX_METRIC_NAMES: usize = 32;
+/// Attributes kept per event.
+const MAX_EVENT_ATTRIBUTES: usize = 32;
+/// Request-local limits, per plugin per request (documented in the WIT).
+const MAX_LOCAL_KEYS: usize = 32;
+const MAX_LOCAL_KEY_LEN: usize = 128;
+const MAX_LOCAL_BYTES: usize = 16 * 1024;
 
 /// Services shared by all instances of one named plugin.
 pub(crate) struct PluginHost {
     pub(crate) name: Arc<str>,
     state: Arc<StateStore>,
     metrics: Arc<Metrics>,
+    events: Arc<Events>,
+    /// The snapshot's `[events] webhook`.
+    webhook: Option<Arc<Webhook>>,
     /// Metric names and event kinds seen, to cap label cardinality.
     names: Mutex<HashSet<String>>,
 }
 
 impl PluginHost {
-    pub(crate) fn new(name: Arc<str>, state: Arc<StateStore>, metrics: Arc<Metrics>) -> Self {
-        Self { name, state, metrics, names: Mutex::new(HashSet::new()) }
+    pub(crate) fn new(
+        name: Arc<str>,
+        state: Arc<StateStore>,
+        metrics: Arc<Metrics>,
+        events: Arc<Events>,
+        webhook: Option<Arc<Webhook>>,
+    ) -> Self {
+        Self { name, state, metrics, events, webhook, names: Mutex::new(HashSet::new()) }
+    }
+
+    /// Count a failed state call on its way back to the plugin.
+    fn counted<T>(&self, r: Result<T, StateError>) -> Result<T, state::Error> {
+        r.map_err(|e| {
+            self.metrics.state_error(match e {
+                StateError::Unavailable(_) => "unavailable",
+                StateError::Invalid(_) => "invalid",
+            });
+            to_wit(e)
+        })
     }
 
     fn key(&self, key: &str) -> Result<String, state::Error> {
@@ -41,7 +69,7 @@ impl PluginHost {
                 key.len()
             )));
         }
-        Ok(format!("{}\u{1f}{key}", self.name))
+        Ok(format!("{}:{key}", self.name))
     }
 
     /// Whether `name` may become a label value: valid and within the cap.
@@ -71,11 +99,53 @@ pub(crate) struct StoreData {
     table: ResourceTable,
     pub(crate) limits: StoreLimits,
     host: Arc<PluginHost>,
+    /// The request-local values of the request being served, lent to the
+    /// instance for one call (see [`super::RequestSlot`]).
+    pub(crate) locals: Locals,
 }
 
 impl StoreData {
     pub(crate) fn new(host: Arc<PluginHost>, limits: StoreLimits) -> Self {
-        Self { wasi: crate::engine::sandbox_wasi(), table: ResourceTable::new(), limits, host }
+        Self {
+            wasi: crate::engine::sandbox_wasi(),
+            table: ResourceTable::new(),
+            limits,
+            host,
+            locals: Locals::default(),
+        }
+    }
+}
+
+/// One plugin's request-local values for one request: a short list, since
+/// plugins keep a handful of keys.
+#[derive(Debug, Default)]
+pub(crate) struct Locals {
+    entries: Vec<(String, Vec<u8>)>,
+    bytes: usize,
+}
+
+impl Locals {
+    fn get(&self, key: &str) -> Option<&[u8]> {
+        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_slice())
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>) -> bool {
+        let existing = self.entries.iter().position(|(k, _)| *k == key);
+        let freed = existing.map_or(0, |i| self.entries[i].0.len() + self.entries[i].1.len());
+        let bytes = self.bytes - freed + key.len() + value.len();
+        if key.is_empty()
+            || key.len() > MAX_LOCAL_KEY_LEN
+            || bytes > MAX_LOCAL_BYTES
+            || (existing.is_none() && self.entries.len() >= MAX_LOCAL_KEYS)
+        {
+            return false;
+        }
+        self.bytes = bytes;
+        match existing {
+            Some(i) => self.entries[i].1 = value,
+            None => self.entries.push((key, value)),
+        }
+        true
     }
 }
 
@@ -93,14 +163,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StoreData>) -> wasmtime::Result<
 impl types::Host for StoreData {}
 
 impl log::Host for StoreData {
-    fn log(&mut self, level: log::Level, mut message: String) -> wasmtime::Result<()> {
-        if message.len() > MAX_LOG_LINE {
-            let mut cut = MAX_LOG_LINE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-        }
+    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        let message = truncate(message, MAX_LOG_LINE);
         let plugin = &*self.host.name;
         match level {
             log::Level::Trace => tracing::trace!(target: "weir::plugin", plugin, "{message}"),
@@ -111,6 +175,22 @@ impl log::Host for StoreData {
         }
         Ok(())
     }
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn process_start() -> Instant {
@@ -124,7 +204,7 @@ impl clock::Host for StoreData {
     }
 
     fn wall_now(&mut self) -> wasmtime::Result<u64> {
-        Ok(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0))
+        Ok(unix_ms())
     }
 }
 
@@ -139,7 +219,7 @@ impl state::Host for StoreData {
     async fn incr(&mut self, key: String, delta: i64, ttl_ms: u64) -> wasmtime::Result<Result<i64, state::Error>> {
         Ok(async {
             let key = self.host.key(&key)?;
-            self.host.state.incr(&key, delta, ttl_ms).await.map_err(to_wit)
+            self.host.counted(self.host.state.incr(&key, delta, ttl_ms).await)
         }
         .await)
     }
@@ -147,7 +227,7 @@ impl state::Host for StoreData {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, state::Error>> {
         Ok(async {
             let key = self.host.key(&key)?;
-            self.host.state.get(&key).await.map_err(to_wit)
+            self.host.counted(self.host.state.get(&key).await)
         }
         .await)
     }
@@ -155,7 +235,7 @@ impl state::Host for StoreData {
     async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u64) -> wasmtime::Result<Result<(), state::Error>> {
         Ok(async {
             let key = self.host.key(&key)?;
-            self.host.state.set(&key, &value, ttl_ms).await.map_err(to_wit)
+            self.host.counted(self.host.state.set(&key, &value, ttl_ms).await)
         }
         .await)
     }
@@ -169,7 +249,7 @@ impl state::Host for StoreData {
     ) -> wasmtime::Result<Result<bool, state::Error>> {
         Ok(async {
             let key = self.host.key(&key)?;
-            self.host.state.compare_and_swap(&key, expected.as_deref(), &value, ttl_ms).await.map_err(to_wit)
+            self.host.counted(self.host.state.compare_and_swap(&key, expected.as_deref(), &value, ttl_ms).await)
         }
         .await)
     }
@@ -177,9 +257,19 @@ impl state::Host for StoreData {
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, state::Error>> {
         Ok(async {
             let key = self.host.key(&key)?;
-            self.host.state.delete(&key).await.map_err(to_wit)
+            self.host.counted(self.host.state.delete(&key).await)
         }
         .await)
+    }
+}
+
+impl request_local::Host for StoreData {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(self.locals.get(&key).map(<[u8]>::to_vec))
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<bool> {
+        Ok(self.locals.set(key, value))
     }
 }
 
@@ -202,23 +292,50 @@ impl metrics::Host for StoreData {
 impl events::Host for StoreData {
     fn emit(&mut self, event: events::Event) -> wasmtime::Result<()> {
         let severity = match event.severity {
-            events::Severity::Info => "info",
-            events::Severity::Warning => "warning",
-            events::Severity::Critical => "critical",
+            events::Severity::Info => Severity::Info,
+            events::Severity::Warning => Severity::Warning,
+            events::Severity::Critical => Severity::Critical,
         };
-        let plugin = &*self.host.name;
-        let attributes: Vec<String> = event.attributes.iter().take(32).map(|(k, v)| format!("{k}={v}")).collect();
-        tracing::warn!(
-            target: "weir::event",
-            plugin,
-            kind = %event.kind,
+        let host = &self.host;
+        let kind = if host.admit_name(&event.kind) { event.kind } else { "other".to_owned() };
+        host.metrics.plugin_event(&host.name, &kind, severity.as_str());
+        let attributes = event
+            .attributes
+            .into_iter()
+            .take(MAX_EVENT_ATTRIBUTES)
+            .map(|(k, v)| (truncate(k, 128), serde_json::Value::String(truncate(v, 1024))))
+            .collect();
+        let record = EventRecord {
+            time_ms: unix_ms(),
+            plugin: host.name.to_string(),
+            kind,
             severity,
-            attributes = %attributes.join(" "),
-            "{}",
-            event.message
-        );
-        let kind = if self.host.admit_name(&event.kind) { event.kind.as_str() } else { "other" };
-        self.host.metrics.plugin_event(plugin, kind, severity);
+            message: truncate(event.message, MAX_LOG_LINE),
+            attributes,
+        };
+        host.events.emit(record, host.webhook.as_ref());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locals_limits() {
+        let mut l = Locals::default();
+        assert!(l.set("a".into(), vec![1; 100]));
+        assert_eq!(l.get("a"), Some(&[1u8; 100][..]));
+        assert!(l.set("a".into(), vec![2; 10]), "replacing frees the old value");
+        assert_eq!(l.bytes, 11);
+        assert!(!l.set(String::new(), vec![]), "empty key");
+        assert!(!l.set("k".repeat(MAX_LOCAL_KEY_LEN + 1), vec![]), "long key");
+        assert!(!l.set("big".into(), vec![0; MAX_LOCAL_BYTES]), "over the byte budget");
+        for i in 1..MAX_LOCAL_KEYS {
+            assert!(l.set(format!("k{i}"), vec![]));
+        }
+        assert!(!l.set("one-too-many".into(), vec![]));
+        assert!(l.set("a".into(), vec![3]), "an existing key can still be replaced");
     }
 }

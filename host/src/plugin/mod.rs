@@ -19,7 +19,7 @@ pub(crate) use bindings::{
     BodyAction, Header, Phases, PluginResponse, RequestAction, RequestEdits, RequestHead, ResponseAction,
     ResponseEdits, ResponseHead,
 };
-pub(crate) use host::{PluginHost, StoreData};
+pub(crate) use host::{Locals, PluginHost, StoreData};
 
 use crate::config::{FailurePolicy, Isolation, PluginLimits};
 use crate::engine::{self, PluginEngine};
@@ -47,11 +47,15 @@ pub enum PluginFailure {
     InvalidOutput(String),
 }
 
-/// The instance a request holds for an `isolation = "request"` plugin: made
-/// fresh for the request, used by all its phases, dropped with it. Unused
-/// for pooled plugins.
+/// What a request holds for one position of its chain, from phase to phase:
+/// the plugin's request-local values and, for an `isolation = "request"`
+/// plugin, its instance (made fresh for the request, used by all its
+/// phases, dropped with it).
 #[derive(Default)]
-pub struct RequestInstance(Option<Instance>);
+pub struct RequestSlot {
+    instance: Option<Instance>,
+    locals: Locals,
+}
 
 /// One initialised instance.
 struct Instance {
@@ -201,10 +205,10 @@ impl LoadedPlugin {
         Ok((Instance { store, world }, info.phases))
     }
 
-    async fn borrow(&self, held: &mut RequestInstance) -> Result<Instance, PluginFailure> {
+    async fn borrow(&self, held: &mut RequestSlot) -> Result<Instance, PluginFailure> {
         let reused = match self.spec.isolation {
             Isolation::Pool => self.idle.lock().ok().and_then(|mut v| v.pop()),
-            Isolation::Request => held.0.take(),
+            Isolation::Request => held.instance.take(),
         };
         match reused {
             Some(inst) => Ok(inst),
@@ -213,10 +217,10 @@ impl LoadedPlugin {
     }
 
     /// Return a healthy instance: to the pool, or to the request holding it.
-    fn give_back(&self, inst: Instance, held: &mut RequestInstance) {
+    fn give_back(&self, inst: Instance, held: &mut RequestSlot) {
         match self.spec.isolation {
             Isolation::Pool => self.put_back(inst),
-            Isolation::Request => held.0 = Some(inst),
+            Isolation::Request => held.instance = Some(inst),
         }
     }
 
@@ -229,14 +233,17 @@ impl LoadedPlugin {
     }
 
     /// Borrow an instance, run one phase under the deadline, return it.
-    async fn run(&self, call: Call<'_>, held: &mut RequestInstance) -> Result<Answer, PluginFailure> {
+    async fn run(&self, call: Call<'_>, held: &mut RequestSlot) -> Result<Answer, PluginFailure> {
         let started = Instant::now();
         let mut inst = self.borrow(held).await?;
         inst.store.set_epoch_deadline(self.deadline_ticks);
+        // The request's locals travel with it, not with the instance.
+        inst.store.data_mut().locals = std::mem::take(&mut held.locals);
         // The epoch deadline stops guest code; this timeout also bounds time
         // spent awaiting host I/O (state calls), which epochs do not see.
         let budget = self.spec.limits.deadline + crate::engine::EPOCH_TICK * 2;
         let result = tokio::time::timeout(budget, inst.call(call)).await;
+        held.locals = std::mem::take(&mut inst.store.data_mut().locals);
         self.metrics.duration.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(Ok(answer)) => {
@@ -273,7 +280,7 @@ impl LoadedPlugin {
     pub(crate) async fn on_request(
         &self,
         req: &RequestHead,
-        held: &mut RequestInstance,
+        held: &mut RequestSlot,
     ) -> Result<RequestAction, PluginFailure> {
         match self.run(Call::Request(req), held).await? {
             Answer::Request(a) => {
@@ -289,7 +296,7 @@ impl LoadedPlugin {
         &self,
         req: &RequestHead,
         body: &[u8],
-        held: &mut RequestInstance,
+        held: &mut RequestSlot,
     ) -> Result<BodyAction, PluginFailure> {
         match self.run(Call::RequestBody(req, body), held).await? {
             Answer::Body(a) => {
@@ -305,7 +312,7 @@ impl LoadedPlugin {
         &self,
         req: &RequestHead,
         resp: &ResponseHead,
-        held: &mut RequestInstance,
+        held: &mut RequestSlot,
     ) -> Result<ResponseAction, PluginFailure> {
         match self.run(Call::Response(req, resp), held).await? {
             Answer::Response(a) => {
@@ -322,7 +329,7 @@ impl LoadedPlugin {
         req: &RequestHead,
         resp: &ResponseHead,
         body: &[u8],
-        held: &mut RequestInstance,
+        held: &mut RequestSlot,
     ) -> Result<BodyAction, PluginFailure> {
         match self.run(Call::ResponseBody(req, resp, body), held).await? {
             Answer::Body(a) => {
@@ -351,7 +358,7 @@ impl LoadedPlugin {
             request_id: "0123456789abcdef0123456789abcdef".into(),
             path_params: Vec::new(),
         };
-        self.on_request(&head, &mut RequestInstance::default()).await.map(drop)
+        self.on_request(&head, &mut RequestSlot::default()).await.map(drop)
     }
 }
 

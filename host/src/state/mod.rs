@@ -1,0 +1,200 @@
+//! Shared state behind the plugins' `weir:plugin/state` imports.
+//!
+//! Two backends offer the same five operations (`incr`, `get`, `set`,
+//! `compare_and_swap`, `delete`) with the same semantics, so a plugin cannot
+//! tell them apart except by latency:
+//!
+//! * [`MemoryState`] (default): a sharded map in the gateway process.
+//! * [`RedisState`]: a Redis server, so every gateway node pointing at it
+//!   shares counters (one rate limit across a cluster). Each operation is one
+//!   atomic command or script: one round trip.
+//!
+//! The store lives as long as the gateway (not a snapshot), so counters
+//! survive reloads. Keys arrive namespaced by the plugin host
+//! (`<plugin>:<key>`).
+
+mod memory;
+mod redis;
+
+use std::time::Duration;
+
+pub use self::memory::MemoryState;
+pub use self::redis::RedisState;
+use crate::config::{StateBackend, StateConfig};
+
+/// Longest key a plugin may use (the stored key also carries the plugin's
+/// namespace and, with Redis, the key prefix).
+pub const MAX_KEY_LEN: usize = 512;
+/// Largest value a plugin may store.
+pub const MAX_VALUE_LEN: usize = 64 * 1024;
+
+/// Why a state operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// The backend cannot be reached (or is full): the plugin applies its
+    /// own policy, e.g. a rate limiter fails open.
+    #[error("state backend unavailable: {0}")]
+    Unavailable(String),
+    /// The arguments were refused.
+    #[error("invalid state call: {0}")]
+    Invalid(String),
+}
+
+fn check(key: &str, value: Option<&[u8]>) -> Result<(), StateError> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(StateError::Invalid(format!("key length must be 1..={MAX_KEY_LEN} bytes, got {}", key.len())));
+    }
+    if let Some(v) = value
+        && v.len() > MAX_VALUE_LEN
+    {
+        return Err(StateError::Invalid(format!("value of {} bytes exceeds {MAX_VALUE_LEN}", v.len())));
+    }
+    Ok(())
+}
+
+/// The state store shared by all plugins of a gateway.
+pub enum StateStore {
+    /// In-process.
+    Memory(MemoryState),
+    /// Shared through Redis.
+    Redis(RedisState),
+}
+
+impl Default for StateStore {
+    fn default() -> Self {
+        Self::Memory(MemoryState::new(StateConfig::default().max_entries))
+    }
+}
+
+impl StateStore {
+    /// The store `[state]` asks for. Redis is connected lazily: an
+    /// unreachable server does not stop the gateway from starting, its
+    /// calls fail as unavailable until it answers.
+    pub fn from_config(cfg: &StateConfig) -> Result<Self, String> {
+        match cfg.backend {
+            StateBackend::Memory => {
+                if cfg.url.is_some() {
+                    return Err("`url` is only used with backend = \"redis\"".into());
+                }
+                Ok(Self::Memory(MemoryState::new(cfg.max_entries)))
+            }
+            StateBackend::Redis => {
+                let url = cfg.url.as_deref().ok_or("backend = \"redis\" needs `url = \"redis://host:port\"`")?;
+                if cfg.timeout.is_zero() {
+                    return Err("`timeout` must be above zero".into());
+                }
+                RedisState::new(url, &cfg.key_prefix, cfg.timeout, cfg.retry_interval).map(Self::Redis)
+            }
+        }
+    }
+
+    /// `memory` or `redis`.
+    pub fn backend(&self) -> StateBackend {
+        match self {
+            Self::Memory(_) => StateBackend::Memory,
+            Self::Redis(_) => StateBackend::Redis,
+        }
+    }
+
+    /// For `/admin/status`: the backend, and for Redis its address (no
+    /// credentials) and whether it is reachable.
+    pub fn describe(&self) -> serde_json::Value {
+        match self {
+            Self::Memory(m) => serde_json::json!({ "backend": "memory", "entries": m.len() }),
+            Self::Redis(r) => r.describe(),
+        }
+    }
+
+    /// Atomically add `delta` to a counter; a new counter starts at 0 and
+    /// expires `ttl_ms` after creation (0: never).
+    pub async fn incr(&self, key: &str, delta: i64, ttl_ms: u64) -> Result<i64, StateError> {
+        check(key, None)?;
+        match self {
+            Self::Memory(m) => m.incr(key, delta, ttl_ms).await,
+            Self::Redis(r) => r.incr(key, delta, ttl_ms).await,
+        }
+    }
+
+    /// Read a value (a counter reads as its decimal form).
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        check(key, None)?;
+        match self {
+            Self::Memory(m) => m.get(key).await,
+            Self::Redis(r) => r.get(key).await,
+        }
+    }
+
+    /// Write a value that expires after `ttl_ms` (0: never).
+    pub async fn set(&self, key: &str, value: &[u8], ttl_ms: u64) -> Result<(), StateError> {
+        check(key, Some(value))?;
+        match self {
+            Self::Memory(m) => m.set(key, value, ttl_ms).await,
+            Self::Redis(r) => r.set(key, value, ttl_ms).await,
+        }
+    }
+
+    /// Write `value` if the current value is `expected` (`None`: absent).
+    pub async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+        ttl_ms: u64,
+    ) -> Result<bool, StateError> {
+        check(key, Some(value))?;
+        if let Some(e) = expected {
+            check(key, Some(e))?;
+        }
+        match self {
+            Self::Memory(m) => m.compare_and_swap(key, expected, value, ttl_ms).await,
+            Self::Redis(r) => r.compare_and_swap(key, expected, value, ttl_ms).await,
+        }
+    }
+
+    /// Remove a key; returns whether it existed.
+    pub async fn delete(&self, key: &str) -> Result<bool, StateError> {
+        check(key, None)?;
+        match self {
+            Self::Memory(m) => m.delete(key).await,
+            Self::Redis(r) => r.delete(key).await,
+        }
+    }
+
+    /// Periodic housekeeping: drop expired in-process entries (Redis
+    /// expires keys itself).
+    pub fn sweep(&self) {
+        if let Self::Memory(m) = self {
+            m.sweep();
+        }
+    }
+
+    /// How often [`StateStore::sweep`] should run.
+    pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn arguments_are_checked_for_every_backend() {
+        let s = StateStore::default();
+        assert!(matches!(s.get("").await, Err(StateError::Invalid(_))));
+        assert!(matches!(s.get(&"k".repeat(MAX_KEY_LEN + 1)).await, Err(StateError::Invalid(_))));
+        assert!(matches!(s.set("k", &vec![0; MAX_VALUE_LEN + 1], 0).await, Err(StateError::Invalid(_))));
+        assert!(matches!(s.incr("", 1, 0).await, Err(StateError::Invalid(_))));
+        assert_eq!(s.incr("k", 1, 0).await, Ok(1));
+    }
+
+    #[test]
+    fn config_is_validated() {
+        let mut cfg = StateConfig { url: Some("redis://127.0.0.1:1".into()), ..StateConfig::default() };
+        assert!(StateStore::from_config(&cfg).err().is_some_and(|e| e.contains("only used with")));
+        cfg.backend = StateBackend::Redis;
+        cfg.url = None;
+        assert!(StateStore::from_config(&cfg).err().is_some_and(|e| e.contains("needs `url")));
+        cfg.url = Some("http://127.0.0.1:6379".into());
+        let e = StateStore::from_config(&cfg).err().unwrap_or_default();
+        assert!(e.contains("invalid redis url"), "{e}");
+    }
+}
