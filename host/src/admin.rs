@@ -6,6 +6,7 @@
 //! | GET | `/readyz` | `ready` once a snapshot is loaded |
 //! | GET | `/metrics` | Prometheus text format |
 //! | GET | `/admin/status` | JSON: generation, reload status, routes, plugins |
+//! | GET | `/admin/events` | JSON: the latest plugin events, newest first |
 //! | POST | `/admin/reload` | reload now; JSON with the new generation or the errors |
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -30,6 +31,11 @@ pub async fn handle<B>(shared: &Shared, req: Request<B>) -> Response<ProxyBody> 
             resp
         }
         (&Method::GET, "/admin/status") => json_response(StatusCode::OK, status(shared)),
+        (&Method::GET, "/admin/events") => {
+            let recent = shared.loader.events.recent();
+            let events: Vec<&crate::events::EventRecord> = recent.iter().map(|e| &**e).collect();
+            json_response(StatusCode::OK, json!({ "events": events }))
+        }
         (&Method::POST, "/admin/reload") => match crate::reload::reload(shared).await {
             Ok(generation) => json_response(StatusCode::OK, json!({ "generation": generation })),
             Err(errors) => json_response(
@@ -37,7 +43,7 @@ pub async fn handle<B>(shared: &Shared, req: Request<B>) -> Response<ProxyBody> 
                 json!({ "errors": errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>() }),
             ),
         },
-        (_, "/healthz" | "/readyz" | "/metrics" | "/admin/status" | "/admin/reload") => {
+        (_, "/healthz" | "/readyz" | "/metrics" | "/admin/status" | "/admin/events" | "/admin/reload") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -97,6 +103,8 @@ pub fn status(shared: &Shared) -> serde_json::Value {
         "plugins": plugins,
         "routes": routes,
         "upstreams": upstreams,
+        "state": shared.loader.state.describe(),
+        "events_webhook": snap.webhook.as_ref().map(|w| w.uri().to_string()),
     })
 }
 

@@ -435,3 +435,141 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+// ---- redis ---------------------------------------------------------------
+
+/// A real `redis-server` on a loopback port, stopped when dropped.
+///
+/// `.ci/run` installs Redis on a fresh machine (`apt-get install
+/// redis-server`); tests that need it fail with that hint when it is missing.
+pub struct RedisServer {
+    /// The port it listens on (kept across [`RedisServer::restart`]).
+    pub port: u16,
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Start on a free port.
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let mut server = Self { port, child: None, dir: tempfile::tempdir().expect("tempdir") };
+        server.restart();
+        server
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stop the server (connections drop, the port refuses).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start (again) on the same port, empty, and wait until it answers.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}): install it with `apt-get install redis-server` (.ci/run does)")
+            });
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !self.ping() {
+            assert!(std::time::Instant::now() < deadline, "redis-server did not answer PING on port {}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the server answers `PING`.
+    pub fn ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ---- gateway as a process -------------------------------------------------
+
+/// The `weir` binary running as its own process (`weir run`), on free
+/// loopback ports, with its log captured; killed when dropped. For tests of
+/// several gateway nodes.
+pub struct GatewayProcess {
+    /// The proxy's base URL.
+    pub url: String,
+    /// The admin base URL.
+    pub admin: String,
+    /// The folder holding `gateway.toml`, `plugins/` and `weir.log`.
+    pub dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+impl GatewayProcess {
+    /// Write `body` (everything but `[server]`) as the config, copy the named
+    /// modules, run `weir run` and wait until it is ready.
+    pub async fn start(body: &str, modules: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("plugins")).expect("plugins dir");
+        for m in modules {
+            std::fs::copy(fixture(m), dir.path().join("plugins").join(m)).expect("copy module");
+        }
+        let (proxy, admin) = (free_port(), free_port());
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:{proxy}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nplugins_dir = \"plugins\"\n\n\
+             [runtime]\nmax_instances = 128\n\n{body}"
+        );
+        std::fs::write(dir.path().join("gateway.toml"), config).expect("write config");
+        let log = std::fs::File::create(dir.path().join("weir.log")).expect("log file");
+        let child = Command::new(weir_binary())
+            .args(["run", "--workers", "2", "--config"])
+            .arg(dir.path().join("gateway.toml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn weir");
+        let gw =
+            Self { url: format!("http://127.0.0.1:{proxy}"), admin: format!("http://127.0.0.1:{admin}"), dir, child };
+        let client = Client::new();
+        let ready = wait_for(Duration::from_secs(30), || async {
+            client.get(&format!("{}/readyz", gw.admin)).await.ok().filter(|r| r.status == 200)
+        })
+        .await;
+        assert!(ready.is_some(), "weir did not become ready:\n{}", gw.log());
+        gw
+    }
+
+    /// Everything the process logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("weir.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -114,11 +114,26 @@ impl RedisState {
     }
 
     /// Run one operation under the timeout and the fail-fast window.
-    async fn run<T>(&self, op: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StateError> {
-        if let Some(e) = self.failing_fast() {
-            return Err(e);
+    ///
+    /// `op` is called again once when a probe after an outage meets the
+    /// connection that failed during the outage: that error only starts the
+    /// reconnection (the command never reached a server), and the retry
+    /// waits for the new connection, so the first probe after Redis returns
+    /// already succeeds.
+    async fn run<T, F>(&self, op: impl Fn() -> F) -> Result<T, StateError>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        let probing = match self.failing_fast() {
+            Some(Ok(())) => true,
+            Some(Err(e)) => return Err(e),
+            None => false,
+        };
+        let mut result = tokio::time::timeout(self.timeout, op()).await;
+        if probing && matches!(&result, Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped()) {
+            result = tokio::time::timeout(self.timeout, op()).await;
         }
-        match tokio::time::timeout(self.timeout, op).await {
+        match result {
             Ok(Ok(v)) => {
                 self.mark_up();
                 Ok(v)
@@ -129,18 +144,21 @@ impl RedisState {
         }
     }
 
-    fn failing_fast(&self) -> Option<StateError> {
+    /// `None` while healthy; while down, `Err` inside the fail-fast window
+    /// and `Ok` (a probe may go) after it.
+    fn failing_fast(&self) -> Option<Result<(), StateError>> {
         let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
         let retry_at = health.retry_at?;
         let now = Instant::now();
-        (now < retry_at).then(|| {
-            StateError::Unavailable(format!(
-                "redis at {} is unreachable ({}); next attempt in {} ms",
-                self.display,
-                health.last_error.as_deref().unwrap_or("unknown error"),
-                (retry_at - now).as_millis()
-            ))
-        })
+        if now >= retry_at {
+            return Some(Ok(()));
+        }
+        Some(Err(StateError::Unavailable(format!(
+            "redis at {} is unreachable ({}); next attempt in {} ms",
+            self.display,
+            health.last_error.as_deref().unwrap_or("unknown error"),
+            (retry_at - now).as_millis()
+        ))))
     }
 
     fn mark_up(&self) {
@@ -167,27 +185,41 @@ impl RedisState {
         StateError::Unavailable(format!("redis at {}: {error}", self.display))
     }
 
+    /// Run a command on a clone of the shared connection.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StateError> {
+        self.run(|| {
+            let mut conn = self.conn.clone();
+            async move { cmd.query_async(&mut conn).await }
+        })
+        .await
+    }
+
+    /// Run one of the scripts.
+    async fn script<T: redis::FromRedisValue>(&self, call: &redis::ScriptInvocation<'_>) -> Result<T, StateError> {
+        self.run(|| {
+            let mut conn = self.conn.clone();
+            async move { call.invoke_async(&mut conn).await }
+        })
+        .await
+    }
+
     pub(super) async fn incr(&self, key: &str, delta: i64, ttl_ms: u64) -> Result<i64, StateError> {
-        let mut conn = self.conn.clone();
         let mut call = self.incr.key(self.key(key));
         call.arg(delta).arg(ttl_ms);
-        self.run(call.invoke_async(&mut conn)).await
+        self.script(&call).await
     }
 
     pub(super) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
-        let mut conn = self.conn.clone();
-        let cmd = redis::cmd("GET").arg(self.key(key)).to_owned();
-        self.run(cmd.query_async(&mut conn)).await
+        self.query(redis::cmd("GET").arg(self.key(key))).await
     }
 
     pub(super) async fn set(&self, key: &str, value: &[u8], ttl_ms: u64) -> Result<(), StateError> {
-        let mut conn = self.conn.clone();
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.key(key)).arg(value);
         if ttl_ms > 0 {
             cmd.arg("PX").arg(ttl_ms);
         }
-        self.run(cmd.query_async(&mut conn)).await
+        self.query(&cmd).await
     }
 
     pub(super) async fn compare_and_swap(
@@ -197,17 +229,14 @@ impl RedisState {
         value: &[u8],
         ttl_ms: u64,
     ) -> Result<bool, StateError> {
-        let mut conn = self.conn.clone();
         let mut call = self.cas.key(self.key(key));
         call.arg(if expected.is_some() { "1" } else { "0" }).arg(expected.unwrap_or_default()).arg(value).arg(ttl_ms);
-        let swapped: i64 = self.run(call.invoke_async(&mut conn)).await?;
+        let swapped: i64 = self.script(&call).await?;
         Ok(swapped == 1)
     }
 
     pub(super) async fn delete(&self, key: &str) -> Result<bool, StateError> {
-        let mut conn = self.conn.clone();
-        let cmd = redis::cmd("DEL").arg(self.key(key)).to_owned();
-        let removed: i64 = self.run(cmd.query_async(&mut conn)).await?;
+        let removed: i64 = self.query(redis::cmd("DEL").arg(self.key(key))).await?;
         Ok(removed > 0)
     }
 }
