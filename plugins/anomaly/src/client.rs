@@ -1,0 +1,137 @@
+//! Who a request comes from, which path it asks for, and the state keys
+//! both become.
+
+use sha2::{Digest, Sha256};
+use weir_plugin_sdk::Request;
+
+use crate::config::ClientKey;
+
+/// A client, identified by the hash of its IP address or key header value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Client {
+    /// First 16 bytes of SHA-256 over the source and value.
+    pub(crate) id: [u8; 16],
+    /// `id` in hex: the part of state keys naming the client.
+    pub(crate) hex: String,
+    /// `"ip"` or `"header"`: what identified it (the header may be missing).
+    pub(crate) source: &'static str,
+    /// The IP address or header value (only put in events with
+    /// `event_client = "raw"`; capped at 256 bytes).
+    pub(crate) raw: String,
+}
+
+/// Longest raw client value carried to events.
+const MAX_RAW: usize = 256;
+
+impl Client {
+    /// Identify the client of `req` by `key`; the IP when the header is
+    /// missing or empty.
+    pub(crate) fn identify(key: &ClientKey, req: &Request) -> Self {
+        if let ClientKey::Header(name) = key
+            && let Some(value) = req.headers().get(name).filter(|v| !v.is_empty())
+        {
+            let mut h = Sha256::new();
+            h.update(b"header\0");
+            h.update(name.as_str().as_bytes());
+            h.update(b"\0");
+            h.update(value.as_bytes());
+            let raw = String::from_utf8_lossy(value.as_bytes());
+            return Self::from_hash(h, "header", truncate(&raw));
+        }
+        // IPv4-mapped IPv6 addresses count as their IPv4 address.
+        let ip = req.client_ip().map(|ip| ip.to_canonical().to_string()).unwrap_or_else(|| "unknown".into());
+        let mut h = Sha256::new();
+        h.update(b"ip\0");
+        h.update(ip.as_bytes());
+        Self::from_hash(h, "ip", ip)
+    }
+
+    /// A client from its parts, as kept in the request-local store.
+    pub(crate) fn from_parts(hex: &str, source: &str, raw: &str) -> Option<Self> {
+        let id = unhex16(hex)?;
+        let source = match source {
+            "ip" => "ip",
+            "header" => "header",
+            _ => return None,
+        };
+        Some(Self { id, hex: hex.to_owned(), source, raw: raw.to_owned() })
+    }
+
+    fn from_hash(h: Sha256, source: &'static str, raw: String) -> Self {
+        let digest = h.finalize();
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest[..16]);
+        Self { id, hex: hex(&id), source, raw }
+    }
+
+    /// `cd:<client>`: exists while the client is under an action.
+    pub(crate) fn cooldown_key(&self) -> String {
+        format!("cd:{}", self.hex)
+    }
+
+    /// `b:<client>`: the baseline record.
+    pub(crate) fn baseline_key(&self) -> String {
+        format!("b:{}", self.hex)
+    }
+
+    /// `c:<client>:<window>`: the packed counter of one window.
+    pub(crate) fn counts_key(&self, window: u64) -> String {
+        format!("c:{}:{window}", self.hex)
+    }
+
+    /// `p:<client>:<window>:<path>`: marks a path as seen in a window.
+    pub(crate) fn path_key(&self, window: u64, path: u64) -> String {
+        format!("p:{}:{window}:{path:016x}", self.hex)
+    }
+}
+
+fn truncate(s: &str) -> String {
+    if s.len() <= MAX_RAW {
+        return s.to_owned();
+    }
+    let mut end = MAX_RAW;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+/// The hash of the part of `path` that makes it distinct: its first
+/// `segments` segments, or all of it when `segments` is 0. The query never
+/// counts.
+pub(crate) fn path_hash(path: &str, segments: usize) -> u64 {
+    let kept = if segments == 0 {
+        path
+    } else {
+        // "/a/b/c" with 2 segments → "/a/b": cut at the (segments+1)-th '/'.
+        match path.match_indices('/').nth(segments) {
+            Some((i, _)) => &path[..i],
+            None => path,
+        }
+    };
+    let digest = Sha256::digest(kept.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    s
+}
+
+fn unhex16(s: &str) -> Option<[u8; 16]> {
+    if s.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}

@@ -1,0 +1,437 @@
+//! The `config` table: read with serde (unknown keys refused), then checked
+//! key by key and turned into the values the plugin works with.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use weir_plugin_sdk::prelude::*;
+
+/// The table as written in `gateway.toml`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    /// Who a client is: `"ip"` or `"header:<name>"` (IP when the header is missing).
+    #[serde(default = "defaults::key")]
+    key: String,
+    /// Length of a counting window, aligned to wall time.
+    #[serde(default = "defaults::window", deserialize_with = "duration")]
+    window: Duration,
+    /// Score at which the action is taken.
+    #[serde(default = "defaults::threshold")]
+    threshold: f64,
+    /// `"flag"`, `"throttle"` or `"challenge"`.
+    #[serde(default)]
+    action: ActionKind,
+    /// How long the action lasts once taken.
+    #[serde(default = "defaults::cooldown", deserialize_with = "duration")]
+    cooldown: Duration,
+    /// Weight of each signal in the score.
+    #[serde(default)]
+    weights: Weights,
+    /// Requests in the sliding window before the ratio signals count.
+    #[serde(default = "defaults::min_requests")]
+    min_requests: u32,
+    /// Requests per second below which the rate is never anomalous.
+    #[serde(default = "defaults::min_rate")]
+    min_rate: f64,
+    /// Windows of history before the rate signal counts.
+    #[serde(default = "defaults::warmup_windows")]
+    warmup_windows: u32,
+    /// EWMA smoothing factor of the baseline, in (0, 1].
+    #[serde(default = "defaults::alpha")]
+    alpha: f64,
+    /// How long a silent client's baseline is kept.
+    #[serde(default = "defaults::baseline_ttl", deserialize_with = "duration")]
+    baseline_ttl: Duration,
+    /// Response statuses counted as errors: `404`, `"4xx"`, `"500-503"`.
+    #[serde(default = "defaults::error_statuses")]
+    error_statuses: Vec<StatusRange>,
+    /// Leading path segments that make a path distinct (0: the whole path).
+    #[serde(default)]
+    path_segments: u32,
+    /// Request header the `flag` action sets.
+    #[serde(default = "defaults::flag_header")]
+    flag_header: String,
+    /// The `challenge` action's response.
+    #[serde(default)]
+    challenge: Option<ChallengeSettings>,
+    /// How events name the client: `"hash"` or `"raw"`.
+    #[serde(default)]
+    event_client: EventClient,
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    use super::StatusRange;
+
+    pub(super) fn key() -> String {
+        "ip".into()
+    }
+    pub(super) fn window() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub(super) fn threshold() -> f64 {
+        6.0
+    }
+    pub(super) fn cooldown() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub(super) fn min_requests() -> u32 {
+        20
+    }
+    pub(super) fn min_rate() -> f64 {
+        5.0
+    }
+    pub(super) fn warmup_windows() -> u32 {
+        3
+    }
+    pub(super) fn alpha() -> f64 {
+        0.2
+    }
+    pub(super) fn baseline_ttl() -> Duration {
+        Duration::from_secs(3600)
+    }
+    pub(super) fn error_statuses() -> Vec<StatusRange> {
+        vec![StatusRange(400, 599)]
+    }
+    pub(super) fn flag_header() -> String {
+        "x-weir-anomaly".into()
+    }
+    pub(super) fn rate_weight() -> f64 {
+        1.0
+    }
+    pub(super) fn ratio_weight() -> f64 {
+        4.0
+    }
+    pub(super) fn challenge_status() -> u16 {
+        401
+    }
+}
+
+/// The weight of each signal.
+#[derive(Deserialize, Clone, Copy, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Weights {
+    /// Multiplies the rate z-score.
+    #[serde(default = "defaults::rate_weight")]
+    pub(crate) rate: f64,
+    /// Multiplies the error ratio (0..1).
+    #[serde(default = "defaults::ratio_weight")]
+    pub(crate) errors: f64,
+    /// Multiplies the distinct-path ratio (0..1).
+    #[serde(default = "defaults::ratio_weight")]
+    pub(crate) paths: f64,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Self { rate: defaults::rate_weight(), errors: defaults::ratio_weight(), paths: defaults::ratio_weight() }
+    }
+}
+
+#[derive(Deserialize, Default, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum ActionKind {
+    #[default]
+    Flag,
+    Throttle,
+    Challenge,
+}
+
+/// How events name the client.
+#[derive(Deserialize, Default, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum EventClient {
+    /// The hash that also names its state keys.
+    #[default]
+    Hash,
+    /// The IP address or header value itself.
+    Raw,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChallengeSettings {
+    #[serde(default = "defaults::challenge_status")]
+    status: u16,
+    /// Replaces the default `www-authenticate` header when given.
+    #[serde(default)]
+    headers: Option<BTreeMap<String, String>>,
+    /// Replaces the default JSON body when given.
+    #[serde(default)]
+    body: Option<String>,
+}
+
+/// An inclusive range of statuses; written `404`, `"404"`, `"4xx"` or `"500-503"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StatusRange(pub(crate) u16, pub(crate) u16);
+
+impl StatusRange {
+    fn parse(s: &str) -> Result<Self, String> {
+        let code = |t: &str| match t.trim().parse::<u16>() {
+            Ok(n) if (100..=599).contains(&n) => Ok(n),
+            _ => Err(format!("{s:?} is not a status: use 404, \"4xx\" or \"500-503\"")),
+        };
+        let s_trim = s.trim();
+        if let Some(class) = s_trim.strip_suffix("xx").or_else(|| s_trim.strip_suffix("XX")) {
+            return match class {
+                "1" | "2" | "3" | "4" | "5" => {
+                    let base = class.parse::<u16>().unwrap_or(0) * 100;
+                    Ok(Self(base, base + 99))
+                }
+                _ => Err(format!("{s:?} is not a status class: use \"1xx\" to \"5xx\"")),
+            };
+        }
+        match s_trim.split_once('-') {
+            Some((lo, hi)) => {
+                let (lo, hi) = (code(lo)?, code(hi)?);
+                if lo > hi {
+                    return Err(format!("{s:?} is an empty range"));
+                }
+                Ok(Self(lo, hi))
+            }
+            None => code(s_trim).map(|c| Self(c, c)),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = StatusRange;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a status (404), a class (\"4xx\") or a range (\"500-503\")")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<StatusRange, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<StatusRange, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<StatusRange, E> {
+                StatusRange::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| de::Error::custom(format!("invalid duration {s:?}: {e}")))
+}
+
+/// Who a client is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ClientKey {
+    /// The client's IP address.
+    Ip,
+    /// This request header's value; the IP when it is missing or empty.
+    Header(HeaderName),
+}
+
+/// What happens to a client whose score reached the threshold.
+#[derive(Clone, Debug)]
+pub(crate) enum ActionConf {
+    /// Add `flag_header: score=N` to its requests and let them through.
+    Flag,
+    /// Answer `429` with `retry-after`.
+    Throttle,
+    /// Answer with this response.
+    Challenge { status: StatusCode, headers: HeaderMap, body: Vec<u8> },
+}
+
+impl ActionConf {
+    /// The name used in events and logs.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            ActionConf::Flag => "flag",
+            ActionConf::Throttle => "throttle",
+            ActionConf::Challenge { .. } => "challenge",
+        }
+    }
+}
+
+/// The checked configuration.
+#[derive(Clone, Debug)]
+pub(crate) struct Conf {
+    pub(crate) key: ClientKey,
+    pub(crate) window_ms: u64,
+    pub(crate) threshold: f64,
+    pub(crate) action: ActionConf,
+    pub(crate) cooldown_ms: u64,
+    pub(crate) weights: Weights,
+    pub(crate) min_requests: f64,
+    /// `min_rate` converted to requests per window.
+    pub(crate) min_per_window: f64,
+    pub(crate) warmup_windows: u32,
+    pub(crate) alpha: f64,
+    pub(crate) baseline_ttl_ms: u64,
+    pub(crate) error_statuses: Vec<StatusRange>,
+    pub(crate) path_segments: usize,
+    pub(crate) flag_header: HeaderName,
+    pub(crate) event_client: EventClient,
+}
+
+impl Conf {
+    /// Whether a response status counts as an error.
+    pub(crate) fn is_error(&self, status: StatusCode) -> bool {
+        let s = status.as_u16();
+        self.error_statuses.iter().any(|r| (r.0..=r.1).contains(&s))
+    }
+}
+
+fn bad(key: &str, why: impl fmt::Display) -> Error {
+    Error::internal(format!("config key `{key}` {why}"))
+}
+
+fn finite(key: &str, v: f64) -> Result<f64> {
+    if v.is_finite() { Ok(v) } else { Err(bad(key, format_args!("must be a finite number, got {v}"))) }
+}
+
+fn millis(key: &str, d: Duration, min: Duration, max: Duration) -> Result<u64> {
+    if d < min || d > max {
+        return Err(bad(
+            key,
+            format_args!(
+                "must be between {} and {}, got {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max),
+                humantime::format_duration(d)
+            ),
+        ));
+    }
+    Ok(d.as_millis() as u64)
+}
+
+/// Parse and check the whole table; every message names its key.
+pub(crate) fn load(config: &Config) -> Result<Conf> {
+    let s: Settings = config.parse()?;
+
+    let key = match s.key.as_str() {
+        "ip" => ClientKey::Ip,
+        other => match other.strip_prefix("header:") {
+            Some(name) => ClientKey::Header(
+                HeaderName::try_from(name.trim())
+                    .map_err(|_| bad("key", format_args!("names an invalid header: {name:?}")))?,
+            ),
+            None => return Err(bad("key", format_args!("must be \"ip\" or \"header:<name>\", got {other:?}"))),
+        },
+    };
+
+    let window_ms = millis("window", s.window, Duration::from_secs(1), Duration::from_secs(3600))?;
+    let cooldown_ms = millis("cooldown", s.cooldown, Duration::from_secs(1), Duration::from_secs(7 * 86400))?;
+    let baseline_ttl_ms =
+        millis("baseline_ttl", s.baseline_ttl, Duration::from_secs(60), Duration::from_secs(30 * 86400))?;
+    if baseline_ttl_ms < 2 * window_ms {
+        return Err(bad("baseline_ttl", "must be at least two windows"));
+    }
+
+    let threshold = finite("threshold", s.threshold)?;
+    if threshold <= 0.0 {
+        return Err(bad("threshold", format_args!("must be greater than 0, got {threshold}")));
+    }
+    let w = s.weights;
+    for (name, v) in [("weights.rate", w.rate), ("weights.errors", w.errors), ("weights.paths", w.paths)] {
+        if finite(name, v)? < 0.0 {
+            return Err(bad(name, format_args!("must not be negative, got {v}")));
+        }
+    }
+    if w.rate == 0.0 && w.errors == 0.0 && w.paths == 0.0 {
+        return Err(bad("weights", "must give at least one signal a weight above 0"));
+    }
+    if s.min_requests == 0 {
+        return Err(bad("min_requests", "must be at least 1"));
+    }
+    let min_rate = finite("min_rate", s.min_rate)?;
+    if min_rate < 0.0 {
+        return Err(bad("min_rate", format_args!("must not be negative, got {min_rate}")));
+    }
+    let alpha = finite("alpha", s.alpha)?;
+    if !(alpha > 0.0 && alpha <= 1.0) {
+        return Err(bad("alpha", format_args!("must be in (0, 1], got {alpha}")));
+    }
+    if s.error_statuses.is_empty() && w.errors > 0.0 {
+        return Err(bad(
+            "error_statuses",
+            "is empty: nothing would count as an error (set `weights.errors = 0` instead)",
+        ));
+    }
+
+    let flag_header = HeaderName::try_from(s.flag_header.as_str())
+        .map_err(|_| bad("flag_header", format_args!("is not a valid header name: {:?}", s.flag_header)))?;
+
+    let action = match (s.action, s.challenge) {
+        (ActionKind::Challenge, challenge) => challenge_reply(challenge.unwrap_or(ChallengeSettings {
+            status: defaults::challenge_status(),
+            headers: None,
+            body: None,
+        }))?,
+        (_, Some(_)) => return Err(bad("challenge", "is only used with action = \"challenge\"")),
+        (ActionKind::Flag, None) => ActionConf::Flag,
+        (ActionKind::Throttle, None) => ActionConf::Throttle,
+    };
+
+    Ok(Conf {
+        key,
+        window_ms,
+        threshold,
+        action,
+        cooldown_ms,
+        weights: w,
+        min_requests: f64::from(s.min_requests),
+        min_per_window: min_rate * window_ms as f64 / 1000.0,
+        warmup_windows: s.warmup_windows,
+        alpha,
+        baseline_ttl_ms,
+        error_statuses: s.error_statuses,
+        path_segments: s.path_segments as usize,
+        flag_header,
+        event_client: s.event_client,
+    })
+}
+
+/// The default challenge asks a bearer-token client to authenticate again.
+const DEFAULT_CHALLENGE: &str = r#"Bearer error="invalid_token", error_description="re-authentication required""#;
+const DEFAULT_CHALLENGE_BODY: &str = r#"{"error":"re-authentication required"}"#;
+
+fn challenge_reply(c: ChallengeSettings) -> Result<ActionConf> {
+    let status = match StatusCode::from_u16(c.status) {
+        Ok(s) if s.is_client_error() || s.is_server_error() => s,
+        _ => return Err(bad("challenge.status", format_args!("must be 400-599, got {}", c.status))),
+    };
+    let mut headers = HeaderMap::new();
+    match c.headers {
+        None => {
+            headers.insert(http_name("www-authenticate"), HeaderValue::from_static(DEFAULT_CHALLENGE));
+        }
+        Some(map) => {
+            for (name, value) in map {
+                let n = HeaderName::try_from(name.as_str())
+                    .map_err(|_| bad("challenge.headers", format_args!("has an invalid header name: {name:?}")))?;
+                let v = HeaderValue::try_from(value.as_str())
+                    .map_err(|_| bad("challenge.headers", format_args!("has an invalid value for {name:?}")))?;
+                headers.append(n, v);
+            }
+        }
+    }
+    let body = match c.body {
+        Some(b) => b.into_bytes(),
+        None => {
+            if !headers.contains_key("content-type") {
+                headers.insert(http_name("content-type"), HeaderValue::from_static("application/json"));
+            }
+            DEFAULT_CHALLENGE_BODY.as_bytes().to_vec()
+        }
+    };
+    Ok(ActionConf::Challenge { status, headers, body })
+}
+
+fn http_name(name: &'static str) -> HeaderName {
+    HeaderName::from_static(name)
+}

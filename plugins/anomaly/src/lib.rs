@@ -1,0 +1,425 @@
+//! `anomaly.wasm`: score every client against its own recent behaviour and
+//! act on the ones that look like scanners or floods.
+//!
+//! Per client (its IP, or an API key header), the plugin counts requests,
+//! error responses and distinct paths over short windows aligned to wall
+//! time, keeps an EWMA baseline of the client's request rate in host state,
+//! and scores each request:
+//!
+//! ```text
+//! score = weights.rate · rate_z + weights.errors · error_ratio + weights.paths · path_ratio
+//! ```
+//!
+//! When the score reaches `threshold` the client is flagged, throttled or
+//! challenged for `cooldown` (a state key with that TTL, so every instance
+//! and node agrees), and one `anomaly.detected` event is emitted per
+//! cooldown. State errors fail open. The README (`plugins/anomaly/README.md`)
+//! has the exact formula, every key and the state calls per request.
+//!
+//! ```toml
+//! [plugins.anomaly]
+//! module = "anomaly.wasm"
+//! config = { key = "header:x-api-key", action = "throttle", window = "10s", threshold = 6.0, cooldown = "1m" }
+//! ```
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use serde::Serialize;
+use weir_plugin_sdk::StateError;
+use weir_plugin_sdk::prelude::*;
+
+mod client;
+mod config;
+mod signals;
+
+use client::{Client, path_hash};
+use config::{ActionConf, ClientKey, Conf, EventClient};
+use signals::{Baseline, Counts, ONE_ERROR, ONE_PATH, ONE_REQUEST, Record, SATURATION, Signals, score};
+
+/// Window counters live this many windows, so a client's last active
+/// window can still be folded into its baseline when it comes back within
+/// six windows of it.
+const COUNTER_WINDOWS: u64 = 7;
+/// Bounds of the per-instance cache (cleared when full, and every window).
+const MAX_CACHED_CLIENTS: usize = 4096;
+const MAX_CACHED_PATHS: usize = 16384;
+/// At most one "state unavailable" log line per instance this often.
+const WARN_EVERY_MS: u64 = 10_000;
+/// Request-local key carrying the request's client and window to `on_response`.
+const LOCAL_KEY: &str = "anomaly";
+
+/// What an instance remembers about a client during one window.
+#[derive(Clone, Copy, Debug, Default)]
+struct Known {
+    baseline: Baseline,
+    /// Counts of the previous window, if the client was active in it.
+    prev: Counts,
+    /// The latest request count seen for the window (for [`SATURATION`]).
+    requests: u32,
+}
+
+/// Per-instance cache, valid for one window: it saves the baseline read and
+/// the path marker for clients and paths this instance already saw. Losing
+/// it only costs state calls.
+#[derive(Default)]
+struct Cache {
+    window: u64,
+    clients: HashMap<[u8; 16], Known>,
+    paths: HashSet<([u8; 16], u64)>,
+}
+
+impl Cache {
+    fn roll(&mut self, window: u64) {
+        if window != self.window {
+            self.window = window;
+            self.clients.clear();
+            self.paths.clear();
+        }
+    }
+}
+
+/// The state value under `cd:<client>`: `1 <until_ms> <score>`.
+#[derive(Clone, Copy, Debug)]
+struct Cooldown {
+    until_ms: u64,
+    score: f64,
+}
+
+impl Cooldown {
+    fn encode(&self) -> String {
+        format!("1 {} {:.2}", self.until_ms, self.score)
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut it = text.split(' ');
+        (it.next()? == "1").then_some(())?;
+        let until_ms = it.next()?.parse().ok()?;
+        let score: f64 = it.next()?.parse().ok()?;
+        score.is_finite().then_some(Self { until_ms, score })
+    }
+}
+
+/// What `on_request` hands to `on_response` for a counted request.
+struct Local {
+    client: Client,
+    window: u64,
+    known: Known,
+}
+
+impl Local {
+    fn encode(&self) -> String {
+        let b = &self.known.baseline;
+        format!(
+            "{} {} {} {} {} {} {} {}",
+            self.client.hex,
+            self.window,
+            b.windows,
+            b.mean,
+            b.var,
+            self.known.prev.pack(),
+            self.client.source,
+            self.client.raw
+        )
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut it = text.splitn(8, ' ');
+        let hex = it.next()?;
+        let window = it.next()?.parse().ok()?;
+        let windows = it.next()?.parse().ok()?;
+        let mean = it.next()?.parse().ok()?;
+        let var = it.next()?.parse().ok()?;
+        let prev = Counts::unpack(it.next()?.parse().ok()?);
+        let client = Client::from_parts(hex, it.next()?, it.next().unwrap_or(""))?;
+        Some(Self { client, window, known: Known { baseline: Baseline { windows, mean, var }, prev, requests: 0 } })
+    }
+}
+
+#[derive(Serialize)]
+struct Throttled {
+    error: &'static str,
+    retry_after: u64,
+}
+
+struct Anomaly {
+    conf: Conf,
+    cache: RefCell<Cache>,
+    last_warning_ms: Cell<Option<u64>>,
+}
+
+impl Plugin for Anomaly {
+    fn new(config: &Config) -> Result<Self> {
+        Ok(Self { conf: config::load(config)?, cache: RefCell::default(), last_warning_ms: Cell::new(None) })
+    }
+
+    /// Responses are only needed to count errors.
+    fn phases(&self) -> Phases {
+        if self.counts_errors() { Phases::REQUEST_HEADERS | Phases::RESPONSE_HEADERS } else { Phases::REQUEST_HEADERS }
+    }
+
+    fn on_request(&self, req: &mut Request, cx: &Context) -> Result<Action> {
+        // Upstreams may trust the flag header: clients cannot send their own.
+        if matches!(self.conf.action, ActionConf::Flag) && req.headers().contains_key(&self.conf.flag_header) {
+            req.headers_mut().remove(&self.conf.flag_header);
+        }
+        let client = Client::identify(&self.conf.key, req);
+        let now = cx.wall_now();
+        match self.judge(req, cx, &client, now) {
+            Ok(action) => Ok(action),
+            Err(e) => {
+                self.state_failed(cx, &e, now);
+                Ok(Action::Continue)
+            }
+        }
+    }
+
+    fn on_response(&self, req: &Request, resp: &mut Response, cx: &Context) -> Result<Action> {
+        if !self.conf.is_error(resp.status()) {
+            return Ok(Action::Continue);
+        }
+        // Only requests that were counted (not acted on) carry this.
+        let Some(local) = cx.get_local(LOCAL_KEY).and_then(|b| Local::decode(&b)) else {
+            return Ok(Action::Continue);
+        };
+        let now = cx.wall_now();
+        if let Err(e) = self.count_error(req.route(), cx, &local, now) {
+            self.state_failed(cx, &e, now);
+        }
+        Ok(Action::Continue)
+    }
+}
+
+impl Anomaly {
+    fn counts_errors(&self) -> bool {
+        self.conf.weights.errors > 0.0
+    }
+
+    fn counter_ttl(&self) -> u64 {
+        self.conf.window_ms * COUNTER_WINDOWS
+    }
+
+    /// How far the current window has run, 0..1.
+    fn elapsed(&self, now: u64) -> f64 {
+        (now % self.conf.window_ms) as f64 / self.conf.window_ms as f64
+    }
+
+    /// Act on a client under cooldown, or count and score the request.
+    fn judge(&self, req: &mut Request, cx: &Context, client: &Client, now: u64) -> Result<Action, StateError> {
+        let state = cx.state();
+        if let Some(value) = state.get(&client.cooldown_key())? {
+            let cd = Cooldown::decode(&value)
+                .unwrap_or(Cooldown { until_ms: now + self.conf.cooldown_ms, score: self.conf.threshold });
+            return Ok(self.act(req, cx, &cd, now));
+        }
+
+        let window = now / self.conf.window_ms;
+        let known = self.known(cx, client, window)?;
+
+        let path = path_hash(req.path(), self.conf.path_segments);
+        let seen = self.cache.borrow().paths.contains(&(client.id, path));
+        let new_path = !seen && {
+            let marks = state.incr(&client.path_key(window, path), 1, self.conf.window_ms)?;
+            let mut cache = self.cache.borrow_mut();
+            if cache.paths.len() >= MAX_CACHED_PATHS {
+                cache.paths.clear();
+            }
+            cache.paths.insert((client.id, path));
+            marks == 1
+        };
+
+        let saturated = known.requests >= SATURATION;
+        let delta = match (saturated, new_path) {
+            (true, _) => 0,
+            (false, true) => ONE_REQUEST + ONE_PATH,
+            (false, false) => ONE_REQUEST,
+        };
+        let counts = Counts::unpack(state.incr(&client.counts_key(window), delta, self.counter_ttl())?);
+        if let Some(k) = self.cache.borrow_mut().clients.get_mut(&client.id) {
+            k.requests = counts.requests;
+        }
+
+        let signals = score(&self.conf, &known.baseline, counts, known.prev, self.elapsed(now));
+        if signals.score >= self.conf.threshold {
+            let cd = self.trigger(req.route(), cx, client, &known, &signals, now)?;
+            return Ok(self.act(req, cx, &cd, now));
+        }
+        if !saturated && self.counts_errors() {
+            cx.set_local(LOCAL_KEY, Local { client: client.clone(), window, known }.encode());
+        }
+        Ok(Action::Continue)
+    }
+
+    /// The client's baseline for `window`: from the cache, or read from
+    /// state — and, at the client's first request in a new window, fold its
+    /// last active window into the baseline (one compare-and-swap decides
+    /// which instance does it).
+    fn known(&self, cx: &Context, client: &Client, window: u64) -> Result<Known, StateError> {
+        {
+            let mut cache = self.cache.borrow_mut();
+            cache.roll(window);
+            if let Some(k) = cache.clients.get(&client.id) {
+                return Ok(*k);
+            }
+        }
+        let state = cx.state();
+        let key = client.baseline_key();
+        let stored = state.get(&key)?;
+        let record = stored.as_deref().and_then(Record::decode);
+        let known = match record {
+            // Current (or, with clock skew between nodes, ahead).
+            Some(r) if r.window >= window => Known {
+                baseline: r.baseline,
+                prev: if r.window == window { r.prev } else { Counts::default() },
+                requests: 0,
+            },
+            _ => {
+                let mut baseline = record.map(|r| r.baseline).unwrap_or_default();
+                let mut prev = Counts::default();
+                if let Some(r) = record
+                    && let Some(bytes) = state.get(&client.counts_key(r.window))?
+                {
+                    let closed = Counts::from_state(&bytes);
+                    if closed.requests > 0 {
+                        baseline.fold(f64::from(closed.requests), self.conf.alpha);
+                    }
+                    if r.window + 1 == window {
+                        prev = closed;
+                    }
+                }
+                let next = Record { baseline, window, prev };
+                // Losing the swap means another instance folded the same
+                // window from the same inputs: use ours, write nothing.
+                state.compare_and_swap(&key, stored.as_deref(), next.encode().as_bytes(), self.conf.baseline_ttl_ms)?;
+                Known { baseline, prev, requests: 0 }
+            }
+        };
+        let mut cache = self.cache.borrow_mut();
+        if cache.clients.len() >= MAX_CACHED_CLIENTS {
+            cache.clients.clear();
+        }
+        cache.clients.insert(client.id, known);
+        Ok(known)
+    }
+
+    /// Count an error response and score again: errors arrive after the
+    /// request was scored, so a scanner is caught one request earlier.
+    fn count_error(&self, route: &str, cx: &Context, local: &Local, now: u64) -> Result<(), StateError> {
+        let packed = cx.state().incr(&local.client.counts_key(local.window), ONE_ERROR, self.counter_ttl())?;
+        if now / self.conf.window_ms != local.window {
+            return Ok(()); // counted in its window; the next request scores it
+        }
+        let signals =
+            score(&self.conf, &local.known.baseline, Counts::unpack(packed), local.known.prev, self.elapsed(now));
+        if signals.score >= self.conf.threshold {
+            self.trigger(route, cx, &local.client, &local.known, &signals, now)?;
+        }
+        Ok(())
+    }
+
+    /// Start a cooldown. Whoever creates the key (one compare-and-swap)
+    /// emits the event, so there is one event per client per cooldown
+    /// however many instances and nodes see the crossing.
+    fn trigger(
+        &self,
+        route: &str,
+        cx: &Context,
+        client: &Client,
+        known: &Known,
+        signals: &Signals,
+        now: u64,
+    ) -> Result<Cooldown, StateError> {
+        let cd = Cooldown { until_ms: now + self.conf.cooldown_ms, score: signals.score };
+        let created =
+            cx.state().compare_and_swap(&client.cooldown_key(), None, cd.encode().as_bytes(), self.conf.cooldown_ms)?;
+        if created {
+            cx.emit(self.event(route, client, known, signals));
+            cx.counter_add("events", 1);
+        }
+        Ok(cd)
+    }
+
+    /// Apply the configured action to a request of a client under cooldown.
+    fn act(&self, req: &mut Request, cx: &Context, cd: &Cooldown, now: u64) -> Action {
+        match &self.conf.action {
+            ActionConf::Flag => {
+                cx.counter_add("flagged", 1);
+                if let Ok(v) = HeaderValue::try_from(format!("score={:.1}", cd.score)) {
+                    req.headers_mut().insert(self.conf.flag_header.clone(), v);
+                }
+                Action::Continue
+            }
+            ActionConf::Throttle => {
+                cx.counter_add("throttled", 1);
+                let left = cd.until_ms.saturating_sub(now).min(self.conf.cooldown_ms);
+                let retry_after = left.div_ceil(1000).max(1);
+                let body = Throttled { error: "too many requests: anomalous traffic from this client", retry_after };
+                Reply::json(StatusCode::TOO_MANY_REQUESTS, &body).header("retry-after", &retry_after.to_string()).into()
+            }
+            ActionConf::Challenge { status, headers, body } => {
+                cx.counter_add("challenged", 1);
+                let mut reply = Reply::new(*status).body(body.clone());
+                *reply.headers_mut() = headers.clone();
+                reply.into()
+            }
+        }
+    }
+
+    fn event(&self, route: &str, client: &Client, known: &Known, s: &Signals) -> Event {
+        let who = match self.conf.event_client {
+            EventClient::Hash => client.hex.clone(),
+            EventClient::Raw => client.raw.clone(),
+        };
+        let key = match (&self.conf.key, client.source) {
+            (ClientKey::Header(name), "header") => format!("header:{name}"),
+            _ => "ip".to_owned(),
+        };
+        let action = self.conf.action.name();
+        let window = humantime::format_duration(Duration::from_millis(self.conf.window_ms)).to_string();
+        let cooldown = humantime::format_duration(Duration::from_millis(self.conf.cooldown_ms)).to_string();
+        let message = format!(
+            "client {who} ({key}) scored {:.1} (threshold {}): {:.0} requests, {:.0} errors, {:.0} distinct paths \
+             in the last {window}; {action} for {cooldown}",
+            s.score, self.conf.threshold, s.requests, s.errors, s.paths
+        );
+        Event::new("anomaly.detected", Severity::Warning, message)
+            .attr("client", who)
+            .attr("key", key)
+            .attr("score", format!("{:.1}", s.score))
+            .attr("threshold", self.conf.threshold.to_string())
+            .attr("action", action)
+            .attr("cooldown", cooldown)
+            .attr("route", route)
+            .attr("window", window)
+            .attr("requests", format!("{:.0}", s.requests))
+            .attr("errors", format!("{:.0}", s.errors))
+            .attr("distinct_paths", format!("{:.0}", s.paths))
+            .attr("rate_z", format!("{:.2}", s.rate_z))
+            .attr("error_ratio", format!("{:.2}", s.error_ratio))
+            .attr("path_ratio", format!("{:.2}", s.path_ratio))
+            .attr("baseline_mean", format!("{:.1}", known.baseline.mean))
+            .attr("baseline_windows", known.baseline.windows.to_string())
+    }
+
+    /// Fail open: count it, and log at most once per [`WARN_EVERY_MS`].
+    fn state_failed(&self, cx: &Context, e: &StateError, now: u64) {
+        cx.counter_add("state_errors", 1);
+        if self.last_warning_ms.get().is_some_and(|last| now.saturating_sub(last) < WARN_EVERY_MS) {
+            return;
+        }
+        self.last_warning_ms.set(Some(now));
+        let level = match e {
+            StateError::Unavailable(_) => Level::Warn,
+            StateError::Invalid(_) => Level::Error,
+        };
+        cx.log(level, &format!("{e}; requests pass unscored until state is back (fail open)"));
+    }
+}
+
+weir_plugin_sdk::export_plugin!(Anomaly);
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,90 @@
+//! Which client a request counts against, and the state keys it uses.
+//!
+//! A subject is the `|`-joined key parts of one limit: `i:<ip>` (IPv6 as
+//! its prefix network), `r:<route>`, `h:<hash>` (the first 128 bits of the
+//! SHA-256 of the header value, in hex, so no raw API key is stored and keys
+//! stay short). A subject longer than 128 bytes is hashed whole (`x:<hash>`).
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv6Addr};
+
+use sha2::{Digest, Sha256};
+use weir_plugin_sdk::{HeaderName, Request};
+
+use crate::config::{KeyPart, Missing};
+
+/// Longest subject kept readable; longer ones are hashed.
+const MAX_SUBJECT_LEN: usize = 128;
+
+/// What a limit does with a request.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Subject {
+    /// Count it under this subject.
+    Key(String),
+    /// The limit does not apply (`missing = "allow"`).
+    Skip,
+    /// Refuse the request: this header is required (`missing = "deny"`).
+    Refuse(HeaderName),
+}
+
+/// 128 bits of SHA-256 in hex.
+pub(crate) fn short_hash(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut out = String::with_capacity(32);
+    for b in &digest[..16] {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+fn push_ip(out: &mut String, ip: Option<IpAddr>, ipv6_prefix: u8) {
+    match ip.map(|ip| ip.to_canonical()) {
+        Some(IpAddr::V4(v4)) => {
+            let _ = write!(out, "i:{v4}");
+        }
+        Some(IpAddr::V6(v6)) => {
+            let bits = u32::from(ipv6_prefix.min(128));
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            let net = Ipv6Addr::from(u128::from(v6) & mask);
+            let _ = write!(out, "i:{net}/{bits}");
+        }
+        None => out.push_str("i:unknown"),
+    }
+}
+
+/// The subject of `req` for a limit keyed by `parts`.
+pub(crate) fn subject(req: &Request, parts: &[KeyPart], missing: Missing, ipv6_prefix: u8) -> Subject {
+    let mut out = String::new();
+    for part in parts {
+        if !out.is_empty() {
+            out.push('|');
+        }
+        match part {
+            KeyPart::Ip => push_ip(&mut out, req.client_ip(), ipv6_prefix),
+            KeyPart::Route => {
+                out.push_str("r:");
+                out.push_str(req.route());
+            }
+            KeyPart::Header(name) => match req.headers().get(name).filter(|v| !v.is_empty()) {
+                Some(value) => {
+                    out.push_str("h:");
+                    out.push_str(&short_hash(value.as_bytes()));
+                }
+                None => match missing {
+                    Missing::Ip => push_ip(&mut out, req.client_ip(), ipv6_prefix),
+                    Missing::Allow => return Subject::Skip,
+                    Missing::Deny => return Subject::Refuse(name.clone()),
+                },
+            },
+        }
+    }
+    if out.len() > MAX_SUBJECT_LEN {
+        out = format!("x:{}", short_hash(out.as_bytes()));
+    }
+    Subject::Key(out)
+}
+
+/// The state key of one limit's counter for `subject` in window `index`.
+pub(crate) fn state_key(limit: &str, window_secs: u64, index: u64, subject: &str) -> String {
+    format!("{limit}:{window_secs}:{index}:{subject}")
+}

@@ -1,0 +1,333 @@
+//! `rate_limit.wasm`: limit requests per client (IP, API key header, auth
+//! claim header), per route, or any combination, with one or more limits
+//! per instance, on the host's shared counters (in-process or Redis, so
+//! several gateway nodes share one budget).
+//!
+//! ```toml
+//! [plugins.api-limit]
+//! module = "rate_limit.wasm"
+//! config = { key = "header:x-api-key", limits = [
+//!     { name = "burst", requests = 20, window = "1s" },
+//!     { name = "hourly", requests = 1000, window = "1h" },
+//! ] }
+//! ```
+//!
+//! A request is allowed iff it fits every limit. Each limit is a sliding
+//! window counter (`algorithm = "sliding"`, the default: the current fixed
+//! window's count plus the previous window's count weighted by the share of
+//! it still inside the sliding window) or a plain fixed window
+//! (`algorithm = "fixed"`). Windows are aligned to multiples of their length
+//! in wall time, so all nodes agree. Per request and limit the plugin makes
+//! one atomic `incr` of the current window's counter; the previous window's
+//! final count is read once per instance and window and then cached. A
+//! refused request gives its increments back, so refused retries do not
+//! extend a client's ban, and at most `requests` requests are ever allowed
+//! per fixed window, under any concurrency and across nodes.
+//!
+//! Every response the plugin sees carries `RateLimit-Policy` and `RateLimit`
+//! (draft-ietf-httpapi-ratelimit-headers); a refusal is a `429` with
+//! `Retry-After` and a JSON body. See `README.md` beside this crate for every
+//! key and the exact arithmetic.
+
+mod cache;
+mod config;
+mod key;
+mod window;
+
+use std::cell::{Cell, RefCell};
+
+use serde::Serialize;
+use weir_plugin_sdk::prelude::*;
+use weir_plugin_sdk::{State, StateError};
+
+use crate::cache::PreviousCounts;
+use crate::config::{Algorithm, LimitSpec, OnStateError, Spec};
+use crate::key::Subject;
+use crate::window::{Counts, Position, Window, ceil_secs};
+
+/// Request-local key carrying the headers from `on_request` to `on_response`.
+const LOCAL_HEADERS: &str = "ratelimit";
+/// Extra TTL on counters, for clock skew between gateway nodes.
+const SKEW_SLACK_MS: u64 = 1_000;
+/// A finished window's count is not cached during the first this-many ms of
+/// the next window, while late increments (requests in flight at the
+/// boundary, nodes whose clocks lag a little) may still land.
+const CACHE_GRACE_MS: u64 = 100;
+/// State failures are logged at most this often per instance.
+const WARN_EVERY_NS: u64 = 10_000_000_000;
+
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// One configured limit, ready to use.
+struct Limit {
+    spec: LimitSpec,
+    window: Window,
+    /// This limit's `RateLimit-Policy` item, e.g. `"burst";q=20;w=1`.
+    policy: String,
+}
+
+/// The plugin instance.
+struct RateLimit {
+    limits: Vec<Limit>,
+    on_state_error: OnStateError,
+    headers: bool,
+    ipv6_prefix: u8,
+    /// Finished windows' counts (per instance; only saves state calls).
+    previous: RefCell<PreviousCounts>,
+    /// When the last state warning was logged (monotonic ns).
+    last_warning: Cell<Option<u64>>,
+    /// State warnings not logged since then.
+    suppressed: Cell<u64>,
+}
+
+/// One limit's count for the request being decided.
+struct Tally {
+    limit: usize,
+    key: String,
+    ttl: u64,
+    counts: Counts,
+    at: Position,
+}
+
+/// What the RateLimit headers say about one request.
+struct Verdict<'a> {
+    /// `RateLimit-Policy` value.
+    policy: String,
+    /// `RateLimit` value (the policy closest to exhaustion).
+    current: String,
+    /// Name of that policy.
+    closest: &'a str,
+    /// Seconds until a refused request may succeed (≥ 1).
+    retry_after: u64,
+}
+
+#[derive(Serialize)]
+struct Refusal<'a> {
+    error: &'a str,
+    policy: &'a str,
+    retry_after: u64,
+}
+
+#[derive(Serialize)]
+struct Failure<'a> {
+    error: &'a str,
+}
+
+fn non_negative(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+impl RateLimit {
+    /// The previous window's count for `subject`: cached, else read once.
+    fn previous(&self, state: &State, limit: usize, subject: &str, at: Position, now: u64) -> Result<u64, StateError> {
+        let l = &self.limits[limit];
+        let window = at.index.saturating_sub(1);
+        let key = key::state_key(&l.spec.name, l.spec.window_secs, window, subject);
+        if let Some(n) = self.previous.borrow().get(&key) {
+            return Ok(n);
+        }
+        let count = state
+            .get(&key)?
+            .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<i64>().ok())
+            .map_or(0, non_negative);
+        if at.elapsed >= CACHE_GRACE_MS {
+            let limits = &self.limits;
+            // An entry is stale once its window is no longer the previous one.
+            let stale = |i: usize, w: u64| limits.get(i).is_none_or(|l| w + 1 < l.window.position(now).index);
+            self.previous.borrow_mut().insert(key, limit, window, count, stale);
+        }
+        Ok(count)
+    }
+
+    /// Log at most once per [`WARN_EVERY_NS`]; count the rest.
+    fn warn(&self, cx: &Context, level: Level, message: &str) {
+        let now = cx.monotonic_now();
+        match self.last_warning.get() {
+            Some(last) if now.saturating_sub(last) < WARN_EVERY_NS => self.suppressed.set(self.suppressed.get() + 1),
+            _ => {
+                let n = self.suppressed.replace(0);
+                if n > 0 {
+                    cx.log(level, &format!("{message} ({n} similar warnings suppressed)"));
+                } else {
+                    cx.log(level, message);
+                }
+                self.last_warning.set(Some(now));
+            }
+        }
+    }
+
+    /// Undo this request's increments (best effort: stops at the first failure).
+    fn give_back(&self, cx: &Context, state: &State, tallies: &mut [Tally]) {
+        let mut failed = false;
+        for t in tallies.iter_mut() {
+            if !failed && let Err(e) = state.incr(&t.key, -1, t.ttl) {
+                failed = true;
+                cx.counter_add("state_errors", 1);
+                self.warn(cx, Level::Warn, &format!("rate limit: could not give back a refused request's count: {e}"));
+            }
+            t.counts.current = t.counts.current.saturating_sub(1);
+        }
+    }
+
+    /// The backend failed: apply `on_state_error`.
+    fn state_failed(&self, cx: &Context, state: &State, tallies: &mut [Tally], err: &StateError) -> Action {
+        cx.counter_add("state_errors", 1);
+        let level = match err {
+            StateError::Unavailable(_) => Level::Warn,
+            StateError::Invalid(_) => Level::Error,
+        };
+        match self.on_state_error {
+            OnStateError::Allow => {
+                self.warn(cx, level, &format!("rate limit not enforced (on_state_error = \"allow\"): {err}"));
+                cx.counter_add("allowed", 1);
+                Action::Continue
+            }
+            OnStateError::Deny => {
+                self.warn(cx, level, &format!("rate limit refusing requests (on_state_error = \"deny\"): {err}"));
+                self.give_back(cx, state, tallies);
+                Reply::json(StatusCode::SERVICE_UNAVAILABLE, &Failure { error: "rate limit state unavailable" }).into()
+            }
+        }
+    }
+
+    /// The header values and retry time for counted `tallies` (`None` if
+    /// no limit applied).
+    fn verdict(&self, tallies: &[Tally]) -> Option<Verdict<'_>> {
+        let mut policy = String::new();
+        let mut closest: Option<(&str, u64, u64)> = None;
+        let mut wait_max = 0;
+        for t in tallies {
+            let l = &self.limits[t.limit];
+            let remaining = l.window.remaining(t.counts, t.at.elapsed);
+            let wait = l.window.wait_ms(t.counts, t.at.elapsed);
+            let reset = if remaining > 0 { ceil_secs(l.window.until_end(t.at.elapsed)) } else { ceil_secs(wait) };
+            wait_max = wait_max.max(wait);
+            if !policy.is_empty() {
+                policy.push_str(", ");
+            }
+            policy.push_str(&l.policy);
+            // Fewest requests left wins; on a tie, the longer wait.
+            if closest.is_none_or(|(_, r, s)| remaining < r || (remaining == r && reset > s)) {
+                closest = Some((&l.spec.name, remaining, reset));
+            }
+        }
+        let (name, remaining, reset) = closest?;
+        Some(Verdict {
+            policy,
+            current: format!("\"{name}\";r={remaining};t={reset}"),
+            closest: name,
+            retry_after: ceil_secs(wait_max),
+        })
+    }
+}
+
+impl Plugin for RateLimit {
+    fn new(config: &Config) -> Result<Self> {
+        let spec = Spec::from_config(config)?;
+        let sliding = spec.algorithm == Algorithm::Sliding;
+        let limits = spec
+            .limits
+            .into_iter()
+            .map(|s| Limit {
+                window: Window { quota: s.requests, len: s.window_secs * 1000, sliding },
+                policy: format!("\"{}\";q={};w={}", s.name, s.requests, s.window_secs),
+                spec: s,
+            })
+            .collect();
+        Ok(Self {
+            limits,
+            on_state_error: spec.on_state_error,
+            headers: spec.headers,
+            ipv6_prefix: spec.ipv6_prefix,
+            previous: RefCell::default(),
+            last_warning: Cell::new(None),
+            suppressed: Cell::new(0),
+        })
+    }
+
+    fn phases(&self) -> Phases {
+        if self.headers { Phases::REQUEST_HEADERS | Phases::RESPONSE_HEADERS } else { Phases::REQUEST_HEADERS }
+    }
+
+    fn on_request(&self, req: &mut Request, cx: &Context) -> Result<Action> {
+        let mut subjects = Vec::with_capacity(self.limits.len());
+        for (i, limit) in self.limits.iter().enumerate() {
+            match key::subject(req, &limit.spec.key, limit.spec.missing, self.ipv6_prefix) {
+                Subject::Key(s) => subjects.push((i, s)),
+                Subject::Skip => {}
+                Subject::Refuse(header) => {
+                    cx.counter_add("missing_key", 1);
+                    let error = format!("header `{header}` is required");
+                    return Ok(Reply::json(StatusCode::BAD_REQUEST, &Failure { error: &error }).into());
+                }
+            }
+        }
+
+        let now = cx.wall_now();
+        let state = cx.state();
+        let mut tallies = Vec::with_capacity(subjects.len());
+        for (i, subject) in subjects {
+            let limit = &self.limits[i];
+            let at = limit.window.position(now);
+            let previous = if limit.window.sliding {
+                match self.previous(&state, i, &subject, at, now) {
+                    Ok(n) => n,
+                    Err(e) => return Ok(self.state_failed(cx, &state, &mut tallies, &e)),
+                }
+            } else {
+                0
+            };
+            let key = key::state_key(&limit.spec.name, limit.spec.window_secs, at.index, &subject);
+            let ttl = limit.window.ttl_ms(at.elapsed, SKEW_SLACK_MS);
+            let current = match state.incr(&key, 1, ttl) {
+                Ok(n) => non_negative(n),
+                Err(e) => return Ok(self.state_failed(cx, &state, &mut tallies, &e)),
+            };
+            tallies.push(Tally { limit: i, key, ttl, counts: Counts { current, previous }, at });
+        }
+
+        let allowed = tallies.iter().all(|t| self.limits[t.limit].window.fits(t.counts, t.at.elapsed));
+        if allowed {
+            cx.counter_add("allowed", 1);
+            if self.headers
+                && let Some(v) = self.verdict(&tallies)
+            {
+                cx.set_local(LOCAL_HEADERS, format!("{}\n{}", v.policy, v.current));
+            }
+            return Ok(Action::Continue);
+        }
+
+        self.give_back(cx, &state, &mut tallies);
+        cx.counter_add("limited", 1);
+        // A refusal always has at least one counted limit, so a verdict.
+        let verdict = self.verdict(&tallies);
+        let retry_after = verdict.as_ref().map_or(1, |v| v.retry_after);
+        let body =
+            Refusal { error: "rate limit exceeded", policy: verdict.as_ref().map_or("", |v| v.closest), retry_after };
+        let mut reply =
+            Reply::json(StatusCode::TOO_MANY_REQUESTS, &body).header("retry-after", &retry_after.to_string());
+        if let Some(v) = &verdict {
+            reply = reply.header(RATELIMIT_POLICY.as_str(), &v.policy).header(RATELIMIT.as_str(), &v.current);
+        }
+        Ok(reply.into())
+    }
+
+    fn on_response(&self, _req: &Request, resp: &mut Response, cx: &Context) -> Result<Action> {
+        if let Some(bytes) = cx.get_local(LOCAL_HEADERS)
+            && let Ok(text) = String::from_utf8(bytes)
+            && let Some((policy, current)) = text.split_once('\n')
+        {
+            // Appended, not replaced: an upstream's own policies stay listed.
+            let headers = resp.headers_mut();
+            headers.append(RATELIMIT_POLICY, HeaderValue::from_str(policy)?);
+            headers.append(RATELIMIT, HeaderValue::from_str(current)?);
+        }
+        Ok(Action::Continue)
+    }
+}
+
+weir_plugin_sdk::export_plugin!(RateLimit);
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,628 @@
+use std::cell::Cell;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use weir_plugin_sdk::http;
+use weir_plugin_sdk::testing::{self, Harness, Outcome};
+
+use super::*;
+use crate::cache::{CAPACITY, PreviousCounts};
+use crate::config::{KeyPart, Missing, short_window};
+
+const MIN: u64 = 60_000;
+const HOUR: u64 = 3_600_000;
+
+// ---- helpers --------------------------------------------------------------
+
+thread_local! {
+    /// How far the test host's clocks were advanced since `fresh()`.
+    static ADVANCED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A clean test host (state, metrics, logs, clock) for this test's thread.
+fn fresh() {
+    testing::reset();
+    ADVANCED.with(|a| a.set(0));
+}
+
+/// The wall clock the plugin sees, in ms.
+fn wall_ms() -> u64 {
+    let real = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as u64;
+    real + ADVANCED.with(Cell::get)
+}
+
+fn advance_ms(ms: u64) {
+    testing::advance(Duration::from_millis(ms));
+    ADVANCED.with(|a| a.set(a.get() + ms));
+}
+
+/// Move the clock forward to `elapsed` ms into the next window of `len` ms.
+/// Real time keeps running, so tests expect a few ms more than `elapsed`.
+fn next_window(len: u64, elapsed: u64) {
+    advance_ms(len - wall_ms() % len + elapsed);
+}
+
+fn plugin(config: Value) -> Harness<RateLimit> {
+    Harness::<RateLimit>::new(config).expect("config accepted")
+}
+
+fn get() -> http::Request<()> {
+    http::Request::get("/items").body(()).expect("request")
+}
+
+fn get_with(name: &str, value: &str) -> http::Request<()> {
+    http::Request::get("/items").header(name, value).body(()).expect("request")
+}
+
+/// Run `on_request` and, if it continued, `on_response`; return the status
+/// and the response headers the client would get.
+fn call(h: &Harness<RateLimit>, req: http::Request<()>) -> (u16, http::HeaderMap, Vec<u8>) {
+    match h.on_request(req) {
+        Outcome::Continue(req) => {
+            if !h.phases().contains(Phases::RESPONSE_HEADERS) {
+                return (200, http::HeaderMap::new(), Vec::new());
+            }
+            let resp = h.on_response(&req, http::Response::new(())).unwrap_continue();
+            (resp.status().as_u16(), resp.headers().clone(), Vec::new())
+        }
+        Outcome::Respond(r) => (r.status().as_u16(), r.headers().clone(), r.body().clone()),
+    }
+}
+
+fn status(h: &Harness<RateLimit>, req: http::Request<()>) -> u16 {
+    call(h, req).0
+}
+
+/// How many of `n` requests are let through.
+fn allowed(h: &Harness<RateLimit>, n: usize, req: impl Fn() -> http::Request<()>) -> usize {
+    (0..n).filter(|_| status(h, req()) == 200).count()
+}
+
+fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> &'a str {
+    headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_else(|| panic!("header {name} missing: {headers:?}"))
+}
+
+fn rejects(config: Value) -> String {
+    Harness::<RateLimit>::new(config).err().expect("config must be rejected")
+}
+
+// ---- limits, headers and refusals ----------------------------------------
+
+#[test]
+fn allows_the_quota_then_refuses_with_429_and_headers() {
+    fresh();
+    next_window(HOUR, 15 * MIN);
+    let h = plugin(json!({ "limits": [{ "name": "hourly", "requests": 3, "window": "1h" }] }));
+    assert_eq!(h.phases(), Phases::REQUEST_HEADERS | Phases::RESPONSE_HEADERS);
+
+    // r > 0: t is the time to the end of the window (45 minutes). r = 0: t
+    // is when the next request fits: these 3 weigh on the next window until
+    // 1 + 3 × (1 − e) ≤ 3, a third into it (45 + 20 minutes).
+    for (left, t) in [(2, 2700), (1, 2700), (0, 3900)] {
+        let (st, headers, _) = call(&h, get());
+        assert_eq!(st, 200);
+        assert_eq!(header(&headers, "ratelimit-policy"), "\"hourly\";q=3;w=3600");
+        assert_eq!(header(&headers, "ratelimit"), format!("\"hourly\";r={left};t={t}"));
+    }
+
+    let (st, headers, body) = call(&h, get());
+    assert_eq!(st, 429);
+    assert_eq!(header(&headers, "retry-after"), "3900");
+    assert_eq!(header(&headers, "ratelimit-policy"), "\"hourly\";q=3;w=3600");
+    assert_eq!(header(&headers, "ratelimit"), "\"hourly\";r=0;t=3900");
+    assert_eq!(header(&headers, "content-type"), "application/json");
+    let body: Value = serde_json::from_slice(&body).expect("JSON body");
+    assert_eq!(body, json!({ "error": "rate limit exceeded", "policy": "hourly", "retry_after": 3900 }));
+
+    assert_eq!(testing::counter("allowed"), 3);
+    assert_eq!(testing::counter("limited"), 1);
+    assert_eq!(testing::counter("state_errors"), 0);
+}
+
+#[test]
+fn headers_are_appended_to_the_upstream_response() {
+    fresh();
+    next_window(MIN, 1_000);
+    let h = plugin(json!({ "limits": [{ "requests": 5, "window": "1m" }] }));
+    let req = h.on_request(get()).unwrap_continue();
+    let upstream =
+        http::Response::builder().header("ratelimit-policy", "\"upstream\";q=100;w=60").body(()).expect("response");
+    let resp = h.on_response(&req, upstream).unwrap_continue();
+    let policies: Vec<_> = resp.headers().get_all("ratelimit-policy").iter().collect();
+    assert_eq!(policies, ["\"upstream\";q=100;w=60", "\"1m\";q=5;w=60"]);
+    assert_eq!(header(resp.headers(), "ratelimit"), "\"1m\";r=4;t=59");
+}
+
+#[test]
+fn headers_false_skips_the_response_phase_but_429_keeps_them() {
+    fresh();
+    next_window(HOUR, MIN);
+    let h = plugin(json!({ "headers": false, "limits": [{ "requests": 1, "window": "1h" }] }));
+    assert_eq!(h.phases(), Phases::REQUEST_HEADERS);
+    let req = h.on_request(get()).unwrap_continue();
+    // Even if called, nothing was stashed for the response.
+    let resp = h.on_response(&req, http::Response::new(())).unwrap_continue();
+    assert!(resp.headers().get("ratelimit").is_none());
+    let (st, headers, _) = call(&h, get());
+    assert_eq!(st, 429);
+    // Quota 1, sliding: the next request fits once this one has aged out
+    // completely, at the end of the next window (59 + 60 minutes).
+    assert_eq!(header(&headers, "ratelimit"), "\"1h\";r=0;t=7140");
+    assert_eq!(header(&headers, "ratelimit-policy"), "\"1h\";q=1;w=3600");
+}
+
+#[test]
+fn several_limits_all_apply_and_refusals_are_given_back() {
+    fresh();
+    next_window(HOUR, 1_000);
+    let h = plugin(json!({
+        "algorithm": "fixed",
+        "limits": [
+            { "name": "burst", "requests": 2, "window": "1m" },
+            { "name": "hourly", "requests": 5, "window": "1h" },
+        ]
+    }));
+    let (_, headers, _) = call(&h, get());
+    assert_eq!(header(&headers, "ratelimit-policy"), "\"burst\";q=2;w=60, \"hourly\";q=5;w=3600");
+    assert_eq!(header(&headers, "ratelimit"), "\"burst\";r=1;t=59");
+    assert_eq!(status(&h, get()), 200);
+    // Refused by the burst limit; these must not eat the hourly budget.
+    for _ in 0..4 {
+        let (st, headers, _) = call(&h, get());
+        assert_eq!(st, 429);
+        assert_eq!(header(&headers, "ratelimit"), "\"burst\";r=0;t=59");
+        assert_eq!(header(&headers, "retry-after"), "59");
+    }
+    advance_ms(MIN);
+    assert_eq!(allowed(&h, 5, get), 2, "second minute: the burst limit again");
+    advance_ms(MIN);
+    // Hourly: 4 used, 1 left, whatever the burst limit says.
+    let (st, headers, _) = call(&h, get());
+    assert_eq!(st, 200);
+    assert_eq!(header(&headers, "ratelimit"), "\"hourly\";r=0;t=3479");
+    let (st, headers, body) = call(&h, get());
+    assert_eq!(st, 429);
+    assert_eq!(header(&headers, "ratelimit"), "\"hourly\";r=0;t=3479");
+    assert_eq!(header(&headers, "retry-after"), "3479");
+    let body: Value = serde_json::from_slice(&body).expect("JSON body");
+    assert_eq!(body["policy"], "hourly");
+}
+
+#[test]
+fn fixed_windows_restart_at_the_boundary() {
+    fresh();
+    next_window(MIN, 30_000);
+    let h = plugin(json!({ "algorithm": "fixed", "limits": [{ "requests": 3, "window": "1m" }] }));
+    assert_eq!(allowed(&h, 10, get), 3);
+    let (_, headers, _) = call(&h, get());
+    assert_eq!(header(&headers, "retry-after"), "30");
+    next_window(MIN, 0);
+    assert_eq!(allowed(&h, 10, get), 3);
+}
+
+#[test]
+fn sliding_window_weights_the_previous_window() {
+    fresh();
+    next_window(HOUR, 30 * MIN);
+    let a = plugin(json!({ "limits": [{ "requests": 10, "window": "1h" }] }));
+    assert_eq!(allowed(&a, 15, get), 10);
+
+    // A quarter into the next window, 3/4 of the previous 10 still count:
+    // 7.5 + current ≤ 10 leaves room for 2. Another instance sees the same.
+    next_window(HOUR, 15 * MIN);
+    let b = plugin(json!({ "limits": [{ "requests": 10, "window": "1h" }] }));
+    let (st, headers, _) = call(&b, get());
+    assert_eq!(st, 200);
+    assert_eq!(header(&headers, "ratelimit"), "\"1h\";r=1;t=2700");
+    let (st, headers, _) = call(&b, get());
+    assert_eq!(st, 200);
+    // r = 0: t is when the next request fits: 7 × 3600 / 10 → at 18 min.
+    assert_eq!(header(&headers, "ratelimit"), "\"1h\";r=0;t=180");
+    let (st, headers, _) = call(&b, get());
+    assert_eq!(st, 429);
+    assert_eq!(header(&headers, "retry-after"), "180");
+
+    // At 18 minutes (plus a margin), exactly one more fits.
+    advance_ms(3 * MIN + 5_000);
+    assert_eq!(allowed(&b, 5, get), 1);
+
+    // Next window at its start: the 3 of the last window weigh ~3.
+    next_window(HOUR, 0);
+    assert_eq!(allowed(&a, 20, get), 7);
+}
+
+#[test]
+fn fixed_windows_ignore_the_previous_window() {
+    fresh();
+    next_window(HOUR, 30 * MIN);
+    let h = plugin(json!({ "algorithm": "fixed", "limits": [{ "requests": 10, "window": "1h" }] }));
+    assert_eq!(allowed(&h, 15, get), 10);
+    next_window(HOUR, 15 * MIN);
+    assert_eq!(allowed(&h, 15, get), 10);
+}
+
+#[test]
+fn refused_requests_do_not_weigh_on_the_next_window() {
+    fresh();
+    next_window(HOUR, 1_000);
+    let h = plugin(json!({ "limits": [{ "requests": 4, "window": "1h" }] }));
+    // 4 allowed and 20 refused retries: only the 4 are counted.
+    assert_eq!(allowed(&h, 24, get), 4);
+    // Halfway into the next window the previous 4 weigh 2: 2 more fit (had
+    // the refused 20 counted, 12 would weigh and nothing would fit).
+    next_window(HOUR, 30 * MIN);
+    assert_eq!(allowed(&h, 10, get), 2);
+}
+
+#[test]
+fn retry_after_when_the_current_window_alone_is_full() {
+    fresh();
+    next_window(MIN, 30_000);
+    let h = plugin(json!({ "limits": [{ "requests": 2, "window": "1m" }] }));
+    assert_eq!(allowed(&h, 2, get), 2);
+    let (st, headers, _) = call(&h, get());
+    assert_eq!(st, 429);
+    // These 2 become the previous window; one more fits once they weigh ≤ 1,
+    // half-way into the next window: 30 s + 30 s.
+    assert_eq!(header(&headers, "retry-after"), "60");
+    advance_ms(55_000);
+    assert_eq!(status(&h, get()), 429);
+    advance_ms(6_000);
+    assert_eq!(status(&h, get()), 200);
+}
+
+// ---- keys ------------------------------------------------------------------
+
+#[test]
+fn clients_are_keyed_by_ip_by_default() {
+    fresh();
+    next_window(HOUR, MIN);
+    let cfg = json!({ "limits": [{ "requests": 2, "window": "1h" }] });
+    let a = plugin(cfg.clone()).client_addr("10.0.0.1:5000");
+    let a_other_port = plugin(cfg.clone()).client_addr("10.0.0.1:6000");
+    let b = plugin(cfg).client_addr("10.0.0.2:5000");
+    assert_eq!(allowed(&a, 1, get), 1);
+    assert_eq!(allowed(&a_other_port, 5, get), 1, "same IP, same budget");
+    assert_eq!(allowed(&b, 5, get), 2);
+}
+
+#[test]
+fn ipv6_clients_are_keyed_by_prefix() {
+    fresh();
+    next_window(HOUR, MIN);
+    let cfg = json!({ "limits": [{ "requests": 2, "window": "1h" }] });
+    let a = plugin(cfg.clone()).client_addr("[2001:db8:0:1::1]:5000");
+    let same_64 = plugin(cfg.clone()).client_addr("[2001:db8:0:1:ffff::2]:5000");
+    let other_64 = plugin(cfg).client_addr("[2001:db8:0:2::1]:5000");
+    assert_eq!(allowed(&a, 1, get), 1);
+    assert_eq!(allowed(&same_64, 5, get), 1);
+    assert_eq!(allowed(&other_64, 5, get), 2);
+
+    let cfg = json!({ "ipv6_prefix": 128, "limits": [{ "requests": 2, "window": "1h" }] });
+    let c = plugin(cfg.clone()).client_addr("[2001:db8:0:3::1]:5000");
+    let d = plugin(cfg).client_addr("[2001:db8:0:3::2]:5000");
+    assert_eq!(allowed(&c, 5, get), 2);
+    assert_eq!(allowed(&d, 5, get), 2);
+}
+
+#[test]
+fn ipv4_mapped_addresses_count_as_ipv4() {
+    fresh();
+    next_window(HOUR, MIN);
+    let cfg = json!({ "limits": [{ "requests": 2, "window": "1h" }] });
+    let v4 = plugin(cfg.clone()).client_addr("192.0.2.7:5000");
+    let mapped = plugin(cfg).client_addr("[::ffff:192.0.2.7]:5000");
+    assert_eq!(allowed(&v4, 1, get), 1);
+    assert_eq!(allowed(&mapped, 5, get), 1);
+}
+
+#[test]
+fn header_key_gives_each_api_key_its_own_budget() {
+    fresh();
+    next_window(HOUR, MIN);
+    let h = plugin(json!({ "key": "header:X-Api-Key", "limits": [{ "requests": 2, "window": "1h" }] }));
+    assert_eq!(allowed(&h, 5, || get_with("x-api-key", "alice")), 2);
+    assert_eq!(allowed(&h, 5, || get_with("x-api-key", "bob")), 2);
+    // Without the header the client IP is used instead (its own budget).
+    assert_eq!(allowed(&h, 5, get), 2);
+    // An empty value counts as missing: the same IP budget, now spent.
+    assert_eq!(allowed(&h, 5, || get_with("x-api-key", "")), 0);
+}
+
+#[test]
+fn header_key_uses_the_first_value() {
+    fresh();
+    next_window(HOUR, MIN);
+    let h = plugin(json!({ "key": "header:x-auth-sub", "limits": [{ "requests": 1, "window": "1h" }] }));
+    assert_eq!(status(&h, get_with("x-auth-sub", "user-1")), 200);
+    let twice = http::Request::get("/").header("x-auth-sub", "user-1").header("x-auth-sub", "user-2").body(());
+    assert_eq!(status(&h, twice.expect("request")), 429);
+}
+
+#[test]
+fn missing_header_policies() {
+    fresh();
+    next_window(HOUR, MIN);
+    let allow = plugin(json!({ "key": "header:x-api-key", "missing": "allow",
+                                "limits": [{ "requests": 1, "window": "1h" }] }));
+    for _ in 0..5 {
+        let (st, headers, _) = call(&allow, get());
+        assert_eq!(st, 200);
+        assert!(headers.get("ratelimit").is_none(), "no limit applied, no headers");
+    }
+    assert_eq!(allowed(&allow, 5, || get_with("x-api-key", "k")), 1);
+
+    let deny = plugin(json!({ "key": "header:x-api-key", "missing": "deny",
+                               "limits": [{ "requests": 1, "window": "1h" }] }));
+    let (st, _, body) = call(&deny, get());
+    assert_eq!(st, 400);
+    let body: Value = serde_json::from_slice(&body).expect("JSON body");
+    assert_eq!(body["error"], "header `x-api-key` is required");
+    assert_eq!(testing::counter("missing_key"), 1);
+    assert_eq!(status(&deny, get_with("x-api-key", "k2")), 200);
+}
+
+#[test]
+fn per_limit_key_and_missing_override_the_instance_defaults() {
+    fresh();
+    next_window(HOUR, MIN);
+    let h = plugin(json!({
+        "key": "header:x-api-key",
+        "missing": "deny",
+        "limits": [
+            { "name": "per-key", "requests": 3, "window": "1h" },
+            { "name": "per-ip", "requests": 4, "window": "1h", "key": "ip" },
+            { "name": "per-user", "requests": 1, "window": "1h", "key": "header:x-user", "missing": "allow" },
+        ]
+    }));
+    // x-user absent: that limit is skipped (not listed in the headers).
+    let (st, headers, _) = call(&h, get_with("x-api-key", "a"));
+    assert_eq!(st, 200);
+    assert_eq!(header(&headers, "ratelimit-policy"), "\"per-key\";q=3;w=3600, \"per-ip\";q=4;w=3600");
+    assert_eq!(allowed(&h, 5, || get_with("x-api-key", "a")), 2, "per-key: 3 in all");
+    // Another key from the same IP: per-ip has 1 left.
+    assert_eq!(allowed(&h, 5, || get_with("x-api-key", "b")), 1);
+    assert_eq!(status(&h, get()), 400, "the instance default missing = deny still applies");
+}
+
+#[test]
+fn route_key_is_shared_by_clients_and_separate_per_route() {
+    fresh();
+    next_window(HOUR, MIN);
+    let cfg = json!({ "key": "route", "limits": [{ "requests": 3, "window": "1h" }] });
+    let a = plugin(cfg.clone()).route("orders").client_addr("10.0.0.1:1");
+    let b = plugin(cfg.clone()).route("orders").client_addr("10.0.0.2:1");
+    let other = plugin(cfg).route("users").client_addr("10.0.0.1:1");
+    assert_eq!(allowed(&a, 2, get), 2);
+    assert_eq!(allowed(&b, 5, get), 1);
+    assert_eq!(allowed(&other, 5, get), 3);
+}
+
+#[test]
+fn composite_key_counts_each_client_per_route() {
+    fresh();
+    next_window(HOUR, MIN);
+    let cfg = json!({ "key": ["route", "ip"], "limits": [{ "requests": 2, "window": "1h" }] });
+    let a_orders = plugin(cfg.clone()).route("orders").client_addr("10.0.0.1:1");
+    let a_users = plugin(cfg.clone()).route("users").client_addr("10.0.0.1:1");
+    let b_orders = plugin(cfg).route("orders").client_addr("10.0.0.2:1");
+    assert_eq!(allowed(&a_orders, 5, get), 2);
+    assert_eq!(allowed(&a_users, 5, get), 2);
+    assert_eq!(allowed(&b_orders, 5, get), 2);
+}
+
+#[test]
+fn header_values_are_hashed_and_long_subjects_shortened() {
+    let hash = key::short_hash(b"sk_live_0123456789abcdef");
+    assert_eq!(hash.len(), 32);
+    assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_ne!(hash, key::short_hash(b"sk_live_0123456789abcdeg"));
+    assert_eq!(key::state_key("burst", 1, 42, "i:10.0.0.1"), "burst:1:42:i:10.0.0.1");
+
+    // A route name longer than a state key may be: hashed, still counted.
+    fresh();
+    next_window(HOUR, MIN);
+    let h = plugin(json!({ "key": "route", "limits": [{ "requests": 1, "window": "1h" }] })).route(&"r".repeat(600));
+    assert_eq!(allowed(&h, 3, get), 1);
+    assert_eq!(testing::counter("state_errors"), 0);
+}
+
+// ---- the state backend failing --------------------------------------------
+
+#[test]
+fn state_unavailable_fails_open_by_default_with_a_throttled_warning() {
+    fresh();
+    next_window(HOUR, MIN);
+    let h = plugin(json!({ "limits": [{ "requests": 1, "window": "1h" }] }));
+    testing::set_state_unavailable(true);
+    for _ in 0..3 {
+        let (st, headers, _) = call(&h, get());
+        assert_eq!(st, 200);
+        assert!(headers.get("ratelimit").is_none(), "no counts, no headers");
+    }
+    assert_eq!(testing::counter("state_errors"), 3);
+    assert_eq!(testing::counter("allowed"), 3);
+    let warnings: Vec<_> = testing::logs().into_iter().filter(|(l, _)| *l == Level::Warn).collect();
+    assert_eq!(warnings.len(), 1, "one warning per 10 s: {warnings:?}");
+    assert!(warnings[0].1.contains("on_state_error = \"allow\""), "{warnings:?}");
+    assert!(warnings[0].1.contains("unavailable"), "{warnings:?}");
+
+    advance_ms(11_000);
+    assert_eq!(status(&h, get()), 200);
+    let warnings: Vec<_> = testing::logs().into_iter().filter(|(l, _)| *l == Level::Warn).collect();
+    assert_eq!(warnings.len(), 2);
+    assert!(warnings[1].1.contains("(2 similar warnings suppressed)"), "{warnings:?}");
+
+    // Back up: limiting resumes.
+    testing::set_state_unavailable(false);
+    assert_eq!(allowed(&h, 3, get), 1);
+}
+
+#[test]
+fn state_unavailable_with_deny_answers_503() {
+    fresh();
+    next_window(HOUR, MIN);
+    let h = plugin(json!({ "on_state_error": "deny", "limits": [{ "requests": 5, "window": "1h" }] }));
+    testing::set_state_unavailable(true);
+    let (st, headers, body) = call(&h, get());
+    assert_eq!(st, 503);
+    assert_eq!(header(&headers, "content-type"), "application/json");
+    let body: Value = serde_json::from_slice(&body).expect("JSON body");
+    assert_eq!(body, json!({ "error": "rate limit state unavailable" }));
+    assert_eq!(testing::counter("state_errors"), 1);
+    assert_eq!(testing::counter("allowed"), 0);
+    assert!(testing::logs().iter().any(|(l, m)| *l == Level::Warn && m.contains("on_state_error = \"deny\"")));
+    testing::set_state_unavailable(false);
+    assert_eq!(allowed(&h, 10, get), 5, "nothing was counted while down");
+}
+
+// ---- configuration ---------------------------------------------------------
+
+#[test]
+fn default_names_come_from_the_window() {
+    fresh();
+    next_window(HOUR, MIN);
+    let h = plugin(json!({ "limits": [
+        { "requests": 10, "window": "1s" },
+        { "requests": 100, "window": "90s" },
+        { "requests": 1000, "window": "60m" },
+        { "requests": 5000, "window": "24h" },
+    ] }));
+    let (_, headers, _) = call(&h, get());
+    assert_eq!(
+        header(&headers, "ratelimit-policy"),
+        "\"1s\";q=10;w=1, \"90s\";q=100;w=90, \"1h\";q=1000;w=3600, \"1d\";q=5000;w=86400"
+    );
+    assert_eq!(short_window(120), "2m");
+}
+
+#[test]
+fn config_defaults() {
+    let spec =
+        Spec::from_config(&Config::from_json(json!({ "limits": [{ "requests": 1, "window": "1s" }] }))).expect("valid");
+    assert_eq!(spec.algorithm, Algorithm::Sliding);
+    assert_eq!(spec.on_state_error, OnStateError::Allow);
+    assert!(spec.headers);
+    assert_eq!(spec.ipv6_prefix, 64);
+    assert_eq!(spec.limits[0].key, vec![KeyPart::Ip]);
+    assert_eq!(spec.limits[0].missing, Missing::Ip);
+    assert_eq!(spec.limits[0].name, "1s");
+}
+
+#[test]
+fn rejects_bad_configs_naming_the_key() {
+    let one = |limit: Value| json!({ "limits": [limit] });
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({}), "missing field `limits`"),
+        (json!({ "limits": [] }), "limits: give 1 to 16 limits, got 0"),
+        (one(json!({ "requests": 0, "window": "1s" })), "limits[0].requests: must be between 1 and 1000000000, got 0"),
+        (one(json!({ "requests": -1, "window": "1s" })), "limits[0].requests: invalid value: integer `-1`"),
+        (one(json!({ "requests": "ten", "window": "1s" })), "limits[0].requests: invalid type: string \"ten\""),
+        (one(json!({ "window": "1s" })), "limits[0]: missing field `requests`"),
+        (one(json!({ "requests": 1 })), "limits[0]: missing field `window`"),
+        (one(json!({ "requests": 1, "window": "soon" })), "limits[0].window: invalid duration \"soon\""),
+        (one(json!({ "requests": 1, "window": "1500ms" })), "limits[0].window: \"1500ms\" is not a whole number"),
+        (one(json!({ "requests": 1, "window": "0s" })), "limits[0].window: \"0s\" must be between 1s and 24h"),
+        (one(json!({ "requests": 1, "window": "2d" })), "limits[0].window: \"2d\" must be between 1s and 24h"),
+        (one(json!({ "requests": 1, "window": 60 })), "limits[0].window: invalid type: integer `60`"),
+        (one(json!({ "requests": 1, "window": "1s", "per": "ip" })), "limits[0].per: unknown field `per`, expected"),
+        (one(json!({ "requests": 1, "window": "1s", "name": "a b" })), "limits[0].name: \"a b\" must be 1 to 32"),
+        (one(json!({ "requests": 1, "window": "1s", "key": "user" })), "limits[0].key: unknown key kind \"user\""),
+        (one(json!({ "requests": 1, "window": "1s", "missing": "skip" })), "limits[0].missing: unknown variant `skip`"),
+        (
+            json!({ "limits": [{ "requests": 1, "window": "1s" }, { "requests": 2, "window": "1s" }] }),
+            "limits[1].name: duplicate limit name \"1s\"",
+        ),
+        (
+            json!({ "limits": [{ "name": "a", "requests": 1, "window": "1s" },
+                               { "name": "a", "requests": 2, "window": "1m" }] }),
+            "limits[1].name: duplicate limit name \"a\"",
+        ),
+        (json!({ "key": "cookie:session", "limits": [] }), "key: unknown key kind \"cookie:session\""),
+        (json!({ "key": "header:bad header", "limits": [] }), "key: invalid header name \"bad header\""),
+        (json!({ "key": [], "limits": [] }), "key: a key list needs 1 to 4 parts"),
+        (json!({ "key": ["ip", "ip"], "limits": [] }), "key: key part \"ip\" is listed twice"),
+        (json!({ "key": 7, "limits": [] }), "key: invalid type: integer `7`, expected \"ip\", \"route\""),
+        (json!({ "algorithm": "token-bucket", "limits": [] }), "algorithm: unknown variant `token-bucket`"),
+        (json!({ "on_state_error": "open", "limits": [] }), "on_state_error: unknown variant `open`"),
+        (json!({ "headers": "yes", "limits": [] }), "headers: invalid type: string \"yes\", expected a boolean"),
+        (json!({ "ipv6_prefix": 0, "limits": [] }), "ipv6_prefix: must be between 1 and 128, got 0"),
+        (json!({ "ipv6_prefix": 129, "limits": [] }), "ipv6_prefix: must be between 1 and 128, got 129"),
+        (json!({ "limit": [] }), "unknown field `limit`"),
+    ];
+    for (config, expected) in cases {
+        let err = rejects(config.clone());
+        assert!(err.starts_with("invalid config: "), "{config}: {err}");
+        assert!(err.contains(expected), "{config}:\n  got      {err}\n  expected {expected}");
+    }
+    let many: Vec<Value> = (0..17).map(|i| json!({ "name": format!("l{i}"), "requests": 1, "window": "1s" })).collect();
+    assert!(rejects(json!({ "limits": many })).contains("give 1 to 16 limits, got 17"));
+}
+
+// ---- window arithmetic and the cache ----------------------------------------
+
+#[test]
+fn window_arithmetic() {
+    let w = Window { quota: 10, len: 1000, sliding: true };
+    let c = |current, previous| Counts { current, previous };
+    assert_eq!(w.position(12_345), Position { index: 12, elapsed: 345 });
+    // 10 × 0.75 + 2 = 9.5 ≤ 10; + 3 = 10.5 > 10.
+    assert!(w.fits(c(2, 10), 250));
+    assert!(!w.fits(c(3, 10), 250));
+    assert_eq!(w.remaining(c(2, 10), 250), 0);
+    assert_eq!(w.remaining(c(1, 10), 250), 1);
+    assert_eq!(w.remaining(c(0, 0), 0), 10);
+    assert_eq!(w.remaining(c(0, 50), 0), 0, "previous over quota");
+    // Exactly on the boundary: 10 × 0.5 + 5 = 10 fits.
+    assert!(w.fits(c(5, 10), 500));
+    assert_eq!(w.wait_ms(c(4, 10), 500), 0);
+    // 2 now, previous 10: the 3rd fits once 10 × (1000 − e) ≤ 7000, e ≥ 300.
+    assert_eq!(w.wait_ms(c(2, 10), 250), 50);
+    // Current window full: next window, 10 × (1000 − e) ≤ 9000, e ≥ 100.
+    assert_eq!(w.wait_ms(c(10, 3), 250), 750 + 100);
+    assert_eq!(w.wait_ms(c(12, 0), 999), 1 + 250);
+
+    let f = Window { sliding: false, ..w };
+    assert!(f.fits(c(10, 1_000), 0));
+    assert!(!f.fits(c(11, 0), 0));
+    assert_eq!(f.wait_ms(c(10, 0), 250), 750);
+    assert_eq!(f.remaining(c(4, 99), 250), 6);
+
+    // TTL: the rest of this window (+ the next one when sliding) + slack.
+    assert_eq!(w.ttl_ms(250, 1_000), 750 + 1_000 + 1_000);
+    assert_eq!(f.ttl_ms(250, 1_000), 750 + 1_000);
+    assert_eq!(w.until_end(0), 1000);
+    assert_eq!(ceil_secs(0), 1);
+    assert_eq!(ceil_secs(1), 1);
+    assert_eq!(ceil_secs(1000), 1);
+    assert_eq!(ceil_secs(1001), 2);
+
+    // No overflow at the extremes.
+    let big = Window { quota: config::MAX_REQUESTS, len: config::MAX_WINDOW_SECS * 1000, sliding: true };
+    assert!(big.fits(c(config::MAX_REQUESTS, 0), 0));
+    assert!(!big.fits(c(0, u64::MAX), 0));
+    assert_eq!(big.remaining(c(u64::MAX, u64::MAX), 1), 0);
+    assert!(big.wait_ms(c(u64::MAX - 1, u64::MAX), 1) > 0);
+}
+
+#[test]
+fn previous_counts_cache_is_bounded() {
+    let mut cache = PreviousCounts::default();
+    cache.insert("a:1:9:x".into(), 0, 9, 7, |_, _| false);
+    assert_eq!(cache.get("a:1:9:x"), Some(7));
+    assert_eq!(cache.get("a:1:8:x"), None);
+    for i in 1..CAPACITY {
+        cache.insert(format!("k{i}"), 0, if i % 2 == 0 { 9 } else { 8 }, 1, |_, _| false);
+    }
+    assert_eq!(cache.len(), CAPACITY);
+    // Full: stale entries (window 8) go first.
+    cache.insert("new".into(), 0, 9, 3, |_, w| w < 9);
+    assert_eq!(cache.len(), CAPACITY / 2 + 1);
+    assert_eq!(cache.get("a:1:9:x"), Some(7));
+    assert_eq!(cache.get("new"), Some(3));
+    // Full of live entries: everything goes.
+    for i in 0..CAPACITY {
+        cache.insert(format!("m{i}"), 0, 9, 1, |_, _| false);
+    }
+    assert!(cache.len() <= CAPACITY);
+}
