@@ -1,0 +1,442 @@
+//! The configuration schema, and its validation into ready-to-run parts.
+//! Every check happens here, once, so `new` rejects a bad config with a
+//! message naming the key.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use weir_plugin_sdk::prelude::*;
+
+use crate::alg::{Alg, AlgSet};
+use crate::apikey::{ApiKeys, parse_digest};
+use crate::cache::Cache;
+use crate::jwt::Jwt;
+use crate::keys::{Key, decode_base64_secret};
+use crate::source::{Source, SourceConfig};
+use crate::verdict::{Challenges, Grant};
+
+/// The largest `jwt.cache_size` accepted.
+const MAX_CACHE_SIZE: usize = 65_536;
+
+/// The plugin's `config` table.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Settings {
+    /// The realm in `WWW-Authenticate` challenges.
+    #[serde(default = "default_realm")]
+    realm: String,
+    /// Remove the credential(s) before the request goes upstream.
+    #[serde(default)]
+    strip_credential: bool,
+    /// Let requests without any credential through (still without the
+    /// identity headers); a bad credential is still refused.
+    #[serde(default)]
+    allow_missing: bool,
+    /// JWT bearer tokens.
+    #[serde(default)]
+    jwt: Option<JwtSettings>,
+    /// API keys.
+    #[serde(default)]
+    api_keys: Option<ApiKeySettings>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JwtSettings {
+    /// Keys given one by one.
+    #[serde(default)]
+    keys: Vec<KeySettings>,
+    /// A JWKS document: a JSON string, or the same as a table.
+    #[serde(default)]
+    jwks: Option<Value>,
+    /// Where the token is looked for, in order.
+    #[serde(default = "default_jwt_from")]
+    from: Vec<SourceConfig>,
+    /// Accepted `iss` values (any if empty).
+    #[serde(default)]
+    issuers: Vec<String>,
+    /// Accepted `aud` values (not checked if empty).
+    #[serde(default)]
+    audiences: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`, e.g. `"30s"`.
+    #[serde(default = "default_leeway")]
+    leeway: String,
+    /// Refuse tokens without `exp`.
+    #[serde(default = "yes")]
+    require_exp: bool,
+    /// Scopes the token must all have (`scope` or `scp`).
+    #[serde(default)]
+    required_scopes: Vec<String>,
+    /// Claims the token must have.
+    #[serde(default)]
+    required_claims: Vec<String>,
+    /// Claims that must have one of the given values.
+    #[serde(default)]
+    claim_values: BTreeMap<String, Value>,
+    /// Claim → request header it is forwarded in.
+    #[serde(default = "default_forward")]
+    forward_claims: BTreeMap<String, String>,
+    /// Verified tokens remembered per instance (0 disables the cache).
+    #[serde(default = "default_cache_size")]
+    cache_size: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeySettings {
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    algs: Option<Vec<String>>,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    secret_base64: Option<String>,
+    #[serde(default)]
+    pem: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiKeySettings {
+    /// Where the key is looked for, in order.
+    #[serde(default = "default_api_from")]
+    from: Vec<SourceConfig>,
+    /// The header the consumer's name is forwarded in.
+    #[serde(default = "default_consumer_header")]
+    consumer_header: String,
+    /// The keys.
+    keys: Vec<ApiKeySetting>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiKeySetting {
+    name: String,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    sha256: Option<String>,
+}
+
+fn default_realm() -> String {
+    "weir".into()
+}
+fn default_jwt_from() -> Vec<SourceConfig> {
+    vec![SourceConfig::Header("authorization".into())]
+}
+fn default_api_from() -> Vec<SourceConfig> {
+    vec![SourceConfig::Header("x-api-key".into())]
+}
+fn default_leeway() -> String {
+    "60s".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_forward() -> BTreeMap<String, String> {
+    BTreeMap::from([("sub".to_owned(), "x-auth-sub".to_owned())])
+}
+fn default_consumer_header() -> String {
+    "x-auth-sub".into()
+}
+fn default_cache_size() -> usize {
+    1024
+}
+
+/// Headers a claim or consumer name may never be written into.
+const RESERVED_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "te",
+    "upgrade",
+    "x-request-id",
+];
+
+/// The validated configuration.
+pub(crate) struct Compiled {
+    pub(crate) jwt: Option<Jwt>,
+    pub(crate) api_keys: Option<ApiKeys>,
+    pub(crate) strip_credential: bool,
+    pub(crate) allow_missing: bool,
+    /// Every header the plugin sets: always removed from incoming requests.
+    pub(crate) managed: Vec<HeaderName>,
+    pub(crate) challenges: Challenges,
+}
+
+impl Settings {
+    pub(crate) fn compile(self) -> Result<Compiled, String> {
+        if self.realm.is_empty() || !self.realm.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\') {
+            return Err(format!("`realm` must be printable ASCII without quotes or backslashes: {:?}", self.realm));
+        }
+        if self.jwt.is_none() && self.api_keys.is_none() {
+            return Err("nothing to check: configure `jwt`, `api_keys` or both".into());
+        }
+        let jwt = self.jwt.map(compile_jwt).transpose().map_err(|e| format!("jwt: {e}"))?;
+        let api_keys = self.api_keys.map(compile_api_keys).transpose().map_err(|e| format!("api_keys: {e}"))?;
+
+        let jwt_sources = jwt.as_ref().map_or(&[][..], |j| &j.0.sources[..]);
+        let api_sources = api_keys.as_ref().map_or(&[][..], |a| &a.0.sources[..]);
+        if let Some(s) = jwt_sources.iter().find(|s| api_sources.contains(s)) {
+            return Err(format!(
+                "`jwt.from` and `api_keys.from` both read {}: a location belongs to one method",
+                describe(s)
+            ));
+        }
+        let mut managed: Vec<HeaderName> = Vec::new();
+        for h in jwt.iter().flat_map(|j| &j.1).chain(api_keys.iter().map(|a| &a.1)) {
+            if let Some(s) = jwt_sources.iter().chain(api_sources).find(|s| **s == Source::Header(h.clone())) {
+                return Err(format!("header `{h}` cannot both carry a credential ({}) and an identity", describe(s)));
+            }
+            if !managed.contains(h) {
+                managed.push(h.clone());
+            }
+        }
+        let challenges = Challenges {
+            realm: self.realm,
+            bearer: jwt.is_some(),
+            api_key: api_keys.is_some(),
+            api_key_hint: api_sources.iter().map(Source::hint).collect::<Vec<_>>().join(", "),
+        };
+        Ok(Compiled {
+            jwt: jwt.map(|j| j.0),
+            api_keys: api_keys.map(|a| a.0),
+            strip_credential: self.strip_credential,
+            allow_missing: self.allow_missing,
+            managed,
+            challenges,
+        })
+    }
+}
+
+fn describe(s: &Source) -> String {
+    match s {
+        Source::Header(h) => format!("header `{h}`"),
+        Source::Query(q) => format!("query parameter `{q}`"),
+        Source::Cookie(c) => format!("cookie `{c}`"),
+    }
+}
+
+fn sources(from: &[SourceConfig]) -> Result<Vec<Source>, String> {
+    if from.is_empty() {
+        return Err("`from` must name at least one location".into());
+    }
+    let mut out: Vec<Source> = Vec::with_capacity(from.len());
+    for (i, c) in from.iter().enumerate() {
+        let s = Source::from_config(c).map_err(|e| format!("from[{i}]: {e}"))?;
+        if out.contains(&s) {
+            return Err(format!("from[{i}]: {} is listed twice", describe(&s)));
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// A header the plugin writes an identity into.
+fn identity_header(name: &str, what: &str) -> Result<HeaderName, String> {
+    let h =
+        HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("{what}: `{name}` is not a valid header name"))?;
+    if RESERVED_HEADERS.contains(&h.as_str()) {
+        return Err(format!("{what}: `{name}` cannot be set by the auth plugin"));
+    }
+    Ok(h)
+}
+
+/// A claim name as written in config (it may appear in error descriptions).
+fn check_claim_name(name: &str, what: &str) -> Result<(), String> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!("{what}: claim name {name:?} must be non-empty visible ASCII"));
+    }
+    Ok(())
+}
+
+/// Parse `"500ms"`, `"30s"`, `"2m"`, `"1h"` into milliseconds.
+fn parse_duration_ms(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let n: i64 = number.parse().ok()?;
+    let unit_ms = match unit.trim() {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    n.checked_mul(unit_ms)
+}
+
+fn parse_algs(names: &[String]) -> Result<AlgSet, String> {
+    let mut set = AlgSet::default();
+    for name in names {
+        if name.eq_ignore_ascii_case("none") {
+            return Err("`none` is never accepted".into());
+        }
+        let alg = Alg::parse(name).ok_or_else(|| {
+            let all: Vec<&str> = Alg::ALL.iter().map(|a| a.name()).collect();
+            format!("unknown algorithm `{name}` (expected one of {})", all.join(", "))
+        })?;
+        set.insert(alg);
+    }
+    Ok(set)
+}
+
+fn compile_key(k: KeySettings) -> Result<Key, String> {
+    let algs = k.algs.as_deref().map(parse_algs).transpose()?;
+    if k.kid.as_deref() == Some("") {
+        return Err("`kid` must not be empty".into());
+    }
+    match (k.secret, k.secret_base64, k.pem) {
+        (Some(secret), None, None) => Key::hmac(k.kid, secret.as_bytes(), algs),
+        (None, Some(b64), None) => Key::hmac(k.kid, &decode_base64_secret(&b64)?, algs),
+        (None, None, Some(pem)) => Key::pem(k.kid, &pem, algs),
+        (None, None, None) => Err("give one of `secret`, `secret_base64` or `pem`".into()),
+        _ => Err("give only one of `secret`, `secret_base64` or `pem`".into()),
+    }
+}
+
+fn compile_jwks(doc: Value) -> Result<Vec<Key>, String> {
+    let doc = match doc {
+        Value::String(text) => serde_json::from_str(&text).map_err(|e| format!("not valid JSON: {e}"))?,
+        other => other,
+    };
+    let Some(Value::Array(jwks)) = doc.get("keys") else {
+        return Err("a JWKS document is an object with a `keys` array".into());
+    };
+    let mut keys = Vec::new();
+    for (i, jwk) in jwks.iter().enumerate() {
+        let name = jwk.get("kid").and_then(Value::as_str).map(|k| format!(" (kid `{k}`)")).unwrap_or_default();
+        if let Some(key) = Key::jwk(jwk).map_err(|e| format!("keys[{i}]{name}: {e}"))? {
+            keys.push(key);
+        }
+    }
+    Ok(keys)
+}
+
+fn compile_jwt(s: JwtSettings) -> Result<(Jwt, Vec<HeaderName>), String> {
+    let mut keys = Vec::new();
+    for (i, k) in s.keys.into_iter().enumerate() {
+        let name = k.kid.as_ref().map(|k| format!(" (kid `{k}`)")).unwrap_or_default();
+        keys.push(compile_key(k).map_err(|e| format!("keys[{i}]{name}: {e}"))?);
+    }
+    if let Some(doc) = s.jwks {
+        keys.extend(compile_jwks(doc).map_err(|e| format!("jwks: {e}"))?);
+    }
+    if keys.is_empty() {
+        return Err("no usable key: give `keys`, or a `jwks` with signing keys".into());
+    }
+    for (i, k) in keys.iter().enumerate() {
+        if let Some(kid) = &k.kid
+            && keys[..i].iter().any(|other| other.kid.as_ref() == Some(kid))
+        {
+            return Err(format!("kid `{kid}` is used by two keys"));
+        }
+    }
+    let kidless: Vec<&Key> = keys.iter().filter(|k| k.kid.is_none()).collect();
+    for (i, a) in kidless.iter().enumerate() {
+        if kidless[i + 1..].iter().any(|b| a.algs.intersects(b.algs)) {
+            return Err("two keys without `kid` accept the same algorithm: tokens could not choose between \
+                        them; give them a `kid`"
+                .into());
+        }
+    }
+
+    let leeway_ms = parse_duration_ms(&s.leeway)
+        .ok_or_else(|| format!("`leeway` must be a duration like \"30s\" or \"500ms\", got {:?}", s.leeway))?;
+    for scope in &s.required_scopes {
+        // RFC 6749 §3.3 scope-token.
+        if scope.is_empty()
+            || !scope.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+        {
+            return Err(format!("`required_scopes`: {scope:?} is not a valid scope"));
+        }
+    }
+    for name in &s.required_claims {
+        check_claim_name(name, "`required_claims`")?;
+    }
+    let mut claim_values = Vec::new();
+    for (name, accepted) in s.claim_values {
+        check_claim_name(&name, "`claim_values`")?;
+        let accepted = match accepted {
+            Value::Array(values) => values,
+            other => vec![other],
+        };
+        if accepted.is_empty() || accepted.iter().any(|v| matches!(v, Value::Array(_) | Value::Object(_))) {
+            return Err(format!("`claim_values.{name}` must be a value or a non-empty list of values"));
+        }
+        claim_values.push((name, accepted));
+    }
+    let mut forward = Vec::new();
+    let mut headers: Vec<HeaderName> = Vec::new();
+    for (name, header) in s.forward_claims {
+        check_claim_name(&name, "`forward_claims`")?;
+        let h = identity_header(&header, &format!("`forward_claims.{name}`"))?;
+        if headers.contains(&h) {
+            return Err(format!("`forward_claims`: header `{h}` is the target of two claims"));
+        }
+        headers.push(h.clone());
+        forward.push((name, h));
+    }
+    if s.cache_size > MAX_CACHE_SIZE {
+        return Err(format!("`cache_size` must be at most {MAX_CACHE_SIZE}, got {}", s.cache_size));
+    }
+    let jwt = Jwt {
+        sources: sources(&s.from)?,
+        keys,
+        issuers: s.issuers,
+        audiences: s.audiences,
+        leeway_ms,
+        require_exp: s.require_exp,
+        scope_attr: s.required_scopes.join(" ").into(),
+        required_scopes: s.required_scopes,
+        required_claims: s.required_claims,
+        claim_values,
+        forward,
+        cache: RefCell::new(Cache::new(s.cache_size)),
+    };
+    Ok((jwt, headers))
+}
+
+fn compile_api_keys(s: ApiKeySettings) -> Result<(ApiKeys, HeaderName), String> {
+    let header = identity_header(&s.consumer_header, "`consumer_header`")?;
+    if s.keys.is_empty() {
+        return Err("`keys` must list at least one key".into());
+    }
+    let mut digests: Vec<[u8; 32]> = Vec::with_capacity(s.keys.len());
+    let mut grants: Vec<Grant> = Vec::with_capacity(s.keys.len());
+    let mut names: Vec<&str> = Vec::with_capacity(s.keys.len());
+    for (i, k) in s.keys.iter().enumerate() {
+        let at = format!("keys[{i}] (`{}`)", k.name);
+        let value = HeaderValue::from_str(&k.name)
+            .ok()
+            .filter(|_| !k.name.is_empty())
+            .ok_or_else(|| format!("keys[{i}]: `name` must be non-empty and usable as a header value"))?;
+        if names.contains(&k.name.as_str()) {
+            return Err(format!("{at}: the name is used twice"));
+        }
+        let digest = match (&k.key, &k.sha256) {
+            (Some(key), None) if !key.is_empty() => Sha256::digest(key.as_bytes()).into(),
+            (None, Some(hex)) => parse_digest(hex).ok_or_else(|| format!("{at}: `sha256` must be 64 hex digits"))?,
+            (Some(_), None) => return Err(format!("{at}: `key` must not be empty")),
+            (None, None) => return Err(format!("{at}: give `key` or `sha256`")),
+            (Some(_), Some(_)) => return Err(format!("{at}: give only one of `key` or `sha256`")),
+        };
+        if let Some(j) = digests.iter().position(|d| *d == digest) {
+            return Err(format!("{at}: same key as keys[{j}] (`{}`)", s.keys[j].name));
+        }
+        digests.push(digest);
+        names.push(&k.name);
+        grants.push(Rc::from(vec![(header.clone(), value)]));
+    }
+    Ok((ApiKeys { sources: sources(&s.from)?, digests, grants }, header))
+}

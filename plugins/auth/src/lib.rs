@@ -1,0 +1,163 @@
+//! `auth.wasm`: authenticate requests with JWT bearer tokens and/or API keys.
+//!
+//! * **JWT** (RFC 7519): HS256/384/512, RS256/384/512, PS256/384/512,
+//!   ES256/384, with keys from secrets, PEM public keys or a JWKS document
+//!   in the config. The accepted algorithms come from the keys (`alg: none`
+//!   never verifies, an HMAC secret never verifies an RSA token); `kid`
+//!   picks the key. `exp`/`nbf` (with leeway), `iss`, `aud`, required
+//!   scopes and claims are checked; chosen claims are forwarded as headers.
+//! * **API keys** from a header, query parameter or cookie, stored plain or
+//!   as SHA-256 digests, compared in constant time; the consumer's name is
+//!   forwarded as a header.
+//!
+//! Headers the plugin sets (`x-auth-sub` by default) are always removed
+//! from the incoming request first, so clients cannot spoof an identity.
+//! A missing or bad credential is answered `401` with `WWW-Authenticate`
+//! (RFC 6750), a valid token lacking a scope or claim `403`; bodies are
+//! JSON `{"error", "error_description"}`.
+//!
+//! ```toml
+//! [plugins.auth]
+//! module = "auth.wasm"
+//!
+//! [plugins.auth.config]
+//! realm = "api"
+//! strip_credential = true
+//!
+//! [plugins.auth.config.jwt]
+//! issuers = ["https://id.example.com/"]
+//! audiences = ["orders"]
+//! required_scopes = ["orders:read"]
+//! forward_claims = { sub = "x-auth-sub", email = "x-auth-email" }
+//! jwks = '{"keys": [{"kty": "EC", "kid": "2024-06", "crv": "P-256", "x": "…", "y": "…"}]}'
+//!
+//! [plugins.auth.config.api_keys]
+//! from = [{ header = "x-api-key" }]
+//! keys = [
+//!   { name = "billing-batch", sha256 = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8" },
+//! ]
+//! ```
+//!
+//! A request with a token (in any `jwt.from` location) is decided by the
+//! token alone; otherwise by the API key; otherwise it has no credential.
+//! See `README.md` beside this crate for every key and the exact rules.
+
+mod alg;
+mod apikey;
+mod cache;
+mod config;
+mod jwt;
+mod keys;
+mod source;
+mod verdict;
+
+use weir_plugin_sdk::prelude::*;
+
+use crate::apikey::ApiKeys;
+use crate::config::Settings;
+use crate::jwt::Jwt;
+use crate::source::Source;
+use crate::verdict::{Challenges, Denial, Grant, Verdict};
+
+struct Auth {
+    jwt: Option<Jwt>,
+    api_keys: Option<ApiKeys>,
+    strip_credential: bool,
+    allow_missing: bool,
+    /// Every header the plugin sets; removed from every incoming request.
+    managed: Vec<HeaderName>,
+    challenges: Challenges,
+}
+
+impl Auth {
+    /// The grant for the request's credential; `Ok(None)` for a request
+    /// without one when `allow_missing` is set.
+    fn decide(&self, req: &Request, cx: &Context) -> Result<Option<Grant>, Denial> {
+        if let Some(jwt) = &self.jwt
+            && let Some(token) = first(&jwt.sources, req)?
+        {
+            return match jwt.check(&token, cx) {
+                Verdict::Allow(grant) => Ok(Some(grant)),
+                Verdict::Deny(denial) => Err(denial),
+            };
+        }
+        if let Some(api_keys) = &self.api_keys
+            && let Some(key) = first(&api_keys.sources, req)?
+        {
+            return api_keys.check(&key).map(Some);
+        }
+        if self.allow_missing { Ok(None) } else { Err(Denial::Missing) }
+    }
+
+    fn all_sources(&self) -> impl Iterator<Item = &Source> {
+        let jwt = self.jwt.iter().flat_map(|j| &j.sources);
+        jwt.chain(self.api_keys.iter().flat_map(|a| &a.sources))
+    }
+}
+
+/// The credential at the first location that has one.
+fn first<'r>(sources: &[Source], req: &'r Request) -> Result<Option<std::borrow::Cow<'r, str>>, Denial> {
+    for source in sources {
+        if let Some(found) = source.extract(req)? {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
+impl Plugin for Auth {
+    fn new(config: &Config) -> Result<Self> {
+        let settings: Settings = config.parse()?;
+        let c = settings.compile().map_err(Error::internal)?;
+        Ok(Auth {
+            jwt: c.jwt,
+            api_keys: c.api_keys,
+            strip_credential: c.strip_credential,
+            allow_missing: c.allow_missing,
+            managed: c.managed,
+            challenges: c.challenges,
+        })
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST_HEADERS
+    }
+
+    fn on_request(&self, req: &mut Request, cx: &Context) -> Result<Action> {
+        let grant = match self.decide(req, cx) {
+            Ok(grant) => grant,
+            Err(denial) => {
+                cx.counter_add("auth_denied", 1);
+                cx.counter_add(denial.metric(), 1);
+                return Ok(Action::Respond(self.challenges.reply(&denial)));
+            }
+        };
+        // Identity headers come from this plugin only.
+        if self.managed.iter().any(|h| req.headers().contains_key(h)) {
+            let headers = req.headers_mut();
+            for h in &self.managed {
+                headers.remove(h);
+            }
+        }
+        if let Some(grant) = &grant
+            && !grant.is_empty()
+        {
+            let headers = req.headers_mut();
+            for (name, value) in grant.iter() {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+        if self.strip_credential {
+            for source in self.all_sources() {
+                source.strip(req)?;
+            }
+        }
+        cx.counter_add(if grant.is_some() { "auth_ok" } else { "auth_anonymous" }, 1);
+        Ok(Action::Continue)
+    }
+}
+
+weir_plugin_sdk::export_plugin!(Auth);
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,196 @@
+//! Where a credential is read from: a header, a query parameter or a cookie.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use weir_plugin_sdk::http;
+use weir_plugin_sdk::prelude::*;
+
+use crate::verdict::Denial;
+
+/// One credential location, as configured: `{ header = "x-api-key" }`,
+/// `{ query = "access_token" }` or `{ cookie = "session" }`.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub(crate) enum SourceConfig {
+    Header(String),
+    Query(String),
+    Cookie(String),
+}
+
+/// A validated location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// A header. For `authorization` the `Bearer` scheme is required (a
+    /// value with another scheme is not ours); for any other header the
+    /// whole value is the credential (a `Bearer ` prefix is tolerated).
+    Header(HeaderName),
+    Query(String),
+    Cookie(String),
+}
+
+impl Source {
+    pub(crate) fn from_config(c: &SourceConfig) -> Result<Source, String> {
+        match c {
+            SourceConfig::Header(name) => {
+                let parsed = HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| format!("`{name}` is not a valid header name"))?;
+                Ok(Source::Header(parsed))
+            }
+            SourceConfig::Query(name) => {
+                if name.is_empty() || name.contains(['&', '=', '#', ' ']) {
+                    return Err(format!("`{name}` is not a valid query parameter name"));
+                }
+                Ok(Source::Query(name.clone()))
+            }
+            SourceConfig::Cookie(name) => {
+                let token = |b: u8| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b);
+                if name.is_empty() || !name.bytes().all(token) {
+                    return Err(format!("`{name}` is not a valid cookie name"));
+                }
+                Ok(Source::Cookie(name.clone()))
+            }
+        }
+    }
+
+    /// How the location is named in an `ApiKey` challenge.
+    pub(crate) fn hint(&self) -> String {
+        match self {
+            Source::Header(n) => format!("header=\"{n}\""),
+            Source::Query(n) => format!("query=\"{n}\""),
+            Source::Cookie(n) => format!("cookie=\"{n}\""),
+        }
+    }
+
+    /// The credential at this location: `Ok(None)` if there is none, an
+    /// error if it is given more than once.
+    pub(crate) fn extract<'r>(&self, req: &'r Request) -> Result<Option<Cow<'r, str>>, Denial> {
+        match self {
+            Source::Header(name) => {
+                let mut values = req.headers().get_all(name).iter();
+                let Some(value) = values.next() else { return Ok(None) };
+                if values.next().is_some() {
+                    return Err(Denial::BadRequest("the credential header is repeated"));
+                }
+                let value = value.to_str().map_err(|_| Denial::BadRequest("the credential header is not ASCII"))?;
+                let credential = if name == http::header::AUTHORIZATION {
+                    match value.split_once(' ') {
+                        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+                        _ if value.eq_ignore_ascii_case("bearer") => "",
+                        _ => return Ok(None),
+                    }
+                } else {
+                    match value.split_once(' ') {
+                        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+                        _ => value.trim(),
+                    }
+                };
+                Ok((!credential.is_empty()).then_some(Cow::Borrowed(credential)))
+            }
+            Source::Query(name) => {
+                let Some(query) = req.query() else { return Ok(None) };
+                let mut found = None;
+                for pair in query.split('&') {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    if k == name {
+                        if found.is_some() {
+                            return Err(Denial::BadRequest("the credential parameter is repeated"));
+                        }
+                        found = Some(v);
+                    }
+                }
+                Ok(found.filter(|v| !v.is_empty()).map(percent_decode))
+            }
+            Source::Cookie(name) => Ok(cookie(req, name).filter(|v| !v.is_empty()).map(Cow::Borrowed)),
+        }
+    }
+
+    /// Whether a credential of ours is at this location (used to strip it).
+    fn present(&self, req: &Request) -> bool {
+        !matches!(self.extract(req), Ok(None))
+    }
+
+    /// Remove the credential at this location, if any, leaving the rest of
+    /// the request (other query parameters, other cookies) intact.
+    pub(crate) fn strip(&self, req: &mut Request) -> Result<()> {
+        if !self.present(req) {
+            return Ok(());
+        }
+        match self {
+            Source::Header(name) => {
+                req.headers_mut().remove(name);
+            }
+            Source::Query(name) => {
+                let kept: Vec<&str> = req
+                    .query()
+                    .unwrap_or_default()
+                    .split('&')
+                    .filter(|pair| pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
+                    .collect();
+                let uri =
+                    if kept.is_empty() { req.path().to_owned() } else { format!("{}?{}", req.path(), kept.join("&")) };
+                req.set_uri(&uri)?;
+            }
+            Source::Cookie(name) => {
+                let cookies: Vec<HeaderValue> = req
+                    .headers()
+                    .get_all(http::header::COOKIE)
+                    .iter()
+                    .filter_map(|v| {
+                        let Ok(text) = v.to_str() else { return Some(v.clone()) };
+                        let kept: Vec<&str> = text
+                            .split(';')
+                            .map(str::trim)
+                            .filter(|c| !c.is_empty() && c.split_once('=').map_or(*c, |(k, _)| k) != name)
+                            .collect();
+                        (!kept.is_empty()).then(|| HeaderValue::from_str(&kept.join("; ")).ok()).flatten()
+                    })
+                    .collect();
+                let headers = req.headers_mut();
+                headers.remove(http::header::COOKIE);
+                for c in cookies {
+                    headers.append(http::header::COOKIE, c);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The first cookie called `name` in the request's `Cookie` header(s).
+fn cookie<'r>(req: &'r Request, name: &str) -> Option<&'r str> {
+    req.headers().get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|text| {
+        text.split(';').find_map(|c| {
+            let (k, v) = c.trim().split_once('=')?;
+            (k == name).then(|| v.trim().trim_matches('"'))
+        })
+    })
+}
+
+/// Decode `%XX` escapes (a `+` stays a `+`: API keys and tokens never
+/// contain spaces). Invalid escapes are kept as they are.
+fn percent_decode(text: &str) -> Cow<'_, str> {
+    if !text.contains('%') {
+        return Cow::Borrowed(text);
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(Some(h)), Some(Some(l))) =
+                (bytes.get(i + 1).map(|b| hex(*b)), bytes.get(i + 2).map(|b| hex(*b)))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    match String::from_utf8(out) {
+        Ok(s) => Cow::Owned(s),
+        Err(_) => Cow::Borrowed(text),
+    }
+}
