@@ -3,8 +3,13 @@
 //!
 //! One test binary (faster to link than one per file); one module per area.
 
+mod anomaly;
+mod auth;
 mod chain;
 mod cli;
+mod cluster;
+mod rate_limit;
 mod reload;
 mod routing;
 mod sandbox;
+mod transform;
