@@ -5,18 +5,12 @@
 //! The echo upstream answers the status asked for in `x-status`: that is how
 //! the scanner gets its 404s.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use weir_tests::{Reply, TestGateway, Upstream, wait_for};
+use http::{Method, StatusCode};
+use weir_tests::{Reply, TestGateway, Upstream, WebhookServer, wait_for};
 
 /// The scanner is acted on by its 20th request (`min_requests`, default):
 /// from then on its distinct-path ratio is 1 and its error ratio 0.9, a
@@ -207,55 +201,6 @@ async fn challenge_mode_asks_the_scanner_to_authenticate_again() {
 }
 
 // ---- the event, on a real webhook -------------------------------------------
-
-/// A webhook receiver: records the JSON body of every POST.
-struct WebhookServer {
-    url: String,
-    received: Arc<Mutex<Vec<serde_json::Value>>>,
-    _stop: oneshot::Sender<()>,
-}
-
-impl WebhookServer {
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind webhook");
-        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-        let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
-        let (stop, mut stopped) = oneshot::channel::<()>();
-        let store = received.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = tokio::select! {
-                    a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
-                    _ = &mut stopped => break,
-                };
-                let store = store.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let store = store.clone();
-                        async move {
-                            let post = req.method() == Method::POST && req.uri().path() == "/hook";
-                            let body = req.into_body().collect().await?.to_bytes();
-                            if post {
-                                let doc = serde_json::from_slice(&body).unwrap_or_else(|_| {
-                                    serde_json::Value::String(String::from_utf8_lossy(&body).into())
-                                });
-                                store.lock().expect("webhook store").push(doc);
-                            }
-                            Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-                        }
-                    });
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-                });
-            }
-        });
-        Self { url, received, _stop: stop }
-    }
-
-    fn received(&self) -> Vec<serde_json::Value> {
-        self.received.lock().expect("webhook store").clone()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_detection_event_reaches_the_webhook_once() {

@@ -8,6 +8,7 @@ mod auth;
 mod chain;
 mod cli;
 mod cluster;
+mod mission;
 mod rate_limit;
 mod reload;
 mod routing;

@@ -196,6 +196,60 @@ async fn echo(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Full<By
     Ok(resp)
 }
 
+// ---- webhook -------------------------------------------------------------
+
+/// A webhook receiver: records the JSON body of every POST to `/hook`.
+pub struct WebhookServer {
+    /// Where to POST, e.g. `http://127.0.0.1:40123/hook`.
+    pub url: String,
+    received: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl WebhookServer {
+    /// Start on an ephemeral loopback port.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind webhook");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        let received: Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Arc::default();
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let store = received.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                    _ = &mut stopped => break,
+                };
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let store = store.clone();
+                        async move {
+                            let post = req.method() == Method::POST && req.uri().path() == "/hook";
+                            let body = req.into_body().collect().await?.to_bytes();
+                            if post {
+                                let doc = serde_json::from_slice(&body).unwrap_or_else(|_| {
+                                    serde_json::Value::String(String::from_utf8_lossy(&body).into())
+                                });
+                                store.lock().expect("webhook store").push(doc);
+                            }
+                            Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                        }
+                    });
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        Self { url, received, _stop: stop }
+    }
+
+    /// The JSON bodies received so far.
+    pub fn received(&self) -> Vec<serde_json::Value> {
+        self.received.lock().expect("webhook store").clone()
+    }
+}
+
 // ---- client ------------------------------------------------------------
 
 /// A response, fully read.
