@@ -19,12 +19,13 @@ def free_port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 
 
-def wait_http(url, timeout=30.0):
+def wait_http(url, timeout=30.0, headers=()):
     import urllib.request
+    req = urllib.request.Request(url, headers=dict(h.split(": ", 1) for h in headers))
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=1) as r:
+            with urllib.request.urlopen(req, timeout=1) as r:
                 if r.status == 200:
                     return
         except Exception:
@@ -67,10 +68,11 @@ def pinned(core, cmd, **kw):
     return subprocess.Popen(["taskset", "-c", core] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
 
 
-def wrk(url, duration, conns, script=None):
-    cmd = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", url]
-    if script:
-        cmd[5:5] = ["-s", script]
+def wrk(url, duration, conns, headers=()):
+    cmd = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency"]
+    for h in headers:
+        cmd += ["-H", h]
+    cmd.append(url)
     out = subprocess.run(cmd, capture_output=True, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
@@ -85,22 +87,24 @@ def wrk(url, duration, conns, script=None):
     return {"rps": rps, "requests": total, "errors": errors, "p50_us": lat["50"], "p99_us": lat["99"]}
 
 
-def openloop(url, rate, seconds):
-    out = subprocess.run(["taskset", "-c", LOAD_CORE, os.path.join(REL, "openloop"), url, str(int(rate)), str(seconds), "32"],
-                         capture_output=True, text=True, check=True).stdout
+def openloop(url, rate, seconds, headers=()):
+    cmd = ["taskset", "-c", LOAD_CORE, os.path.join(REL, "openloop"), url, str(int(rate)), str(seconds), "32"]
+    for h in headers:
+        cmd += ["-H", h]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 class Target:
     """A proxy (or the bare upstream) under test."""
 
-    def __init__(self, name, start):
-        self.name, self._start = name, start
+    def __init__(self, name, start, headers=()):
+        self.name, self._start, self.headers = name, start, list(headers)
         self.proc, self.url, self.pids = None, None, []
 
     def start(self):
         self.proc, self.url, self.pids = self._start()
-        wait_http(self.url)
+        wait_http(self.url, headers=self.headers)
 
     def stop(self):
         if self.proc:
@@ -112,7 +116,7 @@ class Target:
         self.proc = None
 
 
-def weir_target(name, tmp, upstream, chain_config):
+def weir_target(name, tmp, upstream, chain_config, headers=()):
     def start():
         d = tempfile.mkdtemp(dir=tmp)
         port, admin = free_port(), free_port()
@@ -130,7 +134,7 @@ connect_timeout = "1s"
         p = pinned(PROXY_CORE, [os.path.join(REL, "weir"), "run", "--workers", "1", "--config", os.path.join(d, "gateway.toml")],
                    env={**os.environ, "WEIR_LOG": "warn"})
         return p, f"http://127.0.0.1:{port}/bench", [p.pid]
-    return Target(name, start)
+    return Target(name, start, headers)
 
 
 def nginx_target(tmp, upstream):
@@ -176,10 +180,10 @@ def measure(t, duration, conns):
     t.start()
     try:
         # Warm up connections, pools and caches.
-        wrk(t.url, 1, conns)
+        wrk(t.url, 1, conns, t.headers)
         pids = t.pids if t.name != "direct" else []
         before = cpu_ticks(pids)
-        r = wrk(t.url, duration, conns)
+        r = wrk(t.url, duration, conns, t.headers)
         after = cpu_ticks(pids)
         if pids:
             r["cpu_us_per_req"] = (after - before) / CLK * 1e6 / max(r["requests"], 1)
@@ -192,10 +196,81 @@ def measure(t, duration, conns):
 def measure_openloop(t, rate, seconds):
     t.start()
     try:
-        openloop(t.url, rate, 1)
-        return openloop(t.url, rate, seconds)
+        openloop(t.url, rate, 1, t.headers)
+        return openloop(t.url, rate, seconds, t.headers)
     finally:
         t.stop()
+
+
+# ---- the built-in plugins -------------------------------------------------
+
+KEYS = os.path.join(ROOT, "plugins", "auth", "tests", "keys")
+HS_SECRET = "bench-secret-0123456789abcdef-0123456789"
+
+
+def b64url(b):
+    import base64
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def jwt(alg, claims):
+    """A compact JWS: HS256 with HS_SECRET, or ES256 with the auth plugin's test key (openssl signs)."""
+    import hashlib, hmac
+    head = b64url(json.dumps({"alg": alg, "typ": "JWT"}).encode())
+    body = b64url(json.dumps(claims).encode())
+    signing_input = f"{head}.{body}".encode()
+    if alg == "HS256":
+        sig = hmac.new(HS_SECRET.encode(), signing_input, hashlib.sha256).digest()
+    else:
+        der = subprocess.run(["openssl", "dgst", "-sha256", "-sign", os.path.join(KEYS, "ec256.key")],
+                             input=signing_input, capture_output=True, check=True).stdout
+        sig = der_to_raw(der)
+    return f"{head}.{body}.{b64url(sig)}"
+
+
+def der_to_raw(der):
+    """An ECDSA DER signature (SEQUENCE of two INTEGERs) as JOSE's 64-byte r||s."""
+    assert der[0] == 0x30
+    i = 2 if der[1] < 0x80 else 2 + (der[1] & 0x7F)
+    out = b""
+    for _ in range(2):
+        assert der[i] == 0x02
+        n = der[i + 1]
+        out += der[i + 2:i + 2 + n].lstrip(b"\0").rjust(32, b"\0")
+        i += 2 + n
+    return out
+
+
+def plugin_route(plugins, names):
+    """Named plugin sections and the bench route running them in order."""
+    chain = ", ".join(f'"{n}"' for n in names)
+    return "\n".join(plugins) + f'\n[[routes]]\nname = "bench"\nupstream = "up"\nchain = [{chain}]\n'
+
+
+def builtin_targets(tmp, up):
+    """weir with each built-in plugin alone, and with the mission chain
+    auth (ES256, verified-token cache) → rate limit → anomaly → transform."""
+    claims = {"sub": "bench-client", "exp": int(time.time()) + 86400}
+    es_pub = open(os.path.join(KEYS, "ec256.pub.pem")).read()
+    hs = [f"Authorization: Bearer {jwt('HS256', claims)}"]
+    es = [f"Authorization: Bearer {jwt('ES256', claims)}"]
+    auth_hs = f'[plugins.auth]\nmodule = "auth.wasm"\n[plugins.auth.config.jwt]\nkeys = [{{ secret = "{HS_SECRET}" }}]\n'
+    auth_es = f'[plugins.auth]\nmodule = "auth.wasm"\n[plugins.auth.config.jwt]\nkeys = [{{ pem = """\n{es_pub}""" }}]\n'
+    limit = ('[plugins.limit]\nmodule = "rate_limit.wasm"\n'
+             'config = { key = "header:x-auth-sub", missing = "ip", limits = [{ requests = 1000000000, window = "1s" }] }\n')
+    anomaly = '[plugins.anomaly]\nmodule = "anomaly.wasm"\nconfig = { key = "header:x-auth-sub", action = "flag" }\n'
+    shape = ('[plugins.shape]\nmodule = "transform.wasm"\n'
+             '[plugins.shape.config.request.headers]\nset = { "x-client" = "{header.x-auth-sub}" }\n'
+             '[plugins.shape.config.response.headers]\nadd = { "x-served-by" = "weir" }\n')
+    return [
+        weir_target("weir-auth-hs256", tmp, up, plugin_route([auth_hs], ["auth"]), hs),
+        weir_target("weir-auth-es256", tmp, up, plugin_route([auth_es], ["auth"]), es),
+        weir_target("weir-rate-limit", tmp, up, plugin_route([limit], ["limit"])),
+        weir_target("weir-anomaly", tmp, up, plugin_route([anomaly], ["anomaly"])),
+        weir_target("weir-transform", tmp, up, plugin_route([shape], ["shape"])),
+        weir_target("weir-mission", tmp, up,
+                    plugin_route([auth_es, limit, anomaly, shape], ["auth", "limit", "anomaly", "shape"]), es),
+    ]
 
 
 def med(values):
@@ -227,7 +302,7 @@ def main():
             weir_target("weir-1-plugin", tmp, up, chain(1)),
             weir_target("weir-4-plugins", tmp, up, chain(4)),
             weir_target("weir-1-plugin-isolated", tmp, up, chain(1, "request")),
-        ]
+        ] + builtin_targets(tmp, up)
         closed = {t.name: [] for t in targets}
         for rnd in range(args.rounds):
             order = targets if rnd % 2 == 0 else list(reversed(targets))
@@ -266,7 +341,10 @@ def main():
         "weir_empty - nginx open p50 (us)": empty["open_p50_us"] - ng["open_p50_us"],
         "per plugin added cpu (us, 4-plugin chain)": (summary["weir-4-plugins"]["cpu_us_per_req"] - empty["cpu_us_per_req"]) / 4,
         "isolated plugin added cpu (us)": summary["weir-1-plugin-isolated"]["cpu_us_per_req"] - empty["cpu_us_per_req"],
+        "weir_mission/weir_empty rps": summary["weir-mission"]["rps"] / empty["rps"],
     }
+    for name in ("weir-auth-hs256", "weir-auth-es256", "weir-rate-limit", "weir-anomaly", "weir-transform", "weir-mission"):
+        ratios[f"{name} added cpu (us)"] = summary[name]["cpu_us_per_req"] - empty["cpu_us_per_req"]
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",

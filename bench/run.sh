@@ -6,10 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need() { command -v "$1" >/dev/null 2>&1; }
-if ! need wrk || ! need nginx || ! need taskset; then
-  echo "installing wrk, nginx, util-linux (taskset)..." >&2
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light util-linux >/dev/null \
-    || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx util-linux >/dev/null
+if ! need wrk || ! need nginx || ! need taskset || ! need openssl; then
+  echo "installing wrk, nginx, util-linux (taskset), openssl (signs the ES256 benchmark token)..." >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light util-linux openssl >/dev/null \
+    || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx util-linux openssl >/dev/null
 fi
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 

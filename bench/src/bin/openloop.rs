@@ -6,7 +6,8 @@
 //! the requests queued behind the stall (a closed-loop tool would simply
 //! send fewer requests and report flattering figures).
 //!
-//! Usage: `openloop URL RATE SECONDS [CONNECTIONS]`; prints one JSON line.
+//! Usage: `openloop URL RATE SECONDS [CONNECTIONS] [-H "name: value"]...`;
+//! prints one JSON line.
 
 use std::time::{Duration, Instant};
 
@@ -24,12 +25,22 @@ async fn connect(authority: &str) -> anyhow::Result<hyper::client::conn::http1::
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    anyhow::ensure!(args.len() >= 3, "usage: openloop URL RATE SECONDS [CONNECTIONS]");
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // `-H "name: value"` pairs may come anywhere; the rest are positional.
+    let mut headers = Vec::new();
+    while let Some(i) = args.iter().position(|a| a == "-H") {
+        anyhow::ensure!(i + 1 < args.len(), "-H needs \"name: value\"");
+        let h = args.remove(i + 1);
+        args.remove(i);
+        let (name, value) = h.split_once(':').ok_or_else(|| anyhow::anyhow!("-H {h:?}: expected name: value"))?;
+        headers.push((http::HeaderName::try_from(name.trim())?, http::HeaderValue::try_from(value.trim())?));
+    }
+    anyhow::ensure!(args.len() >= 3, "usage: openloop URL RATE SECONDS [CONNECTIONS] [-H \"name: value\"]...");
     let uri: http::Uri = args[0].parse()?;
     let rate: f64 = args[1].parse()?;
     let seconds: f64 = args[2].parse()?;
     let connections: usize = args.get(3).map(|c| c.parse()).transpose()?.unwrap_or(32);
+    let headers = std::sync::Arc::new(headers);
     let total = (rate * seconds) as u64;
     let authority = uri.authority().ok_or_else(|| anyhow::anyhow!("URL needs host:port"))?.to_string();
     let path = uri.path_and_query().map_or("/".to_string(), |p| p.to_string());
@@ -39,7 +50,7 @@ fn main() -> anyhow::Result<()> {
         let start = Instant::now() + Duration::from_millis(100);
         let mut tasks = Vec::new();
         for k in 0..connections as u64 {
-            let (authority, path) = (authority.clone(), path.clone());
+            let (authority, path, headers) = (authority.clone(), path.clone(), headers.clone());
             tasks.push(tokio::spawn(async move {
                 let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
                 let mut errors = 0u64;
@@ -48,7 +59,10 @@ fn main() -> anyhow::Result<()> {
                 while i < total {
                     let due = start + Duration::from_secs_f64(i as f64 / rate);
                     tokio::time::sleep_until(due.into()).await;
-                    let req = http::Request::get(&path).header("host", &authority).body(Empty::<Bytes>::new())?;
+                    let mut req = http::Request::get(&path).header("host", &authority).body(Empty::<Bytes>::new())?;
+                    for (name, value) in headers.iter() {
+                        req.headers_mut().append(name.clone(), value.clone());
+                    }
                     if sender.ready().await.is_err() {
                         // The server closed the keep-alive connection: reconnect.
                         sender = connect(&authority).await?;
