@@ -104,7 +104,7 @@ pub fn status(shared: &Shared) -> serde_json::Value {
         "routes": routes,
         "upstreams": upstreams,
         "state": shared.loader.state.describe(),
-        "events_webhook": snap.webhook.as_ref().map(|w| w.uri().to_string()),
+        "events_webhook": snap.webhook.as_ref().map(|w| w.redacted()),
     })
 }
 

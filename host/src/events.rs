@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Uri, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -55,6 +55,12 @@ impl Webhook {
     /// The webhook `[events]` asks for, if any; `Err` says what is wrong
     /// with the URL.
     pub fn from_config(cfg: &EventsConfig) -> Result<Option<Arc<Self>>, String> {
+        if cfg.timeout.is_zero() {
+            return Err("`timeout` must be above zero".into());
+        }
+        if cfg.queue == 0 {
+            return Err("`queue` must be at least 1".into());
+        }
         let Some(url) = &cfg.webhook else { return Ok(None) };
         let url = url.get_ref();
         let uri: Uri = url.parse().map_err(|e| format!("invalid webhook URL {url:?}: {e}"))?;
@@ -69,9 +75,12 @@ impl Webhook {
         Ok(Some(Arc::new(Self { uri, min_severity: cfg.min_severity, timeout: cfg.timeout })))
     }
 
-    /// The URL.
-    pub fn uri(&self) -> &Uri {
-        &self.uri
+    /// The URL for logs and `/admin/status`: scheme and authority only,
+    /// since webhook paths often carry a secret token (Slack-style URLs).
+    pub fn redacted(&self) -> String {
+        let authority = self.uri.authority().map_or("", |a| a.as_str());
+        let authority = authority.rsplit('@').next().unwrap_or(authority);
+        format!("{}://{authority}/…", self.uri.scheme_str().unwrap_or("http"))
     }
 }
 
@@ -100,15 +109,25 @@ impl Events {
     /// Log, count, keep, and (if `webhook` wants it) enqueue an event.
     pub fn emit(&self, event: EventRecord, webhook: Option<&Arc<Webhook>>) {
         let attributes: Vec<String> = event.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        tracing::warn!(
-            target: "weir::event",
-            plugin = %event.plugin,
-            kind = %event.kind,
-            severity = event.severity.as_str(),
-            attributes = %attributes.join(" "),
-            "{}",
-            event.message
-        );
+        let attributes = attributes.join(" ");
+        macro_rules! log {
+            ($level:ident) => {
+                tracing::$level!(
+                    target: "weir::event",
+                    plugin = %event.plugin,
+                    kind = %event.kind,
+                    severity = event.severity.as_str(),
+                    attributes = %attributes,
+                    "{}",
+                    event.message
+                )
+            };
+        }
+        match event.severity {
+            Severity::Info => log!(info),
+            Severity::Warning => log!(warn),
+            Severity::Critical => log!(error),
+        }
         let event = Arc::new(event);
         {
             let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
@@ -143,17 +162,22 @@ async fn send_webhooks(mut rx: mpsc::Receiver<(Arc<Webhook>, Arc<EventRecord>)>,
             .header(header::USER_AGENT, concat!("weir/", env!("CARGO_PKG_VERSION")))
             .body(Full::new(body));
         let Ok(req) = req else { continue };
-        let outcome = match tokio::time::timeout(hook.timeout, client.request(req)).await {
-            Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
-            Ok(Ok(resp)) => Err(format!("answered {}", resp.status())),
-            Ok(Err(e)) => Err(e.to_string()),
+        let exchange = async {
+            let resp = client.request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            // Read the answer whole, so the connection can be reused.
+            resp.into_body().collect().await.map_err(|e| e.to_string())?;
+            if status.is_success() { Ok(()) } else { Err(format!("answered {status}")) }
+        };
+        let outcome = match tokio::time::timeout(hook.timeout, exchange).await {
+            Ok(result) => result,
             Err(_) => Err(format!("no answer within {:?}", hook.timeout)),
         };
         match outcome {
             Ok(()) => metrics.webhook("sent"),
             Err(e) => {
                 metrics.webhook("failed");
-                tracing::warn!(webhook = %hook.uri, kind = %event.kind, "event webhook failed: {e}");
+                tracing::warn!(webhook = %hook.redacted(), kind = %event.kind, "event webhook failed: {e}");
             }
         }
     }
@@ -182,6 +206,49 @@ mod tests {
         assert!(Webhook::from_config(&cfg("http://127.0.0.1:9/hook")).expect("valid").is_some());
         assert!(Webhook::from_config(&cfg("https://example.com/")).expect_err("https").contains("not supported"));
         assert!(Webhook::from_config(&cfg("/relative")).expect_err("relative").contains("absolute"));
+    }
+
+    #[tokio::test]
+    async fn webhook_takes_only_its_severities_and_drops_when_full() {
+        // Accepts connections, never answers: the sender stays busy with its
+        // first event, so the queue (of one) fills.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let cfg = EventsConfig {
+            webhook: Some(toml::Spanned::new(0..0, format!("http://{}/hook", silent.local_addr().expect("addr")))),
+            timeout: Duration::from_secs(30),
+            queue: 1,
+            min_severity: Severity::Warning,
+        };
+        let hook = Webhook::from_config(&cfg).expect("valid").expect("configured");
+        let metrics = Arc::new(Metrics::new());
+        let events = Events::new(cfg.queue, metrics.clone());
+        let dropped = || {
+            metrics
+                .encode()
+                .lines()
+                .find(|l| l.starts_with("weir_event_webhooks_total{result=\"dropped\"}"))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        events.emit(event(Severity::Info), Some(&hook));
+        events.emit(event(Severity::Info), Some(&hook));
+        assert_eq!(dropped(), 0, "below min_severity: neither queued nor dropped");
+        events.emit(event(Severity::Warning), Some(&hook));
+        tokio::time::sleep(Duration::from_millis(200)).await; // the sender takes it and hangs
+        events.emit(event(Severity::Critical), Some(&hook)); // queued
+        events.emit(event(Severity::Warning), Some(&hook)); // no room
+        assert_eq!(dropped(), 1);
+        assert_eq!(events.recent().len(), 5, "every event is kept in the history");
+    }
+
+    #[test]
+    fn webhook_urls_are_redacted_for_display() {
+        let cfg = EventsConfig {
+            webhook: Some(toml::Spanned::new(0..0, "http://user:pw@hooks.local:8080/T000/B000/secret?x=1".into())),
+            ..Default::default()
+        };
+        let hook = Webhook::from_config(&cfg).expect("valid").expect("configured");
+        assert_eq!(hook.redacted(), "http://hooks.local:8080/…");
     }
 
     #[tokio::test]

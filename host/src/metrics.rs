@@ -60,7 +60,12 @@ struct ReloadResult {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Kind {
+struct Outcome {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateErrorKind {
     kind: &'static str,
 }
 
@@ -85,8 +90,8 @@ pub struct Metrics {
     plugin_events: Family<PluginEvent, Counter>,
     reloads: Family<ReloadResult, Counter>,
     generation: Gauge,
-    webhooks: Family<ReloadResult, Counter>,
-    state_errors: Family<Kind, Counter>,
+    webhooks: Family<Outcome, Counter>,
+    state_errors: Family<StateErrorKind, Counter>,
 }
 
 impl Default for Metrics {
@@ -218,12 +223,12 @@ impl Metrics {
 
     /// An event webhook delivery: `sent`, `failed` or `dropped`.
     pub fn webhook(&self, result: &'static str) {
-        self.webhooks.get_or_create(&ReloadResult { result }).inc();
+        self.webhooks.get_or_create(&Outcome { result }).inc();
     }
 
     /// A failed state call: `unavailable` or `invalid`.
     pub fn state_error(&self, kind: &'static str) {
-        self.state_errors.get_or_create(&Kind { kind }).inc();
+        self.state_errors.get_or_create(&StateErrorKind { kind }).inc();
     }
 
     /// The serving generation.

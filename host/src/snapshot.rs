@@ -115,6 +115,13 @@ impl Loader {
             errors.push(src.error(span, format!("[events]: {e}")));
             None
         });
+        // `[state]` applies at start only, but a file that could not start
+        // must not be accepted by a reload either.
+        if let Some(state) = &cfg.state
+            && let Err(e) = StateStore::check_config(state.get_ref())
+        {
+            errors.push(src.error(state.span(), format!("[state]: {e}")));
+        }
 
         // Upstreams.
         let mut upstreams = BTreeMap::new();
@@ -146,7 +153,7 @@ impl Loader {
             let span = p.span();
             let p = p.get_ref();
             if !valid_name(name) {
-                errors.push(src.error(span.clone(), format!("plugin name `{name}` must be [A-Za-z0-9_-]+")));
+                errors.push(src.error(span.clone(), format!("plugin name `{name}` must be 1 to 64 of [A-Za-z0-9_-]")));
                 continue;
             }
             let module = p.module.get_ref();
@@ -331,8 +338,11 @@ impl Loader {
     }
 }
 
+/// Plugin names namespace state keys, label metrics and appear in logs.
 fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !name.is_empty()
+        && name.len() <= crate::state::MAX_NAMESPACE_LEN
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn hex(bytes: &[u8]) -> String {

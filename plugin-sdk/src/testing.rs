@@ -212,6 +212,9 @@ struct TestHost {
     gauges: BTreeMap<String, i64>,
     events: Vec<Event>,
     clock_offset: Duration,
+    /// Set by [`set_wall_clock`]: the clocks read this (plus the offset)
+    /// instead of the real time.
+    pinned_ms: Option<u64>,
     state_unavailable: bool,
     locals: Vec<(String, Vec<u8>)>,
 }
@@ -250,6 +253,17 @@ pub fn advance(by: Duration) {
     with(|h| h.clock_offset += by);
 }
 
+/// Pin both clocks: from now on the wall clock reads `unix_ms` (and the
+/// monotonic clock `unix_ms` in nanoseconds) until [`advance`] moves them,
+/// so tests of time windows are exact however slowly they run. [`reset`]
+/// unpins them.
+pub fn set_wall_clock(unix_ms: u64) {
+    with(|h| {
+        h.pinned_ms = Some(unix_ms);
+        h.clock_offset = Duration::ZERO;
+    });
+}
+
 /// Make every state call fail with `Unavailable`, as when Redis is down.
 pub fn set_state_unavailable(down: bool) {
     with(|h| h.state_unavailable = down);
@@ -271,13 +285,21 @@ pub(crate) mod host {
     }
 
     pub(crate) fn monotonic_now() -> u64 {
-        let offset = with(|h| h.clock_offset);
-        (START.with(|s| s.elapsed()) + offset).as_nanos() as u64
+        let (pinned, offset) = with(|h| (h.pinned_ms, h.clock_offset));
+        let base = match pinned {
+            Some(ms) => Duration::from_millis(ms),
+            None => START.with(|s| s.elapsed()),
+        };
+        (base + offset).as_nanos() as u64
     }
 
     pub(crate) fn wall_now() -> u64 {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        (now + with(|h| h.clock_offset)).as_millis() as u64
+        let (pinned, offset) = with(|h| (h.pinned_ms, h.clock_offset));
+        let base = match pinned {
+            Some(ms) => Duration::from_millis(ms),
+            None => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default(),
+        };
+        (base + offset).as_millis() as u64
     }
 
     fn live<R>(key: &str, f: impl FnOnce(&mut TestHost, u64) -> R) -> Result<R, StateError> {

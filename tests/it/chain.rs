@@ -167,3 +167,50 @@ async fn host_state_is_shared_across_instances_and_isolation_modes() {
     // request and response phases share it).
     assert!(metrics.contains(r#"weir_plugin_instances_created_total{plugin="fresh"} 4"#), "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_local_values_follow_their_request_and_chain_position() {
+    let up = Upstream::start("up").await;
+    let cfg = format!(
+        "{}{}{}",
+        probe("a", "tag = \"a\", local = true"),
+        probe("b", "tag = \"b\", local = true"),
+        route(&["a", "b"], &up.addr.to_string())
+    );
+    let gw = TestGateway::start(&cfg, &["probe.wasm"]).await;
+    // Many requests at once, so pooled instances serve interleaved requests:
+    // each response must carry its own request's value, at both positions,
+    // and no request may see a value left by another.
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let (client, url) = (gw.client.clone(), format!("{}/item/{i}", gw.url));
+            tokio::spawn(async move { (i, client.get(&url).await.expect("request")) })
+        })
+        .collect();
+    for t in tasks {
+        let (i, r) = t.await.expect("task");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let path = format!("/item/{i}");
+        assert_eq!(r.header("x-local-a"), Some(path.as_str()));
+        assert_eq!(r.header("x-local-b"), Some(path.as_str()));
+        assert_eq!(r.seen("x-local-before-a"), None, "a value leaked into request {i}");
+        assert_eq!(r.seen("x-local-before-b"), None, "a value leaked into request {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_against_wit_0_1_0_still_loads() {
+    let up = Upstream::start("up").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("plugins")).expect("mkdir");
+    let old = weir_tests::workspace_root().join("tests/fixtures/add_header-wit-0.1.0.wasm");
+    std::fs::copy(&old, dir.path().join("plugins/old.wasm")).expect("copy the 0.1.0 fixture");
+    let cfg = format!(
+        "{}[plugins.old]\nmodule = \"old.wasm\"\nconfig = {{ name = \"x-old\", value = \"still works\" }}\n{}",
+        weir_tests::server_section(),
+        route(&["old"], &up.addr.to_string())
+    );
+    std::fs::write(dir.path().join("gateway.toml"), cfg).expect("write config");
+    let gw = TestGateway::start_in(dir).await;
+    assert_eq!(gw.get("/").await.seen("x-old").as_deref(), Some("still works"));
+}

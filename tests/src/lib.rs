@@ -492,67 +492,79 @@ where
 
 // ---- redis ---------------------------------------------------------------
 
-/// A real `redis-server` on a loopback port, stopped when dropped.
+/// A real `redis-server` on a Unix socket in its own folder (no TCP port
+/// to race other tests for), stopped when dropped.
 ///
-/// `.ci/run` installs Redis on a fresh machine (`apt-get install
+/// `scripts/test.sh` installs Redis on a fresh machine (`apt-get install
 /// redis-server`); tests that need it fail with that hint when it is missing.
 pub struct RedisServer {
-    /// The port it listens on (kept across [`RedisServer::restart`]).
-    pub port: u16,
     child: Option<std::process::Child>,
     dir: tempfile::TempDir,
 }
 
 impl RedisServer {
-    /// Start on a free port.
+    /// Start a fresh server.
     pub fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-        let mut server = Self { port, child: None, dir: tempfile::tempdir().expect("tempdir") };
+        let mut server = Self { child: None, dir: tempfile::tempdir().expect("tempdir") };
         server.restart();
         server
     }
 
-    /// `redis://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("redis.sock")
     }
 
-    /// Stop the server (connections drop, the port refuses).
+    /// `redis+unix:///…/redis.sock`.
+    pub fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket().display())
+    }
+
+    /// Stop the server (connections drop, the socket refuses).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        let _ = std::fs::remove_file(self.socket());
     }
 
-    /// Start (again) on the same port, empty, and wait until it answers.
+    /// Start (again) on the same socket, empty, and wait until it answers.
     pub fn restart(&mut self) {
         self.stop();
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
+            .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocketperm", "700"])
+            .arg("--unixsocket")
+            .arg(self.socket())
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot start redis-server ({e}): install it with `apt-get install redis-server` (.ci/run does)")
+                panic!("cannot start redis-server ({e}): install it with `apt-get install redis-server` (scripts/test.sh does)")
             });
         self.child = Some(child);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !self.ping() {
-            assert!(std::time::Instant::now() < deadline, "redis-server did not answer PING on port {}", self.port);
+        while self.command(&["PING"]).as_deref() != Some("+PONG") {
+            assert!(std::time::Instant::now() < deadline, "redis-server did not answer PING at {}", self.url());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    /// Whether the server answers `PING`.
-    pub fn ping(&self) -> bool {
-        use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else { return false };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    /// Send one command; its first reply line (e.g. `+OK`, `-ERR ...`), or
+    /// `None` when the server cannot be reached.
+    pub fn command(&self, args: &[&str]) -> Option<String> {
+        use std::io::{BufRead, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(self.socket()).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).ok()?;
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line).ok()?;
+        Some(line.trim_end().to_owned())
     }
 }
 
@@ -564,9 +576,9 @@ impl Drop for RedisServer {
 
 // ---- gateway as a process -------------------------------------------------
 
-/// The `weir` binary running as its own process (`weir run`), on free
-/// loopback ports, with its log captured; killed when dropped. For tests of
-/// several gateway nodes.
+/// The `weir` binary running as its own process (`weir run`), on ports the
+/// kernel picks (read back from its log), with its log captured; killed when
+/// dropped. For tests of several gateway nodes.
 pub struct GatewayProcess {
     /// The proxy's base URL.
     pub url: String,
@@ -575,10 +587,6 @@ pub struct GatewayProcess {
     /// The folder holding `gateway.toml`, `plugins/` and `weir.log`.
     pub dir: tempfile::TempDir,
     child: std::process::Child,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 impl GatewayProcess {
@@ -590,22 +598,31 @@ impl GatewayProcess {
         for m in modules {
             std::fs::copy(fixture(m), dir.path().join("plugins").join(m)).expect("copy module");
         }
-        let (proxy, admin) = (free_port(), free_port());
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:{proxy}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nplugins_dir = \"plugins\"\n\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nplugins_dir = \"plugins\"\n\n\
              [runtime]\nmax_instances = 128\n\n{body}"
         );
         std::fs::write(dir.path().join("gateway.toml"), config).expect("write config");
         let log = std::fs::File::create(dir.path().join("weir.log")).expect("log file");
-        let child = Command::new(weir_binary())
+        let mut child = Command::new(weir_binary())
             .args(["run", "--workers", "2", "--config"])
             .arg(dir.path().join("gateway.toml"))
+            .env("NO_COLOR", "1")
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn weir");
-        let gw =
-            Self { url: format!("http://127.0.0.1:{proxy}"), admin: format!("http://127.0.0.1:{admin}"), dir, child };
+        let read_log = || std::fs::read_to_string(dir.path().join("weir.log")).unwrap_or_default();
+        let addrs = wait_for(Duration::from_secs(30), || async {
+            let log = read_log();
+            Some((listening(&log, "proxy listening")?, listening(&log, "admin listening")?))
+        })
+        .await;
+        let Some((proxy, admin)) = addrs else {
+            let _ = child.kill();
+            panic!("weir did not start listening:\n{}", read_log());
+        };
+        let gw = Self { url: format!("http://{proxy}"), admin: format!("http://{admin}"), dir, child };
         let client = Client::new();
         let ready = wait_for(Duration::from_secs(30), || async {
             client.get(&format!("{}/readyz", gw.admin)).await.ok().filter(|r| r.status == 200)
@@ -619,6 +636,13 @@ impl GatewayProcess {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("weir.log")).unwrap_or_default()
     }
+}
+
+/// The address on the log line containing `what` (`... what addr=IP:PORT`).
+fn listening(log: &str, what: &str) -> Option<SocketAddr> {
+    let line = log.lines().find(|l| l.contains(what))?;
+    let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+    addr.trim_matches(|c: char| !c.is_ascii_digit() && c != '.' && c != ':').parse().ok()
 }
 
 impl Drop for GatewayProcess {

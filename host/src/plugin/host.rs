@@ -297,8 +297,10 @@ impl events::Host for StoreData {
             events::Severity::Critical => Severity::Critical,
         };
         let host = &self.host;
-        let kind = if host.admit_name(&event.kind) { event.kind } else { "other".to_owned() };
-        host.metrics.plugin_event(&host.name, &kind, severity.as_str());
+        let kind = truncate(event.kind, 128);
+        // The label is capped (cardinality); the record keeps the real kind.
+        let label = if host.admit_name(&kind) { kind.as_str() } else { "other" };
+        host.metrics.plugin_event(&host.name, label, severity.as_str());
         let attributes = event
             .attributes
             .into_iter()

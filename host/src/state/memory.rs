@@ -7,7 +7,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::StateError;
+use super::{StateError, parse_counter};
 
 const SHARDS: usize = 16;
 
@@ -85,7 +85,12 @@ impl MemoryState {
         if map.get(key).is_some_and(|e| !e.live(now)) {
             map.remove(key);
         }
-        let full = map.len() >= self.max_entries_per_shard && !map.contains_key(key);
+        let mut full = map.len() >= self.max_entries_per_shard && !map.contains_key(key);
+        if full {
+            // Full of expired entries is not full: sweep this shard first.
+            map.retain(|_, e| e.live(now));
+            full = map.len() >= self.max_entries_per_shard;
+        }
         f(&mut map, now, full)
     }
 
@@ -99,12 +104,13 @@ impl MemoryState {
             if let Some(e) = map.get_mut(key) {
                 let current = match &e.value {
                     Value::Int(n) => *n,
-                    Value::Bytes(b) => std::str::from_utf8(b)
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                        .ok_or_else(|| StateError::Invalid("value is not a counter".into()))?,
+                    Value::Bytes(b) => {
+                        parse_counter(b).ok_or_else(|| StateError::Invalid("value is not a counter".into()))?
+                    }
                 };
-                let next = current.saturating_add(delta);
+                let next = current
+                    .checked_add(delta)
+                    .ok_or_else(|| StateError::Invalid("increment or decrement would overflow".into()))?;
                 e.value = Value::Int(next);
                 return Ok(next);
             }

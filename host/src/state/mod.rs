@@ -2,7 +2,11 @@
 //!
 //! Two backends offer the same five operations (`incr`, `get`, `set`,
 //! `compare_and_swap`, `delete`) with the same semantics, so a plugin cannot
-//! tell them apart except by latency:
+//! tell them apart except by latency (`tests/it/cluster.rs` runs one contract
+//! against both). Arguments are checked here, before either backend sees
+//! them, so both refuse the same calls: keys and values within their
+//! limits, TTLs up to ten years, counters that stay within `i64` and are
+//! written in canonical decimal form (as Redis requires):
 //!
 //! * [`MemoryState`] (default): a sharded map in the gateway process.
 //! * [`RedisState`]: a Redis server, so every gateway node pointing at it
@@ -22,11 +26,18 @@ pub use self::memory::MemoryState;
 pub use self::redis::RedisState;
 use crate::config::{StateBackend, StateConfig};
 
-/// Longest key a plugin may use (the stored key also carries the plugin's
-/// namespace and, with Redis, the key prefix).
+/// Longest key a plugin may use.
 pub const MAX_KEY_LEN: usize = 512;
+/// Longest plugin instance name, which namespaces its keys.
+pub const MAX_NAMESPACE_LEN: usize = 64;
+/// Longest key the store accepts: a plugin's key in its namespace
+/// (`<plugin>:<key>`).
+pub const MAX_STORED_KEY_LEN: usize = MAX_NAMESPACE_LEN + 1 + MAX_KEY_LEN;
 /// Largest value a plugin may store.
 pub const MAX_VALUE_LEN: usize = 64 * 1024;
+/// Longest TTL: ten years. (Redis refuses larger expiries; a limit keeps
+/// both backends alike.)
+pub const MAX_TTL_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
 
 /// Why a state operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,16 +51,37 @@ pub enum StateError {
     Invalid(String),
 }
 
-fn check(key: &str, value: Option<&[u8]>) -> Result<(), StateError> {
-    if key.is_empty() || key.len() > MAX_KEY_LEN {
-        return Err(StateError::Invalid(format!("key length must be 1..={MAX_KEY_LEN} bytes, got {}", key.len())));
+fn check(key: &str, value: Option<&[u8]>, ttl_ms: u64) -> Result<(), StateError> {
+    if key.is_empty() || key.len() > MAX_STORED_KEY_LEN {
+        return Err(StateError::Invalid(format!(
+            "key length must be 1..={MAX_STORED_KEY_LEN} bytes, got {}",
+            key.len()
+        )));
     }
     if let Some(v) = value
         && v.len() > MAX_VALUE_LEN
     {
         return Err(StateError::Invalid(format!("value of {} bytes exceeds {MAX_VALUE_LEN}", v.len())));
     }
+    if ttl_ms > MAX_TTL_MS {
+        return Err(StateError::Invalid(format!("ttl of {ttl_ms} ms exceeds {MAX_TTL_MS} (ten years)")));
+    }
     Ok(())
+}
+
+/// A counter's value as Redis reads one: canonical decimal `i64` (optional
+/// `-`, no `+`, no leading zeros, no spaces).
+pub(crate) fn parse_counter(bytes: &[u8]) -> Option<i64> {
+    let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
+    let canonical = match digits {
+        [] => false,
+        [b'0'] => bytes.len() == 1,
+        [first, ..] => *first != b'0' && digits.iter().all(u8::is_ascii_digit),
+    };
+    if !canonical {
+        return None;
+    }
+    std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
 /// The state store shared by all plugins of a gateway.
@@ -71,19 +103,29 @@ impl StateStore {
     /// unreachable server does not stop the gateway from starting, its
     /// calls fail as unavailable until it answers.
     pub fn from_config(cfg: &StateConfig) -> Result<Self, String> {
-        match cfg.backend {
-            StateBackend::Memory => {
-                if cfg.url.is_some() {
-                    return Err("`url` is only used with backend = \"redis\"".into());
-                }
-                Ok(Self::Memory(MemoryState::new(cfg.max_entries)))
-            }
-            StateBackend::Redis => {
-                let url = cfg.url.as_deref().ok_or("backend = \"redis\" needs `url = \"redis://host:port\"`")?;
-                if cfg.timeout.is_zero() {
-                    return Err("`timeout` must be above zero".into());
-                }
+        Self::check_config(cfg)?;
+        match (cfg.backend, cfg.url.as_deref()) {
+            (StateBackend::Redis, Some(url)) => {
                 RedisState::new(url, &cfg.key_prefix, cfg.timeout, cfg.retry_interval).map(Self::Redis)
+            }
+            _ => Ok(Self::Memory(MemoryState::new(cfg.max_entries))),
+        }
+    }
+
+    /// Check `[state]` without building anything (no connection, no task):
+    /// what `weir check` and a reload use.
+    pub fn check_config(cfg: &StateConfig) -> Result<(), String> {
+        match (cfg.backend, cfg.url.as_deref()) {
+            (StateBackend::Memory, Some(_)) => Err("`url` is only used with backend = \"redis\"".into()),
+            (StateBackend::Memory, None) if cfg.max_entries == 0 => Err("`max_entries` must be above zero".into()),
+            (StateBackend::Memory, None) => Ok(()),
+            (StateBackend::Redis, None) => Err("backend = \"redis\" needs `url = \"redis://host:port\"`".into()),
+            (StateBackend::Redis, Some(url)) => {
+                redis::parse_url(url)?;
+                if cfg.timeout.is_zero() || cfg.retry_interval.is_zero() {
+                    return Err("`timeout` and `retry_interval` must be above zero".into());
+                }
+                Ok(())
             }
         }
     }
@@ -108,7 +150,7 @@ impl StateStore {
     /// Atomically add `delta` to a counter; a new counter starts at 0 and
     /// expires `ttl_ms` after creation (0: never).
     pub async fn incr(&self, key: &str, delta: i64, ttl_ms: u64) -> Result<i64, StateError> {
-        check(key, None)?;
+        check(key, None, ttl_ms)?;
         match self {
             Self::Memory(m) => m.incr(key, delta, ttl_ms).await,
             Self::Redis(r) => r.incr(key, delta, ttl_ms).await,
@@ -117,7 +159,7 @@ impl StateStore {
 
     /// Read a value (a counter reads as its decimal form).
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
-        check(key, None)?;
+        check(key, None, 0)?;
         match self {
             Self::Memory(m) => m.get(key).await,
             Self::Redis(r) => r.get(key).await,
@@ -126,7 +168,7 @@ impl StateStore {
 
     /// Write a value that expires after `ttl_ms` (0: never).
     pub async fn set(&self, key: &str, value: &[u8], ttl_ms: u64) -> Result<(), StateError> {
-        check(key, Some(value))?;
+        check(key, Some(value), ttl_ms)?;
         match self {
             Self::Memory(m) => m.set(key, value, ttl_ms).await,
             Self::Redis(r) => r.set(key, value, ttl_ms).await,
@@ -141,9 +183,9 @@ impl StateStore {
         value: &[u8],
         ttl_ms: u64,
     ) -> Result<bool, StateError> {
-        check(key, Some(value))?;
+        check(key, Some(value), ttl_ms)?;
         if let Some(e) = expected {
-            check(key, Some(e))?;
+            check(key, Some(e), ttl_ms)?;
         }
         match self {
             Self::Memory(m) => m.compare_and_swap(key, expected, value, ttl_ms).await,
@@ -153,7 +195,7 @@ impl StateStore {
 
     /// Remove a key; returns whether it existed.
     pub async fn delete(&self, key: &str) -> Result<bool, StateError> {
-        check(key, None)?;
+        check(key, None, 0)?;
         match self {
             Self::Memory(m) => m.delete(key).await,
             Self::Redis(r) => r.delete(key).await,
@@ -180,7 +222,8 @@ mod tests {
     async fn arguments_are_checked_for_every_backend() {
         let s = StateStore::default();
         assert!(matches!(s.get("").await, Err(StateError::Invalid(_))));
-        assert!(matches!(s.get(&"k".repeat(MAX_KEY_LEN + 1)).await, Err(StateError::Invalid(_))));
+        assert!(matches!(s.get(&"k".repeat(MAX_STORED_KEY_LEN + 1)).await, Err(StateError::Invalid(_))));
+        assert!(matches!(s.incr("k", 1, MAX_TTL_MS + 1).await, Err(StateError::Invalid(_))));
         assert!(matches!(s.set("k", &vec![0; MAX_VALUE_LEN + 1], 0).await, Err(StateError::Invalid(_))));
         assert!(matches!(s.incr("", 1, 0).await, Err(StateError::Invalid(_))));
         assert_eq!(s.incr("k", 1, 0).await, Ok(1));
@@ -193,8 +236,24 @@ mod tests {
         cfg.backend = StateBackend::Redis;
         cfg.url = None;
         assert!(StateStore::from_config(&cfg).err().is_some_and(|e| e.contains("needs `url")));
-        cfg.url = Some("http://127.0.0.1:6379".into());
+        cfg.url = Some("http://user:hunter2@127.0.0.1:6379".into());
         let e = StateStore::from_config(&cfg).err().unwrap_or_default();
         assert!(e.contains("invalid redis url"), "{e}");
+        assert!(!e.contains("hunter2"), "credentials stay out of errors: {e}");
+        cfg.url = Some("redis://127.0.0.1:6379".into());
+        cfg.retry_interval = Duration::ZERO;
+        assert!(StateStore::check_config(&cfg).is_err_and(|e| e.contains("above zero")));
+    }
+
+    #[test]
+    fn counters_parse_like_redis() {
+        for (text, value) in
+            [("0", Some(0)), ("-7", Some(-7)), ("42", Some(42)), ("9223372036854775807", Some(i64::MAX))]
+        {
+            assert_eq!(parse_counter(text.as_bytes()), value, "{text}");
+        }
+        for text in ["", "-", "+5", "007", "-0", " 1", "1 ", "1e3", "9223372036854775808"] {
+            assert_eq!(parse_counter(text.as_bytes()), None, "{text:?}");
+        }
     }
 }

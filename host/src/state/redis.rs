@@ -1,5 +1,6 @@
 //! The Redis backend: the same operations as the in-process store, each one
-//! atomic on the server (a command or a small Lua script) and one round trip.
+//! atomic on the server (a command, a `MULTI`/`EXEC` transaction, or a small
+//! Lua script) and one round trip.
 //!
 //! Failure handling is the point of this module. One multiplexed
 //! connection (redis-rs `ConnectionManager`, reconnecting by itself) carries
@@ -15,20 +16,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
+use redis::{RedisError, Script};
 
 use super::StateError;
-
-/// `INCRBY` that sets the expiry only when it creates the counter, like the
-/// in-process store: a fixed window ends `ttl` after its first hit.
-const INCR: &str = r"
-local created = redis.call('EXISTS', KEYS[1]) == 0
-local v = redis.call('INCRBY', KEYS[1], ARGV[1])
-if created and tonumber(ARGV[2]) > 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return v
-";
 
 /// Compare-and-swap. ARGV: expect-present flag, expected, new value, ttl.
 const CAS: &str = r"
@@ -46,13 +36,36 @@ end
 return 1
 ";
 
+/// Consecutive failed calls (timeouts, server errors) that open the
+/// fail-fast window; a refused connection opens it at once. One slow reply
+/// does not switch off every plugin's state for a whole `retry_interval`.
+const FAILURES_TO_TRIP: u32 = 3;
+
 /// Whether the server is answering, for fail-fast and for the log.
 #[derive(Debug, Default)]
 struct Health {
-    /// While set and in the future, calls fail at once.
+    /// Whether any call has finished yet (`reachable` is unknown before).
+    checked: bool,
+    /// Failed calls since the last success.
+    failures: u32,
+    /// While set and in the future, calls fail at once; once past, one
+    /// call probes and pushes it forward again.
     retry_at: Option<Instant>,
     /// Why the last call failed, while down.
     last_error: Option<String>,
+}
+
+/// A Redis URL with any password replaced, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// Parse a Redis URL (no connection is made).
+pub(super) fn parse_url(url: &str) -> Result<redis::Client, String> {
+    redis::Client::open(url).map_err(|e| format!("invalid redis url {:?}: {e}", redact(url)))
 }
 
 /// State in a Redis server.
@@ -62,7 +75,6 @@ pub struct RedisState {
     timeout: Duration,
     retry_interval: Duration,
     health: Mutex<Health>,
-    incr: Script,
     cas: Script,
     /// `host:port/db`, without credentials, for logs and status.
     display: String,
@@ -72,7 +84,7 @@ impl RedisState {
     /// A backend for `url`. Connects lazily, so an unreachable server does
     /// not fail the gateway's start; it is reported as unavailable instead.
     pub fn new(url: &str, prefix: &str, timeout: Duration, retry_interval: Duration) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("invalid redis url {url:?}: {e}"))?;
+        let client = parse_url(url)?;
         let info = client.get_connection_info();
         let display = format!("{}/{}", info.addr(), info.redis_settings().db());
         let config = ConnectionManagerConfig::new()
@@ -88,7 +100,6 @@ impl RedisState {
             timeout,
             retry_interval,
             health: Mutex::new(Health::default()),
-            incr: Script::new(INCR),
             cas: Script::new(CAS),
             display,
         })
@@ -97,11 +108,12 @@ impl RedisState {
     /// For `/admin/status`.
     pub fn describe(&self) -> serde_json::Value {
         let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let reachable = health.checked.then_some(health.retry_at.is_none());
         serde_json::json!({
             "backend": "redis",
             "address": self.display,
             "key_prefix": self.prefix,
-            "reachable": health.last_error.is_none(),
+            "reachable": reachable,
             "last_error": health.last_error,
         })
     }
@@ -115,63 +127,72 @@ impl RedisState {
 
     /// Run one operation under the timeout and the fail-fast window.
     ///
-    /// `op` is called again once when a probe after an outage meets the
-    /// connection that failed during the outage: that error only starts the
-    /// reconnection (the command never reached a server), and the retry
-    /// waits for the new connection, so the first probe after Redis returns
-    /// already succeeds.
+    /// `op` is called a second time (within the same timeout) only when a
+    /// probe after an outage meets the connection that was refused during
+    /// the outage: that error only starts the reconnection (nothing was
+    /// sent), and the retry waits for the new connection, so the first probe
+    /// after Redis returns already succeeds.
     async fn run<T, F>(&self, op: impl Fn() -> F) -> Result<T, StateError>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
-        let probing = match self.failing_fast() {
-            Some(Ok(())) => true,
-            Some(Err(e)) => return Err(e),
-            None => false,
+        let probing = self.admit()?;
+        let attempts = async {
+            let first = op().await;
+            match first {
+                Err(e) if probing && e.is_connection_refusal() => op().await,
+                other => other,
+            }
         };
-        let mut result = tokio::time::timeout(self.timeout, op()).await;
-        if probing && matches!(&result, Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped()) {
-            result = tokio::time::timeout(self.timeout, op()).await;
-        }
-        match result {
+        match tokio::time::timeout(self.timeout, attempts).await {
             Ok(Ok(v)) => {
-                self.mark_up();
+                self.succeeded();
                 Ok(v)
             }
-            Ok(Err(e)) if is_argument_error(&e) => Err(StateError::Invalid(e.to_string())),
-            Ok(Err(e)) => Err(self.mark_down(e.to_string())),
-            Err(_) => Err(self.mark_down(format!("no answer within {:?}", self.timeout))),
+            Ok(Err(e)) if is_argument_error(&e) => {
+                self.succeeded();
+                Err(StateError::Invalid(e.to_string()))
+            }
+            Ok(Err(e)) => Err(self.failed(e.to_string(), e.is_connection_refusal())),
+            Err(_) => Err(self.failed(format!("no answer within {:?}", self.timeout), false)),
         }
     }
 
-    /// `None` while healthy; while down, `Err` inside the fail-fast window
-    /// and `Ok` (a probe may go) after it.
-    fn failing_fast(&self) -> Option<Result<(), StateError>> {
-        let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        let retry_at = health.retry_at?;
+    /// Whether a call may go to Redis: `Ok(false)` normally, `Ok(true)` for
+    /// the one probe after a fail-fast window (which pushes the window
+    /// forward, so concurrent calls keep failing fast), `Err` inside it.
+    fn admit(&self) -> Result<bool, StateError> {
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(retry_at) = health.retry_at else { return Ok(false) };
         let now = Instant::now();
         if now >= retry_at {
-            return Some(Ok(()));
+            health.retry_at = Some(now + self.retry_interval);
+            return Ok(true);
         }
-        Some(Err(StateError::Unavailable(format!(
+        Err(StateError::Unavailable(format!(
             "redis at {} is unreachable ({}); next attempt in {} ms",
             self.display,
             health.last_error.as_deref().unwrap_or("unknown error"),
             (retry_at - now).as_millis()
-        ))))
+        )))
     }
 
-    fn mark_up(&self) {
+    fn succeeded(&self) {
         let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        if health.last_error.take().is_some() {
-            health.retry_at = None;
+        health.checked = true;
+        health.failures = 0;
+        if health.retry_at.take().is_some() {
+            health.last_error = None;
             tracing::warn!(redis = %self.display, "state backend reachable again");
         }
     }
 
-    fn mark_down(&self, error: String) -> StateError {
+    fn failed(&self, error: String, refused: bool) -> StateError {
         let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        if health.last_error.is_none() {
+        health.checked = true;
+        health.failures += 1;
+        let tripping = health.retry_at.is_none() && (refused || health.failures >= FAILURES_TO_TRIP);
+        if tripping {
             tracing::warn!(
                 redis = %self.display,
                 %error,
@@ -180,7 +201,9 @@ impl RedisState {
                  (the rate limiter fails open by default)"
             );
         }
-        health.retry_at = Some(Instant::now() + self.retry_interval);
+        if tripping || health.retry_at.is_some() {
+            health.retry_at = Some(Instant::now() + self.retry_interval);
+        }
         health.last_error = Some(error.clone());
         StateError::Unavailable(format!("redis at {}: {error}", self.display))
     }
@@ -203,10 +226,26 @@ impl RedisState {
         .await
     }
 
+    /// `SET key 0 NX PX ttl` then `INCRBY`, in one transaction: the expiry is
+    /// set only when the counter is created, like the in-process store (a
+    /// fixed window ends `ttl` after its first hit). Not a Lua script: Lua
+    /// numbers are doubles, which would round counters beyond 2^53.
     pub(super) async fn incr(&self, key: &str, delta: i64, ttl_ms: u64) -> Result<i64, StateError> {
-        let mut call = self.incr.key(self.key(key));
-        call.arg(delta).arg(ttl_ms);
-        self.script(&call).await
+        let key = self.key(key);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if ttl_ms > 0 {
+            pipe.cmd("SET").arg(&key).arg(0).arg("NX").arg("PX").arg(ttl_ms).ignore();
+        }
+        pipe.cmd("INCRBY").arg(&key).arg(delta);
+        let (value,): (i64,) = self
+            .run(|| {
+                let mut conn = self.conn.clone();
+                let pipe = &pipe;
+                async move { pipe.query_async(&mut conn).await }
+            })
+            .await?;
+        Ok(value)
     }
 
     pub(super) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
@@ -241,8 +280,13 @@ impl RedisState {
     }
 }
 
-/// The server refused this call's arguments (e.g. `INCRBY` on a value that
-/// is not a number): the caller's fault, not an outage.
+/// The server refused this call's arguments — a counter operation on a
+/// value that is not a counter, or one that would overflow: the caller's
+/// fault, not an outage. Every other error (OOM, NOAUTH, READONLY,
+/// MISCONF, LOADING, ...) means the backend cannot serve: unavailable.
 fn is_argument_error(e: &RedisError) -> bool {
-    matches!(e.kind(), ErrorKind::Server(ServerErrorKind::ResponseError) | ErrorKind::Extension)
+    // Matched on the text: inside MULTI/EXEC or a script the server wraps
+    // the original error, and its code is no longer the first word.
+    let text = e.to_string();
+    text.contains("WRONGTYPE") || text.contains("not an integer") || text.contains("would overflow")
 }

@@ -38,6 +38,11 @@ struct Settings {
     /// Reject the configuration with this message.
     #[serde(default)]
     reject: Option<String>,
+    /// Keep the request path as a request-local value in `on_request` and
+    /// return it in `x-local-<tag>` on the response; report in
+    /// `x-local-before-<tag>` (upstream) any value present before it was set.
+    #[serde(default)]
+    local: bool,
 }
 
 struct Probe {
@@ -82,6 +87,16 @@ impl Plugin for Probe {
         if let Some(h) = &self.s.remove_header {
             req.headers_mut().remove(h.as_str());
         }
+        if self.s.local {
+            let tag = self.s.tag.as_deref().unwrap_or("probe");
+            if let Some(before) = cx.get_local("path") {
+                req.headers_mut().insert(HeaderName::try_from(format!("x-local-before-{tag}"))?, before.try_into()?);
+            }
+            let path = req.path().to_owned();
+            if !cx.set_local("path", path.as_bytes()) {
+                return Err(Error::internal("set_local refused"));
+            }
+        }
         if self.s.count {
             let n = cx.state().incr("requests", 1, 0)?;
             req.headers_mut().insert("x-count", HeaderValue::from(n));
@@ -98,9 +113,14 @@ impl Plugin for Probe {
         Ok(Action::Continue)
     }
 
-    fn on_response(&self, _req: &Request, resp: &mut Response, _cx: &Context) -> Result<Action> {
+    fn on_response(&self, _req: &Request, resp: &mut Response, cx: &Context) -> Result<Action> {
         if let Some(tag) = &self.s.tag {
             append(resp.headers_mut(), "x-chain-resp", tag)?;
+        }
+        if self.s.local {
+            let tag = self.s.tag.as_deref().unwrap_or("probe");
+            let kept = cx.get_local("path").unwrap_or_else(|| b"(none)".to_vec());
+            resp.headers_mut().insert(HeaderName::try_from(format!("x-local-{tag}"))?, kept.try_into()?);
         }
         if let Some(status) = self.s.response_status {
             resp.set_status(StatusCode::from_u16(status)?);
