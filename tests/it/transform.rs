@@ -1,14 +1,23 @@
 //! `transform` plugin through the real gateway: request edits seen by the
 //! echo upstream, response edits seen by the client.
 
+use std::net::SocketAddr;
+
 use http::Method;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weir_tests::{TestGateway, Upstream};
 
-/// A gateway whose `items` route (`/items/{id}`) and catch-all route both
-/// run the transform plugin `tx`, configured by `config` (TOML sub-tables
-/// under `[plugins.tx.config]`, as a user would write them).
+/// A gateway whose `items` route (`/items/{id}`), `files` route
+/// (`/files/{*rest}`) and catch-all route all run the transform plugin
+/// `tx`, configured by `config` (TOML sub-tables under
+/// `[plugins.tx.config]`, as a user would write them).
 async fn gateway(up: &Upstream, config: &str) -> TestGateway {
+    gateway_at(up.addr, config).await
+}
+
+/// [`gateway`] in front of the upstream at `addr`.
+async fn gateway_at(addr: SocketAddr, config: &str) -> TestGateway {
     let cfg = format!(
         r#"
 [plugins.tx]
@@ -26,14 +35,49 @@ upstream = "up"
 chain = ["tx"]
 
 [[routes]]
+name = "files"
+path = "/files/{{*rest}}"
+upstream = "up"
+chain = ["tx"]
+
+[[routes]]
 name = "rest"
 path_prefix = "/"
 upstream = "up"
 chain = ["tx"]
-"#,
-        addr = up.addr
+"#
     );
     TestGateway::start(&cfg, &["transform.wasm"]).await
+}
+
+/// An upstream that answers every request with `body` as JSON: the echo
+/// upstream cannot send a document with duplicate keys.
+async fn fixed_json_upstream(body: &'static str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // Requests to it carry no body: read the head, then answer.
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(resp.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    addr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,4 +250,53 @@ async fn asks_only_for_needed_phases_and_rejects_bad_config() {
     let text = err.to_string();
     assert!(text.contains("plugin `tx` (transform.wasm): config rejected by the plugin"), "{text}");
     assert!(text.contains("request.headers.set.x-a: unknown template source {nope}"), "{text}");
+}
+
+/// Review finding 1.5: a body edit applies to every duplicate of the keys
+/// on its way, so a parser that keeps the first duplicate (upstream or
+/// client) sees it as well as one that keeps the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_edits_reach_every_duplicate_key() {
+    let up = Upstream::start("up").await;
+    let gw =
+        gateway(&up, "[plugins.tx.config.request.body]\nremove = [\"/a/role\"]\nset = { \"/a/via\" = \"gw\" }\n").await;
+    for body in [r#"{"a":{"role":"admin"},"a":{}}"#, r#"{"a":{},"a":{"role":"admin"}}"#] {
+        let r = gw.request(Method::POST, "/items/7", &[("content-type", "application/json")], body).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["body"], r#"{"a":{"via":"gw"},"a":{"via":"gw"}}"#, "{body}");
+    }
+
+    let upstream = fixed_json_upstream(r#"{"user":{"name":"ann","ssn":"078-05-1120"},"user":{"name":"ann"}}"#).await;
+    let gw = gateway_at(upstream, "[plugins.tx.config.response.body]\nremove = [\"/user/ssn\"]\n").await;
+    let r = gw.get("/items/7").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), r#"{"user":{"name":"ann"},"user":{"name":"ann"}}"#);
+    assert_eq!(r.header("content-length"), Some(r.body.len().to_string().as_str()));
+}
+
+/// Review finding 1.6: a path parameter (or the rest of the path) that
+/// would be a `.` or `..` segment of the rewritten path is refused, so it
+/// cannot climb out of the prefix once the upstream normalises the path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_values_cannot_climb_out_of_a_prefix() {
+    let up = Upstream::start("up").await;
+    let gw = gateway(
+        &up,
+        r#"
+[plugins.tx.config.request.path]
+regex = "^/(items|files)/.*$"
+replace = "/tenants/{path.id}{path.rest}"
+"#,
+    )
+    .await;
+    assert_eq!(gw.get("/items/acme").await.json()["uri"], "/tenants/acme");
+    assert_eq!(gw.get("/files/a/b.txt").await.json()["uri"], "/tenants/a/b.txt");
+    let hits = up.hits();
+    for path in ["/items/..", "/items/.", "/items/%2e%2E", "/items/..;x", "/files/a/../../../admin", "/files/%2E%2E/x"]
+    {
+        let r = gw.get(path).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        assert!(r.json()["error"].as_str().expect("error message").contains("dot segment"), "{}", r.text());
+    }
+    assert_eq!(up.hits(), hits, "refused requests never reach the upstream");
 }

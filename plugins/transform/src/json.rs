@@ -82,178 +82,198 @@ impl Json {
     /// JavaScript and serde_json.
     #[cfg(test)]
     pub(crate) fn get(&self, ptr: &Pointer) -> Option<&Json> {
-        ptr.tokens.iter().try_fold(self, |node, token| node.child(token))
-    }
-
-    fn child(&self, token: &str) -> Option<&Json> {
-        match self {
+        ptr.tokens.iter().try_fold(self, |node, token| match node {
             Json::Object(members) => members.iter().rev().find(|(k, _)| k == token).map(|(_, v)| v),
             Json::Array(items) => items.get(array_index(token)?),
             _ => None,
-        }
+        })
     }
 
-    fn child_mut(&mut self, token: &str) -> Option<&mut Json> {
+    // Duplicate keys. A document may repeat a key (`{"a":{…},"a":{…}}`);
+    // parsers disagree on which duplicate counts (the first, the last, or
+    // an error). So every edit follows EVERY duplicate along its pointer
+    // ("fans out"): whichever one the next parser keeps, it sees the edit.
+
+    /// Call `f` on every node at `tokens`, following every duplicate key.
+    fn for_each_at(&mut self, tokens: &[String], f: &mut impl FnMut(&mut Json)) {
+        let Some((token, rest)) = tokens.split_first() else {
+            f(self);
+            return;
+        };
         match self {
-            Json::Object(members) => members.iter_mut().rev().find(|(k, _)| k == token).map(|(_, v)| v),
-            Json::Array(items) => items.get_mut(array_index(token)?),
-            _ => None,
+            Json::Object(members) => {
+                for (_, v) in members.iter_mut().filter(|(k, _)| k == token) {
+                    v.for_each_at(rest, f);
+                }
+            }
+            Json::Array(items) => {
+                if let Some(v) = array_index(token).and_then(|i| items.get_mut(i)) {
+                    v.for_each_at(rest, f);
+                }
+            }
+            _ => {}
         }
     }
 
     /// Set the value at `ptr`, creating missing intermediate objects (an
     /// array grows by one object for `-` or its length as index). Replaces an
-    /// existing member (all duplicates) or array element; appends to an array
-    /// for `-` or index == length. Gives the value back when the path runs
-    /// through a scalar or past the end of an array; nothing changed then.
+    /// existing member (all duplicates, at the first one's place) or array
+    /// element; appends to an array for `-` or index == length. With
+    /// duplicate keys on the way, the value goes into every duplicate that
+    /// can take it. Gives the value back, changing nothing, when no node can:
+    /// the path runs through a scalar or past the end of an array.
     pub(crate) fn set(&mut self, ptr: &Pointer, value: Json) -> Result<(), Json> {
-        let Some((last, parents)) = ptr.tokens.split_last() else {
+        self.place(&ptr.tokens, value)
+    }
+
+    /// [`Json::set`] below `self`. A branch fails only at an existing node
+    /// (a scalar, an array too short), before creating anything, so `Err`
+    /// means nothing changed. Clones the value only for duplicates.
+    fn place(&mut self, tokens: &[String], value: Json) -> Result<(), Json> {
+        let Some((token, rest)) = tokens.split_first() else {
             *self = value;
             return Ok(());
         };
-        // Check first, so a failure leaves the document untouched (creation
-        // only ever happens below the last existing node).
-        if !self.settable(parents, last) {
-            return Err(value);
-        }
-        let mut node = self;
-        for token in parents {
-            node = node.child_or_create(token);
-        }
-        match node {
+        match self {
             Json::Object(members) => {
-                let mut slots = members.iter().enumerate().filter(|(_, (k, _))| k == last).map(|(i, _)| i);
-                match slots.next() {
-                    Some(first) => {
-                        let dups: Vec<usize> = slots.collect();
-                        for i in dups.into_iter().rev() {
-                            members.remove(i);
-                        }
-                        members[first].1 = value;
-                    }
-                    None => members.push((last.clone(), value)),
+                if rest.is_empty() {
+                    // The member itself: one, at the first duplicate's place.
+                    let mut seen = false;
+                    members.retain(|(k, _)| k != token || !std::mem::replace(&mut seen, true));
+                }
+                let Some(last) = members.iter().rposition(|(k, _)| k == token) else {
+                    members.push((token.clone(), Json::Object(Vec::new())));
+                    return members.last_mut().expect("just pushed").1.place(rest, value);
+                };
+                let mut placed = false;
+                for (_, v) in members[..last].iter_mut().filter(|(k, _)| k == token) {
+                    placed |= v.place(rest, value.clone()).is_ok();
+                }
+                match members[last].1.place(rest, value) {
+                    Err(value) if !placed => Err(value),
+                    _ => Ok(()),
                 }
             }
-            Json::Array(items) => match array_slot(last, items.len()) {
-                Some(i) if i < items.len() => items[i] = value,
-                _ => items.push(value),
+            Json::Array(items) => match array_slot(token, items.len()) {
+                Some(i) if i < items.len() => items[i].place(rest, value),
+                Some(_) => {
+                    items.push(Json::Object(Vec::new()));
+                    items.last_mut().expect("just pushed").place(rest, value)
+                }
+                None => Err(value),
             },
-            _ => return Err(value),
+            _ => Err(value),
         }
-        Ok(())
     }
 
-    fn settable(&self, parents: &[String], last: &str) -> bool {
-        let mut node = self;
-        for token in parents {
-            match node.child(token) {
-                Some(next) => node = next,
-                // Missing: creatable if the container accepts it; below it
-                // everything is a fresh object, which accepts anything.
-                None => return accepts(node, token),
+    /// Whether [`Json::place`] would succeed.
+    fn placeable(&self, tokens: &[String]) -> bool {
+        let Some((token, rest)) = tokens.split_first() else { return true };
+        match self {
+            Json::Object(members) => {
+                let mut found = members.iter().filter(|(k, _)| k == token).peekable();
+                // A missing member is created.
+                found.peek().is_none() || found.any(|(_, v)| v.placeable(rest))
             }
+            Json::Array(items) => match array_slot(token, items.len()) {
+                Some(i) if i < items.len() => items[i].placeable(rest),
+                Some(_) => true,
+                None => false,
+            },
+            _ => false,
         }
-        accepts(node, last)
     }
 
-    fn child_or_create(&mut self, token: &str) -> &mut Json {
-        if self.child(token).is_none() {
-            match self {
-                Json::Object(members) => members.push((token.to_owned(), Json::Object(Vec::new()))),
-                Json::Array(items) => items.push(Json::Object(Vec::new())),
-                _ => {}
-            }
-            return match self {
-                Json::Object(members) => &mut members.last_mut().expect("just pushed").1,
-                Json::Array(items) => items.last_mut().expect("just pushed"),
-                other => other,
-            };
-        }
-        self.child_mut(token).expect("checked above")
-    }
-
-    /// Remove the value at `ptr` (every duplicate member), returning the
-    /// last one and where it was; `None` if absent.
-    fn take(&mut self, ptr: &Pointer) -> Option<(Json, usize)> {
-        let (last, parents) = ptr.tokens.split_last()?;
-        let mut node = self;
-        for token in parents {
-            node = node.child_mut(token)?;
-        }
-        match node {
+    /// Remove child `key` of this node (every duplicate member), returning
+    /// the last one and the first one's place; `None` if absent.
+    fn take_child(&mut self, key: &str) -> Option<(Json, usize)> {
+        match self {
             Json::Object(members) => {
                 let mut taken = None;
                 let mut i = members.len();
                 while i > 0 {
                     i -= 1;
-                    if members[i].0 == *last {
+                    if members[i].0 == key {
                         let (_, v) = members.remove(i);
                         // Keep the last duplicate (the one `get` sees) and
-                        // the first position (where it is put back).
+                        // the first position (where a rename puts it).
                         taken = Some((taken.map_or(v, |(kept, _)| kept), i));
                     }
                 }
                 taken
             }
             Json::Array(items) => {
-                let i = array_index(last).filter(|&i| i < items.len())?;
+                let i = array_index(key).filter(|&i| i < items.len())?;
                 Some((items.remove(i), i))
             }
             _ => None,
         }
     }
 
-    /// Put a value taken by [`Json::take`] back where it was.
-    fn untake(&mut self, ptr: &Pointer, value: Json, at: usize) {
-        let Some((last, parents)) = ptr.tokens.split_last() else { return };
-        let mut node = self;
-        for token in parents {
-            match node.child_mut(token) {
-                Some(next) => node = next,
-                None => return,
-            }
-        }
-        match node {
-            Json::Object(members) => members.insert(at.min(members.len()), (last.clone(), value)),
-            Json::Array(items) => items.insert(at.min(items.len()), value),
-            _ => {}
-        }
-    }
-
-    /// Remove the value at `ptr`; whether anything was removed.
+    /// Remove the value at `ptr` (every duplicate member, below every
+    /// duplicate parent); whether anything was removed.
     pub(crate) fn remove(&mut self, ptr: &Pointer) -> bool {
-        self.take(ptr).is_some()
+        let Some((key, parent)) = ptr.tokens.split_last() else { return false };
+        let mut removed = false;
+        self.for_each_at(parent, &mut |node| removed |= node.take_child(key).is_some());
+        removed
     }
 
     /// Move the value at `from` to `to` (as [`Json::set`] would place it).
     /// Nothing happens if `from` is absent or `to` cannot be set.
-    /// A member renamed within its object keeps its place.
+    ///
+    /// When `to` is beside `from` (or below a sibling), each duplicate parent
+    /// of `from` renames its own member, and a member renamed within its
+    /// object keeps its place. Otherwise the member is taken from every
+    /// duplicate parent and the last one found is set at `to`.
     pub(crate) fn rename(&mut self, from: &Pointer, to: &Pointer) -> bool {
-        let Some((value, at)) = self.take(from) else { return false };
-        if let (Some((new_key, parent)), Some((_, from_parent))) = (to.tokens.split_last(), from.tokens.split_last())
-            && parent == from_parent
-            && let Some(Json::Object(members)) = parent.iter().try_fold(&mut *self, |node, t| node.child_mut(t))
+        let Some((key, parent)) = from.tokens.split_last() else { return false };
+        if from.starts_with(to) || to.starts_with(from) {
+            return false;
+        }
+        if let Some(to_rel) = to.tokens.strip_prefix(parent) {
+            let mut renamed = false;
+            self.for_each_at(parent, &mut |node| renamed |= node.rename_child(key, to_rel));
+            return renamed;
+        }
+        // Taking `from` cannot change where `to` leads: `to` does not go
+        // through `from`'s parents. So check first, then move.
+        if !self.placeable(&to.tokens) {
+            return false;
+        }
+        let mut value = None;
+        self.for_each_at(parent, &mut |node| {
+            if let Some((v, _)) = node.take_child(key) {
+                value = Some(v);
+            }
+        });
+        value.is_some_and(|v| self.place(&to.tokens, v).is_ok())
+    }
+
+    /// Rename child `key` of this node to `to_rel` below it (not inside it).
+    fn rename_child(&mut self, key: &str, to_rel: &[String]) -> bool {
+        // In an object, taking `key` changes nothing on the way to `to_rel`:
+        // check first, so that no duplicate is lost when it cannot be placed.
+        if matches!(self, Json::Object(_)) && !self.placeable(to_rel) {
+            return false;
+        }
+        let Some((value, at)) = self.take_child(key) else { return false };
+        if let (Json::Object(members), [new_key]) = (&mut *self, to_rel)
             && !members.iter().any(|(k, _)| k == new_key)
         {
             members.insert(at.min(members.len()), (new_key.clone(), value));
             return true;
         }
-        match self.set(to, value) {
+        match self.place(to_rel, value) {
             Ok(()) => true,
+            // Only in an array, whose later elements moved down one place.
             Err(value) => {
-                self.untake(from, value, at);
+                if let Json::Array(items) = self {
+                    items.insert(at.min(items.len()), value);
+                }
                 false
             }
         }
-    }
-}
-
-/// Whether a container can receive `token` as a new member or element.
-fn accepts(node: &Json, token: &str) -> bool {
-    match node {
-        Json::Object(_) => true,
-        Json::Array(items) => array_slot(token, items.len()).is_some(),
-        _ => false,
     }
 }
 

@@ -118,7 +118,10 @@ impl Plugin for Transform {
         } else {
             None
         };
-        let path = self.path.as_ref().and_then(|p| p.apply(req.path(), &vars));
+        let path = match &self.path {
+            Some(plan) => plan.apply(req.path(), &vars).map_err(|e| Error::new(StatusCode::BAD_REQUEST, e))?,
+            None => None,
+        };
         let query = self.query.apply(req.query(), &vars);
 
         if let Some(values) = headers {

@@ -4,7 +4,7 @@
 use regex_lite::Regex;
 
 use crate::config::PathSettings;
-use crate::template::{Group, Template, Vars, check_path_text};
+use crate::template::{Group, Template, Vars, check_path_text, has_dot_segment};
 
 /// Compiled path rewrite.
 pub(crate) struct PathPlan {
@@ -26,6 +26,7 @@ impl PathPlan {
                 for lit in t.literals() {
                     check_path_text(lit).map_err(|e| format!("request.path.replace: {e}"))?;
                 }
+                no_dot_segment("request.path.replace", replace, &t)?;
                 for g in t.groups() {
                     let known = match g {
                         Group::Index(i) => *i < regex.captures_len(),
@@ -58,6 +59,7 @@ impl PathPlan {
                 for lit in t.literals() {
                     check_path_text(lit).map_err(|e| format!("{key}: {e}"))?;
                 }
+                no_dot_segment(key, p, &t)?;
                 Some(t)
             }
             None => None,
@@ -68,8 +70,12 @@ impl PathPlan {
         Ok(Some(Self { strip_prefix, rewrite, add_prefix }))
     }
 
-    /// The new path, or `None` if unchanged.
-    pub(crate) fn apply(&self, path: &str, vars: &Vars<'_>) -> Option<String> {
+    /// The new path, or `None` if unchanged; `Err` (a message for the
+    /// client) if it would contain a dot segment. Such a segment comes from
+    /// the request (the config's own text is checked in `compile`): a value
+    /// `..` or a path `/api/../admin` would let an upstream that normalises
+    /// the path climb out of the prefix or replacement this rewrite added.
+    pub(crate) fn apply(&self, path: &str, vars: &Vars<'_>) -> Result<Option<String>, String> {
         let mut current = path.to_owned();
         if let Some(prefix) = &self.strip_prefix
             && let Some(rest) = current.strip_prefix(prefix.as_str())
@@ -100,8 +106,24 @@ impl PathPlan {
         if !current.starts_with('/') {
             current.insert(0, '/');
         }
-        (current != path).then_some(current)
+        if current == path {
+            return Ok(None);
+        }
+        if has_dot_segment(&current) {
+            return Err(
+                "the rewritten path would contain a dot segment (\".\" or \"..\", perhaps percent-encoded)".into()
+            );
+        }
+        Ok(Some(current))
     }
+}
+
+/// Refuse a template whose own text makes a dot segment.
+fn no_dot_segment(key: &str, text: &str, t: &Template) -> Result<(), String> {
+    if has_dot_segment(&t.render_sample()) {
+        return Err(format!("{key}: {text:?} contains a dot segment (\".\" or \"..\")"));
+    }
+    Ok(())
 }
 
 /// A literal prefix: starts with '/', no trailing '/', valid path text.

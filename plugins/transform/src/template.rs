@@ -210,18 +210,15 @@ impl Template {
 
     /// A piece of URL path: literals and path values as they are, capture
     /// groups as matched, other values percent-encoded as one segment (a
-    /// value `..` cannot climb up a level, a `/` cannot add one).
+    /// `/` cannot add one). Dot segments are the caller's concern: see
+    /// [`has_dot_segment`].
     pub(crate) fn render_path(&self, vars: &Vars<'_>, caps: Option<&Captures<'_>>) -> String {
         let mut out = String::new();
         for part in &self.parts {
             match part {
                 Part::Lit(s) => out.push_str(s),
                 Part::Var(src) if src.is_path_text() => out.push_str(&vars.get(src)),
-                Part::Var(src) => match vars.get(src).as_ref() {
-                    "." => out.push_str("%2E"),
-                    ".." => out.push_str("%2E%2E"),
-                    v => out.extend(utf8_percent_encode(v, COMPONENT)),
-                },
+                Part::Var(src) => out.extend(utf8_percent_encode(&vars.get(src), COMPONENT)),
                 Part::Group(g) => {
                     let m = caps.and_then(|c| match g {
                         Group::Index(i) => c.get(*i),
@@ -232,6 +229,18 @@ impl Template {
             }
         }
         out
+    }
+
+    /// The template with every placeholder and group as `x`: what its
+    /// literal text adds to a path, for checks at load time.
+    pub(crate) fn render_sample(&self) -> String {
+        self.parts
+            .iter()
+            .map(|part| match part {
+                Part::Lit(s) => s.as_str(),
+                Part::Var(_) | Part::Group(_) => "x",
+            })
+            .collect()
     }
 }
 
@@ -308,6 +317,22 @@ pub(crate) fn check_path_text(text: &str) -> Result<(), String> {
         i += 1;
     }
     Ok(())
+}
+
+/// Whether URL path `path` has a dot segment in any spelling that a server
+/// may resolve: once percent-decoded and split at `/` or `\`, with `;…`
+/// parameters ignored, a segment that is `.` or `..` (so `%2e%2E`, `.%2E`,
+/// `..;x` and `..%2F` count; `...` and `a..b` do not). An upstream that
+/// normalises such a path climbs out of a prefix the gateway put in front.
+pub(crate) fn has_dot_segment(path: &str) -> bool {
+    if !path.contains(['.', '%']) {
+        return false;
+    }
+    let decoded: Vec<u8> = percent_decode_str(path).collect();
+    decoded.split(|&b| b == b'/' || b == b'\\').any(|segment| {
+        let name = segment.split(|&b| b == b';').next().unwrap_or(segment);
+        name == b"." || name == b".."
+    })
 }
 
 /// Where placeholder values come from during one phase: the request the

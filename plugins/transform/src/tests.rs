@@ -297,9 +297,72 @@ fn template_values_are_encoded_in_the_path() {
         .path_param("p", "caf%C3%A9");
     let enc = |v: &str| h.on_request(with_headers("/x", &[("x-t", v)])).unwrap_continue().uri().to_string();
     assert_eq!(enc("a b/c?d#e%"), "/t/a%20b%2Fc%3Fd%23e%25/caf%C3%A9/x", "one segment; path values kept as sent");
-    assert_eq!(enc(".."), "/t/%2E%2E/caf%C3%A9/x", "no dot segments");
-    assert_eq!(enc("."), "/t/%2E/caf%C3%A9/x");
     assert_eq!(enc("café"), "/t/caf%C3%A9/caf%C3%A9/x");
+    assert_eq!(enc("%2E%2E"), "/t/%252E%252E/caf%C3%A9/x", "text, not an escaped dot segment");
+    assert_eq!(enc("..."), "/t/.../caf%C3%A9/x", "three dots are a name");
+}
+
+/// What `on_request` makes of `uri` with a path `config` and route
+/// parameters `params`: the new URI, or the status and error message.
+fn path_outcome(config: Value, params: &[(&str, &str)], uri: &str, headers: &[(&str, &str)]) -> Result<String, String> {
+    let mut h = harness(json!({ "request": { "path": config } }));
+    for (name, value) in params {
+        h = h.path_param(name, value);
+    }
+    match h.on_request(with_headers(uri, headers)) {
+        testing::Outcome::Continue(req) => Ok(req.uri().to_string()),
+        testing::Outcome::Respond(resp) => {
+            let err = body_json(resp.body());
+            Err(format!("{} {}", resp.status().as_u16(), err["error"].as_str().expect("message")))
+        }
+    }
+}
+
+/// Review finding 1.6: a request value that would become a `.` or `..`
+/// segment of the rewritten path could climb out of the configured prefix
+/// once the upstream normalises the path; such requests are refused.
+#[test]
+fn rewritten_paths_never_contain_dot_segments() {
+    let tenant = json!({ "add_prefix": "/tenants/{path.t}" });
+    let rest = json!({ "regex": "^/f/.*$", "replace": "/files/{path.rest}" });
+    let capture = json!({ "regex": "^/t/([^/]+)/(.*)$", "replace": "/tenants/$1/$2" });
+    let header = json!({ "add_prefix": "/t/{header.x-t}" });
+    let prefixes = json!({ "strip_prefix": "/api", "add_prefix": "/v2" });
+    let refused = [
+        (&tenant, ("t", ".."), "/x", ("x-t", "")),
+        (&tenant, ("t", "."), "/x", ("x-t", "")),
+        (&tenant, ("t", "%2e%2E"), "/x", ("x-t", "")),
+        (&tenant, ("t", ".%2E"), "/x", ("x-t", "")),
+        (&tenant, ("t", "..;x=1"), "/x", ("x-t", "")),
+        (&tenant, ("t", "..%2Fadmin"), "/x", ("x-t", "")),
+        (&tenant, ("t", "..%5Cadmin"), "/x", ("x-t", "")),
+        (&rest, ("rest", "a/../../etc/passwd"), "/f/a/../../etc/passwd", ("x-t", "")),
+        (&rest, ("rest", "a/%2E%2E/b"), "/f/a/%2E%2E/b", ("x-t", "")),
+        (&rest, ("rest", "."), "/f/.", ("x-t", "")),
+        (&capture, ("t", ""), "/t/../admin", ("x-t", "")),
+        (&capture, ("t", ""), "/t/acme/../../admin", ("x-t", "")),
+        (&header, ("t", ""), "/x", ("x-t", "..")),
+        (&header, ("t", ""), "/x", ("x-t", ".")),
+        (&prefixes, ("t", ""), "/api/../admin", ("x-t", "")),
+    ];
+    for (config, param, uri, header) in refused {
+        let out = path_outcome(config.clone(), &[param], uri, &[header]);
+        let err = out.expect_err(&format!("{config} with {param:?} {uri} {header:?} must be refused"));
+        assert!(err.starts_with("400 ") && err.contains("dot segment"), "{err}");
+    }
+    let allowed = [
+        (&tenant, ("t", "acme"), "/x", "/tenants/acme/x"),
+        (&tenant, ("t", "..."), "/x", "/tenants/.../x"),
+        (&tenant, ("t", ".well-known"), "/x", "/tenants/.well-known/x"),
+        (&tenant, ("t", "a..b"), "/x", "/tenants/a..b/x"),
+        (&rest, ("rest", "a/b.c/d.."), "/f/a/b.c/d..", "/files/a/b.c/d.."),
+        (&capture, ("t", ""), "/t/acme/a.b/c", "/tenants/acme/a.b/c"),
+        // The plugin does not rewrite this path: it is none of its business.
+        (&capture, ("t", ""), "/other/../x", "/other/../x"),
+    ];
+    for (config, param, uri, expected) in allowed {
+        assert_eq!(path_outcome(config.clone(), &[param], uri, &[]).as_deref(), Ok(expected), "{config} {uri}");
+    }
 }
 
 // ---- query ----------------------------------------------------------------
@@ -378,6 +441,36 @@ fn set_root_replaces_the_body() {
     let h = harness(json!({ "request": { "body": { "set": { "": { "replaced": true } } } } }));
     let out = h.on_request_body(&json_req("application/json"), b"[1,2]").unwrap_continue();
     assert_eq!(body_json(&out), json!({ "replaced": true }));
+}
+
+/// Review finding 1.5: with duplicate keys on the way to a pointer, every
+/// duplicate parent is edited, so an upstream (or client) parser that keeps
+/// the first duplicate sees the edit as well as one that keeps the last.
+#[test]
+fn body_edits_reach_every_duplicate_parent() {
+    let h = harness(json!({
+        "request": { "body": { "remove": ["/a/role"], "rename": { "/a/name": "/a/user" }, "set": { "/a/via": "gw" } } },
+        "response": { "body": { "remove": ["/user/ssn"] } },
+    }));
+    let req = json_req("application/json");
+    for (input, expected) in [
+        (r#"{"a":{"role":"admin"},"a":{}}"#, r#"{"a":{"via":"gw"},"a":{"via":"gw"}}"#),
+        (r#"{"a":{},"a":{"role":"admin"}}"#, r#"{"a":{"via":"gw"},"a":{"via":"gw"}}"#),
+        (
+            r#"{"a":{"name":"x","role":"admin"},"a":{"name":"y"}}"#,
+            r#"{"a":{"user":"x","via":"gw"},"a":{"user":"y","via":"gw"}}"#,
+        ),
+    ] {
+        let out = h.on_request_body(&req, input.as_bytes()).unwrap_continue();
+        assert_eq!(String::from_utf8(out).expect("utf-8"), expected, "{input}");
+    }
+    for (input, expected) in [
+        (r#"{"user":{"ssn":"1"},"user":{"id":2}}"#, r#"{"user":{},"user":{"id":2}}"#),
+        (r#"{"user":{"id":2},"user":{"ssn":"1"}}"#, r#"{"user":{"id":2},"user":{}}"#),
+    ] {
+        let out = h.on_response_body(&req, &json_response(200), input.as_bytes()).unwrap_continue();
+        assert_eq!(String::from_utf8(out).expect("utf-8"), expected, "{input}");
+    }
 }
 
 #[test]
@@ -547,6 +640,15 @@ fn bad_configs_name_the_key() {
         (json!({ "request": { "path": { "strip_prefix": "/" } } }), "would strip nothing"),
         (json!({ "request": { "path": { "add_prefix": "/" } } }), "would add nothing"),
         (json!({ "request": { "path": { "add_prefix": "/100%" } } }), "'%' must start an escape"),
+        (
+            json!({ "request": { "path": { "add_prefix": "/a/../b" } } }),
+            "request.path.add_prefix: \"/a/../b\" contains a dot segment",
+        ),
+        (json!({ "request": { "path": { "add_prefix": "/t/{path.t}/%2E" } } }), "contains a dot segment"),
+        (
+            json!({ "request": { "path": { "regex": "^/(a)$", "replace": "/x/./$1" } } }),
+            "request.path.replace: \"/x/./$1\" contains a dot segment",
+        ),
         (
             json!({ "request": { "query": { "remove": [""] } } }),
             "request.query.remove: a parameter name cannot be empty",

@@ -193,3 +193,80 @@ fn from_config_values() {
     let v = serde_json::json!({"n": 1, "f": 1.5, "s": "x", "l": [true, null]});
     assert_eq!(text(&Json::from(&v)), r#"{"f":1.5,"l":[true,null],"n":1,"s":"x"}"#);
 }
+
+/// With duplicate keys on the way to a pointer, every duplicate parent is
+/// edited: a parser that keeps the first duplicate then sees the same as
+/// one that keeps the last.
+#[test]
+fn remove_reaches_every_duplicate_parent() {
+    for (src, pointer, expected) in [
+        (r#"{"a":{"role":"admin"},"a":{}}"#, "/a/role", r#"{"a":{},"a":{}}"#),
+        (r#"{"a":{},"a":{"role":"admin"}}"#, "/a/role", r#"{"a":{},"a":{}}"#),
+        (r#"{"a":{"role":1,"role":2},"b":0,"a":{"role":3}}"#, "/a/role", r#"{"a":{},"b":0,"a":{}}"#),
+        // Two levels of duplicates, and a duplicate that is not an object.
+        (
+            r#"{"a":{"b":{"x":1},"b":{"x":2,"y":0}},"a":"s","a":{"b":{"x":3}}}"#,
+            "/a/b/x",
+            r#"{"a":{"b":{},"b":{"y":0}},"a":"s","a":{"b":{}}}"#,
+        ),
+        (r#"{"a":[{"x":1}],"a":[{"x":2},{"x":3}]}"#, "/a/0/x", r#"{"a":[{}],"a":[{},{"x":3}]}"#),
+    ] {
+        let mut d = doc(src);
+        assert!(d.remove(&ptr(pointer)), "{src}");
+        assert_eq!(text(&d), expected, "{src}");
+    }
+    let mut d = doc(r#"{"a":{},"a":{}}"#);
+    assert!(!d.remove(&ptr("/a/role")), "nothing to remove");
+}
+
+#[test]
+fn set_reaches_every_duplicate_parent() {
+    let user = || Json::String("user".into());
+    let mut d = doc(r#"{"a":{"role":"admin"},"a":{}}"#);
+    d.set(&ptr("/a/role"), user()).expect("set");
+    assert_eq!(text(&d), r#"{"a":{"role":"user"},"a":{"role":"user"}}"#);
+    // A duplicate the value cannot go into is left alone; the others get it.
+    let mut d = doc(r#"{"a":{"role":"admin"},"a":"scalar"}"#);
+    d.set(&ptr("/a/role"), user()).expect("set where it can");
+    assert_eq!(text(&d), r#"{"a":{"role":"user"},"a":"scalar"}"#);
+    // Missing intermediates are created in each duplicate that lacks them.
+    let mut d = doc(r#"{"a":{"m":{"k":0}},"a":{}}"#);
+    d.set(&ptr("/a/m/role"), user()).expect("set");
+    assert_eq!(text(&d), r#"{"a":{"m":{"k":0,"role":"user"}},"a":{"m":{"role":"user"}}}"#);
+    // No duplicate can take it: nothing changes.
+    let mut d = doc(r#"{"a":1,"a":"s"}"#);
+    assert!(d.set(&ptr("/a/role"), user()).is_err());
+    assert_eq!(text(&d), r#"{"a":1,"a":"s"}"#);
+}
+
+#[test]
+fn rename_reaches_every_duplicate_parent() {
+    // Within the parent: each duplicate renames its own member, in place.
+    let mut d = doc(r#"{"a":{"role":"admin","z":1},"a":{"role":"x"},"a":{"z":2}}"#);
+    assert!(d.rename(&ptr("/a/role"), &ptr("/a/r")));
+    assert_eq!(text(&d), r#"{"a":{"r":"admin","z":1},"a":{"r":"x"},"a":{"z":2}}"#);
+    let mut d = doc(r#"{"a":{"role":"admin"},"a":{"role":"x","r":0}}"#);
+    assert!(d.rename(&ptr("/a/role"), &ptr("/a/m/r")));
+    assert_eq!(text(&d), r#"{"a":{"m":{"r":"admin"}},"a":{"r":0,"m":{"r":"x"}}}"#);
+    // Elsewhere: taken from every duplicate; the last value is the one moved.
+    let mut d = doc(r#"{"a":{"k":1},"a":{"k":2},"b":{}}"#);
+    assert!(d.rename(&ptr("/a/k"), &ptr("/b/k")));
+    assert_eq!(text(&d), r#"{"a":{},"a":{},"b":{"k":2}}"#);
+    // ... into every duplicate target.
+    let mut d = doc(r#"{"k":1,"b":{},"b":{"k":0}}"#);
+    assert!(d.rename(&ptr("/k"), &ptr("/b/k")));
+    assert_eq!(text(&d), r#"{"b":{"k":1},"b":{"k":1}}"#);
+    // A target that cannot be placed changes nothing, duplicates included.
+    let src = r#"{"a":{"k":1,"k":2},"a":{"k":3},"s":0}"#;
+    let mut d = doc(src);
+    assert!(!d.rename(&ptr("/a/k"), &ptr("/s/x")));
+    assert_eq!(text(&d), src);
+    let src = r#"{"a":{"k":1,"s":0},"a":{"k":2,"s":0}}"#;
+    let mut d = doc(src);
+    assert!(!d.rename(&ptr("/a/k"), &ptr("/a/s/x")));
+    assert_eq!(text(&d), src);
+    // Within an array: the element is taken first, so later ones move down.
+    let mut d = doc(r#"{"l":[1,2],"l":[3]}"#);
+    assert!(d.rename(&ptr("/l/0"), &ptr("/l/1")));
+    assert_eq!(text(&d), r#"{"l":[2,1],"l":[3]}"#, "the second list has no index 1 once its 3 is taken");
+}
