@@ -1,5 +1,6 @@
 //! `anomaly` plugin through the real gateway: a scanner and a normal client
-//! at the same time, each action, and the detection event on a real webhook.
+//! at the same time, each action, the detection event on a real webhook,
+//! and (on a real Redis) the state one-shot clients leave behind.
 //!
 //! Both clients come from 127.0.0.1, so the plugin keys them by `x-api-key`.
 //! The echo upstream answers the status asked for in `x-status`: that is how
@@ -10,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use weir_tests::{Reply, TestGateway, Upstream, WebhookServer, wait_for};
+use weir_tests::{RedisServer, Reply, TestGateway, Upstream, WebhookServer, wait_for};
 
 /// The scanner is acted on by its 20th request (`min_requests`, default):
 /// from then on its distinct-path ratio is 1 and its error ratio 0.9, a
@@ -83,7 +84,7 @@ fn normal_client(
             i += 1;
             let status = if i.is_multiple_of(20) { "500" } else { "200" };
             let url = format!("{base}/api/items/{}", i % 4);
-            // It also tries to flag itself; the plugin strips that.
+            // It also tries to flag (or clear) itself; the plugin strips that.
             let headers = [("x-api-key", "normal-client"), ("x-status", status), ("x-weir-anomaly", "score=0.0")];
             let r = client.request(Method::GET, &url, &headers, "").await.expect("normal request");
             let flag = if r.header("x-upstream").is_some() { r.seen("x-weir-anomaly") } else { None };
@@ -94,17 +95,17 @@ fn normal_client(
     })
 }
 
-/// The normal client got only its upstream's answers; the flag header it
-/// sent itself reached the upstream unless the plugin is in flag mode.
-fn assert_normal_untouched(seen: &[(StatusCode, Option<String>)], flag_mode: bool) {
+/// The normal client got only its upstream's answers, and the flag header
+/// it sent itself never reached the upstream, whatever the action: an
+/// upstream may trust that header.
+fn assert_normal_untouched(seen: &[(StatusCode, Option<String>)]) {
     assert!(seen.len() >= 10, "the normal client ran alongside: {} requests", seen.len());
-    let expected_flag = if flag_mode { None } else { Some("score=0.0".to_owned()) };
     for (i, (status, flag)) in seen.iter().enumerate() {
         assert!(
             *status == StatusCode::OK || *status == StatusCode::INTERNAL_SERVER_ERROR,
             "normal request {i} got {status} (only the upstream's 200/500 expected)"
         );
-        assert_eq!(flag, &expected_flag, "normal request {i}: flag header seen upstream");
+        assert_eq!(flag, &None, "normal request {i}: its own flag header reached the upstream");
     }
 }
 
@@ -133,7 +134,7 @@ async fn scanner_is_throttled_within_bound_while_a_normal_client_never_is() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::SeqCst);
     let seen = normal.await.expect("normal client");
-    assert_normal_untouched(&seen, false);
+    assert_normal_untouched(&seen);
     assert_eq!(up.hits(), first - 1 + seen.len(), "only unthrottled requests reach the upstream");
 
     // One event for the whole episode, however many instances served it.
@@ -174,7 +175,7 @@ async fn flag_mode_marks_the_scanner_upstream_and_only_it() {
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::SeqCst);
-    assert_normal_untouched(&normal.await.expect("normal client"), true);
+    assert_normal_untouched(&normal.await.expect("normal client"));
     let metrics = gw.metrics().await;
     let flagged = 40 - first + 1;
     assert!(
@@ -241,4 +242,60 @@ async fn the_detection_event_reaches_the_webhook_once() {
     // The later throttled requests do not post again.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(hook.received().len(), 1, "{:?}", hook.received());
+}
+
+// ---- state, on a real Redis ---------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shot_clients_leave_no_baseline_behind() {
+    let redis = RedisServer::start();
+    let prefix = format!("anomaly{}:", std::process::id());
+    let up = Upstream::start("api").await;
+    // Hour-long windows: the few requests below fall in one window.
+    let cfg = format!(
+        r#"[state]
+backend = "redis"
+url = "{url}"
+key_prefix = "{prefix}"
+timeout = "2s"
+
+[plugins.anomaly]
+module = "anomaly.wasm"
+
+[plugins.anomaly.config]
+key = "header:x-api-key"
+window = "1h"
+baseline_ttl = "2h"
+min_requests = 5
+
+[upstreams.api]
+targets = ["{up}"]
+
+[[routes]]
+name = "api"
+upstream = "api"
+chain = ["anomaly"]
+"#,
+        url = redis.url(),
+        up = up.addr,
+    );
+    let gw = TestGateway::start(&cfg, &["anomaly.wasm"]).await;
+    let keys = |kind: &str| redis.command(&["KEYS", &format!("{prefix}anomaly:{kind}:*")]);
+
+    // A scanner rotating identities: 40 clients of one request each.
+    for i in 0..40 {
+        let key = format!("one-shot-{i}");
+        let r = gw.request(Method::GET, &format!("/scan/{i}"), &[("x-api-key", &key), ("x-status", "404")], "").await;
+        assert_eq!(r.status, 404, "{r:?}");
+    }
+    assert_eq!(keys("c").as_deref(), Some("*40"), "one window counter per client");
+    assert_eq!(keys("b").as_deref(), Some("*0"), "no baseline record for one-shot clients");
+
+    // A client making min_requests requests in its window is remembered.
+    for i in 0..5 {
+        let r = gw.request(Method::GET, &format!("/api/items/{}", i % 2), &[("x-api-key", "regular")], "").await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert_eq!(keys("b").as_deref(), Some("*1"), "the regular client has a baseline record");
+    assert_eq!(keys("c").as_deref(), Some("*41"));
 }

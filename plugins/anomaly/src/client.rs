@@ -1,12 +1,15 @@
 //! Who a request comes from, which path it asks for, and the state keys
 //! both become.
 
+use std::net::{IpAddr, Ipv6Addr};
+
 use sha2::{Digest, Sha256};
 use weir_plugin_sdk::Request;
 
-use crate::config::ClientKey;
+use crate::config::{ClientKey, Conf, EventClient};
 
-/// A client, identified by the hash of its IP address or key header value.
+/// A client, identified by the hash of its IP address (IPv6: its network)
+/// or key header value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Client {
     /// First 16 bytes of SHA-256 over the source and value.
@@ -15,19 +18,23 @@ pub(crate) struct Client {
     pub(crate) hex: String,
     /// `"ip"` or `"header"`: what identified it (the header may be missing).
     pub(crate) source: &'static str,
-    /// The IP address or header value (only put in events with
-    /// `event_client = "raw"`; capped at 256 bytes).
-    pub(crate) raw: String,
+    /// The IP address (IPv6: `<network>/<prefix>`) or header value, capped
+    /// at 256 bytes. Only kept with `event_client = "raw"`, the one use of
+    /// it: otherwise it is never formatted, copied or carried.
+    pub(crate) raw: Option<String>,
 }
 
 /// Longest raw client value carried to events.
 const MAX_RAW: usize = 256;
 
 impl Client {
-    /// Identify the client of `req` by `key`; the IP when the header is
-    /// missing or empty.
-    pub(crate) fn identify(key: &ClientKey, req: &Request) -> Self {
-        if let ClientKey::Header(name) = key
+    /// Identify the client of `req` as `conf` says: by its `key` header, or
+    /// by its IP address when the header is missing or empty (or `key` is
+    /// `"ip"`). IPv4-mapped IPv6 addresses count as their IPv4 address; other
+    /// IPv6 addresses as their `ipv6_prefix` network.
+    pub(crate) fn identify(conf: &Conf, req: &Request) -> Self {
+        let keep_raw = conf.event_client == EventClient::Raw;
+        if let ClientKey::Header(name) = &conf.key
             && let Some(value) = req.headers().get(name).filter(|v| !v.is_empty())
         {
             let mut h = Sha256::new();
@@ -35,29 +42,46 @@ impl Client {
             h.update(name.as_str().as_bytes());
             h.update(b"\0");
             h.update(value.as_bytes());
-            let raw = String::from_utf8_lossy(value.as_bytes());
-            return Self::from_hash(h, "header", truncate(&raw));
+            let raw = keep_raw.then(|| truncate(&String::from_utf8_lossy(value.as_bytes())));
+            return Self::from_hash(h, "header", raw);
         }
-        // IPv4-mapped IPv6 addresses count as their IPv4 address.
-        let ip = req.client_ip().map(|ip| ip.to_canonical().to_string()).unwrap_or_else(|| "unknown".into());
+        // The address's bytes are hashed: nothing is formatted unless kept.
         let mut h = Sha256::new();
-        h.update(b"ip\0");
-        h.update(ip.as_bytes());
-        Self::from_hash(h, "ip", ip)
+        let raw = match req.client_ip().map(|ip| ip.to_canonical()) {
+            Some(IpAddr::V4(v4)) => {
+                h.update(b"ip4\0");
+                h.update(v4.octets());
+                keep_raw.then(|| v4.to_string())
+            }
+            Some(IpAddr::V6(v6)) => {
+                let bits = conf.ipv6_prefix.min(128);
+                let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+                let net = Ipv6Addr::from(u128::from(v6) & mask);
+                h.update(b"ip6\0");
+                h.update(net.octets());
+                h.update([bits]);
+                keep_raw.then(|| if bits == 128 { net.to_string() } else { format!("{net}/{bits}") })
+            }
+            None => {
+                h.update(b"ip?\0");
+                keep_raw.then(|| "unknown".to_owned())
+            }
+        };
+        Self::from_hash(h, "ip", raw)
     }
 
     /// A client from its parts, as kept in the request-local store.
-    pub(crate) fn from_parts(hex: &str, source: &str, raw: &str) -> Option<Self> {
+    pub(crate) fn from_parts(hex: &str, source: &str, raw: Option<&str>) -> Option<Self> {
         let id = unhex16(hex)?;
         let source = match source {
             "ip" => "ip",
             "header" => "header",
             _ => return None,
         };
-        Some(Self { id, hex: hex.to_owned(), source, raw: raw.to_owned() })
+        Some(Self { id, hex: hex.to_owned(), source, raw: raw.map(str::to_owned) })
     }
 
-    fn from_hash(h: Sha256, source: &'static str, raw: String) -> Self {
+    fn from_hash(h: Sha256, source: &'static str, raw: Option<String>) -> Self {
         let digest = h.finalize();
         let mut id = [0u8; 16];
         id.copy_from_slice(&digest[..16]);

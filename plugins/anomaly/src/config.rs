@@ -16,6 +16,9 @@ struct Settings {
     /// Who a client is: `"ip"` or `"header:<name>"` (IP when the header is missing).
     #[serde(default = "defaults::key")]
     key: String,
+    /// IPv6 clients are keyed by this prefix length.
+    #[serde(default = "defaults::ipv6_prefix")]
+    ipv6_prefix: u32,
     /// Length of a counting window, aligned to wall time.
     #[serde(default = "defaults::window", deserialize_with = "duration")]
     window: Duration,
@@ -70,6 +73,9 @@ mod defaults {
 
     pub(super) fn key() -> String {
         "ip".into()
+    }
+    pub(super) fn ipv6_prefix() -> u32 {
+        64
     }
     pub(super) fn window() -> Duration {
         Duration::from_secs(10)
@@ -261,12 +267,17 @@ impl ActionConf {
 #[derive(Clone, Debug)]
 pub(crate) struct Conf {
     pub(crate) key: ClientKey,
+    /// 1..=128.
+    pub(crate) ipv6_prefix: u8,
     pub(crate) window_ms: u64,
     pub(crate) threshold: f64,
     pub(crate) action: ActionConf,
     pub(crate) cooldown_ms: u64,
     pub(crate) weights: Weights,
     pub(crate) min_requests: f64,
+    /// `min_requests` as a count: requests in one window after which a
+    /// client gets a baseline record.
+    pub(crate) min_window_requests: u32,
     /// `min_rate` converted to requests per window.
     pub(crate) min_per_window: f64,
     pub(crate) warmup_windows: u32,
@@ -324,6 +335,11 @@ pub(crate) fn load(config: &Config) -> Result<Conf> {
         },
     };
 
+    let ipv6_prefix = match u8::try_from(s.ipv6_prefix) {
+        Ok(bits @ 1..=128) => bits,
+        _ => return Err(bad("ipv6_prefix", format_args!("must be between 1 and 128, got {}", s.ipv6_prefix))),
+    };
+
     let window_ms = millis("window", s.window, Duration::from_secs(1), Duration::from_secs(3600))?;
     let cooldown_ms = millis("cooldown", s.cooldown, Duration::from_secs(1), Duration::from_secs(7 * 86400))?;
     let baseline_ttl_ms =
@@ -379,12 +395,14 @@ pub(crate) fn load(config: &Config) -> Result<Conf> {
 
     Ok(Conf {
         key,
+        ipv6_prefix,
         window_ms,
         threshold,
         action,
         cooldown_ms,
         weights: w,
         min_requests: f64::from(s.min_requests),
+        min_window_requests: s.min_requests,
         min_per_window: min_rate * window_ms as f64 / 1000.0,
         warmup_windows: s.warmup_windows,
         alpha,

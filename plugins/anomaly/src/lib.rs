@@ -1,10 +1,11 @@
 //! `anomaly.wasm`: score every client against its own recent behaviour and
 //! act on the ones that look like scanners or floods.
 //!
-//! Per client (its IP, or an API key header), the plugin counts requests,
-//! error responses and distinct paths over short windows aligned to wall
-//! time, keeps an EWMA baseline of the client's request rate in host state,
-//! and scores each request:
+//! Per client (its IP, IPv6 by its `ipv6_prefix` network, or an API key
+//! header), the plugin counts requests, error responses and distinct paths
+//! over short windows aligned to wall time, keeps an EWMA baseline of the
+//! request rate of clients that made `min_requests` requests in a window in
+//! host state, and scores each request:
 //!
 //! ```text
 //! score = weights.rate · rate_z + weights.errors · error_ratio + weights.paths · path_ratio
@@ -58,6 +59,9 @@ struct Known {
     prev: Counts,
     /// The latest request count seen for the window (for [`SATURATION`]).
     requests: u32,
+    /// Whether the client has a `b:` record (or this instance already
+    /// tried to create it this window).
+    recorded: bool,
 }
 
 /// Per-instance cache, valid for one window: it saves the baseline read and
@@ -110,10 +114,13 @@ struct Local {
 }
 
 impl Local {
+    /// `<client> <window> <windows> <mean> <var> <prev> <source>`, then
+    /// ` <raw>` only with `event_client = "raw"` (the raw value is needed
+    /// for nothing else).
     fn encode(&self) -> String {
         let b = &self.known.baseline;
-        format!(
-            "{} {} {} {} {} {} {} {}",
+        let mut out = format!(
+            "{} {} {} {} {} {} {}",
             self.client.hex,
             self.window,
             b.windows,
@@ -121,8 +128,12 @@ impl Local {
             b.var,
             self.known.prev.pack(),
             self.client.source,
-            self.client.raw
-        )
+        );
+        if let Some(raw) = &self.client.raw {
+            out.push(' ');
+            out.push_str(raw);
+        }
+        out
     }
 
     fn decode(bytes: &[u8]) -> Option<Self> {
@@ -134,8 +145,9 @@ impl Local {
         let mean = it.next()?.parse().ok()?;
         let var = it.next()?.parse().ok()?;
         let prev = Counts::unpack(it.next()?.parse().ok()?);
-        let client = Client::from_parts(hex, it.next()?, it.next().unwrap_or(""))?;
-        Some(Self { client, window, known: Known { baseline: Baseline { windows, mean, var }, prev, requests: 0 } })
+        let client = Client::from_parts(hex, it.next()?, it.next())?;
+        let baseline = Baseline { windows, mean, var };
+        Some(Self { client, window, known: Known { baseline, prev, requests: 0, recorded: true } })
     }
 }
 
@@ -162,11 +174,12 @@ impl Plugin for Anomaly {
     }
 
     fn on_request(&self, req: &mut Request, cx: &Context) -> Result<Action> {
-        // Upstreams may trust the flag header: clients cannot send their own.
-        if matches!(self.conf.action, ActionConf::Flag) && req.headers().contains_key(&self.conf.flag_header) {
+        // Upstreams may trust the flag header: clients cannot send their own,
+        // whatever the action (an upstream cannot tell which one is set).
+        if req.headers().contains_key(&self.conf.flag_header) {
             req.headers_mut().remove(&self.conf.flag_header);
         }
-        let client = Client::identify(&self.conf.key, req);
+        let client = Client::identify(&self.conf, req);
         let now = cx.wall_now();
         match self.judge(req, cx, &client, now) {
             Ok(action) => Ok(action),
@@ -238,8 +251,13 @@ impl Anomaly {
             (false, false) => ONE_REQUEST,
         };
         let counts = Counts::unpack(state.incr(&client.counts_key(window), delta, self.counter_ttl())?);
+        let record_now = !known.recorded && counts.requests >= self.conf.min_window_requests;
         if let Some(k) = self.cache.borrow_mut().clients.get_mut(&client.id) {
             k.requests = counts.requests;
+            k.recorded |= record_now;
+        }
+        if record_now && let Err(e) = self.start_record(cx, client, window, &known) {
+            self.state_failed(cx, &e, now); // and score the request all the same
         }
 
         let signals = score(&self.conf, &known.baseline, counts, known.prev, self.elapsed(now));
@@ -257,6 +275,12 @@ impl Anomaly {
     /// state — and, at the client's first request in a new window, fold its
     /// last active window into the baseline (one compare-and-swap decides
     /// which instance does it).
+    ///
+    /// A client without a `b:` record has no baseline and gets none written
+    /// here: only its previous window's counts are read, for the sliding
+    /// estimate. Its record is created by [`Anomaly::start_record`] once it
+    /// makes `min_requests` requests in one window, so a client that sends
+    /// a few requests and goes away leaves only short-lived counters.
     fn known(&self, cx: &Context, client: &Client, window: u64) -> Result<Known, StateError> {
         {
             let mut cache = self.cache.borrow_mut();
@@ -275,13 +299,12 @@ impl Anomaly {
                 baseline: r.baseline,
                 prev: if r.window == window { r.prev } else { Counts::default() },
                 requests: 0,
+                recorded: true,
             },
-            _ => {
-                let mut baseline = record.map(|r| r.baseline).unwrap_or_default();
+            Some(r) => {
+                let mut baseline = r.baseline;
                 let mut prev = Counts::default();
-                if let Some(r) = record
-                    && let Some(bytes) = state.get(&client.counts_key(r.window))?
-                {
+                if let Some(bytes) = state.get(&client.counts_key(r.window))? {
                     let closed = Counts::from_state(&bytes);
                     if closed.requests > 0 {
                         baseline.fold(f64::from(closed.requests), self.conf.alpha);
@@ -294,7 +317,18 @@ impl Anomaly {
                 // Losing the swap means another instance folded the same
                 // window from the same inputs: use ours, write nothing.
                 state.compare_and_swap(&key, stored.as_deref(), next.encode().as_bytes(), self.conf.baseline_ttl_ms)?;
-                Known { baseline, prev, requests: 0 }
+                Known { baseline, prev, requests: 0, recorded: true }
+            }
+            None => {
+                if stored.is_some() {
+                    // Not a record this plugin wrote: make room for one.
+                    state.delete(&key)?;
+                }
+                let prev = match window.checked_sub(1) {
+                    Some(w) => state.get(&client.counts_key(w))?.map(|b| Counts::from_state(&b)).unwrap_or_default(),
+                    None => Counts::default(),
+                };
+                Known { baseline: Baseline::default(), prev, requests: 0, recorded: false }
             }
         };
         let mut cache = self.cache.borrow_mut();
@@ -303,6 +337,20 @@ impl Anomaly {
         }
         cache.clients.insert(client.id, known);
         Ok(known)
+    }
+
+    /// Create the `b:` record of a client that just made `min_requests`
+    /// requests in `window`: from now on its active windows are folded into
+    /// a baseline. Only if absent, so it never overwrites a fold.
+    fn start_record(&self, cx: &Context, client: &Client, window: u64, known: &Known) -> Result<(), StateError> {
+        let record = Record { baseline: known.baseline, window, prev: known.prev };
+        cx.state().compare_and_swap(
+            &client.baseline_key(),
+            None,
+            record.encode().as_bytes(),
+            self.conf.baseline_ttl_ms,
+        )?;
+        Ok(())
     }
 
     /// Count an error response and score again: errors arrive after the
@@ -369,9 +417,9 @@ impl Anomaly {
     }
 
     fn event(&self, route: &str, client: &Client, known: &Known, s: &Signals) -> Event {
-        let who = match self.conf.event_client {
-            EventClient::Hash => client.hex.clone(),
-            EventClient::Raw => client.raw.clone(),
+        let who = match (self.conf.event_client, &client.raw) {
+            (EventClient::Raw, Some(raw)) => raw.clone(),
+            _ => client.hex.clone(),
         };
         let key = match (&self.conf.key, client.source) {
             (ClientKey::Header(name), "header") => format!("header:{name}"),

@@ -1,4 +1,6 @@
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use weir_plugin_sdk::http;
@@ -7,13 +9,14 @@ use weir_plugin_sdk::testing::{self, Harness, Outcome};
 use super::*;
 
 const WINDOW_MS: u64 = 10_000;
+/// 2026-01-01T00:00:00Z: the start of a window of any length.
+const T0: u64 = 1_767_225_600_000;
 
-/// A fresh host, its clock moved to 50 ms into a 10 s window so that no
-/// test crosses a window boundary except on purpose (with [`windows`]).
+/// A fresh host, its clock pinned 50 ms into a 10 s window, so that no test
+/// crosses a window boundary except on purpose (with [`windows`]).
 fn start(config: Value) -> Harness<Anomaly> {
     testing::reset();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as u64;
-    testing::advance(Duration::from_millis(WINDOW_MS - now % WINDOW_MS + 50));
+    testing::set_wall_clock(T0 + 50);
     Harness::new(config).expect("config accepted")
 }
 
@@ -112,6 +115,9 @@ fn rejects_bad_configs() {
         ),
         (json!({ "action": "challenge", "challenge": { "stauts": 401 } }), "unknown field `stauts`"),
         (json!({ "event_client": "plain" }), "unknown variant `plain`"),
+        (json!({ "ipv6_prefix": 0 }), "config key `ipv6_prefix` must be between 1 and 128, got 0"),
+        (json!({ "ipv6_prefix": 129 }), "config key `ipv6_prefix` must be between 1 and 128, got 129"),
+        (json!({ "ipv6_prefix": "64" }), "invalid type: string \"64\", expected u32"),
     ];
     for (config, expected) in cases {
         let err = Harness::<Anomaly>::new(config.clone()).err().unwrap_or_else(|| panic!("{config} must be refused"));
@@ -174,27 +180,53 @@ fn baseline_is_an_ewma_of_mean_and_variance() {
     assert_eq!(Record::decode(b"1 1 1"), None);
 }
 
-#[test]
-fn request_local_value_round_trips() {
-    let req = http::Request::get("/").header("x-api-key", "key with spaces").body(()).expect("request");
-    let key = ClientKey::Header(HeaderName::from_static("x-api-key"));
-    let client = Client::identify(&key, &to_sdk(req));
-    assert_eq!((client.source, client.raw.as_str(), client.hex.len()), ("header", "key with spaces", 32));
-    let local = Local {
+fn conf(config: Value) -> Conf {
+    config::load(&Config::from_json(config)).expect("valid config")
+}
+
+fn local_for(client: &Client) -> Local {
+    Local {
         client: client.clone(),
         window: 42,
         known: Known {
             baseline: Baseline { windows: 3, mean: 1.5, var: 0.25 },
             prev: Counts { requests: 4, errors: 1, paths: 2 },
             requests: 9,
+            recorded: true,
         },
-    };
+    }
+}
+
+#[test]
+fn request_local_value_round_trips() {
+    let req = || http::Request::get("/").header("x-api-key", "key with spaces").body(()).expect("request");
+    let raw = conf(json!({ "key": "header:x-api-key", "event_client": "raw" }));
+    let client = Client::identify(&raw, &to_sdk(req()));
+    assert_eq!((client.source, client.raw.as_deref(), client.hex.len()), ("header", Some("key with spaces"), 32));
+    let local = local_for(&client);
     let back = Local::decode(local.encode().as_bytes()).expect("decodes");
     assert_eq!(
         (back.client, back.window, back.known.baseline, back.known.prev),
-        (client, 42, local.known.baseline, local.known.prev)
+        (client.clone(), 42, local.known.baseline, local.known.prev)
     );
+
+    // Hashed events (the default) need no raw value: none is kept or carried.
+    let hashed = Client::identify(&conf(json!({ "key": "header:x-api-key" })), &to_sdk(req()));
+    assert_eq!((hashed.id, hashed.raw.as_deref()), (client.id, None), "same client, no raw value");
+    let encoded = local_for(&hashed).encode();
+    assert!(!encoded.contains("key with spaces"), "{encoded}");
+    assert_eq!(Local::decode(encoded.as_bytes()).expect("decodes").client, hashed);
     assert!(Local::decode(b"nothex 1 1 1 1 1 ip x").is_none());
+}
+
+#[test]
+fn ip_clients_keep_a_raw_value_only_for_raw_events() {
+    let req = || http::Request::get("/").body(()).expect("request");
+    let hashed = Client::identify(&conf(json!({})), &to_sdk(req()));
+    let raw = Client::identify(&conf(json!({ "event_client": "raw" })), &to_sdk(req()));
+    assert_eq!(hashed.raw, None);
+    assert_eq!(raw.raw.as_deref(), Some("127.0.0.1"));
+    assert_eq!(hashed.id, raw.id, "the same client either way");
 }
 
 /// The SDK's `Request` for a plain `http` request, through the harness's
@@ -333,10 +365,11 @@ fn a_scanner_is_caught_and_a_normal_client_is_not() {
 fn baseline_folds_each_closed_window_and_judges_the_rate() {
     let h = start(json!({
         "weights": { "rate": 1.0, "errors": 0.0, "paths": 0.0 },
-        "threshold": 3.0, "min_rate": 0.0, "warmup_windows": 3, "alpha": 0.5,
+        "threshold": 3.0, "min_rate": 0.0, "warmup_windows": 3, "alpha": 0.5, "min_requests": 10,
     }));
     // Three active windows of 10, 20, 30 requests, each followed by an idle
     // window (idle windows are not folded; no sliding carry-over either).
+    // The first reaches min_requests, so the client is recorded from then on.
     for n in [10, 20, 30] {
         for _ in 0..n {
             exchange(&h, get("/a"), 200).unwrap_continue();
@@ -365,6 +398,7 @@ fn warm_up_keeps_the_rate_from_acting_alone() {
         let h = start(json!({
             "weights": { "rate": 1.0, "errors": 0.0, "paths": 0.0 },
             "threshold": 3.0, "min_rate": 0.0, "warmup_windows": warmup, "action": "throttle",
+            "min_requests": 10,
         }));
         for _ in 0..2 {
             for _ in 0..10 {
@@ -502,6 +536,28 @@ fn flag_marks_requests_and_strips_client_copies() {
 }
 
 #[test]
+fn client_sent_flag_headers_are_stripped_in_every_mode() {
+    let flagged = |name: &str| http::Request::get("/p/0").header(name, "score=0.0").body(()).expect("request");
+    for action in ["flag", "throttle", "challenge"] {
+        let h = start(paths_only(3, action));
+        let fwd = exchange(&h, flagged("x-weir-anomaly"), 200).unwrap_continue();
+        assert!(fwd.headers().get("x-weir-anomaly").is_none(), "{action}: {:?}", fwd.headers());
+        // Also when the request goes unscored because state is down.
+        testing::set_state_unavailable(true);
+        let fwd = exchange(&h, flagged("x-weir-anomaly"), 200).unwrap_continue();
+        assert!(fwd.headers().get("x-weir-anomaly").is_none(), "{action}, state down: {:?}", fwd.headers());
+    }
+    // The configured name is the one stripped.
+    let mut cfg = paths_only(3, "throttle");
+    cfg["flag_header"] = json!("x-suspect");
+    let h = start(cfg);
+    let fwd = exchange(&h, flagged("x-suspect"), 200).unwrap_continue();
+    assert!(fwd.headers().get("x-suspect").is_none(), "{:?}", fwd.headers());
+    let fwd = exchange(&h, flagged("x-weir-anomaly"), 200).unwrap_continue();
+    assert_eq!(fwd.headers()["x-weir-anomaly"], "score=0.0", "not this instance's header");
+}
+
+#[test]
 fn one_event_per_client_per_cooldown_across_instances() {
     let a = start(paths_only(5, "throttle"));
     let b = Harness::<Anomaly>::new(paths_only(5, "throttle")).expect("second instance");
@@ -580,6 +636,152 @@ fn ip_clients_and_their_mapped_ipv6_form_are_one() {
     assert!(answered(&mapped, get("/p/3"), 200));
     assert!(!answered(&other, get("/p/0"), 200), "another address is another client");
     assert_eq!(attr(&testing::events()[0], "client"), "10.0.0.7");
+}
+
+#[test]
+fn ipv6_clients_are_keyed_by_their_network() {
+    let mut cfg = paths_only(4, "throttle");
+    cfg["event_client"] = json!("raw");
+    // Default /64: a scanner rotating addresses inside its /64 is one client.
+    let a = start(cfg.clone()).client_addr("[2001:db8:0:1::1]:5000");
+    let same_64 = Harness::<Anomaly>::new(cfg.clone()).expect("init").client_addr("[2001:db8:0:1:ffff::2]:5000");
+    let other_64 = Harness::<Anomaly>::new(cfg.clone()).expect("init").client_addr("[2001:db8:0:2::1]:5000");
+    for i in 0..3 {
+        let h = if i % 2 == 0 { &a } else { &same_64 };
+        assert!(!answered(h, get(&format!("/p/{i}")), 200), "request {i}");
+    }
+    assert!(answered(&same_64, get("/p/3"), 200), "4 distinct paths from one /64");
+    assert!(!answered(&other_64, get("/p/0"), 200), "another /64 is another client");
+    assert_eq!(attr(&testing::events()[0], "client"), "2001:db8:0:1::/64");
+
+    // A shorter prefix groups more: the whole /48.
+    cfg["ipv6_prefix"] = json!(48);
+    let a = start(cfg.clone()).client_addr("[2001:db8:0:1::1]:5000");
+    let b = Harness::<Anomaly>::new(cfg.clone()).expect("init").client_addr("[2001:db8:0:2::1]:5000");
+    for i in 0..3 {
+        let h = if i % 2 == 0 { &a } else { &b };
+        assert!(!answered(h, get(&format!("/p/{i}")), 200), "request {i}");
+    }
+    assert!(answered(&b, get("/p/3"), 200), "4 distinct paths from one /48");
+    assert_eq!(attr(&testing::events()[0], "client"), "2001:db8::/48");
+
+    // 128: every address is its own client.
+    cfg["ipv6_prefix"] = json!(128);
+    let a = start(cfg.clone()).client_addr("[2001:db8:0:1::1]:5000");
+    let b = Harness::<Anomaly>::new(cfg).expect("init").client_addr("[2001:db8:0:1::2]:5000");
+    for i in 0..3 {
+        assert!(!answered(&a, get(&format!("/p/{i}")), 200), "request {i} of a");
+        assert!(!answered(&b, get(&format!("/q/{i}")), 200), "request {i} of b");
+    }
+    assert!(answered(&a, get("/p/3"), 200), "a's own 4th path");
+    assert_eq!(attr(&testing::events()[0], "client"), "2001:db8:0:1::1");
+}
+
+// ---- state per client -----------------------------------------------------------
+
+/// Run `f` on the test host's state, as a plugin phase sees it.
+fn with_state<R: 'static>(f: impl FnOnce(&weir_plugin_sdk::State) -> R + 'static) -> R {
+    type Op = Box<dyn FnOnce(&Context)>;
+    thread_local!(static OP: RefCell<Option<Op>> = const { RefCell::new(None) });
+    struct Run;
+    impl Plugin for Run {
+        fn new(_: &Config) -> Result<Self> {
+            Ok(Run)
+        }
+        fn on_request(&self, _: &mut Request, cx: &Context) -> Result<Action> {
+            if let Some(op) = OP.with(|o| o.borrow_mut().take()) {
+                op(cx);
+            }
+            Ok(Action::Continue)
+        }
+    }
+    let out = Rc::new(RefCell::new(None));
+    let slot = out.clone();
+    let op: Op = Box::new(move |cx: &Context| *slot.borrow_mut() = Some(f(&cx.state())));
+    OP.with(|o| *o.borrow_mut() = Some(op));
+    Harness::<Run>::new(json!({})).expect("init").on_request(get("/")).unwrap_continue();
+    out.borrow_mut().take().expect("the op ran")
+}
+
+fn peek(key: String) -> Option<Vec<u8>> {
+    with_state(move |s| s.get(&key).expect("state up"))
+}
+
+#[test]
+fn a_client_gets_a_baseline_record_only_after_min_requests_in_a_window() {
+    let cfg = json!({ "key": "header:x-api-key", "min_requests": 5, "action": "throttle" });
+    let h = start(cfg.clone());
+    let c = conf(cfg);
+    let id = |key: &str| Client::identify(&c, &to_sdk(get_as("/", key))).hex;
+    let window = (T0 + 50) / WINDOW_MS;
+    let path = path_hash("/a", 0);
+
+    // A scanner rotating identities: 100 clients of one request each (an
+    // error, so the response phase runs too).
+    for i in 0..100 {
+        exchange(&h, get_as("/a", &format!("one-shot-{i}")), 404).unwrap_continue();
+    }
+    for i in 0..100 {
+        let client = id(&format!("one-shot-{i}"));
+        assert_eq!(peek(format!("b:{client}")), None, "no baseline record for one-shot client {i}");
+        assert_eq!(
+            peek(format!("c:{client}:{window}")).map(|v| Counts::from_state(&v)),
+            Some(Counts { requests: 1, errors: 1, paths: 1 })
+        );
+        assert!(peek(format!("p:{client}:{window}:{path:016x}")).is_some());
+    }
+    // Path marks last one window, counters seven: then nothing is left.
+    windows(1);
+    assert!(peek(format!("p:{}:{window}:{path:016x}", id("one-shot-0"))).is_none());
+    assert!(peek(format!("c:{}:{window}", id("one-shot-0"))).is_some());
+    windows(COUNTER_WINDOWS - 1);
+    for i in 0..100 {
+        assert_eq!(peek(format!("c:{}:{window}", id(&format!("one-shot-{i}")))), None, "client {i}");
+    }
+
+    // A client making min_requests requests in one window is recorded at
+    // the one that reaches it...
+    let window = window + COUNTER_WINDOWS;
+    let regular = id("regular");
+    for _ in 0..4 {
+        exchange(&h, get_as("/a", "regular"), 200).unwrap_continue();
+    }
+    assert_eq!(peek(format!("b:{regular}")), None, "4 requests: not yet");
+    exchange(&h, get_as("/a", "regular"), 200).unwrap_continue();
+    let record = Record::decode(&peek(format!("b:{regular}")).expect("recorded")).expect("a record");
+    assert_eq!((record.window, record.baseline.windows), (window, 0));
+
+    // ...and from then on each of its active windows is folded in, however
+    // few its requests.
+    windows(1);
+    exchange(&h, get_as("/a", "regular"), 200).unwrap_continue();
+    windows(1);
+    exchange(&h, get_as("/a", "regular"), 200).unwrap_continue();
+    let record = Record::decode(&peek(format!("b:{regular}")).expect("recorded")).expect("a record");
+    assert_eq!((record.window, record.baseline.windows, record.baseline.mean), (window + 2, 2, 4.2));
+    assert_eq!(record.prev, Counts { requests: 1, errors: 0, paths: 1 }, "the previous window's counts");
+
+    // The record lives baseline_ttl (1h) after its last update.
+    testing::advance(Duration::from_millis(3_600_000 - 1));
+    assert!(peek(format!("b:{regular}")).is_some());
+    testing::advance(Duration::from_millis(1));
+    assert_eq!(peek(format!("b:{regular}")), None);
+}
+
+#[test]
+fn an_unreadable_baseline_value_is_replaced() {
+    let cfg = json!({ "key": "header:x-api-key", "min_requests": 3 });
+    let h = start(cfg.clone());
+    let client = Client::identify(&conf(cfg), &to_sdk(get_as("/", "k"))).hex;
+    with_state({
+        let key = format!("b:{client}");
+        move |s| s.set(&key, b"9 not a record", 0).expect("set")
+    });
+    for _ in 0..3 {
+        exchange(&h, get_as("/a", "k"), 200).unwrap_continue();
+    }
+    let record = Record::decode(&peek(format!("b:{client}")).expect("recorded")).expect("a record again");
+    assert_eq!(record.baseline.windows, 0);
 }
 
 // ---- failure ------------------------------------------------------------------

@@ -84,7 +84,17 @@ pub(crate) fn subject(req: &Request, parts: &[KeyPart], missing: Missing, ipv6_p
     Subject::Key(out)
 }
 
-/// The state key of one limit's counter for `subject` in window `index`.
-pub(crate) fn state_key(limit: &str, window_secs: u64, index: u64, subject: &str) -> String {
-    format!("{limit}:{window_secs}:{index}:{subject}")
+/// The constant start of a limit's state keys: `<limit>:<window secs>:`.
+pub(crate) fn key_prefix(limit: &str, window_secs: u64) -> String {
+    format!("{limit}:{window_secs}:")
+}
+
+/// The state key of one limit's counter for `subject` in window `index`:
+/// `<limit>:<window secs>:<index>:<subject>`, from the limit's [`key_prefix`].
+pub(crate) fn state_key(prefix: &str, index: u64, subject: &str) -> String {
+    let mut key = String::with_capacity(prefix.len() + 21 + subject.len());
+    key.push_str(prefix);
+    let _ = write!(key, "{index}:");
+    key.push_str(subject);
+    key
 }

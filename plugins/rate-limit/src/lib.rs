@@ -65,11 +65,23 @@ struct Limit {
     window: Window,
     /// This limit's `RateLimit-Policy` item, e.g. `"burst";q=20;w=1`.
     policy: String,
+    /// The constant start of its state keys, e.g. `burst:1:`.
+    key_prefix: String,
 }
+
+/// Which limits applied to a request: bit `i` is `limits[i]`
+/// ([`config::MAX_LIMITS`] fits).
+type Applied = u32;
+const _: () = assert!(config::MAX_LIMITS <= Applied::BITS as usize);
 
 /// The plugin instance.
 struct RateLimit {
     limits: Vec<Limit>,
+    /// `RateLimit-Policy` when every limit applies (the usual case), built
+    /// once: requests only copy it.
+    policy_all: HeaderValue,
+    /// The [`Applied`] set of every limit.
+    all: Applied,
     on_state_error: OnStateError,
     headers: bool,
     ipv6_prefix: u8,
@@ -92,8 +104,8 @@ struct Tally {
 
 /// What the RateLimit headers say about one request.
 struct Verdict<'a> {
-    /// `RateLimit-Policy` value.
-    policy: String,
+    /// The limits listed in `RateLimit-Policy`.
+    applied: Applied,
     /// `RateLimit` value (the policy closest to exhaustion).
     current: String,
     /// Name of that policy.
@@ -121,9 +133,8 @@ fn non_negative(n: i64) -> u64 {
 impl RateLimit {
     /// The previous window's count for `subject`: cached, else read once.
     fn previous(&self, state: &State, limit: usize, subject: &str, at: Position, now: u64) -> Result<u64, StateError> {
-        let l = &self.limits[limit];
         let window = at.index.saturating_sub(1);
-        let key = key::state_key(&l.spec.name, l.spec.window_secs, window, subject);
+        let key = key::state_key(&self.limits[limit].key_prefix, window, subject);
         if let Some(n) = self.previous.borrow().get(&key) {
             return Ok(n);
         }
@@ -194,7 +205,7 @@ impl RateLimit {
     /// The header values and retry time for counted `tallies` (`None` if
     /// no limit applied).
     fn verdict(&self, tallies: &[Tally]) -> Option<Verdict<'_>> {
-        let mut policy = String::new();
+        let mut applied: Applied = 0;
         let mut closest: Option<(&str, u64, u64)> = None;
         let mut wait_max = 0;
         for t in tallies {
@@ -203,10 +214,7 @@ impl RateLimit {
             let wait = l.window.wait_ms(t.counts, t.at.elapsed);
             let reset = if remaining > 0 { ceil_secs(l.window.until_end(t.at.elapsed)) } else { ceil_secs(wait) };
             wait_max = wait_max.max(wait);
-            if !policy.is_empty() {
-                policy.push_str(", ");
-            }
-            policy.push_str(&l.policy);
+            applied |= 1 << t.limit;
             // Fewest requests left wins; on a tie, the longer wait.
             if closest.is_none_or(|(_, r, s)| remaining < r || (remaining == r && reset > s)) {
                 closest = Some((&l.spec.name, remaining, reset));
@@ -214,11 +222,22 @@ impl RateLimit {
         }
         let (name, remaining, reset) = closest?;
         Some(Verdict {
-            policy,
+            applied,
             current: format!("\"{name}\";r={remaining};t={reset}"),
             closest: name,
             retry_after: ceil_secs(wait_max),
         })
+    }
+
+    /// The `RateLimit-Policy` value listing the `applied` limits: the
+    /// prebuilt one when all applied, else built now (only when a
+    /// `missing = "allow"` limit was skipped).
+    fn policy(&self, applied: Applied) -> Result<HeaderValue> {
+        if applied == self.all {
+            return Ok(self.policy_all.clone());
+        }
+        let items = self.limits.iter().enumerate().filter(|(i, _)| applied & (1 << i) != 0).map(|(_, l)| &l.policy);
+        Ok(HeaderValue::try_from(items.map(String::as_str).collect::<Vec<_>>().join(", "))?)
     }
 }
 
@@ -226,16 +245,20 @@ impl Plugin for RateLimit {
     fn new(config: &Config) -> Result<Self> {
         let spec = Spec::from_config(config)?;
         let sliding = spec.algorithm == Algorithm::Sliding;
-        let limits = spec
+        let limits: Vec<Limit> = spec
             .limits
             .into_iter()
             .map(|s| Limit {
                 window: Window { quota: s.requests, len: s.window_secs * 1000, sliding },
                 policy: format!("\"{}\";q={};w={}", s.name, s.requests, s.window_secs),
+                key_prefix: key::key_prefix(&s.name, s.window_secs),
                 spec: s,
             })
             .collect();
+        let policy_all = limits.iter().map(|l| l.policy.as_str()).collect::<Vec<_>>().join(", ");
         Ok(Self {
+            policy_all: HeaderValue::try_from(policy_all)?,
+            all: Applied::MAX >> (Applied::BITS as usize - limits.len()),
             limits,
             on_state_error: spec.on_state_error,
             headers: spec.headers,
@@ -278,7 +301,7 @@ impl Plugin for RateLimit {
             } else {
                 0
             };
-            let key = key::state_key(&limit.spec.name, limit.spec.window_secs, at.index, &subject);
+            let key = key::state_key(&limit.key_prefix, at.index, &subject);
             let ttl = limit.window.ttl_ms(at.elapsed, SKEW_SLACK_MS);
             let current = match state.incr(&key, 1, ttl) {
                 Ok(n) => non_negative(n),
@@ -293,7 +316,7 @@ impl Plugin for RateLimit {
             if self.headers
                 && let Some(v) = self.verdict(&tallies)
             {
-                cx.set_local(LOCAL_HEADERS, format!("{}\n{}", v.policy, v.current));
+                cx.set_local(LOCAL_HEADERS, format!("{:x}\n{}", v.applied, v.current));
             }
             return Ok(Action::Continue);
         }
@@ -308,7 +331,8 @@ impl Plugin for RateLimit {
         let mut reply =
             Reply::json(StatusCode::TOO_MANY_REQUESTS, &body).header("retry-after", &retry_after.to_string());
         if let Some(v) = &verdict {
-            reply = reply.header(RATELIMIT_POLICY.as_str(), &v.policy).header(RATELIMIT.as_str(), &v.current);
+            reply.headers_mut().append(RATELIMIT_POLICY, self.policy(v.applied)?);
+            reply = reply.header(RATELIMIT.as_str(), &v.current);
         }
         Ok(reply.into())
     }
@@ -316,11 +340,13 @@ impl Plugin for RateLimit {
     fn on_response(&self, _req: &Request, resp: &mut Response, cx: &Context) -> Result<Action> {
         if let Some(bytes) = cx.get_local(LOCAL_HEADERS)
             && let Ok(text) = String::from_utf8(bytes)
-            && let Some((policy, current)) = text.split_once('\n')
+            && let Some((applied, current)) = text.split_once('\n')
+            && let Ok(applied) = Applied::from_str_radix(applied, 16)
         {
             // Appended, not replaced: an upstream's own policies stay listed.
+            let policy = self.policy(applied)?;
             let headers = resp.headers_mut();
-            headers.append(RATELIMIT_POLICY, HeaderValue::from_str(policy)?);
+            headers.append(RATELIMIT_POLICY, policy);
             headers.append(RATELIMIT, HeaderValue::from_str(current)?);
         }
         Ok(Action::Continue)

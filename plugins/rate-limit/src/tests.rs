@@ -1,5 +1,5 @@
 use std::cell::Cell;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use weir_plugin_sdk::http;
@@ -14,30 +14,34 @@ const HOUR: u64 = 3_600_000;
 
 // ---- helpers --------------------------------------------------------------
 
+/// 2026-01-01T00:00:00Z: the start of a day, so of every window length.
+const T0: u64 = 1_767_225_600_000;
+
 thread_local! {
-    /// How far the test host's clocks were advanced since `fresh()`.
-    static ADVANCED: Cell<u64> = const { Cell::new(0) };
+    /// The wall clock the plugin sees, in ms (pinned: it moves only when a
+    /// test moves it, so every decision below is exact).
+    static NOW: Cell<u64> = const { Cell::new(T0) };
 }
 
-/// A clean test host (state, metrics, logs, clock) for this test's thread.
+/// A clean test host (state, metrics, logs) for this test's thread, its
+/// clock pinned at [`T0`].
 fn fresh() {
     testing::reset();
-    ADVANCED.with(|a| a.set(0));
+    testing::set_wall_clock(T0);
+    NOW.with(|n| n.set(T0));
 }
 
-/// The wall clock the plugin sees, in ms.
 fn wall_ms() -> u64 {
-    let real = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as u64;
-    real + ADVANCED.with(Cell::get)
+    NOW.with(Cell::get)
 }
 
 fn advance_ms(ms: u64) {
     testing::advance(Duration::from_millis(ms));
-    ADVANCED.with(|a| a.set(a.get() + ms));
+    NOW.with(|n| n.set(n.get() + ms));
 }
 
-/// Move the clock forward to `elapsed` ms into the next window of `len` ms.
-/// Real time keeps running, so tests expect a few ms more than `elapsed`.
+/// Move the clock forward to exactly `elapsed` ms into the next window of
+/// `len` ms.
 fn next_window(len: u64, elapsed: u64) {
     advance_ms(len - wall_ms() % len + elapsed);
 }
@@ -196,7 +200,13 @@ fn fixed_windows_restart_at_the_boundary() {
     assert_eq!(allowed(&h, 10, get), 3);
     let (_, headers, _) = call(&h, get());
     assert_eq!(header(&headers, "retry-after"), "30");
-    next_window(MIN, 0);
+    // The last millisecond of the window is still full...
+    advance_ms(29_999);
+    let (st, headers, _) = call(&h, get());
+    assert_eq!((st, header(&headers, "retry-after")), (429, "1"));
+    // ...and the first of the next one starts afresh.
+    advance_ms(1);
+    assert_eq!(wall_ms() % MIN, 0);
     assert_eq!(allowed(&h, 10, get), 3);
 }
 
@@ -222,11 +232,14 @@ fn sliding_window_weights_the_previous_window() {
     assert_eq!(st, 429);
     assert_eq!(header(&headers, "retry-after"), "180");
 
-    // At 18 minutes (plus a margin), exactly one more fits.
-    advance_ms(3 * MIN + 5_000);
+    // One millisecond before 18 minutes it still does not fit; at 18
+    // minutes exactly one more does.
+    advance_ms(3 * MIN - 1);
+    assert_eq!(status(&b, get()), 429);
+    advance_ms(1);
     assert_eq!(allowed(&b, 5, get), 1);
 
-    // Next window at its start: the 3 of the last window weigh ~3.
+    // Next window at its very start: the 3 of the last window weigh 3.
     next_window(HOUR, 0);
     assert_eq!(allowed(&a, 20, get), 7);
 }
@@ -265,9 +278,9 @@ fn retry_after_when_the_current_window_alone_is_full() {
     // These 2 become the previous window; one more fits once they weigh ≤ 1,
     // half-way into the next window: 30 s + 30 s.
     assert_eq!(header(&headers, "retry-after"), "60");
-    advance_ms(55_000);
+    advance_ms(60_000 - 1);
     assert_eq!(status(&h, get()), 429);
-    advance_ms(6_000);
+    advance_ms(1);
     assert_eq!(status(&h, get()), 200);
 }
 
@@ -417,7 +430,7 @@ fn header_values_are_hashed_and_long_subjects_shortened() {
     assert_eq!(hash.len(), 32);
     assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()));
     assert_ne!(hash, key::short_hash(b"sk_live_0123456789abcdeg"));
-    assert_eq!(key::state_key("burst", 1, 42, "i:10.0.0.1"), "burst:1:42:i:10.0.0.1");
+    assert_eq!(key::state_key(&key::key_prefix("burst", 1), 42, "i:10.0.0.1"), "burst:1:42:i:10.0.0.1");
 
     // A route name longer than a state key may be: hashed, still counted.
     fresh();
