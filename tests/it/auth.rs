@@ -197,6 +197,91 @@ async fn spoofed_identity_headers_are_replaced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn underscored_identity_headers_never_reach_the_upstream() {
+    let up = Upstream::start("up").await;
+    let gw = hs_gateway(&up).await;
+    let token = hs256(&json!({ "sub": "alice", "exp": now() + 600, "scope": "orders:read" }));
+    let authorization = bearer(&token);
+    let headers =
+        [("authorization", &*authorization), ("x_auth_sub", "admin"), ("X_Auth_Sub", "root"), ("x_other", "kept")];
+    let r = gw.request(Method::GET, "/orders", &headers, "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = r.json();
+    assert_eq!(seen["headers"]["x-auth-sub"], json!(["alice"]));
+    assert_eq!(seen["headers"]["x_auth_sub"], Value::Null, "{seen}");
+    // The gateway does forward underscored names: the plugin removed these.
+    assert_eq!(r.seen("x_other").as_deref(), Some("kept"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_ascii_claims_are_forwarded() {
+    let up = Upstream::start("up").await;
+    let config = format!("{HS_CONFIG}forward_claims = {{ sub = \"x-auth-sub\", name = \"x-auth-name\" }}\n");
+    let gw = TestGateway::start(&gateway_config(&config, &up), &["auth.wasm"]).await;
+    let token = hs256(
+        &json!({ "sub": "jos\u{e9}", "name": "Jos\u{e9} Mar\u{ed}a", "exp": now() + 600, "scope": "orders:read" }),
+    );
+    let r = gw.request(Method::GET, "/orders", &[("authorization", &bearer(&token))], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The echo upstream shows the header bytes as UTF-8.
+    assert_eq!(r.seen("x-auth-name").as_deref(), Some("Jos\u{e9} Mar\u{ed}a"));
+    assert_eq!(r.seen("x-auth-sub").as_deref(), Some("jos\u{e9}"));
+    // A line break refuses the token; so does a leading space, which the
+    // upstream would strip (`" admin"` read as `"admin"`).
+    for (claim, value) in [("name", "a\r\nx-admin: 1"), ("sub", " admin")] {
+        let mut claims = json!({ "sub": "alice", "exp": now() + 600, "scope": "orders:read" });
+        claims[claim] = json!(value);
+        let r = gw.request(Method::GET, "/orders", &[("authorization", &bearer(&hs256(&claims)))], "").await;
+        assert_eq!(r.status, 401, "{value:?}: {}", r.text());
+        let description = format!("the claim `{claim}` cannot be forwarded as a header");
+        assert_eq!(r.json()["error_description"], description.as_str());
+    }
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_credentials_are_a_bad_request() {
+    let up = Upstream::start("up").await;
+    let config = "[plugins.auth.config.jwt]\nkeys = [{ secret = \"it-secret-0123456789abcdef-0123456789\" }]\n\
+                  from = [{ header = \"authorization\" }, { query = \"access_token\" }, { cookie = \"session\" }]\n";
+    let gw = TestGateway::start(&gateway_config(config, &up), &["auth.wasm"]).await;
+    let token = hs256(&json!({ "sub": "alice", "exp": now() + 600 }));
+    let forged = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9.";
+    let authorization = bearer(&token);
+    let cookie_twice = format!("session={token}; session={forged}");
+    let (first, second) = (format!("session={token}"), format!("a=1; session={forged}"));
+    let two_cookie_headers = [("cookie", &*first), ("cookie", &*second)];
+    let cases: Vec<(String, Vec<(&str, &str)>, &str)> = vec![
+        ("/orders".into(), vec![("cookie", &cookie_twice)], "the credential cookie is repeated"),
+        ("/orders".into(), two_cookie_headers.to_vec(), "the credential cookie is repeated"),
+        (
+            format!("/orders?access_token={token}&access%5Ftoken={forged}"),
+            vec![],
+            "the credential parameter is repeated",
+        ),
+        (
+            format!("/orders?access_token={forged}"),
+            vec![("authorization", &authorization)],
+            "credentials in more than one location",
+        ),
+    ];
+    for (uri, headers, description) in &cases {
+        let r = gw.request(Method::GET, uri, headers, "").await;
+        assert_eq!(r.status, 400, "{uri} {headers:?}: {}", r.text());
+        assert_eq!(r.json(), json!({ "error": "invalid_request", "error_description": description }));
+    }
+    assert_eq!(up.hits(), 0);
+    // Each of those locations alone is accepted.
+    let r = gw.request(Method::GET, &format!("/orders?access%5Ftoken={token}"), &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.seen("x-auth-sub").as_deref(), Some("alice"));
+    assert_eq!(r.json()["uri"], format!("/orders?access%5Ftoken={token}"), "not stripped by default");
+    let r = gw.request(Method::GET, "/orders", &[("cookie", &format!("a=1; session={token}"))], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.seen("x-auth-sub").as_deref(), Some("alice"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_plugin_config_is_rejected_at_load() {
     let up = Upstream::start("up").await;
     let dir = tempfile::tempdir().expect("tempdir");

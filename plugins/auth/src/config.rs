@@ -195,7 +195,8 @@ impl Settings {
         }
         let mut managed: Vec<HeaderName> = Vec::new();
         for h in jwt.iter().flat_map(|j| &j.1).chain(api_keys.iter().map(|a| &a.1)) {
-            if let Some(s) = jwt_sources.iter().chain(api_sources).find(|s| **s == Source::Header(h.clone())) {
+            let carries = |s: &&Source| matches!(s, Source::Header(c) if same_header(c.as_str(), h.as_str()));
+            if let Some(s) = jwt_sources.iter().chain(api_sources).find(carries) {
                 return Err(format!("header `{h}` cannot both carry a credential ({}) and an identity", describe(s)));
             }
             if !managed.contains(h) {
@@ -242,11 +243,19 @@ fn sources(from: &[SourceConfig]) -> Result<Vec<Source>, String> {
     Ok(out)
 }
 
+/// Whether two lower-case header names are the same once `_` is read as
+/// `-`: CGI/WSGI-style upstreams fold `x_auth_sub` and `x-auth-sub` into
+/// one variable (`HTTP_X_AUTH_SUB`).
+pub(crate) fn same_header(a: &str, b: &str) -> bool {
+    let fold = |c: u8| if c == b'_' { b'-' } else { c };
+    a.len() == b.len() && a.bytes().map(fold).eq(b.bytes().map(fold))
+}
+
 /// A header the plugin writes an identity into.
 fn identity_header(name: &str, what: &str) -> Result<HeaderName, String> {
     let h =
         HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("{what}: `{name}` is not a valid header name"))?;
-    if RESERVED_HEADERS.contains(&h.as_str()) {
+    if RESERVED_HEADERS.iter().any(|r| same_header(r, h.as_str())) {
         return Err(format!("{what}: `{name}` cannot be set by the auth plugin"));
     }
     Ok(h)
@@ -381,7 +390,7 @@ fn compile_jwt(s: JwtSettings) -> Result<(Jwt, Vec<HeaderName>), String> {
     for (name, header) in s.forward_claims {
         check_claim_name(&name, "`forward_claims`")?;
         let h = identity_header(&header, &format!("`forward_claims.{name}`"))?;
-        if headers.contains(&h) {
+        if headers.iter().any(|other| same_header(other.as_str(), h.as_str())) {
             return Err(format!("`forward_claims`: header `{h}` is the target of two claims"));
         }
         headers.push(h.clone());

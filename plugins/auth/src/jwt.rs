@@ -194,7 +194,7 @@ impl Jwt {
         let mut headers = Vec::with_capacity(self.forward.len());
         for (name, header) in &self.forward {
             let Some(text) = claim(claims, name).and_then(header_text) else { continue };
-            let value = HeaderValue::from_str(&text).map_err(|_| {
+            let value = header_value(&text).ok_or_else(|| {
                 Denial::InvalidToken(format!("the claim `{name}` cannot be forwarded as a header").into())
             })?;
             headers.push((header.clone(), value));
@@ -247,6 +247,21 @@ pub(crate) fn claim<'c>(claims: &'c Claims, name: &str) -> Option<&'c Value> {
         None => None,
     };
     found.filter(|v| !v.is_null())
+}
+
+/// `text` as a header value if HTTP allows it as one (RFC 9110 §5.5): its
+/// UTF-8 bytes, which may be non-ASCII (obs-text); no control character
+/// but HTAB (so no CR, LF, NUL or DEL); no leading or trailing space or tab,
+/// which a recipient would strip (an upstream would read `" admin"` as
+/// `"admin"`).
+fn header_value(text: &str) -> Option<HeaderValue> {
+    let bytes = text.as_bytes();
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
+    if bytes.first().is_some_and(blank) || bytes.last().is_some_and(blank) {
+        return None;
+    }
+    // Refuses every control byte but HTAB, and DEL.
+    HeaderValue::from_bytes(bytes).ok()
 }
 
 /// How a claim is written in a header: strings as they are, numbers and

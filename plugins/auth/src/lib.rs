@@ -11,7 +11,8 @@
 //!   forwarded as a header.
 //!
 //! Headers the plugin sets (`x-auth-sub` by default) are always removed
-//! from the incoming request first, so clients cannot spoof an identity.
+//! from the incoming request first, also when spelled with `_` for `-`
+//! (`x_auth_sub`), so clients cannot spoof an identity.
 //! A missing or bad credential is answered `401` with `WWW-Authenticate`
 //! (RFC 6750), a valid token lacking a scope or claim `403`; bodies are
 //! JSON `{"error", "error_description"}`.
@@ -38,8 +39,11 @@
 //! ]
 //! ```
 //!
-//! A request with a token (in any `jwt.from` location) is decided by the
-//! token alone; otherwise by the API key; otherwise it has no credential.
+//! Every configured location is read: a request carries at most one
+//! credential (the same string in several locations counts once), checked
+//! as a token if it is in a `jwt.from` location, else as an API key;
+//! different credentials in two locations, or one location given twice,
+//! are a `400`, so an upstream can never read an unchecked one.
 //! See `README.md` beside this crate for every key and the exact rules.
 
 mod alg;
@@ -51,10 +55,12 @@ mod keys;
 mod source;
 mod verdict;
 
+use std::borrow::Cow;
+
 use weir_plugin_sdk::prelude::*;
 
 use crate::apikey::ApiKeys;
-use crate::config::Settings;
+use crate::config::{Settings, same_header};
 use crate::jwt::Jwt;
 use crate::source::Source;
 use crate::verdict::{Challenges, Denial, Grant, Verdict};
@@ -73,36 +79,81 @@ impl Auth {
     /// The grant for the request's credential; `Ok(None)` for a request
     /// without one when `allow_missing` is set.
     fn decide(&self, req: &Request, cx: &Context) -> Result<Option<Grant>, Denial> {
-        if let Some(jwt) = &self.jwt
-            && let Some(token) = first(&jwt.sources, req)?
-        {
-            return match jwt.check(&token, cx) {
+        match self.credential(req)? {
+            Some(Credential::Token(jwt, token)) => match jwt.check(&token, cx) {
                 Verdict::Allow(grant) => Ok(Some(grant)),
                 Verdict::Deny(denial) => Err(denial),
-            };
+            },
+            Some(Credential::Key(api_keys, key)) => api_keys.check(&key).map(Some),
+            None if self.allow_missing => Ok(None),
+            None => Err(Denial::Missing),
         }
-        if let Some(api_keys) = &self.api_keys
-            && let Some(key) = first(&api_keys.sources, req)?
-        {
-            return api_keys.check(&key).map(Some);
+    }
+
+    /// The request's one credential. Every configured location is read:
+    /// credentials in several locations are a `400` unless they are the
+    /// same string for the same method, so that an upstream reading any of
+    /// those locations sees what was checked here.
+    fn credential<'a, 'r>(&'a self, req: &'r Request) -> Result<Option<Credential<'a, 'r>>, Denial> {
+        let mut found: Option<Credential<'a, 'r>> = None;
+        let mut keep = |new: Credential<'a, 'r>| match &found {
+            None => {
+                found = Some(new);
+                Ok(())
+            }
+            Some(old) if old.same(&new) => Ok(()),
+            Some(_) => Err(Denial::BadRequest("credentials in more than one location")),
+        };
+        if let Some(jwt) = &self.jwt {
+            for source in &jwt.sources {
+                if let Some(token) = source.extract(req)? {
+                    keep(Credential::Token(jwt, token))?;
+                }
+            }
         }
-        if self.allow_missing { Ok(None) } else { Err(Denial::Missing) }
+        if let Some(api_keys) = &self.api_keys {
+            for source in &api_keys.sources {
+                if let Some(key) = source.extract(req)? {
+                    keep(Credential::Key(api_keys, key))?;
+                }
+            }
+        }
+        Ok(found)
     }
 
     fn all_sources(&self) -> impl Iterator<Item = &Source> {
         let jwt = self.jwt.iter().flat_map(|j| &j.sources);
         jwt.chain(self.api_keys.iter().flat_map(|a| &a.sources))
     }
+
+    /// Incoming headers that spell a managed header: the same name, or the
+    /// same once `_` is read as `-` (`x_auth_sub`), as CGI/WSGI-style
+    /// upstreams fold both into `HTTP_X_AUTH_SUB`.
+    fn spoofed(&self, req: &Request) -> Vec<HeaderName> {
+        req.headers()
+            .keys()
+            .filter(|name| self.managed.iter().any(|m| same_header(name.as_str(), m.as_str())))
+            .cloned()
+            .collect()
+    }
 }
 
-/// The credential at the first location that has one.
-fn first<'r>(sources: &[Source], req: &'r Request) -> Result<Option<std::borrow::Cow<'r, str>>, Denial> {
-    for source in sources {
-        if let Some(found) = source.extract(req)? {
-            return Ok(Some(found));
+/// A credential found in the request, with the method that checks it.
+enum Credential<'a, 'r> {
+    Token(&'a Jwt, Cow<'r, str>),
+    Key(&'a ApiKeys, Cow<'r, str>),
+}
+
+impl Credential<'_, '_> {
+    /// The same method and the same string.
+    fn same(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Credential::Token(_, a), Credential::Token(_, b)) | (Credential::Key(_, a), Credential::Key(_, b)) => {
+                a == b
+            }
+            _ => false,
         }
     }
-    Ok(None)
 }
 
 impl Plugin for Auth {
@@ -133,9 +184,10 @@ impl Plugin for Auth {
             }
         };
         // Identity headers come from this plugin only.
-        if self.managed.iter().any(|h| req.headers().contains_key(h)) {
+        let spoofed = self.spoofed(req);
+        if !spoofed.is_empty() {
             let headers = req.headers_mut();
-            for h in &self.managed {
+            for h in &spoofed {
                 headers.remove(h);
             }
         }

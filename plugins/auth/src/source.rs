@@ -37,6 +37,11 @@ impl Source {
                     .map_err(|_| format!("`{name}` is not a valid header name"))?;
                 Ok(Source::Header(parsed))
             }
+            // Names are compared percent-decoded: written decoded here.
+            SourceConfig::Query(name) | SourceConfig::Cookie(name) if name.contains('%') => {
+                let what = if matches!(c, SourceConfig::Query(_)) { "query parameter" } else { "cookie" };
+                Err(format!("`{name}` is not a valid {what} name (write it decoded, without `%`)"))
+            }
             SourceConfig::Query(name) => {
                 if name.is_empty() || name.contains(['&', '=', '#', ' ']) {
                     return Err(format!("`{name}` is not a valid query parameter name"));
@@ -92,7 +97,7 @@ impl Source {
                 let mut found = None;
                 for pair in query.split('&') {
                     let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    if k == name {
+                    if is_named(k, name) {
                         if found.is_some() {
                             return Err(Denial::BadRequest("the credential parameter is repeated"));
                         }
@@ -101,7 +106,13 @@ impl Source {
                 }
                 Ok(found.filter(|v| !v.is_empty()).map(percent_decode))
             }
-            Source::Cookie(name) => Ok(cookie(req, name).filter(|v| !v.is_empty()).map(Cow::Borrowed)),
+            Source::Cookie(name) => {
+                let Some(value) = cookie(req, name)? else { return Ok(None) };
+                let value = std::str::from_utf8(value)
+                    .map_err(|_| Denial::BadRequest("the credential cookie is not UTF-8"))?
+                    .trim_matches('"');
+                Ok((!value.is_empty()).then_some(Cow::Borrowed(value)))
+            }
         }
     }
 
@@ -125,7 +136,7 @@ impl Source {
                     .query()
                     .unwrap_or_default()
                     .split('&')
-                    .filter(|pair| pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
+                    .filter(|pair| !is_named(pair.split_once('=').map_or(*pair, |(k, _)| k), name))
                     .collect();
                 let uri =
                     if kept.is_empty() { req.path().to_owned() } else { format!("{}?{}", req.path(), kept.join("&")) };
@@ -137,13 +148,11 @@ impl Source {
                     .get_all(http::header::COOKIE)
                     .iter()
                     .filter_map(|v| {
-                        let Ok(text) = v.to_str() else { return Some(v.clone()) };
-                        let kept: Vec<&str> = text
-                            .split(';')
-                            .map(str::trim)
-                            .filter(|c| !c.is_empty() && c.split_once('=').map_or(*c, |(k, _)| k) != name)
+                        let kept: Vec<&[u8]> = cookie_pairs(v.as_bytes())
+                            .filter(|(k, _, _)| !is_named_bytes(k, name))
+                            .map(|(_, _, pair)| pair)
                             .collect();
-                        (!kept.is_empty()).then(|| HeaderValue::from_str(&kept.join("; ")).ok()).flatten()
+                        (!kept.is_empty()).then(|| HeaderValue::from_bytes(&kept.join(&b"; "[..])).ok()).flatten()
                     })
                     .collect();
                 let headers = req.headers_mut();
@@ -157,14 +166,48 @@ impl Source {
     }
 }
 
-/// The first cookie called `name` in the request's `Cookie` header(s).
-fn cookie<'r>(req: &'r Request, name: &str) -> Option<&'r str> {
-    req.headers().get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|text| {
-        text.split(';').find_map(|c| {
-            let (k, v) = c.trim().split_once('=')?;
-            (k == name).then(|| v.trim().trim_matches('"'))
-        })
+/// The value of the cookie called `name` in the request's `Cookie`
+/// header(s), as bytes (a header with non-ASCII bytes is read too, as an
+/// upstream would); a `400` if the name occurs more than once, so that no
+/// upstream can read another occurrence than the one checked here.
+fn cookie<'r>(req: &'r Request, name: &str) -> Result<Option<&'r [u8]>, Denial> {
+    let mut found = None;
+    for header in req.headers().get_all(http::header::COOKIE) {
+        for (k, v, _) in cookie_pairs(header.as_bytes()) {
+            if is_named_bytes(k, name) {
+                if found.is_some() {
+                    return Err(Denial::BadRequest("the credential cookie is repeated"));
+                }
+                found = Some(v);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The `name=value` pairs of one `Cookie` header: `(name, value, pair)`,
+/// name and value trimmed of whitespace (as lenient parsers do), `pair`
+/// as written. A piece without `=` is a name with an empty value.
+fn cookie_pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8], &[u8])> {
+    header.split(|b| *b == b';').map(<[u8]>::trim_ascii).filter(|pair| !pair.is_empty()).map(|pair| {
+        let (k, v) = match pair.iter().position(|b| *b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &b""[..]),
+        };
+        (k.trim_ascii(), v.trim_ascii(), pair)
     })
+}
+
+/// Whether a query parameter name as written (`access%5Ftoken`) is `name`
+/// once percent-decoded. (`+` is kept: a configured name has no space, so
+/// this also covers decoders that read `+` as a space.)
+fn is_named(raw: &str, name: &str) -> bool {
+    percent_decode(raw) == name
+}
+
+/// [`is_named`] for a cookie name (bytes; a non-UTF-8 name is never ours).
+fn is_named_bytes(raw: &[u8], name: &str) -> bool {
+    std::str::from_utf8(raw).is_ok_and(|raw| is_named(raw, name))
 }
 
 /// Decode `%XX` escapes (a `+` stays a `+`: API keys and tokens never

@@ -692,6 +692,136 @@ fn repeated_credentials_are_a_bad_request() {
 }
 
 #[test]
+fn repeated_cookie_is_a_bad_request() {
+    let token = hs256(&claims(json!({})));
+    let h = harness(hs_config(json!({ "from": [{ "cookie": "jwt" }] })));
+    let repeated = |cookies: &[&str]| {
+        let mut req = get("/", &[]);
+        for c in cookies {
+            req.headers_mut().append("cookie", http::HeaderValue::from_bytes(c.as_bytes()).expect("value"));
+        }
+        req
+    };
+    for cookies in [
+        vec![format!("jwt={token}; theme=dark; jwt=forged")],
+        vec![format!("jwt={token}"), "a=1; jwt=forged".to_owned()],
+        // An empty first value must not hide the second from the check.
+        vec![format!("jwt=; jwt={token}")],
+        // Parsers that trim names read `jwt =` as `jwt`.
+        vec![format!("jwt={token}; jwt =forged")],
+        // Cookie names are compared percent-decoded too.
+        vec![format!("jwt={token}; %6Awt=forged")],
+    ] {
+        let cookies: Vec<&str> = cookies.iter().map(String::as_str).collect();
+        let d = denied(&h, repeated(&cookies));
+        assert_eq!((d.status, d.description()), (400, "the credential cookie is repeated"), "{cookies:?}");
+        assert_eq!(d.body["error"], "invalid_request");
+    }
+    // A Cookie header with non-ASCII bytes is read as well: the second
+    // `jwt` there is still a repetition.
+    let mut req = get("/", &[("cookie", &format!("jwt={token}"))]);
+    req.headers_mut()
+        .append("cookie", http::HeaderValue::from_bytes("x=caf\u{e9}; jwt=forged".as_bytes()).expect("obs-text"));
+    assert_eq!(denied(&h, req).status, 400);
+    // Other cookies may repeat; the credential cookie once is fine.
+    let req = allowed(&h, repeated(&[&format!("a=1; jwt={token}; a=2")]));
+    assert_eq!(header(&req, "x-auth-sub"), Some("alice"));
+    // A token in a Cookie header that also holds obs-text is found.
+    let mut req = get("/", &[]);
+    req.headers_mut().append(
+        "cookie",
+        http::HeaderValue::from_bytes(format!("x=caf\u{e9}; jwt={token}").as_bytes()).expect("obs-text"),
+    );
+    assert_eq!(header(&allowed(&h, req), "x-auth-sub"), Some("alice"));
+}
+
+#[test]
+fn query_names_are_compared_percent_decoded() {
+    let token = hs256(&claims(json!({})));
+    let h = harness(json!({ "strip_credential": true, "jwt": {
+        "keys": [{ "secret": SECRET }], "from": [{ "query": "access_token" }],
+    } }));
+    // An encoded name is the same parameter: found, and stripped.
+    let req = allowed(&h, get(&format!("/items?a=1&access%5Ftoken={token}&b=2"), &[]));
+    assert_eq!(header(&req, "x-auth-sub"), Some("alice"));
+    assert_eq!(req.uri(), "/items?a=1&b=2");
+    let req = allowed(&h, get(&format!("/items?%61ccess_token={token}"), &[]));
+    assert_eq!(req.uri(), "/items");
+    // ... and counts as a repetition.
+    for uri in [
+        format!("/items?access_token={token}&access%5Ftoken=forged"),
+        format!("/items?access%5ftoken=forged&access_token={token}"),
+    ] {
+        let d = denied(&h, get(&uri, &[]));
+        assert_eq!((d.status, d.description()), (400, "the credential parameter is repeated"), "{uri}");
+    }
+}
+
+#[test]
+fn different_credentials_in_two_locations_are_a_bad_request() {
+    let token = hs256(&claims(json!({})));
+    let other = hs256(&claims(json!({ "sub": "mallory" })));
+    let h = harness(hs_config(json!({ "from": [{ "header": "authorization" }, { "query": "access_token" }] })));
+    let d = denied(&h, get(&format!("/?access_token={other}"), &[("authorization", &format!("Bearer {token}"))]));
+    assert_eq!((d.status, d.description()), (400, "credentials in more than one location"));
+    // The same token in both places is one credential.
+    let req = allowed(&h, get(&format!("/?access_token={token}"), &[("authorization", &format!("Bearer {token}"))]));
+    assert_eq!(header(&req, "x-auth-sub"), Some("alice"));
+    // A non-Bearer `authorization` is not a credential of ours.
+    let req = allowed(&h, get(&format!("/?access_token={token}"), &[("authorization", "Basic dXNlcjpwYXNz")]));
+    assert_eq!(header(&req, "x-auth-sub"), Some("alice"));
+}
+
+#[test]
+fn non_ascii_claims_are_forwarded_as_bytes() {
+    let h = harness(hs_config(json!({ "forward_claims": { "sub": "x-auth-sub", "name": "x-auth-name" } })));
+    for name in ["Jos\u{e9}", "\u{5c71}\u{7530}", "tab\there", ""] {
+        let req = allowed(&h, bearer(&hs256(&claims(json!({ "name": name })))));
+        let value = req.headers().get("x-auth-name").expect("forwarded");
+        assert_eq!(value.as_bytes(), name.as_bytes(), "{name:?} forwarded as its UTF-8 bytes");
+    }
+    for bad in ["a\rb", "a\nb", "a\0b", "a\u{1}b", "a\u{7f}b", " admin", "admin\t"] {
+        assert_invalid(
+            &h,
+            bearer(&hs256(&claims(json!({ "name": bad })))),
+            "the claim `name` cannot be forwarded as a header",
+        );
+    }
+}
+
+#[test]
+fn underscored_spellings_of_identity_headers_are_removed() {
+    let h = harness(hs_config(json!({ "forward_claims": { "sub": "x-auth-sub", "email": "x-auth-email" } })));
+    let token = hs256(&claims(json!({})));
+    let req = allowed(
+        &h,
+        get(
+            "/",
+            &[
+                ("authorization", &format!("Bearer {token}")),
+                ("x_auth_sub", "admin"),
+                ("X_Auth-Email", "admin@example.com"),
+                ("x_other", "kept"),
+            ],
+        ),
+    );
+    assert_eq!(header(&req, "x-auth-sub"), Some("alice"));
+    assert_eq!(header(&req, "x_auth_sub"), None);
+    assert_eq!(header(&req, "x_auth-email"), None);
+    assert_eq!(header(&req, "x-auth-email"), None, "the token has no email");
+    assert_eq!(header(&req, "x_other"), Some("kept"));
+    // Anonymous requests too, and the API-key consumer header.
+    let mut config = api_config(json!({ "consumer_header": "x-consumer" }));
+    config["allow_missing"] = json!(true);
+    let h = harness(config);
+    let req = allowed(&h, get("/", &[("x_consumer", "bob")]));
+    assert!(req.headers().is_empty(), "{:?}", req.headers());
+    let req = allowed(&h, get("/", &[("x-api-key", "k-alice-0123456789"), ("x_consumer", "bob")]));
+    assert_eq!(header(&req, "x-consumer"), Some("alice"));
+    assert_eq!(header(&req, "x_consumer"), None);
+}
+
+#[test]
 fn spoofed_identity_headers_are_replaced_or_removed() {
     let h = harness(hs_config(json!({ "require_exp": false })));
     let token = hs256(&claims(json!({})));
@@ -812,12 +942,17 @@ fn both_methods_token_takes_precedence() {
     // Token only, key only.
     assert_eq!(header(&allowed(&h, bearer(&token)), "x-auth-sub"), Some("alice"));
     assert_eq!(header(&allowed(&h, get("/", &[("x-api-key", "k-bob-0123456789")])), "x-auth-sub"), Some("bob"));
-    // A bad token is not rescued by a good key.
-    let d = denied(&h, get("/", &[("authorization", "Bearer x.y.z"), ("x-api-key", "k-bob-0123456789")]));
-    assert_eq!((d.status, d.description()), (401, "malformed token"));
-    // A good token wins over a bad key.
-    let req = allowed(&h, get("/", &[("authorization", &format!("Bearer {token}")), ("x-api-key", "wrong")]));
-    assert_eq!(header(&req, "x-auth-sub"), Some("alice"));
+    // A token and a key: two credentials, whichever is good.
+    for (authorization, key) in [
+        ("Bearer x.y.z", "k-bob-0123456789"),
+        (&*format!("Bearer {token}"), "wrong"),
+        (&*format!("Bearer {token}"), "k-bob-0123456789"),
+    ] {
+        let d = denied(&h, get("/", &[("authorization", authorization), ("x-api-key", key)]));
+        assert_eq!((d.status, d.description()), (400, "credentials in more than one location"));
+    }
+    // A bad token is not rescued by anything.
+    assert_invalid(&h, bearer("x.y.z"), "malformed token");
     // Nothing: both challenges.
     let d = denied(&h, get("/", &[]));
     assert_eq!(d.challenges, ["Bearer realm=\"weir\"", "ApiKey realm=\"weir\", header=\"x-api-key\""]);
@@ -830,9 +965,10 @@ fn strip_credential_with_both_methods() {
     config["strip_credential"] = json!(true);
     let h = harness(config);
     let token = hs256(&claims(json!({})));
-    let req =
-        allowed(&h, get("/", &[("authorization", &format!("Bearer {token}")), ("x-api-key", "k-bob-0123456789")]));
-    assert!(!req.headers().contains_key("authorization") && !req.headers().contains_key("x-api-key"));
+    let req = allowed(&h, bearer(&token));
+    assert!(!req.headers().contains_key("authorization"));
+    let req = allowed(&h, get("/", &[("x-api-key", "k-bob-0123456789")]));
+    assert!(!req.headers().contains_key("x-api-key"));
     // Another scheme in `authorization` is not ours: left for the upstream.
     let req = allowed(&h, get("/", &[("authorization", "Basic dXNlcjpwYXNz"), ("x-api-key", "k-bob-0123456789")]));
     assert_eq!(header(&req, "authorization"), Some("Basic dXNlcjpwYXNz"));
@@ -952,6 +1088,28 @@ fn bad_configs_are_refused_with_clear_messages() {
         (
             json!({ "api_keys": { "from": [{ "header": "x-auth-sub" }], "keys": [{ "name": "a", "key": "k" }] } }),
             "header `x-auth-sub` cannot both carry a credential",
+        ),
+        // Names are compared percent-decoded, so they are written decoded.
+        (
+            json!({ "jwt": { "keys": [{ "secret": SECRET }], "from": [{ "query": "access%5Ftoken" }] } }),
+            "jwt: from[0]: `access%5Ftoken` is not a valid query parameter name (write it decoded, without `%`)",
+        ),
+        (
+            json!({ "jwt": { "keys": [{ "secret": SECRET }], "from": [{ "cookie": "s%65ssion" }] } }),
+            "jwt: from[0]: `s%65ssion` is not a valid cookie name (write it decoded, without `%`)",
+        ),
+        // `_` and `-` are one header to CGI/WSGI-style upstreams.
+        (
+            json!({ "jwt": { "keys": [{ "secret": SECRET }], "forward_claims": { "sub": "x-id", "uid": "x_id" } } }),
+            "header `x_id` is the target of two claims",
+        ),
+        (
+            json!({ "jwt": { "keys": [{ "secret": SECRET }], "forward_claims": { "sub": "x_request_id" } } }),
+            "`forward_claims.sub`: `x_request_id` cannot be set by the auth plugin",
+        ),
+        (
+            json!({ "api_keys": { "from": [{ "header": "x_auth_sub" }], "keys": [{ "name": "a", "key": "k" }] } }),
+            "header `x-auth-sub` cannot both carry a credential (header `x_auth_sub`)",
         ),
     ];
     for (config, needle) in cases {
