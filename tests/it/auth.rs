@@ -251,7 +251,9 @@ async fn ambiguous_credentials_are_a_bad_request() {
     let cookie_twice = format!("session={token}; session={forged}");
     let (first, second) = (format!("session={token}"), format!("a=1; session={forged}"));
     let two_cookie_headers = [("cookie", &*first), ("cookie", &*second)];
-    let cases: Vec<(String, Vec<(&str, &str)>, &str)> = vec![
+    /// Request target, headers, expected `error_description`.
+    type Case<'a> = (String, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         ("/orders".into(), vec![("cookie", &cookie_twice)], "the credential cookie is repeated"),
         ("/orders".into(), two_cookie_headers.to_vec(), "the credential cookie is repeated"),
         (
