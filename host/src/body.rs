@@ -28,3 +28,27 @@ where
 {
     body.map_err(Into::into).boxed()
 }
+
+/// Why [`collect`] stopped.
+#[derive(Debug)]
+pub enum CollectError {
+    /// More than the limit arrived.
+    TooLarge,
+    /// The stream failed.
+    Failed(BoxError),
+}
+
+/// Read a whole body into memory, refusing more than `max` bytes.
+pub async fn collect(mut body: ProxyBody, max: usize) -> Result<Bytes, CollectError> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(CollectError::Failed)?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > max {
+                return Err(CollectError::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}

@@ -152,24 +152,9 @@ impl Exchange<'_> {
             self.head_and_slot(&parts, 0);
         }
         let is_head = parts.method == Method::HEAD;
-        let upstream_parts = self.upstream_parts(parts)?;
+        forwarding::add_forwarding(&mut parts.headers, self.client.ip(), &self.host);
         let upstream = &route.upstream;
-        let req = Request::from_parts(upstream_parts, upstream_body);
-        let resp = match tokio::time::timeout(upstream.timeout, upstream.client.request(req)).await {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) if e.is_connect() => {
-                upstream.metrics.connect.inc();
-                return Err(ProxyError::UpstreamConnect { upstream: upstream.name.clone(), detail: error_chain(&e) });
-            }
-            Ok(Err(e)) => {
-                upstream.metrics.request.inc();
-                return Err(ProxyError::Upstream { upstream: upstream.name.clone(), detail: error_chain(&e) });
-            }
-            Err(_) => {
-                upstream.metrics.timeout.inc();
-                return Err(ProxyError::UpstreamTimeout { upstream: upstream.name.clone(), timeout: upstream.timeout });
-            }
-        };
+        let resp = upstream.forward(parts, upstream_body, &self.host).await?;
         let (mut rparts, rbody) = resp.into_parts();
         forwarding::strip_hop_by_hop(&mut rparts.headers);
         rparts.version = Version::HTTP_11;
@@ -201,14 +186,14 @@ impl Exchange<'_> {
         // there is nothing to buffer and their Content-Length must stay.
         let bodyless = is_head || matches!(rparts.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
         if !route.buffer_response || bodyless {
-            return Ok(Response::from_parts(rparts, body::boxed(rbody)));
+            return Ok(Response::from_parts(rparts, rbody));
         }
-        let mut bytes = match Limited::new(rbody, max as usize).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-                return Err(ProxyError::ResponseBodyTooLarge(max));
+        let mut bytes = match body::collect(rbody, max as usize).await {
+            Ok(bytes) => bytes,
+            Err(body::CollectError::TooLarge) => return Err(ProxyError::ResponseBodyTooLarge(max)),
+            Err(body::CollectError::Failed(e)) => {
+                return Err(ProxyError::Upstream { upstream: upstream.name.clone(), detail: e.to_string() });
             }
-            Err(e) => return Err(ProxyError::Upstream { upstream: upstream.name.clone(), detail: e.to_string() }),
         };
         for (i, plugin) in route.chain.iter().enumerate().rev() {
             if !plugin.phases().contains(Phases::RESPONSE_BODY) {
@@ -285,28 +270,6 @@ impl Exchange<'_> {
             head.headers = forwarding::to_wit(&parts.headers);
         }
         Ok(())
-    }
-
-    /// Turn the request into the one sent upstream, in place: absolute URI
-    /// to the picked target, HTTP/1.1, `Host` kept, forwarding headers added.
-    fn upstream_parts(&self, mut parts: Parts) -> Result<Parts, ProxyError> {
-        let upstream = &self.route.upstream;
-        let target = upstream.pick();
-        let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        parts.uri = Uri::builder()
-            .scheme("http")
-            .authority(target.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|e| ProxyError::Upstream { upstream: upstream.name.clone(), detail: e.to_string() })?;
-        parts.version = Version::HTTP_11;
-        if !parts.headers.contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::try_from(if self.host.is_empty() { target.as_str() } else { &self.host })
-        {
-            parts.headers.insert(header::HOST, v);
-        }
-        forwarding::add_forwarding(&mut parts.headers, self.client.ip(), &self.host);
-        Ok(parts)
     }
 }
 
@@ -420,17 +383,6 @@ fn plugin_reply(r: PluginResponse, max_body: u64) -> Result<Response<ProxyBody>,
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     Ok(resp)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 fn error_response(

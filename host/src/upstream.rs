@@ -1,16 +1,24 @@
 //! Upstream services: targets, round robin, and pooled HTTP clients.
+//!
+//! The request path hands a finished request to [`Upstream::forward`] and
+//! gets a response or a typed error back: everything about reaching the
+//! service (picking a target, the connection pool, timeouts) lives here.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::uri::Authority;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::uri::{Authority, PathAndQuery};
+use http::{Request, Response, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::body::ProxyBody;
+use crate::body::{self, ProxyBody};
+use crate::error::ProxyError;
 use crate::metrics::UpstreamMetrics;
 
 /// The client used to reach upstreams.
@@ -52,6 +60,63 @@ impl Upstream {
     pub fn targets(&self) -> &[Authority] {
         &self.targets
     }
+
+    /// Send a request to one of the targets and return its response head
+    /// (the body streams). `parts` is the request as the chain left it, in
+    /// origin form; `host` is the authority the client asked for (kept as
+    /// `Host`, or the target's when the client sent none).
+    pub async fn forward(
+        &self,
+        mut parts: Parts,
+        body: ProxyBody,
+        host: &str,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let target = self.pick();
+        let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::builder()
+            .scheme("http")
+            .authority(target.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| ProxyError::Upstream { upstream: self.name.clone(), detail: e.to_string() })?;
+        parts.version = Version::HTTP_11;
+        if !parts.headers.contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::try_from(if host.is_empty() { target.as_str() } else { host })
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+        let req = Request::from_parts(parts, body);
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) => {
+                let (parts, incoming) = resp.into_parts();
+                Ok(Response::from_parts(parts, body::boxed(incoming)))
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                self.metrics.connect.inc();
+                Err(ProxyError::UpstreamConnect { upstream: self.name.clone(), detail: error_chain(&e) })
+            }
+            Ok(Err(e)) => {
+                self.metrics.request.inc();
+                Err(ProxyError::Upstream { upstream: self.name.clone(), detail: error_chain(&e) })
+            }
+            Err(_) => {
+                self.metrics.timeout.inc();
+                Err(ProxyError::UpstreamTimeout { upstream: self.name.clone(), timeout: self.timeout })
+            }
+        }
+    }
+}
+
+/// An error and its causes, on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
 }
 
 /// Parse a `host:port` target.
