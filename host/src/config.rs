@@ -82,6 +82,43 @@ pub struct RuntimeConfig {
     /// Idle instances kept per plugin for reuse.
     #[serde(default = "defaults::max_idle_per_plugin")]
     pub max_idle_per_plugin: usize,
+    /// Where compiled plugins are cached between runs: `true` (default) for
+    /// the user's cache folder, `false` for no cache, or a folder (relative
+    /// to the config file).
+    #[serde(default)]
+    pub compile_cache: CompileCache,
+}
+
+/// `compile_cache = true | false | "folder"`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum CompileCache {
+    /// `true`: `$XDG_CACHE_HOME/weir` or `~/.cache/weir`; `false`: off.
+    Default(bool),
+    /// A folder of its own.
+    Dir(PathBuf),
+}
+
+impl Default for CompileCache {
+    fn default() -> Self {
+        Self::Default(true)
+    }
+}
+
+impl CompileCache {
+    /// The folder to use, if caching is on; relative paths are taken from
+    /// `base` (the config file's folder).
+    pub fn dir(&self, base: &Path) -> Option<PathBuf> {
+        match self {
+            Self::Default(false) => None,
+            Self::Default(true) => {
+                let xdg = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()).map(PathBuf::from);
+                let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache"));
+                xdg.or(home).map(|d| d.join("weir"))
+            }
+            Self::Dir(d) => Some(base.join(d)),
+        }
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -90,6 +127,7 @@ impl Default for RuntimeConfig {
             max_instances: defaults::max_instances(),
             max_memory: defaults::max_memory(),
             max_idle_per_plugin: defaults::max_idle_per_plugin(),
+            compile_cache: CompileCache::default(),
         }
     }
 }

@@ -20,14 +20,21 @@
 //! * **Async**: guest calls run on fibers (`call_async`), so host imports
 //!   that do I/O await without blocking a runtime thread.
 //! * **WASI grants nothing**: see [`sandbox_wasi`].
+//! * **Compile cache**: compiled components are kept in `[runtime]
+//!   compile_cache` (wasmtime's cache, keyed by a hash of the module bytes
+//!   and of every engine setting), so a restart does not compile unchanged
+//!   plugins again. The folder is created private (0700): its contents are
+//!   native code that is loaded without recompiling.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use wasmtime::component::{Component, Linker};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, StoreLimits, StoreLimitsBuilder,
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, StoreLimits,
+    StoreLimitsBuilder,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
@@ -60,7 +67,8 @@ pub struct PluginEngine {
 
 impl PluginEngine {
     /// Build the engine from `[runtime]` and start the epoch ticker.
-    pub fn new(rt: &RuntimeConfig) -> wasmtime::Result<Arc<Self>> {
+    /// `config_dir` anchors a relative `compile_cache` folder.
+    pub fn new(rt: &RuntimeConfig, config_dir: &Path) -> wasmtime::Result<Arc<Self>> {
         let mut pool = PoolingAllocationConfig::default();
         let n = rt.max_instances.max(1);
         pool.total_component_instances(n)
@@ -84,6 +92,14 @@ impl PluginEngine {
             .memory_init_cow(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
 
+        if let Some(dir) = rt.compile_cache.dir(config_dir) {
+            match compile_cache(&dir) {
+                Ok(cache) => {
+                    config.cache(Some(cache));
+                }
+                Err(e) => tracing::warn!(dir = %dir.display(), "compile cache disabled: {e:#}"),
+            }
+        }
         let engine = Engine::new(&config)?;
         spawn_ticker(&engine);
         Ok(Arc::new(Self { engine, max_memory: rt.max_memory }))
@@ -116,6 +132,19 @@ impl PluginEngine {
     pub fn deadline_ticks(deadline: Duration) -> u64 {
         (deadline.as_micros().div_ceil(EPOCH_TICK.as_micros())).max(1) as u64
     }
+}
+
+/// wasmtime's compile cache in `dir`, created private if missing.
+fn compile_cache(dir: &Path) -> wasmtime::Result<Cache> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let mut cfg = CacheConfig::new();
+    cfg.with_directory(dir);
+    Cache::new(cfg)
 }
 
 /// Drive epochs until the engine is dropped.

@@ -107,7 +107,7 @@ impl Gateway {
         let path = config_path.as_ref().to_owned();
         let source = Source::read(&path)?;
         let cfg = source.parse()?;
-        let engine = PluginEngine::new(&cfg.runtime)
+        let engine = PluginEngine::new(&cfg.runtime, &source.base_dir())
             .map_err(|e| snapshot::file_error(&path, format!("cannot create the plugin engine: {e:#}")))?;
         let metrics = Arc::new(Metrics::new());
         let state_cfg = cfg.state.as_ref().map(|s| s.get_ref().clone()).unwrap_or_default();

@@ -98,3 +98,33 @@ async fn run_serves_and_drains_on_sigterm() {
     };
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn compile_cache_is_private_and_filled() {
+    let config = GOOD
+        .replace("LISTEN", "127.0.0.1:0")
+        .replace("UPSTREAM", "127.0.0.1:9")
+        .replace("plugins_dir = \"plugins\"\n", "plugins_dir = \"plugins\"\n\n[runtime]\ncompile_cache = \"cache\"\n");
+    let dir = prepare(&config);
+    let out = Command::new(weir_binary())
+        .args(["check", "--config"])
+        .arg(dir.path().join("gateway.toml"))
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cache = dir.path().join("cache");
+    let files = walk(&cache);
+    assert!(!files.is_empty(), "a compiled module is cached in {}", cache.display());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&cache).expect("cache dir").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the cache holds native code: private");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+    }
+    out
+}

@@ -87,3 +87,14 @@ fn byte_sizes() {
     assert_eq!(parse_byte_size("MiB"), None);
     assert_eq!(parse_byte_size("99999999999999999999GiB"), None);
 }
+
+#[test]
+fn compile_cache_takes_a_bool_or_a_folder() {
+    let base = Path::new("/etc/weir");
+    assert_eq!(parse(MINIMAL).expect("valid").runtime.compile_cache, CompileCache::Default(true));
+    let off = parse(&format!("{MINIMAL}[runtime]\ncompile_cache = false\n")).expect("valid");
+    assert_eq!(off.runtime.compile_cache.dir(base), None);
+    let dir = parse(&format!("{MINIMAL}[runtime]\ncompile_cache = \"cache\"\n")).expect("valid");
+    assert_eq!(dir.runtime.compile_cache.dir(base), Some(PathBuf::from("/etc/weir/cache")));
+    assert!(err(&format!("{MINIMAL}[runtime]\ncompile_cache = 3\n")).contains("gateway.toml:4"));
+}
