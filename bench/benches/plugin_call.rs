@@ -39,11 +39,17 @@ fn setup(isolation: &str) -> Setup {
 #[divan::bench]
 fn on_request_pooled(bencher: divan::Bencher<'_, '_>) {
     let s = setup("pool");
-    bencher.bench_local(|| s.rt.block_on(s.plugin.probe_on_request("/users/42")).expect("call"));
+    bencher.bench_local(|| {
+        s.rt.block_on(s.plugin.probe_on_request("/users/42", &[("user-agent", "bench"), ("accept", "*/*")]))
+            .expect("call")
+    });
 }
 
 #[divan::bench]
 fn on_request_fresh_instance(bencher: divan::Bencher<'_, '_>) {
     let s = setup("request");
-    bencher.bench_local(|| s.rt.block_on(s.plugin.probe_on_request("/users/42")).expect("call"));
+    bencher.bench_local(|| {
+        s.rt.block_on(s.plugin.probe_on_request("/users/42", &[("user-agent", "bench"), ("accept", "*/*")]))
+            .expect("call")
+    });
 }

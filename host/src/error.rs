@@ -58,6 +58,9 @@ pub enum ProxyError {
     /// A response body a plugin asked to buffer is larger than allowed.
     #[error("upstream response body exceeds {0} bytes")]
     ResponseBodyTooLarge(u64),
+    /// A bug in the gateway itself, answered rather than panicking.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 impl ProxyError {
@@ -77,6 +80,7 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -92,6 +96,7 @@ impl ProxyError {
             | ProxyError::UpstreamTimeout { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::ResponseBodyTooLarge(_) => "upstream",
+            ProxyError::Internal(_) => "gateway",
         }
     }
 }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 
 use crate::body::{self, ProxyBody};
@@ -22,8 +22,8 @@ use crate::config::FailurePolicy;
 use crate::error::ProxyError;
 use crate::forwarding;
 use crate::plugin::{
-    BodyAction, LoadedPlugin, Phases, PluginFailure, PluginResponse, RequestAction, RequestEdits, RequestHead,
-    RequestSlot, ResponseAction, ResponseEdits, ResponseHead,
+    Action, BodyAction, Heads, LentRequest, LentResponse, LoadedPlugin, Phases, PluginFailure, Reply, RequestInfo,
+    RequestSlot,
 };
 use crate::router::Match;
 use crate::snapshot::{Route, Snapshot};
@@ -55,13 +55,15 @@ where
     parts.uri = Uri::from(pq);
 
     let held = route.chain.iter().map(|_| RequestSlot::default()).collect();
-    let mut exchange = Exchange { snap: &snap, route, client, host, request_id, params, head: None, held };
+    let info = Arc::new(RequestInfo { client, authority: host, route: route.name.clone(), request_id, params });
+    let mut exchange = Exchange { snap: &snap, route, info, held };
     let result = exchange.run(parts, body).await;
+    let request_id = exchange.info.request_id.as_str();
     let mut resp = match result {
         Ok(resp) => resp,
-        Err(e) => return error_response(&route.metrics, e, &exchange.request_id, started),
+        Err(e) => return error_response(&route.metrics, e, request_id, started),
     };
-    if let Ok(v) = HeaderValue::try_from(exchange.request_id.as_str()) {
+    if let Ok(v) = HeaderValue::try_from(request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
     route.metrics.record(resp.status().as_u16(), started.elapsed().as_secs_f64());
@@ -82,110 +84,97 @@ fn authority_of(parts: &Parts) -> &str {
 struct Exchange<'a> {
     snap: &'a Snapshot,
     route: &'a Route,
-    client: SocketAddr,
-    host: String,
-    request_id: String,
-    params: Vec<(String, String)>,
-    /// The request head as plugins see it, built on first use and kept in
-    /// step with the edits.
-    head: Option<RequestHead>,
+    /// Client, authority, route, request id, path parameters.
+    info: Arc<RequestInfo>,
     /// Per chain position: request-local values, and the instance of an
     /// `isolation = "request"` plugin.
     held: Vec<RequestSlot>,
 }
 
 impl Exchange<'_> {
-    async fn run<B>(&mut self, mut parts: Parts, body: B) -> Result<Response<ProxyBody>, ProxyError>
+    async fn run<B>(&mut self, parts: Parts, body: B) -> Result<Response<ProxyBody>, ProxyError>
     where
         B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<body::BoxError>,
     {
         let route = self.route;
         let max = self.snap.server.max_buffered_body;
+        // The heads are lent to each plugin in turn and always come back.
+        let mut heads = Some(Heads { request: LentRequest::new(parts, self.info.clone()), response: None });
 
         // Request chain.
         for (i, plugin) in route.chain.iter().enumerate() {
             if !plugin.phases().contains(Phases::REQUEST_HEADERS) {
                 continue;
             }
-            let (head, held) = self.head_and_slot(&parts, i);
-            let action = guard(plugin, plugin.on_request(head, held).await)?;
-            match action {
-                Some(RequestAction::Continue(edits)) => {
-                    let applied = self.apply_request_edits(&mut parts, edits);
-                    guard(plugin, applied)?;
-                }
-                Some(RequestAction::Respond(r)) => {
-                    if let Some(resp) = guard(plugin, plugin_reply(r, max))? {
-                        return Ok(resp);
-                    }
-                }
-                None => {}
+            let action = guard(plugin, plugin.on_request(&mut heads, &mut self.held[i]).await)?;
+            if let Some(Action::Respond(r)) = action
+                && let Some(resp) = guard(plugin, plugin_reply(r, max))?
+            {
+                return Ok(resp);
             }
         }
+        let Some(Heads { request: mut lent, .. }) = heads.take() else { return Err(lost()) };
 
         // Request body chain (buffered), or stream it.
         let upstream_body = if route.buffer_request {
-            let mut bytes = buffer_request(&parts, body, max).await?;
+            let mut bytes = buffer_request(&lent.parts, body, max).await?;
+            lent.freeze();
+            let mut heads = Some(Heads { request: lent, response: None });
             for (i, plugin) in route.chain.iter().enumerate() {
                 if !plugin.phases().contains(Phases::REQUEST_BODY) {
                     continue;
                 }
-                let (head, held) = self.head_and_slot(&parts, i);
-                let action = guard(plugin, plugin.on_request_body(head, &bytes, held).await)?;
+                let action = guard(plugin, plugin.on_request_body(&mut heads, &bytes, &mut self.held[i]).await)?;
                 if let Some(resp) = apply_body_action(plugin, action, &mut bytes, max)? {
                     return Ok(resp);
                 }
             }
-            parts.headers.remove(header::TRANSFER_ENCODING);
-            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            let Some(Heads { request, .. }) = heads.take() else { return Err(lost()) };
+            lent = request;
+            lent.parts.headers.remove(header::TRANSFER_ENCODING);
+            lent.parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             body::full(bytes)
         } else {
             body::boxed(body)
         };
 
-        // Upstream.
-        // The response phases see the request as the chain left it; build
-        // their view now, before the parts move into the upstream request.
+        // Upstream. The response phases see the request as the chain left
+        // it: keep a read-only copy before the head moves upstream.
         let wants_response = route.chain.iter().any(|p| p.phases().contains(Phases::RESPONSE_HEADERS));
-        if (wants_response || route.buffer_response) && self.head.is_none() {
-            self.head_and_slot(&parts, 0);
-        }
+        let sent = (wants_response || route.buffer_response).then(|| lent.snapshot());
+        let mut parts = lent.parts;
         let is_head = parts.method == Method::HEAD;
-        forwarding::add_forwarding(&mut parts.headers, self.client.ip(), &self.host);
+        forwarding::add_forwarding(&mut parts.headers, self.info.client.ip(), &self.info.authority);
         let upstream = &route.upstream;
-        let resp = upstream.forward(parts, upstream_body, &self.host).await?;
+        let resp = upstream.forward(parts, upstream_body, &self.info.authority).await?;
         let (mut rparts, rbody) = resp.into_parts();
         forwarding::strip_hop_by_hop(&mut rparts.headers);
         rparts.version = Version::HTTP_11;
+        let Some(sent) = sent else {
+            return Ok(Response::from_parts(rparts, rbody));
+        };
 
         // Response chain, in reverse order.
-        let mut resp_head = None;
-        if wants_response || route.buffer_response {
-            for (i, plugin) in route.chain.iter().enumerate().rev() {
-                if !plugin.phases().contains(Phases::RESPONSE_HEADERS) {
-                    continue;
-                }
-                let rh = resp_head.get_or_insert_with(|| response_head(rparts.status, &rparts.headers));
-                let Some((head, held)) = self.built_head_and_slot(i) else { continue };
-                match guard(plugin, plugin.on_response(head, rh, held).await)? {
-                    Some(ResponseAction::Continue(edits)) => {
-                        guard(plugin, apply_response_edits(&mut rparts, rh, edits))?;
-                    }
-                    Some(ResponseAction::Respond(r)) => {
-                        if let Some(resp) = guard(plugin, plugin_reply(r, max))? {
-                            return Ok(resp);
-                        }
-                    }
-                    None => {}
-                }
+        let mut heads = Some(Heads { request: sent, response: Some(LentResponse::new(rparts)) });
+        for (i, plugin) in route.chain.iter().enumerate().rev() {
+            if !plugin.phases().contains(Phases::RESPONSE_HEADERS) {
+                continue;
+            }
+            let action = guard(plugin, plugin.on_response(&mut heads, &mut self.held[i]).await)?;
+            if let Some(Action::Respond(r)) = action
+                && let Some(resp) = guard(plugin, plugin_reply(r, max))?
+            {
+                return Ok(resp);
             }
         }
 
         // Responses without a body (HEAD, 204, 304) skip the body phases:
         // there is nothing to buffer and their Content-Length must stay.
-        let bodyless = is_head || matches!(rparts.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
+        let status = heads.as_ref().and_then(|h| h.response.as_ref()).map(|r| r.parts.status);
+        let bodyless = is_head || matches!(status, Some(StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED));
         if !route.buffer_response || bodyless {
+            let rparts = take_response(&mut heads)?;
             return Ok(Response::from_parts(rparts, rbody));
         }
         let mut bytes = match body::collect(rbody, max as usize).await {
@@ -195,82 +184,34 @@ impl Exchange<'_> {
                 return Err(ProxyError::Upstream { upstream: upstream.name.clone(), detail: e.to_string() });
             }
         };
+        if let Some(r) = heads.as_mut().and_then(|h| h.response.as_mut()) {
+            r.freeze();
+        }
         for (i, plugin) in route.chain.iter().enumerate().rev() {
             if !plugin.phases().contains(Phases::RESPONSE_BODY) {
                 continue;
             }
-            let rh = resp_head.get_or_insert_with(|| response_head(rparts.status, &rparts.headers));
-            let Some((head, held)) = self.built_head_and_slot(i) else { continue };
-            let action = guard(plugin, plugin.on_response_body(head, rh, &bytes, held).await)?;
+            let action = guard(plugin, plugin.on_response_body(&mut heads, &bytes, &mut self.held[i]).await)?;
             if let Some(resp) = apply_body_action(plugin, action, &mut bytes, max)? {
                 return Ok(resp);
             }
         }
+        let mut rparts = take_response(&mut heads)?;
         rparts.headers.remove(header::TRANSFER_ENCODING);
         rparts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         Ok(Response::from_parts(rparts, body::full(bytes)))
     }
+}
 
-    /// The plugin view of the request (built on first use, then kept in
-    /// step with the edits) and the instance slot of chain position `i`.
-    fn head_and_slot(&mut self, parts: &Parts, i: usize) -> (&RequestHead, &mut RequestSlot) {
-        let head = self.head.get_or_insert_with(|| RequestHead {
-            method: parts.method.as_str().to_owned(),
-            uri: parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
-            authority: self.host.clone(),
-            headers: forwarding::to_wit(&parts.headers),
-            client_addr: self.client.to_string(),
-            route: self.route.name.to_string(),
-            request_id: self.request_id.clone(),
-            path_params: self.params.clone(),
-        });
-        (head, &mut self.held[i])
-    }
+/// The response head back from the plugins.
+fn take_response(heads: &mut Option<Heads>) -> Result<http::response::Parts, ProxyError> {
+    heads.take().and_then(|h| h.response).map(|r| r.parts).ok_or_else(lost)
+}
 
-    /// The view built before the request went upstream (see `run`).
-    fn built_head_and_slot(&mut self, i: usize) -> Option<(&RequestHead, &mut RequestSlot)> {
-        self.head.as_ref().map(|head| (head, &mut self.held[i]))
-    }
-
-    /// Validate a plugin's request edits, then apply them all (or none).
-    fn apply_request_edits(&mut self, parts: &mut Parts, edits: RequestEdits) -> Result<(), PluginFailure> {
-        let method = match &edits.method {
-            Some(m) => Some(Method::from_bytes(m.as_bytes()).map_err(|_| invalid(format!("invalid method {m:?}")))?),
-            None => None,
-        };
-        let uri = match &edits.uri {
-            Some(u) => Some(
-                u.parse::<PathAndQuery>()
-                    .ok()
-                    .filter(|_| u.starts_with('/'))
-                    .ok_or_else(|| invalid(format!("invalid uri {u:?}: must be a path like /a?b=c")))?,
-            ),
-            None => None,
-        };
-        let headers = match edits.headers {
-            Some(list) => Some(forwarding::with_plugin_headers(&parts.headers, list).map_err(invalid)?),
-            None => None,
-        };
-        if let Some(m) = method {
-            parts.method = m;
-        }
-        if let Some(pq) = uri {
-            parts.uri = Uri::from(pq);
-        }
-        if let Some(h) = headers {
-            parts.headers = h;
-        }
-        if let Some(head) = &mut self.head {
-            if let Some(m) = edits.method {
-                head.method = m;
-            }
-            if let Some(u) = edits.uri {
-                head.uri = u;
-            }
-            head.headers = forwarding::to_wit(&parts.headers);
-        }
-        Ok(())
-    }
+/// The heads always come back from a phase call; this is the error for the
+/// impossible case, rather than a panic on the request path.
+fn lost() -> ProxyError {
+    ProxyError::Internal("request head lost in a plugin call")
 }
 
 /// Read a whole request body, refusing more than `max` bytes.
@@ -290,35 +231,6 @@ where
         }
         Err(e) => Err(ProxyError::RequestBody(e.to_string())),
     }
-}
-
-fn response_head(status: StatusCode, headers: &HeaderMap) -> ResponseHead {
-    ResponseHead { status: status.as_u16(), headers: forwarding::to_wit(headers) }
-}
-
-/// Validate a plugin's response edits, then apply them all (or none).
-fn apply_response_edits(
-    parts: &mut http::response::Parts,
-    head: &mut ResponseHead,
-    edits: ResponseEdits,
-) -> Result<(), PluginFailure> {
-    let status = match edits.status {
-        Some(s) => Some(final_status(s)?),
-        None => None,
-    };
-    let headers = match edits.headers {
-        Some(list) => Some(forwarding::with_plugin_headers(&parts.headers, list).map_err(invalid)?),
-        None => None,
-    };
-    if let Some(s) = status {
-        parts.status = s;
-        head.status = s.as_u16();
-    }
-    if let Some(h) = headers {
-        parts.headers = h;
-        head.headers = forwarding::to_wit(&parts.headers);
-    }
-    Ok(())
 }
 
 fn invalid(msg: String) -> PluginFailure {
@@ -375,7 +287,7 @@ fn apply_body_action(
 }
 
 /// A plugin's own response, validated.
-fn plugin_reply(r: PluginResponse, max_body: u64) -> Result<Response<ProxyBody>, PluginFailure> {
+fn plugin_reply(r: Reply, max_body: u64) -> Result<Response<ProxyBody>, PluginFailure> {
     let status = final_status(r.status)?;
     let body = check_body(r.body, max_body)?;
     let headers = forwarding::from_plugin(r.headers).map_err(invalid)?;

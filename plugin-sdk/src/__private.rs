@@ -4,7 +4,8 @@
 use std::cell::OnceCell;
 
 use crate::convert::{self, PhaseError};
-use crate::{Action, Body, Config, Context, Plugin};
+use crate::host::{RequestHandle, ResponseHandle};
+use crate::{Action, Body, Config, Context, Plugin, Request, Response};
 
 /// The generated bindings, quarantined here: plugin authors use the
 /// curated types of the crate root instead.
@@ -21,7 +22,7 @@ pub mod bindings {
 pub use bindings::export;
 pub use bindings::exports::weir::plugin::handler::Guest;
 pub use bindings::weir::plugin::types::{
-    BodyAction, PluginInfo, RequestAction, RequestHead, ResponseAction, ResponseHead,
+    Action as WitAction, BodyAction as WitBodyAction, PluginInfo, Request as WitRequest, Response as WitResponse,
 };
 
 const NOT_INITIALISED: &str = "plugin phase called before init";
@@ -39,68 +40,108 @@ fn initialised<P>(plugin: Option<&P>) -> Result<&P, PhaseError> {
     plugin.ok_or_else(|| PhaseError::internal(NOT_INITIALISED))
 }
 
+/// A head phase's decision for the gateway. `Continue` sends back what
+/// `headers_mut` changed; an error (including a refused edit) answers the
+/// client instead.
+fn head_action(action: Action, flush: impl FnOnce() -> crate::Result<()>) -> Result<WitAction, PhaseError> {
+    match action {
+        Action::Continue => {
+            flush()?;
+            Ok(WitAction::Continue)
+        }
+        Action::Respond(reply) => Ok(WitAction::Respond(convert::reply_to_wit(reply)?)),
+    }
+}
+
 /// `on-request`.
-pub fn on_request<P: Plugin>(plugin: Option<&P>, head: RequestHead) -> RequestAction {
+pub(crate) fn on_request<P: Plugin>(plugin: Option<&P>, req: RequestHandle) -> WitAction {
     let run = || {
         let plugin = initialised(plugin)?;
-        let mut req = convert::request_from_wit(head)?;
-        match plugin.on_request(&mut req, &Context::new())? {
-            Action::Continue => Ok(RequestAction::Continue(convert::request_edits(req))),
-            Action::Respond(reply) => Ok(RequestAction::Respond(convert::reply_to_wit(reply)?)),
-        }
+        let mut req = Request::new(req);
+        let action = plugin.on_request(&mut req, &Context::new())?;
+        head_action(action, || req.finish().map(drop))
     };
-    run().unwrap_or_else(|e: PhaseError| RequestAction::Respond(e.into_response()))
+    run().unwrap_or_else(|e: PhaseError| WitAction::Respond(e.into_reply()))
 }
 
 /// `on-request-body`.
-pub fn on_request_body<P: Plugin>(plugin: Option<&P>, head: RequestHead, body: Vec<u8>) -> BodyAction {
+pub(crate) fn on_request_body<P: Plugin>(plugin: Option<&P>, req: RequestHandle, body: Vec<u8>) -> WitBodyAction {
     let run = || {
         let plugin = initialised(plugin)?;
-        let req = convert::request_from_wit(head)?;
+        let req = Request::new(req);
         let mut body = Body::new(body);
         let action = plugin.on_request_body(&req, &mut body, &Context::new())?;
         body_action(action, body)
     };
-    run().unwrap_or_else(|e: PhaseError| BodyAction::Respond(e.into_response()))
+    run().unwrap_or_else(|e: PhaseError| WitBodyAction::Respond(e.into_reply()))
 }
 
 /// `on-response`.
-pub fn on_response<P: Plugin>(plugin: Option<&P>, head: RequestHead, resp: ResponseHead) -> ResponseAction {
+pub(crate) fn on_response<P: Plugin>(plugin: Option<&P>, req: RequestHandle, resp: ResponseHandle) -> WitAction {
     let run = || {
         let plugin = initialised(plugin)?;
-        let req = convert::request_from_wit(head)?;
-        let mut resp = convert::response_from_wit(resp)?;
-        match plugin.on_response(&req, &mut resp, &Context::new())? {
-            Action::Continue => Ok(ResponseAction::Continue(convert::response_edits(resp))),
-            Action::Respond(reply) => Ok(ResponseAction::Respond(convert::reply_to_wit(reply)?)),
-        }
+        let req = Request::new(req);
+        let mut resp = Response::new(resp);
+        let action = plugin.on_response(&req, &mut resp, &Context::new())?;
+        head_action(action, || resp.finish().map(drop))
     };
-    run().unwrap_or_else(|e: PhaseError| ResponseAction::Respond(e.into_response()))
+    run().unwrap_or_else(|e: PhaseError| WitAction::Respond(e.into_reply()))
 }
 
 /// `on-response-body`.
-pub fn on_response_body<P: Plugin>(
+pub(crate) fn on_response_body<P: Plugin>(
     plugin: Option<&P>,
-    head: RequestHead,
-    resp: ResponseHead,
+    req: RequestHandle,
+    resp: ResponseHandle,
     body: Vec<u8>,
-) -> BodyAction {
+) -> WitBodyAction {
     let run = || {
         let plugin = initialised(plugin)?;
-        let req = convert::request_from_wit(head)?;
-        let resp = convert::response_from_wit(resp)?;
+        let req = Request::new(req);
+        let resp = Response::new(resp);
         let mut body = Body::new(body);
         let action = plugin.on_response_body(&req, &resp, &mut body, &Context::new())?;
         body_action(action, body)
     };
-    run().unwrap_or_else(|e: PhaseError| BodyAction::Respond(e.into_response()))
+    run().unwrap_or_else(|e: PhaseError| WitBodyAction::Respond(e.into_reply()))
 }
 
 /// A body phase can replace the body or answer; the head was settled by the
 /// head phases. An unchanged body is not copied back to the host.
-fn body_action(action: Action, body: Body) -> Result<BodyAction, PhaseError> {
+fn body_action(action: Action, body: Body) -> Result<WitBodyAction, PhaseError> {
     match action {
-        Action::Continue => Ok(BodyAction::Continue(body.into_changed())),
-        Action::Respond(reply) => Ok(BodyAction::Respond(convert::reply_to_wit(reply)?)),
+        Action::Continue => Ok(WitBodyAction::Continue(body.into_changed())),
+        Action::Respond(reply) => Ok(WitBodyAction::Respond(convert::reply_to_wit(reply)?)),
+    }
+}
+
+/// The wasm export glue: lend the borrowed handles to the SDK types.
+#[cfg(target_arch = "wasm32")]
+pub mod lend {
+    use super::*;
+
+    /// `on-request`, from the export.
+    pub fn on_request<P: Plugin>(plugin: Option<&P>, req: &WitRequest) -> WitAction {
+        super::on_request(plugin, RequestHandle::lend(req))
+    }
+
+    /// `on-request-body`, from the export.
+    pub fn on_request_body<P: Plugin>(plugin: Option<&P>, req: &WitRequest, body: Vec<u8>) -> WitBodyAction {
+        super::on_request_body(plugin, RequestHandle::lend(req), body)
+    }
+
+    /// `on-response`, from the export.
+    pub fn on_response<P: Plugin>(plugin: Option<&P>, req: &WitRequest, resp: &WitResponse) -> WitAction {
+        super::on_response(plugin, RequestHandle::lend(req), ResponseHandle::lend(resp))
+    }
+
+    /// `on-response-body`, from the export.
+    pub fn on_response_body<P: Plugin>(
+        plugin: Option<&P>,
+        req: &WitRequest,
+        resp: &WitResponse,
+        body: Vec<u8>,
+    ) -> WitBodyAction {
+        super::on_response_body(plugin, RequestHandle::lend(req), ResponseHandle::lend(resp), body)
     }
 }

@@ -1,57 +1,188 @@
 //! The request and response heads a plugin sees, and buffered bodies.
+//!
+//! A head lives in the gateway; [`Request`] and [`Response`] read it on
+//! demand and cache what they read, so a plugin pays only for what it
+//! touches: [`Request::header`] asks the gateway for one header, while
+//! [`Request::headers`] fetches them all once. Edits
+//! ([`Request::set_header`] and friends) are checked by the gateway when
+//! they are made, and take effect when the phase returns
+//! [`Action::Continue`](crate::Action::Continue).
 
+use std::cell::OnceCell;
 use std::net::SocketAddr;
 
-use http::{HeaderMap, Method, StatusCode, Uri};
+use elsa::FrozenVec;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::host::{RequestHandle, ResponseHandle};
 use crate::{Error, Result};
+
+/// A header value read on its own: the name it was asked for, and its first
+/// value if that is visible ASCII.
+struct Memo {
+    name: String,
+    value: Option<String>,
+}
+
+/// Reads of single headers, newest last: an edit of a header pushes a fresh
+/// entry, so a lookup from the end is always current.
+#[derive(Default)]
+struct HeaderMemo(FrozenVec<Box<Memo>>);
+
+impl HeaderMemo {
+    fn find(&self, name: &str) -> Option<&Memo> {
+        let len = self.0.len();
+        (0..len).rev().filter_map(|i| self.0.get(i)).find(|m| m.name.eq_ignore_ascii_case(name))
+    }
+
+    fn push(&self, name: &str, value: Option<String>) -> &Memo {
+        self.0.push_get(Box::new(Memo { name: name.to_ascii_lowercase(), value }))
+    }
+}
+
+fn first_text(values: &[Vec<u8>]) -> Option<String> {
+    values.first().and_then(|v| HeaderValue::from_bytes(v).ok()).and_then(|v| v.to_str().ok().map(str::to_owned))
+}
+
+fn to_map(list: Vec<(String, Vec<u8>)>) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(list.len());
+    for (name, value) in list {
+        if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            map.append(n, v);
+        }
+    }
+    map
+}
+
+fn refused(what: &str, why: crate::host::EditError) -> Error {
+    Error::internal(format!("the gateway refused {what}: {why}"))
+}
+
+/// The headers of a head: fetched whole on first use of `headers()`, kept
+/// in step with single-header edits, sent back whole if changed through
+/// `headers_mut()`.
+#[derive(Default)]
+struct Headers {
+    all: OnceCell<HeaderMap>,
+    dirty: bool,
+    memo: HeaderMemo,
+}
+
+impl Headers {
+    fn all(&self, fetch: impl FnOnce() -> Vec<(String, Vec<u8>)>) -> &HeaderMap {
+        self.all.get_or_init(|| to_map(fetch()))
+    }
+
+    fn header(&self, name: &str, fetch: impl FnOnce() -> Vec<Vec<u8>>) -> Option<&str> {
+        if let Some(map) = self.all.get() {
+            return map.get(name)?.to_str().ok();
+        }
+        let memo = match self.memo.find(name) {
+            Some(m) => m,
+            None => self.memo.push(name, first_text(&fetch())),
+        };
+        memo.value.as_deref()
+    }
+
+    fn values(&self, name: &str, fetch: impl FnOnce() -> Vec<Vec<u8>>) -> Vec<HeaderValue> {
+        match self.all.get() {
+            Some(map) => map.get_all(name).iter().cloned().collect(),
+            None => fetch().into_iter().filter_map(|v| HeaderValue::try_from(v).ok()).collect(),
+        }
+    }
+
+    /// Keep the caches in step after the gateway accepted an edit of `name`.
+    fn edited(
+        &mut self,
+        name: &str,
+        edit: impl FnOnce(&mut HeaderMap, HeaderName),
+        now: impl FnOnce() -> Vec<Vec<u8>>,
+    ) {
+        if let Some(map) = self.all.get_mut()
+            && let Ok(n) = HeaderName::try_from(name)
+        {
+            edit(map, n);
+        }
+        if self.memo.find(name).is_some() {
+            self.memo.push(name, first_text(&now()));
+        }
+    }
+}
 
 /// A downstream request head, as edited by the plugins before this one.
 ///
-/// Edits made through the setters and [`Request::headers_mut`] are sent back
-/// to the gateway; reading costs nothing extra.
-#[derive(Debug, Clone)]
+/// Read what you need ([`Request::header`], [`Request::path`], ...) and edit
+/// through the setters; nothing else crosses from the gateway.
 pub struct Request {
-    pub(crate) method: Method,
-    pub(crate) uri: Uri,
-    pub(crate) authority: String,
-    pub(crate) headers: HeaderMap,
-    pub(crate) client_addr: Option<SocketAddr>,
-    pub(crate) route: String,
-    pub(crate) request_id: String,
-    pub(crate) path_params: Vec<(String, String)>,
-    pub(crate) method_changed: bool,
-    pub(crate) uri_changed: bool,
-    pub(crate) headers_changed: bool,
+    handle: RequestHandle,
+    method: OnceCell<Method>,
+    uri: OnceCell<Uri>,
+    authority: OnceCell<String>,
+    client_addr: OnceCell<Option<SocketAddr>>,
+    route: OnceCell<String>,
+    request_id: OnceCell<String>,
+    path_params: OnceCell<Vec<(String, String)>>,
+    headers: Headers,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request").field("method", self.method()).field("uri", self.uri()).finish_non_exhaustive()
+    }
 }
 
 impl Request {
+    pub(crate) fn new(handle: RequestHandle) -> Self {
+        Self {
+            handle,
+            method: OnceCell::new(),
+            uri: OnceCell::new(),
+            authority: OnceCell::new(),
+            client_addr: OnceCell::new(),
+            route: OnceCell::new(),
+            request_id: OnceCell::new(),
+            path_params: OnceCell::new(),
+            headers: Headers::default(),
+        }
+    }
+
+    /// Send back what `headers_mut` changed, and give the handle back.
+    pub(crate) fn finish(mut self) -> Result<RequestHandle> {
+        if self.headers.dirty
+            && let Some(map) = self.headers.all.take()
+        {
+            self.handle.set_headers(to_list(&map)).map_err(|e| refused("the headers", e))?;
+        }
+        Ok(self.handle)
+    }
+
     /// The request method.
     pub fn method(&self) -> &Method {
-        &self.method
+        self.method.get_or_init(|| Method::from_bytes(self.handle.method().as_bytes()).unwrap_or(Method::GET))
     }
 
     /// Change the method sent upstream.
-    pub fn set_method(&mut self, method: Method) {
-        self.method = method;
-        self.method_changed = true;
+    pub fn set_method(&mut self, method: Method) -> Result<()> {
+        self.handle.set_method(method.as_str()).map_err(|e| refused("the method", e))?;
+        self.method = OnceCell::from(method);
+        Ok(())
     }
 
     /// Path and query, e.g. `/users/42?expand=1`.
     pub fn uri(&self) -> &Uri {
-        &self.uri
+        self.uri.get_or_init(|| self.handle.path_with_query().parse().unwrap_or_else(|_| Uri::from_static("/")))
     }
 
     /// The path, e.g. `/users/42`.
     pub fn path(&self) -> &str {
-        self.uri.path()
+        self.uri().path()
     }
 
     /// The raw query string without `?`, if any.
     pub fn query(&self) -> Option<&str> {
-        self.uri.query()
+        self.uri().query()
     }
 
     /// The first value of query parameter `name` (not percent-decoded).
@@ -68,94 +199,207 @@ impl Request {
         if !uri.starts_with('/') {
             return Err(Error::internal(format!("uri must start with '/': {uri:?}")));
         }
-        self.uri = uri.parse()?;
-        self.uri_changed = true;
+        let parsed: Uri = uri.parse()?;
+        self.handle.set_path_with_query(uri).map_err(|e| refused("the uri", e))?;
+        self.uri = OnceCell::from(parsed);
         Ok(())
     }
 
     /// The authority the client asked for (`Host`), empty if none.
     pub fn authority(&self) -> &str {
-        &self.authority
+        self.authority.get_or_init(|| self.handle.authority())
     }
 
-    /// The request headers.
-    pub fn headers(&self) -> &HeaderMap {
-        &self.headers
-    }
-
-    /// The request headers, for editing.
-    pub fn headers_mut(&mut self) -> &mut HeaderMap {
-        self.headers_changed = true;
-        &mut self.headers
-    }
-
-    /// The first value of header `name` if it is visible ASCII.
+    /// The first value of header `name` (any case), if it is visible ASCII.
+    /// Asks the gateway for this one header (once).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name)?.to_str().ok()
+        self.headers.header(name, || self.handle.header(name))
+    }
+
+    /// Every value of header `name`, raw, in order.
+    pub fn header_all(&self, name: &str) -> Vec<HeaderValue> {
+        self.headers.values(name, || self.handle.header(name))
+    }
+
+    /// All request headers, fetched from the gateway on first use.
+    pub fn headers(&self) -> &HeaderMap {
+        self.headers.all(|| self.handle.headers())
+    }
+
+    /// All request headers, for editing as a map; the whole map goes back
+    /// to the gateway when the phase returns. For a few changes,
+    /// [`Request::set_header`], [`Request::append_header`] and
+    /// [`Request::remove_header`] are cheaper.
+    pub fn headers_mut(&mut self) -> &mut HeaderMap {
+        let _ = self.headers();
+        self.headers.dirty = true;
+        self.headers.all.get_mut().expect("fetched just above")
+    }
+
+    /// Replace every value of header `name` with `value`. The gateway
+    /// refuses invalid names and values and the headers it owns (framing and
+    /// hop-by-hop: `content-length`, `transfer-encoding`, `connection`, ...).
+    pub fn set_header(&mut self, name: impl AsRef<str>, value: impl AsRef<[u8]>) -> Result<()> {
+        let (name, value) = (name.as_ref(), value.as_ref());
+        self.handle.set_header(name, value).map_err(|e| refused(&format!("header {name}"), e))?;
+        let v = HeaderValue::from_bytes(value).ok();
+        let handle = &self.handle;
+        self.headers.edited(name, |m, n| set_in(m, n, v), || handle.header(name));
+        Ok(())
+    }
+
+    /// Add a value to header `name`, after any it has.
+    pub fn append_header(&mut self, name: impl AsRef<str>, value: impl AsRef<[u8]>) -> Result<()> {
+        let (name, value) = (name.as_ref(), value.as_ref());
+        self.handle.append_header(name, value).map_err(|e| refused(&format!("header {name}"), e))?;
+        let v = HeaderValue::from_bytes(value).ok();
+        let handle = &self.handle;
+        self.headers.edited(name, |m, n| append_in(m, n, v), || handle.header(name));
+        Ok(())
+    }
+
+    /// Remove every value of header `name`.
+    pub fn remove_header(&mut self, name: impl AsRef<str>) -> Result<()> {
+        let name = name.as_ref();
+        self.handle.remove_header(name).map_err(|e| refused(&format!("header {name}"), e))?;
+        self.headers.edited(name, |m, n| drop(m.remove(n)), Vec::new);
+        Ok(())
     }
 
     /// The client's socket address.
     pub fn client_addr(&self) -> Option<SocketAddr> {
-        self.client_addr
+        *self.client_addr.get_or_init(|| self.handle.client_addr().parse().ok())
     }
 
     /// The client's IP address.
     pub fn client_ip(&self) -> Option<std::net::IpAddr> {
-        self.client_addr.map(|a| a.ip())
+        self.client_addr().map(|a| a.ip())
     }
 
     /// The name of the route that matched.
     pub fn route(&self) -> &str {
-        &self.route
+        self.route.get_or_init(|| self.handle.route())
     }
 
     /// The gateway's request id.
     pub fn request_id(&self) -> &str {
-        &self.request_id
+        self.request_id.get_or_init(|| self.handle.request_id())
     }
 
     /// A parameter captured by the route path, e.g. `id` in `/users/{id}`.
     pub fn path_param(&self, name: &str) -> Option<&str> {
-        self.path_params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        let params = self.path_params.get_or_init(|| self.handle.path_params());
+        params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 }
 
-/// An upstream response head.
-#[derive(Debug, Clone)]
+/// An upstream response head, as edited by the plugins after this one in
+/// the chain (response phases run in reverse order).
 pub struct Response {
-    pub(crate) status: StatusCode,
-    pub(crate) headers: HeaderMap,
-    pub(crate) status_changed: bool,
-    pub(crate) headers_changed: bool,
+    handle: ResponseHandle,
+    status: OnceCell<StatusCode>,
+    headers: Headers,
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Response").field("status", &self.status()).finish_non_exhaustive()
+    }
 }
 
 impl Response {
+    pub(crate) fn new(handle: ResponseHandle) -> Self {
+        Self { handle, status: OnceCell::new(), headers: Headers::default() }
+    }
+
+    /// Send back what `headers_mut` changed, and give the handle back.
+    pub(crate) fn finish(mut self) -> Result<ResponseHandle> {
+        if self.headers.dirty
+            && let Some(map) = self.headers.all.take()
+        {
+            self.handle.set_headers(to_list(&map)).map_err(|e| refused("the headers", e))?;
+        }
+        Ok(self.handle)
+    }
+
     /// The status code.
     pub fn status(&self) -> StatusCode {
-        self.status
+        *self.status.get_or_init(|| StatusCode::from_u16(self.handle.status()).unwrap_or(StatusCode::BAD_GATEWAY))
     }
 
-    /// Change the status code sent downstream.
-    pub fn set_status(&mut self, status: StatusCode) {
-        self.status = status;
-        self.status_changed = true;
+    /// Change the status code sent downstream (200-999).
+    pub fn set_status(&mut self, status: StatusCode) -> Result<()> {
+        self.handle.set_status(status.as_u16()).map_err(|e| refused("the status", e))?;
+        self.status = OnceCell::from(status);
+        Ok(())
     }
 
-    /// The response headers.
-    pub fn headers(&self) -> &HeaderMap {
-        &self.headers
-    }
-
-    /// The response headers, for editing.
-    pub fn headers_mut(&mut self) -> &mut HeaderMap {
-        self.headers_changed = true;
-        &mut self.headers
-    }
-
-    /// The first value of header `name` if it is visible ASCII.
+    /// The first value of header `name`, if it is visible ASCII.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name)?.to_str().ok()
+        self.headers.header(name, || self.handle.header(name))
     }
+
+    /// Every value of header `name`, raw, in order.
+    pub fn header_all(&self, name: &str) -> Vec<HeaderValue> {
+        self.headers.values(name, || self.handle.header(name))
+    }
+
+    /// All response headers, fetched on first use.
+    pub fn headers(&self) -> &HeaderMap {
+        self.headers.all(|| self.handle.headers())
+    }
+
+    /// All response headers, for editing as a map (sent back whole).
+    pub fn headers_mut(&mut self) -> &mut HeaderMap {
+        let _ = self.headers();
+        self.headers.dirty = true;
+        self.headers.all.get_mut().expect("fetched just above")
+    }
+
+    /// Replace every value of header `name` with `value`.
+    pub fn set_header(&mut self, name: impl AsRef<str>, value: impl AsRef<[u8]>) -> Result<()> {
+        let (name, value) = (name.as_ref(), value.as_ref());
+        self.handle.set_header(name, value).map_err(|e| refused(&format!("header {name}"), e))?;
+        let v = HeaderValue::from_bytes(value).ok();
+        let handle = &self.handle;
+        self.headers.edited(name, |m, n| set_in(m, n, v), || handle.header(name));
+        Ok(())
+    }
+
+    /// Add a value to header `name`.
+    pub fn append_header(&mut self, name: impl AsRef<str>, value: impl AsRef<[u8]>) -> Result<()> {
+        let (name, value) = (name.as_ref(), value.as_ref());
+        self.handle.append_header(name, value).map_err(|e| refused(&format!("header {name}"), e))?;
+        let v = HeaderValue::from_bytes(value).ok();
+        let handle = &self.handle;
+        self.headers.edited(name, |m, n| append_in(m, n, v), || handle.header(name));
+        Ok(())
+    }
+
+    /// Remove every value of header `name`.
+    pub fn remove_header(&mut self, name: impl AsRef<str>) -> Result<()> {
+        let name = name.as_ref();
+        self.handle.remove_header(name).map_err(|e| refused(&format!("header {name}"), e))?;
+        self.headers.edited(name, |m, n| drop(m.remove(n)), Vec::new);
+        Ok(())
+    }
+}
+
+fn set_in(map: &mut HeaderMap, name: HeaderName, value: Option<HeaderValue>) {
+    match value {
+        Some(v) => drop(map.insert(name, v)),
+        None => drop(map.remove(name)),
+    }
+}
+
+fn append_in(map: &mut HeaderMap, name: HeaderName, value: Option<HeaderValue>) {
+    if let Some(v) = value {
+        map.append(name, v);
+    }
+}
+
+fn to_list(map: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    map.iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())).collect()
 }
 
 /// A buffered request or response body.

@@ -1,5 +1,8 @@
 //! Where capability calls go: the gateway's imports on wasm, the in-memory
-//! test host natively.
+//! test host natively. The head handles ([`RequestHandle`],
+//! [`ResponseHandle`]) have the same methods in both.
+
+use std::fmt;
 
 use crate::StateError;
 
@@ -9,14 +12,39 @@ pub(crate) use self::wasm::*;
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) use crate::testing::host::*;
 
-/// Key and value limits shared by both hosts, so a plugin that passes its
-/// native tests is not refused by the gateway.
+/// Key and value limits the test host shares with the gateway, so a plugin
+/// that passes its native tests is not refused by the gateway.
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) const MAX_KEY_LEN: usize = 512;
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) const MAX_VALUE_LEN: usize = 64 * 1024;
 /// Request-local limits (see `wit/plugin.wit`, interface `request-local`).
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) const MAX_LOCAL_KEYS: usize = 32;
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) const MAX_LOCAL_KEY_LEN: usize = 128;
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) const MAX_LOCAL_BYTES: usize = 16 * 1024;
+
+/// Why the gateway (or the test host, by the same rules) refused an edit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum EditError {
+    Invalid(String),
+    Reserved(String),
+    ReadOnly,
+    TooLarge(String),
+}
+
+impl fmt::Display for EditError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EditError::Invalid(m) => write!(f, "{m}"),
+            EditError::Reserved(h) => write!(f, "header {h} belongs to the gateway"),
+            EditError::ReadOnly => write!(f, "this head is read-only in this phase"),
+            EditError::TooLarge(m) => write!(f, "{m}"),
+        }
+    }
+}
 
 #[allow(dead_code)]
 pub(crate) fn check_key(key: &str) -> Result<(), StateError> {
@@ -28,9 +56,126 @@ pub(crate) fn check_key(key: &str) -> Result<(), StateError> {
 
 #[cfg(target_arch = "wasm32")]
 mod wasm {
+    use std::mem::ManuallyDrop;
+
     use super::*;
+    use crate::__private::bindings::weir::plugin::types::{self as wit, EditError as WitEditError, Header};
     use crate::__private::bindings::weir::plugin::{clock, events, log as wlog, metrics, request_local, state};
     use crate::{Event, Level, Severity};
+
+    fn edit(r: Result<(), WitEditError>) -> Result<(), EditError> {
+        r.map_err(|e| match e {
+            WitEditError::Invalid(m) => EditError::Invalid(m),
+            WitEditError::Reserved(h) => EditError::Reserved(h),
+            WitEditError::ReadOnly => EditError::ReadOnly,
+            WitEditError::TooLarge(m) => EditError::TooLarge(m),
+        })
+    }
+
+    fn pairs(list: Vec<Header>) -> Vec<(String, Vec<u8>)> {
+        list.into_iter().map(|h| (h.name, h.value)).collect()
+    }
+
+    fn headers(list: Vec<(String, Vec<u8>)>) -> Vec<Header> {
+        list.into_iter().map(|(name, value)| Header { name, value }).collect()
+    }
+
+    /// The gateway's request, lent for one phase call.
+    pub(crate) struct RequestHandle(ManuallyDrop<wit::Request>);
+
+    /// The gateway's response, lent for one phase call.
+    pub(crate) struct ResponseHandle(ManuallyDrop<wit::Response>);
+
+    impl RequestHandle {
+        /// Wrap the handle a phase export received as `borrow<request>`.
+        pub(crate) fn lend(req: &wit::Request) -> Self {
+            // SAFETY: the handle is this call's borrow. The wrapper never
+            // outlives the call (the SDK keeps it inside the `Request` it
+            // lends to the plugin as `&mut`, which cannot be moved out or
+            // cloned) and is never dropped as an owned handle (ManuallyDrop),
+            // so it is used exactly as the `&wit::Request` it came from.
+            #[allow(unsafe_code)]
+            Self(ManuallyDrop::new(unsafe { wit::Request::from_handle(req.handle()) }))
+        }
+        pub(crate) fn method(&self) -> String {
+            self.0.method()
+        }
+        pub(crate) fn path_with_query(&self) -> String {
+            self.0.path_with_query()
+        }
+        pub(crate) fn authority(&self) -> String {
+            self.0.authority()
+        }
+        pub(crate) fn header(&self, name: &str) -> Vec<Vec<u8>> {
+            self.0.header(name)
+        }
+        pub(crate) fn headers(&self) -> Vec<(String, Vec<u8>)> {
+            pairs(self.0.headers())
+        }
+        pub(crate) fn client_addr(&self) -> String {
+            self.0.client_addr()
+        }
+        pub(crate) fn route(&self) -> String {
+            self.0.route()
+        }
+        pub(crate) fn request_id(&self) -> String {
+            self.0.request_id()
+        }
+        pub(crate) fn path_params(&self) -> Vec<(String, String)> {
+            self.0.path_params()
+        }
+        pub(crate) fn set_method(&mut self, m: &str) -> Result<(), EditError> {
+            edit(self.0.set_method(m))
+        }
+        pub(crate) fn set_path_with_query(&mut self, pq: &str) -> Result<(), EditError> {
+            edit(self.0.set_path_with_query(pq))
+        }
+        pub(crate) fn set_header(&mut self, name: &str, value: &[u8]) -> Result<(), EditError> {
+            edit(self.0.set_header(name, value))
+        }
+        pub(crate) fn append_header(&mut self, name: &str, value: &[u8]) -> Result<(), EditError> {
+            edit(self.0.append_header(name, value))
+        }
+        pub(crate) fn remove_header(&mut self, name: &str) -> Result<(), EditError> {
+            edit(self.0.remove_header(name))
+        }
+        pub(crate) fn set_headers(&mut self, list: Vec<(String, Vec<u8>)>) -> Result<(), EditError> {
+            edit(self.0.set_headers(&headers(list)))
+        }
+    }
+
+    impl ResponseHandle {
+        /// Wrap the handle a phase export received as `borrow<response>`.
+        pub(crate) fn lend(resp: &wit::Response) -> Self {
+            // SAFETY: as in `RequestHandle::lend`.
+            #[allow(unsafe_code)]
+            Self(ManuallyDrop::new(unsafe { wit::Response::from_handle(resp.handle()) }))
+        }
+        pub(crate) fn status(&self) -> u16 {
+            self.0.status()
+        }
+        pub(crate) fn header(&self, name: &str) -> Vec<Vec<u8>> {
+            self.0.header(name)
+        }
+        pub(crate) fn headers(&self) -> Vec<(String, Vec<u8>)> {
+            pairs(self.0.headers())
+        }
+        pub(crate) fn set_status(&mut self, status: u16) -> Result<(), EditError> {
+            edit(self.0.set_status(status))
+        }
+        pub(crate) fn set_header(&mut self, name: &str, value: &[u8]) -> Result<(), EditError> {
+            edit(self.0.set_header(name, value))
+        }
+        pub(crate) fn append_header(&mut self, name: &str, value: &[u8]) -> Result<(), EditError> {
+            edit(self.0.append_header(name, value))
+        }
+        pub(crate) fn remove_header(&mut self, name: &str) -> Result<(), EditError> {
+            edit(self.0.remove_header(name))
+        }
+        pub(crate) fn set_headers(&mut self, list: Vec<(String, Vec<u8>)>) -> Result<(), EditError> {
+            edit(self.0.set_headers(&headers(list)))
+        }
+    }
 
     pub(crate) fn log(level: Level, message: &str) {
         let level = match level {

@@ -13,7 +13,7 @@
 //!         Ok(Self { value: config.get_str("value").unwrap_or("hello").parse()? })
 //!     }
 //!     fn on_request(&self, req: &mut Request, _cx: &Context) -> Result<Action> {
-//!         req.headers_mut().insert("x-added", self.value.clone());
+//!         req.set_header("x-added", &self.value)?;
 //!         Ok(Action::Continue)
 //!     }
 //! }
@@ -36,7 +36,9 @@
 //! | [`Plugin::on_response_body`] | the whole response body is buffered | continue | [`Phases::RESPONSE_BODY`] |
 //!
 //! Request phases run in chain order; response phases in reverse chain
-//! order. [`Plugin::phases`] says which phases the gateway calls: by default
+//! order. The heads stay in the gateway: [`Request`] and [`Response`] fetch
+//! what the plugin reads and send edits as they are made (see the `head`
+//! docs on [`Request`]). [`Plugin::phases`] says which phases the gateway calls: by default
 //! both head phases, never the body phases (asking for a body phase makes the
 //! gateway buffer that body, up to its configured limit).
 //!
@@ -80,10 +82,14 @@ mod convert;
 mod error;
 mod head;
 mod host;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
 #[doc(hidden)]
 pub mod __private;
+
+#[cfg(test)]
+mod tests;
 
 pub use action::{Action, Reply};
 pub use config::Config;
@@ -182,45 +188,50 @@ macro_rules! export_plugin {
                     const { ::std::cell::OnceCell::new() };
             }
 
+            #[cfg(target_arch = "wasm32")]
             struct __WeirExport;
 
+            #[cfg(target_arch = "wasm32")]
             impl $crate::__private::Guest for __WeirExport {
                 fn init(
                     config: ::std::string::String,
                 ) -> ::std::result::Result<$crate::__private::PluginInfo, ::std::string::String> {
                     __WEIR_PLUGIN.with(|slot| $crate::__private::init::<$plugin>(slot, &config))
                 }
-                fn on_request(req: $crate::__private::RequestHead) -> $crate::__private::RequestAction {
-                    __WEIR_PLUGIN.with(|slot| $crate::__private::on_request::<$plugin>(slot.get(), req))
+                fn on_request(req: &$crate::__private::WitRequest) -> $crate::__private::WitAction {
+                    __WEIR_PLUGIN.with(|slot| $crate::__private::lend::on_request::<$plugin>(slot.get(), req))
                 }
                 fn on_request_body(
-                    req: $crate::__private::RequestHead,
+                    req: &$crate::__private::WitRequest,
                     body: ::std::vec::Vec<u8>,
-                ) -> $crate::__private::BodyAction {
-                    __WEIR_PLUGIN.with(|slot| $crate::__private::on_request_body::<$plugin>(slot.get(), req, body))
+                ) -> $crate::__private::WitBodyAction {
+                    __WEIR_PLUGIN
+                        .with(|slot| $crate::__private::lend::on_request_body::<$plugin>(slot.get(), req, body))
                 }
                 fn on_response(
-                    req: $crate::__private::RequestHead,
-                    resp: $crate::__private::ResponseHead,
-                ) -> $crate::__private::ResponseAction {
-                    __WEIR_PLUGIN.with(|slot| $crate::__private::on_response::<$plugin>(slot.get(), req, resp))
+                    req: &$crate::__private::WitRequest,
+                    resp: &$crate::__private::WitResponse,
+                ) -> $crate::__private::WitAction {
+                    __WEIR_PLUGIN.with(|slot| $crate::__private::lend::on_response::<$plugin>(slot.get(), req, resp))
                 }
                 fn on_response_body(
-                    req: $crate::__private::RequestHead,
-                    resp: $crate::__private::ResponseHead,
+                    req: &$crate::__private::WitRequest,
+                    resp: &$crate::__private::WitResponse,
                     body: ::std::vec::Vec<u8>,
-                ) -> $crate::__private::BodyAction {
+                ) -> $crate::__private::WitBodyAction {
                     __WEIR_PLUGIN
-                        .with(|slot| $crate::__private::on_response_body::<$plugin>(slot.get(), req, resp, body))
+                        .with(|slot| $crate::__private::lend::on_response_body::<$plugin>(slot.get(), req, resp, body))
                 }
             }
 
-            // Natively (for `cargo test`) there is nothing to export, and the
-            // component export names are not valid native symbol names.
             #[cfg(target_arch = "wasm32")]
     $crate::__private::export!(__WeirExport with_types_in $crate::__private::bindings);
+
+            // Natively (for `cargo test`) there is nothing to export, and the
+            // component export names are not valid native symbol names; this
+            // still checks that the type implements `Plugin`.
             #[cfg(not(target_arch = "wasm32"))]
-            let _ = <__WeirExport as $crate::__private::Guest>::init;
+            let _ = |config: &str| __WEIR_PLUGIN.with(|slot| $crate::__private::init::<$plugin>(slot, config));
         };
     };
 }

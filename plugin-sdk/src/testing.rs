@@ -36,12 +36,16 @@
 
 use std::cell::{OnceCell, RefCell};
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 use std::time::Duration;
 
-use crate::__private::bindings::weir::plugin::types::{
-    BodyAction, RequestAction, Response as WitResponse, ResponseAction, ResponseHead,
-};
-use crate::{__private, Event, Level, Phases, Plugin, convert};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+
+use self::host::{RequestHandle, ResponseHandle};
+use crate::__private::bindings::weir::plugin::types::Reply as WitReply;
+use crate::__private::{WitAction, WitBodyAction};
+use crate::host::EditError;
+use crate::{__private, Event, Level, Phases, Plugin};
 
 /// What a phase did, with the edits applied.
 #[derive(Debug)]
@@ -115,32 +119,44 @@ impl<P: Plugin> Harness<P> {
         self
     }
 
-    fn head(&self, req: &http::Request<()>) -> crate::__private::RequestHead {
-        convert::request_to_wit(req, &self.client_addr, &self.route, &self.path_params)
-    }
-
     /// The phases the plugin asked for.
     pub fn phases(&self) -> Phases {
         self.phases
+    }
+
+    fn lend(&self, req: &http::Request<()>, editable: bool) -> Rc<RefCell<LocalRequest>> {
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| req.headers().get("host").and_then(|h| h.to_str().ok()).map(str::to_owned))
+            .unwrap_or_default();
+        let uri =
+            req.uri().path_and_query().map_or("/", |p| p.as_str()).parse().unwrap_or_else(|_| Uri::from_static("/"));
+        Rc::new(RefCell::new(LocalRequest {
+            head: RequestHead { method: req.method().clone(), uri, headers: req.headers().clone() },
+            edit: None,
+            editable,
+            arrived: req.headers().len(),
+            authority,
+            client_addr: self.client_addr.clone(),
+            route: self.route.clone(),
+            params: self.path_params.clone(),
+        }))
     }
 
     /// Run `on-request`; this starts a new request (request-local values
     /// of the previous one are forgotten).
     pub fn on_request(&self, mut req: http::Request<()>) -> Outcome<http::Request<()>> {
         with(|h| h.locals.clear());
-        let head = self.head(&req);
-        match __private::on_request::<P>(self.plugin.get(), head) {
-            RequestAction::Respond(r) => Outcome::Respond(response(r)),
-            RequestAction::Continue(edits) => {
-                if let Some(m) = edits.method.and_then(|m| http::Method::from_bytes(m.as_bytes()).ok()) {
-                    *req.method_mut() = m;
-                }
-                if let Some(uri) = edits.uri.and_then(|u| u.parse().ok()) {
-                    *req.uri_mut() = uri;
-                }
-                if let Some(headers) = edits.headers {
-                    *req.headers_mut() = convert::wit_headers_to_map(headers);
-                }
+        let local = self.lend(&req, true);
+        match __private::on_request::<P>(self.plugin.get(), RequestHandle(local.clone())) {
+            WitAction::Respond(r) => Outcome::Respond(response(r)),
+            WitAction::Continue => {
+                let head = local.borrow_mut().commit();
+                *req.method_mut() = head.method;
+                *req.uri_mut() = head.uri;
+                *req.headers_mut() = head.headers;
                 Outcome::Continue(req)
             }
         }
@@ -148,22 +164,20 @@ impl<P: Plugin> Harness<P> {
 
     /// Run `on-request-body`; continues with the (possibly new) body.
     pub fn on_request_body(&self, req: &http::Request<()>, body: &[u8]) -> Outcome<Vec<u8>> {
-        let head = self.head(req);
-        body_outcome(__private::on_request_body::<P>(self.plugin.get(), head, body.to_vec()), body)
+        let local = self.lend(req, false);
+        body_outcome(__private::on_request_body::<P>(self.plugin.get(), RequestHandle(local), body.to_vec()), body)
     }
 
     /// Run `on-response` for `req` and `resp`.
     pub fn on_response(&self, req: &http::Request<()>, mut resp: http::Response<()>) -> Outcome<http::Response<()>> {
-        let head = self.head(req);
-        match __private::on_response::<P>(self.plugin.get(), head, response_head(&resp)) {
-            ResponseAction::Respond(r) => Outcome::Respond(response(r)),
-            ResponseAction::Continue(edits) => {
-                if let Some(s) = edits.status.and_then(|s| http::StatusCode::from_u16(s).ok()) {
-                    *resp.status_mut() = s;
-                }
-                if let Some(headers) = edits.headers {
-                    *resp.headers_mut() = convert::wit_headers_to_map(headers);
-                }
+        let local = LocalResponse::lend(&resp, true);
+        let handles = (RequestHandle(self.lend(req, false)), ResponseHandle(local.clone()));
+        match __private::on_response::<P>(self.plugin.get(), handles.0, handles.1) {
+            WitAction::Respond(r) => Outcome::Respond(response(r)),
+            WitAction::Continue => {
+                let (status, headers) = local.borrow_mut().commit();
+                *resp.status_mut() = status;
+                *resp.headers_mut() = headers;
                 Outcome::Continue(resp)
             }
         }
@@ -176,30 +190,211 @@ impl<P: Plugin> Harness<P> {
         resp: &http::Response<()>,
         body: &[u8],
     ) -> Outcome<Vec<u8>> {
-        let head = self.head(req);
-        body_outcome(
-            __private::on_response_body::<P>(self.plugin.get(), head, response_head(resp), body.to_vec()),
-            body,
-        )
+        let handles = (RequestHandle(self.lend(req, false)), ResponseHandle(LocalResponse::lend(resp, false)));
+        body_outcome(__private::on_response_body::<P>(self.plugin.get(), handles.0, handles.1, body.to_vec()), body)
     }
 }
 
-fn response_head(resp: &http::Response<()>) -> ResponseHead {
-    ResponseHead { status: resp.status().as_u16(), headers: convert::headers_to_wit(resp.headers()) }
-}
-
-fn body_outcome(action: BodyAction, original: &[u8]) -> Outcome<Vec<u8>> {
+fn body_outcome(action: WitBodyAction, original: &[u8]) -> Outcome<Vec<u8>> {
     match action {
-        BodyAction::Continue(new) => Outcome::Continue(new.unwrap_or_else(|| original.to_vec())),
-        BodyAction::Respond(r) => Outcome::Respond(response(r)),
+        WitBodyAction::Continue(new) => Outcome::Continue(new.unwrap_or_else(|| original.to_vec())),
+        WitBodyAction::Respond(r) => Outcome::Respond(response(r)),
     }
 }
 
-fn response(r: WitResponse) -> http::Response<Vec<u8>> {
+fn response(r: WitReply) -> http::Response<Vec<u8>> {
     let mut resp = http::Response::new(r.body);
-    *resp.status_mut() = http::StatusCode::from_u16(r.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-    *resp.headers_mut() = convert::wit_headers_to_map(r.headers);
+    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut headers = HeaderMap::new();
+    for h in r.headers {
+        if let (Ok(n), Ok(v)) = (HeaderName::try_from(h.name), HeaderValue::try_from(h.value)) {
+            headers.append(n, v);
+        }
+    }
+    *resp.headers_mut() = headers;
     resp
+}
+
+// ---- the heads, by the gateway's rules --------------------------------------
+
+/// Headers the gateway owns (framing and hop-by-hop): plugins cannot set
+/// them. The same list as the gateway's (`host/src/forwarding.rs`).
+const GATEWAY_OWNED: [&str; 9] = [
+    "content-length",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+];
+const MAX_HEADERS: usize = 256;
+const MAX_VALUE: usize = 64 * 1024;
+
+#[derive(Clone)]
+struct RequestHead {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+/// A request head lent to a plugin natively, with the gateway's rules:
+/// edits checked when made, applied to a copy, committed on `continue`.
+pub(crate) struct LocalRequest {
+    head: RequestHead,
+    edit: Option<RequestHead>,
+    editable: bool,
+    arrived: usize,
+    authority: String,
+    client_addr: String,
+    route: String,
+    params: Vec<(String, String)>,
+}
+
+impl LocalRequest {
+    fn current(&self) -> &RequestHead {
+        self.edit.as_ref().unwrap_or(&self.head)
+    }
+
+    fn edit(&mut self) -> Result<&mut RequestHead, EditError> {
+        if !self.editable {
+            return Err(EditError::ReadOnly);
+        }
+        let head = &self.head;
+        Ok(self.edit.get_or_insert_with(|| head.clone()))
+    }
+
+    fn commit(&mut self) -> RequestHead {
+        if let Some(e) = self.edit.take() {
+            self.head = e;
+        }
+        self.head.clone()
+    }
+}
+
+/// A response head lent to a plugin natively.
+pub(crate) struct LocalResponse {
+    status: StatusCode,
+    headers: HeaderMap,
+    edit: Option<(StatusCode, HeaderMap)>,
+    editable: bool,
+    arrived: usize,
+}
+
+impl LocalResponse {
+    fn lend(resp: &http::Response<()>, editable: bool) -> Rc<RefCell<Self>> {
+        Rc::new(RefCell::new(Self {
+            status: resp.status(),
+            headers: resp.headers().clone(),
+            edit: None,
+            editable,
+            arrived: resp.headers().len(),
+        }))
+    }
+
+    fn current(&self) -> (StatusCode, &HeaderMap) {
+        match &self.edit {
+            Some((s, h)) => (*s, h),
+            None => (self.status, &self.headers),
+        }
+    }
+
+    fn edit(&mut self) -> Result<&mut (StatusCode, HeaderMap), EditError> {
+        if !self.editable {
+            return Err(EditError::ReadOnly);
+        }
+        let (status, headers) = (self.status, &self.headers);
+        Ok(self.edit.get_or_insert_with(|| (status, headers.clone())))
+    }
+
+    fn commit(&mut self) -> (StatusCode, HeaderMap) {
+        if let Some((s, h)) = self.edit.take() {
+            self.status = s;
+            self.headers = h;
+        }
+        (self.status, self.headers.clone())
+    }
+}
+
+fn name_of(name: &str) -> Result<HeaderName, EditError> {
+    let n = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| EditError::Invalid(format!("invalid header name {name:?}")))?;
+    if GATEWAY_OWNED.contains(&n.as_str()) {
+        return Err(EditError::Reserved(n.as_str().to_owned()));
+    }
+    Ok(n)
+}
+
+fn value_of(name: &HeaderName, value: &[u8]) -> Result<HeaderValue, EditError> {
+    if value.len() > MAX_VALUE {
+        return Err(EditError::TooLarge(format!("value of {name} has {} bytes, at most {MAX_VALUE}", value.len())));
+    }
+    HeaderValue::from_bytes(value).map_err(|_| {
+        EditError::Invalid(format!("invalid value for header {name}: {:?}", String::from_utf8_lossy(value)))
+    })
+}
+
+fn room(headers: &HeaderMap, arrived: usize) -> Result<(), EditError> {
+    if headers.len() >= MAX_HEADERS.max(arrived) {
+        return Err(EditError::TooLarge(format!("at most {MAX_HEADERS} header values")));
+    }
+    Ok(())
+}
+
+fn values(headers: &HeaderMap, name: &str) -> Vec<Vec<u8>> {
+    headers.get_all(name.to_ascii_lowercase().as_str()).iter().map(|v| v.as_bytes().to_vec()).collect()
+}
+
+fn pairs(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    headers.iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())).collect()
+}
+
+fn set_in(headers: &mut HeaderMap, arrived: usize, name: &str, value: &[u8]) -> Result<(), EditError> {
+    let n = name_of(name)?;
+    let v = value_of(&n, value)?;
+    if !headers.contains_key(&n) {
+        room(headers, arrived)?;
+    }
+    headers.insert(n, v);
+    Ok(())
+}
+
+fn append_in(headers: &mut HeaderMap, arrived: usize, name: &str, value: &[u8]) -> Result<(), EditError> {
+    let n = name_of(name)?;
+    let v = value_of(&n, value)?;
+    room(headers, arrived)?;
+    headers.append(n, v);
+    Ok(())
+}
+
+fn remove_in(headers: &mut HeaderMap, name: &str) -> Result<(), EditError> {
+    let n = name_of(name)?;
+    headers.remove(n);
+    Ok(())
+}
+
+fn replace_in(headers: &mut HeaderMap, arrived: usize, list: Vec<(String, Vec<u8>)>) -> Result<(), EditError> {
+    if list.len() > MAX_HEADERS.max(arrived) {
+        return Err(EditError::TooLarge(format!("{} headers, at most {MAX_HEADERS}", list.len())));
+    }
+    let mut new = HeaderMap::with_capacity(list.len());
+    for (name, value) in list {
+        let n = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| EditError::Invalid(format!("invalid header name {name:?}")))?;
+        let v = value_of(&n, &value)?;
+        if !GATEWAY_OWNED.contains(&n.as_str()) {
+            new.append(n, v);
+        }
+    }
+    for name in ["content-length", "transfer-encoding"] {
+        for v in headers.get_all(name) {
+            new.append(HeaderName::from_static(name), v.clone());
+        }
+    }
+    *headers = new;
+    Ok(())
 }
 
 // ---- the in-memory host -------------------------------------------------
@@ -278,6 +473,114 @@ pub fn reset() {
 pub(crate) mod host {
     use super::*;
     use crate::StateError;
+
+    /// The request lent for one phase call (shared with the harness, which
+    /// reads the outcome back).
+    pub(crate) struct RequestHandle(pub(super) Rc<RefCell<LocalRequest>>);
+
+    /// The response lent for one phase call.
+    pub(crate) struct ResponseHandle(pub(super) Rc<RefCell<LocalResponse>>);
+
+    impl RequestHandle {
+        pub(crate) fn method(&self) -> String {
+            self.0.borrow().current().method.as_str().to_owned()
+        }
+        pub(crate) fn path_with_query(&self) -> String {
+            self.0.borrow().current().uri.path_and_query().map_or("/", |p| p.as_str()).to_owned()
+        }
+        pub(crate) fn authority(&self) -> String {
+            self.0.borrow().authority.clone()
+        }
+        pub(crate) fn header(&self, name: &str) -> Vec<Vec<u8>> {
+            values(&self.0.borrow().current().headers, name)
+        }
+        pub(crate) fn headers(&self) -> Vec<(String, Vec<u8>)> {
+            pairs(&self.0.borrow().current().headers)
+        }
+        pub(crate) fn client_addr(&self) -> String {
+            self.0.borrow().client_addr.clone()
+        }
+        pub(crate) fn route(&self) -> String {
+            self.0.borrow().route.clone()
+        }
+        pub(crate) fn request_id(&self) -> String {
+            "test-request".into()
+        }
+        pub(crate) fn path_params(&self) -> Vec<(String, String)> {
+            self.0.borrow().params.clone()
+        }
+        pub(crate) fn set_method(&mut self, m: &str) -> Result<(), EditError> {
+            let method =
+                Method::from_bytes(m.as_bytes()).map_err(|_| EditError::Invalid(format!("invalid method {m:?}")))?;
+            self.0.borrow_mut().edit()?.method = method;
+            Ok(())
+        }
+        pub(crate) fn set_path_with_query(&mut self, pq: &str) -> Result<(), EditError> {
+            let uri: Uri = pq
+                .parse()
+                .ok()
+                .filter(|u: &Uri| pq.starts_with('/') && u.authority().is_none())
+                .ok_or_else(|| EditError::Invalid(format!("invalid path {pq:?}: must be a path like /a?b=c")))?;
+            self.0.borrow_mut().edit()?.uri = uri;
+            Ok(())
+        }
+        pub(crate) fn set_header(&mut self, name: &str, value: &[u8]) -> Result<(), EditError> {
+            let mut r = self.0.borrow_mut();
+            let arrived = r.arrived;
+            set_in(&mut r.edit()?.headers, arrived, name, value)
+        }
+        pub(crate) fn append_header(&mut self, name: &str, value: &[u8]) -> Result<(), EditError> {
+            let mut r = self.0.borrow_mut();
+            let arrived = r.arrived;
+            append_in(&mut r.edit()?.headers, arrived, name, value)
+        }
+        pub(crate) fn remove_header(&mut self, name: &str) -> Result<(), EditError> {
+            remove_in(&mut self.0.borrow_mut().edit()?.headers, name)
+        }
+        pub(crate) fn set_headers(&mut self, list: Vec<(String, Vec<u8>)>) -> Result<(), EditError> {
+            let mut r = self.0.borrow_mut();
+            let arrived = r.arrived;
+            replace_in(&mut r.edit()?.headers, arrived, list)
+        }
+    }
+
+    impl ResponseHandle {
+        pub(crate) fn status(&self) -> u16 {
+            self.0.borrow().current().0.as_u16()
+        }
+        pub(crate) fn header(&self, name: &str) -> Vec<Vec<u8>> {
+            values(self.0.borrow().current().1, name)
+        }
+        pub(crate) fn headers(&self) -> Vec<(String, Vec<u8>)> {
+            pairs(self.0.borrow().current().1)
+        }
+        pub(crate) fn set_status(&mut self, status: u16) -> Result<(), EditError> {
+            let s = StatusCode::from_u16(status)
+                .ok()
+                .filter(|s| s.as_u16() >= 200)
+                .ok_or_else(|| EditError::Invalid(format!("invalid status {status}: must be 200-999")))?;
+            self.0.borrow_mut().edit()?.0 = s;
+            Ok(())
+        }
+        pub(crate) fn set_header(&mut self, name: &str, value: &[u8]) -> Result<(), EditError> {
+            let mut r = self.0.borrow_mut();
+            let arrived = r.arrived;
+            set_in(&mut r.edit()?.1, arrived, name, value)
+        }
+        pub(crate) fn append_header(&mut self, name: &str, value: &[u8]) -> Result<(), EditError> {
+            let mut r = self.0.borrow_mut();
+            let arrived = r.arrived;
+            append_in(&mut r.edit()?.1, arrived, name, value)
+        }
+        pub(crate) fn remove_header(&mut self, name: &str) -> Result<(), EditError> {
+            remove_in(&mut self.0.borrow_mut().edit()?.1, name)
+        }
+        pub(crate) fn set_headers(&mut self, list: Vec<(String, Vec<u8>)>) -> Result<(), EditError> {
+            let mut r = self.0.borrow_mut();
+            let arrived = r.arrived;
+            replace_in(&mut r.edit()?.1, arrived, list)
+        }
+    }
     use crate::host::{MAX_LOCAL_BYTES, MAX_LOCAL_KEY_LEN, MAX_LOCAL_KEYS, MAX_VALUE_LEN, check_key};
 
     pub(crate) fn log(level: Level, message: &str) {

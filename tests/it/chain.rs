@@ -199,18 +199,23 @@ async fn request_local_values_follow_their_request_and_chain_position() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plugin_built_against_wit_0_1_0_still_loads() {
-    let up = Upstream::start("up").await;
+async fn a_plugin_built_against_an_older_contract_is_refused_clearly() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir(dir.path().join("plugins")).expect("mkdir");
     let old = weir_tests::workspace_root().join("tests/fixtures/add_header-wit-0.1.0.wasm");
     std::fs::copy(&old, dir.path().join("plugins/old.wasm")).expect("copy the 0.1.0 fixture");
     let cfg = format!(
-        "{}[plugins.old]\nmodule = \"old.wasm\"\nconfig = {{ name = \"x-old\", value = \"still works\" }}\n{}",
-        weir_tests::server_section(),
-        route(&["old"], &up.addr.to_string())
+        "{}[plugins.old]\nmodule = \"old.wasm\"\nconfig = {{ name = \"x-old\", value = \"v\" }}\n",
+        weir_tests::server_section()
     );
     std::fs::write(dir.path().join("gateway.toml"), cfg).expect("write config");
-    let gw = TestGateway::start_in(dir).await;
-    assert_eq!(gw.get("/").await.seen("x-old").as_deref(), Some("still works"));
+    let Err(err) = weir::Gateway::load(dir.path().join("gateway.toml")).await else {
+        panic!("a 0.1 plugin must be refused by a 0.2 host");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("gateway.toml:") && err.contains("plugin `old`") && err.contains("weir:plugin@0.1.0"),
+        "{err}"
+    );
+    assert!(err.contains("rebuild it with the matching weir-plugin-sdk"), "{err}");
 }

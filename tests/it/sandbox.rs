@@ -101,6 +101,7 @@ async fn memory_limit_recursion_and_invalid_output() {
                 ("evil", "invalid_header", ""),
                 ("huge", "huge_body", "limits = { memory = \"64MiB\" }"),
                 ("evilopen", "invalid_header", "failure = \"open\""),
+                ("refused", "invalid_edit", ""),
             ],
         ),
         &["hostile.wasm"],
@@ -124,6 +125,14 @@ async fn memory_limit_recursion_and_invalid_output() {
     assert_eq!(r.seen("x-injected"), None);
     // And the gateway is fine.
     assert_eq!(gw.get("/plain").await.status, 200);
+    // Edits the gateway refuses are refused when made; a plugin that
+    // ignores the refusals goes on, and nothing of them is forwarded.
+    let r = gw.get("/refused").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.seen("x-refused").as_deref(), Some("5"), "all five edits refused");
+    assert_eq!(r.seen("x-evil"), None);
+    assert_eq!(r.seen("x-injected"), None);
+    assert_eq!(r.json()["method"], "GET");
     let metrics = gw.metrics().await;
     assert!(metrics.contains(r#"weir_plugin_calls_total{plugin="evil",outcome="invalid_output"} 2"#), "{metrics}");
 }

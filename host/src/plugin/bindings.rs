@@ -13,12 +13,15 @@ mod generated {
             default: trappable,
         },
         exports: { default: async },
+        with: {
+            // The heads are lent from the request path; the resources only
+            // name them (see `heads`).
+            "weir:plugin/types.request": super::super::heads::RequestRes,
+            "weir:plugin/types.response": super::super::heads::ResponseRes,
+        },
     });
 }
 
-pub(crate) use generated::weir::plugin::types::{
-    BodyAction, Header, Phases, RequestAction, RequestEdits, RequestHead, Response as PluginResponse, ResponseAction,
-    ResponseEdits, ResponseHead,
-};
+pub(crate) use generated::weir::plugin::types::{Action, BodyAction, Header, Phases, Reply};
 pub(crate) use generated::weir::plugin::{clock, events, log, metrics, request_local, state, types};
 pub(crate) use generated::{Plugin as PluginWorld, PluginPre};

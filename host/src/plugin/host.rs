@@ -102,6 +102,10 @@ pub(crate) struct StoreData {
     /// The request-local values of the request being served, lent to the
     /// instance for one call (see [`super::RequestSlot`]).
     pub(crate) locals: Locals,
+    /// The heads lent for the current phase call (see [`super::heads`]).
+    pub(crate) lent: Option<super::heads::Lent>,
+    /// Names this instance's next lent heads (see `Lent::rep`).
+    pub(crate) next_rep: u32,
 }
 
 impl StoreData {
@@ -112,6 +116,8 @@ impl StoreData {
             limits,
             host,
             locals: Locals::default(),
+            lent: None,
+            next_rep: 0,
         }
     }
 }

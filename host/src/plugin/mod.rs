@@ -7,6 +7,7 @@
 //! instance that trapped or hit its deadline is dropped, never reused.
 
 mod bindings;
+pub mod heads;
 mod host;
 
 use std::sync::{Arc, Mutex};
@@ -15,10 +16,8 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Store, Trap};
 
-pub(crate) use bindings::{
-    BodyAction, Header, Phases, PluginResponse, RequestAction, RequestEdits, RequestHead, ResponseAction,
-    ResponseEdits, ResponseHead,
-};
+pub(crate) use bindings::{Action, BodyAction, Header, Phases, Reply};
+pub use heads::{Heads, LentRequest, LentResponse, RequestInfo};
 pub(crate) use host::{Locals, PluginHost, StoreData};
 
 use crate::config::{FailurePolicy, Isolation, PluginLimits};
@@ -63,29 +62,30 @@ struct Instance {
     world: bindings::PluginWorld,
 }
 
-/// A call into a phase, with borrowed arguments.
+/// A call into a phase; the heads travel separately (lent to the store).
 enum Call<'a> {
-    Request(&'a RequestHead),
-    RequestBody(&'a RequestHead, &'a [u8]),
-    Response(&'a RequestHead, &'a ResponseHead),
-    ResponseBody(&'a RequestHead, &'a ResponseHead, &'a [u8]),
+    Request,
+    RequestBody(&'a [u8]),
+    Response,
+    ResponseBody(&'a [u8]),
 }
 
 enum Answer {
-    Request(RequestAction),
-    Response(ResponseAction),
+    Head(Action),
     Body(BodyAction),
 }
 
 impl Instance {
     async fn call(&mut self, call: Call<'_>) -> wasmtime::Result<Answer> {
         let h = self.world.weir_plugin_handler();
+        let lent = self.store.data().lent.as_ref().ok_or_else(|| wasmtime::Error::msg("no heads lent"))?;
+        let (req, resp) = (lent.request_handle(), lent.response_handle());
         let s = &mut self.store;
         Ok(match call {
-            Call::Request(req) => Answer::Request(h.call_on_request(s, req).await?),
-            Call::RequestBody(req, body) => Answer::Body(h.call_on_request_body(s, req, body).await?),
-            Call::Response(req, resp) => Answer::Response(h.call_on_response(s, req, resp).await?),
-            Call::ResponseBody(req, resp, body) => Answer::Body(h.call_on_response_body(s, req, resp, body).await?),
+            Call::Request => Answer::Head(h.call_on_request(s, req).await?),
+            Call::RequestBody(body) => Answer::Body(h.call_on_request_body(s, req, body).await?),
+            Call::Response => Answer::Head(h.call_on_response(s, req, resp).await?),
+            Call::ResponseBody(body) => Answer::Body(h.call_on_response_body(s, req, resp, body).await?),
         })
     }
 }
@@ -134,8 +134,19 @@ impl LoadedPlugin {
         host: Arc<PluginHost>,
         metrics: PluginMetrics,
     ) -> Result<Self, String> {
-        let pre = linker.instantiate_pre(component).map_err(|e| format!("cannot link module: {e:#}"))?;
-        let pre = bindings::PluginPre::new(pre).map_err(|e| format!("module is not a weir plugin: {e:#}"))?;
+        let mismatch = || {
+            contract_version(engine.engine(), component).filter(|v| !v.starts_with(CONTRACT_SERIES)).map(|v| {
+                format!(
+                    "module was built against weir:plugin@{v}, this gateway speaks weir:plugin@{CONTRACT_SERIES}x: \
+                         rebuild it with the matching weir-plugin-sdk"
+                )
+            })
+        };
+        let pre = linker
+            .instantiate_pre(component)
+            .map_err(|e| mismatch().unwrap_or_else(|| format!("cannot link module: {e:#}")))?;
+        let pre = bindings::PluginPre::new(pre)
+            .map_err(|e| mismatch().unwrap_or_else(|| format!("module is not a weir plugin: {e:#}")))?;
         let deadline_ticks = PluginEngine::deadline_ticks(spec.limits.deadline);
         let mut plugin = Self {
             spec,
@@ -232,18 +243,31 @@ impl LoadedPlugin {
         }
     }
 
-    /// Borrow an instance, run one phase under the deadline, return it.
-    async fn run(&self, call: Call<'_>, held: &mut RequestSlot) -> Result<Answer, PluginFailure> {
+    /// Borrow an instance, lend it the heads, run one phase under the
+    /// deadline, take the heads back, return the instance. The heads come
+    /// back in every case; the caller commits or discards the phase's edits.
+    async fn run(
+        &self,
+        call: Call<'_>,
+        heads: &mut Option<Heads>,
+        held: &mut RequestSlot,
+    ) -> Result<Answer, PluginFailure> {
         let started = Instant::now();
         let mut inst = self.borrow(held).await?;
         inst.store.set_epoch_deadline(self.deadline_ticks);
-        // The request's locals travel with it, not with the instance.
-        inst.store.data_mut().locals = std::mem::take(&mut held.locals);
+        let data = inst.store.data_mut();
+        // The request's locals and heads travel with it, not with the instance.
+        data.locals = std::mem::take(&mut held.locals);
+        let rep = data.next_rep;
+        data.next_rep = data.next_rep.wrapping_add(2);
+        data.lent = heads.take().map(|heads| heads::Lent { heads, rep });
         // The epoch deadline stops guest code; this timeout also bounds time
         // spent awaiting host I/O (state calls), which epochs do not see.
         let budget = self.spec.limits.deadline + crate::engine::EPOCH_TICK * 2;
         let result = tokio::time::timeout(budget, inst.call(call)).await;
-        held.locals = std::mem::take(&mut inst.store.data_mut().locals);
+        let data = inst.store.data_mut();
+        held.locals = std::mem::take(&mut data.locals);
+        *heads = data.lent.take().map(|l| l.heads);
         self.metrics.duration.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(Ok(answer)) => {
@@ -276,90 +300,122 @@ impl LoadedPlugin {
         self.metrics.invalid.inc();
     }
 
-    /// `on-request`.
+    /// A head phase: `on-request` (with `heads.response` unset) or
+    /// `on-response`. On `continue` the phase's edits take effect; on
+    /// anything else they are dropped.
+    async fn head_phase(
+        &self,
+        call: Call<'_>,
+        heads: &mut Option<Heads>,
+        held: &mut RequestSlot,
+    ) -> Result<Action, PluginFailure> {
+        let answer = self.run(call, heads, held).await;
+        let commit = matches!(answer, Ok(Answer::Head(Action::Continue)));
+        if let Some(h) = heads.as_mut() {
+            if commit { h.commit() } else { h.discard() }
+        }
+        match answer? {
+            Answer::Head(a) => {
+                self.count(matches!(a, Action::Respond(_)));
+                Ok(a)
+            }
+            Answer::Body(_) => unreachable_answer(),
+        }
+    }
+
+    async fn body_phase(
+        &self,
+        call: Call<'_>,
+        heads: &mut Option<Heads>,
+        held: &mut RequestSlot,
+    ) -> Result<BodyAction, PluginFailure> {
+        match self.run(call, heads, held).await? {
+            Answer::Body(a) => {
+                self.count(matches!(a, BodyAction::Respond(_)));
+                Ok(a)
+            }
+            Answer::Head(_) => unreachable_answer(),
+        }
+    }
+
+    /// `on-request`, on `heads.request` (editable).
     pub(crate) async fn on_request(
         &self,
-        req: &RequestHead,
+        heads: &mut Option<Heads>,
         held: &mut RequestSlot,
-    ) -> Result<RequestAction, PluginFailure> {
-        match self.run(Call::Request(req), held).await? {
-            Answer::Request(a) => {
-                self.count(matches!(a, RequestAction::Respond(_)));
-                Ok(a)
-            }
-            _ => unreachable_answer(),
-        }
+    ) -> Result<Action, PluginFailure> {
+        self.head_phase(Call::Request, heads, held).await
     }
 
-    /// `on-request-body`.
+    /// `on-request-body`; the request is read-only by now.
     pub(crate) async fn on_request_body(
         &self,
-        req: &RequestHead,
+        heads: &mut Option<Heads>,
         body: &[u8],
         held: &mut RequestSlot,
     ) -> Result<BodyAction, PluginFailure> {
-        match self.run(Call::RequestBody(req, body), held).await? {
-            Answer::Body(a) => {
-                self.count(matches!(a, BodyAction::Respond(_)));
-                Ok(a)
-            }
-            _ => unreachable_answer(),
-        }
+        self.body_phase(Call::RequestBody(body), heads, held).await
     }
 
-    /// `on-response`.
+    /// `on-response`, on `heads.response` (editable; the request read-only).
     pub(crate) async fn on_response(
         &self,
-        req: &RequestHead,
-        resp: &ResponseHead,
+        heads: &mut Option<Heads>,
         held: &mut RequestSlot,
-    ) -> Result<ResponseAction, PluginFailure> {
-        match self.run(Call::Response(req, resp), held).await? {
-            Answer::Response(a) => {
-                self.count(matches!(a, ResponseAction::Respond(_)));
-                Ok(a)
-            }
-            _ => unreachable_answer(),
-        }
+    ) -> Result<Action, PluginFailure> {
+        self.head_phase(Call::Response, heads, held).await
     }
 
-    /// `on-response-body`.
+    /// `on-response-body`; both heads are read-only by now.
     pub(crate) async fn on_response_body(
         &self,
-        req: &RequestHead,
-        resp: &ResponseHead,
+        heads: &mut Option<Heads>,
         body: &[u8],
         held: &mut RequestSlot,
     ) -> Result<BodyAction, PluginFailure> {
-        match self.run(Call::ResponseBody(req, resp, body), held).await? {
-            Answer::Body(a) => {
-                self.count(matches!(a, BodyAction::Respond(_)));
-                Ok(a)
-            }
-            _ => unreachable_answer(),
-        }
+        self.body_phase(Call::ResponseBody(body), heads, held).await
     }
 }
 
 impl LoadedPlugin {
     /// Run `on-request` once on a small synthetic `GET` head, outside any
-    /// request: the per-call cost of the runtime (borrow an instance, call,
-    /// return it) without the network. For benchmarks and diagnostics.
+    /// request: the per-call cost of the runtime (borrow an instance, lend
+    /// the head, call, return it) without the network. For benchmarks and
+    /// diagnostics.
     #[doc(hidden)]
-    pub async fn probe_on_request(&self, path: &str) -> Result<(), PluginFailure> {
-        let header = |n: &str, v: &str| Header { name: n.to_owned(), value: v.as_bytes().to_vec() };
-        let head = RequestHead {
-            method: "GET".into(),
-            uri: path.into(),
+    pub async fn probe_on_request(&self, path: &str, headers: &[(&str, &str)]) -> Result<(), PluginFailure> {
+        let mut req = http::Request::get(path)
+            .header("host", "bench.local")
+            .body(())
+            .map_err(|e| PluginFailure::InvalidOutput(e.to_string()))?;
+        for (n, v) in headers {
+            let name = http::HeaderName::try_from(*n).map_err(|e| PluginFailure::InvalidOutput(e.to_string()))?;
+            let value = http::HeaderValue::try_from(*v).map_err(|e| PluginFailure::InvalidOutput(e.to_string()))?;
+            req.headers_mut().append(name, value);
+        }
+        let info = Arc::new(RequestInfo {
+            client: std::net::SocketAddr::from(([127, 0, 0, 1], 40000)),
             authority: "bench.local".into(),
-            headers: vec![header("host", "bench.local"), header("user-agent", "bench"), header("accept", "*/*")],
-            client_addr: "127.0.0.1:40000".into(),
             route: "bench".into(),
             request_id: "0123456789abcdef0123456789abcdef".into(),
-            path_params: Vec::new(),
-        };
-        self.on_request(&head, &mut RequestSlot::default()).await.map(drop)
+            params: Vec::new(),
+        });
+        let mut heads = Some(Heads { request: LentRequest::new(req.into_parts().0, info), response: None });
+        self.on_request(&mut heads, &mut RequestSlot::default()).await.map(drop)
     }
+}
+
+/// The `weir:plugin` series this host links (semver-compatible versions:
+/// any `0.2.x`).
+const CONTRACT_SERIES: &str = "0.2.";
+
+/// The `weir:plugin` version a component was built against, read from the
+/// names of its imports and exports.
+fn contract_version(engine: &wasmtime::Engine, component: &Component) -> Option<String> {
+    let ty = component.component_type();
+    let names: Vec<String> =
+        ty.exports(engine).map(|(n, _)| n.to_owned()).chain(ty.imports(engine).map(|(n, _)| n.to_owned())).collect();
+    names.iter().find_map(|n| n.strip_prefix("weir:plugin/")?.split_once('@').map(|(_, v)| v.to_owned()))
 }
 
 /// `Instance::call` answers each call with its own variant.

@@ -41,16 +41,6 @@ struct AddHeader {
     append: bool,
 }
 
-impl AddHeader {
-    fn apply(&self, headers: &mut HeaderMap) {
-        if self.append {
-            headers.append(self.name.clone(), self.value.clone());
-        } else {
-            headers.insert(self.name.clone(), self.value.clone());
-        }
-    }
-}
-
 impl Plugin for AddHeader {
     fn new(config: &Config) -> Result<Self> {
         let s: Settings = config.parse()?;
@@ -66,12 +56,20 @@ impl Plugin for AddHeader {
     }
 
     fn on_request(&self, req: &mut Request, _cx: &Context) -> Result<Action> {
-        self.apply(req.headers_mut());
+        if self.append {
+            req.append_header(&self.name, &self.value)?;
+        } else {
+            req.set_header(&self.name, &self.value)?;
+        }
         Ok(Action::Continue)
     }
 
     fn on_response(&self, _req: &Request, resp: &mut Response, _cx: &Context) -> Result<Action> {
-        self.apply(resp.headers_mut());
+        if self.append {
+            resp.append_header(&self.name, &self.value)?;
+        } else {
+            resp.set_header(&self.name, &self.value)?;
+        }
         Ok(Action::Continue)
     }
 }

@@ -201,7 +201,7 @@ fn local_for(client: &Client) -> Local {
 fn request_local_value_round_trips() {
     let req = || http::Request::get("/").header("x-api-key", "key with spaces").body(()).expect("request");
     let raw = conf(json!({ "key": "header:x-api-key", "event_client": "raw" }));
-    let client = Client::identify(&raw, &to_sdk(req()));
+    let client = identify(&raw, req());
     assert_eq!((client.source, client.raw.as_deref(), client.hex.len()), ("header", Some("key with spaces"), 32));
     let local = local_for(&client);
     let back = Local::decode(local.encode().as_bytes()).expect("decodes");
@@ -211,7 +211,7 @@ fn request_local_value_round_trips() {
     );
 
     // Hashed events (the default) need no raw value: none is kept or carried.
-    let hashed = Client::identify(&conf(json!({ "key": "header:x-api-key" })), &to_sdk(req()));
+    let hashed = identify(&conf(json!({ "key": "header:x-api-key" })), req());
     assert_eq!((hashed.id, hashed.raw.as_deref()), (client.id, None), "same client, no raw value");
     let encoded = local_for(&hashed).encode();
     assert!(!encoded.contains("key with spaces"), "{encoded}");
@@ -222,28 +222,31 @@ fn request_local_value_round_trips() {
 #[test]
 fn ip_clients_keep_a_raw_value_only_for_raw_events() {
     let req = || http::Request::get("/").body(()).expect("request");
-    let hashed = Client::identify(&conf(json!({})), &to_sdk(req()));
-    let raw = Client::identify(&conf(json!({ "event_client": "raw" })), &to_sdk(req()));
+    let hashed = identify(&conf(json!({})), req());
+    let raw = identify(&conf(json!({ "event_client": "raw" })), req());
     assert_eq!(hashed.raw, None);
     assert_eq!(raw.raw.as_deref(), Some("127.0.0.1"));
     assert_eq!(hashed.id, raw.id, "the same client either way");
 }
 
-/// The SDK's `Request` for a plain `http` request, through the harness's
-/// own conversion (a plugin that records what it saw).
-fn to_sdk(req: http::Request<()>) -> Request {
+/// `Client::identify` on the SDK's `Request` for a plain `http` request,
+/// run inside a phase (where a `Request` exists) through the harness.
+fn identify(conf: &Conf, req: http::Request<()>) -> Client {
     use std::cell::RefCell as Slot;
-    thread_local!(static SEEN: Slot<Option<Request>> = const { Slot::new(None) });
+    thread_local!(static SEEN: Slot<Option<Client>> = const { Slot::new(None) });
+    thread_local!(static CONF: Slot<Option<Conf>> = const { Slot::new(None) });
     struct Grab;
     impl Plugin for Grab {
         fn new(_: &Config) -> Result<Self> {
             Ok(Grab)
         }
         fn on_request(&self, req: &mut Request, _: &Context) -> Result<Action> {
-            SEEN.with(|s| *s.borrow_mut() = Some(req.clone()));
+            let client = CONF.with(|c| c.borrow().as_ref().map(|conf| Client::identify(conf, req)));
+            SEEN.with(|s| *s.borrow_mut() = client);
             Ok(Action::Continue)
         }
     }
+    CONF.with(|c| *c.borrow_mut() = Some(conf.clone()));
     Harness::<Grab>::new(json!({})).expect("init").on_request(req).unwrap_continue();
     SEEN.with(|s| s.borrow_mut().take()).expect("seen")
 }
@@ -712,7 +715,7 @@ fn a_client_gets_a_baseline_record_only_after_min_requests_in_a_window() {
     let cfg = json!({ "key": "header:x-api-key", "min_requests": 5, "action": "throttle" });
     let h = start(cfg.clone());
     let c = conf(cfg);
-    let id = |key: &str| Client::identify(&c, &to_sdk(get_as("/", key))).hex;
+    let id = |key: &str| identify(&c, get_as("/", key)).hex;
     let window = (T0 + 50) / WINDOW_MS;
     let path = path_hash("/a", 0);
 
@@ -772,7 +775,7 @@ fn a_client_gets_a_baseline_record_only_after_min_requests_in_a_window() {
 fn an_unreadable_baseline_value_is_replaced() {
     let cfg = json!({ "key": "header:x-api-key", "min_requests": 3 });
     let h = start(cfg.clone());
-    let client = Client::identify(&conf(cfg), &to_sdk(get_as("/", "k"))).hex;
+    let client = identify(&conf(cfg), get_as("/", "k")).hex;
     with_state({
         let key = format!("b:{client}");
         move |s| s.set(&key, b"9 not a record", 0).expect("set")

@@ -166,7 +166,7 @@ impl Plugin for Transform {
 
     fn on_response(&self, req: &Request, resp: &mut Response, cx: &Context) -> Result<Action> {
         if let Some(status) = self.status_map.get(resp.status()) {
-            resp.set_status(status);
+            resp.set_status(status)?;
         }
         if self.resp_headers.changes(resp.headers()) {
             let kept = self.kept_values(cx);

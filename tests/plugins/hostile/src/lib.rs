@@ -29,6 +29,8 @@ enum Mode {
     TrapEvery,
     /// Trap when the request has `x-trap`.
     TrapOnHeader,
+    /// Try edits the gateway must refuse, ignore the refusals, continue.
+    InvalidEdit,
     MemoryBomb,
     Recurse,
     InvalidHeader,
@@ -37,8 +39,8 @@ enum Mode {
 
 struct Hostile;
 
-fn cont() -> RequestAction {
-    RequestAction::Continue(RequestEdits { method: None, uri: None, headers: None })
+fn cont() -> Action {
+    Action::Continue
 }
 
 #[inline(never)]
@@ -61,6 +63,7 @@ impl Guest for Hostile {
             "memory_bomb" => Mode::MemoryBomb,
             "recurse" => Mode::Recurse,
             "invalid_header" => Mode::InvalidHeader,
+            "invalid_edit" => Mode::InvalidEdit,
             "huge_body" => Mode::HugeBody,
             "loop_in_init" => loop {
                 std::hint::spin_loop();
@@ -72,7 +75,7 @@ impl Guest for Hostile {
         Ok(PluginInfo { phases: Phases::REQUEST_HEADERS })
     }
 
-    fn on_request(req: RequestHead) -> RequestAction {
+    fn on_request(req: &Request) -> Action {
         match MODE.get() {
             Mode::Ok => cont(),
             Mode::Loop => {
@@ -91,7 +94,7 @@ impl Guest for Hostile {
                 cont()
             }
             Mode::TrapOnHeader => {
-                if req.headers.iter().any(|h| h.name == "x-trap") {
+                if !req.header("x-trap").is_empty() {
                     panic!("hostile plugin: trap on header");
                 }
                 cont()
@@ -110,26 +113,36 @@ impl Guest for Hostile {
                 std::hint::black_box(recurse(0));
                 cont()
             }
-            Mode::InvalidHeader => RequestAction::Continue(RequestEdits {
-                method: None,
-                uri: None,
-                headers: Some(vec![Header { name: "x-evil".into(), value: b"a\r\nx-injected: 1".to_vec() }]),
+            Mode::InvalidHeader => Action::Respond(Reply {
+                status: 200,
+                headers: vec![Header { name: "x-evil".into(), value: b"a\r\nx-injected: 1".to_vec() }],
+                body: Vec::new(),
             }),
-            Mode::HugeBody => {
-                RequestAction::Respond(Response { status: 200, headers: vec![], body: vec![b'x'; 8 << 20] })
+            Mode::InvalidEdit => {
+                let tries = [
+                    req.set_header("x-evil", b"a\r\nx-injected: 1"),
+                    req.set_header("content-length", b"0"),
+                    req.append_header("bad name", b"x"),
+                    req.set_path_with_query("http://elsewhere/"),
+                    req.set_method("GE T"),
+                ];
+                let refused = tries.iter().filter(|t| t.is_err()).count();
+                let _ = req.set_header("x-refused", refused.to_string().as_bytes());
+                cont()
             }
+            Mode::HugeBody => Action::Respond(Reply { status: 200, headers: vec![], body: vec![b'x'; 8 << 20] }),
         }
     }
 
-    fn on_request_body(_req: RequestHead, _body: Vec<u8>) -> BodyAction {
+    fn on_request_body(_req: &Request, _body: Vec<u8>) -> BodyAction {
         BodyAction::Continue(None)
     }
 
-    fn on_response(_req: RequestHead, _resp: ResponseHead) -> ResponseAction {
-        ResponseAction::Continue(ResponseEdits { status: None, headers: None })
+    fn on_response(_req: &Request, _resp: &Response) -> Action {
+        Action::Continue
     }
 
-    fn on_response_body(_req: RequestHead, _resp: ResponseHead, _body: Vec<u8>) -> BodyAction {
+    fn on_response_body(_req: &Request, _resp: &Response, _body: Vec<u8>) -> BodyAction {
         BodyAction::Continue(None)
     }
 }

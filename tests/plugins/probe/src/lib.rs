@@ -82,7 +82,7 @@ impl Plugin for Probe {
             req.set_uri(uri)?;
         }
         if let Some(m) = &self.s.set_method {
-            req.set_method(Method::from_bytes(m.as_bytes())?);
+            req.set_method(Method::from_bytes(m.as_bytes())?)?;
         }
         if let Some(h) = &self.s.remove_header {
             req.headers_mut().remove(h.as_str());
@@ -123,7 +123,7 @@ impl Plugin for Probe {
             resp.headers_mut().insert(HeaderName::try_from(format!("x-local-{tag}"))?, kept.try_into()?);
         }
         if let Some(status) = self.s.response_status {
-            resp.set_status(StatusCode::from_u16(status)?);
+            resp.set_status(StatusCode::from_u16(status)?)?;
         }
         Ok(Action::Continue)
     }

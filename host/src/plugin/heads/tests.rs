@@ -1,0 +1,76 @@
+use super::*;
+
+fn request(headers: &[(&str, &str)]) -> LentRequest {
+    let mut b = http::Request::get("/a?b=1");
+    for (n, v) in headers {
+        b = b.header(*n, *v);
+    }
+    let parts = b.body(()).expect("request").into_parts().0;
+    let info = Arc::new(RequestInfo {
+        client: SocketAddr::from(([127, 0, 0, 1], 1)),
+        authority: "example.com".into(),
+        route: "r".into(),
+        request_id: "id".into(),
+        params: Vec::new(),
+    });
+    LentRequest::new(parts, info)
+}
+
+#[test]
+fn edits_go_to_a_copy_until_committed() {
+    let mut heads = Heads { request: request(&[("x-a", "1"), ("content-length", "3")]), response: None };
+    let r = &mut heads.request;
+    set_header(&mut r.edit().expect("editable").headers, 2, "x-a", b"2").expect("valid");
+    append_header(&mut r.edit().expect("editable").headers, 2, "x-b", b"3").expect("valid");
+    r.edit().expect("editable").method = Method::POST;
+    assert_eq!(r.headers()["x-a"], "2", "reads see the phase's own edits");
+    assert_eq!(r.parts.headers["x-a"], "1", "the head itself is untouched");
+    heads.discard();
+    assert_eq!(heads.request.headers()["x-a"], "1", "a failed phase leaves nothing behind");
+    assert_eq!(heads.request.method(), Method::GET);
+
+    let r = &mut heads.request;
+    set_header(&mut r.edit().expect("editable").headers, 2, "x-a", b"9").expect("valid");
+    heads.commit();
+    assert_eq!(heads.request.parts.headers["x-a"], "9");
+    assert_eq!(heads.request.parts.headers["content-length"], "3", "framing kept");
+}
+
+#[test]
+fn edits_are_checked_when_made() {
+    let mut h = HeaderMap::new();
+    assert!(matches!(set_header(&mut h, 0, "bad name", b"x"), Err(EditError::Invalid(_))));
+    assert!(matches!(set_header(&mut h, 0, "x", b"a\r\nb"), Err(EditError::Invalid(_))));
+    assert!(matches!(set_header(&mut h, 0, "content-length", b"1"), Err(EditError::Reserved(_))));
+    assert!(matches!(append_header(&mut h, 0, "Transfer-Encoding", b"chunked"), Err(EditError::Reserved(_))));
+    assert!(matches!(remove_header(&mut h, "connection"), Err(EditError::Reserved(_))));
+    assert!(matches!(set_header(&mut h, 0, "x", &vec![b'a'; MAX_PLUGIN_VALUE + 1]), Err(EditError::TooLarge(_))));
+    for i in 0..MAX_PLUGIN_HEADERS {
+        append_header(&mut h, 0, &format!("x-{i}"), b"v").expect("room");
+    }
+    assert!(matches!(append_header(&mut h, 0, "x-more", b"v"), Err(EditError::TooLarge(_))));
+    set_header(&mut h, 0, "x-0", b"replaced").expect("replacing needs no room");
+    assert!(h.is_empty() || h.len() == MAX_PLUGIN_HEADERS);
+}
+
+#[test]
+fn read_only_heads_refuse_edits() {
+    let mut r = request(&[]).snapshot();
+    assert!(matches!(r.edit(), Err(EditError::ReadOnly)));
+    let mut r = request(&[]);
+    r.freeze();
+    assert!(matches!(r.edit(), Err(EditError::ReadOnly)));
+}
+
+#[test]
+fn set_headers_keeps_framing_and_skips_reserved() {
+    let mut h = HeaderMap::new();
+    h.insert("content-length", HeaderValue::from_static("5"));
+    h.insert("x-old", HeaderValue::from_static("1"));
+    let hdr = |n: &str, v: &[u8]| Header { name: n.into(), value: v.to_vec() };
+    set_headers(&mut h, 2, vec![hdr("x-new", b"2"), hdr("content-length", b"999")]).expect("valid");
+    assert_eq!(h["content-length"], "5");
+    assert_eq!(h["x-new"], "2");
+    assert!(!h.contains_key("x-old"));
+    assert!(matches!(set_headers(&mut h, 2, vec![hdr("bad name", b"x")]), Err(EditError::Invalid(_))));
+}

@@ -1,0 +1,85 @@
+//! The SDK's own behaviour, through the native harness: the head caches
+//! stay true to the edits, and edits follow the gateway's rules.
+
+use serde_json::json;
+
+use crate::prelude::*;
+use crate::testing::Harness;
+
+/// Reads, edits, reads again, and reports what it saw in `x-seen`.
+struct Reader;
+
+impl Plugin for Reader {
+    fn new(_: &Config) -> Result<Self> {
+        Ok(Reader)
+    }
+
+    fn on_request(&self, req: &mut Request, _: &Context) -> Result<Action> {
+        let mut seen = Vec::new();
+        seen.push(format!("{:?}", req.header("x-a")));
+        req.set_header("x-a", "2")?;
+        seen.push(format!("{:?}", req.header("x-a")));
+        req.append_header("x-a", "3")?;
+        seen.push(format!("{:?}", req.header_all("x-a")));
+        req.remove_header("x-a")?;
+        seen.push(format!("{:?}", req.header("x-a")));
+        seen.push(format!("{}", req.headers().len()));
+        req.set_header("x-b", "b")?;
+        seen.push(format!("{:?}", req.headers().get("x-b")));
+        let refused = [
+            req.set_header("content-length", "1").is_err(),
+            req.set_header("bad name", "1").is_err(),
+            req.set_header("x-c", "a\r\nb").is_err(),
+        ];
+        seen.push(format!("{refused:?}"));
+        req.set_header("x-seen", seen.join(" | "))?;
+        Ok(Action::Continue)
+    }
+}
+
+#[test]
+fn header_reads_follow_the_edits() {
+    let h = Harness::<Reader>::new(json!({})).expect("init");
+    let req = http::Request::get("/").header("x-a", "1").header("x-other", "o").body(()).expect("request");
+    let out = h.on_request(req).unwrap_continue();
+    assert_eq!(
+        out.headers()["x-seen"],
+        r#"Some("1") | Some("2") | ["2", "3"] | None | 1 | Some("b") | [true, true, true]"#
+    );
+    assert!(out.headers().get("x-a").is_none());
+    assert_eq!(out.headers()["x-b"], "b");
+    assert_eq!(out.headers()["x-other"], "o");
+}
+
+/// Edits, then fails: nothing of its edits may survive.
+struct EditThenFail;
+
+impl Plugin for EditThenFail {
+    fn new(_: &Config) -> Result<Self> {
+        Ok(EditThenFail)
+    }
+
+    fn on_request(&self, req: &mut Request, _: &Context) -> Result<Action> {
+        req.set_header("x-half", "done")?;
+        req.headers_mut().insert("x-map", HeaderValue::from_static("1"));
+        Err(Error::new(StatusCode::FORBIDDEN, "no"))
+    }
+
+    fn on_response(&self, _: &Request, resp: &mut Response, _: &Context) -> Result<Action> {
+        resp.headers_mut().insert("x-map", HeaderValue::from_static("1"));
+        resp.set_status(StatusCode::ACCEPTED)?;
+        Ok(Action::Continue)
+    }
+}
+
+#[test]
+fn a_failed_phase_leaves_no_edits_and_headers_mut_goes_back_whole() {
+    let h = Harness::<EditThenFail>::new(json!({})).expect("init");
+    let reply = h.on_request(http::Request::get("/").body(()).expect("request")).unwrap_respond();
+    assert_eq!(reply.status(), 403);
+    let resp = http::Response::builder().header("x-up", "u").body(()).expect("response");
+    let out = h.on_response(&http::Request::get("/").body(()).expect("request"), resp).unwrap_continue();
+    assert_eq!(out.status(), 202);
+    assert_eq!(out.headers()["x-map"], "1");
+    assert_eq!(out.headers()["x-up"], "u");
+}
