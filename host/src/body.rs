@@ -29,6 +29,36 @@ where
     body.map_err(Into::into).boxed()
 }
 
+/// How much of a refused request body is still read and thrown away.
+const LINGER_BYTES: u64 = 16 << 20;
+/// How long a refused request body is still read and thrown away.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// After refusing a request body (413), keep reading and discarding what the
+/// client is still sending, up to [`LINGER_BYTES`] or [`LINGER_TIME`], like
+/// nginx's lingering close. Closing a socket with unread data makes the
+/// kernel answer with a reset, which can destroy the refusal before the
+/// client reads it; draining lets the client finish its write and read the
+/// answer.
+pub fn linger<B>(body: B)
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+{
+    let mut body = Box::pin(body);
+    tokio::spawn(async move {
+        let drain = async {
+            let mut seen = 0u64;
+            while let Some(Ok(frame)) = body.frame().await {
+                seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if seen > LINGER_BYTES {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+    });
+}
+
 /// Why [`collect`] stopped.
 #[derive(Debug)]
 pub enum CollectError {

@@ -15,7 +15,7 @@ use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 
 use crate::body::{self, ProxyBody};
 use crate::config::FailurePolicy;
@@ -214,7 +214,9 @@ fn lost() -> ProxyError {
     ProxyError::Internal("request head lost in a plugin call")
 }
 
-/// Read a whole request body, refusing more than `max` bytes.
+/// Read a whole request body, refusing more than `max` bytes. A refused
+/// body is drained in the background ([`body::linger`]) so the 413 reaches
+/// a client that is still sending.
 async fn buffer_request<B>(parts: &Parts, body: B, max: u64) -> Result<Bytes, ProxyError>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -222,15 +224,22 @@ where
 {
     let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max) {
+        body::linger(body);
         return Err(ProxyError::RequestBodyTooLarge(max));
     }
-    match Limited::new(body, max as usize).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            Err(ProxyError::RequestBodyTooLarge(max))
+    let mut body = Box::pin(body);
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ProxyError::RequestBody(Into::<body::BoxError>::into(e).to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if (buf.len() + data.len()) as u64 > max {
+                body::linger(body);
+                return Err(ProxyError::RequestBodyTooLarge(max));
+            }
+            buf.extend_from_slice(&data);
         }
-        Err(e) => Err(ProxyError::RequestBody(e.to_string())),
     }
+    Ok(buf.freeze())
 }
 
 fn invalid(msg: String) -> PluginFailure {
