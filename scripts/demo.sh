@@ -32,6 +32,7 @@ PY
 cat <<TRY
 
 weir demo: proxy on http://127.0.0.1:8080, admin on http://127.0.0.1:9901
+Live dashboard: http://127.0.0.1:9901/dashboard   (access log: target/weir-access.log)
 Try, in another terminal:
   curl -i http://127.0.0.1:8080/users/42           # round robin over users-1/users-2, x-greeting added upstream
   curl -i -X DELETE http://127.0.0.1:8080/users/42 # 405: the route allows GET and POST

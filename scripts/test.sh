@@ -2,17 +2,30 @@
 # Run the whole test suite: unit tests, SDK harness tests of every plugin,
 # doc tests, and the integration tests (real gateway, real upstreams, real
 # .wasm plugins built once for wasm32-wasip2 by the test harness, real
-# redis-server for the cluster-state tests).
+# redis-server for the cluster-state tests, the dashboard in headless
+# Chromium driven by playwright-core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
-# The cluster-state tests start real redis-server processes (Debian package).
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "installing redis-server (needed by the cluster-state tests)..." >&2
+# Debian packages the tests need: redis-server (the cluster-state tests
+# start real Redis processes), chromium (the dashboard is tested in a real
+# headless browser) and Node.js with npm (to drive it with playwright-core).
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} (needed by the tests)..." >&2
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# playwright-core, pinned by tests/dashboard/package-lock.json.
+if [ ! -d tests/dashboard/node_modules/playwright-core ]; then
+  (cd tests/dashboard && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 cargo test --release --workspace "$@"

@@ -31,6 +31,9 @@ pub struct GatewayConfig {
     /// What happens to events plugins emit.
     #[serde(default)]
     pub events: EventsConfig,
+    /// One line per request; no access log without this section.
+    #[serde(default)]
+    pub access_log: Option<Spanned<AccessLogConfig>>,
     /// Named upstream services.
     #[serde(default)]
     pub upstreams: BTreeMap<String, Spanned<UpstreamConfig>>,
@@ -51,6 +54,10 @@ pub struct ServerConfig {
     /// Address of the admin listener (`/healthz`, `/metrics`, `/admin/*`); none if absent.
     #[serde(default)]
     pub admin_listen: Option<SocketAddr>,
+    /// When set, the admin API and `/metrics` need `Authorization: Bearer
+    /// TOKEN` (`/healthz`, `/readyz` and the dashboard page stay open).
+    #[serde(default)]
+    pub admin_token: Option<String>,
     /// Folder of `.wasm` modules, relative to the config file.
     #[serde(default = "defaults::plugins_dir")]
     pub plugins_dir: PathBuf,
@@ -211,6 +218,51 @@ impl Default for EventsConfig {
     }
 }
 
+/// `[access_log]`: one line per request, written when the response has
+/// been sent.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// Write access log lines at all.
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// `stdout`, `stderr`, or a file path (relative to the config file).
+    #[serde(default = "defaults::stdout")]
+    pub target: String,
+    /// `json` (one object per line) or `logfmt`.
+    #[serde(default)]
+    pub format: AccessLogFormat,
+    /// Share of requests logged, 0 to 1 (5xx responses are always logged).
+    #[serde(default = "defaults::one")]
+    pub sample: f64,
+    /// Log the query string with the path (it may carry credentials).
+    #[serde(default)]
+    pub query: bool,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            target: defaults::stdout(),
+            format: AccessLogFormat::default(),
+            sample: 1.0,
+            query: false,
+        }
+    }
+}
+
+/// `format = "json" | "logfmt"`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// `key=value` pairs.
+    Logfmt,
+}
+
 /// Event severity, ordered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -347,6 +399,12 @@ mod defaults {
     }
     pub(super) fn yes() -> bool {
         true
+    }
+    pub(super) fn stdout() -> String {
+        "stdout".into()
+    }
+    pub(super) fn one() -> f64 {
+        1.0
     }
     pub(super) fn header_read_timeout() -> Duration {
         Duration::from_secs(10)

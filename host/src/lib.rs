@@ -11,8 +11,10 @@
 //! |------|--------|
 //! | accept, HTTP/1.1 + h2c, drain | [`server`] |
 //! | route matching | [`router`] |
-//! | the request path (chains, upstream, reply) | [`proxy`] |
+//! | the request path (chains, upstream) | [`proxy`] |
+//! | the reply: accounting and the access log | [`reply`], [`access_log`] |
 //! | header rules (hop-by-hop, forwarding) | [`forwarding`] |
+//! | the dashboard's time series | [`live`] |
 //! | upstream targets and clients | [`upstream`] |
 //! | plugin runtime (pool, phases, host imports) | [`plugin`] |
 //! | wasmtime policy (pooling, deadlines, limits, WASI) | [`engine`] |
@@ -35,6 +37,7 @@
 
 #![warn(missing_docs)]
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod config;
@@ -42,10 +45,12 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod forwarding;
+pub mod live;
 pub mod metrics;
 pub mod plugin;
 pub mod proxy;
 pub mod reload;
+pub mod reply;
 pub mod router;
 pub mod server;
 pub mod snapshot;
@@ -94,6 +99,31 @@ pub struct ReloadStatus {
     pub successes: u64,
     /// Failed reloads.
     pub failures: u64,
+    /// The latest attempts, oldest first (at most [`ReloadStatus::HISTORY`]).
+    pub history: std::collections::VecDeque<ReloadEntry>,
+}
+
+impl ReloadStatus {
+    /// Reload attempts remembered for the dashboard.
+    pub const HISTORY: usize = 50;
+
+    fn push(&mut self, entry: ReloadEntry) {
+        if self.history.len() == Self::HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(entry);
+    }
+}
+
+/// One reload attempt.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadEntry {
+    /// When it finished, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The generation it published, if it succeeded.
+    pub generation: Option<u64>,
+    /// Why it was rejected, if it failed.
+    pub error: Option<String>,
 }
 
 /// A gateway with its first snapshot loaded.

@@ -6,6 +6,8 @@
 //! labels. Hot-path handles are resolved once per snapshot, so recording a
 //! request is a few atomic adds with no allocation.
 
+use std::sync::Arc;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -22,6 +24,11 @@ struct RouteStatus {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabel {
     route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabel {
+    upstream: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -92,6 +99,13 @@ pub struct Metrics {
     generation: Gauge,
     webhooks: Family<Outcome, Counter>,
     state_errors: Family<StateErrorKind, Counter>,
+    in_flight: Family<RouteLabel, Gauge>,
+    bytes_in: Family<RouteLabel, Counter>,
+    bytes_out: Family<RouteLabel, Counter>,
+    upstream_duration: HistogramFamily<UpstreamLabel>,
+    connections: Gauge,
+    access_log_dropped: Counter,
+    live: crate::live::Live,
 }
 
 impl Default for Metrics {
@@ -134,6 +148,26 @@ impl Metrics {
         registry.register("event_webhooks", "Event webhook deliveries by result", webhooks.clone());
         let state_errors = Family::default();
         registry.register("state_errors", "Failed plugin state calls by kind", state_errors.clone());
+        let in_flight = Family::default();
+        registry.register("route_in_flight", "Requests being served, by route", in_flight.clone());
+        let bytes_in = Family::default();
+        registry.register("route_bytes_in", "Request body bytes received, by route", bytes_in.clone());
+        let bytes_out = Family::default();
+        registry.register("route_bytes_out", "Response body bytes sent, by route", bytes_out.clone());
+        let upstream_duration = HistogramFamily::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from sending a request upstream to its response head, by upstream",
+            upstream_duration.clone(),
+        );
+        let connections = Gauge::default();
+        registry.register("connections_open", "Downstream connections open on the proxy listener", connections.clone());
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer was behind",
+            access_log_dropped.clone(),
+        );
         Self {
             registry,
             requests,
@@ -149,6 +183,13 @@ impl Metrics {
             generation,
             webhooks,
             state_errors,
+            in_flight,
+            bytes_in,
+            bytes_out,
+            upstream_duration,
+            connections,
+            access_log_dropped,
+            live: crate::live::Live::default(),
         }
     }
 
@@ -163,9 +204,14 @@ impl Metrics {
     /// Handles for one route.
     pub fn route(&self, route: &str) -> RouteMetrics {
         let by = |status| self.requests.get_or_create(&RouteStatus { route: route.to_owned(), status }).clone();
+        let label = RouteLabel { route: route.to_owned() };
         RouteMetrics {
             by_class: [by("1xx"), by("2xx"), by("3xx"), by("4xx"), by("5xx")],
-            duration: self.request_duration.get_or_create(&RouteLabel { route: route.to_owned() }).clone(),
+            duration: self.request_duration.get_or_create(&label).clone(),
+            in_flight: self.in_flight.get_or_create(&label).clone(),
+            bytes_in: self.bytes_in.get_or_create(&label).clone(),
+            bytes_out: self.bytes_out.get_or_create(&label).clone(),
+            live: self.live.route(route),
         }
     }
 
@@ -187,6 +233,7 @@ impl Metrics {
             invalid: by("invalid_output"),
             duration: self.plugin_duration.get_or_create(&label).clone(),
             instances: self.plugin_instances.get_or_create(&label).clone(),
+            live: self.live.plugin(plugin),
         }
     }
 
@@ -194,7 +241,13 @@ impl Metrics {
     pub fn upstream(&self, upstream: &str) -> UpstreamMetrics {
         let by =
             |kind| self.upstream_errors.get_or_create(&UpstreamError { upstream: upstream.to_owned(), kind }).clone();
-        UpstreamMetrics { connect: by("connect"), timeout: by("timeout"), request: by("request") }
+        UpstreamMetrics {
+            connect: by("connect"),
+            timeout: by("timeout"),
+            request: by("request"),
+            duration: self.upstream_duration.get_or_create(&UpstreamLabel { upstream: upstream.to_owned() }).clone(),
+            live: self.live.upstream(upstream),
+        }
     }
 
     /// A plugin-defined counter.
@@ -226,6 +279,25 @@ impl Metrics {
         self.webhooks.get_or_create(&Outcome { result }).inc();
     }
 
+    /// The dashboard's time series.
+    pub fn live(&self) -> &crate::live::Live {
+        &self.live
+    }
+
+    /// A downstream connection opened (`true`) or closed.
+    pub fn connection(&self, open: bool) {
+        if open {
+            self.connections.inc();
+        } else {
+            self.connections.dec();
+        }
+    }
+
+    /// An access log line dropped.
+    pub fn access_log_dropped(&self) {
+        self.access_log_dropped.inc();
+    }
+
     /// A failed state call: `unavailable` or `invalid`.
     pub fn state_error(&self, kind: &'static str) {
         self.state_errors.get_or_create(&StateErrorKind { kind }).inc();
@@ -242,14 +314,40 @@ impl Metrics {
 pub struct RouteMetrics {
     by_class: [Counter; 5],
     duration: Histogram,
+    in_flight: Gauge,
+    bytes_in: Counter,
+    bytes_out: Counter,
+    live: Arc<crate::live::Series>,
 }
 
 impl RouteMetrics {
-    /// Record one finished request.
+    /// Record one answered request (its response head).
     pub fn record(&self, status: u16, seconds: f64) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.by_class[class].inc();
         self.duration.observe(seconds);
+        self.live.record(status >= 500, seconds);
+    }
+
+    /// A request starts being served.
+    pub fn enter(&self) {
+        self.in_flight.inc();
+    }
+
+    /// A request is done (its response sent or abandoned).
+    pub fn leave(&self) {
+        self.in_flight.dec();
+    }
+
+    /// Requests being served now.
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.get()
+    }
+
+    /// Body bytes of one finished request.
+    pub fn bytes(&self, bytes_in: u64, bytes_out: u64) {
+        self.bytes_in.inc_by(bytes_in);
+        self.bytes_out.inc_by(bytes_out);
     }
 }
 
@@ -262,6 +360,10 @@ pub struct UpstreamMetrics {
     pub timeout: Counter,
     /// Other request failures.
     pub request: Counter,
+    /// Time to the response head.
+    pub duration: Histogram,
+    /// The dashboard's series: every try, answered or failed.
+    pub live: Arc<crate::live::Series>,
 }
 
 /// Per-plugin handles.
@@ -274,4 +376,5 @@ pub struct PluginMetrics {
     pub(crate) invalid: Counter,
     pub(crate) duration: Histogram,
     pub(crate) instances: Counter,
+    pub(crate) live: Arc<crate::live::Series>,
 }

@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -17,6 +18,7 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 
+use crate::access_log::{AccessLog, Record};
 use crate::body::{self, ProxyBody};
 use crate::config::FailurePolicy;
 use crate::error::ProxyError;
@@ -25,26 +27,47 @@ use crate::plugin::{
     Action, BodyAction, Heads, LentRequest, LentResponse, LoadedPlugin, Phases, PluginFailure, Reply, RequestInfo,
     RequestSlot,
 };
+use crate::reply::{Completion, Counted, Observed};
 use crate::router::Match;
 use crate::snapshot::{Route, Snapshot};
+use crate::upstream::Answered;
 
 /// Serve one downstream request on `snap`.
 pub async fn handle<B>(snap: Arc<Snapshot>, req: Request<B>, client: SocketAddr) -> Response<ProxyBody>
 where
-    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
     B::Error: Into<body::BoxError>,
 {
     let started = Instant::now();
+    let mut done = Completion::new(started, snap.unrouted.clone());
+    let log = snap.access_log.clone();
     let request_id = forwarding::request_id(req.headers());
     let (mut parts, body) = req.into_parts();
+    // What the access log says about the request, taken before anything edits it.
+    let mut record = log.as_ref().map(|log| Record {
+        time_ms: crate::access_log::now_ms(),
+        client: client.to_string(),
+        method: parts.method.as_str().to_owned(),
+        path: match (log.with_query(), parts.uri.path_and_query()) {
+            (true, Some(pq)) => pq.as_str().to_owned(),
+            _ => parts.uri.path().to_owned(),
+        },
+        version: version_name(parts.version),
+        ..Record::default()
+    });
     let host = authority_of(&parts).to_owned();
     let (route, params) = match snap.router.find(&host, parts.uri.path(), &parts.method) {
         Match::Found(i, params) => (&snap.routes[i], params),
-        Match::NotFound => return error_response(&snap.unrouted, ProxyError::NoRoute, &request_id, started),
+        Match::NotFound => {
+            let resp = error_response(&snap.unrouted, ProxyError::NoRoute, &request_id, started);
+            return reply(resp, done, log, record, request_id, started);
+        }
         Match::MethodNotAllowed(allowed) => {
-            return error_response(&snap.unrouted, ProxyError::MethodNotAllowed(allowed), &request_id, started);
+            let resp = error_response(&snap.unrouted, ProxyError::MethodNotAllowed(allowed), &request_id, started);
+            return reply(resp, done, log, record, request_id, started);
         }
     };
+    done.set_metrics(route.metrics.clone());
 
     forwarding::strip_hop_by_hop(&mut parts.headers);
     if let Ok(v) = HeaderValue::try_from(request_id.as_str()) {
@@ -54,20 +77,70 @@ where
     let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     parts.uri = Uri::from(pq);
 
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    done.count_in(bytes_in.clone());
+    let body = Counted::new(body, bytes_in);
     let held = route.chain.iter().map(|_| RequestSlot::default()).collect();
     let info = Arc::new(RequestInfo { client, authority: host, route: route.name.clone(), request_id, params });
-    let mut exchange = Exchange { snap: &snap, route, info, held };
+    let outcomes = record.is_some().then(String::new);
+    let mut exchange = Exchange { snap: &snap, route, info, held, outcomes, trace_id: String::new() };
     let result = exchange.run(parts, body).await;
-    let request_id = exchange.info.request_id.as_str();
-    let mut resp = match result {
-        Ok(resp) => resp,
-        Err(e) => return error_response(&route.metrics, e, request_id, started),
+    let request_id = exchange.info.request_id.clone();
+    if let Some(r) = &mut record {
+        r.route = route.name.clone();
+        r.upstream = route.upstream.name.clone();
+        r.trace_id = std::mem::take(&mut exchange.trace_id);
+        r.plugins = exchange.outcomes.take().unwrap_or_default();
+    }
+    let resp = match result {
+        Ok(resp) => {
+            route.metrics.record(resp.status().as_u16(), started.elapsed().as_secs_f64());
+            resp
+        }
+        Err(e) => error_response(&route.metrics, e, &request_id, started),
     };
-    if let Ok(v) = HeaderValue::try_from(request_id) {
+    reply(resp, done, log, record, request_id, started)
+}
+
+/// Send the response: add the request id, and hand the access log line and
+/// the route's accounting to the body, which completes them once it has
+/// been sent.
+fn reply(
+    mut resp: Response<ProxyBody>,
+    mut done: Completion,
+    log: Option<Arc<AccessLog>>,
+    record: Option<Record>,
+    request_id: String,
+    started: Instant,
+) -> Response<ProxyBody> {
+    if let Ok(v) = HeaderValue::try_from(request_id.as_str()) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    route.metrics.record(resp.status().as_u16(), started.elapsed().as_secs_f64());
-    resp
+    let status = resp.status().as_u16();
+    if let (Some(log), Some(mut record)) = (log, record)
+        && log.wants(status)
+    {
+        record.request_id = request_id;
+        record.status = status;
+        record.head_ms = started.elapsed().as_secs_f64() * 1000.0;
+        if let Some(answered) = resp.extensions().get::<Answered>() {
+            record.target = answered.target.to_string();
+            record.upstream_ms = Some(answered.elapsed.as_secs_f64() * 1000.0);
+        }
+        done.log(log, record);
+    }
+    resp.map(|b| body::boxed(Observed::new(b, done)))
+}
+
+fn version_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/?",
+    }
 }
 
 /// The authority the client addressed: `:authority`/absolute URI, else `Host`.
@@ -89,6 +162,10 @@ struct Exchange<'a> {
     /// Per chain position: request-local values, and the instance of an
     /// `isolation = "request"` plugin.
     held: Vec<RequestSlot>,
+    /// Each plugin call's outcome, for the access log (when it is on).
+    outcomes: Option<String>,
+    /// The W3C trace id sent upstream.
+    trace_id: String,
 }
 
 impl Exchange<'_> {
@@ -107,7 +184,8 @@ impl Exchange<'_> {
             if !plugin.phases().contains(Phases::REQUEST_HEADERS) {
                 continue;
             }
-            let action = guard(plugin, plugin.on_request(&mut heads, &mut self.held[i]).await)?;
+            let result = plugin.on_request(&mut heads, &mut self.held[i]).await;
+            let action = self.guard(plugin, result)?;
             if let Some(Action::Respond(r)) = action
                 && let Some(resp) = guard(plugin, plugin_reply(r, max))?
             {
@@ -125,7 +203,8 @@ impl Exchange<'_> {
                 if !plugin.phases().contains(Phases::REQUEST_BODY) {
                     continue;
                 }
-                let action = guard(plugin, plugin.on_request_body(&mut heads, &bytes, &mut self.held[i]).await)?;
+                let result = plugin.on_request_body(&mut heads, &bytes, &mut self.held[i]).await;
+                let action = self.guard(plugin, result)?;
                 if let Some(resp) = apply_body_action(plugin, action, &mut bytes, max)? {
                     return Ok(resp);
                 }
@@ -146,6 +225,7 @@ impl Exchange<'_> {
         let mut parts = lent.parts;
         let is_head = parts.method == Method::HEAD;
         forwarding::add_forwarding(&mut parts.headers, self.info.client.ip(), &self.info.authority);
+        self.trace_id = forwarding::trace_context(&mut parts.headers);
         let upstream = &route.upstream;
         let resp = upstream.forward(parts, upstream_body, &self.info.authority).await?;
         let (mut rparts, rbody) = resp.into_parts();
@@ -161,7 +241,8 @@ impl Exchange<'_> {
             if !plugin.phases().contains(Phases::RESPONSE_HEADERS) {
                 continue;
             }
-            let action = guard(plugin, plugin.on_response(&mut heads, &mut self.held[i]).await)?;
+            let result = plugin.on_response(&mut heads, &mut self.held[i]).await;
+            let action = self.guard(plugin, result)?;
             if let Some(Action::Respond(r)) = action
                 && let Some(resp) = guard(plugin, plugin_reply(r, max))?
             {
@@ -191,7 +272,8 @@ impl Exchange<'_> {
             if !plugin.phases().contains(Phases::RESPONSE_BODY) {
                 continue;
             }
-            let action = guard(plugin, plugin.on_response_body(&mut heads, &bytes, &mut self.held[i]).await)?;
+            let result = plugin.on_response_body(&mut heads, &bytes, &mut self.held[i]).await;
+            let action = self.guard(plugin, result)?;
             if let Some(resp) = apply_body_action(plugin, action, &mut bytes, max)? {
                 return Ok(resp);
             }
@@ -200,6 +282,48 @@ impl Exchange<'_> {
         rparts.headers.remove(header::TRANSFER_ENCODING);
         rparts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         Ok(Response::from_parts(rparts, body::full(bytes)))
+    }
+}
+
+impl Exchange<'_> {
+    /// [`guard`], noting the outcome for the access log.
+    fn guard<T: Responds>(
+        &mut self,
+        plugin: &LoadedPlugin,
+        result: Result<T, PluginFailure>,
+    ) -> Result<Option<T>, ProxyError> {
+        if let Some(out) = &mut self.outcomes {
+            let what = match &result {
+                Ok(a) if a.responded() => "respond",
+                Ok(_) => "ok",
+                Err(_) if plugin.spec().failure == FailurePolicy::Open => "skipped",
+                Err(_) => "failed",
+            };
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(plugin.name());
+            out.push(':');
+            out.push_str(what);
+        }
+        guard(plugin, result)
+    }
+}
+
+/// Whether a phase's decision answered the client.
+trait Responds {
+    fn responded(&self) -> bool;
+}
+
+impl Responds for Action {
+    fn responded(&self) -> bool {
+        matches!(self, Action::Respond(_))
+    }
+}
+
+impl Responds for BodyAction {
+    fn responded(&self) -> bool {
+        matches!(self, BodyAction::Respond(_))
     }
 }
 

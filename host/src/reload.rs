@@ -40,6 +40,7 @@ pub async fn reload(shared: &Shared) -> Result<u64, LoadErrors> {
             shared.metrics.reload(true);
             status.last_error = None;
             status.successes += 1;
+            status.push(crate::ReloadEntry { at_ms: now_ms(), generation: Some(generation), error: None });
             tracing::info!(generation, "configuration reloaded");
             Ok(generation)
         }
@@ -50,9 +51,14 @@ pub async fn reload(shared: &Shared) -> Result<u64, LoadErrors> {
             shared.metrics.reload(false);
             status.last_error = Some(errors.to_string());
             status.failures += 1;
+            status.push(crate::ReloadEntry { at_ms: now_ms(), generation: None, error: Some(errors.to_string()) });
             Err(errors)
         }
     }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Watch the config file and plugins folder until the returned handle is

@@ -39,6 +39,25 @@ pub async fn serve(
         })
     };
 
+    // Close one second of the dashboard's series a second, and forget
+    // routes and upstreams a reload removed.
+    let ticker = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let snap = shared.snapshot.load();
+                let routes: Vec<&str> = snap.routes.iter().map(|r| &*r.name).collect();
+                let upstreams: Vec<&str> = snap.upstreams.keys().map(|k| k.as_str()).collect();
+                let plugins: Vec<&str> = snap.plugins.keys().map(|k| k.as_str()).collect();
+                shared.metrics.live().retain(&routes, &upstreams, &plugins);
+                shared.metrics.live().tick();
+            }
+        })
+    };
+
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(server_cfg.header_read_timeout).keep_alive(true);
@@ -58,6 +77,7 @@ pub async fn serve(
             accepted = proxy.accept() => {
                 let Ok((stream, peer)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
+                let open = OpenConnection::new(shared.metrics.clone());
                 let shared = shared.clone();
                 let svc = service_fn(move |req: hyper::Request<Incoming>| {
                     let snap = shared.snapshot.load_full();
@@ -66,6 +86,7 @@ pub async fn serve(
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
+                    let _open = open;
                     if let Err(e) = conn.await {
                         tracing::debug!(%peer, "connection ended: {e}");
                     }
@@ -80,6 +101,7 @@ pub async fn serve(
     }
 
     sweeper.abort();
+    ticker.abort();
     drop(proxy);
     drop(admin);
     tracing::info!(timeout = ?server_cfg.drain_timeout, "draining connections");
@@ -87,6 +109,22 @@ pub async fn serve(
         tracing::warn!("drain timeout reached; closing remaining connections");
     }
     Ok(())
+}
+
+/// Counts a downstream connection as open for as long as it lives.
+struct OpenConnection(Arc<crate::metrics::Metrics>);
+
+impl OpenConnection {
+    fn new(metrics: Arc<crate::metrics::Metrics>) -> Self {
+        metrics.connection(true);
+        Self(metrics)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connection(false);
+    }
 }
 
 async fn accept_admin(admin: Option<&TcpListener>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {

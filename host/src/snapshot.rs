@@ -10,7 +10,8 @@ use std::time::SystemTime;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 
-use crate::config::{GatewayConfig, LoadError, LoadErrors, ServerConfig, Source, StateConfig};
+use crate::access_log::{AccessLog, AccessLogWriter};
+use crate::config::{AccessLogConfig, GatewayConfig, LoadError, LoadErrors, ServerConfig, Source, StateConfig};
 use crate::engine::PluginEngine;
 use crate::events::{Events, Webhook};
 use crate::metrics::{Metrics, RouteMetrics};
@@ -33,6 +34,8 @@ pub struct Route {
     pub buffer_response: bool,
     /// Metric handles.
     pub metrics: RouteMetrics,
+    /// What the route matches, as configured (for the admin API).
+    pub matches: serde_json::Value,
 }
 
 /// One published state of the gateway.
@@ -60,6 +63,8 @@ pub struct Snapshot {
     pub state: StateConfig,
     /// Where events are POSTed, from `[events]`.
     pub webhook: Option<Arc<Webhook>>,
+    /// The access log, from `[access_log]` (none when it is off).
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 /// What snapshot building needs from the gateway; lives as long as it.
@@ -69,6 +74,7 @@ pub struct Loader {
     pub(crate) state: Arc<StateStore>,
     pub(crate) events: Arc<Events>,
     pub(crate) metrics: Arc<Metrics>,
+    access_log: AccessLogWriter,
     clients: ClientCache,
     /// Compiled components by module sha256, so an unchanged module is not
     /// compiled again on reload.
@@ -91,6 +97,7 @@ impl Loader {
             linker,
             state,
             events,
+            access_log: AccessLogWriter::new(metrics.clone()),
             metrics,
             clients: ClientCache::default(),
             compiled: Mutex::new(HashMap::new()),
@@ -115,6 +122,19 @@ impl Loader {
             errors.push(src.error(span, format!("[events]: {e}")));
             None
         });
+        // No `[access_log]` section: no access log.
+        let log_cfg = match &cfg.access_log {
+            Some(l) => l.get_ref().clone(),
+            None => AccessLogConfig { enabled: false, ..AccessLogConfig::default() },
+        };
+        let access_log = match self.access_log.for_snapshot(&log_cfg, &src.base_dir()) {
+            Ok(log) => log_cfg.enabled.then_some(log),
+            Err(e) => {
+                let span = cfg.access_log.as_ref().map_or(0..0, |l| l.span());
+                errors.push(src.error(span, format!("[access_log]: {e}")));
+                None
+            }
+        };
         // `[state]` applies at start only, but a file that could not start
         // must not be accepted by a reload either.
         if let Some(state) = &cfg.state
@@ -298,6 +318,12 @@ impl Loader {
                     buffer_response: chain.iter().any(|p| p.phases().contains(Phases::RESPONSE_BODY)),
                     chain,
                     metrics: self.metrics.route(&r.name),
+                    matches: serde_json::json!({
+                        "host": r.host,
+                        "path": r.path.as_ref().map(|p| p.get_ref()),
+                        "path_prefix": r.path_prefix.as_ref().map(|p| p.get_ref()),
+                        "methods": r.methods.as_ref().map(|m| m.get_ref()),
+                    }),
                 });
             }
         }
@@ -318,6 +344,7 @@ impl Loader {
             unrouted: self.metrics.unrouted(),
             state: cfg.state.map(|s| s.into_inner()).unwrap_or_default(),
             webhook,
+            access_log,
         })
     }
 

@@ -86,21 +86,29 @@ impl Upstream {
             parts.headers.insert(header::HOST, v);
         }
         let req = Request::from_parts(parts, body);
+        let sent = std::time::Instant::now();
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Ok(Ok(resp)) => {
-                let (parts, incoming) = resp.into_parts();
+                let elapsed = sent.elapsed();
+                self.metrics.duration.observe(elapsed.as_secs_f64());
+                self.metrics.live.record(resp.status().is_server_error(), elapsed.as_secs_f64());
+                let (mut parts, incoming) = resp.into_parts();
+                parts.extensions.insert(Answered { target: target.clone(), elapsed });
                 Ok(Response::from_parts(parts, body::boxed(incoming)))
             }
             Ok(Err(e)) if e.is_connect() => {
                 self.metrics.connect.inc();
+                self.metrics.live.record(true, sent.elapsed().as_secs_f64());
                 Err(ProxyError::UpstreamConnect { upstream: self.name.clone(), detail: error_chain(&e) })
             }
             Ok(Err(e)) => {
                 self.metrics.request.inc();
+                self.metrics.live.record(true, sent.elapsed().as_secs_f64());
                 Err(ProxyError::Upstream { upstream: self.name.clone(), detail: error_chain(&e) })
             }
             Err(_) => {
                 self.metrics.timeout.inc();
+                self.metrics.live.record(true, sent.elapsed().as_secs_f64());
                 Err(ProxyError::UpstreamTimeout { upstream: self.name.clone(), timeout: self.timeout })
             }
         }
@@ -117,6 +125,16 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     s
+}
+
+/// Added to a response's extensions by [`Upstream::forward`]: which target
+/// answered, and how long it took to send the response head.
+#[derive(Debug, Clone)]
+pub struct Answered {
+    /// The target, `host:port`.
+    pub target: Authority,
+    /// From sending the request to the response head.
+    pub elapsed: Duration,
 }
 
 /// Parse a `host:port` target.

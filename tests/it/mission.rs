@@ -36,7 +36,8 @@ async fn demo_gateway(users: &Upstream, orders: &Upstream, hook: &WebhookServer)
     let text = swap(text, "\"http://127.0.0.1:9003/weir-events\"", &format!("\"{}\"", hook.url));
     let text = swap(text, "\"127.0.0.1:9001\", \"127.0.0.1:9002\"", &format!("\"{}\"", users.addr));
     let text = swap(text, "\"127.0.0.1:9003\"", &format!("\"{}\"", orders.addr));
-    assert_eq!(replaced, 6);
+    let text = swap(text, "\"../target/weir-access.log\"", "\"access.log\"");
+    assert_eq!(replaced, 7);
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("gateway.toml"), text).expect("write config");
     TestGateway::start_in(dir).await
@@ -134,4 +135,16 @@ async fn the_demo_orders_chain_end_to_end() {
     assert_eq!(r.status, 200);
     assert_eq!(r.seen("x-greeting").as_deref(), Some("hello"));
     assert_eq!(r.header("x-served-by"), Some("weir"));
+
+    // The demo's access log (logfmt) shows the whole chain of a request.
+    let log = gw.dir.path().join("access.log");
+    let line = wait_for(Duration::from_secs(5), || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.lines().rev().find(|l| l.contains(" route=orders ") && l.contains(" status=200 ")).map(str::to_owned)
+    })
+    .await
+    .expect("an access log line for a 200 on the orders route");
+    for plugin in ["auth:ok", "limit:ok", "anomaly:ok", "shape:ok"] {
+        assert!(line.contains(plugin), "{plugin} in {line}");
+    }
 }

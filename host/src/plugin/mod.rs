@@ -119,6 +119,9 @@ pub struct LoadedPlugin {
     host: Arc<PluginHost>,
     idle: Mutex<Vec<Instance>>,
     deadline_ticks: u64,
+    /// Whether the module imports `state`, the only capability that awaits
+    /// I/O on the host. Without it, the epoch deadline alone bounds a call.
+    awaits_host: bool,
     metrics: PluginMetrics,
 }
 
@@ -148,6 +151,7 @@ impl LoadedPlugin {
         let pre = bindings::PluginPre::new(pre)
             .map_err(|e| mismatch().unwrap_or_else(|| format!("module is not a weir plugin: {e:#}")))?;
         let deadline_ticks = PluginEngine::deadline_ticks(spec.limits.deadline);
+        let awaits_host = imports_interface(engine.engine(), component, "weir:plugin/state");
         let mut plugin = Self {
             spec,
             phases: Phases::empty(),
@@ -156,6 +160,7 @@ impl LoadedPlugin {
             host,
             idle: Mutex::new(Vec::new()),
             deadline_ticks,
+            awaits_host,
             metrics,
         };
         let (first, phases) = plugin.instantiate().await?;
@@ -191,6 +196,11 @@ impl LoadedPlugin {
         .filter(|(p, _)| self.phases.contains(*p))
         .map(|(_, n)| n)
         .collect()
+    }
+
+    /// Its metric handles.
+    pub fn metrics(&self) -> &PluginMetrics {
+        &self.metrics
     }
 
     /// Idle instances in the pool.
@@ -263,12 +273,18 @@ impl LoadedPlugin {
         data.lent = heads.take().map(|heads| heads::Lent { heads, rep });
         // The epoch deadline stops guest code; this timeout also bounds time
         // spent awaiting host I/O (state calls), which epochs do not see.
-        let budget = self.spec.limits.deadline + crate::engine::EPOCH_TICK * 2;
-        let result = tokio::time::timeout(budget, inst.call(call)).await;
+        let result = if self.awaits_host {
+            let budget = self.spec.limits.deadline + crate::engine::EPOCH_TICK * 2;
+            tokio::time::timeout(budget, inst.call(call)).await
+        } else {
+            Ok(inst.call(call).await)
+        };
         let data = inst.store.data_mut();
         held.locals = std::mem::take(&mut data.locals);
         *heads = data.lent.take().map(|l| l.heads);
-        self.metrics.duration.observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed().as_secs_f64();
+        self.metrics.duration.observe(took);
+        self.metrics.live.record(!matches!(result, Ok(Ok(_))), took);
         match result {
             Ok(Ok(answer)) => {
                 self.give_back(inst, held);
@@ -416,6 +432,11 @@ fn contract_version(engine: &wasmtime::Engine, component: &Component) -> Option<
     let names: Vec<String> =
         ty.exports(engine).map(|(n, _)| n.to_owned()).chain(ty.imports(engine).map(|(n, _)| n.to_owned())).collect();
     names.iter().find_map(|n| n.strip_prefix("weir:plugin/")?.split_once('@').map(|(_, v)| v.to_owned()))
+}
+
+/// Whether a component imports the interface `name` (any version).
+fn imports_interface(engine: &wasmtime::Engine, component: &Component, name: &str) -> bool {
+    component.component_type().imports(engine).any(|(n, _)| n.split('@').next() == Some(name))
 }
 
 /// `Instance::call` answers each call with its own variant.

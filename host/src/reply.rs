@@ -1,0 +1,194 @@
+//! The last room of the request path: the reply goes out, and once it has
+//! (or the client went away), the request is accounted for — route metrics
+//! (in-flight, bytes) and the access log line, with final durations and
+//! byte counts.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+use crate::access_log::{AccessLog, Record};
+use crate::body::{BoxError, ProxyBody};
+use crate::metrics::RouteMetrics;
+
+/// What to do once a response has been sent.
+pub struct Completion {
+    started: Instant,
+    metrics: RouteMetrics,
+    bytes_in: Option<Arc<AtomicU64>>,
+    log: Option<(Arc<AccessLog>, Box<Record>)>,
+}
+
+impl Completion {
+    /// Account for a request that started at `started`; `metrics` counts it
+    /// in flight until [`Completion::finish`].
+    pub fn new(started: Instant, metrics: RouteMetrics) -> Self {
+        metrics.enter();
+        Self { started, metrics, bytes_in: None, log: None }
+    }
+
+    /// Count the request body's bytes through `counter`.
+    pub fn count_in(&mut self, counter: Arc<AtomicU64>) {
+        self.bytes_in = Some(counter);
+    }
+
+    /// Write `record` to `log` when done.
+    pub fn log(&mut self, log: Arc<AccessLog>, record: Record) {
+        self.log = Some((log, Box::new(record)));
+    }
+
+    /// Change the metrics the request is counted under (it matched a route).
+    pub fn set_metrics(&mut self, metrics: RouteMetrics) {
+        self.metrics.leave();
+        metrics.enter();
+        self.metrics = metrics;
+    }
+
+    fn finish(self, bytes_out: u64, completed: bool) {
+        let bytes_in = self.bytes_in.as_ref().map_or(0, |c| c.load(Ordering::Relaxed));
+        self.metrics.leave();
+        self.metrics.bytes(bytes_in, bytes_out);
+        if let Some((log, mut record)) = self.log {
+            record.total_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+            record.bytes_in = bytes_in;
+            record.bytes_out = bytes_out;
+            record.completed = completed;
+            log.write(*record);
+        }
+    }
+}
+
+/// A response body that calls its [`Completion`] when it has been sent
+/// (end of stream), has failed, or is dropped unfinished.
+pub struct Observed {
+    inner: ProxyBody,
+    sent: u64,
+    done: Option<Completion>,
+}
+
+impl Observed {
+    /// Watch `inner`.
+    pub fn new(inner: ProxyBody, done: Completion) -> Self {
+        Self { inner, sent: 0, done: Some(done) }
+    }
+
+    fn finish(&mut self, completed: bool) {
+        if let Some(done) = self.done.take() {
+            done.finish(self.sent, completed);
+        }
+    }
+}
+
+impl Body for Observed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.sent += data.len() as u64;
+                }
+                if self.inner.is_end_stream() {
+                    self.finish(true);
+                }
+            }
+            Poll::Ready(None) => self.finish(true),
+            Poll::Ready(Some(Err(_))) => self.finish(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        // A body with nothing left to send was sent completely (hyper does
+        // not poll an empty body); anything else was cut short.
+        let completed = self.inner.is_end_stream();
+        self.finish(completed);
+    }
+}
+
+/// A request body that counts the bytes passing through it.
+pub struct Counted<B> {
+    inner: B,
+    count: Arc<AtomicU64>,
+}
+
+impl<B> Counted<B> {
+    /// Count `inner`'s bytes into `count`.
+    pub fn new(inner: B, count: Arc<AtomicU64>) -> Self {
+        Self { inner, count }
+    }
+}
+
+impl<B> Body for Counted<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::body;
+    use crate::metrics::Metrics;
+
+    #[tokio::test]
+    async fn counts_bytes_and_in_flight_once() {
+        let m = Metrics::new();
+        let route = m.route("r");
+        let done = Completion::new(Instant::now(), route.clone());
+        assert_eq!(route.in_flight(), 1);
+        let body = Observed::new(body::full("hello"), done);
+        let bytes = body.collect().await.expect("body").to_bytes();
+        assert_eq!(&bytes[..], b"hello");
+        assert_eq!(route.in_flight(), 0, "left once, at the end");
+        assert!(m.encode().contains("weir_route_bytes_out_total{route=\"r\"} 5"), "{}", m.encode());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_body_still_leaves() {
+        let m = Metrics::new();
+        let route = m.route("r");
+        drop(Observed::new(body::full("unsent"), Completion::new(Instant::now(), route.clone())));
+        assert_eq!(route.in_flight(), 0);
+    }
+}

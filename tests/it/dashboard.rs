@@ -1,0 +1,109 @@
+//! The dashboard, in a real browser: headless Chromium driven by
+//! playwright-core (`tests/dashboard/check.mjs`). `scripts/test.sh` installs
+//! Debian's `chromium` and runs `npm ci` in `tests/dashboard/`.
+
+use std::process::Command;
+
+use weir_tests::{TestGateway, Upstream, workspace_root};
+
+fn config(upstream: &str) -> String {
+    format!(
+        "[plugins.tag]\nmodule = \"probe.wasm\"\nconfig = {{ tag = \"t\" }}\n\
+         [plugins.other]\nmodule = \"probe.wasm\"\nconfig = {{ tag = \"o\" }}\n\
+         [upstreams.catalog]\ntargets = [\"{upstream}\"]\n\
+         [upstreams.content]\ntargets = [\"{upstream}\"]\n\
+         [[routes]]\nname = \"shop\"\npath_prefix = \"/shop\"\nupstream = \"catalog\"\nchain = [\"tag\", \"other\"]\n\
+         [[routes]]\nname = \"blog\"\npath_prefix = \"/blog\"\nupstream = \"content\"\nchain = [\"tag\"]\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_the_config_and_live_traffic_in_headless_chromium() {
+    let up = Upstream::start("up").await;
+    let gw = TestGateway::start(&config(&up.addr.to_string()), &["probe.wasm"]).await;
+    for i in 0..3 {
+        assert_eq!(gw.get(&format!("/blog/warmup/{i}")).await.status, 200);
+    }
+    // A rejected reload shows in the history (and the old config serves).
+    gw.write_config("[[routes]]\nname = \"broken\"\n");
+    gw.wait_reload_error().await;
+
+    let page = gw.client.get(&format!("{}/dashboard", gw.admin)).await.expect("dashboard");
+    assert_eq!(page.status, 200);
+    assert!(page.header("content-type").is_some_and(|c| c.starts_with("text/html")));
+    let csp = page.header("content-security-policy").expect("a CSP");
+    assert!(csp.contains("default-src 'none'"), "nothing loads from elsewhere: {csp}");
+    let html = page.text();
+    for external in ["src=\"http", "href=\"http", "src=\"//", "href=\"//", "<script src", "@import"] {
+        assert!(!html.contains(external), "the page loads nothing from elsewhere: found {external}");
+    }
+
+    let root = workspace_root().join("tests/dashboard");
+    assert!(
+        root.join("node_modules/playwright-core").exists(),
+        "playwright-core is missing: run scripts/test.sh, which installs chromium and runs `npm ci` in {}",
+        root.display()
+    );
+    let shot = gw.dir.path().join("dashboard.png");
+    let (admin, proxy, shot_arg) = (gw.admin.clone(), gw.url.clone(), shot.clone());
+    let root2 = root.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(root2.join("check.mjs"))
+            .arg(&admin)
+            .arg(&proxy)
+            .arg(&shot_arg)
+            .current_dir(&root2)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("node runs (Node.js is needed for the browser test)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser could not be driven:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("check.mjs printed no JSON ({e}):\n{stdout}"));
+    if let Ok(keep) = std::env::var("WEIR_DASHBOARD_SHOT") {
+        let _ = std::fs::copy(&shot, keep);
+    }
+
+    assert_eq!(r["status"], 200);
+    assert_eq!(r["title"], "weir · dashboard");
+    assert_eq!(r["consoleErrors"], serde_json::json!([]), "no console errors: {r}");
+    assert_eq!(r["pageErrors"], serde_json::json!([]), "no page errors: {r}");
+    assert_eq!(r["failedRequests"], serde_json::json!([]), "every request the page made succeeded: {r}");
+    assert_eq!(r["waitError"], serde_json::Value::Null, "the page came to show the new traffic: {r}");
+
+    let before = &r["before"];
+    assert_eq!(before["topologyRoutes"], serde_json::json!(["shop", "blog"]), "{before}");
+    for name in ["catalog", "content", "tag", "other", &up.addr.to_string()] {
+        assert!(before["topologyTexts"].as_array().expect("texts").iter().any(|t| t == name), "{name} in {before}");
+    }
+    assert_eq!(before["curveRoutes"], serde_json::json!(["shop", "blog"]));
+    assert_eq!(before["plugins"], serde_json::json!(["other", "tag"]));
+    assert_eq!(before["upstreams"], serde_json::json!(["catalog", "content"]));
+    assert_eq!(before["heatCells"], 60, "30 cells for each of two routes");
+    assert_eq!(before["generation"], "#1", "the rejected reload did not publish");
+    assert!(before["reloads"][0].as_str().is_some_and(|t| t.contains("rejected")), "{before}");
+    // Warm-up traffic: 3 requests × 2 phase calls of `tag`.
+    assert_eq!(before["pluginTag"][6], "6", "{before}");
+    assert_eq!(before["shopStroke"], "var(--idle)", "no traffic on shop yet");
+
+    let sent = r["sentStatuses"].as_array().expect("statuses");
+    assert_eq!(sent.iter().filter(|s| *s == 503).count(), 6);
+    assert_eq!(sent.iter().filter(|s| *s == 200).count(), 10);
+    let after = &r["after"];
+    assert!(after["updates"].as_u64() > before["updates"].as_u64(), "the page kept polling: {after}");
+    // 16 more requests through `tag` (request and response phase each).
+    assert_eq!(after["pluginTag"][6], "38", "{after}");
+    assert_eq!(after["shopStroke"], "var(--bad)", "half of shop's answers were 503s: {after}");
+    assert_eq!(after["blogStroke"], "var(--ok)", "{after}");
+    assert!(after["heatLit"].as_u64().is_some_and(|n| n >= 2), "both routes light a cell: {after}");
+    assert!(after["curvePolylines"].as_u64().is_some_and(|n| n >= 8), "curves drawn: {after}");
+    assert_eq!(r["windowOn"], true);
+    assert_eq!(r["heatOn"], true);
+}
