@@ -299,6 +299,7 @@ def main():
             direct,
             nginx_target(tmp, up),
             weir_target("weir-empty", tmp, up, chain(0)),
+            weir_target("weir-empty-access-log", tmp, up, '[access_log]\ntarget = "access.log"\n' + chain(0)),
             weir_target("weir-1-plugin", tmp, up, chain(1)),
             weir_target("weir-4-plugins", tmp, up, chain(4)),
             weir_target("weir-1-plugin-isolated", tmp, up, chain(1, "request")),
@@ -342,6 +343,8 @@ def main():
         "per plugin added cpu (us, 4-plugin chain)": (summary["weir-4-plugins"]["cpu_us_per_req"] - empty["cpu_us_per_req"]) / 4,
         "isolated plugin added cpu (us)": summary["weir-1-plugin-isolated"]["cpu_us_per_req"] - empty["cpu_us_per_req"],
         "weir_mission/weir_empty rps": summary["weir-mission"]["rps"] / empty["rps"],
+        "access log on/off rps": summary["weir-empty-access-log"]["rps"] / empty["rps"],
+        "access log added cpu (us)": summary["weir-empty-access-log"]["cpu_us_per_req"] - empty["cpu_us_per_req"],
     }
     for name in ("weir-auth-hs256", "weir-auth-es256", "weir-rate-limit", "weir-anomaly", "weir-transform", "weir-mission"):
         ratios[f"{name} added cpu (us)"] = summary[name]["cpu_us_per_req"] - empty["cpu_us_per_req"]

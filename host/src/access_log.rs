@@ -20,6 +20,9 @@ use crate::metrics::Metrics;
 /// Lines waiting to be written.
 const QUEUE: usize = 16 * 1024;
 
+/// Pause between batches of lines (the most a line waits to be written).
+const BATCH_PAUSE: Duration = Duration::from_millis(20);
+
 /// A queued line: how to format it, and what.
 type Line = (AccessLogFormat, Record);
 
@@ -181,6 +184,10 @@ fn write_lines(rx: Receiver<Line>, out: Box<dyn std::io::Write + Send>) {
             next = rx.try_recv().ok();
         }
         let _ = out.flush();
+        // Let lines gather: while this thread sleeps, requests queue their
+        // lines without waking it, so a busy gateway pays one wake-up and
+        // one write per batch rather than per request.
+        std::thread::sleep(BATCH_PAUSE);
     }
     let _ = out.flush();
 }
@@ -190,27 +197,42 @@ pub fn format_line(out: &mut String, format: AccessLogFormat, r: &Record) {
     let time = rfc3339_ms(r.time_ms);
     match format {
         AccessLogFormat::Json => {
-            let doc = serde_json::json!({
-                "time": time,
-                "request_id": r.request_id,
-                "trace_id": r.trace_id,
-                "client": r.client,
-                "method": r.method,
-                "path": r.path,
-                "version": r.version,
-                "route": &*r.route,
-                "upstream": &*r.upstream,
-                "target": r.target,
-                "status": r.status,
-                "head_ms": round3(r.head_ms),
-                "total_ms": round3(r.total_ms),
-                "upstream_ms": r.upstream_ms.map(round3),
-                "bytes_in": r.bytes_in,
-                "bytes_out": r.bytes_out,
-                "plugins": r.plugins,
-                "completed": r.completed,
-            });
-            let _ = write!(out, "{doc}");
+            // Written directly (no intermediate `serde_json::Value`): this
+            // runs once per request.
+            let _ = write!(out, "{{\"time\":\"{time}\",\"request_id\":");
+            json_str(out, &r.request_id);
+            out.push_str(",\"trace_id\":");
+            json_str(out, &r.trace_id);
+            out.push_str(",\"client\":");
+            json_str(out, &r.client);
+            out.push_str(",\"method\":");
+            json_str(out, &r.method);
+            out.push_str(",\"path\":");
+            json_str(out, &r.path);
+            out.push_str(",\"version\":");
+            json_str(out, r.version);
+            out.push_str(",\"route\":");
+            json_str(out, &r.route);
+            out.push_str(",\"upstream\":");
+            json_str(out, &r.upstream);
+            out.push_str(",\"target\":");
+            json_str(out, &r.target);
+            let _ = write!(
+                out,
+                ",\"status\":{},\"head_ms\":{},\"total_ms\":{},\"upstream_ms\":",
+                r.status,
+                round3(r.head_ms),
+                round3(r.total_ms)
+            );
+            match r.upstream_ms {
+                Some(u) => {
+                    let _ = write!(out, "{}", round3(u));
+                }
+                None => out.push_str("null"),
+            }
+            let _ = write!(out, ",\"bytes_in\":{},\"bytes_out\":{},\"plugins\":", r.bytes_in, r.bytes_out);
+            json_str(out, &r.plugins);
+            let _ = write!(out, ",\"completed\":{}}}", r.completed);
         }
         AccessLogFormat::Logfmt => {
             let _ = write!(
@@ -244,6 +266,25 @@ pub fn format_line(out: &mut String, format: AccessLogFormat, r: &Record) {
         }
     }
     out.push('\n');
+}
+
+/// A JSON string literal (RFC 8259 escaping).
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 fn round3(v: f64) -> f64 {
@@ -329,7 +370,19 @@ mod tests {
         assert_eq!(doc["head_ms"], 1.235);
         assert_eq!(doc["path"], "/a b");
         assert_eq!(doc["bytes_out"], 42);
+        assert_eq!(doc["upstream_ms"], 0.9);
+        assert_eq!(doc["completed"], true);
         assert!(line.ends_with('\n'));
+        // Hostile bytes stay inside their string.
+        let mut odd = record();
+        odd.path = "/\"a\\b\n\u{1}\u{7f}é".into();
+        odd.upstream_ms = None;
+        line.clear();
+        format_line(&mut line, AccessLogFormat::Json, &odd);
+        let doc: serde_json::Value = serde_json::from_str(line.trim_end()).expect("still json");
+        assert_eq!(doc["path"], "/\"a\\b\n\u{1}\u{7f}é");
+        assert_eq!(doc["upstream_ms"], serde_json::Value::Null);
+        assert_eq!(line.matches('\n').count(), 1, "one line: {line}");
         line.clear();
         format_line(&mut line, AccessLogFormat::Logfmt, &record());
         assert!(line.contains(" path=\"/a b\" "), "{line}");
