@@ -12,7 +12,8 @@
 //!   ticks and traps with `Trap::Interrupt` when it passes. The ticker is a
 //!   thread, not a tokio task, on purpose: with one runtime worker a task
 //!   could never run while that worker is stuck in a guest loop.
-//! * **Memory limit** per instance through [`StoreLimits`]: `memory.grow`
+//! * **Memory limit** per instance through [`StoreLimits`] (wrapped in
+//!   [`PeakLimits`], which also records the high-water mark): `memory.grow`
 //!   beyond the plugin's `limits.memory` fails (the guest sees an allocation
 //!   failure, which for Rust is an abort, i.e. a trap).
 //! * **Stack**: wasm stack capped at [`MAX_WASM_STACK`] so runaway recursion
@@ -160,6 +161,59 @@ fn spawn_ticker(engine: &Engine) {
     if let Err(e) = spawned {
         // Without a ticker deadlines never fire: refuse to run half-safe.
         panic!("cannot start the epoch ticker thread: {e}");
+    }
+}
+
+/// [`StoreLimits`] that also remember the largest linear memory the
+/// instance was allowed to grow to (the plugin's memory high-water mark).
+pub struct PeakLimits {
+    limits: StoreLimits,
+    peak: usize,
+}
+
+impl PeakLimits {
+    /// Per-instance limits with `memory` bytes of linear memory at most.
+    pub fn new(memory: u64) -> Self {
+        Self { limits: store_limits(memory), peak: 0 }
+    }
+
+    /// The largest memory size granted so far, in bytes.
+    pub fn peak(&self) -> usize {
+        self.peak
+    }
+}
+
+impl wasmtime::ResourceLimiter for PeakLimits {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let granted = self.limits.memory_growing(current, desired, maximum)?;
+        if granted {
+            self.peak = self.peak.max(desired);
+        }
+        Ok(granted)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.memory_grow_failed(error)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
     }
 }
 

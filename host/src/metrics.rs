@@ -92,6 +92,8 @@ pub struct Metrics {
     plugin_calls: Family<PluginOutcome, Counter>,
     plugin_duration: HistogramFamily<PluginLabel>,
     plugin_instances: Family<PluginLabel, Counter>,
+    plugin_memory_peak: Family<PluginLabel, Gauge>,
+    plugin_pool_idle: Family<PluginLabel, Gauge>,
     plugin_counters: Family<PluginNamed, Counter>,
     plugin_gauges: Family<PluginNamed, Gauge>,
     plugin_events: Family<PluginEvent, Counter>,
@@ -134,6 +136,14 @@ impl Metrics {
         registry.register("plugin_call_duration_seconds", "Plugin phase call latency", plugin_duration.clone());
         let plugin_instances = Family::default();
         registry.register("plugin_instances_created", "Plugin instances created", plugin_instances.clone());
+        let plugin_memory_peak = Family::default();
+        registry.register(
+            "plugin_memory_peak_bytes",
+            "Largest linear memory any instance of the plugin grew to",
+            plugin_memory_peak.clone(),
+        );
+        let plugin_pool_idle = Family::default();
+        registry.register("plugin_pool_idle", "Idle initialised instances in the plugin's pool", plugin_pool_idle.clone());
         let plugin_counters = Family::default();
         registry.register("plugin_custom", "Plugin-defined counters", plugin_counters.clone());
         let plugin_gauges = Family::default();
@@ -176,6 +186,8 @@ impl Metrics {
             plugin_calls,
             plugin_duration,
             plugin_instances,
+            plugin_memory_peak,
+            plugin_pool_idle,
             plugin_counters,
             plugin_gauges,
             plugin_events,
@@ -233,6 +245,8 @@ impl Metrics {
             invalid: by("invalid_output"),
             duration: self.plugin_duration.get_or_create(&label).clone(),
             instances: self.plugin_instances.get_or_create(&label).clone(),
+            memory_peak: self.plugin_memory_peak.get_or_create(&label).clone(),
+            pool_idle: self.plugin_pool_idle.get_or_create(&label).clone(),
             live: self.live.plugin(plugin),
         }
     }
@@ -376,5 +390,22 @@ pub struct PluginMetrics {
     pub(crate) invalid: Counter,
     pub(crate) duration: Histogram,
     pub(crate) instances: Counter,
+    pub(crate) memory_peak: Gauge,
+    pub(crate) pool_idle: Gauge,
     pub(crate) live: Arc<crate::live::Series>,
+}
+
+impl PluginMetrics {
+    /// Raise the memory high-water mark to `bytes` if it is higher.
+    pub(crate) fn memory_peak(&self, bytes: usize) {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        if bytes > self.memory_peak.get() {
+            self.memory_peak.set(bytes);
+        }
+    }
+
+    /// The memory high-water mark, bytes.
+    pub fn memory_peak_bytes(&self) -> i64 {
+        self.memory_peak.get()
+    }
 }

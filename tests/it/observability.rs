@@ -215,6 +215,8 @@ async fn route_and_upstream_metrics_after_known_traffic() {
     assert_eq!(under_1s, 8.0, "{buckets:?}");
     assert!(buckets[0].1 < 8.0, "{buckets:?}");
     assert!(get("weir_connections_open") >= 1.0, "this client's connection is open");
+    assert!(get(r#"weir_plugin_pool_idle{plugin="tag"}"#) >= 1.0, "the instance went back to the pool");
+    assert!(get(r#"weir_plugin_memory_peak_bytes{plugin="tag"}"#) > 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -135,6 +135,17 @@ async fn memory_limit_recursion_and_invalid_output() {
     assert_eq!(r.json()["method"], "GET");
     let metrics = gw.metrics().await;
     assert!(metrics.contains(r#"weir_plugin_calls_total{plugin="evil",outcome="invalid_output"} 2"#), "{metrics}");
+    // The memory bomb's high-water mark: it grew close to its 16 MiB limit
+    // and never past it.
+    let peak: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"weir_plugin_memory_peak_bytes{plugin="bomb"} "#)?.parse().ok())
+        .unwrap_or_else(|| panic!("no memory peak for bomb in\n{metrics}"));
+    assert!(peak > 8.0 * 1048576.0 && peak <= 16.0 * 1048576.0, "bomb peak {peak}");
+    let plugins = gw.client.get(&format!("{}/admin/plugins", gw.admin)).await.expect("admin plugins").json();
+    let bomb = plugins["plugins"].as_array().expect("plugins").iter().find(|p| p["name"] == "bomb").expect("bomb");
+    assert_eq!(bomb["memory_peak_bytes"].as_f64(), Some(peak));
+    assert_eq!(bomb["calls"]["trap"], 1, "{bomb}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use wasmtime::StoreLimits;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -97,7 +96,7 @@ impl PluginHost {
 pub(crate) struct StoreData {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: crate::engine::PeakLimits,
     host: Arc<PluginHost>,
     /// The request-local values of the request being served, lent to the
     /// instance for one call (see [`super::RequestSlot`]).
@@ -109,7 +108,7 @@ pub(crate) struct StoreData {
 }
 
 impl StoreData {
-    pub(crate) fn new(host: Arc<PluginHost>, limits: StoreLimits) -> Self {
+    pub(crate) fn new(host: Arc<PluginHost>, limits: crate::engine::PeakLimits) -> Self {
         Self {
             wasi: crate::engine::sandbox_wasi(),
             table: ResourceTable::new(),

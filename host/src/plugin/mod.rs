@@ -210,7 +210,7 @@ impl LoadedPlugin {
 
     /// Create and initialise a fresh instance.
     async fn instantiate(&self) -> Result<(Instance, Phases), String> {
-        let limits = engine::store_limits(self.spec.limits.memory);
+        let limits = engine::PeakLimits::new(self.spec.limits.memory);
         let mut store = Store::new(self.engine.engine(), StoreData::new(self.host.clone(), limits));
         store.limiter(|d| &mut d.limits);
         store.epoch_deadline_trap();
@@ -228,7 +228,11 @@ impl LoadedPlugin {
 
     async fn borrow(&self, held: &mut RequestSlot) -> Result<Instance, PluginFailure> {
         let reused = match self.spec.isolation {
-            Isolation::Pool => self.idle.lock().ok().and_then(|mut v| v.pop()),
+            Isolation::Pool => self.idle.lock().ok().and_then(|mut v| {
+                let inst = v.pop();
+                self.metrics.pool_idle.set(v.len() as i64);
+                inst
+            }),
             Isolation::Request => held.instance.take(),
         };
         match reused {
@@ -250,6 +254,7 @@ impl LoadedPlugin {
             && idle.len() < self.spec.max_idle
         {
             idle.push(inst);
+            self.metrics.pool_idle.set(idle.len() as i64);
         }
     }
 
@@ -284,6 +289,7 @@ impl LoadedPlugin {
         *heads = data.lent.take().map(|l| l.heads);
         let took = started.elapsed().as_secs_f64();
         self.metrics.duration.observe(took);
+        self.metrics.memory_peak(data.limits.peak());
         self.metrics.live.record(!matches!(result, Ok(Ok(_))), took);
         match result {
             Ok(Ok(answer)) => {
