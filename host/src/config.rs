@@ -34,6 +34,9 @@ pub struct GatewayConfig {
     /// One line per request; no access log without this section.
     #[serde(default)]
     pub access_log: Option<Spanned<AccessLogConfig>>,
+    /// Span export over OTLP; none without this section.
+    #[serde(default)]
+    pub tracing: Option<Spanned<TracingConfig>>,
     /// Named upstream services.
     #[serde(default)]
     pub upstreams: BTreeMap<String, Spanned<UpstreamConfig>>,
@@ -252,6 +255,36 @@ impl Default for AccessLogConfig {
     }
 }
 
+/// `[tracing]`: spans of each request (server span, plugin calls, upstream
+/// tries) exported over OTLP/HTTP with the JSON encoding.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The collector's traces URL, e.g. `http://127.0.0.1:4318/v1/traces`;
+    /// no export if absent (trace context is still propagated).
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces sampled, 0 to 1; a client's sampled flag is
+    /// honoured.
+    #[serde(default = "defaults::one")]
+    pub sample: f64,
+    /// `service.name` of the exported resource.
+    #[serde(default = "defaults::service_name")]
+    pub service_name: String,
+    /// Most spans in one export request.
+    #[serde(default = "defaults::span_batch")]
+    pub batch: usize,
+    /// Requests whose spans wait for export; beyond, spans are dropped.
+    #[serde(default = "defaults::span_queue")]
+    pub queue: usize,
+    /// Longest a span waits before its batch is sent.
+    #[serde(default = "defaults::span_interval", deserialize_with = "duration")]
+    pub interval: Duration,
+    /// Time allowed for one export request.
+    #[serde(default = "defaults::span_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
 /// `format = "json" | "logfmt"`
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -399,6 +432,21 @@ mod defaults {
     }
     pub(super) fn yes() -> bool {
         true
+    }
+    pub(super) fn service_name() -> String {
+        "weir".into()
+    }
+    pub(super) fn span_batch() -> usize {
+        512
+    }
+    pub(super) fn span_queue() -> usize {
+        4096
+    }
+    pub(super) fn span_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub(super) fn span_timeout() -> Duration {
+        Duration::from_secs(5)
     }
     pub(super) fn stdout() -> String {
         "stdout".into()

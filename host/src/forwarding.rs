@@ -122,39 +122,6 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: &str) {
     }
 }
 
-/// Continue the client's W3C trace for the hop upstream, or start one:
-/// `traceparent` is set to this hop's span (same trace id and flags, a new
-/// parent id). Returns the trace id. A malformed `traceparent` starts a new
-/// trace (W3C Trace Context §3.2); `tracestate` travels untouched.
-pub fn trace_context(headers: &mut HeaderMap) -> String {
-    let incoming = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(parse_traceparent);
-    let (trace_id, flags) = match incoming {
-        Some((t, f)) => (t.to_owned(), f.to_owned()),
-        None => (format!("{:032x}", fastrand::u128(1..)), "01".to_owned()),
-    };
-    let value = format!("00-{trace_id}-{:016x}-{flags}", fastrand::u64(1..));
-    if let Ok(v) = HeaderValue::try_from(value) {
-        headers.insert("traceparent", v);
-    }
-    trace_id
-}
-
-/// `version-traceid-parentid-flags`, with the W3C validity rules.
-fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
-    let mut parts = v.trim().split('-');
-    let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    let valid = hex(version, 2)
-        && version != "ff"
-        && (version != "00" || parts.next().is_none())
-        && hex(trace, 32)
-        && trace.bytes().any(|b| b != b'0')
-        && hex(parent, 16)
-        && parent.bytes().any(|b| b != b'0')
-        && hex(flags, 2);
-    valid.then_some((trace, flags))
-}
-
 /// The request id: the client's `x-request-id` if it is sane, else a new one.
 pub fn request_id(headers: &HeaderMap) -> String {
     if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
@@ -209,34 +176,6 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, ::1");
         assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http;host=api.example.com");
         assert_eq!(h["x-forwarded-host"], "api.example.com");
-    }
-
-    #[test]
-    fn trace_context_continues_or_starts() {
-        let mut h = HeaderMap::new();
-        h.insert("traceparent", HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
-        assert_eq!(trace_context(&mut h), "0af7651916cd43dd8448eb211c80319c");
-        let sent = h["traceparent"].to_str().expect("ascii");
-        assert!(sent.starts_with("00-0af7651916cd43dd8448eb211c80319c-") && sent.ends_with("-01"), "{sent}");
-        assert!(!sent.contains("b7ad6b7169203331"), "a new parent id for this hop: {sent}");
-
-        for bad in [
-            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
-            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
-            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
-            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
-            "garbage",
-        ] {
-            let mut h = HeaderMap::new();
-            h.insert("traceparent", HeaderValue::from_static(bad));
-            let id = trace_context(&mut h);
-            assert_ne!(id, "0af7651916cd43dd8448eb211c80319c", "{bad} must start a new trace");
-            assert_eq!(id.len(), 32);
-        }
-        let mut h = HeaderMap::new();
-        let id = trace_context(&mut h);
-        assert!(h["traceparent"].to_str().expect("ascii").starts_with(&format!("00-{id}-")));
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! | the reply: accounting and the access log | [`reply`], [`access_log`] |
 //! | header rules (hop-by-hop, forwarding) | [`forwarding`] |
 //! | the dashboard's time series | [`live`] |
+//! | trace context and OTLP span export | [`trace`] |
 //! | upstream targets and clients | [`upstream`] |
 //! | plugin runtime (pool, phases, host imports) | [`plugin`] |
 //! | wasmtime policy (pooling, deadlines, limits, WASI) | [`engine`] |
@@ -55,6 +56,7 @@ pub mod router;
 pub mod server;
 pub mod snapshot;
 pub mod state;
+pub mod trace;
 pub mod upstream;
 
 use std::net::SocketAddr;

@@ -107,6 +107,7 @@ pub struct Metrics {
     upstream_duration: HistogramFamily<UpstreamLabel>,
     connections: Gauge,
     access_log_dropped: Counter,
+    trace_spans: Family<Outcome, Counter>,
     live: crate::live::Live,
 }
 
@@ -143,7 +144,11 @@ impl Metrics {
             plugin_memory_peak.clone(),
         );
         let plugin_pool_idle = Family::default();
-        registry.register("plugin_pool_idle", "Idle initialised instances in the plugin's pool", plugin_pool_idle.clone());
+        registry.register(
+            "plugin_pool_idle",
+            "Idle initialised instances in the plugin's pool",
+            plugin_pool_idle.clone(),
+        );
         let plugin_counters = Family::default();
         registry.register("plugin_custom", "Plugin-defined counters", plugin_counters.clone());
         let plugin_gauges = Family::default();
@@ -178,6 +183,8 @@ impl Metrics {
             "Access log lines dropped because the writer was behind",
             access_log_dropped.clone(),
         );
+        let trace_spans = Family::default();
+        registry.register("trace_spans", "Spans handed to the OTLP exporter, by result", trace_spans.clone());
         Self {
             registry,
             requests,
@@ -201,6 +208,7 @@ impl Metrics {
             upstream_duration,
             connections,
             access_log_dropped,
+            trace_spans,
             live: crate::live::Live::default(),
         }
     }
@@ -305,6 +313,12 @@ impl Metrics {
         } else {
             self.connections.dec();
         }
+    }
+
+    /// `n` spans `exported`, `failed` (the collector refused or was away) or
+    /// `dropped` (the queue was full).
+    pub fn trace_spans(&self, result: &'static str, n: u64) {
+        self.trace_spans.get_or_create(&Outcome { result }).inc_by(n);
     }
 
     /// An access log line dropped.

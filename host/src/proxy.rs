@@ -30,6 +30,7 @@ use crate::plugin::{
 use crate::reply::{Completion, Counted, Observed};
 use crate::router::Match;
 use crate::snapshot::{Route, Snapshot};
+use crate::trace::{RequestTrace, Span, SpanKind, Tracer, Value, new_span_id, now_ns};
 use crate::upstream::Answered;
 
 /// Serve one downstream request on `snap`.
@@ -42,7 +43,22 @@ where
     let mut done = Completion::new(started, snap.unrouted.clone());
     let log = snap.access_log.clone();
     let request_id = forwarding::request_id(req.headers());
+    let trace = RequestTrace::begin(req.headers(), snap.tracer.as_deref());
     let (mut parts, body) = req.into_parts();
+    let mut server_span = trace.recording.then(|| Span {
+        span_id: trace.server_span.clone(),
+        parent_id: trace.parent_id.clone(),
+        name: parts.method.to_string(),
+        kind: SpanKind::Server,
+        start_ns: trace.start_ns,
+        end_ns: 0,
+        attributes: vec![
+            ("http.request.method", Value::Str(parts.method.to_string())),
+            ("url.path", Value::Str(parts.uri.path().to_owned())),
+            ("client.address", Value::Str(client.ip().to_string())),
+        ],
+        error: None,
+    });
     // What the access log says about the request, taken before anything edits it.
     let mut record = log.as_ref().map(|log| Record {
         time_ms: crate::access_log::now_ms(),
@@ -60,14 +76,20 @@ where
         Match::Found(i, params) => (&snap.routes[i], params),
         Match::NotFound => {
             let resp = error_response(&snap.unrouted, ProxyError::NoRoute, &request_id, started);
-            return reply(resp, done, log, record, request_id, started);
+            let tracing = Tracing { tracer: snap.tracer.clone(), trace, server_span };
+            return reply(resp, done, log, record, request_id, started, tracing);
         }
         Match::MethodNotAllowed(allowed) => {
             let resp = error_response(&snap.unrouted, ProxyError::MethodNotAllowed(allowed), &request_id, started);
-            return reply(resp, done, log, record, request_id, started);
+            let tracing = Tracing { tracer: snap.tracer.clone(), trace, server_span };
+            return reply(resp, done, log, record, request_id, started, tracing);
         }
     };
     done.set_metrics(route.metrics.clone());
+    if let Some(span) = &mut server_span {
+        span.name = format!("{} {}", parts.method, route.name);
+        span.attributes.push(("http.route", Value::Str(route.name.to_string())));
+    }
 
     forwarding::strip_hop_by_hop(&mut parts.headers);
     if let Ok(v) = HeaderValue::try_from(request_id.as_str()) {
@@ -83,15 +105,15 @@ where
     let held = route.chain.iter().map(|_| RequestSlot::default()).collect();
     let info = Arc::new(RequestInfo { client, authority: host, route: route.name.clone(), request_id, params });
     let outcomes = record.is_some().then(String::new);
-    let mut exchange = Exchange { snap: &snap, route, info, held, outcomes, trace_id: String::new() };
+    let mut exchange = Exchange { snap: &snap, route, info, held, outcomes, trace };
     let result = exchange.run(parts, body).await;
     let request_id = exchange.info.request_id.clone();
     if let Some(r) = &mut record {
         r.route = route.name.clone();
         r.upstream = route.upstream.name.clone();
-        r.trace_id = std::mem::take(&mut exchange.trace_id);
         r.plugins = exchange.outcomes.take().unwrap_or_default();
     }
+    let tracing = Tracing { tracer: snap.tracer.clone(), trace: exchange.trace, server_span };
     let resp = match result {
         Ok(resp) => {
             route.metrics.record(resp.status().as_u16(), started.elapsed().as_secs_f64());
@@ -99,7 +121,14 @@ where
         }
         Err(e) => error_response(&route.metrics, e, &request_id, started),
     };
-    reply(resp, done, log, record, request_id, started)
+    reply(resp, done, log, record, request_id, started, tracing)
+}
+
+/// The request's trace, and its server span when it is recorded.
+struct Tracing {
+    tracer: Option<Arc<Tracer>>,
+    trace: RequestTrace,
+    server_span: Option<Span>,
 }
 
 /// Send the response: add the request id, and hand the access log line and
@@ -112,15 +141,26 @@ fn reply(
     record: Option<Record>,
     request_id: String,
     started: Instant,
+    tracing: Tracing,
 ) -> Response<ProxyBody> {
     if let Ok(v) = HeaderValue::try_from(request_id.as_str()) {
         resp.headers_mut().insert("x-request-id", v);
     }
     let status = resp.status().as_u16();
+    let Tracing { tracer, trace, server_span } = tracing;
+    if let (Some(tracer), Some(mut span)) = (tracer, server_span) {
+        span.attributes.push(("http.response.status_code", Value::Int(i64::from(status))));
+        span.attributes.push(("weir.request_id", Value::Str(request_id.clone())));
+        if status >= 500 {
+            span.error = Some(format!("answered {status}"));
+        }
+        done.trace(tracer, trace.trace_id.clone(), trace.spans, span);
+    }
     if let (Some(log), Some(mut record)) = (log, record)
         && log.wants(status)
     {
         record.request_id = request_id;
+        record.trace_id = trace.trace_id;
         record.status = status;
         record.head_ms = started.elapsed().as_secs_f64() * 1000.0;
         if let Some(answered) = resp.extensions().get::<Answered>() {
@@ -164,8 +204,8 @@ struct Exchange<'a> {
     held: Vec<RequestSlot>,
     /// Each plugin call's outcome, for the access log (when it is on).
     outcomes: Option<String>,
-    /// The W3C trace id sent upstream.
-    trace_id: String,
+    /// The request's trace: plugin calls and upstream tries are its spans.
+    trace: RequestTrace,
 }
 
 impl Exchange<'_> {
@@ -184,8 +224,9 @@ impl Exchange<'_> {
             if !plugin.phases().contains(Phases::REQUEST_HEADERS) {
                 continue;
             }
+            let t0 = now_ns();
             let result = plugin.on_request(&mut heads, &mut self.held[i]).await;
-            let action = self.guard(plugin, result)?;
+            let action = self.guard(plugin, "request", t0, result)?;
             if let Some(Action::Respond(r)) = action
                 && let Some(resp) = guard(plugin, plugin_reply(r, max))?
             {
@@ -203,8 +244,9 @@ impl Exchange<'_> {
                 if !plugin.phases().contains(Phases::REQUEST_BODY) {
                     continue;
                 }
+                let t0 = now_ns();
                 let result = plugin.on_request_body(&mut heads, &bytes, &mut self.held[i]).await;
-                let action = self.guard(plugin, result)?;
+                let action = self.guard(plugin, "request_body", t0, result)?;
                 if let Some(resp) = apply_body_action(plugin, action, &mut bytes, max)? {
                     return Ok(resp);
                 }
@@ -225,9 +267,40 @@ impl Exchange<'_> {
         let mut parts = lent.parts;
         let is_head = parts.method == Method::HEAD;
         forwarding::add_forwarding(&mut parts.headers, self.info.client.ip(), &self.info.authority);
-        self.trace_id = forwarding::trace_context(&mut parts.headers);
+        // The upstream try is a client span: its id is the parent the
+        // upstream sees in `traceparent`.
+        let try_span = new_span_id();
+        self.trace.propagate(&mut parts.headers, &try_span);
         let upstream = &route.upstream;
-        let resp = upstream.forward(parts, upstream_body, &self.info.authority).await?;
+        let t0 = now_ns();
+        let result = upstream.forward(parts, upstream_body, &self.info.authority).await;
+        self.trace.child(|parent| {
+            let mut attributes = vec![("weir.upstream", Value::Str(upstream.name.to_string()))];
+            let mut error = None;
+            match &result {
+                Ok(resp) => {
+                    attributes.push(("http.response.status_code", Value::Int(i64::from(resp.status().as_u16()))));
+                    if let Some(a) = resp.extensions().get::<Answered>() {
+                        attributes.push(("server.address", Value::Str(a.target.to_string())));
+                    }
+                    if resp.status().is_server_error() {
+                        error = Some(format!("answered {}", resp.status().as_u16()));
+                    }
+                }
+                Err(e) => error = Some(e.to_string()),
+            }
+            Span {
+                span_id: try_span,
+                parent_id: Some(parent.to_owned()),
+                name: format!("upstream {}", upstream.name),
+                kind: SpanKind::Client,
+                start_ns: t0,
+                end_ns: now_ns(),
+                attributes,
+                error,
+            }
+        });
+        let resp = result?;
         let (mut rparts, rbody) = resp.into_parts();
         forwarding::strip_hop_by_hop(&mut rparts.headers);
         rparts.version = Version::HTTP_11;
@@ -241,8 +314,9 @@ impl Exchange<'_> {
             if !plugin.phases().contains(Phases::RESPONSE_HEADERS) {
                 continue;
             }
+            let t0 = now_ns();
             let result = plugin.on_response(&mut heads, &mut self.held[i]).await;
-            let action = self.guard(plugin, result)?;
+            let action = self.guard(plugin, "response", t0, result)?;
             if let Some(Action::Respond(r)) = action
                 && let Some(resp) = guard(plugin, plugin_reply(r, max))?
             {
@@ -272,8 +346,9 @@ impl Exchange<'_> {
             if !plugin.phases().contains(Phases::RESPONSE_BODY) {
                 continue;
             }
+            let t0 = now_ns();
             let result = plugin.on_response_body(&mut heads, &bytes, &mut self.held[i]).await;
-            let action = self.guard(plugin, result)?;
+            let action = self.guard(plugin, "response_body", t0, result)?;
             if let Some(resp) = apply_body_action(plugin, action, &mut bytes, max)? {
                 return Ok(resp);
             }
@@ -286,19 +361,37 @@ impl Exchange<'_> {
 }
 
 impl Exchange<'_> {
-    /// [`guard`], noting the outcome for the access log.
+    /// [`guard`], noting the outcome for the access log and, when the trace
+    /// is recorded, as a span of the `phase` call that started at `t0`.
     fn guard<T: Responds>(
         &mut self,
         plugin: &LoadedPlugin,
+        phase: &'static str,
+        t0: u64,
         result: Result<T, PluginFailure>,
     ) -> Result<Option<T>, ProxyError> {
+        let what = match &result {
+            Ok(a) if a.responded() => "respond",
+            Ok(_) => "ok",
+            Err(_) if plugin.spec().failure == FailurePolicy::Open => "skipped",
+            Err(_) => "failed",
+        };
+        self.trace.child(|parent| Span {
+            span_id: new_span_id(),
+            parent_id: Some(parent.to_owned()),
+            name: format!("plugin {} {phase}", plugin.name()),
+            kind: SpanKind::Internal,
+            start_ns: t0,
+            end_ns: now_ns(),
+            attributes: vec![
+                ("weir.plugin", Value::Str(plugin.name().to_string())),
+                ("weir.plugin.module", Value::Str(plugin.spec().module.clone())),
+                ("weir.phase", Value::Str(phase.to_owned())),
+                ("weir.outcome", Value::Str(what.to_owned())),
+            ],
+            error: result.as_ref().err().map(|e| e.to_string()),
+        });
         if let Some(out) = &mut self.outcomes {
-            let what = match &result {
-                Ok(a) if a.responded() => "respond",
-                Ok(_) => "ok",
-                Err(_) if plugin.spec().failure == FailurePolicy::Open => "skipped",
-                Err(_) => "failed",
-            };
             if !out.is_empty() {
                 out.push(' ');
             }

@@ -15,6 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use crate::access_log::{AccessLog, Record};
 use crate::body::{BoxError, ProxyBody};
 use crate::metrics::RouteMetrics;
+use crate::trace::{Span, Tracer};
 
 /// What to do once a response has been sent.
 pub struct Completion {
@@ -22,6 +23,15 @@ pub struct Completion {
     metrics: RouteMetrics,
     bytes_in: Option<Arc<AtomicU64>>,
     log: Option<(Arc<AccessLog>, Box<Record>)>,
+    trace: Option<Box<FinishTrace>>,
+}
+
+/// A recorded trace waiting for its server span to end.
+struct FinishTrace {
+    tracer: Arc<Tracer>,
+    trace_id: String,
+    spans: Vec<Span>,
+    server: Span,
 }
 
 impl Completion {
@@ -29,7 +39,7 @@ impl Completion {
     /// in flight until [`Completion::finish`].
     pub fn new(started: Instant, metrics: RouteMetrics) -> Self {
         metrics.enter();
-        Self { started, metrics, bytes_in: None, log: None }
+        Self { started, metrics, bytes_in: None, log: None, trace: None }
     }
 
     /// Count the request body's bytes through `counter`.
@@ -40,6 +50,11 @@ impl Completion {
     /// Write `record` to `log` when done.
     pub fn log(&mut self, log: Arc<AccessLog>, record: Record) {
         self.log = Some((log, Box::new(record)));
+    }
+
+    /// Export `spans` and the `server` span, ended when done, to `tracer`.
+    pub fn trace(&mut self, tracer: Arc<Tracer>, trace_id: String, spans: Vec<Span>, server: Span) {
+        self.trace = Some(Box::new(FinishTrace { tracer, trace_id, spans, server }));
     }
 
     /// Change the metrics the request is counted under (it matched a route).
@@ -59,6 +74,16 @@ impl Completion {
             record.bytes_out = bytes_out;
             record.completed = completed;
             log.write(*record);
+        }
+        if let Some(t) = self.trace {
+            let FinishTrace { tracer, trace_id, mut spans, mut server } = *t;
+            server.end_ns = crate::trace::now_ns();
+            server.attributes.push(("http.response.body.size", crate::trace::Value::Int(bytes_out as i64)));
+            if !completed && server.error.is_none() {
+                server.error = Some("the client left before the response was sent".into());
+            }
+            spans.push(server);
+            tracer.finish(trace_id, spans);
         }
     }
 }

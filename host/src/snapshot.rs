@@ -18,6 +18,7 @@ use crate::metrics::{Metrics, RouteMetrics};
 use crate::plugin::{LoadedPlugin, Phases, PluginHost, PluginSpec, StoreData};
 use crate::router::{RouteMatcher, Router};
 use crate::state::StateStore;
+use crate::trace::Tracer;
 use crate::upstream::{ClientCache, Upstream, parse_target};
 
 /// A route ready to serve.
@@ -65,6 +66,8 @@ pub struct Snapshot {
     pub webhook: Option<Arc<Webhook>>,
     /// The access log, from `[access_log]` (none when it is off).
     pub access_log: Option<Arc<AccessLog>>,
+    /// The span exporter, from `[tracing]` (none without an endpoint).
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 /// What snapshot building needs from the gateway; lives as long as it.
@@ -122,6 +125,13 @@ impl Loader {
             errors.push(src.error(span, format!("[events]: {e}")));
             None
         });
+        let tracer = match &cfg.tracing {
+            None => None,
+            Some(t) => Tracer::from_config(t.get_ref(), self.metrics.clone()).unwrap_or_else(|e| {
+                errors.push(src.error(t.span(), format!("[tracing]: {e}")));
+                None
+            }),
+        };
         // No `[access_log]` section: no access log.
         let log_cfg = match &cfg.access_log {
             Some(l) => l.get_ref().clone(),
@@ -345,6 +355,7 @@ impl Loader {
             state: cfg.state.map(|s| s.into_inner()).unwrap_or_default(),
             webhook,
             access_log,
+            tracer,
         })
     }
 

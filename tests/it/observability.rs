@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use http::Method;
-use weir_tests::{TestGateway, Upstream, wait_for};
+use weir_tests::{TestGateway, Upstream, WebhookServer, wait_for};
 
 fn config(upstream: &str, access_log: &str) -> String {
     format!(
@@ -234,4 +234,101 @@ async fn in_flight_counts_a_slow_request_until_it_is_answered() {
     assert_eq!(slow.await.expect("task").expect("reply").status, 200);
     let m = gw.metrics().await;
     assert_eq!(sample(&m, r#"weir_route_in_flight{route="obs"}"#), Some(0.0), "{m}");
+}
+
+/// Every span the collector received, flattened.
+fn spans(collector: &WebhookServer) -> Vec<serde_json::Value> {
+    collector
+        .received()
+        .iter()
+        .flat_map(|doc| {
+            assert_eq!(doc["resourceSpans"][0]["resource"]["attributes"][0]["value"]["stringValue"], "edge");
+            doc["resourceSpans"][0]["scopeSpans"][0]["spans"].as_array().cloned().unwrap_or_default()
+        })
+        .collect()
+}
+
+fn attr<'a>(span: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
+    span["attributes"].as_array()?.iter().find(|a| a["key"] == key).map(|a| &a["value"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_exported_over_otlp_with_the_right_parents() {
+    let up = Upstream::start("up").await;
+    let collector = WebhookServer::start().await;
+    let tracing =
+        format!("[tracing]\notlp_endpoint = \"{}\"\nservice_name = \"edge\"\ninterval = \"100ms\"\n", collector.url);
+    let gw = TestGateway::start(&config(&up.addr.to_string(), &tracing), &["probe.wasm"]).await;
+
+    // A sampled client trace: server span under the client's span, plugin
+    // and upstream spans under the server span, and the upstream sees the
+    // upstream span as its parent.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let incoming = format!("00-{trace}-00f067aa0ba902b7-01");
+    let r = gw.request(Method::GET, "/obs/item", &[("traceparent", &incoming)], "").await;
+    assert_eq!(r.status, 200);
+    let seen = r.seen("traceparent").expect("traceparent upstream");
+    let upstream_parent = seen.split('-').nth(2).expect("parent id").to_owned();
+
+    let mine = wait_for(Duration::from_secs(10), || async {
+        let s: Vec<_> = spans(&collector).into_iter().filter(|s| s["traceId"] == trace).collect();
+        (s.len() >= 4).then_some(s)
+    })
+    .await
+    .unwrap_or_else(|| panic!("the spans of the request reach the collector: {:#?}", collector.received()));
+    assert_eq!(mine.len(), 4, "server, two plugin phases, one upstream try: {mine:#?}");
+    let server = mine.iter().find(|s| s["kind"] == 2).expect("a server span");
+    assert_eq!(server["name"], "GET obs");
+    assert_eq!(server["parentSpanId"], "00f067aa0ba902b7", "the client's span is the parent");
+    assert_eq!(attr(server, "http.route").and_then(|v| v["stringValue"].as_str()), Some("obs"));
+    assert_eq!(attr(server, "http.response.status_code").and_then(|v| v["intValue"].as_str()), Some("200"));
+    assert_eq!(attr(server, "weir.request_id").and_then(|v| v["stringValue"].as_str()), r.header("x-request-id"));
+    let server_id = server["spanId"].as_str().expect("span id");
+    let upstream = mine.iter().find(|s| s["kind"] == 3).expect("a client span");
+    assert_eq!(upstream["name"], "upstream up");
+    assert_eq!(upstream["parentSpanId"], server_id);
+    assert_eq!(upstream["spanId"], upstream_parent.as_str(), "the upstream's parent is the upstream try span");
+    assert_eq!(
+        attr(upstream, "server.address").and_then(|v| v["stringValue"].as_str()),
+        Some(up.addr.to_string().as_str())
+    );
+    let plugins: Vec<_> = mine.iter().filter(|s| s["kind"] == 1).collect();
+    assert_eq!(
+        plugins.iter().map(|s| s["name"].as_str().unwrap_or_default()).collect::<Vec<_>>(),
+        ["plugin tag request", "plugin tag response"]
+    );
+    assert!(plugins.iter().all(|s| s["parentSpanId"] == server_id));
+    for s in &mine {
+        let (start, end) =
+            (s["startTimeUnixNano"].as_str().expect("start"), s["endTimeUnixNano"].as_str().expect("end"));
+        let (start, end): (u64, u64) = (start.parse().expect("ns"), end.parse().expect("ns"));
+        assert!(end >= start && start > 1_700_000_000_000_000_000, "{s}");
+    }
+
+    // A failing upstream try is an error span; not sampled means not
+    // exported (and the flag is passed on as it came).
+    assert_eq!(gw.get("/down").await.status, 502);
+    let quiet = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let r = gw.request(Method::GET, "/obs/x", &[("traceparent", &format!("00-{quiet}-00f067aa0ba902b7-00"))], "").await;
+    assert!(r.seen("traceparent").is_some_and(|t| t.starts_with(&format!("00-{quiet}-")) && t.ends_with("-00")));
+    let failed = wait_for(Duration::from_secs(10), || async {
+        spans(&collector).into_iter().find(|s| s["kind"] == 3 && s["name"] == "upstream down")
+    })
+    .await
+    .expect("the failed try's span");
+    assert_eq!(failed["status"]["code"], 2, "{failed}");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(spans(&collector).iter().all(|s| s["traceId"] != quiet), "an unsampled trace is not exported");
+    let m = gw.metrics().await;
+    assert!(sample(&m, r#"weir_trace_spans_total{result="exported"}"#).is_some_and(|n| n >= 6.0), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_tracing_section_is_rejected_naming_the_line() {
+    let up = Upstream::start("up").await;
+    let gw = TestGateway::start(&config(&up.addr.to_string(), ""), &["probe.wasm"]).await;
+    gw.write_config(&config(&up.addr.to_string(), "[tracing]\notlp_endpoint = \"grpc://collector:4317\"\n"));
+    let err = gw.wait_reload_error().await;
+    assert!(err.contains("gateway.toml:") && err.contains("otlp_endpoint"), "{err}");
+    assert_eq!(gw.get("/obs").await.status, 200, "the last good snapshot serves");
 }
