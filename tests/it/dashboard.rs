@@ -44,7 +44,13 @@ async fn dashboard_shows_the_config_and_live_traffic_in_headless_chromium() {
         "playwright-core is missing: run scripts/test.sh, which installs chromium and runs `npm ci` in {}",
         root.display()
     );
-    let shot = gw.dir.path().join("dashboard.png");
+    // The screenshot is kept as a test artifact.
+    let artifacts = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join("test-artifacts");
+    std::fs::create_dir_all(&artifacts).expect("artifacts folder");
+    let shot = artifacts.join("dashboard.png");
     let (admin, proxy, shot_arg) = (gw.admin.clone(), gw.url.clone(), shot.clone());
     let root2 = root.clone();
     let out = tokio::task::spawn_blocking(move || {
@@ -67,9 +73,7 @@ async fn dashboard_shows_the_config_and_live_traffic_in_headless_chromium() {
     );
     let r: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("check.mjs printed no JSON ({e}):\n{stdout}"));
-    if let Ok(keep) = std::env::var("WEIR_DASHBOARD_SHOT") {
-        let _ = std::fs::copy(&shot, keep);
-    }
+    assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 10_000), "a screenshot at {}", shot.display());
 
     assert_eq!(r["status"], 200);
     assert_eq!(r["title"], "weir · dashboard");
