@@ -183,7 +183,19 @@ pub fn upstreams(shared: &Shared) -> serde_json::Value {
             let m = &u.metrics;
             json!({
                 "name": &*u.name,
-                "targets": u.targets().iter().map(|t| json!({ "address": t.as_str() })).collect::<Vec<_>>(),
+                "targets": u
+                    .targets()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        let (c, failures) = m.targets.get(i).map(|x| x.counts()).unwrap_or_default();
+                        json!({
+                            "address": t.as_str(),
+                            "responses": { "1xx": c[0], "2xx": c[1], "3xx": c[2], "4xx": c[3], "5xx": c[4] },
+                            "failures": failures,
+                        })
+                    })
+                    .collect::<Vec<_>>(),
                 "timeout_ms": u.timeout.as_millis() as u64,
                 "errors": { "connect": m.connect.get(), "timeout": m.timeout.get(), "request": m.request.get() },
                 "last_minute": recent(&live.upstream(&u.name).since(0), 60),

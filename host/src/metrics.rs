@@ -32,6 +32,19 @@ struct UpstreamLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetStatus {
+    upstream: String,
+    target: String,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabel {
+    upstream: String,
+    target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamError {
     upstream: String,
     kind: &'static str,
@@ -89,6 +102,8 @@ pub struct Metrics {
     requests: Family<RouteStatus, Counter>,
     request_duration: HistogramFamily<RouteLabel>,
     upstream_errors: Family<UpstreamError, Counter>,
+    target_responses: Family<TargetStatus, Counter>,
+    target_failures: Family<TargetLabel, Counter>,
     plugin_calls: Family<PluginOutcome, Counter>,
     plugin_duration: HistogramFamily<PluginLabel>,
     plugin_instances: Family<PluginLabel, Counter>,
@@ -131,6 +146,18 @@ impl Metrics {
         );
         let upstream_errors = Family::default();
         registry.register("upstream_errors", "Failed upstream requests by kind", upstream_errors.clone());
+        let target_responses = Family::default();
+        registry.register(
+            "upstream_target_responses",
+            "Responses from each upstream target, by status class",
+            target_responses.clone(),
+        );
+        let target_failures = Family::default();
+        registry.register(
+            "upstream_target_failures",
+            "Tries to each upstream target that got no response (connect error, timeout, reset)",
+            target_failures.clone(),
+        );
         let plugin_calls = Family::default();
         registry.register("plugin_calls", "Plugin phase calls by outcome", plugin_calls.clone());
         let plugin_duration = HistogramFamily::new_with_constructor(latency_histogram as fn() -> Histogram);
@@ -190,6 +217,8 @@ impl Metrics {
             requests,
             request_duration,
             upstream_errors,
+            target_responses,
+            target_failures,
             plugin_calls,
             plugin_duration,
             plugin_instances,
@@ -259,11 +288,26 @@ impl Metrics {
         }
     }
 
-    /// Handles for one upstream.
-    pub fn upstream(&self, upstream: &str) -> UpstreamMetrics {
+    /// Handles for one upstream and its `targets` (`host:port`, in order).
+    pub fn upstream(&self, upstream: &str, targets: &[&str]) -> UpstreamMetrics {
         let by =
             |kind| self.upstream_errors.get_or_create(&UpstreamError { upstream: upstream.to_owned(), kind }).clone();
+        let targets = targets
+            .iter()
+            .map(|t| {
+                let by = |status| {
+                    let label = TargetStatus { upstream: upstream.to_owned(), target: (*t).to_owned(), status };
+                    self.target_responses.get_or_create(&label).clone()
+                };
+                let label = TargetLabel { upstream: upstream.to_owned(), target: (*t).to_owned() };
+                TargetMetrics {
+                    by_class: [by("1xx"), by("2xx"), by("3xx"), by("4xx"), by("5xx")],
+                    failures: self.target_failures.get_or_create(&label).clone(),
+                }
+            })
+            .collect();
         UpstreamMetrics {
+            targets,
             connect: by("connect"),
             timeout: by("timeout"),
             request: by("request"),
@@ -392,6 +436,32 @@ pub struct UpstreamMetrics {
     pub duration: Histogram,
     /// The dashboard's series: every try, answered or failed.
     pub live: Arc<crate::live::Series>,
+    /// Per target, in the upstream's order.
+    pub targets: Vec<TargetMetrics>,
+}
+
+/// Per-target counters.
+#[derive(Clone, Debug)]
+pub struct TargetMetrics {
+    by_class: [Counter; 5],
+    failures: Counter,
+}
+
+impl TargetMetrics {
+    /// The target answered with `status`.
+    pub fn answered(&self, status: u16) {
+        self.by_class[(status / 100).clamp(1, 5) as usize - 1].inc();
+    }
+
+    /// The target gave no answer.
+    pub fn failed(&self) {
+        self.failures.inc();
+    }
+
+    /// Responses so far, by class (`1xx`..`5xx`), and tries with no answer.
+    pub fn counts(&self) -> ([u64; 5], u64) {
+        (std::array::from_fn(|i| self.by_class[i].get()), self.failures.get())
+    }
 }
 
 /// Per-plugin handles.

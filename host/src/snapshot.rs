@@ -170,7 +170,8 @@ impl Loader {
             }
             if !targets.is_empty() {
                 let client = self.clients.get(up.connect_timeout);
-                let metrics = self.metrics.upstream(name);
+                let names: Vec<&str> = targets.iter().map(|t| t.as_str()).collect();
+                let metrics = self.metrics.upstream(name, &names);
                 let upstream = Upstream::new(name.as_str().into(), targets, up.timeout, client, metrics);
                 upstreams.insert(name.clone(), Arc::new(upstream));
             }

@@ -50,10 +50,10 @@ impl Upstream {
         Self { name, targets, next: AtomicUsize::new(0), timeout, client, metrics }
     }
 
-    /// The next target, round robin.
-    pub fn pick(&self) -> &Authority {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.targets[i % self.targets.len()]
+    /// The next target and its index, round robin.
+    pub fn pick(&self) -> (usize, &Authority) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.targets.len();
+        (i, &self.targets[i])
     }
 
     /// The targets.
@@ -71,7 +71,8 @@ impl Upstream {
         body: ProxyBody,
         host: &str,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let target = self.pick();
+        let (index, target) = self.pick();
+        let target_metrics = self.metrics.targets.get(index);
         let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         parts.uri = Uri::builder()
             .scheme("http")
@@ -92,6 +93,9 @@ impl Upstream {
                 let elapsed = sent.elapsed();
                 self.metrics.duration.observe(elapsed.as_secs_f64());
                 self.metrics.live.record(resp.status().is_server_error(), elapsed.as_secs_f64());
+                if let Some(m) = target_metrics {
+                    m.answered(resp.status().as_u16());
+                }
                 let (mut parts, incoming) = resp.into_parts();
                 parts.extensions.insert(Answered { target: target.clone(), elapsed });
                 Ok(Response::from_parts(parts, body::boxed(incoming)))
@@ -99,16 +103,25 @@ impl Upstream {
             Ok(Err(e)) if e.is_connect() => {
                 self.metrics.connect.inc();
                 self.metrics.live.record(true, sent.elapsed().as_secs_f64());
+                if let Some(m) = target_metrics {
+                    m.failed();
+                }
                 Err(ProxyError::UpstreamConnect { upstream: self.name.clone(), detail: error_chain(&e) })
             }
             Ok(Err(e)) => {
                 self.metrics.request.inc();
                 self.metrics.live.record(true, sent.elapsed().as_secs_f64());
+                if let Some(m) = target_metrics {
+                    m.failed();
+                }
                 Err(ProxyError::Upstream { upstream: self.name.clone(), detail: error_chain(&e) })
             }
             Err(_) => {
                 self.metrics.timeout.inc();
                 self.metrics.live.record(true, sent.elapsed().as_secs_f64());
+                if let Some(m) = target_metrics {
+                    m.failed();
+                }
                 Err(ProxyError::UpstreamTimeout { upstream: self.name.clone(), timeout: self.timeout })
             }
         }

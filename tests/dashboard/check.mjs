@@ -63,6 +63,7 @@ try {
       heatCells: document.querySelectorAll("#heatmap rect.heat-cell").length,
       heatLit: [...document.querySelectorAll("#heatmap rect.heat-cell")].filter((r) => r.getAttribute("fill") !== "#1d2733").length,
       shopStroke: stroke("shop"),
+      targetStrokes: [...document.querySelectorAll("#topology g.target rect")].map((r) => r.getAttribute("stroke")),
       blogStroke: stroke("blog"),
       generation: document.getElementById("c-gen").textContent,
       rate: document.getElementById("c-rate").textContent,

@@ -106,6 +106,9 @@ async fn dashboard_shows_the_config_and_live_traffic_in_headless_chromium() {
     assert_eq!(after["pluginTag"][6], "38", "{after}");
     assert_eq!(after["shopStroke"], "var(--bad)", "half of shop's answers were 503s: {after}");
     assert_eq!(after["blogStroke"], "var(--ok)", "{after}");
+    // Targets are coloured by their own answers: catalog's target answered
+    // 6 of 12 with 503, content's none.
+    assert_eq!(after["targetStrokes"], serde_json::json!(["var(--bad)", "var(--ok)"]), "{after}");
     assert!(after["heatLit"].as_u64().is_some_and(|n| n >= 2), "both routes light a cell: {after}");
     assert!(after["curvePolylines"].as_u64().is_some_and(|n| n >= 8), "curves drawn: {after}");
     assert_eq!(r["windowOn"], true);

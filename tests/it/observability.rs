@@ -215,6 +215,22 @@ async fn route_and_upstream_metrics_after_known_traffic() {
     assert_eq!(under_1s, 8.0, "{buckets:?}");
     assert!(buckets[0].1 < 8.0, "{buckets:?}");
     assert!(get("weir_connections_open") >= 1.0, "this client's connection is open");
+    // Per target: what each answered, and tries that got no answer.
+    let target = up.addr.to_string();
+    let t = |status: &str| {
+        format!(r#"weir_upstream_target_responses_total{{upstream="up",target="{target}",status="{status}"}}"#)
+    };
+    assert_eq!(get(&t("2xx")), 7.0);
+    assert_eq!(get(&t("5xx")), 1.0);
+    assert_eq!(get(r#"weir_upstream_target_failures_total{upstream="down",target="127.0.0.1:9"}"#), 2.0);
+    let ups = gw.client.get(&format!("{}/admin/upstreams", gw.admin)).await.expect("admin upstreams").json();
+    let down = ups["upstreams"].as_array().expect("list").iter().find(|u| u["name"] == "down").expect("down");
+    assert_eq!(down["targets"][0]["address"], "127.0.0.1:9");
+    assert_eq!(down["targets"][0]["failures"], 2);
+    assert_eq!(down["errors"]["connect"], 2);
+    let upj = ups["upstreams"].as_array().expect("list").iter().find(|u| u["name"] == "up").expect("up");
+    assert_eq!(upj["targets"][0]["responses"]["2xx"], 7);
+    assert_eq!(upj["last_minute"]["requests"].as_u64().map(|n| n <= 8), Some(true), "{upj}");
     assert!(get(r#"weir_plugin_pool_idle{plugin="tag"}"#) >= 1.0, "the instance went back to the pool");
     assert!(get(r#"weir_plugin_memory_peak_bytes{plugin="tag"}"#) > 0.0);
 }
