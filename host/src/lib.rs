@@ -174,7 +174,15 @@ impl Gateway {
         let server = self.shared.snapshot.load().server.clone();
         let proxy = TcpListener::bind(server.listen).await?;
         let admin = match server.admin_listen {
-            Some(a) => Some(TcpListener::bind(a).await?),
+            Some(a) => {
+                if !a.ip().is_loopback() && server.admin_token.is_none() {
+                    tracing::warn!(
+                        addr = %a,
+                        "the admin API listens beyond loopback without [server] admin_token: anyone who can reach it can read the config and reload"
+                    );
+                }
+                Some(TcpListener::bind(a).await?)
+            }
             None => None,
         };
         // Watch from here on, so no change made after `bind` returns is missed.

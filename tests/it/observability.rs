@@ -348,3 +348,39 @@ async fn a_bad_tracing_section_is_rejected_naming_the_line() {
     assert!(err.contains("gateway.toml:") && err.contains("otlp_endpoint"), "{err}");
     assert_eq!(gw.get("/obs").await.status, 200, "the last good snapshot serves");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_token_guards_the_admin_api_but_not_probes_or_the_page() {
+    let up = Upstream::start("up").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("plugins")).expect("plugins dir");
+    let cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"s3cret-token\"\n\
+         [upstreams.up]\ntargets = [\"{}\"]\n[[routes]]\nname = \"r\"\nupstream = \"up\"\n",
+        up.addr
+    );
+    std::fs::write(dir.path().join("gateway.toml"), cfg).expect("config");
+    let gw = TestGateway::start_in(dir).await;
+    let admin = |path: &str| format!("{}{path}", gw.admin);
+    for path in ["/metrics", "/admin/status", "/admin/routes", "/admin/plugins", "/admin/series", "/admin/events"] {
+        let r = gw.client.get(&admin(path)).await.expect("admin");
+        assert_eq!(r.status, 401, "{path} needs the token");
+        assert!(r.header("www-authenticate").is_some_and(|v| v.starts_with("Bearer")), "{path}");
+        let wrong = gw.client.request(Method::GET, &admin(path), &[("authorization", "Bearer s3cret-tokeX")], "").await;
+        assert_eq!(wrong.expect("admin").status, 401, "{path} with a wrong token");
+        let right = gw.client.request(Method::GET, &admin(path), &[("authorization", "Bearer s3cret-token")], "").await;
+        assert_eq!(right.expect("admin").status, 200, "{path} with the token");
+    }
+    let reload = gw.client.request(Method::POST, &admin("/admin/reload"), &[], "").await.expect("reload");
+    assert_eq!(reload.status, 401, "a reload needs the token too");
+    let reload = gw
+        .client
+        .request(Method::POST, &admin("/admin/reload"), &[("authorization", "Bearer s3cret-token")], "")
+        .await
+        .expect("reload");
+    assert_eq!(reload.json()["generation"], 2);
+    for open in ["/healthz", "/readyz", "/dashboard"] {
+        assert_eq!(gw.client.get(&admin(open)).await.expect("open").status, 200, "{open} stays open");
+    }
+    assert_eq!(gw.get("/").await.status, 200, "the proxy itself is not affected");
+}
