@@ -228,6 +228,7 @@ pub fn plugins(shared: &Shared) -> serde_json::Value {
                 "deadline_ms": s.limits.deadline.as_millis() as u64,
                 "pool": { "idle": p.idle_instances(), "max_idle": s.max_idle, "created": m.instances.get() },
                 "memory_peak_bytes": m.memory_peak_bytes(),
+                "crash_loop": p.crash_loop(),
                 "calls": {
                     "ok": m.ok.get(),
                     "respond": m.respond.get(),
@@ -286,6 +287,7 @@ pub fn status(shared: &Shared) -> serde_json::Value {
                 "memory_limit_bytes": s.limits.memory,
                 "deadline_ms": s.limits.deadline.as_millis() as u64,
                 "idle_instances": p.idle_instances(),
+                "crash_loop": p.crash_loop().state,
             })
         })
         .collect();

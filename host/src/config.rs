@@ -354,6 +354,38 @@ pub struct PluginConfig {
     /// If set, the module's sha256 (hex) must match.
     #[serde(default)]
     pub sha256: Option<Spanned<String>>,
+    /// When a plugin that keeps trapping stops being called for a while.
+    #[serde(default)]
+    pub crash_loop: CrashLoopConfig,
+}
+
+/// `crash_loop = { after = 5, backoff = "1s", max_backoff = "1m" }`: after
+/// `after` traps in a row the plugin is not called for `backoff` (its
+/// requests get the failure policy: 503, or skipped when open); each
+/// further episode doubles the pause, up to `max_backoff`; a call that
+/// succeeds ends it. `after = 0` turns it off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrashLoopConfig {
+    /// Traps in a row that start a backoff (0: never).
+    #[serde(default = "defaults::crash_after")]
+    pub after: u32,
+    /// The first pause.
+    #[serde(default = "defaults::crash_backoff", deserialize_with = "duration")]
+    pub backoff: Duration,
+    /// The longest pause.
+    #[serde(default = "defaults::crash_max_backoff", deserialize_with = "duration")]
+    pub max_backoff: Duration,
+}
+
+impl Default for CrashLoopConfig {
+    fn default() -> Self {
+        Self {
+            after: defaults::crash_after(),
+            backoff: defaults::crash_backoff(),
+            max_backoff: defaults::crash_max_backoff(),
+        }
+    }
 }
 
 /// `failure = "closed" | "open"`
@@ -432,6 +464,15 @@ mod defaults {
     }
     pub(super) fn yes() -> bool {
         true
+    }
+    pub(super) fn crash_after() -> u32 {
+        5
+    }
+    pub(super) fn crash_backoff() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub(super) fn crash_max_backoff() -> Duration {
+        Duration::from_secs(60)
     }
     pub(super) fn service_name() -> String {
         "weir".into()

@@ -73,7 +73,7 @@ impl ProxyError {
             ProxyError::RequestBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::Plugin { failure, .. } => match failure {
                 PluginFailure::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
-                PluginFailure::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                PluginFailure::Unavailable(_) | PluginFailure::CrashLoop(_) => StatusCode::SERVICE_UNAVAILABLE,
                 PluginFailure::Trap(_) | PluginFailure::InvalidOutput(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ProxyError::UpstreamConnect { .. } | ProxyError::Upstream { .. } | ProxyError::ResponseBodyTooLarge(_) => {

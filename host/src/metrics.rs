@@ -109,6 +109,8 @@ pub struct Metrics {
     plugin_instances: Family<PluginLabel, Counter>,
     plugin_memory_peak: Family<PluginLabel, Gauge>,
     plugin_pool_idle: Family<PluginLabel, Gauge>,
+    plugin_crash_looping: Family<PluginLabel, Gauge>,
+    plugin_crash_loops: Family<PluginLabel, Counter>,
     plugin_counters: Family<PluginNamed, Counter>,
     plugin_gauges: Family<PluginNamed, Gauge>,
     plugin_events: Family<PluginEvent, Counter>,
@@ -176,6 +178,14 @@ impl Metrics {
             "Idle initialised instances in the plugin's pool",
             plugin_pool_idle.clone(),
         );
+        let plugin_crash_looping = Family::default();
+        registry.register(
+            "plugin_crash_looping",
+            "1 while the plugin is in crash-loop backoff or probing after one",
+            plugin_crash_looping.clone(),
+        );
+        let plugin_crash_loops = Family::default();
+        registry.register("plugin_crash_loops", "Crash-loop backoffs started", plugin_crash_loops.clone());
         let plugin_counters = Family::default();
         registry.register("plugin_custom", "Plugin-defined counters", plugin_counters.clone());
         let plugin_gauges = Family::default();
@@ -224,6 +234,8 @@ impl Metrics {
             plugin_instances,
             plugin_memory_peak,
             plugin_pool_idle,
+            plugin_crash_looping,
+            plugin_crash_loops,
             plugin_counters,
             plugin_gauges,
             plugin_events,
@@ -284,6 +296,8 @@ impl Metrics {
             instances: self.plugin_instances.get_or_create(&label).clone(),
             memory_peak: self.plugin_memory_peak.get_or_create(&label).clone(),
             pool_idle: self.plugin_pool_idle.get_or_create(&label).clone(),
+            crash_looping: self.plugin_crash_looping.get_or_create(&label).clone(),
+            crash_loops: self.plugin_crash_loops.get_or_create(&label).clone(),
             live: self.live.plugin(plugin),
         }
     }
@@ -476,6 +490,8 @@ pub struct PluginMetrics {
     pub(crate) instances: Counter,
     pub(crate) memory_peak: Gauge,
     pub(crate) pool_idle: Gauge,
+    pub(crate) crash_looping: Gauge,
+    pub(crate) crash_loops: Counter,
     pub(crate) live: Arc<crate::live::Series>,
 }
 

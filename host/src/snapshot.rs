@@ -259,6 +259,7 @@ impl Loader {
                 limits: p.limits,
                 isolation: p.isolation,
                 max_idle: self.max_idle,
+                crash_loop: p.crash_loop,
             };
             let host = Arc::new(PluginHost::new(
                 name_arc,

@@ -170,3 +170,117 @@ async fn plugin_that_hangs_in_init_is_rejected_at_load() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_keeps_trapping_is_paused_then_probed_then_restored() {
+    let up = Upstream::start("up").await;
+    let policy = "crash_loop = { after = 3, backoff = \"1s\", max_backoff = \"4s\" }";
+    let gw = TestGateway::start(
+        &config(
+            &up.addr.to_string(),
+            &[
+                ("crashy", "trap_on_header", policy),
+                ("lenient", "trap", "failure = \"open\"\ncrash_loop = { after = 2, backoff = \"10s\" }"),
+            ],
+        ),
+        &["hostile.wasm"],
+    )
+    .await;
+    let plugin_state = |gw: &TestGateway| {
+        let (client, url) = (gw.client.clone(), format!("{}/admin/plugins", gw.admin));
+        async move {
+            let doc = client.get(&url).await.expect("admin plugins").json();
+            doc["plugins"].as_array().expect("plugins").iter().find(|p| p["name"] == "crashy").expect("crashy")["crash_loop"].clone()
+        }
+    };
+
+    // Two traps in a row: still called.
+    for _ in 0..2 {
+        assert_eq!(gw.request(Method::GET, "/crashy", &[("x-trap", "1")], "").await.status, 500);
+    }
+    assert_eq!(plugin_state(&gw).await["state"], "healthy");
+    // The third starts a 1 s pause: a healthy request is not sent to
+    // the plugin but answered 503 at once, and nothing reaches the upstream.
+    assert_eq!(gw.request(Method::GET, "/crashy", &[("x-trap", "1")], "").await.status, 500);
+    let hits = up.hits();
+    let r = gw.get("/crashy").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["source"], "plugin");
+    assert!(r.json()["error"].as_str().is_some_and(|e| e.contains("crash-loop")), "{}", r.text());
+    assert_eq!(up.hits(), hits);
+    let s = plugin_state(&gw).await;
+    assert_eq!(s["state"], "backoff", "{s}");
+    assert_eq!(s["episodes"], 1);
+    assert!(s["retry_in_ms"].as_u64().is_some_and(|ms| ms > 0 && ms <= 1000), "{s}");
+    let m = gw.metrics().await;
+    assert!(m.contains(r#"weir_plugin_crash_looping{plugin="crashy"} 1"#), "{m}");
+    assert!(m.contains(r#"weir_plugin_crash_loops_total{plugin="crashy"} 1"#), "{m}");
+
+    // After the pause the next call is a probe; it traps again: a new,
+    // doubled pause at once.
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+    assert_eq!(plugin_state(&gw).await["state"], "probing");
+    assert_eq!(gw.request(Method::GET, "/crashy", &[("x-trap", "1")], "").await.status, 500);
+    let s = plugin_state(&gw).await;
+    assert_eq!(s["state"], "backoff", "{s}");
+    assert!(s["retry_in_ms"].as_u64().is_some_and(|ms| ms > 1000 && ms <= 2000), "doubled: {s}");
+    assert_eq!(gw.get("/crashy").await.status, 503);
+
+    // After it, a request that does not trap restores the plugin.
+    tokio::time::sleep(Duration::from_millis(2050)).await;
+    assert_eq!(gw.get("/crashy").await.status, 200);
+    let s = plugin_state(&gw).await;
+    assert_eq!(
+        (s["state"].as_str(), s["consecutive_traps"].as_u64(), s["episodes"].as_u64()),
+        (Some("healthy"), Some(0), Some(2))
+    );
+    for _ in 0..3 {
+        assert_eq!(gw.get("/crashy").await.status, 200);
+    }
+    let m = gw.metrics().await;
+    assert!(m.contains(r#"weir_plugin_crash_looping{plugin="crashy"} 0"#), "{m}");
+    assert!(m.contains(r#"weir_plugin_crash_loops_total{plugin="crashy"} 2"#), "{m}");
+
+    // With failure = "open" a paused plugin is skipped like a failed one:
+    // requests go on, and the plugin is not called (no more traps counted).
+    for _ in 0..5 {
+        assert_eq!(gw.get("/lenient").await.status, 200);
+    }
+    let m = gw.metrics().await;
+    assert!(
+        m.contains(r#"weir_plugin_calls_total{plugin="lenient",outcome="trap"} 2"#),
+        "only two calls were made: {m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_cannot_read_files_or_env_connect_or_resolve_names() {
+    // A canary on loopback: any connection or byte means the sandbox leaked.
+    let canary = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("canary");
+    let canary_addr = canary.local_addr().expect("addr");
+    let touched = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = touched.clone();
+    tokio::spawn(async move {
+        while let Ok((_s, _)) = canary.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let up = Upstream::start("up").await;
+    let cfg = format!(
+        "[upstreams.up]\ntargets = [\"{}\"]\n\
+         [plugins.escape]\nmodule = \"hostile.wasm\"\nconfig = {{ mode = \"escape\", canary = \"{canary_addr}\" }}\n\
+         [[routes]]\nname = \"escape\"\nupstream = \"up\"\nchain = [\"escape\"]\n",
+        up.addr
+    );
+    let gw = TestGateway::start(&cfg, &["hostile.wasm"]).await;
+    assert!(std::env::vars().count() > 0, "the gateway process itself has an environment");
+    assert!(std::fs::read_to_string("/etc/passwd").is_ok(), "and can read the file");
+    for isolation_round in 0..3 {
+        let r = gw.get("/anything").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let report = r.seen("x-escape").expect("the plugin's report");
+        assert_eq!(report, "fs=denied dir=denied env=denied tcp=denied dns=denied", "round {isolation_round}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(touched.load(std::sync::atomic::Ordering::SeqCst), 0, "the canary received no connection");
+}

@@ -20,7 +20,7 @@ pub(crate) use bindings::{Action, BodyAction, Header, Phases, Reply};
 pub use heads::{Heads, LentRequest, LentResponse, RequestInfo};
 pub(crate) use host::{Locals, PluginHost, StoreData};
 
-use crate::config::{FailurePolicy, Isolation, PluginLimits};
+use crate::config::{CrashLoopConfig, FailurePolicy, Isolation, PluginLimits};
 use crate::engine::{self, PluginEngine};
 use crate::metrics::PluginMetrics;
 
@@ -44,6 +44,9 @@ pub enum PluginFailure {
     /// The plugin returned something the gateway refuses to forward.
     #[error("plugin returned invalid output: {0}")]
     InvalidOutput(String),
+    /// The plugin kept trapping and is paused for this long.
+    #[error("plugin is in crash-loop backoff after repeated traps; next try in {0:?}")]
+    CrashLoop(Duration),
 }
 
 /// What a request holds for one position of its chain, from phase to phase:
@@ -108,6 +111,35 @@ pub struct PluginSpec {
     pub isolation: Isolation,
     /// Idle instances kept.
     pub max_idle: usize,
+    /// Crash-loop backoff policy.
+    pub crash_loop: CrashLoopConfig,
+}
+
+/// Crash-loop bookkeeping of one plugin instance name in one snapshot.
+#[derive(Debug, Default)]
+struct CrashLoop {
+    /// Traps in a row.
+    consecutive: u32,
+    /// Paused until then.
+    until: Option<Instant>,
+    /// The next pause.
+    next_backoff: Duration,
+    /// Backoffs so far.
+    episodes: u64,
+}
+
+/// What `/admin/plugins` shows of a plugin's crash-loop state.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CrashLoopStatus {
+    /// `healthy`, `backoff` (not called) or `probing` (paused before; the
+    /// next call decides).
+    pub state: &'static str,
+    /// Traps in a row.
+    pub consecutive_traps: u32,
+    /// Time left in the pause, ms.
+    pub retry_in_ms: u64,
+    /// Backoffs so far.
+    pub episodes: u64,
 }
 
 /// A named plugin instance ready to serve.
@@ -123,6 +155,7 @@ pub struct LoadedPlugin {
     /// I/O on the host. Without it, the epoch deadline alone bounds a call.
     awaits_host: bool,
     metrics: PluginMetrics,
+    crash: Mutex<CrashLoop>,
 }
 
 impl LoadedPlugin {
@@ -162,6 +195,7 @@ impl LoadedPlugin {
             deadline_ticks,
             awaits_host,
             metrics,
+            crash: Mutex::new(CrashLoop::default()),
         };
         let (first, phases) = plugin.instantiate().await?;
         plugin.phases = phases;
@@ -267,8 +301,17 @@ impl LoadedPlugin {
         heads: &mut Option<Heads>,
         held: &mut RequestSlot,
     ) -> Result<Answer, PluginFailure> {
+        if let Some(wait) = self.paused() {
+            return Err(PluginFailure::CrashLoop(wait));
+        }
         let started = Instant::now();
-        let mut inst = self.borrow(held).await?;
+        let mut inst = match self.borrow(held).await {
+            Ok(inst) => inst,
+            Err(e) => {
+                self.crashed();
+                return Err(e);
+            }
+        };
         inst.store.set_epoch_deadline(self.deadline_ticks);
         let data = inst.store.data_mut();
         // The request's locals and heads travel with it, not with the instance.
@@ -294,6 +337,7 @@ impl LoadedPlugin {
         match result {
             Ok(Ok(answer)) => {
                 self.give_back(inst, held);
+                self.recovered();
                 Ok(answer)
             }
             Ok(Err(e)) if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) => {
@@ -306,10 +350,74 @@ impl LoadedPlugin {
             }
             Ok(Err(e)) => {
                 self.metrics.trap.inc();
+                self.crashed();
                 let msg = describe_trap(&e);
                 tracing::warn!(plugin = %self.spec.name, error = %msg, "plugin trapped; instance discarded");
                 Err(PluginFailure::Trap(msg))
             }
+        }
+    }
+
+    /// How long the plugin is still paused for, if it is in backoff.
+    fn paused(&self) -> Option<Duration> {
+        let c = self.crash.lock().unwrap_or_else(|p| p.into_inner());
+        let left = c.until?.checked_duration_since(Instant::now())?;
+        (!left.is_zero()).then_some(left)
+    }
+
+    /// A trap (or an instance that could not be made): one more in a row;
+    /// enough of them start a pause, which doubles on each episode.
+    fn crashed(&self) {
+        let policy = self.spec.crash_loop;
+        if policy.after == 0 {
+            return;
+        }
+        let mut c = self.crash.lock().unwrap_or_else(|p| p.into_inner());
+        c.consecutive = c.consecutive.saturating_add(1);
+        if c.consecutive >= policy.after && c.until.is_none_or(|u| u <= Instant::now()) {
+            let pause = if c.next_backoff.is_zero() { policy.backoff } else { c.next_backoff };
+            c.until = Some(Instant::now() + pause);
+            c.next_backoff = (pause * 2).min(policy.max_backoff);
+            c.episodes += 1;
+            self.metrics.crash_looping.set(1);
+            self.metrics.crash_loops.inc();
+            tracing::warn!(
+                plugin = %self.spec.name,
+                traps_in_a_row = c.consecutive,
+                pause = ?pause,
+                "plugin is crash-looping: not called until the pause ends"
+            );
+        }
+    }
+
+    /// A call that succeeded ends any crash loop.
+    fn recovered(&self) {
+        let mut c = self.crash.lock().unwrap_or_else(|p| p.into_inner());
+        if c.consecutive > 0 || c.until.is_some() {
+            if c.until.is_some() {
+                tracing::info!(plugin = %self.spec.name, "plugin recovered from its crash loop");
+            }
+            c.consecutive = 0;
+            c.until = None;
+            c.next_backoff = Duration::ZERO;
+            self.metrics.crash_looping.set(0);
+        }
+    }
+
+    /// The crash-loop state, for the admin API.
+    pub fn crash_loop(&self) -> CrashLoopStatus {
+        let c = self.crash.lock().unwrap_or_else(|p| p.into_inner());
+        let left = c.until.and_then(|u| u.checked_duration_since(Instant::now())).unwrap_or_default();
+        let state = match c.until {
+            None => "healthy",
+            Some(_) if !left.is_zero() => "backoff",
+            Some(_) => "probing",
+        };
+        CrashLoopStatus {
+            state,
+            consecutive_traps: c.consecutive,
+            retry_in_ms: left.as_millis() as u64,
+            episodes: c.episodes,
         }
     }
 

@@ -18,6 +18,7 @@ thread_local! {
     static MODE: Cell<Mode> = const { Cell::new(Mode::Ok) };
     static EVERY: Cell<u64> = const { Cell::new(0) };
     static SEEN: Cell<u64> = const { Cell::new(0) };
+    static CANARY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -35,6 +36,39 @@ enum Mode {
     Recurse,
     InvalidHeader,
     HugeBody,
+    /// Try to leave the sandbox: read a file, the environment, connect to
+    /// `canary` over TCP, resolve a name. Report each outcome in
+    /// `x-escape` (upstream) and continue.
+    Escape,
+}
+
+/// What each escape attempt got: `denied`, or what leaked.
+fn try_escape(canary: &str) -> String {
+    let fs = match std::fs::read_to_string("/etc/passwd") {
+        Ok(text) => format!("read {} bytes", text.len()),
+        Err(_) => "denied".into(),
+    };
+    let dir = match std::fs::read_dir("/") {
+        Ok(entries) => format!("listed {}", entries.count()),
+        Err(_) => "denied".into(),
+    };
+    let env = match std::env::vars().count() {
+        0 => "denied".into(),
+        n => format!("{n} vars"),
+    };
+    let tcp: String = match std::net::TcpStream::connect(canary) {
+        Ok(mut s) => {
+            use std::io::Write;
+            let _ = s.write_all(b"escaped");
+            "connected".into()
+        }
+        Err(_) => "denied".into(),
+    };
+    let dns = match std::net::ToSocketAddrs::to_socket_addrs(&("localhost", 80)) {
+        Ok(mut addrs) => format!("resolved {:?}", addrs.next()),
+        Err(_) => "denied".into(),
+    };
+    format!("fs={fs} dir={dir} env={env} tcp={tcp} dns={dns}")
 }
 
 struct Hostile;
@@ -65,6 +99,7 @@ impl Guest for Hostile {
             "invalid_header" => Mode::InvalidHeader,
             "invalid_edit" => Mode::InvalidEdit,
             "huge_body" => Mode::HugeBody,
+            "escape" => Mode::Escape,
             "loop_in_init" => loop {
                 std::hint::spin_loop();
             },
@@ -72,6 +107,7 @@ impl Guest for Hostile {
         };
         MODE.set(mode);
         EVERY.set(v.get("every").and_then(|e| e.as_u64()).unwrap_or(100));
+        CANARY.with(|c| *c.borrow_mut() = v.get("canary").and_then(|c| c.as_str()).unwrap_or("127.0.0.1:9").to_owned());
         Ok(PluginInfo { phases: Phases::REQUEST_HEADERS })
     }
 
@@ -131,6 +167,11 @@ impl Guest for Hostile {
                 cont()
             }
             Mode::HugeBody => Action::Respond(Reply { status: 200, headers: vec![], body: vec![b'x'; 8 << 20] }),
+            Mode::Escape => {
+                let report = CANARY.with(|c| try_escape(&c.borrow()));
+                let _ = req.set_header("x-escape", report.as_bytes());
+                cont()
+            }
         }
     }
 
