@@ -59,6 +59,41 @@ where
     });
 }
 
+/// A body that yields some frames already read, then the rest of `inner`.
+pub struct Prefixed<B> {
+    first: std::collections::VecDeque<http_body::Frame<Bytes>>,
+    inner: std::pin::Pin<Box<B>>,
+}
+
+impl<B> Prefixed<B> {
+    /// `first`, then `inner`.
+    pub fn new(first: Vec<http_body::Frame<Bytes>>, inner: std::pin::Pin<Box<B>>) -> Self {
+        Self { first: first.into(), inner }
+    }
+}
+
+impl<B> http_body::Body for Prefixed<B>
+where
+    B: http_body::Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
+        if let Some(f) = self.first.pop_front() {
+            return std::task::Poll::Ready(Some(Ok(f)));
+        }
+        self.inner.as_mut().poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_empty() && self.inner.is_end_stream()
+    }
+}
+
 /// Why [`collect`] stopped.
 #[derive(Debug)]
 pub enum CollectError {

@@ -34,6 +34,9 @@ pub struct GatewayConfig {
     /// One line per request; no access log without this section.
     #[serde(default)]
     pub access_log: Option<Spanned<AccessLogConfig>>,
+    /// What a request may be: sizes and counts.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Span export over OTLP; none without this section.
     #[serde(default)]
     pub tracing: Option<Spanned<TracingConfig>>,
@@ -255,6 +258,44 @@ impl Default for AccessLogConfig {
     }
 }
 
+/// `[limits]`: what a request may be. `max_header_count` and
+/// `max_header_bytes` configure the HTTP/1 parser and apply at start; the
+/// others apply on reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request body (413 beyond; a declared length is refused
+    /// before anything is read).
+    #[serde(default = "defaults::max_request_body", deserialize_with = "byte_size")]
+    pub max_request_body: u64,
+    /// Most request header fields (431 beyond).
+    #[serde(default = "defaults::max_header_count")]
+    pub max_header_count: usize,
+    /// Largest request head, request line and headers together (431 beyond).
+    #[serde(default = "defaults::max_header_bytes", deserialize_with = "byte_size")]
+    pub max_header_bytes: u64,
+    /// Longest request target (414 beyond).
+    #[serde(default = "defaults::max_uri_bytes", deserialize_with = "byte_size")]
+    pub max_uri_bytes: u64,
+    /// Request bodies up to this size are read whole before the upstream is
+    /// called, so a malformed or cut body is refused (400) with nothing
+    /// sent upstream; larger bodies stream after this much.
+    #[serde(default = "defaults::request_buffer", deserialize_with = "byte_size")]
+    pub request_buffer: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_request_body: defaults::max_request_body(),
+            max_header_count: defaults::max_header_count(),
+            max_header_bytes: defaults::max_header_bytes(),
+            max_uri_bytes: defaults::max_uri_bytes(),
+            request_buffer: defaults::request_buffer(),
+        }
+    }
+}
+
 /// `[tracing]`: spans of each request (server span, plugin calls, upstream
 /// tries) exported over OTLP/HTTP with the JSON encoding.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -464,6 +505,21 @@ mod defaults {
     }
     pub(super) fn yes() -> bool {
         true
+    }
+    pub(super) fn max_request_body() -> u64 {
+        64 << 20
+    }
+    pub(super) fn max_header_count() -> usize {
+        100
+    }
+    pub(super) fn max_header_bytes() -> u64 {
+        64 << 10
+    }
+    pub(super) fn max_uri_bytes() -> u64 {
+        8 << 10
+    }
+    pub(super) fn request_buffer() -> u64 {
+        64 << 10
     }
     pub(super) fn crash_after() -> u32 {
         5

@@ -23,6 +23,15 @@ pub enum ProxyError {
     /// The client's body could not be read.
     #[error("cannot read request body: {0}")]
     RequestBody(String),
+    /// The request is malformed or ambiguous (framing, target, Host).
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// The request asks for something the gateway does not do.
+    #[error("not implemented: {0}")]
+    Unsupported(String),
+    /// The request target is longer than allowed.
+    #[error("request target exceeds {0} bytes")]
+    UriTooLong(u64),
     /// A plugin failed and its policy is `failure = "closed"`.
     #[error("plugin `{plugin}`: {failure}")]
     Plugin {
@@ -70,7 +79,9 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::RequestBodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::RequestBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::RequestBody(_) | ProxyError::Malformed(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ProxyError::Plugin { failure, .. } => match failure {
                 PluginFailure::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
                 PluginFailure::Unavailable(_) | PluginFailure::CrashLoop(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -90,7 +101,10 @@ impl ProxyError {
             ProxyError::NoRoute
             | ProxyError::MethodNotAllowed(_)
             | ProxyError::RequestBodyTooLarge(_)
-            | ProxyError::RequestBody(_) => "client",
+            | ProxyError::RequestBody(_)
+            | ProxyError::Malformed(_)
+            | ProxyError::Unsupported(_)
+            | ProxyError::UriTooLong(_) => "client",
             ProxyError::Plugin { .. } => "plugin",
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamTimeout { .. }

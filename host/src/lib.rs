@@ -13,6 +13,7 @@
 //! | route matching | [`router`] |
 //! | the request path (chains, upstream) | [`proxy`] |
 //! | the reply: accounting and the access log | [`reply`], [`access_log`] |
+//! | request checks: framing, target, Host, `[limits]` | [`framing`] |
 //! | header rules (hop-by-hop, forwarding) | [`forwarding`] |
 //! | the dashboard's time series | [`live`] |
 //! | trace context and OTLP span export | [`trace`] |
@@ -46,6 +47,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod forwarding;
+pub mod framing;
 pub mod live;
 pub mod metrics;
 pub mod plugin;

@@ -16,6 +16,7 @@ use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Frame;
 use http_body_util::BodyExt;
 
 use crate::access_log::{AccessLog, Record};
@@ -23,11 +24,12 @@ use crate::body::{self, ProxyBody};
 use crate::config::FailurePolicy;
 use crate::error::ProxyError;
 use crate::forwarding;
+use crate::framing;
 use crate::plugin::{
     Action, BodyAction, Heads, LentRequest, LentResponse, LoadedPlugin, Phases, PluginFailure, Reply, RequestInfo,
     RequestSlot,
 };
-use crate::reply::{Completion, Counted, Observed};
+use crate::reply::{BodyVerdict, Completion, Counted, Observed};
 use crate::router::Match;
 use crate::snapshot::{Route, Snapshot};
 use crate::trace::{RequestTrace, Span, SpanKind, Tracer, Value, new_span_id, now_ns};
@@ -71,6 +73,16 @@ where
         version: version_name(parts.version),
         ..Record::default()
     });
+    // Framing, target and Host rules, and [limits]: a refusal closes the
+    // connection, and what the client is still sending is drained so the
+    // answer reaches it.
+    if let Err(e) = framing::check(&parts, &snap.limits) {
+        body::linger(body);
+        let mut resp = error_response(&snap.unrouted, e, &request_id, started);
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let tracing = Tracing { tracer: snap.tracer.clone(), trace, server_span };
+        return reply(resp, done, log, record, request_id, started, tracing);
+    }
     let host = authority_of(&parts).to_owned();
     let (route, params) = match snap.router.find(&host, parts.uri.path(), &parts.method) {
         Match::Found(i, params) => (&snap.routes[i], params),
@@ -101,7 +113,8 @@ where
 
     let bytes_in = Arc::new(AtomicU64::new(0));
     done.count_in(bytes_in.clone());
-    let body = Counted::new(body, bytes_in);
+    let verdict = Arc::new(BodyVerdict::default());
+    let body = Counted::new(body, bytes_in, snap.limits.max_request_body, verdict.clone());
     let held = route.chain.iter().map(|_| RequestSlot::default()).collect();
     let info = Arc::new(RequestInfo { client, authority: host, route: route.name.clone(), request_id, params });
     let outcomes = record.is_some().then(String::new);
@@ -119,7 +132,17 @@ where
             route.metrics.record(resp.status().as_u16(), started.elapsed().as_secs_f64());
             resp
         }
-        Err(e) => error_response(&route.metrics, e, &request_id, started),
+        Err(e) => {
+            // Whatever failed downstream of it, a body the client broke or
+            // overran is the client's error, and ends the connection.
+            let client = verdict.error(snap.limits.max_request_body);
+            let closes = client.is_some();
+            let mut resp = error_response(&route.metrics, client.unwrap_or(e), &request_id, started);
+            if closes {
+                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
+        }
     };
     reply(resp, done, log, record, request_id, started, tracing)
 }
@@ -257,7 +280,7 @@ impl Exchange<'_> {
             lent.parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             body::full(bytes)
         } else {
-            body::boxed(body)
+            prebuffer(&mut lent.parts.headers, body, self.snap.limits.request_buffer).await?
         };
 
         // Upstream. The response phases see the request as the chain left
@@ -457,6 +480,46 @@ where
         }
     }
     Ok(buf.freeze())
+}
+
+/// Read up to `buffer` bytes of a streamed request body before the upstream
+/// is called. A body that ends within it is sent whole with a
+/// `Content-Length`, so a malformed or cut body is refused (400) before
+/// anything reaches the upstream; a longer one streams on after what was
+/// read, and a failure later aborts the upstream request midway (the
+/// upstream never sees a complete message).
+async fn prebuffer<B>(headers: &mut http::HeaderMap, body: B, buffer: u64) -> Result<ProxyBody, ProxyError>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<body::BoxError>,
+{
+    if body.is_end_stream() {
+        return Ok(body::boxed(body));
+    }
+    let mut body = Box::pin(body);
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match body.frame().await {
+            None => {
+                headers.remove(header::TRANSFER_ENCODING);
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(buf.len()));
+                return Ok(body::full(buf.freeze()));
+            }
+            Some(Err(e)) => return Err(ProxyError::RequestBody(Into::<body::BoxError>::into(e).to_string())),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    buf.extend_from_slice(&data);
+                    if buf.len() as u64 > buffer {
+                        return Ok(body::boxed(body::Prefixed::new(vec![Frame::data(buf.freeze())], body)));
+                    }
+                }
+                // Trailers: nothing more comes but them; stream it all.
+                Err(trailers) => {
+                    return Ok(body::boxed(body::Prefixed::new(vec![Frame::data(buf.freeze()), trailers], body)));
+                }
+            },
+        }
+    }
 }
 
 fn invalid(msg: String) -> PluginFailure {

@@ -149,34 +149,68 @@ impl Drop for Observed {
     }
 }
 
-/// A request body that counts the bytes passing through it.
+/// How a client's request body ended, when it did not end well: whoever
+/// reads the body (a body phase, the upstream client) sees only an error,
+/// and this tells the request path it was the client's doing.
+#[derive(Debug, Default)]
+pub struct BodyVerdict(std::sync::atomic::AtomicU8);
+
+impl BodyVerdict {
+    const BROKEN: u8 = 1;
+    const TOO_LARGE: u8 = 2;
+
+    /// The client's error, if its body failed or ran over `limit`.
+    pub fn error(&self, limit: u64) -> Option<crate::error::ProxyError> {
+        match self.0.load(Ordering::Relaxed) {
+            Self::BROKEN => Some(crate::error::ProxyError::RequestBody("the request body is malformed or cut".into())),
+            Self::TOO_LARGE => Some(crate::error::ProxyError::RequestBodyTooLarge(limit)),
+            _ => None,
+        }
+    }
+}
+
+/// A request body that counts the bytes passing through it, stops at
+/// `limit` bytes, and records in its [`BodyVerdict`] why it failed.
 pub struct Counted<B> {
     inner: B,
     count: Arc<AtomicU64>,
+    limit: u64,
+    verdict: Arc<BodyVerdict>,
 }
 
 impl<B> Counted<B> {
-    /// Count `inner`'s bytes into `count`.
-    pub fn new(inner: B, count: Arc<AtomicU64>) -> Self {
-        Self { inner, count }
+    /// Count `inner`'s bytes into `count`, refusing more than `limit`.
+    pub fn new(inner: B, count: Arc<AtomicU64>, limit: u64, verdict: Arc<BodyVerdict>) -> Self {
+        Self { inner, count, limit, verdict }
     }
 }
 
 impl<B> Body for Counted<B>
 where
     B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
 {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let total = self.count.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
+                    if total > self.limit {
+                        self.verdict.0.store(BodyVerdict::TOO_LARGE, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(format!("request body exceeds {} bytes", self.limit).into())));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.verdict.0.store(BodyVerdict::BROKEN, Ordering::Relaxed);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            other => other.map(|o| o.map(|r| r.map_err(Into::into))),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -28,6 +28,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let server_cfg = shared.snapshot.load().server.clone();
+    let limits = shared.snapshot.load().limits;
     let sweeper = {
         let state = shared.loader.state.clone();
         tokio::spawn(async move {
@@ -60,7 +61,14 @@ pub async fn serve(
 
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(server_cfg.header_read_timeout).keep_alive(true);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server_cfg.header_read_timeout)
+        .keep_alive(true)
+        .max_headers(limits.max_header_count)
+        // hyper's read buffer bounds the request head; it is at least 8 KiB.
+        .max_buf_size((limits.max_header_bytes as usize).max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())

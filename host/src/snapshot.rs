@@ -68,6 +68,8 @@ pub struct Snapshot {
     pub access_log: Option<Arc<AccessLog>>,
     /// The span exporter, from `[tracing]` (none without an endpoint).
     pub tracer: Option<Arc<Tracer>>,
+    /// `[limits]`.
+    pub limits: crate::config::LimitsConfig,
 }
 
 /// What snapshot building needs from the gateway; lives as long as it.
@@ -358,6 +360,7 @@ impl Loader {
             webhook,
             access_log,
             tracer,
+            limits: cfg.limits,
         })
     }
 

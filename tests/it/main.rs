@@ -9,6 +9,7 @@ mod chain;
 mod cli;
 mod cluster;
 mod dashboard;
+mod framing;
 mod mission;
 mod observability;
 mod rate_limit;
