@@ -76,6 +76,10 @@ pub struct ServerConfig {
     /// On shutdown, how long in-flight requests may take to finish.
     #[serde(default = "defaults::drain_timeout", deserialize_with = "duration")]
     pub drain_timeout: Duration,
+    /// Most downstream connections open at once on the proxy listener; at
+    /// the cap new connections wait to be accepted.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
     /// Largest body buffered for a plugin body phase (413/502 beyond).
     #[serde(default = "defaults::max_buffered_body", deserialize_with = "byte_size")]
     pub max_buffered_body: u64,
@@ -505,6 +509,9 @@ mod defaults {
     }
     pub(super) fn yes() -> bool {
         true
+    }
+    pub(super) fn max_connections() -> usize {
+        10_000
     }
     pub(super) fn max_request_body() -> u64 {
         64 << 20

@@ -79,23 +79,36 @@ pub async fn serve(
     if let Some(a) = &admin {
         tracing::info!(addr = %a.local_addr()?, "admin listening");
     }
+    // At most `max_connections` at once: at the cap the listener stops
+    // accepting (new connections wait in the kernel's backlog) until one
+    // closes, instead of taking on work it cannot serve.
+    let slots = Arc::new(tokio::sync::Semaphore::new(server_cfg.max_connections));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = proxy.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
+            accepted = async {
+                let slot = slots.clone().acquire_owned().await;
+                (proxy.accept().await, slot)
+            } => {
+                let (accepted, slot) = accepted;
+                let (Ok((stream, peer)), Ok(slot)) = (accepted, slot) else { continue };
                 let _ = stream.set_nodelay(true);
-                let open = OpenConnection::new(shared.metrics.clone());
+                let open = OpenConnection::new(shared.metrics.clone(), slot);
                 let shared = shared.clone();
                 let svc = service_fn(move |req: hyper::Request<Incoming>| {
                     let snap = shared.snapshot.load_full();
                     async move { Ok::<_, Infallible>(crate::proxy::handle(snap, req, peer).await) }
                 });
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
-                let conn = graceful.watch(conn);
+                let (builder, watcher) = (builder.clone(), graceful.watcher());
+                let within = server_cfg.header_read_timeout;
                 tokio::spawn(async move {
                     let _open = open;
-                    if let Err(e) = conn.await {
+                    if !first_bytes(&stream, within).await {
+                        tracing::debug!(%peer, "connection closed: no request within the header read timeout");
+                        return;
+                    }
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(%peer, "connection ended: {e}");
                     }
                 });
@@ -119,19 +132,49 @@ pub async fn serve(
     Ok(())
 }
 
-/// Counts a downstream connection as open for as long as it lives.
-struct OpenConnection(Arc<crate::metrics::Metrics>);
+/// Wait until the client has sent enough to tell HTTP/1 from the HTTP/2
+/// preface, within `within`. hyper-util's protocol detection reads those
+/// bytes with no timeout of its own, and hyper's header read timeout starts
+/// only after it: without this, a connection that sends nothing would hold
+/// its slot (and a `max_connections` slot) forever.
+async fn first_bytes(stream: &tokio::net::TcpStream, within: Duration) -> bool {
+    const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = [0u8; 24];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return false,
+        };
+        if n == 0 {
+            return false;
+        }
+        if n >= H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] {
+            return true;
+        }
+        // Part of the HTTP/2 preface: `peek` returns at once with the same
+        // bytes, so wait a little for the rest.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Counts a downstream connection as open, and holds its slot under
+/// `max_connections`, for as long as it lives.
+struct OpenConnection {
+    metrics: Arc<crate::metrics::Metrics>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
 
 impl OpenConnection {
-    fn new(metrics: Arc<crate::metrics::Metrics>) -> Self {
+    fn new(metrics: Arc<crate::metrics::Metrics>, slot: tokio::sync::OwnedSemaphorePermit) -> Self {
         metrics.connection(true);
-        Self(metrics)
+        Self { metrics, _slot: slot }
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.connection(false);
+        self.metrics.connection(false);
     }
 }
 

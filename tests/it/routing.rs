@@ -190,3 +190,90 @@ async fn http2_prior_knowledge_downstream() {
         assert_eq!(seen["headers"]["host"][0].as_str(), gw.url.strip_prefix("http://"));
     }
 }
+
+/// A raw connection that sends the start of a request head one byte every
+/// 50 ms; returns how long until the gateway closed it.
+async fn dribble(addr: String) -> Option<std::time::Duration> {
+    use tokio::io::AsyncWriteExt;
+    let started = std::time::Instant::now();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: gw\r\nX-Slow: ").await.ok()?;
+    for _ in 0..200 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if s.write_all(b"a").await.is_err() {
+            return Some(started.elapsed());
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_at_the_header_timeout_while_others_are_served() {
+    let up = Upstream::start("up").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("plugins")).expect("plugins");
+    std::fs::write(
+        dir.path().join("gateway.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nheader_read_timeout = \"1s\"\n\
+             [upstreams.up]\ntargets = [\"{}\"]\n[[routes]]\nname = \"r\"\nupstream = \"up\"\n",
+            up.addr
+        ),
+    )
+    .expect("config");
+    let gw = TestGateway::start_in(dir).await;
+    let addr = gw.url.trim_start_matches("http://").to_owned();
+
+    let slow: Vec<_> = (0..500).map(|_| tokio::spawn(dribble(addr.clone()))).collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Normal traffic meanwhile: every request answered, quickly.
+    let mut worst = std::time::Duration::ZERO;
+    for i in 0..200 {
+        let t = std::time::Instant::now();
+        let r = gw.get(&format!("/normal/{i}")).await;
+        assert_eq!(r.status, 200);
+        worst = worst.max(t.elapsed());
+    }
+    let mut cut = Vec::new();
+    for t in slow {
+        cut.push(t.await.expect("task").expect("every slow connection is closed by the gateway"));
+    }
+    cut.sort();
+    let (first, last) = (cut[0], cut[cut.len() - 1]);
+    println!("slow clients: 500 cut between {first:?} and {last:?}; slowest of 200 normal requests {worst:?}");
+    assert!(first >= std::time::Duration::from_millis(900), "not before the 1 s timeout: {first:?}");
+    assert!(last <= std::time::Duration::from_secs(5), "all within the timeout plus slack: {last:?}");
+    assert!(worst < std::time::Duration::from_secs(1), "normal requests stayed fast: {worst:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_cap_new_connections_wait_for_a_free_slot() {
+    let up = Upstream::start("up").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("plugins")).expect("plugins");
+    std::fs::write(
+        dir.path().join("gateway.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nheader_read_timeout = \"1s\"\nmax_connections = 5\n\
+             [upstreams.up]\ntargets = [\"{}\"]\n[[routes]]\nname = \"r\"\nupstream = \"up\"\n",
+            up.addr
+        ),
+    )
+    .expect("config");
+    let gw = TestGateway::start_in(dir).await;
+    let addr = gw.url.trim_start_matches("http://").to_owned();
+    // Five idle connections take every slot (each is closed after 1 s
+    // without a complete head).
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.expect("connect"));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let t = std::time::Instant::now();
+    let r = gw.get("/after-the-cap").await;
+    let waited = t.elapsed();
+    assert_eq!(r.status, 200, "served once a slot is free");
+    assert!(waited >= std::time::Duration::from_millis(700), "it waited for a slot: {waited:?}");
+    let m = gw.metrics().await;
+    assert!(m.contains("weir_connections_open 1"), "the idle ones were closed: {m}");
+}
