@@ -7,9 +7,10 @@
 //! accepts and a gateway must not forward, because a server behind it could
 //! read the message differently (request smuggling), is refused here:
 //!
-//! * `Content-Length` together with `Transfer-Encoding` (hyper drops the
-//!   length; Envoy and this gateway refuse the message), several
-//!   `Content-Length` fields even when equal, any `Transfer-Encoding` but a
+//! * `Content-Length` together with `Transfer-Encoding`, and several
+//!   `Content-Length` fields even when equal (hyper resolves both silently;
+//!   [`crate::sniff`] sees them on the wire, and like Envoy the gateway
+//!   refuses the message), any `Transfer-Encoding` but a
 //!   single `chunked` (400 when `chunked` is not last, RFC 9112 §6.3; 501
 //!   for a coding before it, §6.1);
 //! * a missing, repeated or malformed `Host` on HTTP/1.1 (RFC 9112 §3.2),
@@ -34,6 +35,11 @@ use crate::error::ProxyError;
 pub fn check(parts: &Parts, limits: &LimitsConfig) -> Result<(), ProxyError> {
     let malformed = |why: &str| Err(ProxyError::Malformed(why.to_owned()));
     let h = &parts.headers;
+
+    // What hyper resolved silently, as the sniffer saw it on the wire.
+    if let Some(why) = parts.extensions.get::<crate::sniff::Verdict>().and_then(|v| v.refusal()) {
+        return malformed(why);
+    }
 
     // Framing.
     let lengths = h.get_all(header::CONTENT_LENGTH).iter().count();

@@ -13,7 +13,7 @@
 //! | route matching | [`router`] |
 //! | the request path (chains, upstream) | [`proxy`] |
 //! | the reply: accounting and the access log | [`reply`], [`access_log`] |
-//! | request checks: framing, target, Host, `[limits]` | [`framing`] |
+//! | request checks: framing, target, Host, `[limits]` | [`framing`], [`sniff`] |
 //! | header rules (hop-by-hop, forwarding) | [`forwarding`] |
 //! | the dashboard's time series | [`live`] |
 //! | trace context and OTLP span export | [`trace`] |
@@ -57,6 +57,7 @@ pub mod reply;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod sniff;
 pub mod state;
 pub mod trace;
 pub mod upstream;

@@ -95,8 +95,17 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 let open = OpenConnection::new(shared.metrics.clone(), slot);
                 let shared = shared.clone();
-                let svc = service_fn(move |req: hyper::Request<Incoming>| {
+                // What the sniffer saw of each HTTP/1 head, taken one per
+                // request, in order.
+                let verdicts = crate::sniff::Verdicts::default();
+                let seen = verdicts.clone();
+                let svc = service_fn(move |mut req: hyper::Request<Incoming>| {
                     let snap = shared.snapshot.load_full();
+                    if req.version() <= hyper::Version::HTTP_11
+                        && let Some(v) = seen.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+                    {
+                        req.extensions_mut().insert(v);
+                    }
                     async move { Ok::<_, Infallible>(crate::proxy::handle(snap, req, peer).await) }
                 });
                 let (builder, watcher) = (builder.clone(), graceful.watcher());
@@ -107,7 +116,8 @@ pub async fn serve(
                         tracing::debug!(%peer, "connection closed: no request within the header read timeout");
                         return;
                     }
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+                    let io = TokioIo::new(crate::sniff::Sniffed::new(stream, verdicts));
+                    let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(%peer, "connection ended: {e}");
                     }

@@ -352,15 +352,11 @@ async fn a_bad_tracing_section_is_rejected_naming_the_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_token_guards_the_admin_api_but_not_probes_or_the_page() {
     let up = Upstream::start("up").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir(dir.path().join("plugins")).expect("plugins dir");
-    let cfg = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"s3cret-token\"\n\
-         [upstreams.up]\ntargets = [\"{}\"]\n[[routes]]\nname = \"r\"\nupstream = \"up\"\n",
-        up.addr
-    );
-    std::fs::write(dir.path().join("gateway.toml"), cfg).expect("config");
-    let gw = TestGateway::start_in(dir).await;
+    let gw = TestGateway::start_with_server(
+        "admin_token = \"s3cret-token\"",
+        &format!("[upstreams.up]\ntargets = [\"{}\"]\n[[routes]]\nname = \"r\"\nupstream = \"up\"\n", up.addr),
+    )
+    .await;
     let admin = |path: &str| format!("{}{path}", gw.admin);
     for path in ["/metrics", "/admin/status", "/admin/routes", "/admin/plugins", "/admin/series", "/admin/events"] {
         let r = gw.client.get(&admin(path)).await.expect("admin");

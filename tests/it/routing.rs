@@ -210,18 +210,11 @@ async fn dribble(addr: String) -> Option<std::time::Duration> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_cut_at_the_header_timeout_while_others_are_served() {
     let up = Upstream::start("up").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir(dir.path().join("plugins")).expect("plugins");
-    std::fs::write(
-        dir.path().join("gateway.toml"),
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nheader_read_timeout = \"1s\"\n\
-             [upstreams.up]\ntargets = [\"{}\"]\n[[routes]]\nname = \"r\"\nupstream = \"up\"\n",
-            up.addr
-        ),
+    let gw = TestGateway::start_with_server(
+        "header_read_timeout = \"1s\"",
+        &format!("[upstreams.up]\ntargets = [\"{}\"]\n[[routes]]\nname = \"r\"\nupstream = \"up\"\n", up.addr),
     )
-    .expect("config");
-    let gw = TestGateway::start_in(dir).await;
+    .await;
     let addr = gw.url.trim_start_matches("http://").to_owned();
 
     let slow: Vec<_> = (0..500).map(|_| tokio::spawn(dribble(addr.clone()))).collect();
@@ -249,18 +242,11 @@ async fn slow_clients_are_cut_at_the_header_timeout_while_others_are_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_connection_cap_new_connections_wait_for_a_free_slot() {
     let up = Upstream::start("up").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir(dir.path().join("plugins")).expect("plugins");
-    std::fs::write(
-        dir.path().join("gateway.toml"),
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nheader_read_timeout = \"1s\"\nmax_connections = 5\n\
-             [upstreams.up]\ntargets = [\"{}\"]\n[[routes]]\nname = \"r\"\nupstream = \"up\"\n",
-            up.addr
-        ),
+    let gw = TestGateway::start_with_server(
+        "header_read_timeout = \"1s\"\nmax_connections = 5",
+        &format!("[upstreams.up]\ntargets = [\"{}\"]\n[[routes]]\nname = \"r\"\nupstream = \"up\"\n", up.addr),
     )
-    .expect("config");
-    let gw = TestGateway::start_in(dir).await;
+    .await;
     let addr = gw.url.trim_start_matches("http://").to_owned();
     // Five idle connections take every slot (each is closed after 1 s
     // without a complete head).

@@ -370,6 +370,16 @@ impl TestGateway {
         Self::start_in(dir).await
     }
 
+    /// Like [`TestGateway::start`] with no modules, with `server_keys`
+    /// (e.g. `header_read_timeout = "1s"`) added to the `[server]` section.
+    pub async fn start_with_server(server_keys: &str, body: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("plugins")).expect("plugins dir");
+        let server = server_section().replacen("\n\n", &format!("\n{server_keys}\n\n"), 1);
+        std::fs::write(dir.path().join("gateway.toml"), format!("{server}{body}")).expect("write config");
+        Self::start_in(dir).await
+    }
+
     /// Start a gateway on an already prepared folder.
     pub async fn start_in(dir: tempfile::TempDir) -> Self {
         init_logging();
