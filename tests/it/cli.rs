@@ -128,3 +128,69 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_100_slow_requests_finish_and_refuses_new_connections() {
+    let up = Upstream::start("users").await;
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let (port, admin) = (free(), free());
+    let config =
+        GOOD.replace("LISTEN", &format!("127.0.0.1:{port}")).replace("UPSTREAM", &up.addr.to_string()).replace(
+            "admin_listen = \"127.0.0.1:0\"",
+            &format!("admin_listen = \"127.0.0.1:{admin}\"\ndrain_timeout = \"5s\""),
+        );
+    let dir = prepare(&config);
+    let mut child = Command::new(weir_binary())
+        .args(["run", "--config"])
+        .arg(dir.path().join("gateway.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn weir");
+    let client = weir_tests::Client::new();
+    let url = format!("http://127.0.0.1:{port}/users/1");
+    weir_tests::wait_for(Duration::from_secs(20), || async { client.get(&url).await.ok() })
+        .await
+        .expect("weir answered");
+
+    // 100 requests the upstream answers after 1.5 s, each on its own
+    // connection.
+    let slow: Vec<_> = (0..100)
+        .map(|i| {
+            let url = format!("http://127.0.0.1:{port}/users/{i}");
+            tokio::spawn(async move {
+                weir_tests::Client::new().request(http::Method::GET, &url, &[("x-delay-ms", "1500")], "").await
+            })
+        })
+        .collect();
+    let metrics = format!("http://127.0.0.1:{admin}/metrics");
+    let all_in = weir_tests::wait_for(Duration::from_secs(10), || async {
+        let m = client.get(&metrics).await.ok()?.text();
+        m.contains("weir_route_in_flight{route=\"users\"} 100").then_some(())
+    })
+    .await;
+    assert!(all_in.is_some(), "100 requests in flight");
+
+    let stopped = std::time::Instant::now();
+    let kill = format!("kill -TERM {}", child.id());
+    assert!(Command::new("sh").args(["-c", &kill]).status().expect("sh").success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(),
+        "new connections are refused while draining"
+    );
+    for t in slow {
+        let r = t.await.expect("task").expect("an in-flight request completes");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("connection"), Some("close"), "HTTP/1 answers during the drain close their connection");
+    }
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(stopped.elapsed() < Duration::from_secs(6), "weir exits within the 5 s drain timeout");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+    println!("drain: 100 in-flight requests completed, exit after {:?}", stopped.elapsed());
+}
