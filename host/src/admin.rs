@@ -132,9 +132,8 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
     query?.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
 }
 
-/// Totals over the points of the last `secs` seconds.
-fn recent(points: &[Point], secs: usize) -> serde_json::Value {
-    let last = &points[points.len().saturating_sub(secs)..];
+/// Totals over the last points (one a second).
+fn recent(last: &[Point]) -> serde_json::Value {
     let requests: u64 = last.iter().map(|p| p.requests).sum();
     let errors: u64 = last.iter().map(|p| p.errors).sum();
     let worst_p99 = last.iter().map(|p| p.p99_ms).fold(0.0, f64::max);
@@ -165,7 +164,7 @@ pub fn routes(shared: &Shared) -> serde_json::Value {
                 "buffers_request_body": r.buffer_request,
                 "buffers_response_body": r.buffer_response,
                 "in_flight": r.metrics.in_flight(),
-                "last_minute": recent(&live.route(&r.name).since(0), 60),
+                "last_minute": recent(&live.route(&r.name).last(60)),
             })
         })
         .collect();
@@ -198,7 +197,7 @@ pub fn upstreams(shared: &Shared) -> serde_json::Value {
                     .collect::<Vec<_>>(),
                 "timeout_ms": u.timeout.as_millis() as u64,
                 "errors": { "connect": m.connect.get(), "timeout": m.timeout.get(), "request": m.request.get() },
-                "last_minute": recent(&live.upstream(&u.name).since(0), 60),
+                "last_minute": recent(&live.upstream(&u.name).last(60)),
             })
         })
         .collect();
@@ -236,7 +235,7 @@ pub fn plugins(shared: &Shared) -> serde_json::Value {
                     "timeout": m.timeout.get(),
                     "invalid_output": m.invalid.get(),
                 },
-                "last_minute": recent(&live.plugin(&s.name).since(0), 60),
+                "last_minute": recent(&live.plugin(&s.name).last(60)),
             })
         })
         .collect();

@@ -149,31 +149,43 @@ impl Events {
     }
 }
 
+/// The client the gateway's own outbound POSTs use (webhooks, spans).
+pub(crate) type PostClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A client for [`post_json`].
+pub(crate) fn post_client() -> PostClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// POST `body` as JSON to `uri` and read the answer whole (so the
+/// connection can be reused); `Err` says why it did not succeed in `timeout`.
+pub(crate) async fn post_json(client: &PostClient, uri: &Uri, body: Bytes, timeout: Duration) -> Result<(), String> {
+    let req = Request::post(uri.clone())
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::USER_AGENT, concat!("weir/", env!("CARGO_PKG_VERSION")))
+        .body(Full::new(body))
+        .map_err(|e| e.to_string())?;
+    let exchange = async {
+        let resp = client.request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        resp.into_body().collect().await.map_err(|e| e.to_string())?;
+        if status.is_success() { Ok(()) } else { Err(format!("answered {status}")) }
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
 /// POST queued events one by one until the sink is dropped.
 async fn send_webhooks(mut rx: mpsc::Receiver<(Arc<Webhook>, Arc<EventRecord>)>, metrics: Arc<Metrics>) {
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let client = post_client();
     while let Some((hook, event)) = rx.recv().await {
         let body = match serde_json::to_vec(&*event) {
             Ok(b) => Bytes::from(b),
             Err(_) => continue,
         };
-        let req = Request::post(hook.uri.clone())
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::USER_AGENT, concat!("weir/", env!("CARGO_PKG_VERSION")))
-            .body(Full::new(body));
-        let Ok(req) = req else { continue };
-        let exchange = async {
-            let resp = client.request(req).await.map_err(|e| e.to_string())?;
-            let status = resp.status();
-            // Read the answer whole, so the connection can be reused.
-            resp.into_body().collect().await.map_err(|e| e.to_string())?;
-            if status.is_success() { Ok(()) } else { Err(format!("answered {status}")) }
-        };
-        let outcome = match tokio::time::timeout(hook.timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("no answer within {:?}", hook.timeout)),
-        };
-        match outcome {
+        match post_json(&client, &hook.uri, body, hook.timeout).await {
             Ok(()) => metrics.webhook("sent"),
             Err(e) => {
                 metrics.webhook("failed");

@@ -95,15 +95,15 @@ pub fn check(parts: &Parts, limits: &LimitsConfig) -> Result<(), ProxyError> {
 
     // Host (HTTP/1.x; HTTP/2 carries :authority in the URI).
     if parts.version <= Version::HTTP_11 {
-        let hosts: Vec<_> = h.get_all(header::HOST).iter().collect();
-        match (hosts.len(), parts.version) {
-            (0, Version::HTTP_11) => return malformed("HTTP/1.1 request without Host"),
-            (0, _) => {}
-            (1, _) => {
-                let host = hosts[0].to_str().map_err(|_| ProxyError::Malformed("invalid Host".into()))?;
+        let mut hosts = h.get_all(header::HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (None, _) if parts.version == Version::HTTP_11 => return malformed("HTTP/1.1 request without Host"),
+            (None, _) => {}
+            (Some(host), None) => {
+                let host = host.to_str().map_err(|_| ProxyError::Malformed("invalid Host".into()))?;
                 authority(host, "Host")?;
             }
-            _ => return malformed("more than one Host"),
+            (Some(_), Some(_)) => return malformed("more than one Host"),
         }
     }
     Ok(())

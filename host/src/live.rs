@@ -109,6 +109,12 @@ impl Series {
         h.push_back(point);
     }
 
+    /// The newest `n` points, oldest first.
+    pub fn last(&self, n: usize) -> Vec<Point> {
+        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        h.iter().skip(h.len().saturating_sub(n)).copied().collect()
+    }
+
     /// Points after `since` (ms since the epoch), oldest first.
     pub fn since(&self, since: u64) -> Vec<Point> {
         let h = self.history.lock().unwrap_or_else(|p| p.into_inner());

@@ -119,21 +119,32 @@ impl<S> Sniffed<S> {
     /// Add bytes to a head; at its end, judge it and pick the body's framing.
     fn head(&mut self, mut buf: Vec<u8>, bytes: &[u8]) -> (State, usize) {
         let before = buf.len();
-        buf.extend_from_slice(bytes);
+        // A head that arrives whole in one read is parsed where it lies;
+        // only a head split across reads is gathered.
+        let wire: &[u8] = if buf.is_empty() {
+            bytes
+        } else {
+            buf.extend_from_slice(bytes);
+            &buf
+        };
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         // (The HTTP/2 preface does not parse as an HTTP/1 head: the sniffer
         // stops there.)
-        let end = match req.parse(&buf) {
+        let end = match req.parse(wire) {
             Ok(httparse::Status::Complete(end)) => end,
-            Ok(httparse::Status::Partial) if buf.len() <= MAX_LINE => return (State::Head(buf), bytes.len()),
+            Ok(httparse::Status::Partial) if wire.len() <= MAX_LINE => {
+                let gathered = if before == 0 { bytes.to_vec() } else { buf };
+                return (State::Head(gathered), bytes.len());
+            }
             _ => return (State::Off, bytes.len()),
         };
-        let (mut lengths, mut codings, mut upgrade) = (Vec::new(), 0usize, false);
+        let (mut lengths, mut first_length, mut codings, mut upgrade) = (0usize, None, 0usize, false);
         let mut chunked_last = false;
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
-                lengths.push(h.value);
+                lengths += 1;
+                first_length = first_length.or(Some(h.value));
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 codings += 1;
                 chunked_last = h
@@ -146,7 +157,7 @@ impl<S> Sniffed<S> {
             }
         }
         let connect = req.method.is_some_and(|m| m.eq_ignore_ascii_case("CONNECT"));
-        let verdict = match (lengths.len(), codings) {
+        let verdict = match (lengths, codings) {
             (1.., 1..) => Verdict::LengthAndChunked,
             (2.., 0) => Verdict::SeveralLengths,
             _ => Verdict::Clear,
@@ -160,7 +171,7 @@ impl<S> Sniffed<S> {
         }
         let next = if codings > 0 {
             if chunked_last { State::Chunked(Chunk::Size(Vec::new())) } else { State::Off }
-        } else if let Some(len) = lengths.first() {
+        } else if let Some(len) = first_length {
             match std::str::from_utf8(len).ok().and_then(|t| t.trim().parse::<u64>().ok()) {
                 Some(0) => State::Head(Vec::new()),
                 Some(n) => State::Length(n),

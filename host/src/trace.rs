@@ -20,14 +20,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Uri, header};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::{HeaderMap, HeaderValue, Uri};
 use tokio::sync::mpsc;
 
 use crate::config::TracingConfig;
+use crate::events::{PostClient, post_client, post_json};
 use crate::metrics::Metrics;
 
 /// OTLP span kinds used here.
@@ -242,7 +239,7 @@ struct Export {
 impl Export {
     /// Gather spans until `batch` of them or `interval` passed, then POST.
     async fn run(self, mut rx: mpsc::Receiver<(String, Vec<Span>)>) {
-        let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let client = post_client();
         let mut pending: Vec<(String, Span)> = Vec::new();
         let mut open = true;
         while open || !pending.is_empty() {
@@ -266,24 +263,9 @@ impl Export {
         }
     }
 
-    async fn post(&self, client: &Client<HttpConnector, Full<Bytes>>, batch: &[(String, Span)]) {
+    async fn post(&self, client: &PostClient, batch: &[(String, Span)]) {
         let body = Bytes::from(encode(&self.service, batch));
-        let req = Request::post(self.uri.clone())
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::USER_AGENT, concat!("weir/", env!("CARGO_PKG_VERSION")))
-            .body(Full::new(body));
-        let Ok(req) = req else { return };
-        let exchange = async {
-            let resp = client.request(req).await.map_err(|e| e.to_string())?;
-            let status = resp.status();
-            resp.into_body().collect().await.map_err(|e| e.to_string())?;
-            if status.is_success() { Ok(()) } else { Err(format!("answered {status}")) }
-        };
-        let outcome = match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
-        };
-        match outcome {
+        match post_json(client, &self.uri, body, self.timeout).await {
             Ok(()) => self.metrics.trace_spans("exported", batch.len() as u64),
             Err(e) => {
                 self.metrics.trace_spans("failed", batch.len() as u64);

@@ -13,6 +13,22 @@ fn prepare(config: &str) -> tempfile::TempDir {
     dir
 }
 
+/// `weir run` on `dir`'s config, as a real process.
+fn spawn_run(dir: &tempfile::TempDir) -> std::process::Child {
+    Command::new(weir_binary())
+        .args(["run", "--config"])
+        .arg(dir.path().join("gateway.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn weir")
+}
+
+fn sigterm(child: &std::process::Child) {
+    let kill = format!("kill -TERM {}", child.id());
+    assert!(Command::new("sh").args(["-c", &kill]).status().expect("sh").success());
+}
+
 const GOOD: &str = r#"[server]
 listen = "LISTEN"
 admin_listen = "127.0.0.1:0"
@@ -70,13 +86,7 @@ async fn run_serves_and_drains_on_sigterm() {
     let up = Upstream::start("users").await;
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let dir = prepare(&GOOD.replace("LISTEN", &format!("127.0.0.1:{port}")).replace("UPSTREAM", &up.addr.to_string()));
-    let mut child = Command::new(weir_binary())
-        .args(["run", "--config"])
-        .arg(dir.path().join("gateway.toml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn weir");
+    let mut child = spawn_run(&dir);
     let client = weir_tests::Client::new();
     let url = format!("http://127.0.0.1:{port}/users/1");
     let reply = weir_tests::wait_for(Duration::from_secs(20), || async { client.get(&url).await.ok() }).await;
@@ -85,9 +95,7 @@ async fn run_serves_and_drains_on_sigterm() {
     assert_eq!(reply.seen("x-greeting").as_deref(), Some("hello"));
 
     // SIGTERM: exits cleanly.
-    let pid = child.id().to_string();
-    let kill = format!("kill -TERM {pid}");
-    assert!(Command::new("sh").args(["-c", &kill]).status().expect("sh").success());
+    sigterm(&child);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
@@ -140,13 +148,7 @@ async fn sigterm_lets_100_slow_requests_finish_and_refuses_new_connections() {
             &format!("admin_listen = \"127.0.0.1:{admin}\"\ndrain_timeout = \"5s\""),
         );
     let dir = prepare(&config);
-    let mut child = Command::new(weir_binary())
-        .args(["run", "--config"])
-        .arg(dir.path().join("gateway.toml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn weir");
+    let mut child = spawn_run(&dir);
     let client = weir_tests::Client::new();
     let url = format!("http://127.0.0.1:{port}/users/1");
     weir_tests::wait_for(Duration::from_secs(20), || async { client.get(&url).await.ok() })
@@ -172,8 +174,7 @@ async fn sigterm_lets_100_slow_requests_finish_and_refuses_new_connections() {
     assert!(all_in.is_some(), "100 requests in flight");
 
     let stopped = std::time::Instant::now();
-    let kill = format!("kill -TERM {}", child.id());
-    assert!(Command::new("sh").args(["-c", &kill]).status().expect("sh").success());
+    sigterm(&child);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(),
