@@ -179,26 +179,10 @@ pub fn upstreams(shared: &Shared) -> serde_json::Value {
         .upstreams
         .values()
         .map(|u| {
-            let m = &u.metrics;
-            json!({
-                "name": &*u.name,
-                "targets": u
-                    .targets()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| {
-                        let (c, failures) = m.targets.get(i).map(|x| x.counts()).unwrap_or_default();
-                        json!({
-                            "address": t.as_str(),
-                            "responses": { "1xx": c[0], "2xx": c[1], "3xx": c[2], "4xx": c[3], "5xx": c[4] },
-                            "failures": failures,
-                        })
-                    })
-                    .collect::<Vec<_>>(),
-                "timeout_ms": u.timeout.as_millis() as u64,
-                "errors": { "connect": m.connect.get(), "timeout": m.timeout.get(), "request": m.request.get() },
-                "last_minute": recent(&live.upstream(&u.name).last(60)),
-            })
+            let mut v = u.status_json();
+            v["timeout_ms"] = json!(u.timeout.as_millis() as u64);
+            v["last_minute"] = recent(&live.upstream(&u.name).last(60));
+            v
         })
         .collect();
     json!({ "generation": snap.generation, "upstreams": upstreams })
@@ -304,7 +288,17 @@ pub fn status(shared: &Shared) -> serde_json::Value {
     let upstreams: Vec<_> = snap
         .upstreams
         .values()
-        .map(|u| json!({ "name": &*u.name, "targets": u.targets().iter().map(|t| t.as_str()).collect::<Vec<_>>() }))
+        .map(|u| {
+            let set = u.targets();
+            let now = crate::upstream::clock_ms();
+            json!({
+                "name": &*u.name,
+                "targets": set.primary.targets.iter().map(|t| t.addr.as_str()).collect::<Vec<_>>(),
+                "backup": set.backup.targets.iter().map(|t| t.addr.as_str()).collect::<Vec<_>>(),
+                "healthy": set.all().filter(|t| t.state.usable(now)).map(|t| t.addr.as_str()).collect::<Vec<_>>(),
+                "breaker": u.breaker.state(),
+            })
+        })
         .collect();
     json!({
         "generation": snap.generation,

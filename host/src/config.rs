@@ -16,6 +16,9 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
+mod upstream;
+pub use upstream::*;
+
 /// A whole `gateway.toml`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -364,20 +367,6 @@ impl Severity {
     }
 }
 
-/// `[upstreams.NAME]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
-    /// `host:port` targets, used round robin.
-    pub targets: Vec<Spanned<String>>,
-    /// Time allowed to establish a connection (502 beyond).
-    #[serde(default = "defaults::connect_timeout", deserialize_with = "duration")]
-    pub connect_timeout: Duration,
-    /// Time allowed for the response head to arrive (504 beyond).
-    #[serde(default = "defaults::upstream_timeout", deserialize_with = "duration")]
-    pub timeout: Duration,
-}
-
 /// `[plugins.NAME]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -498,6 +487,9 @@ pub struct RouteConfig {
     /// Plugins to run, in order.
     #[serde(default)]
     pub chain: Vec<Spanned<String>>,
+    /// Keep responses in memory and serve them stale when the upstream fails.
+    #[serde(default)]
+    pub cache: Option<Spanned<CacheConfig>>,
 }
 
 mod defaults {
@@ -575,12 +567,6 @@ mod defaults {
     }
     pub(super) fn max_idle_per_plugin() -> usize {
         64
-    }
-    pub(super) fn connect_timeout() -> Duration {
-        Duration::from_secs(5)
-    }
-    pub(super) fn upstream_timeout() -> Duration {
-        Duration::from_secs(30)
     }
     pub(super) fn plugin_memory() -> u64 {
         32 << 20

@@ -64,6 +64,26 @@ pub enum ProxyError {
         /// Cause.
         detail: String,
     },
+    /// The upstream's error-rate breaker is open.
+    #[error("upstream `{upstream}` is failing; circuit breaker open, retry in {}s", retry_after.as_secs().max(1))]
+    BreakerOpen {
+        /// Upstream name.
+        upstream: Arc<str>,
+        /// Until it lets requests through again.
+        retry_after: Duration,
+    },
+    /// `max_requests` are in flight to the upstream and `max_pending` wait.
+    #[error("upstream `{upstream}` is at capacity")]
+    Overloaded {
+        /// Upstream name.
+        upstream: Arc<str>,
+    },
+    /// Every target of the upstream is down or ejected (or none resolved).
+    #[error("upstream `{upstream}` has no healthy target")]
+    NoHealthyTarget {
+        /// Upstream name.
+        upstream: Arc<str>,
+    },
     /// A response body a plugin asked to buffer is larger than allowed.
     #[error("upstream response body exceeds {0} bytes")]
     ResponseBodyTooLarge(u64),
@@ -73,6 +93,20 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// The upstream failed or could not be tried: a stale cached answer
+    /// may stand in.
+    pub fn upstream_failed(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::UpstreamConnect { .. }
+                | ProxyError::UpstreamTimeout { .. }
+                | ProxyError::Upstream { .. }
+                | ProxyError::BreakerOpen { .. }
+                | ProxyError::Overloaded { .. }
+                | ProxyError::NoHealthyTarget { .. }
+        )
+    }
+
     /// The status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -91,6 +125,9 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BreakerOpen { .. } | ProxyError::Overloaded { .. } | ProxyError::NoHealthyTarget { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -109,6 +146,9 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamTimeout { .. }
             | ProxyError::Upstream { .. }
+            | ProxyError::BreakerOpen { .. }
+            | ProxyError::Overloaded { .. }
+            | ProxyError::NoHealthyTarget { .. }
             | ProxyError::ResponseBodyTooLarge(_) => "upstream",
             ProxyError::Internal(_) => "gateway",
         }

@@ -125,6 +125,16 @@ pub struct Metrics {
     connections: Gauge,
     access_log_dropped: Counter,
     trace_spans: Family<Outcome, Counter>,
+    upstream_retries: Family<UpstreamError, Counter>,
+    upstream_rejected: Family<UpstreamError, Counter>,
+    breaker_state: Family<UpstreamLabel, Gauge>,
+    breaker_opened: Family<UpstreamLabel, Counter>,
+    target_healthy: Family<TargetLabel, Gauge>,
+    target_ejections: Family<TargetLabel, Counter>,
+    health_checks: Family<TargetStatus, Counter>,
+    cache_requests: Family<RouteStatus, Counter>,
+    cache_bytes: Family<RouteLabel, Gauge>,
+    cache_entries: Family<RouteLabel, Gauge>,
     live: crate::live::Live,
 }
 
@@ -222,8 +232,62 @@ impl Metrics {
         );
         let trace_spans = Family::default();
         registry.register("trace_spans", "Spans handed to the OTLP exporter, by result", trace_spans.clone());
+        let upstream_retries = Family::default();
+        registry.register(
+            "upstream_retries",
+            "Retries by result: sent, or refused by the retry budget",
+            upstream_retries.clone(),
+        );
+        let upstream_rejected = Family::default();
+        registry.register(
+            "upstream_rejected",
+            "Requests answered 503 without trying the upstream: breaker open, over capacity, no healthy target",
+            upstream_rejected.clone(),
+        );
+        let breaker_state = Family::default();
+        registry.register(
+            "upstream_breaker_state",
+            "Error-rate breaker: 0 closed, 1 open, 2 half-open",
+            breaker_state.clone(),
+        );
+        let breaker_opened = Family::default();
+        registry.register("upstream_breaker_opened", "Times the error-rate breaker opened", breaker_opened.clone());
+        let target_healthy = Family::default();
+        registry.register(
+            "upstream_target_healthy",
+            "1 while the target takes requests (not ejected, not failing active checks)",
+            target_healthy.clone(),
+        );
+        let target_ejections = Family::default();
+        registry.register(
+            "upstream_target_ejections",
+            "Times passive health checks ejected the target",
+            target_ejections.clone(),
+        );
+        let health_checks = Family::default();
+        registry.register("upstream_health_checks", "Active health checks by result", health_checks.clone());
+        let cache_requests = Family::default();
+        registry.register(
+            "cache_requests",
+            "Cache lookups by result: hit, miss, stale, bypass",
+            cache_requests.clone(),
+        );
+        let cache_bytes = Family::default();
+        registry.register("cache_bytes", "Memory held by the route's cache", cache_bytes.clone());
+        let cache_entries = Family::default();
+        registry.register("cache_entries", "Responses in the route's cache", cache_entries.clone());
         Self {
             registry,
+            upstream_retries,
+            upstream_rejected,
+            breaker_state,
+            breaker_opened,
+            target_healthy,
+            target_ejections,
+            health_checks,
+            cache_requests,
+            cache_bytes,
+            cache_entries,
             requests,
             request_duration,
             upstream_errors,
@@ -302,31 +366,64 @@ impl Metrics {
         }
     }
 
-    /// Handles for one upstream and its `targets` (`host:port`, in order).
-    pub fn upstream(&self, upstream: &str, targets: &[&str]) -> UpstreamMetrics {
-        let by =
-            |kind| self.upstream_errors.get_or_create(&UpstreamError { upstream: upstream.to_owned(), kind }).clone();
-        let targets = targets
-            .iter()
-            .map(|t| {
-                let by = |status| {
-                    let label = TargetStatus { upstream: upstream.to_owned(), target: (*t).to_owned(), status };
-                    self.target_responses.get_or_create(&label).clone()
-                };
-                let label = TargetLabel { upstream: upstream.to_owned(), target: (*t).to_owned() };
-                TargetMetrics {
-                    by_class: [by("1xx"), by("2xx"), by("3xx"), by("4xx"), by("5xx")],
-                    failures: self.target_failures.get_or_create(&label).clone(),
-                }
-            })
-            .collect();
+    /// Handles for one upstream.
+    pub fn upstream(&self, upstream: &str) -> UpstreamMetrics {
+        let label = |kind| UpstreamError { upstream: upstream.to_owned(), kind };
+        // Each handle is taken in a closure of its own: a family's read
+        // guard lives to the end of the statement that took it, and a second
+        // `get_or_create` on the same family within it would deadlock.
+        let by = |kind| self.upstream_errors.get_or_create(&label(kind)).clone();
+        let retries = |kind| self.upstream_retries.get_or_create(&label(kind)).clone();
+        let rejected = |kind| self.upstream_rejected.get_or_create(&label(kind)).clone();
+        let ul = UpstreamLabel { upstream: upstream.to_owned() };
         UpstreamMetrics {
-            targets,
             connect: by("connect"),
             timeout: by("timeout"),
             request: by("request"),
-            duration: self.upstream_duration.get_or_create(&UpstreamLabel { upstream: upstream.to_owned() }).clone(),
+            retries: retries("sent"),
+            budget_exhausted: retries("budget_exhausted"),
+            breaker_open: rejected("breaker_open"),
+            overflow: rejected("overflow"),
+            no_healthy: rejected("no_healthy_target"),
+            breaker_state: self.breaker_state.get_or_create(&ul).clone(),
+            breaker_opened: self.breaker_opened.get_or_create(&ul).clone(),
+            duration: self.upstream_duration.get_or_create(&ul).clone(),
             live: self.live.upstream(upstream),
+        }
+    }
+
+    /// Handles for one target (`host:port`) of `upstream`.
+    pub fn target(&self, upstream: &str, target: &str) -> TargetMetrics {
+        let by = |status| {
+            let label = TargetStatus { upstream: upstream.to_owned(), target: target.to_owned(), status };
+            self.target_responses.get_or_create(&label).clone()
+        };
+        let check = |status| {
+            let label = TargetStatus { upstream: upstream.to_owned(), target: target.to_owned(), status };
+            self.health_checks.get_or_create(&label).clone()
+        };
+        let label = TargetLabel { upstream: upstream.to_owned(), target: target.to_owned() };
+        TargetMetrics {
+            by_class: [by("1xx"), by("2xx"), by("3xx"), by("4xx"), by("5xx")],
+            failures: self.target_failures.get_or_create(&label).clone(),
+            healthy: self.target_healthy.get_or_create(&label).clone(),
+            ejections: self.target_ejections.get_or_create(&label).clone(),
+            checks_passed: check("pass"),
+            checks_failed: check("fail"),
+        }
+    }
+
+    /// Handles for a route's cache.
+    pub fn cache(&self, route: &str) -> CacheMetrics {
+        let by = |status| self.cache_requests.get_or_create(&RouteStatus { route: route.to_owned(), status }).clone();
+        let label = RouteLabel { route: route.to_owned() };
+        CacheMetrics {
+            hit: by("hit"),
+            miss: by("miss"),
+            stale: by("stale"),
+            bypass: by("bypass"),
+            bytes: self.cache_bytes.get_or_create(&label).clone(),
+            entries: self.cache_entries.get_or_create(&label).clone(),
         }
     }
 
@@ -446,12 +543,24 @@ pub struct UpstreamMetrics {
     pub timeout: Counter,
     /// Other request failures.
     pub request: Counter,
+    /// Retries sent.
+    pub retries: Counter,
+    /// Retries the budget refused.
+    pub budget_exhausted: Counter,
+    /// Requests refused by an open breaker.
+    pub breaker_open: Counter,
+    /// Requests refused by `max_requests` + `max_pending`.
+    pub overflow: Counter,
+    /// Requests refused because no target was healthy.
+    pub no_healthy: Counter,
+    /// 0 closed, 1 open, 2 half-open.
+    pub breaker_state: Gauge,
+    /// Times the breaker opened.
+    pub breaker_opened: Counter,
     /// Time to the response head.
     pub duration: Histogram,
     /// The dashboard's series: every try, answered or failed.
     pub live: Arc<crate::live::Series>,
-    /// Per target, in the upstream's order.
-    pub targets: Vec<TargetMetrics>,
 }
 
 /// Per-target counters.
@@ -459,6 +568,31 @@ pub struct UpstreamMetrics {
 pub struct TargetMetrics {
     by_class: [Counter; 5],
     failures: Counter,
+    /// 1 while the target takes requests.
+    pub healthy: Gauge,
+    /// Passive ejections.
+    pub ejections: Counter,
+    /// Active checks passed.
+    pub checks_passed: Counter,
+    /// Active checks failed.
+    pub checks_failed: Counter,
+}
+
+/// A route cache's handles.
+#[derive(Clone, Debug)]
+pub struct CacheMetrics {
+    /// Served fresh from the cache.
+    pub hit: Counter,
+    /// Not in the cache (or not fresh): asked upstream.
+    pub miss: Counter,
+    /// Served stale because the upstream failed.
+    pub stale: Counter,
+    /// Not cacheable (method, request directives).
+    pub bypass: Counter,
+    /// Memory held.
+    pub bytes: Gauge,
+    /// Entries held.
+    pub entries: Gauge,
 }
 
 impl TargetMetrics {

@@ -33,7 +33,7 @@ use crate::reply::{BodyVerdict, Completion, Counted, Observed};
 use crate::router::Match;
 use crate::snapshot::{Route, Snapshot};
 use crate::trace::{RequestTrace, Span, SpanKind, Tracer, Value, new_span_id, now_ns};
-use crate::upstream::Answered;
+use crate::upstream::{Answered, Outgoing};
 
 /// Serve one downstream request on `snap`.
 pub async fn handle<B>(snap: Arc<Snapshot>, req: Request<B>, client: SocketAddr) -> Response<ProxyBody>
@@ -278,7 +278,7 @@ impl Exchange<'_> {
             lent = request;
             lent.parts.headers.remove(header::TRANSFER_ENCODING);
             lent.parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-            body::full(bytes)
+            Outgoing::Replayable(bytes)
         } else {
             prebuffer(&mut lent.parts.headers, body, self.snap.limits.request_buffer).await?
         };
@@ -296,7 +296,14 @@ impl Exchange<'_> {
         self.trace.propagate(&mut parts.headers, &try_span);
         let upstream = &route.upstream;
         let t0 = now_ns();
-        let result = upstream.forward(parts, upstream_body, &self.info.authority).await;
+        let client_ip = self.info.client.ip();
+        let result = match route.cache.as_ref().and_then(|c| Some((c, c.plan(&parts, &self.info.authority)?))) {
+            Some((cache, plan)) => {
+                let fetch = upstream.forward(parts, upstream_body, &self.info.authority, client_ip);
+                cache.serve(plan, upstream.timeout, fetch).await
+            }
+            None => upstream.forward(parts, upstream_body, &self.info.authority, client_ip).await,
+        };
         self.trace.child(|parent| {
             let mut attributes = vec![("weir.upstream", Value::Str(upstream.name.to_string()))];
             let mut error = None;
@@ -488,13 +495,13 @@ where
 /// anything reaches the upstream; a longer one streams on after what was
 /// read, and a failure later aborts the upstream request midway (the
 /// upstream never sees a complete message).
-async fn prebuffer<B>(headers: &mut http::HeaderMap, body: B, buffer: u64) -> Result<ProxyBody, ProxyError>
+async fn prebuffer<B>(headers: &mut http::HeaderMap, body: B, buffer: u64) -> Result<Outgoing, ProxyError>
 where
     B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<body::BoxError>,
 {
     if body.is_end_stream() {
-        return Ok(body::boxed(body));
+        return Ok(Outgoing::Replayable(Bytes::new()));
     }
     let mut body = Box::pin(body);
     let mut buf = bytes::BytesMut::new();
@@ -503,19 +510,21 @@ where
             None => {
                 headers.remove(header::TRANSFER_ENCODING);
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(buf.len()));
-                return Ok(body::full(buf.freeze()));
+                return Ok(Outgoing::Replayable(buf.freeze()));
             }
             Some(Err(e)) => return Err(ProxyError::RequestBody(Into::<body::BoxError>::into(e).to_string())),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     buf.extend_from_slice(&data);
                     if buf.len() as u64 > buffer {
-                        return Ok(body::boxed(body::Prefixed::new(vec![Frame::data(buf.freeze())], body)));
+                        let rest = body::Prefixed::new(vec![Frame::data(buf.freeze())], body);
+                        return Ok(Outgoing::Stream(body::boxed(rest)));
                     }
                 }
                 // Trailers: nothing more comes but them; stream it all.
                 Err(trailers) => {
-                    return Ok(body::boxed(body::Prefixed::new(vec![Frame::data(buf.freeze()), trailers], body)));
+                    let rest = body::Prefixed::new(vec![Frame::data(buf.freeze()), trailers], body);
+                    return Ok(Outgoing::Stream(body::boxed(rest)));
                 }
             },
         }

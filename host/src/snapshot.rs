@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 
 use crate::access_log::{AccessLog, AccessLogWriter};
+use crate::cache::RouteCache;
 use crate::config::{AccessLogConfig, GatewayConfig, LoadError, LoadErrors, ServerConfig, Source, StateConfig};
 use crate::engine::PluginEngine;
 use crate::events::{Events, Webhook};
@@ -19,7 +20,8 @@ use crate::plugin::{LoadedPlugin, Phases, PluginHost, PluginSpec, StoreData};
 use crate::router::{RouteMatcher, Router};
 use crate::state::StateStore;
 use crate::trace::Tracer;
-use crate::upstream::{ClientCache, Upstream, parse_target};
+use crate::upstream::Upstream;
+use crate::upstream::discovery::Upstreams;
 
 /// A route ready to serve.
 pub struct Route {
@@ -37,6 +39,8 @@ pub struct Route {
     pub metrics: RouteMetrics,
     /// What the route matches, as configured (for the admin API).
     pub matches: serde_json::Value,
+    /// The response cache, when the route has one.
+    pub cache: Option<Arc<RouteCache>>,
 }
 
 /// One published state of the gateway.
@@ -80,7 +84,10 @@ pub struct Loader {
     pub(crate) events: Arc<Events>,
     pub(crate) metrics: Arc<Metrics>,
     access_log: AccessLogWriter,
-    clients: ClientCache,
+    upstreams: Upstreams,
+    /// Route caches by route name, kept across reloads while their
+    /// settings stay the same.
+    caches: Mutex<HashMap<String, Arc<RouteCache>>>,
     /// Compiled components by module sha256, so an unchanged module is not
     /// compiled again on reload.
     compiled: Mutex<HashMap<String, Component>>,
@@ -104,7 +111,8 @@ impl Loader {
             events,
             access_log: AccessLogWriter::new(metrics.clone()),
             metrics,
-            clients: ClientCache::default(),
+            upstreams: Upstreams::default(),
+            caches: Mutex::default(),
             compiled: Mutex::new(HashMap::new()),
             max_idle,
         })
@@ -158,24 +166,11 @@ impl Loader {
         // Upstreams.
         let mut upstreams = BTreeMap::new();
         for (name, up) in &cfg.upstreams {
-            let span = up.span();
-            let up = up.get_ref();
-            if up.targets.is_empty() {
-                errors.push(src.error(span.clone(), format!("upstream `{name}` has no targets")));
-            }
-            let mut targets = Vec::new();
-            for t in &up.targets {
-                match parse_target(t.get_ref()) {
-                    Ok(a) => targets.push(a),
-                    Err(e) => errors.push(src.error(t.span(), format!("upstream `{name}`: {e}"))),
+            match self.upstreams.build(name, up, src, &self.metrics).await {
+                Ok(u) => {
+                    upstreams.insert(name.clone(), u);
                 }
-            }
-            if !targets.is_empty() {
-                let client = self.clients.get(up.connect_timeout);
-                let names: Vec<&str> = targets.iter().map(|t| t.as_str()).collect();
-                let metrics = self.metrics.upstream(name, &names);
-                let upstream = Upstream::new(name.as_str().into(), targets, up.timeout, client, metrics);
-                upstreams.insert(name.clone(), Arc::new(upstream));
+                Err(e) => errors.extend(e),
             }
         }
 
@@ -323,6 +318,7 @@ impl Loader {
                     None => {} // the plugin's own error is reported above
                 }
             }
+            let cache = r.cache.as_ref().map(|c| self.cache(&r.name, c.get_ref()));
             if let (Some(m), Some(upstream)) = (matcher, upstream) {
                 matchers.push(m);
                 routes.push(Route {
@@ -338,6 +334,7 @@ impl Loader {
                         "path_prefix": r.path_prefix.as_ref().map(|p| p.get_ref()),
                         "methods": r.methods.as_ref().map(|m| m.get_ref()),
                     }),
+                    cache,
                 });
             }
         }
@@ -362,6 +359,19 @@ impl Loader {
             tracer,
             limits: cfg.limits,
         })
+    }
+
+    /// The cache of route `name`: the one it had if its settings are the same.
+    fn cache(&self, name: &str, config: &crate::config::CacheConfig) -> Arc<RouteCache> {
+        let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+        match caches.get(name) {
+            Some(c) if c.config == *config => c.clone(),
+            _ => {
+                let c = Arc::new(RouteCache::new(config.clone(), self.metrics.cache(name)));
+                caches.insert(name.to_owned(), c.clone());
+                c
+            }
+        }
     }
 
     /// Compile a module unless a component with the same hash is cached.

@@ -14,6 +14,7 @@ mod mission;
 mod observability;
 mod rate_limit;
 mod reload;
+mod resilience;
 mod routing;
 mod sandbox;
 mod transform;

@@ -11,7 +11,7 @@ fn config(upstream: &str, access_log: &str) -> String {
     format!(
         "{access_log}\n[plugins.tag]\nmodule = \"probe.wasm\"\nconfig = {{ tag = \"t\" }}\n\
          [upstreams.up]\ntargets = [\"{upstream}\"]\n\
-         [upstreams.down]\ntargets = [\"127.0.0.1:9\"]\n\
+         [upstreams.down]\ntargets = [\"127.0.0.1:9\"]\nretry = {{ tries = 1 }}\n\
          [[routes]]\nname = \"down\"\npath_prefix = \"/down\"\nupstream = \"down\"\n\
          [[routes]]\nname = \"obs\"\npath_prefix = \"/obs\"\nupstream = \"up\"\nchain = [\"tag\"]\n"
     )

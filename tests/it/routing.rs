@@ -155,7 +155,8 @@ upstream = "slow"
     assert_eq!(gw.request(Method::GET, "/slow", &[("x-delay-ms", "10")], "").await.status, 200);
 
     let metrics = gw.metrics().await;
-    assert!(metrics.contains(r#"weir_upstream_errors_total{upstream="dead",kind="connect"} 1"#), "{metrics}");
+    // A failed connect is tried once more by default (`retry.tries = 2`).
+    assert!(metrics.contains(r#"weir_upstream_errors_total{upstream="dead",kind="connect"} 2"#), "{metrics}");
     assert!(metrics.contains(r#"weir_upstream_errors_total{upstream="slow",kind="timeout"} 1"#), "{metrics}");
 }
 

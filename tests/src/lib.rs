@@ -106,12 +106,21 @@ pub fn weir_binary() -> &'static Path {
 /// The reply has header `x-upstream: NAME` and body
 /// `{"upstream", "method", "uri", "headers": {name: [values]}, "body"}`.
 /// A request header `x-delay-ms: N` delays the answer; `x-status: N` sets
-/// the status.
+/// the status; `x-response-cache-control: V` becomes the answer's
+/// `Cache-Control`. Requests to `/healthz` are answered 200 and counted
+/// apart, in [`Upstream::health_checks`].
+///
+/// [`Upstream::kill`] closes the listener and every open connection, as a
+/// crashed process would; [`Upstream::revive`] listens on the same port again.
 pub struct Upstream {
     /// Listening address.
     pub addr: SocketAddr,
+    name: Arc<str>,
     hits: Arc<AtomicUsize>,
-    stop: Option<oneshot::Sender<()>>,
+    checks: Arc<AtomicUsize>,
+    /// Added to every answer's delay, in ms (a slow target).
+    pub delay_ms: Arc<AtomicUsize>,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Upstream {
@@ -122,44 +131,98 @@ impl Upstream {
 
     /// Start on a given address.
     pub async fn start_on(addr: SocketAddr, name: &str) -> Self {
-        let listener = TcpListener::bind(addr).await.expect("bind upstream");
-        let addr = listener.local_addr().expect("addr");
-        let hits = Arc::new(AtomicUsize::new(0));
-        let (stop, mut stopped) = oneshot::channel();
-        let name: Arc<str> = name.into();
-        let counter = hits.clone();
+        let mut up = Self {
+            addr,
+            name: name.into(),
+            hits: Arc::default(),
+            checks: Arc::default(),
+            delay_ms: Arc::default(),
+            stop: None,
+        };
+        up.listen().await;
+        up
+    }
+
+    async fn listen(&mut self) {
+        let listener = bind_retrying(self.addr).await;
+        self.addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let name = self.name.clone();
+        let (hits, checks, delay) = (self.hits.clone(), self.checks.clone(), self.delay_ms.clone());
+        let mut on_stop = stopped.clone();
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
                     a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
-                    _ = &mut stopped => break,
+                    _ = on_stop.changed() => break,
                 };
-                let name = name.clone();
-                let counter = counter.clone();
+                let (name, hits, checks, delay) = (name.clone(), hits.clone(), checks.clone(), delay.clone());
+                let mut on_stop = stopped.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                        echo(name.clone(), req)
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (name, delay) = (name.clone(), delay.load(Ordering::SeqCst));
+                        if req.uri().path() == "/healthz" {
+                            checks.fetch_add(1, Ordering::SeqCst);
+                        } else {
+                            hits.fetch_add(1, Ordering::SeqCst);
+                        }
+                        async move {
+                            if delay > 0 {
+                                tokio::time::sleep(Duration::from_millis(delay as u64)).await;
+                            }
+                            echo(name, req).await
+                        }
                     });
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = on_stop.changed() => {}
+                    }
                 });
             }
         });
-        Self { addr, hits, stop: Some(stop) }
+        self.stop = Some(stop);
     }
 
-    /// Requests received so far.
+    /// Requests received so far (health checks apart).
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
+
+    /// Health checks (`GET /healthz`) received so far.
+    pub fn health_checks(&self) -> usize {
+        self.checks.load(Ordering::SeqCst)
+    }
+
+    /// Stop listening and drop every connection, in flight or idle.
+    pub fn kill(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(true);
+        }
+    }
+
+    /// Listen on the same address again.
+    pub async fn revive(&mut self) {
+        self.kill();
+        self.listen().await;
+    }
+}
+
+/// Bind `addr`, retrying for a moment: a port just given up by a killed
+/// upstream can take a little while to be free again.
+async fn bind_retrying(addr: SocketAddr) -> TcpListener {
+    for _ in 0..50 {
+        if let Ok(l) = TcpListener::bind(addr).await {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    TcpListener::bind(addr).await.expect("bind upstream")
 }
 
 impl Drop for Upstream {
     fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
+        self.kill();
     }
 }
 
@@ -193,6 +256,9 @@ async fn echo(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Full<By
     *resp.status_mut() = status;
     resp.headers_mut().insert("content-type", "application/json".parse().expect("static"));
     resp.headers_mut().insert("x-upstream", name.parse().expect("upstream name is a header value"));
+    if let Some(cc) = parts.headers.get("x-response-cache-control") {
+        resp.headers_mut().insert("cache-control", cc.clone());
+    }
     Ok(resp)
 }
 

@@ -1,0 +1,381 @@
+//! Building an upstream from its config, and keeping its targets current:
+//! host names re-resolved every `dns_refresh`, a `targets_file` re-read
+//! when it changes. A change swaps the target set; requests already sent
+//! finish on their connections, and connections to removed targets close
+//! once idle.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use http::uri::Authority;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::balance::HashOn;
+use super::breaker::Breaker;
+use super::target::{Group, Target, TargetRegistry, TargetSet};
+use super::{ClientCache, Upstream, health, parse_target};
+use crate::config::{Balance, DnsFamily, LoadError, Source, TargetConfig, UpstreamConfig};
+use crate::metrics::Metrics;
+
+/// Time allowed to resolve the names of one upstream.
+const DNS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a `targets_file` is looked at.
+const FILE_POLL: Duration = Duration::from_secs(1);
+/// Largest weight.
+const MAX_WEIGHT: u32 = 1000;
+
+/// What upstreams share across snapshots: target states, breakers (while
+/// their settings stay the same) and connection pools.
+#[derive(Default)]
+pub struct Upstreams {
+    registry: Arc<TargetRegistry>,
+    breakers: Mutex<HashMap<String, Arc<Breaker>>>,
+    clients: ClientCache,
+}
+
+/// The targets an upstream is given, before names are resolved.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// Primary targets.
+    #[serde(default)]
+    pub targets: Vec<TargetConfig>,
+    /// Backup targets.
+    #[serde(default)]
+    pub backup: Vec<TargetConfig>,
+}
+
+impl Upstreams {
+    /// Build the upstream `name` of `src`, or say what is wrong with it.
+    pub async fn build(
+        &self,
+        name: &str,
+        cfg: &Spanned<UpstreamConfig>,
+        src: &Source,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Arc<Upstream>, Vec<LoadError>> {
+        let span = cfg.span();
+        let cfg = cfg.get_ref();
+        let mut errors = Vec::new();
+        let mut err =
+            |at: std::ops::Range<usize>, msg: String| errors.push(src.error(at, format!("upstream `{name}`: {msg}")));
+
+        // Targets: listed, or from a file.
+        let listed = !cfg.targets.is_empty() || !cfg.backup.is_empty();
+        let mut file = None;
+        let spec = match &cfg.targets_file {
+            Some(f) if listed => {
+                err(f.span(), "`targets_file` replaces `targets` and `backup`: give one or the other".into());
+                Spec::default()
+            }
+            Some(f) => {
+                let path = src.base_dir().join(f.get_ref());
+                match read_file(&path) {
+                    Ok(spec) => {
+                        file = Some(path);
+                        spec
+                    }
+                    Err(e) => {
+                        err(f.span(), e);
+                        Spec::default()
+                    }
+                }
+            }
+            None => Spec {
+                targets: cfg.targets.iter().map(|t| t.get_ref().clone()).collect(),
+                backup: cfg.backup.iter().map(|t| t.get_ref().clone()).collect(),
+            },
+        };
+        if spec.targets.is_empty() && cfg.targets_file.is_none() {
+            err(span.clone(), "no targets".into());
+        }
+        for t in cfg.targets.iter().chain(&cfg.backup) {
+            if let Err(e) = check_target(t.get_ref()) {
+                err(t.span(), e);
+            }
+        }
+        let hash_on = match (&cfg.hash_on, cfg.balance) {
+            (Some(h), Balance::Hash) => HashOn::parse(h.get_ref()).unwrap_or_else(|e| {
+                err(h.span(), e);
+                HashOn::ClientIp
+            }),
+            (Some(h), _) => {
+                err(h.span(), "`hash_on` needs `balance = \"hash\"`".into());
+                HashOn::ClientIp
+            }
+            (None, _) => HashOn::ClientIp,
+        };
+        let r = &cfg.retry;
+        if !(1..=10).contains(&r.tries) {
+            err(span.clone(), format!("retry.tries must be 1 to 10, not {}", r.tries));
+        }
+        if !(0.0..=1.0).contains(&r.budget) {
+            err(span.clone(), format!("retry.budget must be a share from 0 to 1, not {}", r.budget));
+        }
+        if let Some(rate) = cfg.breaker.error_rate
+            && !(rate > 0.0 && rate <= 1.0)
+        {
+            err(span.clone(), format!("breaker.error_rate must be above 0 and at most 1, not {rate}"));
+        }
+        if cfg.breaker.window.as_millis() < 10 {
+            err(span.clone(), "breaker.window must be at least 10ms".into());
+        }
+        if let Some(h) = &cfg.health {
+            let hc = h.get_ref();
+            if !hc.path.starts_with('/') {
+                err(h.span(), format!("health.path {:?} must start with `/`", hc.path));
+            }
+            if hc.interval.is_zero() || hc.timeout.is_zero() {
+                err(h.span(), "health.interval and health.timeout must be above zero".into());
+            }
+            if hc.healthy_threshold == 0 || hc.unhealthy_threshold == 0 {
+                err(h.span(), "health thresholds must be at least 1".into());
+            }
+        }
+        if cfg.outlier.consecutive_failures == 0 || cfg.outlier.max_ejected_percent > 100 {
+            err(
+                span.clone(),
+                "outlier.consecutive_failures must be at least 1, max_ejected_percent at most 100".into(),
+            );
+        }
+        if cfg.timeout.is_zero() {
+            err(span.clone(), "timeout must be above zero".into());
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+
+        let up_metrics = metrics.upstream(name);
+        let breaker = {
+            let mut map = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
+            match map.get(name) {
+                Some(b) if b.config == cfg.breaker => b.clone(),
+                _ => {
+                    let b = Arc::new(Breaker::new(
+                        cfg.breaker.clone(),
+                        up_metrics.breaker_state.clone(),
+                        up_metrics.breaker_opened.clone(),
+                    ));
+                    up_metrics.breaker_state.set(0);
+                    map.insert(name.to_owned(), b.clone());
+                    b
+                }
+            }
+        };
+        let resolved = resolve(&spec, cfg.dns_family).await;
+        let set = make_set(name, &resolved, cfg.balance, &self.registry, metrics);
+        let upstream = Arc::new(Upstream {
+            name: name.into(),
+            targets: ArcSwap::from_pointee(set),
+            policy: cfg.balance,
+            hash_on,
+            timeout: cfg.timeout,
+            total_timeout: cfg.total_timeout,
+            retry: cfg.retry.clone(),
+            outlier: cfg.outlier.clone(),
+            health: cfg.health.as_ref().map(|h| h.get_ref().clone()),
+            breaker,
+            active: AtomicUsize::new(0),
+            retrying: AtomicUsize::new(0),
+            client: self.clients.get(cfg.connect_timeout),
+            metrics: up_metrics,
+        });
+        upstream.refresh_gauges();
+        let has_names = spec.targets.iter().chain(&spec.backup).any(|t| is_name(t.address()));
+        let watch = Watch {
+            upstream: Arc::downgrade(&upstream),
+            spec,
+            stamp: file.as_deref().and_then(stamp),
+            file,
+            has_names,
+            dns_refresh: cfg.dns_refresh,
+            family: cfg.dns_family,
+            policy: cfg.balance,
+            registry: self.registry.clone(),
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(watch.run());
+        Ok(upstream)
+    }
+}
+
+/// A target's address and weight, as written.
+fn check_target(t: &TargetConfig) -> Result<(), String> {
+    parse_target(t.address())?;
+    if !(1..=MAX_WEIGHT).contains(&t.weight()) {
+        return Err(format!("target {:?}: weight must be 1 to {MAX_WEIGHT}, not {}", t.address(), t.weight()));
+    }
+    Ok(())
+}
+
+fn is_name(addr: &str) -> bool {
+    match parse_target(addr) {
+        Ok(a) => a.host().trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_err(),
+        Err(_) => false,
+    }
+}
+
+/// Read a targets file: JSON, or TOML when it ends in `.toml`. Errors name
+/// the file and line.
+pub fn read_file(path: &Path) -> Result<Spec, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let spec: Spec = if path.extension().is_some_and(|e| e == "toml") {
+        toml::from_str(&text).map_err(|e| {
+            let line = e.span().map_or(0, |s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            format!("{}:{line}: {}", path.display(), e.message().trim_end())
+        })?
+    } else {
+        serde_json::from_str(&text).map_err(|e| format!("{}:{}: {e}", path.display(), e.line()))?
+    };
+    if spec.targets.is_empty() {
+        return Err(format!("{}: no targets", path.display()));
+    }
+    for t in spec.targets.iter().chain(&spec.backup) {
+        check_target(t).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(spec)
+}
+
+/// Addresses and weights, primaries and backups, names resolved.
+type Resolved = (Vec<(Authority, u32)>, Vec<(Authority, u32)>);
+
+async fn resolve(spec: &Spec, family: DnsFamily) -> Resolved {
+    async fn list(targets: &[TargetConfig], family: DnsFamily) -> Vec<(Authority, u32)> {
+        let mut out: Vec<(Authority, u32)> = Vec::new();
+        for t in targets {
+            let Ok(addr) = parse_target(t.address()) else { continue };
+            if !is_name(t.address()) {
+                out.push((addr, t.weight()));
+                continue;
+            }
+            match tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host(t.address())).await {
+                Ok(Ok(addrs)) => {
+                    let mut found: Vec<SocketAddr> = addrs
+                        .filter(|a| match family {
+                            DnsFamily::Any => true,
+                            DnsFamily::Ipv4 => a.is_ipv4(),
+                            DnsFamily::Ipv6 => a.is_ipv6(),
+                        })
+                        .collect();
+                    found.sort();
+                    found.dedup();
+                    if found.is_empty() {
+                        tracing::warn!(name = t.address(), "DNS name has no address of the wanted family");
+                    }
+                    for a in found {
+                        if let Ok(auth) = a.to_string().parse::<Authority>()
+                            && !out.iter().any(|(x, _)| *x == auth)
+                        {
+                            out.push((auth, t.weight()));
+                        }
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(name = t.address(), "cannot resolve target: {e}"),
+                Err(_) => tracing::warn!(name = t.address(), "resolving the target took over {DNS_TIMEOUT:?}"),
+            }
+        }
+        out
+    }
+    (list(&spec.targets, family).await, list(&spec.backup, family).await)
+}
+
+fn make_set(upstream: &str, resolved: &Resolved, policy: Balance, registry: &TargetRegistry, m: &Metrics) -> TargetSet {
+    let group = |list: &[(Authority, u32)], backup: bool| {
+        let targets = list
+            .iter()
+            .map(|(addr, weight)| {
+                Arc::new(Target {
+                    addr: addr.clone(),
+                    weight: *weight,
+                    backup,
+                    state: registry.state(upstream, addr.as_str()),
+                    metrics: m.target(upstream, addr.as_str()),
+                })
+            })
+            .collect();
+        Group::new(targets, policy)
+    };
+    TargetSet { primary: group(&resolved.0, false), backup: group(&resolved.1, true) }
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// An upstream's background work, for as long as a snapshot holds it:
+/// active health checks, gauges, DNS and the targets file.
+struct Watch {
+    upstream: Weak<Upstream>,
+    spec: Spec,
+    file: Option<PathBuf>,
+    stamp: Option<(SystemTime, u64)>,
+    has_names: bool,
+    dns_refresh: Duration,
+    family: DnsFamily,
+    policy: Balance,
+    registry: Arc<TargetRegistry>,
+    metrics: Arc<Metrics>,
+}
+
+impl Watch {
+    async fn run(mut self) {
+        let tick = {
+            let Some(up) = self.upstream.upgrade() else { return };
+            up.health.as_ref().map_or(FILE_POLL, |h| h.interval.min(FILE_POLL))
+        };
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_dns = Instant::now() + self.dns_refresh;
+        let mut next_file = Instant::now() + FILE_POLL;
+        loop {
+            ticker.tick().await;
+            let Some(up) = self.upstream.upgrade() else { return };
+            up.refresh_gauges();
+            if up.health.is_some() {
+                health::check_due(&up).await;
+            }
+            let mut changed = false;
+            if let Some(file) = &self.file
+                && Instant::now() >= next_file
+            {
+                next_file = Instant::now() + FILE_POLL;
+                let now = stamp(file);
+                if now != self.stamp {
+                    self.stamp = now;
+                    match read_file(file) {
+                        Ok(spec) if spec != self.spec => {
+                            tracing::info!(upstream = %up.name, file = %file.display(), "targets file changed");
+                            self.has_names = spec.targets.iter().chain(&spec.backup).any(|t| is_name(t.address()));
+                            self.spec = spec;
+                            changed = true;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(upstream = %up.name, "targets file rejected, keeping the last good targets: {e}")
+                        }
+                    }
+                }
+            }
+            if self.has_names && Instant::now() >= next_dns {
+                next_dns = Instant::now() + self.dns_refresh;
+                changed = true;
+            }
+            if changed {
+                let resolved = resolve(&self.spec, self.family).await;
+                let set = make_set(&up.name, &resolved, self.policy, &self.registry, &self.metrics);
+                if set.addresses() != up.targets.load().addresses() {
+                    tracing::info!(upstream = %up.name, targets = ?set.addresses()[0], "targets changed");
+                    up.targets.store(Arc::new(set));
+                    up.refresh_gauges();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,484 @@
+//! Upstream services: targets and their health, load balancing, circuit
+//! breaking, retries, and pooled HTTP clients.
+//!
+//! The request path hands a finished request to [`Upstream::forward`] and
+//! gets a response or a typed error back: everything about reaching the
+//! service lives here.
+//!
+//! - [`target`]: targets, their shared health state, the set picked from;
+//! - [`balance`]: round robin, least outstanding, consistent hashing;
+//! - [`breaker`]: caps on requests in flight and the error-rate breaker;
+//! - [`health`]: active checks and passive outlier ejection;
+//! - [`discovery`]: DNS names re-resolved and a watched targets file.
+
+pub mod balance;
+pub mod breaker;
+pub mod discovery;
+pub mod health;
+pub mod target;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::uri::{Authority, PathAndQuery};
+use http::{Method, Request, Response, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::OwnedSemaphorePermit;
+
+use self::balance::HashOn;
+use self::breaker::{Breaker, Refusal};
+use self::target::{Target, TargetSet, TargetState};
+use crate::body::{self, ProxyBody};
+use crate::config::{HealthConfig, OutlierConfig, RetryConfig, RetryOn};
+use crate::error::ProxyError;
+use crate::metrics::UpstreamMetrics;
+
+/// The client used to reach upstreams.
+pub type HttpClient = Client<HttpConnector, ProxyBody>;
+
+/// Milliseconds on a monotonic clock, for state kept in atomics.
+pub fn clock_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// A request body as the upstream gets it: whole (and so sent again on a
+/// retry), or streaming (tried once).
+pub enum Outgoing {
+    /// Read completely before the first try.
+    Replayable(Bytes),
+    /// Streams from the client.
+    Stream(ProxyBody),
+}
+
+/// One upstream service.
+pub struct Upstream {
+    /// Configured name.
+    pub name: Arc<str>,
+    targets: ArcSwap<TargetSet>,
+    policy: crate::config::Balance,
+    hash_on: HashOn,
+    /// Time allowed for one try's response head.
+    pub timeout: Duration,
+    total_timeout: Option<Duration>,
+    retry: RetryConfig,
+    outlier: OutlierConfig,
+    health: Option<HealthConfig>,
+    /// Caps and the error-rate breaker.
+    pub breaker: Arc<Breaker>,
+    active: AtomicUsize,
+    retrying: AtomicUsize,
+    /// Pooled client (shared with other upstreams of the same settings).
+    pub client: HttpClient,
+    /// Counters.
+    pub metrics: UpstreamMetrics,
+}
+
+/// A finished try's verdict.
+enum Verdict {
+    Answer(Response<ProxyBody>),
+    Retry(ProxyError),
+    RetryStatus(Response<ProxyBody>),
+    Fail(ProxyError),
+}
+
+impl Upstream {
+    /// The targets right now.
+    pub fn targets(&self) -> Arc<TargetSet> {
+        self.targets.load_full()
+    }
+
+    /// Send a request to a target and return its response head (the body
+    /// streams). Retries per `[retry]` on another target when it can;
+    /// `parts` is the request as the chain left it, in origin form; `host`
+    /// is the authority the client asked for (kept as `Host`, or the
+    /// target's when the client sent none); `client` feeds `hash_on`.
+    pub async fn forward(
+        &self,
+        parts: Parts,
+        body: Outgoing,
+        host: &str,
+        client: IpAddr,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let _active = Counted::new(&self.active);
+        let started = Instant::now();
+        let key = match self.policy {
+            crate::config::Balance::Hash => self.hash_on.key(&parts.headers, client),
+            _ => 0,
+        };
+        let idempotent = is_idempotent(&parts.method);
+        let (bytes, stream) = match body {
+            Outgoing::Replayable(b) => (Some(b), None),
+            Outgoing::Stream(s) => (None, Some(s)),
+        };
+        let tries = if bytes.is_some() { self.retry.tries.max(1) } else { 1 };
+        let mut head = Some(parts);
+        let mut stream = stream;
+        let mut tried: Vec<Arc<Target>> = Vec::new();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let last = attempt >= tries;
+            let budget = match self.total_timeout {
+                Some(total) => match total.checked_sub(started.elapsed()) {
+                    Some(left) if !left.is_zero() => left.min(self.timeout),
+                    _ => return Err(ProxyError::UpstreamTimeout { upstream: self.name.clone(), timeout: total }),
+                },
+                None => self.timeout,
+            };
+            let set = self.targets.load();
+            let Some(target) = set.pick(key, &tried, clock_ms()).cloned() else {
+                self.metrics.no_healthy.inc();
+                return Err(ProxyError::NoHealthyTarget { upstream: self.name.clone() });
+            };
+            drop(set);
+            let admission = match self.breaker.admit() {
+                Ok(a) => a,
+                Err(refusal) => return Err(self.refused(refusal)),
+            };
+            let slot = match self.breaker.slot(budget).await {
+                Ok(s) => s,
+                Err(refusal) => return Err(self.refused(refusal)),
+            };
+            // Keep what a retry needs; the last try takes the originals.
+            let (parts, body) = if last {
+                let Some(parts) = head.take() else { return Err(ProxyError::Internal("request head lost")) };
+                let body = match (&bytes, stream.take()) {
+                    (_, Some(s)) => s,
+                    (Some(b), None) => body::full(b.clone()),
+                    (None, None) => return Err(ProxyError::Internal("request body lost")),
+                };
+                (parts, body)
+            } else {
+                let Some(parts) = head.as_ref() else { return Err(ProxyError::Internal("request head lost")) };
+                (clone_head(parts), body::full(bytes.clone().unwrap_or_default()))
+            };
+            let verdict = self.try_once(&target, parts, body, host, budget, slot, idempotent).await;
+            let failed_for_breaker = match &verdict {
+                Verdict::Answer(r) | Verdict::RetryStatus(r) => matches!(r.status().as_u16(), 502..=504),
+                Verdict::Retry(..) | Verdict::Fail(_) => true,
+            };
+            admission.done(failed_for_breaker);
+            let (retry_err, retry_resp) = match verdict {
+                Verdict::Answer(r) => return Ok(r),
+                Verdict::Fail(e) => return Err(e),
+                Verdict::Retry(e) if last => return Err(e),
+                Verdict::RetryStatus(r) if last => return Ok(r),
+                Verdict::Retry(e) => (Some(e), None),
+                Verdict::RetryStatus(r) => (None, Some(r)),
+            };
+            // A retry, if the budget allows: retries in flight stay below a
+            // share of the requests in flight.
+            let active = self.active.load(Ordering::Relaxed);
+            let allowed = (self.retry.budget * active as f64) as usize;
+            if self.retrying.load(Ordering::Relaxed) >= allowed.max(self.retry.min_concurrent as usize) {
+                self.metrics.budget_exhausted.inc();
+                return match (retry_err, retry_resp) {
+                    (_, Some(r)) => Ok(r),
+                    (Some(e), None) => Err(e),
+                    (None, None) => Err(ProxyError::Internal("retry without a cause")),
+                };
+            }
+            drop(retry_resp);
+            let _retrying = Counted::new(&self.retrying);
+            self.metrics.retries.inc();
+            tried.push(target);
+            let cap = self.retry.backoff.saturating_mul(1 << (attempt - 1).min(16)).min(self.retry.max_backoff);
+            let pause = Duration::from_micros(fastrand::u64(..=cap.as_micros() as u64));
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    fn refused(&self, refusal: Refusal) -> ProxyError {
+        match refusal {
+            Refusal::Open { retry_after } => {
+                self.metrics.breaker_open.inc();
+                ProxyError::BreakerOpen { upstream: self.name.clone(), retry_after }
+            }
+            Refusal::Overflow => {
+                self.metrics.overflow.inc();
+                ProxyError::Overloaded { upstream: self.name.clone() }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn try_once(
+        &self,
+        target: &Arc<Target>,
+        mut parts: Parts,
+        body: ProxyBody,
+        host: &str,
+        timeout: Duration,
+        slot: OwnedSemaphorePermit,
+        idempotent: bool,
+    ) -> Verdict {
+        let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = match Uri::builder().scheme("http").authority(target.addr.clone()).path_and_query(pq).build() {
+            Ok(uri) => uri,
+            Err(e) => {
+                return Verdict::Fail(ProxyError::Upstream { upstream: self.name.clone(), detail: e.to_string() });
+            }
+        };
+        parts.version = Version::HTTP_11;
+        if !parts.headers.contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::try_from(if host.is_empty() { target.addr.as_str() } else { host })
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+        let req = Request::from_parts(parts, body);
+        let lease = Lease::new(target.state.clone(), slot);
+        let sent = Instant::now();
+        let result = tokio::time::timeout(timeout, self.client.request(req)).await;
+        let elapsed = sent.elapsed();
+        let now = clock_ms();
+        let (err, kind) = match result {
+            Ok(Ok(resp)) => {
+                let status = resp.status().as_u16();
+                self.metrics.duration.observe(elapsed.as_secs_f64());
+                self.metrics.live.record(status >= 500, elapsed.as_secs_f64());
+                target.metrics.answered(status);
+                health::observe(self, target, status >= 500, now);
+                let (mut parts, incoming) = resp.into_parts();
+                parts.extensions.insert(Answered { target: target.addr.clone(), elapsed });
+                let resp = Response::from_parts(parts, body::boxed(Leased { inner: incoming, _lease: lease }));
+                return if idempotent && self.retry.statuses.contains(&status) {
+                    Verdict::RetryStatus(resp)
+                } else {
+                    Verdict::Answer(resp)
+                };
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                self.metrics.connect.inc();
+                (ProxyError::UpstreamConnect { upstream: self.name.clone(), detail: error_chain(&e) }, RetryOn::Connect)
+            }
+            Ok(Err(e)) => {
+                self.metrics.request.inc();
+                (ProxyError::Upstream { upstream: self.name.clone(), detail: error_chain(&e) }, RetryOn::Reset)
+            }
+            Err(_) => {
+                self.metrics.timeout.inc();
+                (ProxyError::UpstreamTimeout { upstream: self.name.clone(), timeout }, RetryOn::Timeout)
+            }
+        };
+        self.metrics.live.record(true, elapsed.as_secs_f64());
+        target.metrics.failed();
+        health::observe(self, target, true, now);
+        // Nothing was sent on a failed connect, so any method may go
+        // again; after a timeout or reset the upstream may have acted on
+        // it, so only idempotent methods do.
+        let retryable = self.retry.on.contains(&kind) && (kind == RetryOn::Connect || idempotent);
+        if retryable { Verdict::Retry(err) } else { Verdict::Fail(err) }
+    }
+
+    /// The upstream as JSON for `/admin/upstreams` and `/admin/status`.
+    pub fn status_json(&self) -> serde_json::Value {
+        let now = clock_ms();
+        let set = self.targets.load();
+        let targets: Vec<_> = set
+            .all()
+            .map(|t| {
+                let s = &t.state;
+                let (by_class, failures) = t.metrics.counts();
+                serde_json::json!({
+                    "address": t.addr.as_str(),
+                    "weight": t.weight,
+                    "backup": t.backup,
+                    "healthy": s.usable(now),
+                    "check": if self.health.is_none() || !s.checked.load(Ordering::Relaxed) {
+                        "unknown"
+                    } else if s.check_down.load(Ordering::Relaxed) { "down" } else { "up" },
+                    "ejected_for_ms": s.ejected_until.load(Ordering::Relaxed).saturating_sub(now),
+                    "ejections": s.ejections.load(Ordering::Relaxed),
+                    "outstanding": s.outstanding.load(Ordering::Relaxed),
+                    "responses": {
+                        "1xx": by_class[0], "2xx": by_class[1], "3xx": by_class[2],
+                        "4xx": by_class[3], "5xx": by_class[4],
+                    },
+                    "failures": failures,
+                })
+            })
+            .collect();
+        let (in_flight, pending) = self.breaker.load();
+        serde_json::json!({
+            "name": &*self.name,
+            "balance": format!("{:?}", self.policy),
+            "targets": targets,
+            "breaker": {
+                "state": self.breaker.state(),
+                "in_flight": in_flight,
+                "pending": pending,
+            },
+            "errors": {
+                "connect": self.metrics.connect.get(),
+                "timeout": self.metrics.timeout.get(),
+                "request": self.metrics.request.get(),
+            },
+            "retries": self.metrics.retries.get(),
+            "retry_budget_exhausted": self.metrics.budget_exhausted.get(),
+            "rejected": {
+                "breaker_open": self.metrics.breaker_open.get(),
+                "overflow": self.metrics.overflow.get(),
+                "no_healthy_target": self.metrics.no_healthy.get(),
+            },
+        })
+    }
+
+    /// Set each target's `healthy` gauge from its state.
+    fn refresh_gauges(&self) {
+        let now = clock_ms();
+        for t in self.targets.load().all() {
+            t.metrics.healthy.set(i64::from(t.state.usable(now)));
+        }
+    }
+}
+
+/// Idempotent methods (RFC 9110 §9.2.2) may be sent again after a failure
+/// that happened once the upstream may have seen them.
+fn is_idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+}
+
+fn clone_head(parts: &Parts) -> Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req.into_parts().0
+}
+
+/// Increments a counter for as long as it lives.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(c: &'a AtomicUsize) -> Self {
+        c.fetch_add(1, Ordering::Relaxed);
+        Self(c)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A try's hold on its target (a request outstanding) and on a breaker
+/// slot, until its response body is done.
+struct Lease {
+    state: Arc<TargetState>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Lease {
+    fn new(state: Arc<TargetState>, slot: OwnedSemaphorePermit) -> Self {
+        state.outstanding.fetch_add(1, Ordering::Relaxed);
+        Self { state, _slot: slot }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.state.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its try's [`Lease`] until it is dropped.
+struct Leased<B> {
+    inner: B,
+    _lease: Lease,
+}
+
+impl<B: http_body::Body<Data = Bytes> + Unpin> http_body::Body for Leased<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An error and its causes, on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// Added to a response's extensions by [`Upstream::forward`]: which target
+/// answered, and how long it took to send the response head.
+#[derive(Debug, Clone)]
+pub struct Answered {
+    /// The target, `host:port`.
+    pub target: Authority,
+    /// From sending the request to the response head.
+    pub elapsed: Duration,
+}
+
+/// Parse a `host:port` target.
+pub fn parse_target(s: &str) -> Result<Authority, String> {
+    let a: Authority = s.parse().map_err(|e| format!("invalid target {s:?}: {e}"))?;
+    if a.port_u16().is_none() {
+        return Err(format!("target {s:?} needs a port, like \"127.0.0.1:9001\""));
+    }
+    if s.contains('@') {
+        return Err(format!("target {s:?} must not contain credentials"));
+    }
+    Ok(a)
+}
+
+/// Clients by connect timeout, kept across snapshots so a reload does not
+/// throw away warm upstream connections.
+#[derive(Default)]
+pub struct ClientCache {
+    clients: Mutex<HashMap<Duration, HttpClient>>,
+}
+
+impl ClientCache {
+    /// The client for `connect_timeout`.
+    pub fn get(&self, connect_timeout: Duration) -> HttpClient {
+        let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(connect_timeout)
+            .or_insert_with(|| {
+                let mut connector = HttpConnector::new();
+                connector.set_connect_timeout(Some(connect_timeout));
+                connector.set_nodelay(true);
+                connector.enforce_http(true);
+                Client::builder(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .pool_max_idle_per_host(256)
+                    .build(connector)
+            })
+            .clone()
+    }
+}
