@@ -621,3 +621,32 @@ upstream = "svc"
     assert!(err.contains("gateway.toml:12: upstream `svc`: `hash_on` needs `balance = \"hash\"`"), "{err}");
     assert!(err.contains("gateway.toml:16: upstream `other`: `targets_file` replaces"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_makes_requests_share_connections() {
+    let up = Upstream::start("svc").await;
+    up.delay_ms.store(300, Ordering::SeqCst);
+    let gw = TestGateway::start(
+        &format!(
+            r#"
+[upstreams.svc]
+targets = ["{}"]
+connect_timeout = "3s"
+breaker = {{ max_connections = 1 }}
+
+[[routes]]
+name = "svc"
+path_prefix = "/"
+upstream = "svc"
+"#,
+            up.addr
+        ),
+        &[],
+    )
+    .await;
+    let t = Instant::now();
+    let all = futures::future::join_all((0..3).map(|_| gw.get("/"))).await;
+    assert!(all.iter().all(|r| r.status == 200), "{:?}", all.iter().map(|r| r.status).collect::<Vec<_>>());
+    // One connection: the three 300 ms answers come one after another.
+    assert!(t.elapsed() >= Duration::from_millis(850), "{:?}", t.elapsed());
+}

@@ -183,7 +183,7 @@ impl Upstreams {
             breaker,
             active: AtomicUsize::new(0),
             retrying: AtomicUsize::new(0),
-            client: self.clients.get(cfg.connect_timeout),
+            client: self.clients.get(cfg.connect_timeout, cfg.breaker.max_connections.max(1)),
             metrics: up_metrics,
         });
         upstream.refresh_gauges();

@@ -13,6 +13,7 @@
 
 pub mod balance;
 pub mod breaker;
+pub mod connector;
 pub mod discovery;
 pub mod health;
 pub mod target;
@@ -45,7 +46,7 @@ use crate::error::ProxyError;
 use crate::metrics::UpstreamMetrics;
 
 /// The client used to reach upstreams.
-pub type HttpClient = Client<HttpConnector, ProxyBody>;
+pub type HttpClient = Client<connector::Capped, ProxyBody>;
 
 /// Milliseconds on a monotonic clock, for state kept in atomics.
 pub fn clock_ms() -> u64 {
@@ -455,29 +456,31 @@ pub fn parse_target(s: &str) -> Result<Authority, String> {
     Ok(a)
 }
 
-/// Clients by connect timeout, kept across snapshots so a reload does not
-/// throw away warm upstream connections.
+/// Clients by connect timeout and connection cap, kept across snapshots so
+/// a reload does not throw away warm upstream connections.
 #[derive(Default)]
 pub struct ClientCache {
-    clients: Mutex<HashMap<Duration, HttpClient>>,
+    clients: Mutex<HashMap<(Duration, usize), HttpClient>>,
 }
 
 impl ClientCache {
-    /// The client for `connect_timeout`.
-    pub fn get(&self, connect_timeout: Duration) -> HttpClient {
+    /// The client for `connect_timeout` and at most `max_connections` open
+    /// to each target.
+    pub fn get(&self, connect_timeout: Duration, max_connections: usize) -> HttpClient {
         let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(connect_timeout)
+        map.entry((connect_timeout, max_connections))
             .or_insert_with(|| {
                 let mut connector = HttpConnector::new();
                 connector.set_connect_timeout(Some(connect_timeout));
                 connector.set_nodelay(true);
                 connector.enforce_http(true);
+                let capped = connector::Capped::new(connector, max_connections, connect_timeout);
                 Client::builder(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .pool_timer(TokioTimer::new())
                     .pool_idle_timeout(Duration::from_secs(90))
-                    .pool_max_idle_per_host(256)
-                    .build(connector)
+                    .pool_max_idle_per_host(256.min(max_connections))
+                    .build(capped)
             })
             .clone()
     }
