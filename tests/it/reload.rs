@@ -296,12 +296,12 @@ async fn reload_storm_under_load_fails_no_request_and_serves_no_bad_version() {
         })
     };
 
-    let (mut written_good, mut written_bad, mut modules_swapped, mut truncated) = (0, 0, 0, 0);
+    let (mut written_good, mut written_bad, mut modules_swapped, mut truncated) = (0, 0, 0u32, 0);
     let started = std::time::Instant::now();
     let mut i = 0u32;
     while started.elapsed() < Duration::from_secs(30) {
         i += 1;
-        if i % 10 == 0 {
+        if i.is_multiple_of(10) {
             let bad = match (i / 10) % 3 {
                 0 => "[upstreams.up\n".to_owned(),
                 1 => body(&addr, &greet("never"), "\"greet\", \"missing\""),
@@ -321,7 +321,7 @@ async fn reload_storm_under_load_fails_no_request_and_serves_no_bad_version() {
         }
         if i % 10 == 5 {
             modules_swapped += 1;
-            if modules_swapped % 5 == 0 {
+            if modules_swapped.is_multiple_of(5) {
                 write_atomic(&module, &good_module[..good_module.len() / 2]);
                 truncated += 1;
             } else {
