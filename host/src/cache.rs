@@ -130,6 +130,9 @@ impl RouteCache {
             self.metrics.bypass.inc();
             return None;
         }
+        // Evictions and expiry happen inside moka: refresh the gauges here.
+        self.metrics.entries.set(i64::try_from(self.entries.entry_count()).unwrap_or(i64::MAX));
+        self.metrics.bytes.set(i64::try_from(self.entries.weighted_size()).unwrap_or(i64::MAX));
         let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let primary = format!("{}\n{pq}", host.to_ascii_lowercase());
         let key = match self.varies.get(&primary) {

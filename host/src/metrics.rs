@@ -235,13 +235,13 @@ impl Metrics {
         let upstream_retries = Family::default();
         registry.register(
             "upstream_retries",
-            "Retries by result: sent, or refused by the retry budget",
+            "Retries by kind: sent, or refused by the retry budget (budget_exhausted)",
             upstream_retries.clone(),
         );
         let upstream_rejected = Family::default();
         registry.register(
             "upstream_rejected",
-            "Requests answered 503 without trying the upstream: breaker open, over capacity, no healthy target",
+            "Requests answered 503 without reaching a target, by kind: breaker_open, overflow, no_healthy_target",
             upstream_rejected.clone(),
         );
         let breaker_state = Family::default();
@@ -265,11 +265,15 @@ impl Metrics {
             target_ejections.clone(),
         );
         let health_checks = Family::default();
-        registry.register("upstream_health_checks", "Active health checks by result", health_checks.clone());
+        registry.register(
+            "upstream_health_checks",
+            "Active health checks by status: pass or fail",
+            health_checks.clone(),
+        );
         let cache_requests = Family::default();
         registry.register(
             "cache_requests",
-            "Cache lookups by result: hit, miss, stale, bypass",
+            "Cache lookups by status: hit, miss, stale, bypass",
             cache_requests.clone(),
         );
         let cache_bytes = Family::default();

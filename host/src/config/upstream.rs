@@ -220,8 +220,8 @@ pub struct OutlierConfig {
     /// Longest ejection.
     #[serde(default = "defaults::max_ejection", deserialize_with = "duration")]
     pub max_ejection: Duration,
-    /// Most primary targets ejected at once, in percent (at least one
-    /// target is always left).
+    /// Most targets of a group (primaries, or backups) ejected at once, in
+    /// percent; the group's last usable target is never ejected.
     #[serde(default = "defaults::max_ejected_percent")]
     pub max_ejected_percent: u32,
 }

@@ -62,13 +62,30 @@ impl tower_service::Service<Uri> for Capped {
                 Ok(p) => p,
                 Err(_) => match tokio::time::timeout(wait, slots.acquire_owned()).await {
                     Ok(Ok(p)) => p,
-                    _ => return Err(format!("{max} connections already open to this target (max_connections)").into()),
+                    _ => return Err(CapReached(max).into()),
                 },
             };
             let io = inner.call(uri).await?;
             Ok(CappedIo { io, _permit: permit })
         })
     }
+}
+
+/// No slot came free within the connect timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} connections already open to this target (max_connections)")]
+pub struct CapReached(usize);
+
+/// Whether a client error is [`CapReached`].
+pub fn cap_reached(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut src = Some(e);
+    while let Some(err) = src {
+        if err.is::<CapReached>() {
+            return true;
+        }
+        src = err.source();
+    }
+    false
 }
 
 /// A connection holding its slot until it closes.

@@ -168,7 +168,7 @@ impl Upstreams {
                 }
             }
         };
-        let resolved = resolve(&spec, cfg.dns_family).await;
+        let (resolved, _) = resolve(&spec, cfg.dns_family).await;
         let set = make_set(name, &resolved, cfg.balance, &self.registry, metrics);
         let upstream = Arc::new(Upstream {
             name: name.into(),
@@ -245,8 +245,10 @@ pub fn read_file(path: &Path) -> Result<Spec, String> {
 /// Addresses and weights, primaries and backups, names resolved.
 type Resolved = (Vec<(Authority, u32)>, Vec<(Authority, u32)>);
 
-async fn resolve(spec: &Spec, family: DnsFamily) -> Resolved {
-    async fn list(targets: &[TargetConfig], family: DnsFamily) -> Vec<(Authority, u32)> {
+/// Resolve every name; the flag is false when some lookup failed.
+async fn resolve(spec: &Spec, family: DnsFamily) -> (Resolved, bool) {
+    let complete = std::sync::atomic::AtomicBool::new(true);
+    let list = async |targets: &[TargetConfig]| -> Vec<(Authority, u32)> {
         let mut out: Vec<(Authority, u32)> = Vec::new();
         for t in targets {
             let Ok(addr) = parse_target(t.address()) else { continue };
@@ -276,13 +278,20 @@ async fn resolve(spec: &Spec, family: DnsFamily) -> Resolved {
                         }
                     }
                 }
-                Ok(Err(e)) => tracing::warn!(name = t.address(), "cannot resolve target: {e}"),
-                Err(_) => tracing::warn!(name = t.address(), "resolving the target took over {DNS_TIMEOUT:?}"),
+                Ok(Err(e)) => {
+                    complete.store(false, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(name = t.address(), "cannot resolve target: {e}");
+                }
+                Err(_) => {
+                    complete.store(false, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(name = t.address(), "resolving the target took over {DNS_TIMEOUT:?}");
+                }
             }
         }
         out
-    }
-    (list(&spec.targets, family).await, list(&spec.backup, family).await)
+    };
+    let resolved = (list(&spec.targets).await, list(&spec.backup).await);
+    (resolved, complete.into_inner())
 }
 
 fn make_set(upstream: &str, resolved: &Resolved, policy: Balance, registry: &TargetRegistry, m: &Metrics) -> TargetSet {
@@ -342,6 +351,7 @@ impl Watch {
                 health::check_due(&up).await;
             }
             let mut changed = false;
+            let mut file_changed = false;
             if let Some(file) = &self.file
                 && Instant::now() >= next_file
             {
@@ -355,6 +365,7 @@ impl Watch {
                             self.has_names = spec.targets.iter().chain(&spec.backup).any(|t| is_name(t.address()));
                             self.spec = spec;
                             changed = true;
+                            file_changed = true;
                         }
                         Ok(_) => {}
                         Err(e) => {
@@ -368,7 +379,12 @@ impl Watch {
                 changed = true;
             }
             if changed {
-                let resolved = resolve(&self.spec, self.family).await;
+                let (resolved, complete) = resolve(&self.spec, self.family).await;
+                // A failed lookup on a timed refresh keeps the targets the
+                // name had: a DNS hiccup must not empty the upstream.
+                if !complete && !file_changed {
+                    continue;
+                }
                 let set = make_set(&up.name, &resolved, self.policy, &self.registry, &self.metrics);
                 if set.addresses() != up.targets.load().addresses() {
                     tracing::info!(upstream = %up.name, targets = ?set.addresses()[0], "targets changed");

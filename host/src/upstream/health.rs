@@ -34,13 +34,14 @@ pub(super) fn observe(up: &Upstream, target: &Target, failed: bool, now: u64) {
     if s.consecutive.fetch_add(1, Ordering::Relaxed) + 1 < o.consecutive_failures || s.ejected(now) {
         return;
     }
-    // Never eject more than max_ejected_percent of the group, and never
-    // its last usable target.
+    // Never eject more than max_ejected_percent of the group (primaries
+    // or backups), and never its last usable target.
     let set = up.targets.load();
     let group = if target.backup { &set.backup } else { &set.primary };
     let n = group.targets.len();
     let ejected = group.targets.iter().filter(|t| t.state.ejected(now)).count();
-    if (ejected + 1) * 100 > o.max_ejected_percent as usize * n || ejected + 1 >= n {
+    let usable = group.targets.iter().filter(|t| t.state.usable(now)).count();
+    if (ejected + 1) * 100 > o.max_ejected_percent as usize * n || usable <= 1 {
         return;
     }
     let times = s.ejections.fetch_add(1, Ordering::Relaxed) + 1;

@@ -127,6 +127,8 @@ impl Upstream {
         let mut head = Some(parts);
         let mut stream = stream;
         let mut tried: Vec<Arc<Target>> = Vec::new();
+        // A retry counts against the budget until it has finished.
+        let mut _retrying: Option<Counted<'_>> = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -192,7 +194,9 @@ impl Upstream {
                 };
             }
             drop(retry_resp);
-            let _retrying = Counted::new(&self.retrying);
+            if _retrying.is_none() {
+                _retrying = Some(Counted::new(&self.retrying));
+            }
             self.metrics.retries.inc();
             tried.push(target);
             let cap = self.retry.backoff.saturating_mul(1 << (attempt - 1).min(16)).min(self.retry.max_backoff);
@@ -260,6 +264,12 @@ impl Upstream {
                     Verdict::Answer(resp)
                 };
             }
+            Ok(Err(e)) if connector::cap_reached(&e) => {
+                // The target is busy, not broken: no health or breaker penalty.
+                drop(lease);
+                self.metrics.overflow.inc();
+                return Verdict::Fail(ProxyError::Overloaded { upstream: self.name.clone() });
+            }
             Ok(Err(e)) if e.is_connect() => {
                 self.metrics.connect.inc();
                 (ProxyError::UpstreamConnect { upstream: self.name.clone(), detail: error_chain(&e) }, RetryOn::Connect)
@@ -314,7 +324,11 @@ impl Upstream {
         let (in_flight, pending) = self.breaker.load();
         serde_json::json!({
             "name": &*self.name,
-            "balance": format!("{:?}", self.policy),
+            "balance": match self.policy {
+                crate::config::Balance::RoundRobin => "round_robin",
+                crate::config::Balance::LeastOutstanding => "least_outstanding",
+                crate::config::Balance::Hash => "hash",
+            },
             "targets": targets,
             "breaker": {
                 "state": self.breaker.state(),
