@@ -3,7 +3,7 @@
 # doc tests, and the integration tests (real gateway, real upstreams, real
 # .wasm plugins built once for wasm32-wasip2 by the test harness, real
 # redis-server for the cluster-state tests, the dashboard in headless
-# Chromium driven by playwright-core).
+# Chromium driven by playwright-core, HTTP/2 abuse from Python's h2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +26,14 @@ fi
 # playwright-core, pinned by tests/dashboard/package-lock.json.
 if [ ! -d tests/dashboard/node_modules/playwright-core ]; then
   (cd tests/dashboard && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+# Python's h2, for the HTTP/2 abuse tests (tests/h2/abuse.py).
+if ! python3 -c 'import h2' 2>/dev/null; then
+  python3 -m pip install --quiet h2 2>/dev/null || {
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-h2 >/dev/null
+  }
 fi
 
 cargo test --release --workspace "$@"

@@ -17,6 +17,11 @@ use crate::Shared;
 
 /// Most concurrent HTTP/2 streams per connection.
 const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Streams opened and reset by the client before being served, at once.
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams the gateway may reset for protocol errors before closing the
+/// connection.
+const H2_MAX_LOCAL_RESETS: usize = 1024;
 /// Largest HTTP/2 header list accepted.
 const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
 
@@ -73,7 +78,13 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-        .max_header_list_size(H2_MAX_HEADER_LIST);
+        .max_header_list_size(H2_MAX_HEADER_LIST)
+        // Rapid reset (CVE-2023-44487): streams the client opens and resets
+        // before they are served; past this many, GOAWAY ENHANCE_YOUR_CALM.
+        // CONTINUATION and empty-DATA floods are cut by h2 itself
+        // (tests/it/http2.rs checks all three).
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS);
 
     tracing::info!(addr = %proxy.local_addr()?, "proxy listening");
     if let Some(a) = &admin {

@@ -10,6 +10,7 @@ mod cli;
 mod cluster;
 mod dashboard;
 mod framing;
+mod http2;
 mod mission;
 mod observability;
 mod rate_limit;

@@ -708,6 +708,24 @@ impl GatewayProcess {
         gw
     }
 
+    /// Send SIGTERM.
+    pub fn sigterm(&self) {
+        let kill = format!("kill -TERM {}", self.child.id());
+        assert!(Command::new("sh").args(["-c", &kill]).status().expect("sh").success());
+    }
+
+    /// Wait up to `timeout` for the process to exit.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
     /// Everything the process logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("weir.log")).unwrap_or_default()
