@@ -100,6 +100,8 @@ async fn memory_limit_recursion_and_invalid_output() {
                 ("deep", "recurse", ""),
                 ("evil", "invalid_header", ""),
                 ("huge", "huge_body", "limits = { memory = \"64MiB\" }"),
+                ("huge100", "huge_body_100m", "limits = { memory = \"200MiB\", deadline = \"5s\" }"),
+                ("headers", "huge_headers", ""),
                 ("evilopen", "invalid_header", "failure = \"open\""),
                 ("refused", "invalid_edit", ""),
             ],
@@ -107,7 +109,7 @@ async fn memory_limit_recursion_and_invalid_output() {
         &["hostile.wasm"],
     )
     .await;
-    for path in ["/bomb", "/deep", "/evil", "/huge"] {
+    for path in ["/bomb", "/deep", "/evil", "/huge", "/huge100", "/headers"] {
         let r = gw.get(path).await;
         assert_eq!(r.status, 500, "{path}: {}", r.text());
         assert_eq!(r.json()["source"], "plugin", "{path}");
@@ -116,6 +118,19 @@ async fn memory_limit_recursion_and_invalid_output() {
     assert!(evil.json()["error"].as_str().is_some_and(|e| e.contains("invalid value for header")), "{}", evil.text());
     let huge = gw.get("/huge").await;
     assert!(huge.json()["error"].as_str().is_some_and(|e| e.contains("exceeds")), "{}", huge.text());
+    // 100 MiB returned across the boundary: refused, not forwarded, no panic.
+    let huge = gw.get("/huge100").await;
+    assert!(
+        huge.json()["error"].as_str().is_some_and(|e| e.contains("body of 104857600 bytes exceeds")),
+        "{}",
+        huge.text()
+    );
+    let many = gw.get("/headers").await;
+    assert!(
+        many.json()["error"].as_str().is_some_and(|e| e.contains("10000 headers returned, at most 256")),
+        "{}",
+        many.text()
+    );
     assert_eq!(up.hits(), 0, "nothing from a failed plugin is forwarded");
     // With failure = "open" invalid output is skipped like a trap: the
     // request goes on without the plugin's edits.

@@ -36,6 +36,10 @@ enum Mode {
     Recurse,
     InvalidHeader,
     HugeBody,
+    /// Answer with a 100 MiB body (needs a memory limit above that).
+    HugeBody100,
+    /// Answer with 10,000 headers.
+    HugeHeaders,
     /// Try to leave the sandbox: read a file, the environment, connect to
     /// `canary` over TCP, resolve a name. Report each outcome in
     /// `x-escape` (upstream) and continue.
@@ -99,6 +103,8 @@ impl Guest for Hostile {
             "invalid_header" => Mode::InvalidHeader,
             "invalid_edit" => Mode::InvalidEdit,
             "huge_body" => Mode::HugeBody,
+            "huge_body_100m" => Mode::HugeBody100,
+            "huge_headers" => Mode::HugeHeaders,
             "escape" => Mode::Escape,
             "loop_in_init" => loop {
                 std::hint::spin_loop();
@@ -167,6 +173,12 @@ impl Guest for Hostile {
                 cont()
             }
             Mode::HugeBody => Action::Respond(Reply { status: 200, headers: vec![], body: vec![b'x'; 8 << 20] }),
+            Mode::HugeBody100 => Action::Respond(Reply { status: 200, headers: vec![], body: vec![b'x'; 100 << 20] }),
+            Mode::HugeHeaders => Action::Respond(Reply {
+                status: 200,
+                headers: (0..10_000).map(|i| Header { name: format!("x-h{i}"), value: b"v".to_vec() }).collect(),
+                body: Vec::new(),
+            }),
             Mode::Escape => {
                 let report = CANARY.with(|c| try_escape(&c.borrow()));
                 let _ = req.set_header("x-escape", report.as_bytes());
