@@ -49,6 +49,7 @@ pub mod error;
 pub mod events;
 pub mod forwarding;
 pub mod framing;
+pub mod fuzzing;
 pub mod live;
 pub mod metrics;
 pub mod plugin;

@@ -48,6 +48,17 @@ impl Verdict {
     }
 }
 
+/// The verdicts for a connection's bytes, read in the given pieces
+/// (fuzzing and tests: the pieces must not change the verdicts).
+pub fn verdicts_of(pieces: &[&[u8]]) -> Vec<Verdict> {
+    let verdicts = Verdicts::default();
+    let mut sniffer = Sniffed::new((), verdicts.clone());
+    for p in pieces {
+        sniffer.feed(p);
+    }
+    verdicts.lock().map(|v| v.iter().copied().collect()).unwrap_or_default()
+}
+
 /// The verdicts of one connection, oldest first, shared between the
 /// sniffer (which pushes) and the service (which pops one per request).
 pub type Verdicts = Arc<Mutex<VecDeque<Verdict>>>;

@@ -10,6 +10,7 @@ mod cli;
 mod cluster;
 mod dashboard;
 mod framing;
+mod fuzz_corpus;
 mod http2;
 mod mission;
 mod observability;

@@ -1,0 +1,104 @@
+//! Entry points for the fuzz targets in `fuzz/` and for the tests that
+//! replay their corpora (`tests/it/fuzz_corpus.rs`): each takes arbitrary
+//! bytes and must neither panic nor hang, whatever they are. Where there is
+//! something to check beyond "no panic", it is asserted here, so a fuzzer
+//! that finds a violation reports it as a crash.
+
+use http::{HeaderMap, Method, Request};
+
+use crate::config::{LimitsConfig, Source};
+use crate::plugin::Header;
+use crate::router::{Match, RouteMatcher, Router};
+
+/// The config parser: any text parses or yields errors that point inside it.
+pub fn config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let lines = text.lines().count().max(1);
+    let source = Source::from_text("fuzz.toml", text.clone());
+    if let Err(errors) = source.parse() {
+        for e in &errors.0 {
+            assert!(!e.message.is_empty(), "an error without a message");
+            if let Some(line) = e.line {
+                assert!(line >= 1 && line <= lines + 1, "line {line} outside a {lines}-line file");
+            }
+        }
+    }
+}
+
+/// The router: the first line holds up to four route specs separated by
+/// `|` (each `host;path;prefix;METHODS,...`, empty fields absent), the rest
+/// are `host path METHOD` lookups. A match names a route that exists.
+pub fn router(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut lines = text.lines();
+    let specs = lines.next().unwrap_or_default();
+    let mut matchers = Vec::new();
+    for spec in specs.split('|').take(4) {
+        let mut f = spec.split(';');
+        let field = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_owned);
+        let (host, path, prefix, methods) = (field(f.next()), field(f.next()), field(f.next()), field(f.next()));
+        let methods: Option<Vec<String>> = methods.map(|m| m.split(',').map(str::to_owned).collect());
+        if let Ok(m) = RouteMatcher::new(host.as_deref(), path.as_deref(), prefix.as_deref(), methods.as_deref()) {
+            matchers.push(m);
+        }
+    }
+    let n = matchers.len();
+    let router = Router::new(matchers);
+    for line in lines.take(64) {
+        let mut f = line.split(' ');
+        let (host, path) = (f.next().unwrap_or_default(), f.next().unwrap_or("/"));
+        let method = Method::from_bytes(f.next().unwrap_or("GET").as_bytes()).unwrap_or(Method::GET);
+        if let Match::Found(i, params) = router.find(host, path, &method) {
+            assert!(i < n, "matched route {i} of {n}");
+            for (k, _) in params {
+                assert!(!k.is_empty(), "a path parameter without a name");
+            }
+        }
+    }
+}
+
+/// Header lists as a plugin returns them (`name: value` lines, a value may
+/// hold any byte): refused as a whole, or a map with only valid fields and
+/// none of the gateway-owned framing headers.
+pub fn plugin_headers(data: &[u8]) {
+    let list: Vec<Header> = data
+        .split(|&b| b == b'\n')
+        .take(crate::forwarding::MAX_PLUGIN_HEADERS + 2)
+        .map(|line| {
+            let (name, value) = match line.iter().position(|&b| b == b':') {
+                Some(i) => (&line[..i], &line[i + 1..]),
+                None => (line, &[][..]),
+            };
+            Header { name: String::from_utf8_lossy(name).into_owned(), value: value.to_vec() }
+        })
+        .collect();
+    let mut current = HeaderMap::new();
+    current.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from_static("5"));
+    if let Ok(map) = crate::forwarding::with_plugin_headers(&current, list) {
+        assert_eq!(map.get_all(http::header::CONTENT_LENGTH).iter().count(), 1, "framing stays the gateway's");
+        assert!(!map.contains_key(http::header::TRANSFER_ENCODING), "a plugin cannot add chunked framing");
+    }
+}
+
+/// Raw HTTP/1 bytes as they come off the wire: the wire sniffer follows
+/// them (fed whole and in two pieces, which must agree), then each head
+/// httparse accepts goes through the framing and limit checks.
+pub fn http1(data: &[u8]) {
+    let whole = crate::sniff::verdicts_of(&[data]);
+    let cut = data.len() / 2;
+    let split = crate::sniff::verdicts_of(&[&data[..cut], &data[cut..]]);
+    assert_eq!(whole, split, "the sniffer's verdicts depend on how the bytes were read");
+
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    let Ok(httparse::Status::Complete(_)) = req.parse(data) else { return };
+    let mut b = Request::builder().method(req.method.unwrap_or("GET")).uri(req.path.unwrap_or("/"));
+    b = b.version(if req.version == Some(0) { http::Version::HTTP_10 } else { http::Version::HTTP_11 });
+    for h in req.headers.iter() {
+        b = b.header(h.name, h.value);
+    }
+    let Ok(request) = b.body(()) else { return };
+    let (parts, ()) = request.into_parts();
+    // Refused or passed, never a panic.
+    let _ = crate::framing::check(&parts, &LimitsConfig::default());
+}
