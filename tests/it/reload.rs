@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use weir_tests::{TestGateway, Upstream, fixture, write_atomic};
+use weir_tests::{Load, TestGateway, Upstream, fixture, write_atomic};
 
 fn body(upstream: &str, plugins: &str, chain: &str) -> String {
     format!(
@@ -15,53 +15,6 @@ fn body(upstream: &str, plugins: &str, chain: &str) -> String {
 
 const GREET: &str =
     "[plugins.greet]\nmodule = \"add_header.wasm\"\nconfig = { name = \"x-greeting\", value = \"hello\" }\n";
-
-/// Requests in a loop from several tasks until stopped; counts failures.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
-    failed: Arc<AtomicUsize>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(gw: &TestGateway, clients: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicUsize::new(0));
-        let failed = Arc::new(AtomicUsize::new(0));
-        let tasks = (0..clients)
-            .map(|_| {
-                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-                let client = weir_tests::Client::new();
-                let url = format!("{}/load", gw.url);
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        match client.get(&url).await {
-                            Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                            Ok(r) => {
-                                eprintln!("failed request: {} {}", r.status, r.text());
-                                failed.fetch_add(1, Ordering::Relaxed)
-                            }
-                            Err(e) => {
-                                eprintln!("failed request: {e}");
-                                failed.fetch_add(1, Ordering::Relaxed)
-                            }
-                        };
-                    }
-                })
-            })
-            .collect();
-        Self { stop, ok, failed, tasks }
-    }
-
-    async fn finish(self) -> (usize, usize) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.expect("load task");
-        }
-        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_config_is_rejected_and_old_snapshot_serves() {
@@ -129,7 +82,7 @@ async fn modules_added_replaced_and_deleted_under_load_without_failures() {
     let up = Upstream::start("up").await;
     let addr = up.addr.to_string();
     let gw = TestGateway::start(&body(&addr, GREET, "\"greet\""), &["add_header.wasm"]).await;
-    let load = Load::start(&gw, 4);
+    let load = Load::start(format!("{}/load", gw.url), 4);
     let dir = gw.plugins_dir();
     let mut generation = 1;
 
@@ -180,7 +133,7 @@ async fn modules_added_replaced_and_deleted_under_load_without_failures() {
     assert!(err.contains("plugin `greet`: cannot read"), "{err}");
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let (ok, failed) = load.finish().await;
+    let (ok, failed) = load.stop().await;
     assert_eq!(failed, 0, "no request may fail during reloads ({ok} succeeded)");
     assert!(ok > 50, "load actually ran: {ok}");
     assert_eq!(gw.get("/").await.seen("x-greeting").as_deref(), Some("hello"));

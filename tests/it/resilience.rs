@@ -2,13 +2,12 @@
 //! backups, the stale cache and discovery, against real upstream servers
 //! that the tests kill, slow down and revive.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::Method;
-use weir_tests::{TestGateway, Upstream, wait_for, write_atomic};
+use weir_tests::{Load, TestGateway, Upstream, wait_for, write_atomic};
 
 fn targets(ups: &[&Upstream]) -> String {
     ups.iter().map(|u| format!("\"{}\"", u.addr)).collect::<Vec<_>>().join(", ")
@@ -24,63 +23,6 @@ async fn target_healthy(gw: &TestGateway, upstream: &str, addr: &str) -> Option<
     u["targets"].as_array()?.iter().find(|t| t["address"] == addr)?["healthy"].as_bool()
 }
 
-/// Clients sending GETs in a loop until `stop`; counts answers by upstream
-/// name and failures.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
-    failed: Arc<AtomicUsize>,
-    by_upstream: Arc<std::sync::Mutex<HashMap<String, usize>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(url: String, workers: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let by_upstream = Arc::new(std::sync::Mutex::new(HashMap::new()));
-        let tasks = (0..workers)
-            .map(|_| {
-                let (stop, ok, failed, by, url) =
-                    (stop.clone(), ok.clone(), failed.clone(), by_upstream.clone(), url.clone());
-                tokio::spawn(async move {
-                    let client = weir_tests::Client::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        match client.get(&url).await {
-                            Ok(r) if r.status == 200 => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                                let name = r.header("x-upstream").unwrap_or("?").to_owned();
-                                *by.lock().expect("lock").entry(name).or_insert(0) += 1;
-                            }
-                            Ok(r) => {
-                                eprintln!("failed: {} {}", r.status, r.text());
-                                failed.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => {
-                                eprintln!("failed: {e}");
-                                failed.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        Self { stop, ok, failed, by_upstream, tasks }
-    }
-
-    fn share(&self) -> HashMap<String, usize> {
-        std::mem::take(&mut *self.by_upstream.lock().expect("lock"))
-    }
-
-    async fn stop(self) -> (usize, usize) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            let _ = t.await;
-        }
-        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_one_of_three_targets_under_load_fails_no_request() {
     let a = Upstream::start("a").await;
@@ -91,7 +33,7 @@ async fn killing_one_of_three_targets_under_load_fails_no_request() {
             r#"
 [upstreams.svc]
 targets = [{}]
-retry = {{ tries = 3, on = ["connect", "reset", "timeout"], backoff = "5ms" }}
+retry = {{ tries = 3, on = ["connect", "reset", "timeout"], backoff = "5ms", min_concurrent = 10 }}
 outlier = {{ consecutive_failures = 3, base_ejection = "30s" }}
 health = {{ path = "/healthz", interval = "200ms", timeout = "100ms", unhealthy_threshold = 2 }}
 
@@ -105,6 +47,10 @@ upstream = "svc"
         &[],
     )
     .await;
+    // Eight clients: at most eight requests are in flight when c dies, and
+    // `min_concurrent = 10` lets the budget retry all of them (with the
+    // default 3, a fourth simultaneous retry would be refused: that is the
+    // budget at work, tested below).
     let load = Load::start(format!("{}/work", gw.url), 8);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let before = load.share();

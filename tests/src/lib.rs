@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -260,6 +260,68 @@ async fn echo(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Full<By
         resp.headers_mut().insert("cache-control", cc.clone());
     }
     Ok(resp)
+}
+
+// ---- load ----------------------------------------------------------------
+
+/// Clients sending GETs in a loop until [`Load::stop`]; counts answers by
+/// upstream name, and failures (any answer but 200, or no answer).
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    by_upstream: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// `workers` clients sending `GET url` in a loop.
+    pub fn start(url: String, workers: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let by_upstream = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let tasks = (0..workers)
+            .map(|_| {
+                let (stop, ok, failed, by, url) =
+                    (stop.clone(), ok.clone(), failed.clone(), by_upstream.clone(), url.clone());
+                tokio::spawn(async move {
+                    let client = Client::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        match client.get(&url).await {
+                            Ok(r) if r.status == 200 => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                let name = r.header("x-upstream").unwrap_or("?").to_owned();
+                                *by.lock().expect("lock").entry(name).or_insert(0) += 1;
+                            }
+                            Ok(r) => {
+                                eprintln!("failed: {} {}", r.status, r.text());
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                eprintln!("failed: {e}");
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self { stop, ok, failed, by_upstream, tasks }
+    }
+
+    /// Answers by upstream name (`x-upstream`) since the last call.
+    pub fn share(&self) -> std::collections::HashMap<String, usize> {
+        std::mem::take(&mut *self.by_upstream.lock().expect("lock"))
+    }
+
+    /// Stop; requests answered 200, and the others.
+    pub async fn stop(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+    }
 }
 
 // ---- webhook -------------------------------------------------------------
