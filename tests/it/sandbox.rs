@@ -299,3 +299,66 @@ async fn plugins_cannot_read_files_or_env_connect_or_resolve_names() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(touched.load(std::sync::atomic::Ordering::SeqCst), 0, "the canary received no connection");
 }
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("a number")
+}
+
+/// Issue 5, items 5 and 6 at volume: 1,000 requests into an infinite loop
+/// and 200 into a memory bomb leave no worker stuck and memory bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_loops_and_memory_bombs_leave_no_worker_stuck_and_memory_bounded() {
+    let up = Upstream::start("up").await;
+    let gw = TestGateway::start(
+        &config(
+            &up.addr.to_string(),
+            &[
+                ("spin", "loop", "limits = { deadline = \"20ms\" }"),
+                ("bomb", "memory_bomb", "limits = { memory = \"16MiB\" }"),
+            ],
+        ),
+        &["hostile.wasm"],
+    )
+    .await;
+    assert_eq!(gw.get("/plain").await.status, 200);
+    let rss_before = rss_kib();
+    let started = Instant::now();
+    let run = |path: &'static str, n: usize| {
+        let (client, url) = (gw.client.clone(), format!("{}{path}", gw.url));
+        futures::future::join_all((0..n).map(move |_| {
+            let (client, url) = (client.clone(), url.clone());
+            async move { client.get(&url).await.map(|r| r.status.as_u16()).unwrap_or(0) }
+        }))
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.extend(run("/spin", 50).await);
+    }
+    let spun = started.elapsed();
+    assert_eq!(statuses.len(), 1000);
+    assert!(statuses.iter().all(|s| *s == 504), "every loop is cut at its deadline");
+    // Each bomb is refused (500); after five in a row the plugin is in
+    // crash-loop backoff and refused at once (503).
+    let mut bombs = Vec::new();
+    for _ in 0..10 {
+        bombs.extend(run("/bomb", 20).await);
+    }
+    assert!(bombs.iter().all(|s| *s == 500 || *s == 503), "{bombs:?}");
+    assert!(bombs.iter().filter(|s| **s == 500).count() >= 5, "{bombs:?}");
+    let rss_after = rss_kib();
+    // Workers are free: plain requests are answered at once.
+    let t = Instant::now();
+    for _ in 0..50 {
+        assert_eq!(gw.get("/plain").await.status, 200);
+    }
+    let plain = t.elapsed() / 50;
+    eprintln!(
+        "1000 loops cut in {spun:?}; RSS {} MiB before, {} MiB after 200 memory bombs; plain request {plain:?}",
+        rss_before / 1024,
+        rss_after / 1024
+    );
+    assert!(plain < Duration::from_millis(50), "plain requests took {plain:?} each");
+    assert!(rss_after < rss_before + 200 * 1024, "RSS grew from {rss_before} KiB to {rss_after} KiB");
+}
