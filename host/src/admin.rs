@@ -17,8 +17,6 @@
 //! | POST | `/admin/reload` | reload now; JSON with the new generation or the errors |
 //! | GET | `/dashboard` | the live dashboard (one page, assets embedded) |
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use http::{Method, Request, Response, StatusCode, header};
 use serde_json::json;
 
@@ -247,10 +245,6 @@ fn redact(value: serde_json::Value) -> serde_json::Value {
     }
 }
 
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 /// The `/admin/status` document.
 pub fn status(shared: &Shared) -> serde_json::Value {
     let snap = shared.snapshot.load();
@@ -290,7 +284,7 @@ pub fn status(shared: &Shared) -> serde_json::Value {
         .values()
         .map(|u| {
             let set = u.targets();
-            let now = crate::upstream::clock_ms();
+            let now = crate::clock::monotonic_ms();
             json!({
                 "name": &*u.name,
                 "targets": set.primary.targets.iter().map(|t| t.addr.as_str()).collect::<Vec<_>>(),
@@ -302,11 +296,11 @@ pub fn status(shared: &Shared) -> serde_json::Value {
         .collect();
     json!({
         "generation": snap.generation,
-        "loaded_at_ms": unix_ms(snap.loaded_at),
+        "loaded_at_ms": crate::clock::unix_ms_of(snap.loaded_at),
         "config": shared.config_path.display().to_string(),
         "plugins_dir": snap.plugins_dir.display().to_string(),
         "last_reload_error": reload.last_error,
-        "last_reload_attempt_ms": reload.last_attempt.map(unix_ms),
+        "last_reload_attempt_ms": reload.last_attempt.map(crate::clock::unix_ms_of),
         "reloads": { "succeeded": reload.successes, "failed": reload.failures },
         "reload_history": reload.history,
         "plugins": plugins,

@@ -43,6 +43,7 @@ pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod error;

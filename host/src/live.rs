@@ -12,7 +12,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -170,7 +169,7 @@ impl Live {
 
     /// Close the current second of every series.
     pub fn tick(&self) {
-        let t = now_ms();
+        let t = crate::clock::unix_ms();
         for map in [&self.routes, &self.upstreams, &self.plugins] {
             let all: Vec<Arc<Series>> = map.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
             for s in all {
@@ -195,16 +194,12 @@ impl Live {
         };
         SeriesDoc {
             interval_ms: 1000,
-            now_ms: now_ms(),
+            now_ms: crate::clock::unix_ms(),
             routes: collect(&self.routes),
             upstreams: collect(&self.upstreams),
             plugins: collect(&self.plugins),
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -63,7 +63,7 @@ where
     });
     // What the access log says about the request, taken before anything edits it.
     let mut record = log.as_ref().map(|log| Record {
-        time_ms: crate::access_log::now_ms(),
+        time_ms: crate::clock::unix_ms(),
         client: client.to_string(),
         method: parts.method.as_str().to_owned(),
         path: match (log.with_query(), parts.uri.path_and_query()) {

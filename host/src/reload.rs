@@ -40,7 +40,11 @@ pub async fn reload(shared: &Shared) -> Result<u64, LoadErrors> {
             shared.metrics.reload(true);
             status.last_error = None;
             status.successes += 1;
-            status.push(crate::ReloadEntry { at_ms: now_ms(), generation: Some(generation), error: None });
+            status.push(crate::ReloadEntry {
+                at_ms: crate::clock::unix_ms(),
+                generation: Some(generation),
+                error: None,
+            });
             tracing::info!(generation, "configuration reloaded");
             Ok(generation)
         }
@@ -51,14 +55,14 @@ pub async fn reload(shared: &Shared) -> Result<u64, LoadErrors> {
             shared.metrics.reload(false);
             status.last_error = Some(errors.to_string());
             status.failures += 1;
-            status.push(crate::ReloadEntry { at_ms: now_ms(), generation: None, error: Some(errors.to_string()) });
+            status.push(crate::ReloadEntry {
+                at_ms: crate::clock::unix_ms(),
+                generation: None,
+                error: Some(errors.to_string()),
+            });
             Err(errors)
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Watch the config file and plugins folder until the returned handle is

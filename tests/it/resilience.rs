@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use http::Method;
 use weir_tests::{Load, TestGateway, Upstream, wait_for, write_atomic};
 
+/// The one route most tests send everything through, to upstream `svc`.
+const SVC_ROUTE: &str = "[[routes]]\nname = \"svc\"\npath_prefix = \"/\"\nupstream = \"svc\"\n";
+
 fn targets(ups: &[&Upstream]) -> String {
     ups.iter().map(|u| format!("\"{}\"", u.addr)).collect::<Vec<_>>().join(", ")
 }
@@ -37,11 +40,7 @@ retry = {{ tries = 3, on = ["connect", "reset", "timeout"], backoff = "5ms", min
 outlier = {{ consecutive_failures = 3, base_ejection = "30s" }}
 health = {{ path = "/healthz", interval = "200ms", timeout = "100ms", unhealthy_threshold = 2 }}
 
-[[routes]]
-name = "svc"
-path_prefix = "/"
-upstream = "svc"
-"#,
+{SVC_ROUTE}"#,
             targets(&[&a, &b, &c])
         ),
         &[],
@@ -100,14 +99,10 @@ async fn backups_take_over_when_every_primary_is_down_and_health_checks_bring_pr
 [upstreams.svc]
 targets = [{}]
 backup = [{}]
-retry = {{ tries = 3 }}
+retry = {{ tries = 3, on = ["connect", "reset"] }}
 health = {{ path = "/healthz", interval = "100ms", timeout = "100ms", unhealthy_threshold = 1, healthy_threshold = 2 }}
 
-[[routes]]
-name = "svc"
-path_prefix = "/"
-upstream = "svc"
-"#,
+{SVC_ROUTE}"#,
             targets(&[&p1, &p2]),
             targets(&[&backup])
         ),
@@ -124,7 +119,8 @@ upstream = "svc"
     p1.kill();
     p2.kill();
     // Even before the checks notice, a failed connect moves on: first to
-    // the other primary, then to the backup.
+    // the other primary, then to the backup. (A pooled connection to a
+    // killed primary can also fail mid-request: `reset` retries those GETs.)
     let mut failed = 0;
     for _ in 0..20 {
         let r = gw.get("/x").await;
@@ -231,11 +227,7 @@ targets = ["{}"]
 retry = {{ tries = 5, statuses = [503], backoff = "10ms", max_backoff = "20ms", budget = 0.2, min_concurrent = 1 }}
 outlier = {{ enabled = false }}
 
-[[routes]]
-name = "svc"
-path_prefix = "/"
-upstream = "svc"
-"#,
+{SVC_ROUTE}"#,
             up.addr
         ),
         &[],
@@ -280,11 +272,7 @@ async fn least_outstanding_avoids_a_slow_target() {
 targets = [{}]
 balance = "least_outstanding"
 
-[[routes]]
-name = "svc"
-path_prefix = "/"
-upstream = "svc"
-"#,
+{SVC_ROUTE}"#,
             targets(&[&fast, &slow])
         ),
         &[],
@@ -310,11 +298,7 @@ async fn weighted_round_robin_follows_the_weights() {
 [upstreams.svc]
 targets = [{{ address = "{}", weight = 3 }}, "{}"]
 
-[[routes]]
-name = "svc"
-path_prefix = "/"
-upstream = "svc"
-"#,
+{SVC_ROUTE}"#,
             a.addr, b.addr
         ),
         &[],
@@ -342,11 +326,7 @@ targets = [{}]
 balance = "hash"
 hash_on = "header:x-user"
 
-[[routes]]
-name = "svc"
-path_prefix = "/"
-upstream = "svc"
-"#,
+{SVC_ROUTE}"#,
             targets(ups)
         )
     };
@@ -435,11 +415,7 @@ targets = ["localhost:{}"]
 dns_family = "ipv4"
 dns_refresh = "1s"
 
-[[routes]]
-name = "svc"
-path_prefix = "/"
-upstream = "svc"
-"#,
+{SVC_ROUTE}"#,
             up.addr.port()
         ),
         &[],
@@ -522,11 +498,7 @@ async fn the_request_cap_refuses_overflow_at_once() {
 targets = ["{}"]
 breaker = {{ max_requests = 2, max_pending = 0 }}
 
-[[routes]]
-name = "svc"
-path_prefix = "/"
-upstream = "svc"
-"#,
+{SVC_ROUTE}"#,
             up.addr
         ),
         &[],
@@ -580,11 +552,7 @@ targets = ["{}"]
 connect_timeout = "3s"
 breaker = {{ max_connections = 1 }}
 
-[[routes]]
-name = "svc"
-path_prefix = "/"
-upstream = "svc"
-"#,
+{SVC_ROUTE}"#,
             up.addr
         ),
         &[],

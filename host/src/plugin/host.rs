@@ -3,8 +3,7 @@
 //! the memory limits and a handle to the plugin's shared host services.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -194,22 +193,13 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-fn process_start() -> Instant {
-    static START: OnceLock<Instant> = OnceLock::new();
-    *START.get_or_init(Instant::now)
-}
-
 impl clock::Host for StoreData {
     fn monotonic_now(&mut self) -> wasmtime::Result<u64> {
-        Ok(process_start().elapsed().as_nanos() as u64)
+        Ok(crate::clock::process_start().elapsed().as_nanos() as u64)
     }
 
     fn wall_now(&mut self) -> wasmtime::Result<u64> {
-        Ok(unix_ms())
+        Ok(crate::clock::unix_ms())
     }
 }
 
@@ -313,7 +303,7 @@ impl events::Host for StoreData {
             .map(|(k, v)| (truncate(k, 128), serde_json::Value::String(truncate(v, 1024))))
             .collect();
         let record = EventRecord {
-            time_ms: unix_ms(),
+            time_ms: crate::clock::unix_ms(),
             plugin: host.name.to_string(),
             kind,
             severity,

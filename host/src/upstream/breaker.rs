@@ -12,7 +12,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::clock_ms;
+use crate::clock::monotonic_ms;
 use crate::config::BreakerConfig;
 
 const CLOSED: u8 = 0;
@@ -53,7 +53,7 @@ impl Admission<'_> {
     pub fn done(mut self, failed: bool) {
         self.recorded = true;
         if let Some(rate) = &self.breaker.rate {
-            rate.record(clock_ms(), self.probe, failed);
+            rate.record(monotonic_ms(), self.probe, failed);
         }
     }
 }
@@ -94,7 +94,7 @@ impl Breaker {
     pub fn admit(&self) -> Result<Admission<'_>, Refusal> {
         let probe = match &self.rate {
             None => false,
-            Some(rate) => rate.admit(clock_ms())?,
+            Some(rate) => rate.admit(monotonic_ms())?,
         };
         Ok(Admission { breaker: self, probe, recorded: false })
     }
@@ -119,7 +119,7 @@ impl Breaker {
 
     /// `closed`, `open` or `half_open` (`closed` without an error-rate breaker).
     pub fn state(&self) -> &'static str {
-        match self.rate.as_ref().map(|r| r.current(clock_ms())) {
+        match self.rate.as_ref().map(|r| r.current(monotonic_ms())) {
             Some(OPEN) => "open",
             Some(HALF_OPEN) => "half_open",
             _ => "closed",

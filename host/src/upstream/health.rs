@@ -10,9 +10,10 @@ use http::header::{self, HeaderValue};
 use http::{Request, Uri};
 use http_body_util::BodyExt;
 
+use super::Upstream;
 use super::target::Target;
-use super::{Upstream, clock_ms};
 use crate::body;
+use crate::clock::monotonic_ms;
 
 /// Note a try's outcome for passive checks.
 pub(super) fn observe(up: &Upstream, target: &Target, failed: bool, now: u64) {
@@ -61,7 +62,7 @@ pub(super) fn observe(up: &Upstream, target: &Target, failed: bool, now: u64) {
 /// Check every target whose last check is an `interval` old, all at once.
 pub(super) async fn check_due(up: &Arc<Upstream>) {
     let Some(h) = &up.health else { return };
-    let now = clock_ms();
+    let now = monotonic_ms();
     let interval = h.interval.as_millis() as u64;
     let set = up.targets.load_full();
     let due: Vec<&Arc<Target>> = set
@@ -97,7 +98,7 @@ async fn check(up: &Upstream, t: &Target) {
             tracing::warn!(upstream = %up.name, target = %t.addr, "target unhealthy after {fails} failed checks");
         }
     }
-    t.metrics.healthy.set(i64::from(s.usable(clock_ms())));
+    t.metrics.healthy.set(i64::from(s.usable(monotonic_ms())));
 }
 
 /// One check: a 2xx or 3xx within `timeout` passes.

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -41,18 +41,13 @@ use self::balance::HashOn;
 use self::breaker::{Breaker, Refusal};
 use self::target::{Target, TargetSet, TargetState};
 use crate::body::{self, ProxyBody};
+use crate::clock::monotonic_ms;
 use crate::config::{HealthConfig, OutlierConfig, RetryConfig, RetryOn};
 use crate::error::ProxyError;
 use crate::metrics::UpstreamMetrics;
 
 /// The client used to reach upstreams.
 pub type HttpClient = Client<connector::Capped, ProxyBody>;
-
-/// Milliseconds on a monotonic clock, for state kept in atomics.
-pub fn clock_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
-}
 
 /// A request body as the upstream gets it: whole (and so sent again on a
 /// retry), or streaming (tried once).
@@ -112,7 +107,7 @@ impl Upstream {
         host: &str,
         client: IpAddr,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let _active = Counted::new(&self.active);
+        let _active = InFlight::new(&self.active);
         let started = Instant::now();
         let key = match self.policy {
             crate::config::Balance::Hash => self.hash_on.key(&parts.headers, client),
@@ -128,7 +123,7 @@ impl Upstream {
         let mut stream = stream;
         let mut tried: Vec<Arc<Target>> = Vec::new();
         // A retry counts against the budget until it has finished.
-        let mut _retrying: Option<Counted<'_>> = None;
+        let mut _retrying: Option<InFlight<'_>> = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -141,7 +136,7 @@ impl Upstream {
                 None => self.timeout,
             };
             let set = self.targets.load();
-            let Some(target) = set.pick(key, &tried, clock_ms()).cloned() else {
+            let Some(target) = set.pick(key, &tried, monotonic_ms()).cloned() else {
                 self.metrics.no_healthy.inc();
                 return Err(ProxyError::NoHealthyTarget { upstream: self.name.clone() });
             };
@@ -195,7 +190,7 @@ impl Upstream {
             }
             drop(retry_resp);
             if _retrying.is_none() {
-                _retrying = Some(Counted::new(&self.retrying));
+                _retrying = Some(InFlight::new(&self.retrying));
             }
             self.metrics.retries.inc();
             tried.push(target);
@@ -247,7 +242,7 @@ impl Upstream {
         let sent = Instant::now();
         let result = tokio::time::timeout(timeout, self.client.request(req)).await;
         let elapsed = sent.elapsed();
-        let now = clock_ms();
+        let now = monotonic_ms();
         let (err, kind) = match result {
             Ok(Ok(resp)) => {
                 let status = resp.status().as_u16();
@@ -295,7 +290,7 @@ impl Upstream {
 
     /// The upstream as JSON for `/admin/upstreams` and `/admin/status`.
     pub fn status_json(&self) -> serde_json::Value {
-        let now = clock_ms();
+        let now = monotonic_ms();
         let set = self.targets.load();
         let targets: Vec<_> = set
             .all()
@@ -352,7 +347,7 @@ impl Upstream {
 
     /// Set each target's `healthy` gauge from its state.
     fn refresh_gauges(&self) {
-        let now = clock_ms();
+        let now = monotonic_ms();
         for t in self.targets.load().all() {
             t.metrics.healthy.set(i64::from(t.state.usable(now)));
         }
@@ -375,16 +370,16 @@ fn clone_head(parts: &Parts) -> Parts {
 }
 
 /// Increments a counter for as long as it lives.
-struct Counted<'a>(&'a AtomicUsize);
+struct InFlight<'a>(&'a AtomicUsize);
 
-impl<'a> Counted<'a> {
+impl<'a> InFlight<'a> {
     fn new(c: &'a AtomicUsize) -> Self {
         c.fetch_add(1, Ordering::Relaxed);
         Self(c)
     }
 }
 
-impl Drop for Counted<'_> {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }

@@ -30,7 +30,7 @@ pub struct TargetState {
     pub(super) check_fails: AtomicU32,
     /// Passive: failures in a row.
     pub(super) consecutive: AtomicU32,
-    /// Ejected until this time ([`super::clock_ms`]); 0 when not ejected.
+    /// Ejected until this time ([`crate::clock::monotonic_ms`]); 0 when not ejected.
     pub(super) ejected_until: AtomicU64,
     pub(super) ejections: AtomicU32,
 }
