@@ -47,6 +47,8 @@ The orders route runs auth → rate limit → anomaly → transform:
                                                                                 # 5 per second, then 429 with Retry-After
   for i in \$(seq 40); do curl -s -o /dev/null -w '%{http_code} ' -H "x-api-key: demo-key-0123456789" -H "x-status: 404" http://127.0.0.1:8080/api/probe-\$i; sleep 0.3; done; echo
                                                                                 # a scanner: many paths, all 404 → throttled (429)
+  curl -s -H 'x-delay-ms: 100' 'http://127.0.0.1:8080/warehouse/42?currency=EUR'
+                                                                                # three parts in parallel, merged: ~100 ms, not 300
   curl -s http://127.0.0.1:9901/admin/events       # the anomaly event (also POSTed to the webhook on :9003)
   curl -s http://127.0.0.1:9901/admin/status       # generation, plugins and their sha256, routes, state backend
   curl -s http://127.0.0.1:9901/metrics            # Prometheus metrics

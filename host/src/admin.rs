@@ -157,7 +157,7 @@ pub fn routes(shared: &Shared) -> serde_json::Value {
             json!({
                 "name": &*r.name,
                 "match": r.matches,
-                "upstream": &*r.upstream.name,
+                "upstream": &*r.upstream_name,
                 "chain": r.chain.iter().map(|p| p.name().to_string()).collect::<Vec<_>>(),
                 "buffers_request_body": r.buffer_request,
                 "buffers_response_body": r.buffer_response,
@@ -274,7 +274,7 @@ pub fn status(shared: &Shared) -> serde_json::Value {
         .map(|r| {
             json!({
                 "name": &*r.name,
-                "upstream": &*r.upstream.name,
+                "upstream": &*r.upstream_name,
                 "chain": r.chain.iter().map(|p| p.name().to_string()).collect::<Vec<_>>(),
             })
         })

@@ -482,14 +482,89 @@ pub struct RouteConfig {
     /// Methods to match; any if absent.
     #[serde(default)]
     pub methods: Option<Spanned<Vec<String>>>,
-    /// The upstream to forward to.
-    pub upstream: Spanned<String>,
+    /// `proxy` (forward to `upstream`) or `aggregate` (fan out to `parts`).
+    #[serde(default)]
+    pub kind: RouteKind,
+    /// The upstream to forward to (`kind = "proxy"`).
+    #[serde(default)]
+    pub upstream: Option<Spanned<String>>,
     /// Plugins to run, in order.
     #[serde(default)]
     pub chain: Vec<Spanned<String>>,
     /// Keep responses in memory and serve them stale when the upstream fails.
     #[serde(default)]
     pub cache: Option<Spanned<CacheConfig>>,
+    /// The requests an aggregate route sends in parallel, in merge order.
+    #[serde(default)]
+    pub parts: Vec<Spanned<PartConfig>>,
+    /// How an aggregate route merges its parts' JSON answers.
+    #[serde(default)]
+    pub merge: Option<Merge>,
+    /// A JSON shape for an aggregate route's answer, instead of `merge`:
+    /// strings `"${part.field}"`, `"${path.x}"`, `"${query.x}"` and
+    /// `"${header.x}"` are replaced.
+    #[serde(default)]
+    pub template: Option<Spanned<toml::Value>>,
+    /// Client request headers an aggregate route passes on to every part.
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
+}
+
+/// What a route does with a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteKind {
+    /// Forward it to one upstream.
+    #[default]
+    Proxy,
+    /// Send `parts` in parallel and merge the answers into one JSON document.
+    Aggregate,
+}
+
+/// How an aggregate route combines its parts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Merge {
+    /// `{"part": answer, ...}`.
+    #[default]
+    Keys,
+    /// Objects merged recursively in part order (later keys win); an answer
+    /// that is not an object stays under its part's name.
+    Deep,
+}
+
+/// `[[routes.parts]]`: one request of an aggregate route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartConfig {
+    /// Key of its answer in the merged document.
+    pub name: String,
+    /// Where it goes.
+    pub upstream: Spanned<String>,
+    /// Method; `GET` if absent.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Path and query, with `{path.x}`, `{query.x}` and `{header.x}`
+    /// filled from the client's request.
+    pub path: Spanned<String>,
+    /// Headers to send, values templated like `path`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Time for its whole answer, body included; the upstream's `timeout`
+    /// if absent.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub timeout: Option<Duration>,
+    /// Its failure fails the whole request (otherwise it is reported in
+    /// `_errors` and the answer is partial).
+    #[serde(default)]
+    pub required: bool,
+    /// Keep its answers, to serve one stale when it fails.
+    #[serde(default)]
+    pub cache: Option<CacheConfig>,
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 mod defaults {

@@ -87,6 +87,16 @@ pub enum ProxyError {
     /// A response body a plugin asked to buffer is larger than allowed.
     #[error("upstream response body exceeds {0} bytes")]
     ResponseBodyTooLarge(u64),
+    /// A required part of an aggregate route failed.
+    #[error("required part `{part}` failed: {detail}")]
+    Part {
+        /// Part name.
+        part: Arc<str>,
+        /// What went wrong.
+        detail: String,
+        /// Whether it ran out of time.
+        timeout: bool,
+    },
     /// A bug in the gateway itself, answered rather than panicking.
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -124,7 +134,8 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. } | ProxyError::Upstream { .. } | ProxyError::ResponseBodyTooLarge(_) => {
                 StatusCode::BAD_GATEWAY
             }
-            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamTimeout { .. } | ProxyError::Part { timeout: true, .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Part { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::BreakerOpen { .. } | ProxyError::Overloaded { .. } | ProxyError::NoHealthyTarget { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -149,7 +160,8 @@ impl ProxyError {
             | ProxyError::BreakerOpen { .. }
             | ProxyError::Overloaded { .. }
             | ProxyError::NoHealthyTarget { .. }
-            | ProxyError::ResponseBodyTooLarge(_) => "upstream",
+            | ProxyError::ResponseBodyTooLarge(_)
+            | ProxyError::Part { .. } => "upstream",
             ProxyError::Internal(_) => "gateway",
         }
     }

@@ -41,6 +41,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod aggregate;
 pub mod body;
 pub mod cache;
 pub mod clock;

@@ -31,7 +31,7 @@ use crate::plugin::{
 };
 use crate::reply::{BodyVerdict, Completion, Counted, Observed};
 use crate::router::Match;
-use crate::snapshot::{Route, Snapshot};
+use crate::snapshot::{Backend, Route, Snapshot};
 use crate::trace::{RequestTrace, Span, SpanKind, Tracer, Value, new_span_id, now_ns};
 use crate::upstream::{Answered, Outgoing};
 
@@ -123,7 +123,7 @@ where
     let request_id = exchange.info.request_id.clone();
     if let Some(r) = &mut record {
         r.route = route.name.clone();
-        r.upstream = route.upstream.name.clone();
+        r.upstream = route.upstream_name.clone();
         r.plugins = exchange.outcomes.take().unwrap_or_default();
     }
     let tracing = Tracing { tracer: snap.tracer.clone(), trace: exchange.trace, server_span };
@@ -294,7 +294,14 @@ impl Exchange<'_> {
         // upstream sees in `traceparent`.
         let try_span = new_span_id();
         self.trace.propagate(&mut parts.headers, &try_span);
-        let upstream = &route.upstream;
+        let upstream = match &route.backend {
+            Backend::Upstream(upstream) => upstream,
+            Backend::Aggregate(agg) => {
+                let (info, trace) = (&self.info, &mut self.trace);
+                let resp = agg.fetch(&parts, &info.params, info.client.ip(), &info.authority, trace).await?;
+                return self.respond(sent, resp, is_head).await;
+            }
+        };
         let t0 = now_ns();
         let client_ip = self.info.client.ip();
         let result = match route.cache.as_ref().and_then(|c| Some((c, c.plan(&parts, &self.info.authority)?))) {
@@ -330,7 +337,18 @@ impl Exchange<'_> {
                 error,
             }
         });
-        let resp = result?;
+        self.respond(sent, result?, is_head).await
+    }
+
+    /// The response phases, on the upstream's (or the aggregate's) answer.
+    async fn respond(
+        &mut self,
+        sent: Option<LentRequest>,
+        resp: Response<ProxyBody>,
+        is_head: bool,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let route = self.route;
+        let max = self.snap.server.max_buffered_body;
         let (mut rparts, rbody) = resp.into_parts();
         forwarding::strip_hop_by_hop(&mut rparts.headers);
         rparts.version = Version::HTTP_11;
@@ -366,7 +384,7 @@ impl Exchange<'_> {
             Ok(bytes) => bytes,
             Err(body::CollectError::TooLarge) => return Err(ProxyError::ResponseBodyTooLarge(max)),
             Err(body::CollectError::Failed(e)) => {
-                return Err(ProxyError::Upstream { upstream: upstream.name.clone(), detail: e.to_string() });
+                return Err(ProxyError::Upstream { upstream: route.upstream_name.clone(), detail: e.to_string() });
             }
         };
         if let Some(r) = heads.as_mut().and_then(|h| h.response.as_mut()) {

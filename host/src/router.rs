@@ -92,6 +92,20 @@ impl RouteMatcher {
         Ok(Self { host, path, methods })
     }
 
+    /// The path parameters it captures.
+    pub fn param_names(&self) -> Vec<&str> {
+        match &self.path {
+            PathMatch::Pattern(segments) => segments
+                .iter()
+                .filter_map(|s| match s {
+                    Segment::Param(n) | Segment::Rest(n) => Some(n.as_str()),
+                    Segment::Literal(_) => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     fn host_matches(&self, host: &str) -> bool {
         match &self.host {
             HostMatch::Any => true,

@@ -11,8 +11,12 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 
 use crate::access_log::{AccessLog, AccessLogWriter};
+use crate::aggregate::{self, Aggregate, Part};
 use crate::cache::RouteCache;
-use crate::config::{AccessLogConfig, GatewayConfig, LoadError, LoadErrors, ServerConfig, Source, StateConfig};
+use crate::config::{
+    AccessLogConfig, GatewayConfig, LoadError, LoadErrors, Merge, RouteConfig, RouteKind, ServerConfig, Source,
+    StateConfig,
+};
 use crate::engine::PluginEngine;
 use crate::events::{Events, Webhook};
 use crate::metrics::{Metrics, RouteMetrics};
@@ -28,7 +32,9 @@ pub struct Route {
     /// Configured name.
     pub name: Arc<str>,
     /// Where requests go.
-    pub upstream: Arc<Upstream>,
+    pub backend: Backend,
+    /// The upstream, or the parts' upstreams, for logs and the admin API.
+    pub upstream_name: Arc<str>,
     /// Plugins in chain order.
     pub chain: Vec<Arc<LoadedPlugin>>,
     /// Whether some plugin wants the whole request body.
@@ -41,6 +47,14 @@ pub struct Route {
     pub matches: serde_json::Value,
     /// The response cache, when the route has one.
     pub cache: Option<Arc<RouteCache>>,
+}
+
+/// What a route sends requests to.
+pub enum Backend {
+    /// One upstream.
+    Upstream(Arc<Upstream>),
+    /// Several, in parallel, answers merged.
+    Aggregate(Arc<Aggregate>),
 }
 
 /// One published state of the gateway.
@@ -281,6 +295,7 @@ impl Loader {
         let mut routes = Vec::new();
         let mut matchers = Vec::new();
         let mut names = HashSet::new();
+        let max_body = usize::try_from(cfg.server.max_buffered_body).unwrap_or(usize::MAX);
         for r in &cfg.routes {
             let span = r.span();
             let r = r.get_ref();
@@ -300,13 +315,8 @@ impl Loader {
                     None
                 }
             };
-            let upstream = upstreams.get(r.upstream.get_ref()).cloned();
-            if upstream.is_none() && !cfg.upstreams.contains_key(r.upstream.get_ref()) {
-                errors.push(src.error(
-                    r.upstream.span(),
-                    format!("route `{}`: unknown upstream `{}`", r.name, r.upstream.get_ref()),
-                ));
-            }
+            let params = matcher.as_ref().map(|m| m.param_names()).unwrap_or_default();
+            let backend = self.backend(src, &cfg, r, &upstreams, &params, span.clone(), max_body, &mut errors);
             let mut chain = Vec::new();
             for c in &r.chain {
                 match plugins.get(c.get_ref()) {
@@ -319,11 +329,12 @@ impl Loader {
                 }
             }
             let cache = r.cache.as_ref().map(|c| self.cache(&r.name, c.get_ref()));
-            if let (Some(m), Some(upstream)) = (matcher, upstream) {
+            if let (Some(m), Some((backend, upstream_name))) = (matcher, backend) {
                 matchers.push(m);
                 routes.push(Route {
                     name: r.name.as_str().into(),
-                    upstream,
+                    backend,
+                    upstream_name,
                     buffer_request: chain.iter().any(|p| p.phases().contains(Phases::REQUEST_BODY)),
                     buffer_response: chain.iter().any(|p| p.phases().contains(Phases::RESPONSE_BODY)),
                     chain,
@@ -359,6 +370,187 @@ impl Loader {
             tracer,
             limits: cfg.limits,
         })
+    }
+
+    /// A route's backend: its upstream, or its aggregate's parts; `None`
+    /// with the problems pushed to `errors`.
+    #[allow(clippy::too_many_arguments)]
+    fn backend(
+        &self,
+        src: &Source,
+        cfg: &GatewayConfig,
+        r: &RouteConfig,
+        upstreams: &BTreeMap<String, Arc<Upstream>>,
+        params: &[&str],
+        span: std::ops::Range<usize>,
+        max_body: usize,
+        errors: &mut Vec<LoadError>,
+    ) -> Option<(Backend, Arc<str>)> {
+        let before = errors.len();
+        // An upstream by name: `None` if unknown (reported) or if it failed
+        // to build (reported with the upstream).
+        let lookup = |name: &toml::Spanned<String>, errors: &mut Vec<LoadError>| {
+            let found = upstreams.get(name.get_ref()).cloned();
+            if found.is_none() && !cfg.upstreams.contains_key(name.get_ref()) {
+                errors
+                    .push(src.error(name.span(), format!("route `{}`: unknown upstream `{}`", r.name, name.get_ref())));
+            }
+            found
+        };
+        match r.kind {
+            RouteKind::Proxy => {
+                let unused = [
+                    (!r.parts.is_empty(), "parts"),
+                    (r.merge.is_some(), "merge"),
+                    (r.template.is_some(), "template"),
+                    (!r.forward_headers.is_empty(), "forward_headers"),
+                ];
+                for (_, key) in unused.iter().filter(|(set, _)| *set) {
+                    errors.push(src.error(
+                        span.clone(),
+                        format!("route `{}`: `{key}` is for `kind = \"aggregate\"` routes", r.name),
+                    ));
+                }
+                let Some(name) = &r.upstream else {
+                    errors.push(src.error(span, format!("route `{}`: `upstream` is required", r.name)));
+                    return None;
+                };
+                let upstream = lookup(name, errors)?;
+                let upstream_name = upstream.name.clone();
+                (errors.len() == before).then_some((Backend::Upstream(upstream), upstream_name))
+            }
+            RouteKind::Aggregate => {
+                if let Some(u) = &r.upstream {
+                    errors.push(src.error(
+                        u.span(),
+                        format!("route `{}`: an aggregate route has `parts`, not `upstream`", r.name),
+                    ));
+                }
+                if let Some(c) = &r.cache {
+                    errors.push(src.error(
+                        c.span(),
+                        format!("route `{}`: an aggregate route caches per part (`[[routes.parts]] cache`)", r.name),
+                    ));
+                }
+                if r.parts.is_empty() {
+                    errors
+                        .push(src.error(span.clone(), format!("route `{}`: an aggregate route needs `parts`", r.name)));
+                }
+                let mut parts = Vec::new();
+                let mut names = HashSet::new();
+                for p in &r.parts {
+                    let at = p.span();
+                    let p = p.get_ref();
+                    let fail =
+                        |msg: String| src.error(at.clone(), format!("route `{}` part `{}`: {msg}", r.name, p.name));
+                    if !valid_name(&p.name) {
+                        errors.push(fail("a part name must be 1 to 64 of [A-Za-z0-9_-]".into()));
+                    } else if !names.insert(p.name.as_str()) {
+                        errors.push(fail("the name is used twice".into()));
+                    }
+                    let method = match &p.method {
+                        None => http::Method::GET,
+                        Some(m) => match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                            Ok(m) => m,
+                            Err(_) => {
+                                errors.push(fail(format!("invalid method {m:?}")));
+                                continue;
+                            }
+                        },
+                    };
+                    let path = match aggregate::template::Template::parse(p.path.get_ref()) {
+                        Ok(t) if p.path.get_ref().starts_with('/') => t,
+                        Ok(_) => {
+                            errors.push(src.error(
+                                p.path.span(),
+                                format!("route `{}` part `{}`: path must start with '/'", r.name, p.name),
+                            ));
+                            continue;
+                        }
+                        Err(e) => {
+                            errors.push(src.error(p.path.span(), format!("route `{}` part `{}`: {e}", r.name, p.name)));
+                            continue;
+                        }
+                    };
+                    if let Some(missing) = path.path_params().find(|n| !params.contains(n)) {
+                        errors.push(src.error(
+                            p.path.span(),
+                            format!(
+                                "route `{}` part `{}`: {{path.{missing}}} is not a parameter of the route's path \
+                                 (it has: {})",
+                                r.name,
+                                p.name,
+                                if params.is_empty() { "none".to_owned() } else { params.join(", ") }
+                            ),
+                        ));
+                        continue;
+                    }
+                    let mut headers = Vec::new();
+                    for (name, value) in &p.headers {
+                        match (
+                            http::HeaderName::from_bytes(name.as_bytes()),
+                            aggregate::template::Template::parse(value),
+                        ) {
+                            (Ok(n), Ok(t)) => headers.push((n, t)),
+                            (Err(_), _) => errors.push(fail(format!("invalid header name {name:?}"))),
+                            (_, Err(e)) => errors.push(fail(format!("header {name}: {e}"))),
+                        }
+                    }
+                    if p.timeout.is_some_and(|t| t.is_zero()) {
+                        errors.push(fail("timeout must be above zero".into()));
+                    }
+                    let Some(upstream) = lookup(&p.upstream, errors) else { continue };
+                    let cache = p.cache.as_ref().map(|c| self.cache(&format!("{}/{}", r.name, p.name), c));
+                    parts.push(Part {
+                        name: p.name.as_str().into(),
+                        timeout: p.timeout.unwrap_or(upstream.timeout),
+                        upstream,
+                        method,
+                        path,
+                        headers,
+                        required: p.required,
+                        cache,
+                    });
+                }
+                let mut forward_headers = Vec::new();
+                for h in &r.forward_headers {
+                    match http::HeaderName::from_bytes(h.as_bytes()) {
+                        Ok(n) => forward_headers.push(n),
+                        Err(_) => errors.push(src.error(
+                            span.clone(),
+                            format!("route `{}`: forward_headers: invalid header name {h:?}", r.name),
+                        )),
+                    }
+                }
+                let merge = match (&r.template, r.merge) {
+                    (Some(t), Some(_)) => {
+                        errors.push(
+                            src.error(t.span(), format!("route `{}`: set `merge` or `template`, not both", r.name)),
+                        );
+                        return None;
+                    }
+                    (Some(t), None) => {
+                        let names: Vec<&str> = r.parts.iter().map(|p| p.get_ref().name.as_str()).collect();
+                        let value = serde_json::to_value(t.get_ref()).unwrap_or_default();
+                        match aggregate::template::Shape::parse(&value, &names) {
+                            Ok(shape) => aggregate::Merge::Shape(shape),
+                            Err(e) => {
+                                errors.push(src.error(t.span(), format!("route `{}`: template: {e}", r.name)));
+                                return None;
+                            }
+                        }
+                    }
+                    (None, Some(Merge::Deep)) => aggregate::Merge::Deep,
+                    (None, Some(Merge::Keys) | None) => aggregate::Merge::Keys,
+                };
+                if errors.len() != before {
+                    return None;
+                }
+                let agg = Aggregate { parts, merge, forward_headers, max_body };
+                let upstream_name = agg.upstream_names().into();
+                Some((Backend::Aggregate(Arc::new(agg)), upstream_name))
+            }
+        }
     }
 
     /// The cache of route `name`: the one it had if its settings are the same.

@@ -3,6 +3,7 @@
 //!
 //! One test binary (faster to link than one per file); one module per area.
 
+mod aggregate;
 mod anomaly;
 mod auth;
 mod chain;

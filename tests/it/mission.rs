@@ -148,3 +148,19 @@ async fn the_demo_orders_chain_end_to_end() {
         assert!(line.contains(plugin), "{plugin} in {line}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_warehouse_route_fans_out_and_merges() {
+    let (users, orders, hook) =
+        (Upstream::start("users").await, Upstream::start("orders").await, WebhookServer::start().await);
+    let gw = demo_gateway(&users, &orders, &hook).await;
+    let r = get(&gw, "/warehouse/42?currency=EUR", &[("x-delay-ms", "50")]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-served-by"), Some("weir"), "the response chain ran on the merged answer");
+    let doc = r.json();
+    assert_eq!(doc["stock"]["uri"], "/stock/42");
+    assert_eq!(doc["price"]["uri"], "/price/42?currency=EUR");
+    assert_eq!(doc["reviews"]["uri"], "/reviews/42");
+    assert_eq!(doc["reviews"]["headers"]["x-delay-ms"][0], "50", "forward_headers");
+    assert_eq!((users.hits(), orders.hits()), (1, 2));
+}
