@@ -55,18 +55,38 @@ async fn counting_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>, Seen) {
             let (counter, kept) = (counter.clone(), kept.clone());
             tokio::spawn(async move {
                 let mut buf = vec![0; 65536];
+                // What arrived since the last answer: answer once it holds a
+                // whole request, so a body cut off midway is never answered.
+                let mut pending = Vec::new();
                 while let Ok(n) = s.read(&mut buf).await {
                     if n == 0 {
                         break;
                     }
                     kept.lock().expect("seen").extend_from_slice(&buf[..n]);
                     counter.fetch_add(n, Ordering::SeqCst);
-                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                    pending.extend_from_slice(&buf[..n]);
+                    if complete(&pending) {
+                        pending.clear();
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                    }
                 }
             });
         }
     });
     (addr, bytes, seen)
+}
+
+/// Whether `raw` holds a whole request: its head, and the body its
+/// framing announces (chunked to the last chunk, or Content-Length bytes).
+fn complete(raw: &[u8]) -> bool {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let body = &raw[end + 4..];
+    if head.contains("transfer-encoding: chunked") {
+        return body.ends_with(b"0\r\n\r\n");
+    }
+    let length = head.lines().find_map(|l| l.strip_prefix("content-length:")?.trim().parse::<usize>().ok());
+    body.len() >= length.unwrap_or(0)
 }
 
 /// The header lines of every request head in `raw`, lower-cased.
