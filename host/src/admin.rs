@@ -287,6 +287,8 @@ pub fn status(shared: &Shared) -> serde_json::Value {
             let now = crate::clock::monotonic_ms();
             json!({
                 "name": &*u.name,
+                "scheme": u.scheme.as_str(),
+                "protocol": u.protocol,
                 "targets": set.primary.targets.iter().map(|t| t.addr.as_str()).collect::<Vec<_>>(),
                 "backup": set.backup.targets.iter().map(|t| t.addr.as_str()).collect::<Vec<_>>(),
                 "healthy": set.all().filter(|t| t.state.usable(now)).map(|t| t.addr.as_str()).collect::<Vec<_>>(),
@@ -308,6 +310,10 @@ pub fn status(shared: &Shared) -> serde_json::Value {
         "upstreams": upstreams,
         "state": shared.loader.state.describe(),
         "events_webhook": snap.webhook.as_ref().map(|w| w.redacted()),
+        "tls": snap.tls.as_ref().map(|t| json!({
+            "listen": t.listen.to_string(),
+            "certificates": t.certificates,
+        })),
     })
 }
 

@@ -16,7 +16,9 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
+mod tls;
 mod upstream;
+pub use tls::*;
 pub use upstream::*;
 
 /// A whole `gateway.toml`.
@@ -86,6 +88,9 @@ pub struct ServerConfig {
     /// Largest body buffered for a plugin body phase (413/502 beyond).
     #[serde(default = "defaults::max_buffered_body", deserialize_with = "byte_size")]
     pub max_buffered_body: u64,
+    /// A TLS listener, beside the cleartext one.
+    #[serde(default)]
+    pub tls: Option<Spanned<ListenerTlsConfig>>,
 }
 
 /// `[runtime]`: the plugin engine. Sizes the pooling allocator, so it is

@@ -27,11 +27,22 @@ pub const MAX_PLUGIN_HEADER_BYTES: usize = 64 * 1024;
 /// Remove hop-by-hop headers, including those named in `Connection`.
 /// One pass over the names in the common case (no hop-by-hop header at
 /// all), instead of a lookup per hop-by-hop name.
+///
+/// `TE: trailers` is the exception, as in Envoy: gRPC needs it end to end
+/// (a gRPC server may refuse a request without it), and it promises only
+/// what the gateway does anyway, pass trailers on. Any other `TE` value is
+/// dropped.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let present = headers.keys().any(|n| HOP_BY_HOP.contains(&n.as_str()));
     if !present {
         return;
     }
+    let trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers")));
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -44,6 +55,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     for name in HOP_BY_HOP {
         headers.remove(name);
+    }
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -95,8 +109,8 @@ pub fn with_plugin_headers(current: &HeaderMap, list: Vec<Header>) -> Result<Hea
 }
 
 /// Add `X-Forwarded-For`/`-Proto`/`-Host` and `Forwarded` for the hop from
-/// `client` to us.
-pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: &str) {
+/// `client` to us; `proto` is `http` or `https` (the TLS listener).
+pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: &str, proto: &'static str) {
     let ip = client.to_string();
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
@@ -105,14 +119,14 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: &str) {
     if let Ok(v) = HeaderValue::try_from(xff) {
         headers.insert("x-forwarded-for", v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     if !headers.contains_key("x-forwarded-host")
         && let Ok(v) = HeaderValue::try_from(host)
     {
         headers.insert("x-forwarded-host", v);
     }
     let node = if client.is_ipv6() { format!("\"[{ip}]\"") } else { ip };
-    let mut elem = format!("for={node};proto=http");
+    let mut elem = format!("for={node};proto={proto}");
     if !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b';' && b != b',') {
         elem.push_str(";host=");
         elem.push_str(host);
@@ -144,11 +158,21 @@ mod tests {
         h.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("te", HeaderValue::from_static("gzip"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn te_trailers_alone_is_kept() {
+        let mut h = HeaderMap::new();
+        h.insert("te", HeaderValue::from_static("gzip, Trailers;q=1"));
+        h.insert("connection", HeaderValue::from_static("te"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h["te"], "trailers");
+        assert!(!h.contains_key("connection"));
     }
 
     #[test]
@@ -172,7 +196,7 @@ mod tests {
     fn forwarding_headers_append() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        add_forwarding(&mut h, "::1".parse().expect("ip"), "api.example.com");
+        add_forwarding(&mut h, "::1".parse().expect("ip"), "api.example.com", "http");
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, ::1");
         assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http;host=api.example.com");
         assert_eq!(h["x-forwarded-host"], "api.example.com");

@@ -10,6 +10,7 @@
 //! | room | module |
 //! |------|--------|
 //! | accept, HTTP/1.1 + h2c, drain | [`server`] |
+//! | TLS: listener certificates by SNI, ALPN, client certificates | [`tls`] |
 //! | route matching | [`router`] |
 //! | the request path (chains, upstream) | [`proxy`] |
 //! | the reply: accounting and the access log | [`reply`], [`access_log`] |
@@ -63,6 +64,7 @@ pub mod server;
 pub mod snapshot;
 pub mod sniff;
 pub mod state;
+pub mod tls;
 pub mod trace;
 pub mod upstream;
 
@@ -192,6 +194,10 @@ impl Gateway {
             }
             None => None,
         };
+        let tls = match &self.shared.snapshot.load().tls {
+            Some(t) => Some(TcpListener::bind(t.listen).await?),
+            None => None,
+        };
         // Watch from here on, so no change made after `bind` returns is missed.
         let watch = if server.watch {
             match reload::watch(self.shared.clone()) {
@@ -204,7 +210,7 @@ impl Gateway {
         } else {
             None
         };
-        Ok(Bound { shared: self.shared, proxy, admin, watch })
+        Ok(Bound { shared: self.shared, proxy, tls, admin, watch })
     }
 }
 
@@ -212,6 +218,7 @@ impl Gateway {
 pub struct Bound {
     shared: Arc<Shared>,
     proxy: TcpListener,
+    tls: Option<TcpListener>,
     admin: Option<TcpListener>,
     watch: Option<reload::WatchHandle>,
 }
@@ -220,6 +227,11 @@ impl Bound {
     /// The proxy listener's address.
     pub fn proxy_addr(&self) -> SocketAddr {
         self.proxy.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The TLS listener's address, if any.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|a| a.local_addr().ok())
     }
 
     /// The admin listener's address, if any.
@@ -235,7 +247,7 @@ impl Bound {
     /// Serve until `shutdown` resolves, then drain in-flight requests for at
     /// most `server.drain_timeout`.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send) -> anyhow::Result<()> {
-        let result = server::serve(self.shared, self.proxy, self.admin, shutdown).await;
+        let result = server::serve(self.shared, self.proxy, self.tls, self.admin, shutdown).await;
         drop(self.watch);
         result
     }

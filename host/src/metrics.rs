@@ -85,6 +85,13 @@ struct Outcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TlsHandshake {
+    result: &'static str,
+    version: &'static str,
+    alpn: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateErrorKind {
     kind: &'static str,
 }
@@ -135,6 +142,7 @@ pub struct Metrics {
     cache_requests: Family<RouteStatus, Counter>,
     cache_bytes: Family<RouteLabel, Gauge>,
     cache_entries: Family<RouteLabel, Gauge>,
+    tls_handshakes: Family<TlsHandshake, Counter>,
     live: crate::live::Live,
 }
 
@@ -280,7 +288,14 @@ impl Metrics {
         registry.register("cache_bytes", "Memory held by the route's cache", cache_bytes.clone());
         let cache_entries = Family::default();
         registry.register("cache_entries", "Responses in the route's cache", cache_entries.clone());
+        let tls_handshakes = Family::default();
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes on the TLS listener by result (ok, failed, timeout), version and ALPN protocol",
+            tls_handshakes.clone(),
+        );
         Self {
+            tls_handshakes,
             registry,
             upstream_retries,
             upstream_rejected,
@@ -320,6 +335,11 @@ impl Metrics {
             trace_spans,
             live: crate::live::Live::default(),
         }
+    }
+
+    /// Count a TLS handshake; `version` and `alpn` are empty when it failed.
+    pub fn tls_handshake(&self, result: &'static str, version: &'static str, alpn: &'static str) {
+        self.tls_handshakes.get_or_create(&TlsHandshake { result, version, alpn }).inc();
     }
 
     /// The text exposition format.

@@ -32,8 +32,13 @@ use crate::plugin::{
 use crate::reply::{BodyVerdict, Completion, Counted, Observed};
 use crate::router::Match;
 use crate::snapshot::{Backend, Route, Snapshot};
+use crate::tls::ConnectionTls;
 use crate::trace::{RequestTrace, Span, SpanKind, Tracer, Value, new_span_id, now_ns};
 use crate::upstream::{Answered, Outgoing};
+
+/// `x-forwarded-client-cert`: the verified client certificate, set by the
+/// gateway when `[server.tls] forward_client_cert` is on, never by clients.
+const XFCC: &str = "x-forwarded-client-cert";
 
 /// Serve one downstream request on `snap`.
 pub async fn handle<B>(snap: Arc<Snapshot>, req: Request<B>, client: SocketAddr) -> Response<ProxyBody>
@@ -116,7 +121,16 @@ where
     let verdict = Arc::new(BodyVerdict::default());
     let body = Counted::new(body, bytes_in, snap.limits.max_request_body, verdict.clone());
     let held = route.chain.iter().map(|_| RequestSlot::default()).collect();
-    let info = Arc::new(RequestInfo { client, authority: host, route: route.name.clone(), request_id, params });
+    let tls = parts.extensions.remove::<Arc<ConnectionTls>>();
+    // Only the gateway says which client certificate it verified.
+    parts.headers.remove(XFCC);
+    if let Some(t) = &tls
+        && snap.tls.as_ref().is_some_and(|l| l.forward_client_cert)
+        && let Some(v) = t.forwarded_client_cert().and_then(|v| HeaderValue::try_from(v).ok())
+    {
+        parts.headers.insert(XFCC, v);
+    }
+    let info = Arc::new(RequestInfo { client, authority: host, route: route.name.clone(), request_id, params, tls });
     let outcomes = record.is_some().then(String::new);
     let mut exchange = Exchange { snap: &snap, route, info, held, outcomes, trace };
     let result = exchange.run(parts, body).await;
@@ -289,7 +303,7 @@ impl Exchange<'_> {
         let sent = (wants_response || route.buffer_response).then(|| lent.snapshot());
         let mut parts = lent.parts;
         let is_head = parts.method == Method::HEAD;
-        forwarding::add_forwarding(&mut parts.headers, self.info.client.ip(), &self.info.authority);
+        forwarding::add_forwarding(&mut parts.headers, self.info.client.ip(), &self.info.authority, self.info.scheme());
         // The upstream try is a client span: its id is the parent the
         // upstream sees in `traceparent`.
         let try_span = new_span_id();
@@ -298,7 +312,7 @@ impl Exchange<'_> {
             Backend::Upstream(upstream) => upstream,
             Backend::Aggregate(agg) => {
                 let (info, trace) = (&self.info, &mut self.trace);
-                let resp = agg.fetch(&parts, &info.params, info.client.ip(), &info.authority, trace).await?;
+                let resp = agg.fetch(&parts, info, trace).await?;
                 return self.respond(sent, resp, is_head).await;
             }
         };

@@ -65,8 +65,8 @@ pub async fn reload(shared: &Shared) -> Result<u64, LoadErrors> {
     }
 }
 
-/// Watch the config file and plugins folder until the returned handle is
-/// dropped.
+/// Watch the config file, the plugins folder and the TLS files the
+/// snapshot read, until the returned handle is dropped.
 pub fn watch(shared: Arc<Shared>) -> notify::Result<WatchHandle> {
     let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
@@ -80,22 +80,25 @@ pub fn watch(shared: Arc<Shared>) -> notify::Result<WatchHandle> {
     })?;
     let config_dir = parent_dir(&shared.config_path);
     watcher.watch(&config_dir, RecursiveMode::NonRecursive)?;
-    let mut plugins_dir = shared.snapshot.load().plugins_dir.clone();
-    if plugins_dir != config_dir {
-        watch_dir(&mut watcher, &plugins_dir);
-    }
-    let config_name = shared.config_path.file_name().map(ToOwned::to_owned);
+    let mut watched = Watched {
+        config_name: shared.config_path.file_name().map(ToOwned::to_owned),
+        config_dir,
+        plugins_dir: PathBuf::new(),
+        tls_files: Vec::new(),
+        dirs: Vec::new(),
+    };
+    watched.follow(&mut watcher, &shared.snapshot.load());
 
     let task = tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             tracing::debug!(path = %first.display(), "file event");
-            let mut relevant = is_relevant(&first, config_name.as_deref(), &plugins_dir);
+            let mut relevant = watched.relevant(&first);
             let deadline = tokio::time::Instant::now() + MAX_DELAY;
             loop {
                 let quiet = tokio::time::sleep(DEBOUNCE);
                 tokio::select! {
                     Some(p) = rx.recv() => {
-                        relevant |= is_relevant(&p, config_name.as_deref(), &plugins_dir);
+                        relevant |= watched.relevant(&p);
                         if tokio::time::Instant::now() >= deadline { break; }
                     }
                     () = quiet => break,
@@ -106,12 +109,7 @@ pub fn watch(shared: Arc<Shared>) -> notify::Result<WatchHandle> {
                 continue;
             }
             if reload(&shared).await.is_ok() {
-                let now = shared.snapshot.load().plugins_dir.clone();
-                if now != plugins_dir {
-                    let _ = watcher.unwatch(&plugins_dir);
-                    watch_dir(&mut watcher, &now);
-                    plugins_dir = now;
-                }
+                watched.follow(&mut watcher, &shared.snapshot.load());
             }
         }
         drop(watcher);
@@ -119,9 +117,59 @@ pub fn watch(shared: Arc<Shared>) -> notify::Result<WatchHandle> {
     Ok(WatchHandle { task })
 }
 
+/// What the watcher looks at besides the config file.
+struct Watched {
+    config_name: Option<std::ffi::OsString>,
+    config_dir: PathBuf,
+    plugins_dir: PathBuf,
+    /// Certificate, key and CA files.
+    tls_files: Vec<PathBuf>,
+    /// Folders watched besides the config's.
+    dirs: Vec<PathBuf>,
+}
+
+impl Watched {
+    /// Watch the folders `snap` reads from, and only those.
+    fn follow(&mut self, watcher: &mut impl Watcher, snap: &crate::snapshot::Snapshot) {
+        self.plugins_dir = snap.plugins_dir.clone();
+        self.tls_files = snap.tls_files.clone();
+        let mut wanted: Vec<PathBuf> = vec![self.plugins_dir.clone()];
+        wanted.extend(self.tls_files.iter().map(|f| parent_dir(f)));
+        wanted.retain(|d| !same_dir(d, &self.config_dir));
+        wanted.sort();
+        wanted.dedup();
+        for gone in self.dirs.iter().filter(|d| !wanted.contains(d)) {
+            let _ = watcher.unwatch(gone);
+        }
+        for new in wanted.iter().filter(|d| !self.dirs.contains(d)) {
+            watch_dir(watcher, new);
+        }
+        self.dirs = wanted;
+    }
+
+    /// The config file, a `.wasm` in the plugins folder, or a TLS file. A
+    /// TLS file counts when its name matches, or when a name starting with
+    /// `..` changes beside it: Kubernetes swaps a mounted secret's files
+    /// by renaming a `..data` link.
+    fn relevant(&self, path: &Path) -> bool {
+        let name = path.file_name();
+        let parent = path.parent();
+        if name.is_some() && name == self.config_name.as_deref() {
+            return true;
+        }
+        if parent.is_some_and(|d| same_dir(d, &self.plugins_dir)) && path.extension().is_some_and(|e| e == "wasm") {
+            return true;
+        }
+        let swapped = name.and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".."));
+        self.tls_files
+            .iter()
+            .any(|f| parent.is_some_and(|d| same_dir(d, &parent_dir(f))) && (swapped || f.file_name() == name))
+    }
+}
+
 fn watch_dir(watcher: &mut impl Watcher, dir: &Path) {
     if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
-        tracing::warn!(dir = %dir.display(), "cannot watch plugins folder: {e}");
+        tracing::warn!(dir = %dir.display(), "cannot watch folder: {e}");
     }
 }
 
@@ -130,16 +178,6 @@ fn parent_dir(p: &Path) -> PathBuf {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
     }
-}
-
-/// The config file itself, or a `.wasm` in the plugins folder.
-fn is_relevant(path: &Path, config_name: Option<&std::ffi::OsStr>, plugins_dir: &Path) -> bool {
-    let name = path.file_name();
-    if name.is_some() && name == config_name {
-        return true;
-    }
-    let in_plugins = path.parent().is_some_and(|d| same_dir(d, plugins_dir));
-    in_plugins && path.extension().is_some_and(|e| e == "wasm")
 }
 
 fn same_dir(a: &Path, b: &Path) -> bool {

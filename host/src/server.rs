@@ -1,5 +1,6 @@
 //! Accepting connections: HTTP/1.1 and HTTP/2 (h2c prior knowledge) on the
-//! proxy listener, HTTP/1.1 on the admin listener, graceful drain.
+//! proxy listener, the same over TLS (HTTP/2 by ALPN) on the TLS listener,
+//! HTTP/1.1 on the admin listener, graceful drain.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -11,9 +12,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::Shared;
+use crate::tls::ConnectionTls;
 
 /// Most concurrent HTTP/2 streams per connection.
 const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
@@ -24,11 +26,21 @@ const H2_MAX_PENDING_RESETS: usize = 20;
 const H2_MAX_LOCAL_RESETS: usize = 1024;
 /// Largest HTTP/2 header list accepted.
 const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
+/// HTTP/2 flow control is h2's; these are its limits. A stream may have
+/// this much unread data in flight from the client…
+const H2_STREAM_WINDOW: u32 = 1024 * 1024;
+/// …and a connection this much over all its streams.
+const H2_CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+/// Largest frame accepted.
+const H2_MAX_FRAME: u32 = 16 * 1024;
+/// Response data buffered per stream before the body is polled again.
+const H2_MAX_SEND_BUFFER: usize = 1024 * 1024;
 
 /// Serve the proxy (and admin) listener until `shutdown`, then drain.
 pub async fn serve(
     shared: Arc<Shared>,
     proxy: TcpListener,
+    tls: Option<TcpListener>,
     admin: Option<TcpListener>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
@@ -84,9 +96,16 @@ pub async fn serve(
         // CONTINUATION and empty-DATA floods are cut by h2 itself
         // (tests/it/http2.rs checks all three).
         .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
-        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS);
+        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_frame_size(H2_MAX_FRAME)
+        .max_send_buf_size(H2_MAX_SEND_BUFFER);
 
     tracing::info!(addr = %proxy.local_addr()?, "proxy listening");
+    if let Some(t) = &tls {
+        tracing::info!(addr = %t.local_addr()?, "TLS listening");
+    }
     if let Some(a) = &admin {
         tracing::info!(addr = %a.local_addr()?, "admin listening");
     }
@@ -97,42 +116,17 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = async {
-                let slot = slots.clone().acquire_owned().await;
-                (proxy.accept().await, slot)
-            } => {
-                let (accepted, slot) = accepted;
-                let (Ok((stream, peer)), Ok(slot)) = (accepted, slot) else { continue };
-                let _ = stream.set_nodelay(true);
+            accepted = accept(Some(&proxy), &slots) => {
+                let Some((stream, peer, slot)) = accepted else { continue };
                 let open = OpenConnection::new(shared.metrics.clone(), slot);
-                let shared = shared.clone();
-                // What the sniffer saw of each HTTP/1 head, taken one per
-                // request, in order.
-                let verdicts = crate::sniff::Verdicts::default();
-                let seen = verdicts.clone();
-                let svc = service_fn(move |mut req: hyper::Request<Incoming>| {
-                    let snap = shared.snapshot.load_full();
-                    if req.version() <= hyper::Version::HTTP_11
-                        && let Some(v) = seen.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
-                    {
-                        req.extensions_mut().insert(v);
-                    }
-                    async move { Ok::<_, Infallible>(crate::proxy::handle(snap, req, peer).await) }
-                });
-                let (builder, watcher) = (builder.clone(), graceful.watcher());
-                let within = server_cfg.header_read_timeout;
-                tokio::spawn(async move {
-                    let _open = open;
-                    if !first_bytes(&stream, within).await {
-                        tracing::debug!(%peer, "connection closed: no request within the header read timeout");
-                        return;
-                    }
-                    let io = TokioIo::new(crate::sniff::Sniffed::new(stream, verdicts));
-                    let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(%peer, "connection ended: {e}");
-                    }
-                });
+                let conn = Conn { shared: shared.clone(), builder: builder.clone(), watcher: graceful.watcher(), peer };
+                tokio::spawn(conn.serve_plain(stream, open));
+            }
+            accepted = accept(tls.as_ref(), &slots) => {
+                let Some((stream, peer, slot)) = accepted else { continue };
+                let open = OpenConnection::new(shared.metrics.clone(), slot);
+                let conn = Conn { shared: shared.clone(), builder: builder.clone(), watcher: graceful.watcher(), peer };
+                tokio::spawn(conn.serve_tls(stream, open));
             }
             accepted = accept_admin(admin.as_ref()) => {
                 let Ok((stream, peer)) = accepted else { continue };
@@ -145,6 +139,7 @@ pub async fn serve(
     sweeper.abort();
     ticker.abort();
     drop(proxy);
+    drop(tls);
     drop(admin);
     tracing::info!(timeout = ?server_cfg.drain_timeout, "draining connections");
     if tokio::time::timeout(server_cfg.drain_timeout, graceful.shutdown()).await.is_err() {
@@ -153,12 +148,186 @@ pub async fn serve(
     Ok(())
 }
 
+/// Accept on `listener` (never, without one) once a `max_connections`
+/// slot is free.
+async fn accept(
+    listener: Option<&TcpListener>,
+    slots: &Arc<tokio::sync::Semaphore>,
+) -> Option<(TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
+    let Some(listener) = listener else { return std::future::pending().await };
+    let slot = slots.clone().acquire_owned().await.ok()?;
+    let (stream, peer) = listener.accept().await.ok()?;
+    let _ = stream.set_nodelay(true);
+    Some((stream, peer, slot))
+}
+
+/// One accepted downstream connection, before its protocol is known.
+struct Conn {
+    shared: Arc<Shared>,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    peer: SocketAddr,
+}
+
+impl Conn {
+    /// Cleartext: HTTP/1.1, or HTTP/2 with prior knowledge.
+    async fn serve_plain(self, stream: TcpStream, open: OpenConnection) {
+        let _open = open;
+        let within = self.shared.snapshot.load().server.header_read_timeout;
+        if !first_bytes(&stream, within).await {
+            tracing::debug!(peer = %self.peer, "connection closed: no request within the header read timeout");
+            return;
+        }
+        self.serve_http(stream, None).await;
+    }
+
+    /// TLS: the handshake with the snapshot's certificates, then HTTP/1.1
+    /// or HTTP/2 (by ALPN, or prior knowledge).
+    async fn serve_tls(self, stream: TcpStream, open: OpenConnection) {
+        let _open = open;
+        let snap = self.shared.snapshot.load_full();
+        let Some(settings) = snap.tls.clone() else {
+            tracing::warn!(peer = %self.peer, "TLS connection refused: [server.tls] is gone from the config");
+            return;
+        };
+        let within = snap.server.header_read_timeout;
+        drop(snap);
+        let metrics = &self.shared.metrics;
+        let acceptor = tokio_rustls::TlsAcceptor::from(settings.config.clone());
+        let stream = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                metrics.tls_handshake("failed", "", "");
+                tracing::debug!(peer = %self.peer, "TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                metrics.tls_handshake("timeout", "", "");
+                tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        let info = ConnectionTls::of(stream.get_ref().1);
+        metrics.tls_handshake("ok", info.version, info.alpn.unwrap_or("none"));
+        self.serve_http(FirstByte::new(stream, within), Some(Arc::new(info))).await;
+    }
+
+    async fn serve_http<I>(self, io: I, tls: Option<Arc<ConnectionTls>>)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn { shared, builder, watcher, peer } = self;
+        // What the sniffer saw of each HTTP/1 head, taken one per request,
+        // in order.
+        let verdicts = crate::sniff::Verdicts::default();
+        let seen = verdicts.clone();
+        let svc = service_fn(move |mut req: hyper::Request<Incoming>| {
+            let snap = shared.snapshot.load_full();
+            if req.version() <= hyper::Version::HTTP_11
+                && let Some(v) = seen.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+            {
+                req.extensions_mut().insert(v);
+            }
+            if let Some(tls) = &tls {
+                req.extensions_mut().insert(tls.clone());
+            }
+            async move { Ok::<_, Infallible>(crate::proxy::handle(snap, req, peer).await) }
+        });
+        let io = TokioIo::new(crate::sniff::Sniffed::new(io, verdicts));
+        let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
+        if let Err(e) = watcher.watch(conn).await {
+            tracing::debug!(%peer, "connection ended: {e}");
+        }
+    }
+}
+
+/// A stream whose reads fail once `within` has passed with nothing read:
+/// after a TLS handshake, a client that sends no request is cut at the
+/// header read timeout, as on the cleartext listener ([`first_bytes`]).
+/// From the first byte on, hyper's own timers apply.
+struct FirstByte<S> {
+    inner: S,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> FirstByte<S> {
+    fn new(inner: S, within: Duration) -> Self {
+        Self { inner, deadline: Some(Box::pin(tokio::time::sleep(within))) }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByte<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    self.deadline = None;
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let expired = self.deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                if expired {
+                    Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no request within the header read timeout",
+                    )))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByte<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
 /// Wait until the client has sent enough to tell HTTP/1 from the HTTP/2
 /// preface, within `within`. hyper-util's protocol detection reads those
 /// bytes with no timeout of its own, and hyper's header read timeout starts
 /// only after it: without this, a connection that sends nothing would hold
 /// its slot (and a `max_connections` slot) forever.
-async fn first_bytes(stream: &tokio::net::TcpStream, within: Duration) -> bool {
+async fn first_bytes(stream: &TcpStream, within: Duration) -> bool {
     const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let deadline = tokio::time::Instant::now() + within;
     let mut buf = [0u8; 24];

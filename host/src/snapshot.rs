@@ -23,6 +23,7 @@ use crate::metrics::{Metrics, RouteMetrics};
 use crate::plugin::{LoadedPlugin, Phases, PluginHost, PluginSpec, StoreData};
 use crate::router::{RouteMatcher, Router};
 use crate::state::StateStore;
+use crate::tls::ListenerTls;
 use crate::trace::Tracer;
 use crate::upstream::Upstream;
 use crate::upstream::discovery::Upstreams;
@@ -88,6 +89,11 @@ pub struct Snapshot {
     pub tracer: Option<Arc<Tracer>>,
     /// `[limits]`.
     pub limits: crate::config::LimitsConfig,
+    /// The TLS listener's certificates and settings, from `[server.tls]`.
+    pub tls: Option<Arc<ListenerTls>>,
+    /// Certificate, key and CA files the snapshot read (listener and
+    /// upstreams): a change to one reloads.
+    pub tls_files: Vec<PathBuf>,
 }
 
 /// What snapshot building needs from the gateway; lives as long as it.
@@ -175,6 +181,27 @@ impl Loader {
             && let Err(e) = StateStore::check_config(state.get_ref())
         {
             errors.push(src.error(state.span(), format!("[state]: {e}")));
+        }
+
+        // The TLS listener: certificates are read on every load, so a
+        // renewed one is served from the next snapshot and a broken one
+        // keeps the last good snapshot serving.
+        let tls = match &cfg.server.tls {
+            None => None,
+            Some(t) => match ListenerTls::build(t.get_ref(), &src.base_dir()) {
+                Ok(tls) => Some(Arc::new(tls)),
+                Err(e) => {
+                    errors.push(src.error(t.span(), format!("[server.tls]: {e}")));
+                    None
+                }
+            },
+        };
+
+        let mut tls_files = tls.as_ref().map(|t| t.files.clone()).unwrap_or_default();
+        for up in cfg.upstreams.values() {
+            if let Some(t) = up.get_ref().tls.as_ref().and_then(|t| t.get_ref().settings()) {
+                tls_files.extend([t.ca, t.cert, t.key].into_iter().flatten().map(|f| src.base_dir().join(f)));
+            }
         }
 
         // Upstreams.
@@ -369,6 +396,8 @@ impl Loader {
             access_log,
             tracer,
             limits: cfg.limits,
+            tls,
+            tls_files,
         })
     }
 
@@ -590,7 +619,7 @@ fn valid_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -124,6 +124,7 @@ pub struct Request {
     route: OnceCell<String>,
     request_id: OnceCell<String>,
     path_params: OnceCell<Vec<(String, String)>>,
+    tls: OnceCell<Option<Tls>>,
     headers: Headers,
 }
 
@@ -144,6 +145,7 @@ impl Request {
             route: OnceCell::new(),
             request_id: OnceCell::new(),
             path_params: OnceCell::new(),
+            tls: OnceCell::new(),
             headers: Headers::default(),
         }
     }
@@ -290,6 +292,50 @@ impl Request {
     pub fn path_param(&self, name: &str) -> Option<&str> {
         let params = self.path_params.get_or_init(|| self.handle.path_params());
         params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The client's TLS connection, when the request came in on the
+    /// gateway's TLS listener; `None` in cleartext. With mutual TLS,
+    /// [`Tls::client_subject`] is the client certificate the gateway
+    /// verified: an identity a plugin can authorise on.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.get_or_init(|| self.handle.tls()).as_ref()
+    }
+}
+
+/// What the gateway's TLS listener established with the client.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Tls {
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: String,
+    /// The protocol agreed by ALPN (`h2`, `http/1.1`), if any.
+    pub alpn: Option<String>,
+    /// The name the client asked for by SNI, if any.
+    pub server_name: Option<String>,
+    /// The verified client certificate's subject, e.g. `CN=client-1, O=Acme`.
+    pub client_subject: Option<String>,
+    /// SHA-256 of the client certificate (DER, lower-case hex).
+    pub client_cert_sha256: Option<String>,
+}
+
+impl Tls {
+    /// A connection of `version` (e.g. `TLSv1.3`), for tests with
+    /// [`crate::testing::Harness::tls`].
+    pub fn new(version: &str) -> Self {
+        Self { version: version.to_owned(), ..Self::default() }
+    }
+
+    /// With a verified client certificate of this subject.
+    pub fn with_client_subject(mut self, subject: &str) -> Self {
+        self.client_subject = Some(subject.to_owned());
+        self
+    }
+
+    /// With this SNI name.
+    pub fn with_server_name(mut self, name: &str) -> Self {
+        self.server_name = Some(name.to_owned());
+        self
     }
 }
 

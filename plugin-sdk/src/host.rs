@@ -124,6 +124,15 @@ mod wasm {
         pub(crate) fn path_params(&self) -> Vec<(String, String)> {
             self.0.path_params()
         }
+        pub(crate) fn tls(&self) -> Option<crate::Tls> {
+            self.0.tls().map(|t| crate::Tls {
+                version: t.version,
+                alpn: t.alpn,
+                server_name: t.server_name,
+                client_subject: t.client_subject,
+                client_cert_sha256: t.client_cert_sha256,
+            })
+        }
         pub(crate) fn set_method(&mut self, m: &str) -> Result<(), EditError> {
             edit(self.0.set_method(m))
         }

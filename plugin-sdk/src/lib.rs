@@ -95,7 +95,7 @@ pub use action::{Action, Reply};
 pub use config::Config;
 pub use context::{Context, Event, Level, Severity, State, StateError};
 pub use error::{Error, Result};
-pub use head::{Body, Request, Response};
+pub use head::{Body, Request, Response, Tls};
 pub use http;
 pub use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 

@@ -85,6 +85,7 @@ pub struct Harness<P: Plugin> {
     client_addr: String,
     route: String,
     path_params: Vec<(String, String)>,
+    tls: Option<crate::Tls>,
 }
 
 impl<P: Plugin> Harness<P> {
@@ -98,6 +99,7 @@ impl<P: Plugin> Harness<P> {
             client_addr: "127.0.0.1:40000".into(),
             route: "test".into(),
             path_params: Vec::new(),
+            tls: None,
         })
     }
 
@@ -116,6 +118,13 @@ impl<P: Plugin> Harness<P> {
     /// Add a path parameter, as captured by a route such as `/users/{id}`.
     pub fn path_param(mut self, name: &str, value: &str) -> Self {
         self.path_params.push((name.into(), value.into()));
+        self
+    }
+
+    /// Requests come in over TLS, as the gateway's TLS listener saw it
+    /// (default: cleartext).
+    pub fn tls(mut self, tls: crate::Tls) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -142,6 +151,7 @@ impl<P: Plugin> Harness<P> {
             client_addr: self.client_addr.clone(),
             route: self.route.clone(),
             params: self.path_params.clone(),
+            tls: self.tls.clone(),
         }))
     }
 
@@ -251,6 +261,7 @@ pub(crate) struct LocalRequest {
     client_addr: String,
     route: String,
     params: Vec<(String, String)>,
+    tls: Option<crate::Tls>,
 }
 
 impl LocalRequest {
@@ -508,6 +519,9 @@ pub(crate) mod host {
         }
         pub(crate) fn path_params(&self) -> Vec<(String, String)> {
             self.0.borrow().params.clone()
+        }
+        pub(crate) fn tls(&self) -> Option<crate::Tls> {
+            self.0.borrow().tls.clone()
         }
         pub(crate) fn set_method(&mut self, m: &str) -> Result<(), EditError> {
             let method =

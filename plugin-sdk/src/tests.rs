@@ -83,3 +83,32 @@ fn a_failed_phase_leaves_no_edits_and_headers_mut_goes_back_whole() {
     assert_eq!(out.headers()["x-map"], "1");
     assert_eq!(out.headers()["x-up"], "u");
 }
+
+/// Admits only clients whose verified certificate names `CN=ops`.
+struct OpsOnly;
+
+impl Plugin for OpsOnly {
+    fn new(_: &Config) -> Result<Self> {
+        Ok(OpsOnly)
+    }
+
+    fn on_request(&self, req: &mut Request, _: &Context) -> Result<Action> {
+        match req.tls().and_then(|t| t.client_subject.as_deref()) {
+            Some(s) if s.starts_with("CN=ops,") => Ok(Action::Continue),
+            _ => Ok(Reply::new(StatusCode::FORBIDDEN).into()),
+        }
+    }
+}
+
+#[test]
+fn the_tls_connection_is_visible_to_plugins() {
+    let req = || http::Request::get("/").body(()).expect("request");
+    let cleartext = Harness::<OpsOnly>::new(json!({})).expect("init");
+    assert_eq!(cleartext.on_request(req()).unwrap_respond().status(), StatusCode::FORBIDDEN);
+    let other = Harness::<OpsOnly>::new(json!({})).expect("init").tls(crate::Tls::new("TLSv1.3"));
+    assert_eq!(other.on_request(req()).unwrap_respond().status(), StatusCode::FORBIDDEN);
+    let ops = Harness::<OpsOnly>::new(json!({}))
+        .expect("init")
+        .tls(crate::Tls::new("TLSv1.3").with_client_subject("CN=ops, O=Acme").with_server_name("api.test"));
+    ops.on_request(req()).unwrap_continue();
+}

@@ -219,3 +219,20 @@ async fn a_plugin_built_against_an_older_contract_is_refused_clearly() {
     );
     assert!(err.contains("rebuild it with the matching weir-plugin-sdk"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_against_an_earlier_release_of_the_series_still_loads() {
+    // `add_header.wasm` built against `weir:plugin@0.2.0`, before 0.2.1
+    // added `request.tls`: wasmtime links its imports to the host's 0.2.1.
+    let up = Upstream::start("up").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = format!(
+        "[plugins.old]\nmodule = \"old.wasm\"\nconfig = {{ name = \"x-old\", value = \"v\" }}\n{}",
+        route(&["old"], &up.addr.to_string())
+    );
+    TestGateway::prepare(dir.path(), "", &cfg, &[]);
+    let old = weir_tests::workspace_root().join("tests/fixtures/add_header-wit-0.2.0.wasm");
+    std::fs::copy(&old, dir.path().join("plugins/old.wasm")).expect("copy the 0.2.0 fixture");
+    let gw = TestGateway::start_in(dir).await;
+    assert_eq!(gw.get("/").await.seen("x-old").as_deref(), Some("v"));
+}

@@ -20,4 +20,5 @@ mod reload;
 mod resilience;
 mod routing;
 mod sandbox;
+mod tls;
 mod transform;

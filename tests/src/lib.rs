@@ -57,20 +57,39 @@ pub fn fixtures() -> &'static Path {
             }
         }
         packages.sort();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
+        let mut cmd = cargo();
         cmd.current_dir(&root).args(["build", "--release", "--target", "wasm32-wasip2"]);
         for p in &packages {
             cmd.args(["-p", p]);
-        }
-        // Do not leak the outer build's settings into the wasm build.
-        for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "RUSTC_WORKSPACE_WRAPPER", "CARGO_BUILD_TARGET"] {
-            cmd.env_remove(var);
         }
         let status = cmd.status().expect("run cargo to build the wasm fixtures");
         assert!(status.success(), "building wasm fixtures failed (is `rustup target add wasm32-wasip2` done?)");
         wasm_dir()
     })
+}
+
+/// A `cargo` command that builds as `cargo test` was run from the shell.
+///
+/// The test process carries the variables cargo sets for a crate
+/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ...). Build scripts such as ring's
+/// ask to rerun when those change, so passing them on would rebuild ring
+/// (and all that depends on it) in the nested build, and again in the next
+/// outer one. The outer build's flags are not passed on either.
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (var, _) in std::env::vars_os() {
+        let Some(name) = var.to_str() else { continue };
+        let crate_var = name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || name.starts_with("CARGO_BIN_")
+            || matches!(name, "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR");
+        let flags =
+            matches!(name, "RUSTFLAGS" | "CARGO_ENCODED_RUSTFLAGS" | "RUSTC_WORKSPACE_WRAPPER" | "CARGO_BUILD_TARGET");
+        if crate_var || flags {
+            cmd.env_remove(&var);
+        }
+    }
+    cmd
 }
 
 /// Path of one built module, e.g. `fixture("add_header.wasm")`.
@@ -84,8 +103,7 @@ pub fn fixture(file: &str) -> PathBuf {
 pub fn weir_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
+        let status = cargo()
             .current_dir(workspace_root())
             // `--workspace` so features unify exactly as in `cargo test --workspace`
             // and wasmtime is not compiled a second time.
@@ -99,12 +117,16 @@ pub fn weir_binary() -> &'static Path {
     })
 }
 
+pub mod tls;
+
 // ---- upstream ----------------------------------------------------------
 
 /// A real upstream server: answers every request with a JSON echo of it.
 ///
-/// The reply has header `x-upstream: NAME` and body
-/// `{"upstream", "method", "uri", "headers": {name: [values]}, "body"}`.
+/// The reply has header `x-upstream: NAME` and body `{"upstream", "method",
+/// "uri", "version", "headers": {name: [values]}, "body"}`, plus `"tls":
+/// {"sni", "alpn", "client"}` when it serves TLS. It speaks HTTP/1.1 and
+/// HTTP/2 (prior knowledge in cleartext, ALPN over TLS).
 /// A request header `x-delay-ms: N` delays the answer; `x-status: N` sets
 /// the status; `x-response-cache-control: V` becomes the answer's
 /// `Cache-Control`. Requests to `/healthz` are answered 200 and counted
@@ -120,6 +142,7 @@ pub struct Upstream {
     checks: Arc<AtomicUsize>,
     /// Added to every answer's delay, in ms (a slow target).
     pub delay_ms: Arc<AtomicUsize>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stop: Option<tokio::sync::watch::Sender<bool>>,
 }
 
@@ -131,12 +154,22 @@ impl Upstream {
 
     /// Start on a given address.
     pub async fn start_on(addr: SocketAddr, name: &str) -> Self {
+        Self::start_with(addr, name, None).await
+    }
+
+    /// Start serving TLS with `config` (see [`Pki::server_config`]).
+    pub async fn start_tls(name: &str, config: rustls::ServerConfig) -> Self {
+        Self::start_with("127.0.0.1:0".parse().expect("addr"), name, Some(Arc::new(config))).await
+    }
+
+    async fn start_with(addr: SocketAddr, name: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let mut up = Self {
             addr,
             name: name.into(),
             hits: Arc::default(),
             checks: Arc::default(),
             delay_ms: Arc::default(),
+            tls,
             stop: None,
         };
         up.listen().await;
@@ -149,6 +182,7 @@ impl Upstream {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let name = self.name.clone();
         let (hits, checks, delay) = (self.hits.clone(), self.checks.clone(), self.delay_ms.clone());
+        let acceptor = self.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         let mut on_stop = stopped.clone();
         tokio::spawn(async move {
             loop {
@@ -158,22 +192,24 @@ impl Upstream {
                 };
                 let (name, hits, checks, delay) = (name.clone(), hits.clone(), checks.clone(), delay.clone());
                 let mut on_stop = stopped.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        let (name, delay) = (name.clone(), delay.load(Ordering::SeqCst));
-                        if req.uri().path() == "/healthz" {
-                            checks.fetch_add(1, Ordering::SeqCst);
-                        } else {
-                            hits.fetch_add(1, Ordering::SeqCst);
-                        }
-                        async move {
-                            if delay > 0 {
-                                tokio::time::sleep(Duration::from_millis(delay as u64)).await;
+                    let counters = EchoCounters { name, hits, checks, delay };
+                    let conn: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match acceptor {
+                        None => Box::pin(serve_echo(TokioIo::new(stream), counters, None)),
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(tls) => {
+                                let (_, c) = tls.get_ref();
+                                let info = serde_json::json!({
+                                    "sni": c.server_name(),
+                                    "alpn": c.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()),
+                                    "client": c.peer_certificates().and_then(|certs| certs.first()).map(|der| subject(der)),
+                                });
+                                Box::pin(serve_echo(TokioIo::new(tls), counters, Some(info)))
                             }
-                            echo(name, req).await
-                        }
-                    });
-                    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                            Err(_) => return,
+                        },
+                    };
                     tokio::select! {
                         _ = conn => {}
                         _ = on_stop.changed() => {}
@@ -208,6 +244,41 @@ impl Upstream {
     }
 }
 
+/// What an [`Upstream`] connection counts and how slow it is.
+struct EchoCounters {
+    name: Arc<str>,
+    hits: Arc<AtomicUsize>,
+    checks: Arc<AtomicUsize>,
+    delay: Arc<AtomicUsize>,
+}
+
+/// Serve the echo on one connection (HTTP/1.1 or HTTP/2).
+async fn serve_echo<I>(io: I, c: EchoCounters, tls: Option<serde_json::Value>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let (name, delay, tls) = (c.name.clone(), c.delay.load(Ordering::SeqCst), tls.clone());
+        if req.uri().path() == "/healthz" {
+            c.checks.fetch_add(1, Ordering::SeqCst);
+        } else {
+            c.hits.fetch_add(1, Ordering::SeqCst);
+        }
+        async move {
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay as u64)).await;
+            }
+            echo(name, req, tls).await
+        }
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(io, svc).await;
+}
+
+/// A certificate's subject, e.g. `CN=client-1`.
+pub fn subject(der: &[u8]) -> String {
+    x509_parser::parse_x509_certificate(der).map(|(_, c)| c.subject().to_string()).unwrap_or_default()
+}
+
 /// Bind `addr`, retrying for a moment: a port just given up by a killed
 /// upstream can take a little while to be free again.
 async fn bind_retrying(addr: SocketAddr) -> TcpListener {
@@ -226,7 +297,11 @@ impl Drop for Upstream {
     }
 }
 
-async fn echo(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {
+async fn echo(
+    name: Arc<str>,
+    req: Request<Incoming>,
+    tls: Option<serde_json::Value>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await?.to_bytes();
     if let Some(ms) = parts.headers.get("x-delay-ms").and_then(|v| v.to_str().ok()?.parse().ok()) {
@@ -239,13 +314,17 @@ async fn echo(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Full<By
             a.push(String::from_utf8_lossy(v.as_bytes()).into_owned().into());
         }
     }
-    let doc = serde_json::json!({
+    let mut doc = serde_json::json!({
         "upstream": &*name,
         "method": parts.method.as_str(),
         "uri": parts.uri.to_string(),
+        "version": format!("{:?}", parts.version),
         "headers": headers,
         "body": String::from_utf8_lossy(&body),
     });
+    if let Some(tls) = tls {
+        doc["tls"] = tls;
+    }
     let status = parts
         .headers
         .get("x-status")
@@ -469,6 +548,8 @@ pub struct TestGateway {
     pub url: String,
     /// The admin base URL.
     pub admin: String,
+    /// The TLS listener's address, with `[server.tls]`.
+    pub tls: Option<SocketAddr>,
     /// The folder holding `gateway.toml` and `plugins/`.
     pub dir: tempfile::TempDir,
     /// A client.
@@ -485,16 +566,20 @@ pub fn server_section() -> String {
         .to_owned()
 }
 
+/// [`server_section`] with `keys` added to `[server]`.
+pub fn server_with(keys: &str) -> String {
+    if keys.is_empty() {
+        return server_section();
+    }
+    server_section().replacen("\n\n", &format!("\n{keys}\n\n"), 1)
+}
+
 impl TestGateway {
     /// Write `body` (everything but `[server]`/`[runtime]`) as the config,
     /// copy the named modules into `plugins/`, and start the gateway.
     pub async fn start(body: &str, modules: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir(dir.path().join("plugins")).expect("plugins dir");
-        for m in modules {
-            std::fs::copy(fixture(m), dir.path().join("plugins").join(m)).expect("copy module");
-        }
-        std::fs::write(dir.path().join("gateway.toml"), format!("{}{body}", server_section())).expect("write config");
+        Self::prepare(dir.path(), "", body, modules);
         Self::start_in(dir).await
     }
 
@@ -502,10 +587,19 @@ impl TestGateway {
     /// (e.g. `header_read_timeout = "1s"`) added to the `[server]` section.
     pub async fn start_with_server(server_keys: &str, body: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir(dir.path().join("plugins")).expect("plugins dir");
-        let server = server_section().replacen("\n\n", &format!("\n{server_keys}\n\n"), 1);
-        std::fs::write(dir.path().join("gateway.toml"), format!("{server}{body}")).expect("write config");
+        Self::prepare(dir.path(), server_keys, body, &[]);
         Self::start_in(dir).await
+    }
+
+    /// Write the config into `dir` (with `server_keys` added to `[server]`;
+    /// they may end with a `[server.tls]` table) and copy the named modules
+    /// into `plugins/`, for [`TestGateway::start_in`].
+    pub fn prepare(dir: &Path, server_keys: &str, body: &str, modules: &[&str]) {
+        std::fs::create_dir_all(dir.join("plugins")).expect("plugins dir");
+        for m in modules {
+            std::fs::copy(fixture(m), dir.join("plugins").join(m)).expect("copy module");
+        }
+        std::fs::write(dir.join("gateway.toml"), format!("{}{body}", server_with(server_keys))).expect("write config");
     }
 
     /// Start a gateway on an already prepared folder.
@@ -518,11 +612,12 @@ impl TestGateway {
         let bound = gateway.bind().await.expect("bind");
         let url = format!("http://{}", bound.proxy_addr());
         let admin = format!("http://{}", bound.admin_addr().expect("admin listener"));
+        let tls = bound.tls_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(bound.serve(async {
             let _ = stopped.await;
         }));
-        Self { url, admin, dir, client: Client::new(), stop: Some(stop), task: Some(task) }
+        Self { url, admin, tls, dir, client: Client::new(), stop: Some(stop), task: Some(task) }
     }
 
     /// `GET {url}{path}`.
@@ -553,6 +648,11 @@ impl TestGateway {
     /// Replace the config body (the server section is kept), atomically.
     pub fn write_config(&self, body: &str) {
         write_atomic(&self.dir.path().join("gateway.toml"), format!("{}{body}", server_section()).as_bytes());
+    }
+
+    /// Replace the whole config, `[server]` keys included, atomically.
+    pub fn write_config_with_server(&self, server_keys: &str, body: &str) {
+        write_atomic(&self.dir.path().join("gateway.toml"), format!("{}{body}", server_with(server_keys)).as_bytes());
     }
 
     /// Wait until the serving generation is at least `generation`.

@@ -24,6 +24,7 @@ use crate::body::{self, ProxyBody};
 use crate::cache::{CACHE_HEADER, RouteCache};
 use crate::error::ProxyError;
 use crate::forwarding;
+use crate::plugin::RequestInfo;
 use crate::trace::{RequestTrace, Span, SpanKind, Value as Attr, new_span_id, now_ns};
 use crate::upstream::{Outgoing, Upstream};
 use template::{Context, Shape, Template, deep_merge};
@@ -92,18 +93,17 @@ impl Aggregate {
     pub async fn fetch(
         &self,
         req: &Parts,
-        params: &[(String, String)],
-        client: IpAddr,
-        authority: &str,
+        info: &RequestInfo,
         trace: &mut RequestTrace,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let cx = Context { params, query: req.uri.query(), headers: &req.headers };
+        let client = info.client.ip();
+        let cx = Context { params: &info.params, query: req.uri.query(), headers: &req.headers };
         let sent: Vec<_> = self
             .parts
             .iter()
             .map(|part| {
                 let span = new_span_id();
-                let head = self.head(part, &cx, client, authority, |h| trace.propagate(h, &span));
+                let head = self.head(part, &cx, info, |h| trace.propagate(h, &span));
                 (part, span, head)
             })
             .collect();
@@ -216,8 +216,7 @@ impl Aggregate {
         &self,
         part: &Part,
         cx: &Context<'_>,
-        client: IpAddr,
-        authority: &str,
+        info: &RequestInfo,
         propagate: impl FnOnce(&mut HeaderMap),
     ) -> Result<Parts, String> {
         let path = part.path.render_url(cx);
@@ -244,7 +243,7 @@ impl Aggregate {
             h.insert("x-request-id", id.clone());
         }
         h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-        forwarding::add_forwarding(h, client, authority);
+        forwarding::add_forwarding(h, info.client.ip(), &info.authority, info.scheme());
         propagate(h);
         Ok(head)
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{byte_size, duration};
+use super::{UpstreamProtocol, byte_size, duration};
 
 /// `[upstreams.NAME]`
 #[derive(Debug, Clone, Deserialize)]
@@ -61,6 +61,12 @@ pub struct UpstreamConfig {
     /// Concurrency caps and the error-rate breaker.
     #[serde(default)]
     pub breaker: BreakerConfig,
+    /// HTTP version spoken to the targets.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// TLS to the targets: `true`, or a table of settings.
+    #[serde(default)]
+    pub tls: Option<Spanned<super::UpstreamTls>>,
 }
 
 /// One target.

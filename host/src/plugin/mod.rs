@@ -529,6 +529,7 @@ impl LoadedPlugin {
             route: "bench".into(),
             request_id: "0123456789abcdef0123456789abcdef".into(),
             params: Vec::new(),
+            tls: None,
         });
         let mut heads = Some(Heads { request: LentRequest::new(req.into_parts().0, info), response: None });
         self.on_request(&mut heads, &mut RequestSlot::default()).await.map(drop)

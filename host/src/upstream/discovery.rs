@@ -19,7 +19,7 @@ use toml::Spanned;
 use super::balance::HashOn;
 use super::breaker::Breaker;
 use super::target::{Group, Target, TargetRegistry, TargetSet};
-use super::{ClientCache, Upstream, health, parse_target};
+use super::{ClientCache, Upstream, connector, health, parse_target};
 use crate::config::{Balance, DnsFamily, LoadError, Source, TargetConfig, UpstreamConfig};
 use crate::metrics::Metrics;
 
@@ -147,6 +147,21 @@ impl Upstreams {
         if cfg.timeout.is_zero() {
             err(span.clone(), "timeout must be above zero".into());
         }
+        let tls = match cfg.tls.as_ref().map(|t| (t.span(), t.get_ref().settings())) {
+            Some((at, Some(settings))) => {
+                // The SNI default: the first target's host name, if it is one.
+                let first = spec.targets.first().map(|t| t.address()).filter(|a| is_name(a));
+                let host = first.and_then(|a| parse_target(a).ok()).map(|a| a.host().to_owned());
+                match connector::TlsClient::build(&settings, cfg.protocol, &src.base_dir(), host.as_deref()) {
+                    Ok(client) => Some(client),
+                    Err(e) => {
+                        err(at, format!("tls: {e}"));
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -183,7 +198,9 @@ impl Upstreams {
             breaker,
             active: AtomicUsize::new(0),
             retrying: AtomicUsize::new(0),
-            client: self.clients.get(cfg.connect_timeout, cfg.breaker.max_connections.max(1)),
+            scheme: if tls.is_some() { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP },
+            protocol: cfg.protocol,
+            client: self.clients.get(cfg.connect_timeout, cfg.breaker.max_connections.max(1), cfg.protocol, tls),
             metrics: up_metrics,
         });
         upstream.refresh_gauges();

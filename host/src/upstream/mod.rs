@@ -42,7 +42,7 @@ use self::breaker::{Breaker, Refusal};
 use self::target::{Target, TargetSet, TargetState};
 use crate::body::{self, ProxyBody};
 use crate::clock::monotonic_ms;
-use crate::config::{HealthConfig, OutlierConfig, RetryConfig, RetryOn};
+use crate::config::{HealthConfig, OutlierConfig, RetryConfig, RetryOn, UpstreamProtocol};
 use crate::error::ProxyError;
 use crate::metrics::UpstreamMetrics;
 
@@ -77,6 +77,10 @@ pub struct Upstream {
     retrying: AtomicUsize,
     /// Pooled client (shared with other upstreams of the same settings).
     pub client: HttpClient,
+    /// `http`, or `https` with TLS.
+    pub scheme: http::uri::Scheme,
+    /// The HTTP version spoken to targets.
+    pub protocol: UpstreamProtocol,
     /// Counters.
     pub metrics: UpstreamMetrics,
 }
@@ -225,14 +229,25 @@ impl Upstream {
         idempotent: bool,
     ) -> Verdict {
         let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        parts.uri = match Uri::builder().scheme("http").authority(target.addr.clone()).path_and_query(pq).build() {
+        parts.uri = match Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(target.addr.clone())
+            .path_and_query(pq)
+            .build()
+        {
             Ok(uri) => uri,
             Err(e) => {
                 return Verdict::Fail(ProxyError::Upstream { upstream: self.name.clone(), detail: e.to_string() });
             }
         };
         parts.version = Version::HTTP_11;
-        if !parts.headers.contains_key(header::HOST)
+        if self.protocol == UpstreamProtocol::H2 {
+            // HTTP/2 carries the authority in `:authority` (the target, from
+            // the URI); a `Host` naming something else would make the
+            // request malformed (RFC 9113 §8.3.1). The client's host is in
+            // `x-forwarded-host`.
+            parts.headers.remove(header::HOST);
+        } else if !parts.headers.contains_key(header::HOST)
             && let Ok(v) = HeaderValue::try_from(if host.is_empty() { target.addr.as_str() } else { host })
         {
             parts.headers.insert(header::HOST, v);
@@ -465,30 +480,66 @@ pub fn parse_target(s: &str) -> Result<Authority, String> {
     Ok(a)
 }
 
-/// Clients by connect timeout and connection cap, kept across snapshots so
-/// a reload does not throw away warm upstream connections.
+/// HTTP/2 to upstreams: flow control is hyper's and h2's, with these
+/// limits. Windows large enough for a fast stream on a low-latency link.
+const H2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+/// The connection's receive window, shared by its streams.
+const H2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+/// Largest frame the gateway accepts from an upstream.
+const H2_MAX_FRAME: u32 = 16 * 1024;
+/// A ping this often on an idle HTTP/2 connection, which is closed when
+/// it goes unanswered for [`H2_KEEP_ALIVE_TIMEOUT`].
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What upstreams must agree on to share a pool of connections.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    connect_timeout: Duration,
+    max_connections: usize,
+    protocol: UpstreamProtocol,
+    /// Fingerprint of the TLS settings and files; `None` in cleartext.
+    tls: Option<[u8; 32]>,
+}
+
+/// Clients by connect timeout, connection cap, protocol and TLS settings,
+/// kept across snapshots so a reload does not throw away warm upstream
+/// connections.
 #[derive(Default)]
 pub struct ClientCache {
-    clients: Mutex<HashMap<(Duration, usize), HttpClient>>,
+    clients: Mutex<HashMap<ClientKey, HttpClient>>,
 }
 
 impl ClientCache {
-    /// The client for `connect_timeout` and at most `max_connections` open
-    /// to each target.
-    pub fn get(&self, connect_timeout: Duration, max_connections: usize) -> HttpClient {
+    /// The client for `connect_timeout`, at most `max_connections` open to
+    /// each target, `protocol`, and TLS (with its fingerprint) if any.
+    pub fn get(
+        &self,
+        connect_timeout: Duration,
+        max_connections: usize,
+        protocol: UpstreamProtocol,
+        tls: Option<(connector::TlsClient, [u8; 32])>,
+    ) -> HttpClient {
+        let key = ClientKey { connect_timeout, max_connections, protocol, tls: tls.as_ref().map(|(_, f)| *f) };
         let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry((connect_timeout, max_connections))
+        map.entry(key)
             .or_insert_with(|| {
                 let mut connector = HttpConnector::new();
                 connector.set_connect_timeout(Some(connect_timeout));
                 connector.set_nodelay(true);
-                connector.enforce_http(true);
-                let capped = connector::Capped::new(connector, max_connections, connect_timeout);
+                let capped =
+                    connector::Capped::new(connector, max_connections, connect_timeout, tls.map(|(client, _)| client));
                 Client::builder(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .pool_timer(TokioTimer::new())
                     .pool_idle_timeout(Duration::from_secs(90))
                     .pool_max_idle_per_host(256.min(max_connections))
+                    .http2_only(protocol == UpstreamProtocol::H2)
+                    .http2_initial_stream_window_size(H2_STREAM_WINDOW)
+                    .http2_initial_connection_window_size(H2_CONNECTION_WINDOW)
+                    .http2_max_frame_size(H2_MAX_FRAME)
+                    .http2_keep_alive_interval(H2_KEEP_ALIVE)
+                    .http2_keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
                     .build(capped)
             })
             .clone()

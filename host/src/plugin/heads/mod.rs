@@ -47,6 +47,15 @@ pub struct RequestInfo {
     pub request_id: String,
     /// Path parameters captured by the route.
     pub params: Vec<(String, String)>,
+    /// What the TLS handshake established, on the TLS listener.
+    pub tls: Option<Arc<crate::tls::ConnectionTls>>,
+}
+
+impl RequestInfo {
+    /// `https` on the TLS listener, `http` otherwise.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
 }
 
 /// The request head while it is lent (or ready to be lent) to plugins.
@@ -347,6 +356,16 @@ impl types::HostRequest for StoreData {
 
     fn path_params(&mut self, h: Resource<RequestRes>) -> wasmtime::Result<Vec<(String, String)>> {
         Ok(self.lent_request(&h)?.info.params.clone())
+    }
+
+    fn tls(&mut self, h: Resource<RequestRes>) -> wasmtime::Result<Option<types::TlsInfo>> {
+        Ok(self.lent_request(&h)?.info.tls.as_deref().map(|t| types::TlsInfo {
+            version: t.version.to_owned(),
+            alpn: t.alpn.map(str::to_owned),
+            server_name: t.server_name.clone(),
+            client_subject: t.client_subject.clone(),
+            client_cert_sha256: t.client_cert_sha256.clone(),
+        }))
     }
 
     fn set_method(&mut self, h: Resource<RequestRes>, method: String) -> wasmtime::Result<Result<(), EditError>> {

@@ -12,6 +12,7 @@ fn request(headers: &[(&str, &str)]) -> LentRequest {
         route: "r".into(),
         request_id: "id".into(),
         params: Vec::new(),
+        tls: None,
     });
     LentRequest::new(parts, info)
 }

@@ -43,6 +43,11 @@ struct Settings {
     /// `x-local-before-<tag>` (upstream) any value present before it was set.
     #[serde(default)]
     local: bool,
+    /// Report the client's TLS connection upstream: `x-probe-tls` is
+    /// `VERSION ALPN SNI` (`cleartext` without TLS), `x-probe-client` the
+    /// verified client certificate's subject (`none` without one).
+    #[serde(default)]
+    tls: bool,
 }
 
 struct Probe {
@@ -96,6 +101,22 @@ impl Plugin for Probe {
             if !cx.set_local("path", path.as_bytes()) {
                 return Err(Error::internal("set_local refused"));
             }
+        }
+        if self.s.tls {
+            let (conn, client) = match req.tls() {
+                Some(t) => (
+                    format!(
+                        "{} {} {}",
+                        t.version,
+                        t.alpn.as_deref().unwrap_or("-"),
+                        t.server_name.as_deref().unwrap_or("-")
+                    ),
+                    t.client_subject.clone().unwrap_or_else(|| "none".into()),
+                ),
+                None => ("cleartext".to_owned(), "none".to_owned()),
+            };
+            req.headers_mut().insert("x-probe-tls", conn.try_into()?);
+            req.headers_mut().insert("x-probe-client", client.try_into()?);
         }
         if self.s.count {
             let n = cx.state().incr("requests", 1, 0)?;

@@ -1,0 +1,288 @@
+//! TLS with rustls: the listener side (certificates chosen by SNI, ALPN,
+//! TLS 1.2/1.3, optional client certificates) and the PEM loading the
+//! upstream side shares.
+//!
+//! The listener's `rustls::ServerConfig` is part of the snapshot: it is
+//! built from the files on every load, so a renewed certificate is served
+//! after a reload (the watcher reloads when a certificate file changes), a
+//! broken one is refused with the file and reason, and the last good one
+//! keeps serving. Connections already open keep the config they started
+//! with.
+//!
+//! Only the `ring` provider's suites are enabled: TLS 1.3 AES-GCM and
+//! ChaCha20-Poly1305, and for TLS 1.2 only ECDHE key exchange with AEAD
+//! ciphers. No 0-RTT data is accepted.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig, SupportedProtocolVersion};
+use sha2::{Digest, Sha256};
+
+use crate::config::{ClientAuth, ListenerTlsConfig, TlsVersion};
+
+/// The crypto provider every TLS config uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Protocol versions from `min_version`.
+pub fn versions(min: TlsVersion) -> &'static [&'static SupportedProtocolVersion] {
+    static BOTH: [&SupportedProtocolVersion; 2] = [&rustls::version::TLS13, &rustls::version::TLS12];
+    static ONLY_13: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+    match min {
+        TlsVersion::Tls12 => &BOTH,
+        TlsVersion::Tls13 => &ONLY_13,
+    }
+}
+
+/// Every certificate in a PEM file, in order.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not a valid PEM certificate file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate (-----BEGIN CERTIFICATE-----) in the file", path.display()));
+    }
+    for (i, c) in certs.iter().enumerate() {
+        if x509_parser::parse_x509_certificate(c).is_err() {
+            return Err(format!("{}: certificate {} is not valid X.509", path.display(), i + 1));
+        }
+    }
+    Ok(certs)
+}
+
+/// The private key in a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    PrivateKeyDer::from_pem_slice(&bytes)
+        .map_err(|e| format!("{}: no usable PEM private key (PKCS#8, PKCS#1 or SEC1): {e}", path.display()))
+}
+
+/// A root store from a PEM file of CA certificates.
+pub fn load_roots(path: &Path) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots.add(cert).map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+    }
+    Ok(roots)
+}
+
+/// A certificate chain with its key, checked to belong together.
+pub fn certified_key(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, String> {
+    let chain = load_certs(cert)?;
+    let key_der = load_key(key)?;
+    let signing =
+        provider.key_provider.load_private_key(key_der).map_err(|e| format!("{}: unusable key: {e}", key.display()))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|e| {
+        format!("{} and {}: the key does not belong to the certificate ({e})", key.display(), cert.display())
+    })?;
+    Ok(certified)
+}
+
+/// What `/admin/status` says about a served certificate.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CertificateInfo {
+    /// The certificate file.
+    pub file: PathBuf,
+    /// Names it is served for (DNS and IP subject alternative names).
+    pub names: Vec<String>,
+    /// Subject.
+    pub subject: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
+/// The TLS listener's settings in one snapshot.
+pub struct ListenerTls {
+    /// Where it listens (read at start).
+    pub listen: SocketAddr,
+    /// The rustls config handshakes use.
+    pub config: Arc<ServerConfig>,
+    /// Time allowed for a handshake.
+    pub handshake_timeout: Duration,
+    /// Add `x-forwarded-client-cert`.
+    pub forward_client_cert: bool,
+    /// The certificates, for the admin API.
+    pub certificates: Vec<CertificateInfo>,
+    /// Every file read, to be watched.
+    pub files: Vec<PathBuf>,
+}
+
+impl ListenerTls {
+    /// Build from `[server.tls]`; paths are relative to `base`. Each error
+    /// names the file and what is wrong with it.
+    pub fn build(cfg: &ListenerTlsConfig, base: &Path) -> Result<Self, String> {
+        let provider = provider();
+        let mut files = Vec::new();
+        let mut by_name = HashMap::new();
+        let mut wildcard = HashMap::new();
+        let mut first = None;
+        let mut certificates = Vec::new();
+        if cfg.certificates.is_empty() {
+            return Err("`certificates` is empty: a TLS listener needs at least one".into());
+        }
+        for c in &cfg.certificates {
+            let c = c.get_ref();
+            let (cert, key) = (base.join(&c.cert), base.join(&c.key));
+            files.push(cert.clone());
+            files.push(key.clone());
+            let certified = Arc::new(certified_key(&cert, &key, &provider)?);
+            let info = describe(&certified.cert[0], &cert)?;
+            for name in &info.names {
+                let name = name.to_ascii_lowercase();
+                match name.strip_prefix("*.") {
+                    Some(suffix) => wildcard.entry(suffix.to_owned()).or_insert_with(|| certified.clone()),
+                    None => by_name.entry(name).or_insert_with(|| certified.clone()),
+                };
+            }
+            first.get_or_insert_with(|| certified.clone());
+            certificates.push(info);
+        }
+        let resolver = BySni { by_name, wildcard, default: first.ok_or("no certificate")? };
+
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(versions(cfg.min_version))
+            .map_err(|e| format!("protocol versions: {e}"))?;
+        let builder = match &cfg.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let path = base.join(ca.get_ref());
+                files.push(path.clone());
+                let roots = Arc::new(load_roots(&path)?);
+                let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+                let verifier = match cfg.client_auth {
+                    ClientAuth::Required => verifier,
+                    ClientAuth::Optional => verifier.allow_unauthenticated(),
+                };
+                let verifier = verifier.build().map_err(|e| format!("{}: {e}", path.display()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_cert_resolver(Arc::new(resolver));
+        let mut alpn = Vec::new();
+        for p in &cfg.alpn {
+            match p.get_ref().as_str() {
+                "h2" | "http/1.1" => alpn.push(p.get_ref().as_bytes().to_vec()),
+                other => return Err(format!("alpn: {other:?} is not a protocol weir serves (\"h2\", \"http/1.1\")")),
+            }
+        }
+        config.alpn_protocols = alpn;
+        config.ignore_client_order = true;
+        Ok(Self {
+            listen: cfg.listen,
+            config: Arc::new(config),
+            handshake_timeout: cfg.handshake_timeout,
+            forward_client_cert: cfg.forward_client_cert,
+            certificates,
+            files,
+        })
+    }
+}
+
+/// A certificate's names, subject and expiry.
+fn describe(cert: &CertificateDer<'_>, file: &Path) -> Result<CertificateInfo, String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| format!("{}: the certificate is not valid X.509: {e}", file.display()))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = parsed.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(n) => names.push((*n).to_owned()),
+                GeneralName::IPAddress(ip) => {
+                    if let Ok(octets) = <[u8; 4]>::try_from(*ip) {
+                        names.push(std::net::IpAddr::from(octets).to_string());
+                    } else if let Ok(octets) = <[u8; 16]>::try_from(*ip) {
+                        names.push(std::net::IpAddr::from(octets).to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(CertificateInfo {
+        file: file.to_owned(),
+        names,
+        subject: parsed.subject().to_string(),
+        not_after: parsed.validity().not_after.timestamp(),
+    })
+}
+
+/// Chooses the certificate by the client's SNI: an exact name, then a
+/// `*.` wildcard for the name's parent, then the first certificate.
+#[derive(Debug)]
+struct BySni {
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl ResolvesServerCert for BySni {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let Some(sni) = hello.server_name() else { return Some(self.default.clone()) };
+        let sni = sni.to_ascii_lowercase();
+        let found = self
+            .by_name
+            .get(&sni)
+            .or_else(|| sni.split_once('.').and_then(|(_, parent)| self.wildcard.get(parent)))
+            .unwrap_or(&self.default);
+        Some(found.clone())
+    }
+}
+
+/// What a TLS handshake established, for the request path, plugins and
+/// the upstream.
+#[derive(Debug, Clone)]
+pub struct ConnectionTls {
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: &'static str,
+    /// The protocol agreed by ALPN, if any.
+    pub alpn: Option<&'static str>,
+    /// The name the client asked for (SNI).
+    pub server_name: Option<String>,
+    /// The verified client certificate's subject (RFC 4514 style, e.g.
+    /// `CN=client-1, O=Acme`), when the client presented one.
+    pub client_subject: Option<String>,
+    /// SHA-256 of the client certificate (hex), when presented.
+    pub client_cert_sha256: Option<String>,
+}
+
+impl ConnectionTls {
+    /// Read off an accepted connection.
+    pub fn of(conn: &rustls::ServerConnection) -> Self {
+        let version = match conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "TLS",
+        };
+        let alpn = match conn.alpn_protocol() {
+            Some(b"h2") => Some("h2"),
+            Some(b"http/1.1") => Some("http/1.1"),
+            _ => None,
+        };
+        let leaf = conn.peer_certificates().and_then(|c| c.first());
+        let client_subject = leaf
+            .and_then(|c| x509_parser::parse_x509_certificate(c).ok().map(|(_, parsed)| parsed.subject().to_string()));
+        let client_cert_sha256 = leaf.map(|c| crate::snapshot::hex(&Sha256::digest(c)));
+        Self { version, alpn, server_name: conn.server_name().map(str::to_owned), client_subject, client_cert_sha256 }
+    }
+
+    /// The `x-forwarded-client-cert` value, when a client certificate was
+    /// presented.
+    pub fn forwarded_client_cert(&self) -> Option<String> {
+        let subject = self.client_subject.as_ref()?;
+        let hash = self.client_cert_sha256.as_deref().unwrap_or_default();
+        Some(format!("Hash={hash};Subject=\"{}\"", subject.replace('\\', "\\\\").replace('"', "\\\"")))
+    }
+}
