@@ -3,7 +3,9 @@
 # doc tests, and the integration tests (real gateway, real upstreams, real
 # .wasm plugins built once for wasm32-wasip2 by the test harness, real
 # redis-server for the cluster-state tests, the dashboard in headless
-# Chromium driven by playwright-core, HTTP/2 abuse from Python's h2).
+# Chromium driven by playwright-core, HTTP/2 abuse from Python's h2, TLS
+# and HTTP/2 with curl and h2load, gRPC with grpcio, WebSocket with the
+# Python websockets client).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,9 +13,12 @@ rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add was
 
 # Debian packages the tests need: redis-server (the cluster-state tests
 # start real Redis processes), chromium (the dashboard is tested in a real
-# headless browser) and Node.js with npm (to drive it with playwright-core).
+# headless browser), Node.js with npm (to drive it with playwright-core),
+# curl and h2load (real HTTP/2 and TLS clients).
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
@@ -34,6 +39,12 @@ if ! python3 -c 'import h2' 2>/dev/null; then
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-h2 >/dev/null
   }
+fi
+
+# Real gRPC and WebSocket peers (tests/grpc/peer.py, tests/ws/peer.py):
+# grpcio, and websockets 13 or later (its asyncio API), from PyPI.
+if ! python3 -c 'import grpc, websockets.asyncio.client' 2>/dev/null; then
+  python3 -m pip install --quiet 'grpcio>=1.60' 'websockets>=13'
 fi
 
 cargo test --release --workspace "$@"

@@ -513,6 +513,14 @@ pub struct RouteConfig {
     /// Client request headers an aggregate route passes on to every part.
     #[serde(default)]
     pub forward_headers: Vec<String>,
+    /// Let WebSocket handshakes (`Upgrade: websocket`) through to the
+    /// upstream; `false` answers them `403`.
+    #[serde(default = "defaults::yes")]
+    pub websocket: bool,
+    /// A WebSocket connection with no byte either way for this long is
+    /// closed.
+    #[serde(default = "defaults::websocket_idle_timeout", deserialize_with = "duration")]
+    pub websocket_idle_timeout: Duration,
 }
 
 /// What a route does with a request.
@@ -573,6 +581,10 @@ fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>
 }
 
 mod defaults {
+    pub(super) fn websocket_idle_timeout() -> std::time::Duration {
+        std::time::Duration::from_secs(300)
+    }
+
     use std::path::PathBuf;
     use std::time::Duration;
 

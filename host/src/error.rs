@@ -97,6 +97,13 @@ pub enum ProxyError {
         /// Whether it ran out of time.
         timeout: bool,
     },
+    /// A WebSocket handshake on a route that does not take them (`websocket
+    /// = false`, an aggregate route, or an HTTP/2-only upstream).
+    #[error("route `{route}` does not take WebSocket connections")]
+    UpgradeRefused {
+        /// Route name.
+        route: Arc<str>,
+    },
     /// A bug in the gateway itself, answered rather than panicking.
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -121,6 +128,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::UpgradeRefused { .. } => StatusCode::FORBIDDEN,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::RequestBodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::RequestBody(_) | ProxyError::Malformed(_) => StatusCode::BAD_REQUEST,
@@ -147,6 +155,7 @@ impl ProxyError {
     pub fn source_kind(&self) -> &'static str {
         match self {
             ProxyError::NoRoute
+            | ProxyError::UpgradeRefused { .. }
             | ProxyError::MethodNotAllowed(_)
             | ProxyError::RequestBodyTooLarge(_)
             | ProxyError::RequestBody(_)

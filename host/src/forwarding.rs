@@ -97,10 +97,11 @@ pub fn from_plugin(list: Vec<Header>) -> Result<HeaderMap, String> {
 }
 
 /// The header map that replaces `current` after a plugin returned `list`:
-/// the plugin's headers plus the gateway-owned framing headers of `current`.
+/// the plugin's headers plus the gateway-owned headers of `current` (the
+/// framing, and the `TE: trailers` a gRPC call needs).
 pub fn with_plugin_headers(current: &HeaderMap, list: Vec<Header>) -> Result<HeaderMap, String> {
     let mut new = from_plugin(list)?;
-    for name in ["content-length", "transfer-encoding"] {
+    for name in ["content-length", "transfer-encoding", "te"] {
         for v in current.get_all(name) {
             new.append(HeaderName::from_static(name), v.clone());
         }
@@ -186,7 +187,14 @@ mod tests {
         let mut current = HeaderMap::new();
         current.insert("content-length", HeaderValue::from_static("5"));
         let list = vec![hdr("content-length", b"999"), hdr("transfer-encoding", b"chunked"), hdr("x-a", b"1")];
+        current.insert("te", HeaderValue::from_static("trailers"));
+        let list = {
+            let mut l = list;
+            l.push(hdr("te", b"gzip"));
+            l
+        };
         let h = with_plugin_headers(&current, list).expect("valid");
+        assert_eq!(h["te"], "trailers", "the gateway's, not the plugin's");
         assert_eq!(h["content-length"], "5");
         assert!(!h.contains_key("transfer-encoding"));
         assert_eq!(h["x-a"], "1");

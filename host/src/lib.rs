@@ -16,6 +16,8 @@
 //! | the reply: accounting and the access log | [`reply`], [`access_log`] |
 //! | request checks: framing, target, Host, `[limits]` | [`framing`], [`sniff`] |
 //! | header rules (hop-by-hop, forwarding) | [`forwarding`] |
+//! | gRPC: deadlines, errors as gRPC statuses | [`grpc`] |
+//! | WebSocket: the upgrade and the spliced connection | [`tunnel`] |
 //! | the dashboard's time series | [`live`] |
 //! | trace context and OTLP span export | [`trace`] |
 //! | upstream targets and clients | [`upstream`] |
@@ -53,6 +55,7 @@ pub mod events;
 pub mod forwarding;
 pub mod framing;
 pub mod fuzzing;
+pub mod grpc;
 pub mod live;
 pub mod metrics;
 pub mod plugin;
@@ -66,6 +69,7 @@ pub mod sniff;
 pub mod state;
 pub mod tls;
 pub mod trace;
+pub mod tunnel;
 pub mod upstream;
 
 use std::net::SocketAddr;

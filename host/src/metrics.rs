@@ -85,6 +85,12 @@ struct Outcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteDirection {
+    route: String,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TlsHandshake {
     result: &'static str,
     version: &'static str,
@@ -143,6 +149,9 @@ pub struct Metrics {
     cache_bytes: Family<RouteLabel, Gauge>,
     cache_entries: Family<RouteLabel, Gauge>,
     tls_handshakes: Family<TlsHandshake, Counter>,
+    websocket_upgrades: Family<RouteLabel, Counter>,
+    websocket_open: Family<RouteLabel, Gauge>,
+    websocket_bytes: Family<RouteDirection, Counter>,
     live: crate::live::Live,
 }
 
@@ -294,8 +303,25 @@ impl Metrics {
             "TLS handshakes on the TLS listener by result (ok, failed, timeout), version and ALPN protocol",
             tls_handshakes.clone(),
         );
+        let websocket_upgrades = Family::default();
+        registry.register(
+            "websocket_upgrades",
+            "WebSocket connections established, by route",
+            websocket_upgrades.clone(),
+        );
+        let websocket_open = Family::default();
+        registry.register("websocket_open", "WebSocket connections open now, by route", websocket_open.clone());
+        let websocket_bytes = Family::default();
+        registry.register(
+            "websocket_bytes",
+            "Bytes carried over WebSocket connections, by route and direction (downstream: to the client; upstream: to the service)",
+            websocket_bytes.clone(),
+        );
         Self {
             tls_handshakes,
+            websocket_upgrades,
+            websocket_open,
+            websocket_bytes,
             registry,
             upstream_retries,
             upstream_rejected,
@@ -360,8 +386,22 @@ impl Metrics {
             in_flight: self.in_flight.get_or_create(&label).clone(),
             bytes_in: self.bytes_in.get_or_create(&label).clone(),
             bytes_out: self.bytes_out.get_or_create(&label).clone(),
+            websocket: self.websocket(route),
             live: self.live.route(route),
         }
+    }
+
+    /// A route's WebSocket handles. One `get_or_create` per statement: the
+    /// family's read guard lives to the end of the statement, and a second
+    /// call that has to insert would wait on it forever.
+    fn websocket(&self, route: &str) -> WebSocketMetrics {
+        let label = RouteLabel { route: route.to_owned() };
+        let bytes = |direction| RouteDirection { route: route.to_owned(), direction };
+        let upgrades = self.websocket_upgrades.get_or_create(&label).clone();
+        let open = self.websocket_open.get_or_create(&label).clone();
+        let to_client = self.websocket_bytes.get_or_create(&bytes("downstream")).clone();
+        let to_upstream = self.websocket_bytes.get_or_create(&bytes("upstream")).clone();
+        WebSocketMetrics { upgrades, open, to_client, to_upstream }
     }
 
     /// Count requests that matched no route.
@@ -524,7 +564,22 @@ pub struct RouteMetrics {
     in_flight: Gauge,
     bytes_in: Counter,
     bytes_out: Counter,
+    /// WebSocket connections of the route.
+    pub websocket: WebSocketMetrics,
     live: Arc<crate::live::Series>,
+}
+
+/// A route's WebSocket connections.
+#[derive(Clone, Debug)]
+pub struct WebSocketMetrics {
+    /// Established.
+    pub upgrades: Counter,
+    /// Open now.
+    pub open: Gauge,
+    /// Bytes sent to the client.
+    pub to_client: Counter,
+    /// Bytes sent to the upstream.
+    pub to_upstream: Counter,
 }
 
 impl RouteMetrics {

@@ -22,9 +22,11 @@ use http_body_util::BodyExt;
 use crate::access_log::{AccessLog, Record};
 use crate::body::{self, ProxyBody};
 use crate::config::FailurePolicy;
+use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
 use crate::forwarding;
 use crate::framing;
+use crate::grpc;
 use crate::plugin::{
     Action, BodyAction, Heads, LentRequest, LentResponse, LoadedPlugin, Phases, PluginFailure, Reply, RequestInfo,
     RequestSlot,
@@ -34,7 +36,9 @@ use crate::router::Match;
 use crate::snapshot::{Backend, Route, Snapshot};
 use crate::tls::ConnectionTls;
 use crate::trace::{RequestTrace, Span, SpanKind, Tracer, Value, new_span_id, now_ns};
+use crate::tunnel;
 use crate::upstream::{Answered, Outgoing};
+use hyper::upgrade::OnUpgrade;
 
 /// `x-forwarded-client-cert`: the verified client certificate, set by the
 /// gateway when `[server.tls] forward_client_cert` is on, never by clients.
@@ -52,6 +56,10 @@ where
     let request_id = forwarding::request_id(req.headers());
     let trace = RequestTrace::begin(req.headers(), snap.tracer.as_deref());
     let (mut parts, body) = req.into_parts();
+    let grpc = grpc::is_grpc(&parts.headers);
+    // A WebSocket handshake: the client's connection, to splice on a 101.
+    let upgrade = tunnel::requested(&parts);
+    let client_upgrade = if upgrade.is_some() { parts.extensions.remove::<OnUpgrade>() } else { None };
     let mut server_span = trace.recording.then(|| Span {
         span_id: trace.server_span.clone(),
         parent_id: trace.parent_id.clone(),
@@ -83,7 +91,7 @@ where
     // answer reaches it.
     if let Err(e) = framing::check(&parts, &snap.limits) {
         body::linger(body);
-        let mut resp = error_response(&snap.unrouted, e, &request_id, started);
+        let mut resp = error_response(&snap.unrouted, e, &request_id, started, grpc);
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         let tracing = Tracing { tracer: snap.tracer.clone(), trace, server_span };
         return reply(resp, done, log, record, request_id, started, tracing);
@@ -92,12 +100,13 @@ where
     let (route, params) = match snap.router.find(&host, parts.uri.path(), &parts.method) {
         Match::Found(i, params) => (&snap.routes[i], params),
         Match::NotFound => {
-            let resp = error_response(&snap.unrouted, ProxyError::NoRoute, &request_id, started);
+            let resp = error_response(&snap.unrouted, ProxyError::NoRoute, &request_id, started, grpc);
             let tracing = Tracing { tracer: snap.tracer.clone(), trace, server_span };
             return reply(resp, done, log, record, request_id, started, tracing);
         }
         Match::MethodNotAllowed(allowed) => {
-            let resp = error_response(&snap.unrouted, ProxyError::MethodNotAllowed(allowed), &request_id, started);
+            let resp =
+                error_response(&snap.unrouted, ProxyError::MethodNotAllowed(allowed), &request_id, started, grpc);
             let tracing = Tracing { tracer: snap.tracer.clone(), trace, server_span };
             return reply(resp, done, log, record, request_id, started, tracing);
         }
@@ -132,7 +141,7 @@ where
     }
     let info = Arc::new(RequestInfo { client, authority: host, route: route.name.clone(), request_id, params, tls });
     let outcomes = record.is_some().then(String::new);
-    let mut exchange = Exchange { snap: &snap, route, info, held, outcomes, trace };
+    let mut exchange = Exchange { snap: &snap, route, info, held, outcomes, trace, grpc, upgrade };
     let result = exchange.run(parts, body).await;
     let request_id = exchange.info.request_id.clone();
     if let Some(r) = &mut record {
@@ -141,6 +150,13 @@ where
         r.plugins = exchange.outcomes.take().unwrap_or_default();
     }
     let tracing = Tracing { tracer: snap.tracer.clone(), trace: exchange.trace, server_span };
+    let result = match (result, client_upgrade, route.websocket) {
+        (Ok(resp), Some(client), Some(idle)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            tunnel::splice(resp, client, idle, route.metrics.websocket.clone())
+                .map_err(|e| ProxyError::Upstream { upstream: route.upstream_name.clone(), detail: e.into() })
+        }
+        (result, ..) => result,
+    };
     let resp = match result {
         Ok(resp) => {
             route.metrics.record(resp.status().as_u16(), started.elapsed().as_secs_f64());
@@ -151,7 +167,7 @@ where
             // overran is the client's error, and ends the connection.
             let client = verdict.error(snap.limits.max_request_body);
             let closes = client.is_some();
-            let mut resp = error_response(&route.metrics, client.unwrap_or(e), &request_id, started);
+            let mut resp = error_response(&route.metrics, client.unwrap_or(e), &request_id, started, grpc);
             if closes {
                 resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
@@ -243,6 +259,11 @@ struct Exchange<'a> {
     outcomes: Option<String>,
     /// The request's trace: plugin calls and upstream tries are its spans.
     trace: RequestTrace,
+    /// A gRPC call: its own replies are gRPC errors, `grpc-timeout` is the
+    /// upstream deadline, and its body streams (no pre-buffering).
+    grpc: bool,
+    /// A WebSocket handshake: the `Upgrade` to send on.
+    upgrade: Option<HeaderValue>,
 }
 
 impl Exchange<'_> {
@@ -265,7 +286,7 @@ impl Exchange<'_> {
             let result = plugin.on_request(&mut heads, &mut self.held[i]).await;
             let action = self.guard(plugin, "request", t0, result)?;
             if let Some(Action::Respond(r)) = action
-                && let Some(resp) = guard(plugin, plugin_reply(r, max))?
+                && let Some(resp) = guard(plugin, plugin_reply(r, max, self.grpc))?
             {
                 return Ok(resp);
             }
@@ -284,7 +305,7 @@ impl Exchange<'_> {
                 let t0 = now_ns();
                 let result = plugin.on_request_body(&mut heads, &bytes, &mut self.held[i]).await;
                 let action = self.guard(plugin, "request_body", t0, result)?;
-                if let Some(resp) = apply_body_action(plugin, action, &mut bytes, max)? {
+                if let Some(resp) = apply_body_action(plugin, action, &mut bytes, max, self.grpc)? {
                     return Ok(resp);
                 }
             }
@@ -293,6 +314,10 @@ impl Exchange<'_> {
             lent.parts.headers.remove(header::TRANSFER_ENCODING);
             lent.parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             Outgoing::Replayable(bytes)
+        } else if self.grpc {
+            // A streaming call's messages go on as they come: a client that
+            // waits for an answer before sending more must not wait on us.
+            Outgoing::Stream(body::boxed(body))
         } else {
             prebuffer(&mut lent.parts.headers, body, self.snap.limits.request_buffer).await?
         };
@@ -308,6 +333,15 @@ impl Exchange<'_> {
         // upstream sees in `traceparent`.
         let try_span = new_span_id();
         self.trace.propagate(&mut parts.headers, &try_span);
+        if let Some(upgrade) = &self.upgrade {
+            let refused = || ProxyError::UpgradeRefused { route: route.name.clone() };
+            match (&route.backend, route.websocket) {
+                (Backend::Upstream(u), Some(_)) if u.protocol != UpstreamProtocol::H2 => {
+                    tunnel::prepare_request(&mut parts.headers, upgrade);
+                }
+                _ => return Err(refused()),
+            }
+        }
         let upstream = match &route.backend {
             Backend::Upstream(upstream) => upstream,
             Backend::Aggregate(agg) => {
@@ -318,12 +352,13 @@ impl Exchange<'_> {
         };
         let t0 = now_ns();
         let client_ip = self.info.client.ip();
+        let deadline = if self.grpc { grpc::timeout(&parts.headers) } else { None };
         let result = match route.cache.as_ref().and_then(|c| Some((c, c.plan(&parts, &self.info.authority)?))) {
             Some((cache, plan)) => {
-                let fetch = upstream.forward(parts, upstream_body, &self.info.authority, client_ip);
+                let fetch = upstream.forward(parts, upstream_body, &self.info.authority, client_ip, deadline);
                 cache.serve(plan, upstream.timeout, fetch).await
             }
-            None => upstream.forward(parts, upstream_body, &self.info.authority, client_ip).await,
+            None => upstream.forward(parts, upstream_body, &self.info.authority, client_ip, deadline).await,
         };
         self.trace.child(|parent| {
             let mut attributes = vec![("weir.upstream", Value::Str(upstream.name.to_string()))];
@@ -380,7 +415,7 @@ impl Exchange<'_> {
             let result = plugin.on_response(&mut heads, &mut self.held[i]).await;
             let action = self.guard(plugin, "response", t0, result)?;
             if let Some(Action::Respond(r)) = action
-                && let Some(resp) = guard(plugin, plugin_reply(r, max))?
+                && let Some(resp) = guard(plugin, plugin_reply(r, max, self.grpc))?
             {
                 return Ok(resp);
             }
@@ -389,7 +424,11 @@ impl Exchange<'_> {
         // Responses without a body (HEAD, 204, 304) skip the body phases:
         // there is nothing to buffer and their Content-Length must stay.
         let status = heads.as_ref().and_then(|h| h.response.as_ref()).map(|r| r.parts.status);
-        let bodyless = is_head || matches!(status, Some(StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED));
+        let bodyless = is_head
+            || matches!(
+                status,
+                Some(StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED | StatusCode::SWITCHING_PROTOCOLS)
+            );
         if !route.buffer_response || bodyless {
             let rparts = take_response(&mut heads)?;
             return Ok(Response::from_parts(rparts, rbody));
@@ -411,7 +450,7 @@ impl Exchange<'_> {
             let t0 = now_ns();
             let result = plugin.on_response_body(&mut heads, &bytes, &mut self.held[i]).await;
             let action = self.guard(plugin, "response_body", t0, result)?;
-            if let Some(resp) = apply_body_action(plugin, action, &mut bytes, max)? {
+            if let Some(resp) = apply_body_action(plugin, action, &mut bytes, max, self.grpc)? {
                 return Ok(resp);
             }
         }
@@ -603,6 +642,7 @@ fn apply_body_action(
     action: Option<BodyAction>,
     bytes: &mut Bytes,
     max: u64,
+    grpc: bool,
 ) -> Result<Option<Response<ProxyBody>>, ProxyError> {
     match action {
         Some(BodyAction::Continue(Some(new))) => {
@@ -611,33 +651,47 @@ fn apply_body_action(
             }
             Ok(None)
         }
-        Some(BodyAction::Respond(r)) => guard(plugin, plugin_reply(r, max)),
+        Some(BodyAction::Respond(r)) => guard(plugin, plugin_reply(r, max, grpc)),
         Some(BodyAction::Continue(None)) | None => Ok(None),
     }
 }
 
-/// A plugin's own response, validated.
-fn plugin_reply(r: Reply, max_body: u64) -> Result<Response<ProxyBody>, PluginFailure> {
+/// A plugin's own response, validated; on a gRPC call, as a gRPC error.
+fn plugin_reply(r: Reply, max_body: u64, grpc: bool) -> Result<Response<ProxyBody>, PluginFailure> {
     let status = final_status(r.status)?;
     let body = check_body(r.body, max_body)?;
     let headers = forwarding::from_plugin(r.headers).map_err(invalid)?;
+    if grpc {
+        return Ok(grpc::from_reply(status, &headers, &body));
+    }
     let mut resp = Response::new(body::full(body));
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     Ok(resp)
 }
 
+/// The gateway's answer for `err`: a JSON error, or on a gRPC call a gRPC
+/// error (HTTP 200, the status in `grpc-status`).
 fn error_response(
     metrics: &crate::metrics::RouteMetrics,
     err: ProxyError,
     request_id: &str,
     started: Instant,
+    grpc: bool,
 ) -> Response<ProxyBody> {
     let status = err.status();
     if status.is_server_error() {
         tracing::warn!(request_id, source = err.source_kind(), status = status.as_u16(), "{err}");
     } else {
         tracing::debug!(request_id, source = err.source_kind(), status = status.as_u16(), "{err}");
+    }
+    metrics.record(status.as_u16(), started.elapsed().as_secs_f64());
+    if grpc {
+        let mut extra = http::HeaderMap::new();
+        if let Ok(v) = HeaderValue::try_from(request_id) {
+            extra.insert("x-request-id", v);
+        }
+        return grpc::error(grpc::code_for(status), &err.to_string(), &extra);
     }
     let body = serde_json::json!({
         "error": err.to_string(),
@@ -657,6 +711,5 @@ fn error_response(
             h.insert(header::ALLOW, v);
         }
     }
-    metrics.record(status.as_u16(), started.elapsed().as_secs_f64());
     resp
 }

@@ -48,6 +48,8 @@ pub struct Route {
     pub matches: serde_json::Value,
     /// The response cache, when the route has one.
     pub cache: Option<Arc<RouteCache>>,
+    /// The WebSocket idle timeout; `None` when upgrades are refused.
+    pub websocket: Option<std::time::Duration>,
 }
 
 /// What a route sends requests to.
@@ -373,6 +375,7 @@ impl Loader {
                         "methods": r.methods.as_ref().map(|m| m.get_ref()),
                     }),
                     cache,
+                    websocket: r.websocket.then_some(r.websocket_idle_timeout),
                 });
             }
         }

@@ -403,6 +403,58 @@ impl Load {
     }
 }
 
+// ---- python peers --------------------------------------------------------
+
+/// A real protocol peer in Python (`tests/grpc/peer.py`, `tests/ws/peer.py`):
+/// a server on a port of its choosing, killed when dropped (its stdin is a
+/// pipe, so it also ends when the test process does).
+///
+/// `scripts/test.sh` installs what they need (`grpcio`, `websockets`).
+pub struct PyPeer {
+    _child: tokio::process::Child,
+    /// The port it listens on, on 127.0.0.1.
+    pub port: u16,
+}
+
+impl PyPeer {
+    /// Start `python3 tests/{script} server` and wait for its `PORT n` line.
+    pub async fn server(script: &str) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new("python3")
+            .arg(workspace_root().join("tests").join(script))
+            .arg("server")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("python3 {script}: {e}"));
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("{script} printed no port in 20 s"))
+            .expect("read")
+            .unwrap_or_else(|| panic!("{script} ended without a port (run scripts/test.sh to install its packages)"));
+        let port = line.strip_prefix("PORT ").and_then(|p| p.trim().parse().ok()).expect("PORT line");
+        Self { _child: child, port }
+    }
+}
+
+/// Run `python3 tests/{script} client ARGS...` and parse the JSON line it prints.
+pub async fn py_client(script: &str, args: &[&str]) -> serde_json::Value {
+    let out = tokio::process::Command::new("python3")
+        .arg(workspace_root().join("tests").join(script))
+        .arg("client")
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("python3 {script}: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or_default()).unwrap_or_else(|e| {
+        panic!("{script} client {args:?}: no JSON ({e}): {text}\n{}", String::from_utf8_lossy(&out.stderr))
+    })
+}
+
 // ---- webhook -------------------------------------------------------------
 
 /// A webhook receiver: records the JSON body of every POST to `/hook`.

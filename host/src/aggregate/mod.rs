@@ -258,7 +258,7 @@ impl Part {
         // Planned before the head moves into the fetch.
         let plan = self.cache.as_ref().and_then(|c| Some((c, c.plan(&head, &self.upstream.name)?)));
         let fetch = async move {
-            let forward = self.upstream.forward(head, Outgoing::Replayable(Bytes::new()), "", client);
+            let forward = self.upstream.forward(head, Outgoing::Replayable(Bytes::new()), "", client, None);
             match tokio::time::timeout_at(deadline.into(), forward).await {
                 Ok(r) => r,
                 Err(_) => {

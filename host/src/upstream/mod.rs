@@ -104,13 +104,20 @@ impl Upstream {
     /// `parts` is the request as the chain left it, in origin form; `host`
     /// is the authority the client asked for (kept as `Host`, or the
     /// target's when the client sent none); `client` feeds `hash_on`.
+    /// `deadline` (a gRPC call's `grpc-timeout`) replaces both `timeout`
+    /// and `total_timeout`: every try must answer within what is left of it.
     pub async fn forward(
         &self,
         parts: Parts,
         body: Outgoing,
         host: &str,
         client: IpAddr,
+        deadline: Option<Duration>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (try_timeout, total_timeout) = match deadline {
+            Some(d) => (d, Some(d)),
+            None => (self.timeout, self.total_timeout),
+        };
         let _active = InFlight::new(&self.active);
         let started = Instant::now();
         let key = match self.policy {
@@ -132,12 +139,12 @@ impl Upstream {
         loop {
             attempt += 1;
             let last = attempt >= tries;
-            let budget = match self.total_timeout {
+            let budget = match total_timeout {
                 Some(total) => match total.checked_sub(started.elapsed()) {
-                    Some(left) if !left.is_zero() => left.min(self.timeout),
+                    Some(left) if !left.is_zero() => left.min(try_timeout),
                     _ => return Err(ProxyError::UpstreamTimeout { upstream: self.name.clone(), timeout: total }),
                 },
-                None => self.timeout,
+                None => try_timeout,
             };
             let set = self.targets.load();
             let Some(target) = set.pick(key, &tried, monotonic_ms()).cloned() else {
