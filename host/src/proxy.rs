@@ -58,7 +58,7 @@ where
     let (mut parts, body) = req.into_parts();
     let grpc = grpc::is_grpc(&parts.headers);
     // A WebSocket handshake: the client's connection, to splice on a 101.
-    let upgrade = tunnel::requested(&parts);
+    let upgrade = tunnel::requested(&mut parts);
     let client_upgrade = if upgrade.is_some() { parts.extensions.remove::<OnUpgrade>() } else { None };
     let mut server_span = trace.recording.then(|| Span {
         span_id: trace.server_span.clone(),
@@ -150,9 +150,9 @@ where
         r.plugins = exchange.outcomes.take().unwrap_or_default();
     }
     let tracing = Tracing { tracer: snap.tracer.clone(), trace: exchange.trace, server_span };
-    let result = match (result, client_upgrade, route.websocket) {
-        (Ok(resp), Some(client), Some(idle)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            tunnel::splice(resp, client, idle, route.metrics.websocket.clone())
+    let result = match (result, client_upgrade, &exchange.upgrade, route.websocket) {
+        (Ok(resp), Some(client), Some(handshake), Some(idle)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            tunnel::splice(resp, client, handshake, idle, route.metrics.websocket.clone())
                 .map_err(|e| ProxyError::Upstream { upstream: route.upstream_name.clone(), detail: e.into() })
         }
         (result, ..) => result,
@@ -262,8 +262,8 @@ struct Exchange<'a> {
     /// A gRPC call: its own replies are gRPC errors, `grpc-timeout` is the
     /// upstream deadline, and its body streams (no pre-buffering).
     grpc: bool,
-    /// A WebSocket handshake: the `Upgrade` to send on.
-    upgrade: Option<HeaderValue>,
+    /// A WebSocket handshake, and how the client made it.
+    upgrade: Option<tunnel::Handshake>,
 }
 
 impl Exchange<'_> {

@@ -100,7 +100,9 @@ pub async fn serve(
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .max_frame_size(H2_MAX_FRAME)
-        .max_send_buf_size(H2_MAX_SEND_BUFFER);
+        .max_send_buf_size(H2_MAX_SEND_BUFFER)
+        // RFC 8441: WebSocket over HTTP/2 (extended CONNECT).
+        .enable_connect_protocol();
 
     tracing::info!(addr = %proxy.local_addr()?, "proxy listening");
     if let Some(t) = &tls {

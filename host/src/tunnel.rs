@@ -1,9 +1,13 @@
-//! WebSocket over HTTP/1.1 `Upgrade`: the handshake is a request like any
-//! other (routed, run through the request chain, sent to the upstream);
-//! when the upstream answers `101 Switching Protocols`, the client's
-//! connection and the upstream's are spliced and frames pass through
-//! untouched, until either side closes or the route's idle timeout passes
-//! with no byte either way.
+//! WebSocket: the handshake is a request like any other (routed, run
+//! through the request chain, sent to the upstream); when the upstream
+//! answers `101 Switching Protocols`, the client's connection and the
+//! upstream's are spliced and frames pass through untouched, until either
+//! side closes or the route's idle timeout passes with no byte either way.
+//!
+//! Clients open one with an HTTP/1.1 `Upgrade`, or over HTTP/2 with an
+//! extended `CONNECT` (RFC 8441: `:protocol websocket`), which the gateway
+//! turns into an HTTP/1.1 upgrade to the upstream and answers `200` once
+//! the upstream has switched. Either way the chain sees a `GET`.
 //!
 //! Only the `websocket` protocol is tunnelled. Any other `Upgrade` (`h2c`
 //! among them, a known way to smuggle requests past a proxy) is dropped
@@ -25,9 +29,28 @@ use crate::metrics::WebSocketMetrics;
 /// Read size of each direction.
 const CHUNK: usize = 16 * 1024;
 
-/// The client asks for a WebSocket: HTTP/1.1, `Upgrade: websocket` and
-/// `Connection: upgrade`. Returns the `Upgrade` value to send on.
-pub fn requested(parts: &Parts) -> Option<HeaderValue> {
+/// How the client asked for a WebSocket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handshake {
+    /// HTTP/1.1 `Upgrade`, with the value to send on.
+    Http1(HeaderValue),
+    /// HTTP/2 extended `CONNECT` (RFC 8441).
+    Http2,
+}
+
+/// The client asks for a WebSocket: HTTP/1.1 with `Upgrade: websocket` and
+/// `Connection: upgrade`, or HTTP/2 `CONNECT` with `:protocol websocket`.
+/// The latter is turned into the `GET` it stands for.
+pub fn requested(parts: &mut Parts) -> Option<Handshake> {
+    if parts.version == Version::HTTP_2 && parts.method == http::Method::CONNECT {
+        let websocket = parts.extensions.get::<hyper::ext::Protocol>().is_some_and(|p| p.as_str() == "websocket");
+        if websocket {
+            parts.extensions.remove::<hyper::ext::Protocol>();
+            parts.method = http::Method::GET;
+            return Some(Handshake::Http2);
+        }
+        return None;
+    }
     if parts.version != Version::HTTP_11 {
         return None;
     }
@@ -39,14 +62,28 @@ pub fn requested(parts: &Parts) -> Option<HeaderValue> {
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
     let upgrade = parts.headers.get(header::UPGRADE)?;
-    (connection_upgrade && upgrade.as_bytes().eq_ignore_ascii_case(b"websocket")).then(|| upgrade.clone())
+    (connection_upgrade && upgrade.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        .then(|| Handshake::Http1(upgrade.clone()))
 }
 
-/// Put the upgrade back on the request to the upstream (the hop-by-hop
-/// rules removed it).
-pub fn prepare_request(headers: &mut HeaderMap, upgrade: &HeaderValue) {
+/// Make the request to the upstream an HTTP/1.1 upgrade (the hop-by-hop
+/// rules removed the client's; an HTTP/2 client sent none, and no
+/// `Sec-WebSocket-Key` either, so the gateway makes one).
+pub fn prepare_request(headers: &mut HeaderMap, handshake: &Handshake) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::UPGRADE, upgrade.clone());
+    match handshake {
+        Handshake::Http1(upgrade) => {
+            headers.insert(header::UPGRADE, upgrade.clone());
+        }
+        Handshake::Http2 => {
+            use base64::Engine;
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            let key = base64::engine::general_purpose::STANDARD.encode(fastrand::u128(..).to_le_bytes());
+            if let Ok(v) = HeaderValue::try_from(key) {
+                headers.insert(header::SEC_WEBSOCKET_KEY, v);
+            }
+        }
+    }
 }
 
 /// Answer the client's handshake with the upstream's `101` and splice the
@@ -54,6 +91,7 @@ pub fn prepare_request(headers: &mut HeaderMap, upgrade: &HeaderValue) {
 pub fn splice(
     mut resp: Response<ProxyBody>,
     client: OnUpgrade,
+    handshake: &Handshake,
     idle: Duration,
     metrics: WebSocketMetrics,
 ) -> Result<Response<ProxyBody>, &'static str> {
@@ -72,11 +110,21 @@ pub fn splice(
         pump(TokioIo::new(client), TokioIo::new(upstream), idle, &metrics).await;
         metrics.open.dec();
     });
-    let h = resp.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.remove(header::CONTENT_LENGTH);
     debug_assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let h = resp.headers_mut();
+    h.remove(header::CONTENT_LENGTH);
+    match handshake {
+        Handshake::Http1(_) => {
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        }
+        Handshake::Http2 => {
+            // RFC 8441 §5: a 2xx, and no Sec-WebSocket-Accept (the key was
+            // the gateway's).
+            h.remove(header::SEC_WEBSOCKET_ACCEPT);
+            *resp.status_mut() = StatusCode::OK;
+        }
+    }
     Ok(resp.map(|_| body::empty()))
 }
 
@@ -142,12 +190,35 @@ mod tests {
     }
 
     #[test]
-    fn only_websocket_upgrades_on_http11() {
+    fn only_websocket_upgrades() {
         let ws = [("connection", "keep-alive, Upgrade"), ("upgrade", "WebSocket")];
-        assert_eq!(requested(&parts(Version::HTTP_11, &ws)).as_ref().map(|v| v.as_bytes()), Some(&b"WebSocket"[..]));
-        assert!(requested(&parts(Version::HTTP_10, &ws)).is_none());
-        assert!(requested(&parts(Version::HTTP_11, &[("connection", "upgrade"), ("upgrade", "h2c")])).is_none());
-        assert!(requested(&parts(Version::HTTP_11, &[("upgrade", "websocket")])).is_none(), "no Connection: upgrade");
+        assert_eq!(
+            requested(&mut parts(Version::HTTP_11, &ws)),
+            Some(Handshake::Http1(HeaderValue::from_static("WebSocket")))
+        );
+        assert!(requested(&mut parts(Version::HTTP_10, &ws)).is_none());
+        assert!(requested(&mut parts(Version::HTTP_11, &[("connection", "upgrade"), ("upgrade", "h2c")])).is_none());
+        assert!(
+            requested(&mut parts(Version::HTTP_11, &[("upgrade", "websocket")])).is_none(),
+            "no Connection: upgrade"
+        );
+        assert!(requested(&mut parts(Version::HTTP_2, &ws)).is_none(), "no Upgrade in HTTP/2");
+    }
+
+    #[test]
+    fn extended_connect_becomes_a_get() {
+        let mut p = parts(Version::HTTP_2, &[]);
+        p.method = http::Method::CONNECT;
+        assert!(requested(&mut p).is_none(), "CONNECT without :protocol");
+        p.extensions.insert(hyper::ext::Protocol::from_static("websocket"));
+        assert_eq!(requested(&mut p), Some(Handshake::Http2));
+        assert_eq!(p.method, http::Method::GET);
+        assert!(p.extensions.get::<hyper::ext::Protocol>().is_none());
+        let mut headers = HeaderMap::new();
+        prepare_request(&mut headers, &Handshake::Http2);
+        assert_eq!(headers["connection"], "upgrade");
+        assert_eq!(headers["upgrade"], "websocket");
+        assert_eq!(headers["sec-websocket-key"].len(), 24, "16 random bytes in base64");
     }
 
     #[tokio::test]

@@ -126,3 +126,35 @@ async fn an_h2c_upgrade_is_not_tunnelled() {
     assert_eq!(body["headers"].get("upgrade"), None, "{body}");
     assert_eq!(body["headers"].get("http2-settings"), None, "{body}");
 }
+
+/// `tests/ws/rfc8441.py`: a WebSocket client over HTTP/2.
+async fn h2_client(gw: &TestGateway, path: &str) -> Value {
+    let out = tokio::process::Command::new("python3")
+        .arg(weir_tests::workspace_root().join("tests/ws/rfc8441.py"))
+        .args([gw.url.trim_start_matches("http://"), path, "--messages", "5"])
+        .output()
+        .await
+        .expect("python3 rfc8441.py");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("rfc8441.py: {e}: {out:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_http2_extended_connect() {
+    // RFC 8441: the client opens the WebSocket with an HTTP/2 CONNECT; the
+    // upstream gets an HTTP/1.1 upgrade made by the gateway.
+    let server = PyPeer::server(PEER).await;
+    let gw = gateway(server.port, "").await;
+    let r = h2_client(&gw, "/chat/h2?y=2").await;
+    assert_eq!(r["connect_enabled"], true, "SETTINGS_ENABLE_CONNECT_PROTOCOL: {r}");
+    assert_eq!(r["status"], 200, "{r}");
+    assert_eq!(r["echoed"], 5, "{r}");
+    let saw = &r["upstream_saw"];
+    assert_eq!(saw["path"], "/chat/h2?y=2");
+    assert_eq!(saw["headers"]["upgrade"], "websocket");
+    assert_eq!(saw["headers"]["x-chain"], "t", "the chain ran on the handshake, as a GET: {saw}");
+    assert!(saw["headers"]["sec-websocket-key"].as_str().is_some_and(|k| k.len() == 24), "{saw}");
+
+    let gw = gateway(server.port, "websocket = false").await;
+    let r = h2_client(&gw, "/chat").await;
+    assert_eq!(r["status"], 403, "{r}");
+}
