@@ -109,25 +109,62 @@ pub fn with_plugin_headers(current: &HeaderMap, list: Vec<Header>) -> Result<Hea
     Ok(new)
 }
 
+/// Header names the gateway sets on every request, parsed once (a name
+/// given as `&str` is parsed and hashed again on every use).
+pub mod names {
+    use http::HeaderName;
+
+    /// `x-request-id`
+    pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    /// `x-forwarded-for`
+    pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    /// `x-forwarded-proto`
+    pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    /// `x-forwarded-host`
+    pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+    /// `x-forwarded-client-cert`
+    pub const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+    /// `traceparent`
+    pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+}
+
 /// Add `X-Forwarded-For`/`-Proto`/`-Host` and `Forwarded` for the hop from
 /// `client` to us; `proto` is `http` or `https` (the TLS listener).
 pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: &str, proto: &'static str) {
-    let ip = client.to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-        _ => ip.clone(),
+    // One buffer for the address, then each value built in place.
+    let mut buf = String::with_capacity(48);
+    push_ip(&mut buf, client);
+    let ip_len = buf.len();
+    let xff = match headers.get(&names::X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => {
+            let mut v = String::with_capacity(prev.len() + 2 + ip_len);
+            v.push_str(prev);
+            v.push_str(", ");
+            v.push_str(&buf);
+            HeaderValue::try_from(v)
+        }
+        _ => HeaderValue::try_from(buf.as_str()),
     };
-    if let Ok(v) = HeaderValue::try_from(xff) {
-        headers.insert("x-forwarded-for", v);
+    if let Ok(v) = xff {
+        headers.insert(names::X_FORWARDED_FOR, v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
-    if !headers.contains_key("x-forwarded-host")
+    headers.insert(names::X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    if !headers.contains_key(&names::X_FORWARDED_HOST)
         && let Ok(v) = HeaderValue::try_from(host)
     {
-        headers.insert("x-forwarded-host", v);
+        headers.insert(names::X_FORWARDED_HOST, v);
     }
-    let node = if client.is_ipv6() { format!("\"[{ip}]\"") } else { ip };
-    let mut elem = format!("for={node};proto={proto}");
+    let mut elem = String::with_capacity(32 + host.len());
+    elem.push_str("for=");
+    if client.is_ipv6() {
+        elem.push_str("\"[");
+        elem.push_str(&buf);
+        elem.push_str("]\"");
+    } else {
+        elem.push_str(&buf);
+    }
+    elem.push_str(";proto=");
+    elem.push_str(proto);
     if !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b';' && b != b',') {
         elem.push_str(";host=");
         elem.push_str(host);
@@ -137,16 +174,53 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: &str, proto
     }
 }
 
+/// Append `ip` in its usual text form; IPv4 without the formatting
+/// machinery (it runs on every request).
+fn push_ip(buf: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf.push('.');
+                }
+                if octet >= 100 {
+                    buf.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    buf.push(char::from(b'0' + (octet / 10) % 10));
+                }
+                buf.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            let _ = write!(buf, "{v6}");
+        }
+    }
+}
+
+/// `value` as `digits` lower-case hex digits (the low ones), without the
+/// formatting machinery: ids are made on every request.
+pub fn hex_id(value: u128, digits: usize) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = digits.min(32);
+    let mut buf = [0u8; 32];
+    for (i, b) in buf[..digits].iter_mut().rev().enumerate() {
+        *b = HEX[((value >> (4 * i)) & 0xf) as usize];
+    }
+    std::str::from_utf8(&buf[..digits]).unwrap_or_default().to_owned()
+}
+
 /// The request id: the client's `x-request-id` if it is sane, else a new one.
 pub fn request_id(headers: &HeaderMap) -> String {
-    if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
+    if let Some(v) = headers.get(&names::X_REQUEST_ID).and_then(|v| v.to_str().ok())
         && !v.is_empty()
         && v.len() <= 128
         && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
     {
         return v.to_owned();
     }
-    format!("{:032x}", fastrand::u128(..))
+    hex_id(fastrand::u128(..), 32)
 }
 
 #[cfg(test)]
@@ -208,6 +282,22 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, ::1");
         assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http;host=api.example.com");
         assert_eq!(h["x-forwarded-host"], "api.example.com");
+    }
+
+    #[test]
+    fn ip_text() {
+        for ip in ["0.0.0.0", "127.0.0.1", "10.200.9.255", "::1", "2001:db8::7"] {
+            let mut buf = String::new();
+            push_ip(&mut buf, ip.parse().expect("ip"));
+            assert_eq!(buf, ip);
+        }
+    }
+
+    #[test]
+    fn hex_ids() {
+        assert_eq!(hex_id(0xab, 4), "00ab");
+        assert_eq!(hex_id(u128::MAX, 32), "f".repeat(32));
+        assert_eq!(hex_id(0x0123_4567_89ab_cdef, 16), "0123456789abcdef");
     }
 
     #[test]

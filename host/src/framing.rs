@@ -138,6 +138,13 @@ fn authority(text: &str, what: &str) -> Result<(), ProxyError> {
     if text.is_empty() || text.contains('@') {
         return Err(bad());
     }
+    // The common case, a name or IPv4 address with an optional port, is
+    // checked here without parsing (and copying) it as a URI authority.
+    let (host, port) = text.rsplit_once(':').unwrap_or((text, ""));
+    let plain_host = !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    if plain_host && (port.is_empty() && !text.ends_with(':') || port.parse::<u16>().is_ok()) {
+        return if port.bytes().all(|b| b.is_ascii_digit()) { Ok(()) } else { Err(bad()) };
+    }
     let a: http::uri::Authority = text.parse().map_err(|_| bad())?;
     // `Authority::port` hides a port that is not a u16: look at the text.
     let after_host = text.rsplit_once(']').map_or(text, |(_, rest)| rest);

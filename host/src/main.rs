@@ -6,6 +6,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc: the request path allocates a few dozen small objects per
+/// request (heads, header values, futures), and glibc's malloc was 17% of
+/// the gateway's instructions in a profile of the empty chain.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A WebAssembly plugin-host API gateway.
 #[derive(Parser)]
 #[command(version, about)]

@@ -24,7 +24,7 @@ use crate::body::{self, ProxyBody};
 use crate::config::FailurePolicy;
 use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
-use crate::forwarding;
+use crate::forwarding::{self, names};
 use crate::framing;
 use crate::grpc;
 use crate::plugin::{
@@ -42,7 +42,7 @@ use hyper::upgrade::OnUpgrade;
 
 /// `x-forwarded-client-cert`: the verified client certificate, set by the
 /// gateway when `[server.tls] forward_client_cert` is on, never by clients.
-const XFCC: &str = "x-forwarded-client-cert";
+const XFCC: http::HeaderName = names::X_FORWARDED_CLIENT_CERT;
 
 /// Serve one downstream request on `snap`.
 pub async fn handle<B>(snap: Arc<Snapshot>, req: Request<B>, client: SocketAddr) -> Response<ProxyBody>
@@ -119,7 +119,7 @@ where
 
     forwarding::strip_hop_by_hop(&mut parts.headers);
     if let Ok(v) = HeaderValue::try_from(request_id.as_str()) {
-        parts.headers.insert("x-request-id", v);
+        parts.headers.insert(names::X_REQUEST_ID, v);
     }
     // From here on the URI is origin-form; the authority is kept in `host`.
     let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
@@ -197,7 +197,7 @@ fn reply(
     tracing: Tracing,
 ) -> Response<ProxyBody> {
     if let Ok(v) = HeaderValue::try_from(request_id.as_str()) {
-        resp.headers_mut().insert("x-request-id", v);
+        resp.headers_mut().insert(names::X_REQUEST_ID, v);
     }
     let status = resp.status().as_u16();
     let Tracing { tracer, trace, server_span } = tracing;
@@ -356,7 +356,9 @@ impl Exchange<'_> {
         let result = match route.cache.as_ref().and_then(|c| Some((c, c.plan(&parts, &self.info.authority)?))) {
             Some((cache, plan)) => {
                 let fetch = upstream.forward(parts, upstream_body, &self.info.authority, client_ip, deadline);
-                cache.serve(plan, upstream.timeout, fetch).await
+                // Boxed: the cache's future is ~7 KB, and inline it would
+                // make every request's future (and each copy of it) larger.
+                Box::pin(cache.serve(plan, upstream.timeout, fetch)).await
             }
             None => upstream.forward(parts, upstream_body, &self.info.authority, client_ip, deadline).await,
         };
@@ -689,7 +691,7 @@ fn error_response(
     if grpc {
         let mut extra = http::HeaderMap::new();
         if let Ok(v) = HeaderValue::try_from(request_id) {
-            extra.insert("x-request-id", v);
+            extra.insert(names::X_REQUEST_ID, v);
         }
         return grpc::error(grpc::code_for(status), &err.to_string(), &extra);
     }
@@ -703,7 +705,7 @@ fn error_response(
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Ok(v) = HeaderValue::try_from(request_id) {
-        h.insert("x-request-id", v);
+        h.insert(names::X_REQUEST_ID, v);
     }
     if let ProxyError::MethodNotAllowed(allowed) = &err {
         let list = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");

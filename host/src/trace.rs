@@ -16,6 +16,7 @@
 //! than pulling the opentelemetry SDK and its HTTP stack into the proxy: the
 //! gateway produces finished spans, so all it needs is the wire format.
 
+use crate::forwarding::{hex_id, names};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -94,12 +95,12 @@ impl RequestTrace {
     /// the flag is passed on as it came (new traces are marked sampled, so
     /// services behind the gateway can record them).
     pub fn begin(headers: &HeaderMap, tracer: Option<&Tracer>) -> Self {
-        let incoming = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(parse_traceparent);
+        let incoming = headers.get(&names::TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(parse_traceparent);
         let (trace_id, parent_id, sampled) = match incoming {
             Some(tp) => (tp.trace_id.to_owned(), Some(tp.parent_id.to_owned()), tp.sampled),
             None => {
                 let sampled = tracer.is_none_or(|t| t.sample >= 1.0 || fastrand::f64() < t.sample);
-                (format!("{:032x}", fastrand::u128(1..)), None, sampled)
+                (hex_id(fastrand::u128(1..), 32), None, sampled)
             }
         };
         Self {
@@ -115,9 +116,14 @@ impl RequestTrace {
 
     /// Set `traceparent` for an upstream try whose span is `span_id`.
     pub fn propagate(&self, headers: &mut HeaderMap, span_id: &str) {
-        let flags = if self.sampled { "01" } else { "00" };
-        if let Ok(v) = HeaderValue::try_from(format!("00-{}-{span_id}-{flags}", self.trace_id)) {
-            headers.insert("traceparent", v);
+        let mut v = String::with_capacity(55);
+        v.push_str("00-");
+        v.push_str(&self.trace_id);
+        v.push('-');
+        v.push_str(span_id);
+        v.push_str(if self.sampled { "-01" } else { "-00" });
+        if let Ok(v) = HeaderValue::try_from(v) {
+            headers.insert(names::TRACEPARENT, v);
         }
     }
 
@@ -132,7 +138,7 @@ impl RequestTrace {
 
 /// A fresh non-zero span id.
 pub fn new_span_id() -> String {
-    format!("{:016x}", fastrand::u64(1..))
+    hex_id(u128::from(fastrand::u64(1..)), 16)
 }
 
 /// Now, ns since the Unix epoch.
