@@ -3,9 +3,12 @@
 pinned to cores, drives them with wrk (closed loop, throughput) and
 `openloop` (open loop at a fixed rate, latency corrected for coordinated
 omission), reads CPU time and peak RSS from /proc, and reports medians over
-rounds run in alternating order."""
+rounds run in alternating order. Then three scenarios: a reload storm under
+load, memory with 100 routes x 10 plugins, and start-up time (cold and warm
+compile cache)."""
 
-import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, platform
+import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time, platform
+import urllib.request
 from datetime import datetime, timezone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,11 +71,15 @@ def pinned(core, cmd, **kw):
     return subprocess.Popen(["taskset", "-c", core] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
 
 
-def wrk(url, duration, conns, headers=()):
+def wrk(url, duration, conns, headers=(), script=None, script_args=()):
     cmd = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency"]
     for h in headers:
         cmd += ["-H", h]
+    if script:
+        cmd += ["-s", script]
     cmd.append(url)
+    if script_args:
+        cmd += ["--"] + [str(a) for a in script_args]
     out = subprocess.run(cmd, capture_output=True, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
@@ -87,11 +94,11 @@ def wrk(url, duration, conns, headers=()):
     return {"rps": rps, "requests": total, "errors": errors, "p50_us": lat["50"], "p99_us": lat["99"]}
 
 
-def openloop(url, rate, seconds, headers=()):
+def openloop(url, rate, seconds, headers=(), timeout=None):
     cmd = ["taskset", "-c", LOAD_CORE, os.path.join(REL, "openloop"), url, str(int(rate)), str(seconds), "32"]
     for h in headers:
         cmd += ["-H", h]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=timeout).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -247,29 +254,38 @@ def plugin_route(plugins, names):
     return "\n".join(plugins) + f'\n[[routes]]\nname = "bench"\nupstream = "up"\nchain = [{chain}]\n'
 
 
+def builtin_plugins():
+    """The built-in plugins' sections, by name, and the Authorization headers
+    (HS256 and ES256 tokens) the auth sections accept."""
+    claims = {"sub": "bench-client", "exp": int(time.time()) + 86400}
+    es_pub = open(os.path.join(KEYS, "ec256.pub.pem")).read()
+    headers = {"hs": [f"Authorization: Bearer {jwt('HS256', claims)}"],
+               "es": [f"Authorization: Bearer {jwt('ES256', claims)}"]}
+    sections = {
+        "auth_hs": f'[plugins.auth]\nmodule = "auth.wasm"\n[plugins.auth.config.jwt]\nkeys = [{{ secret = "{HS_SECRET}" }}]\n',
+        "auth_es": f'[plugins.auth]\nmodule = "auth.wasm"\n[plugins.auth.config.jwt]\nkeys = [{{ pem = """\n{es_pub}""" }}]\n',
+        "limit": ('[plugins.limit]\nmodule = "rate_limit.wasm"\n'
+                  'config = { key = "header:x-auth-sub", missing = "ip", limits = [{ requests = 1000000000, window = "1s" }] }\n'),
+        "anomaly": '[plugins.anomaly]\nmodule = "anomaly.wasm"\nconfig = { key = "header:x-auth-sub", action = "flag" }\n',
+        "shape": ('[plugins.shape]\nmodule = "transform.wasm"\n'
+                  '[plugins.shape.config.request.headers]\nset = { "x-client" = "{header.x-auth-sub}" }\n'
+                  '[plugins.shape.config.response.headers]\nadd = { "x-served-by" = "weir" }\n'),
+    }
+    return sections, headers
+
+
 def builtin_targets(tmp, up):
     """weir with each built-in plugin alone, and with the mission chain
     auth (ES256, verified-token cache) → rate limit → anomaly → transform."""
-    claims = {"sub": "bench-client", "exp": int(time.time()) + 86400}
-    es_pub = open(os.path.join(KEYS, "ec256.pub.pem")).read()
-    hs = [f"Authorization: Bearer {jwt('HS256', claims)}"]
-    es = [f"Authorization: Bearer {jwt('ES256', claims)}"]
-    auth_hs = f'[plugins.auth]\nmodule = "auth.wasm"\n[plugins.auth.config.jwt]\nkeys = [{{ secret = "{HS_SECRET}" }}]\n'
-    auth_es = f'[plugins.auth]\nmodule = "auth.wasm"\n[plugins.auth.config.jwt]\nkeys = [{{ pem = """\n{es_pub}""" }}]\n'
-    limit = ('[plugins.limit]\nmodule = "rate_limit.wasm"\n'
-             'config = { key = "header:x-auth-sub", missing = "ip", limits = [{ requests = 1000000000, window = "1s" }] }\n')
-    anomaly = '[plugins.anomaly]\nmodule = "anomaly.wasm"\nconfig = { key = "header:x-auth-sub", action = "flag" }\n'
-    shape = ('[plugins.shape]\nmodule = "transform.wasm"\n'
-             '[plugins.shape.config.request.headers]\nset = { "x-client" = "{header.x-auth-sub}" }\n'
-             '[plugins.shape.config.response.headers]\nadd = { "x-served-by" = "weir" }\n')
+    p, h = builtin_plugins()
+    mission = [p["auth_es"], p["limit"], p["anomaly"], p["shape"]]
     return [
-        weir_target("weir-auth-hs256", tmp, up, plugin_route([auth_hs], ["auth"]), hs),
-        weir_target("weir-auth-es256", tmp, up, plugin_route([auth_es], ["auth"]), es),
-        weir_target("weir-rate-limit", tmp, up, plugin_route([limit], ["limit"])),
-        weir_target("weir-anomaly", tmp, up, plugin_route([anomaly], ["anomaly"])),
-        weir_target("weir-transform", tmp, up, plugin_route([shape], ["shape"])),
-        weir_target("weir-mission", tmp, up,
-                    plugin_route([auth_es, limit, anomaly, shape], ["auth", "limit", "anomaly", "shape"]), es),
+        weir_target("weir-auth-hs256", tmp, up, plugin_route([p["auth_hs"]], ["auth"]), h["hs"]),
+        weir_target("weir-auth-es256", tmp, up, plugin_route([p["auth_es"]], ["auth"]), h["es"]),
+        weir_target("weir-rate-limit", tmp, up, plugin_route([p["limit"]], ["limit"])),
+        weir_target("weir-anomaly", tmp, up, plugin_route([p["anomaly"]], ["anomaly"])),
+        weir_target("weir-transform", tmp, up, plugin_route([p["shape"]], ["shape"])),
+        weir_target("weir-mission", tmp, up, plugin_route(mission, ["auth", "limit", "anomaly", "shape"]), h["es"]),
     ]
 
 
@@ -278,60 +294,50 @@ def med(values):
     return statistics.median(values) if values else None
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--smoke", action="store_true", help="a few seconds in all, to prove the harness works")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=int, default=10)
-    ap.add_argument("--connections", type=int, default=64)
-    args = ap.parse_args()
-    if args.smoke:
-        args.rounds, args.duration = 1, 1
+# ---- the main table ---------------------------------------------------------
 
-    tmp = tempfile.mkdtemp(prefix="weir-bench-")
-    up_port = free_port()
-    upstream = pinned(LOAD_CORE, [os.path.join(REL, "bench-upstream"), f"127.0.0.1:{up_port}"])
-    up = f"127.0.0.1:{up_port}"
-    try:
-        wait_http(f"http://{up}/")
-        direct = Target("direct", lambda: (None, f"http://{up}/bench", []))
-        targets = [
-            direct,
-            nginx_target(tmp, up),
-            weir_target("weir-empty", tmp, up, chain(0)),
-            weir_target("weir-empty-access-log", tmp, up, '[access_log]\ntarget = "access.log"\n' + chain(0)),
-            weir_target("weir-1-plugin", tmp, up, chain(1)),
-            weir_target("weir-4-plugins", tmp, up, chain(4)),
-            weir_target("weir-1-plugin-isolated", tmp, up, chain(1, "request")),
-        ] + builtin_targets(tmp, up)
-        closed = {t.name: [] for t in targets}
-        for rnd in range(args.rounds):
-            order = targets if rnd % 2 == 0 else list(reversed(targets))
-            for t in order:
-                r = measure(t, args.duration, args.connections)
-                closed[t.name].append(r)
-                print(f"round {rnd + 1} {t.name}: {r['rps']:.0f} req/s", file=sys.stderr)
-        summary = {}
-        for name, runs in closed.items():
-            summary[name] = {k: med([r.get(k) for r in runs]) for k in ("rps", "p50_us", "p99_us", "cpu_us_per_req", "peak_rss_mib", "errors")}
+def run_table(args, tmp, up):
+    """Every target closed loop (wrk) then open loop (openloop), rounds in
+    alternating order. Returns the per-target medians and the open-loop rate."""
+    direct = Target("direct", lambda: (None, f"http://{up}/bench", []))
+    targets = [
+        direct,
+        nginx_target(tmp, up),
+        weir_target("weir-empty", tmp, up, chain(0)),
+        weir_target("weir-empty-access-log", tmp, up, '[access_log]\ntarget = "access.log"\n' + chain(0)),
+        weir_target("weir-1-plugin", tmp, up, chain(1)),
+        weir_target("weir-4-plugins", tmp, up, chain(4)),
+        weir_target("weir-1-plugin-isolated", tmp, up, chain(1, "request")),
+    ] + builtin_targets(tmp, up)
+    closed = {t.name: [] for t in targets}
+    for rnd in range(args.rounds):
+        order = targets if rnd % 2 == 0 else list(reversed(targets))
+        for t in order:
+            r = measure(t, args.duration, args.connections)
+            closed[t.name].append(r)
+            print(f"round {rnd + 1} {t.name}: {r['rps']:.0f} req/s", file=sys.stderr)
+    summary = {}
+    for name, runs in closed.items():
+        summary[name] = {k: med([r.get(k) for r in runs]) for k in ("rps", "p50_us", "p99_us", "cpu_us_per_req", "peak_rss_mib", "errors")}
 
-        rate = 0.5 * summary["nginx"]["rps"]
-        seconds = 2 if args.smoke else max(5, args.duration // 2)
-        for rnd in range(args.rounds):
-            order = targets if rnd % 2 == 0 else list(reversed(targets))
-            for t in order:
-                r = measure_openloop(t, rate, seconds)
-                summary[t.name].setdefault("open", []).append(r)
-        for name in summary:
-            runs = summary[name].pop("open")
-            summary[name]["fixed_rate"] = rate
-            summary[name]["open_p50_us"] = med([r["p50_us"] for r in runs])
-            summary[name]["open_p99_us"] = med([r["p99_us"] for r in runs])
-            summary[name]["open_errors"] = med([r["errors"] for r in runs])
-    finally:
-        upstream.terminate()
-        shutil.rmtree(tmp, ignore_errors=True)
+    rate = 0.5 * summary["nginx"]["rps"]
+    seconds = 2 if args.smoke else max(5, args.duration // 2)
+    for rnd in range(args.rounds):
+        order = targets if rnd % 2 == 0 else list(reversed(targets))
+        for t in order:
+            r = measure_openloop(t, rate, seconds)
+            summary[t.name].setdefault("open", []).append(r)
+    for name in summary:
+        runs = summary[name].pop("open")
+        summary[name]["fixed_rate"] = rate
+        summary[name]["open_p50_us"] = med([r["p50_us"] for r in runs])
+        summary[name]["open_p99_us"] = med([r["p99_us"] for r in runs])
+        summary[name]["open_errors"] = med([r["errors"] for r in runs])
+    return summary, rate
 
+
+def table_ratios(summary):
+    """The ratios printed under the main table."""
     ng, empty, direct_s = summary["nginx"], summary["weir-empty"], summary["direct"]
     ratios = {
         "weir_empty/nginx rps": empty["rps"] / ng["rps"],
@@ -348,30 +354,519 @@ def main():
     }
     for name in ("weir-auth-hs256", "weir-auth-es256", "weir-rate-limit", "weir-anomaly", "weir-transform", "weir-mission"):
         ratios[f"{name} added cpu (us)"] = summary[name]["cpu_us_per_req"] - empty["cpu_us_per_req"]
+    return ratios
+
+
+def fmt(v, nd=0):
+    return "—" if v is None else f"{v:,.{nd}f}"
+
+
+def print_table(args, summary, ratios, rate):
+    print(f"closed loop: wrk -t1 -c{args.connections} {args.duration}s × {args.rounds} rounds (medians); "
+          f"open loop: {fmt(rate)} req/s (50% of nginx max), latency from due time\n")
+    print("| target | req/s | p50 µs | p99 µs | CPU µs/req | peak RSS MiB | open p50 µs | open p99 µs | errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, s in summary.items():
+        print(f"| {name} | {fmt(s['rps'])} | {fmt(s['p50_us'])} | {fmt(s['p99_us'])} | {fmt(s['cpu_us_per_req'], 1)} | "
+              f"{fmt(s['peak_rss_mib'], 1)} | {fmt(s['open_p50_us'])} | {fmt(s['open_p99_us'])} | "
+              f"{fmt((s['errors'] or 0) + (s['open_errors'] or 0))} |")
+    print("\n| ratio | value |\n|---|---:|")
+    for k, v in ratios.items():
+        print(f"| {k} | {v:.2f} |")
+
+
+# ---- scenarios: shared pieces -------------------------------------------------
+
+class ScenarioError(Exception):
+    """A scenario could not run at all (a process did not start or died)."""
+
+
+def write_atomic(path, data):
+    """Replace `path` by a rename, so a watcher never sees a partial file."""
+    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def leb128(n):
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | 0x80 if n else b)
+        if not n:
+            return bytes(out)
+
+
+def wasm_variant(module, tag):
+    """`module` with a custom section appended: the same plugin, other bytes
+    (another sha256), as a rebuild would give."""
+    name = b"weir-bench-variant"
+    content = leb128(len(name)) + name + tag.encode()
+    return module + b"\x00" + leb128(len(content)) + content
+
+
+class Weir:
+    """A weir process (one worker, pinned to the proxy core) serving
+    `folder`/gateway.toml, its log in `folder`/weir.log."""
+
+    def __init__(self, folder):
+        self.folder, self.proc = folder, None
+        self.config = os.path.join(folder, "gateway.toml")
+
+    def spawn(self):
+        log = open(os.path.join(self.folder, "weir.log"), "ab")
+        try:
+            self.proc = subprocess.Popen(
+                ["taskset", "-c", PROXY_CORE, os.path.join(REL, "weir"), "run", "--workers", "1", "--config", self.config],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "WEIR_LOG": "warn"})
+        except OSError as e:
+            raise ScenarioError(f"cannot spawn weir: {e}") from e
+        finally:
+            log.close()
+        return self.proc
+
+    def log_tail(self, lines=5):
+        try:
+            return " | ".join(open(os.path.join(self.folder, "weir.log"), errors="replace").read().strip().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def wait(self, url, timeout=60.0, headers=()):
+        """Until `url` answers 200; ScenarioError as soon as weir exits, or
+        if it never answers."""
+        deadline = time.time() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise ScenarioError(f"weir exited with {self.proc.returncode}; log: {self.log_tail()}")
+            try:
+                return wait_http(url, 1.0, headers)
+            except RuntimeError:
+                if time.time() > deadline:
+                    raise ScenarioError(f"weir did not answer {url} within {timeout:.0f}s; log: {self.log_tail()}")
+
+    def rss_kib(self, field="VmRSS"):
+        for line in open(f"/proc/{self.proc.pid}/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        return None
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def get_json(url):
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def scenario_openloop(url, rate, seconds, headers=()):
+    """openloop with a deadline; its crash or hang means the scenario could not run."""
+    try:
+        return openloop(url, rate, seconds, headers, timeout=seconds + 60)
+    except subprocess.TimeoutExpired as e:
+        raise ScenarioError(f"openloop did not finish within {seconds + 60}s (requests hung)") from e
+    except subprocess.CalledProcessError as e:
+        first = (e.stderr or "").strip().splitlines()[:1]
+        raise ScenarioError(f"openloop failed: {first[0] if first else f'exit {e.returncode}'}") from e
+
+
+def gateway_head(port, admin, upstream, runtime="", watch=False, plugins_dir=WASM):
+    """[server], [runtime] and the upstream `up` of a scenario's gateway.toml."""
+    return f"""[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+plugins_dir = "{plugins_dir}"
+watch = {"true" if watch else "false"}
+[runtime]
+{runtime}
+[upstreams.up]
+targets = ["{upstream}"]
+connect_timeout = "1s"
+"""
+
+
+# ---- scenario (a): reload storm ------------------------------------------------
+
+def storm_config(port, admin, upstream, folder, value):
+    """One route, one add_header plugin whose header value is `value`."""
+    return (gateway_head(port, admin, upstream, f'compile_cache = "{folder}/cache"', watch=True,
+                         plugins_dir=f"{folder}/plugins")
+            + f'[plugins.h]\nmodule = "add_header.wasm"\nconfig = {{ name = "x-reload", value = "{value}" }}\n'
+            + '[[routes]]\nname = "bench"\nupstream = "up"\nchain = ["h"]\n')
+
+
+class Storm(threading.Thread):
+    """Every `period` seconds: gateway.toml rewritten with a new header value,
+    and add_header.wasm replaced by the other of two builds, each by rename.
+    Runs pinned to the load core."""
+
+    def __init__(self, folder, render, modules, period):
+        super().__init__(daemon=True)
+        self.folder, self.render, self.modules, self.period = folder, render, modules, period
+        self.halt, self.error = threading.Event(), None
+        self.configs = self.swaps = 0
+
+    def run(self):
+        try:
+            os.sched_setaffinity(0, {int(LOAD_CORE)})  # this thread only
+            due = time.monotonic()
+            while not self.halt.is_set():
+                n = self.configs + 1
+                write_atomic(os.path.join(self.folder, "gateway.toml"), self.render(f"v{n}"))
+                write_atomic(os.path.join(self.folder, "plugins", "add_header.wasm"), self.modules[n % 2])
+                self.configs, self.swaps = n, self.swaps + 1
+                due += self.period
+                self.halt.wait(max(0.0, due - time.monotonic()))
+        except Exception as e:  # reported by stop()
+            self.error = e
+
+    def stop(self):
+        self.halt.set()
+        self.join()
+        if self.error:
+            raise ScenarioError(f"storm writer failed: {self.error}")
+
+
+def storm_counts(storm):
+    """(configs written, modules swapped) so far; zeros without a storm."""
+    return (storm.configs, storm.swaps) if storm else (0, 0)
+
+
+def storm_round(folder, upstream, rate, seconds, period=None):
+    """One weir from a fresh config, measured by openloop for `seconds`
+    (after a 1 s warm-up), with a storm every `period` seconds or none."""
+    port, admin = free_port(), free_port()
+    render = lambda value: storm_config(port, admin, upstream, folder, value)
+    base = open(os.path.join(WASM, "add_header.wasm"), "rb").read()
+    modules = [wasm_variant(base, "a"), wasm_variant(base, "b")]
+    write_atomic(os.path.join(folder, "plugins", "add_header.wasm"), modules[0])
+    write_atomic(os.path.join(folder, "gateway.toml"), render("v0"))
+    w, storm = Weir(folder), None
+    url, status_url = f"http://127.0.0.1:{port}/bench", f"http://127.0.0.1:{admin}/admin/status"
+    try:
+        w.spawn()
+        w.wait(url)
+        if period:
+            storm = Storm(folder, render, modules, period)
+            storm.start()
+        warm = scenario_openloop(url, rate, 1)
+        before, written = get_json(status_url), storm_counts(storm)
+        r = scenario_openloop(url, rate, seconds)
+        after = get_json(status_url)
+        written = [b - a for a, b in zip(written, storm_counts(storm))]
+        if storm:
+            storm.stop()
+            storm = None
+        if w.proc.poll() is not None:
+            raise ScenarioError(f"weir exited with {w.proc.returncode} during the run; log: {w.log_tail()}")
+    finally:
+        if storm:
+            storm.halt.set()
+            storm.join()
+        w.stop()
+    return {
+        "p50_us": r["p50_us"], "p99_us": r["p99_us"], "p999_us": r["p999_us"], "max_us": r["max_us"],
+        "sent": r["sent"] + warm["sent"], "failed": (r["sent"] - r["ok"]) + (warm["sent"] - warm["ok"]),
+        "reloads_published": after["reloads"]["succeeded"] - before["reloads"]["succeeded"],
+        "reloads_rejected": after["reloads"]["failed"] - before["reloads"]["failed"],
+        "generations": after["generation"] - before["generation"],
+        "configs_written": written[0], "modules_swapped": written[1],
+        "last_reload_error": after.get("last_reload_error"),
+    }
+
+
+def scenario_reload_storm(tmp, upstream, rate, seconds, rounds, period=0.1):
+    """(a) p50/p99 at a fixed rate with the config and module replaced every
+    `period` seconds, against the same gateway left alone; rounds alternate
+    the order."""
+    folder = tempfile.mkdtemp(prefix="storm-", dir=tmp)
+    runs = {"quiet": [], "storm": []}
+    try:
+        os.makedirs(os.path.join(folder, "plugins"))
+        for rnd in range(rounds):
+            for mode in (("quiet", "storm") if rnd % 2 == 0 else ("storm", "quiet")):
+                r = storm_round(folder, upstream, rate, seconds, period if mode == "storm" else None)
+                runs[mode].append(r)
+                print(f"reload storm round {rnd + 1} {mode}: p50 {r['p50_us']} µs, p99 {r['p99_us']} µs, "
+                      f"failed {r['failed']}, reloads {r['reloads_published']}/{r['reloads_rejected']}", file=sys.stderr)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    out = {"rate": rate, "seconds": seconds, "rounds": rounds, "period_ms": period * 1000, "runs": runs}
+    for mode, rs in runs.items():
+        out[mode] = {
+            "p50_us": med([r["p50_us"] for r in rs]), "p99_us": med([r["p99_us"] for r in rs]),
+            "sent": sum(r["sent"] for r in rs), "failed": sum(r["failed"] for r in rs),
+            "reloads_published": sum(r["reloads_published"] for r in rs),
+            "reloads_rejected": sum(r["reloads_rejected"] for r in rs),
+            "configs_written": sum(r["configs_written"] for r in rs),
+            "modules_swapped": sum(r["modules_swapped"] for r in rs),
+        }
+    out["p99_ratio"] = out["storm"]["p99_us"] / out["quiet"]["p99_us"]
+    out["p50_ratio"] = out["storm"]["p50_us"] / out["quiet"]["p50_us"]
+    return out
+
+
+def print_reload_storm(s):
+    print(f"\n**Reload storm** · one `add_header` plugin, `watch = true`; every {s['period_ms']:.0f} ms gateway.toml "
+          f"rewritten (new header value) and the .wasm replaced by the other of two builds, both by rename · "
+          f"openloop {fmt(s['rate'])} req/s, {s['seconds']} s × {s['rounds']} rounds (medians, order alternating); "
+          f"requests and failed (non-2xx or transport errors) include the 1 s warm-up\n")
+    print("| run | p50 µs | p99 µs | requests | failed | configs written | modules swapped | reloads published | reloads rejected |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for mode, label in (("quiet", "no reloads"), ("storm", "reload storm")):
+        m = s[mode]
+        print(f"| {label} | {fmt(m['p50_us'])} | {fmt(m['p99_us'])} | {fmt(m['sent'])} | {fmt(m['failed'])} | "
+              f"{fmt(m['configs_written'])} | {fmt(m['modules_swapped'])} | {fmt(m['reloads_published'])} | "
+              f"{fmt(m['reloads_rejected'])} |")
+    print(f"| storm / no reloads | {s['p50_ratio']:.2f}× | {s['p99_ratio']:.2f}× (target ≤ 1.2×) | | "
+          f"{'0 ✓' if s['storm']['failed'] + s['quiet']['failed'] == 0 else 'FAILED REQUESTS'} | | | | |")
+
+
+# ---- scenario (b): memory -------------------------------------------------------
+
+def memory_config(port, admin, upstream, folder, routes, per_route, max_instances):
+    """`routes` routes /r0 ... each with its own chain of `per_route`
+    add_header instances."""
+    out = [gateway_head(port, admin, upstream,
+                        f'compile_cache = "{folder}/cache"\nmax_instances = {max_instances}')]
+    for r in range(routes):
+        for i in range(per_route):
+            out.append(f'[plugins.r{r}-h{i}]\nmodule = "add_header.wasm"\n'
+                       f'config = {{ name = "x-r{r}-h{i}", value = "v" }}\n')
+    for r in range(routes):
+        names = ", ".join(f'"r{r}-h{i}"' for i in range(per_route))
+        out.append(f'[[routes]]\nname = "r{r}"\npath_prefix = "/r{r}"\nupstream = "up"\nchain = [{names}]\n')
+    return "\n".join(out)
+
+
+def scenario_memory(tmp, upstream, seconds, conns=256, routes=100, per_route=10):
+    """(b) RSS with routes × per_route plugin instances, before and under
+    load spread over every route."""
+    instances = routes * per_route
+    # One initialised instance per plugin at load; a quarter more slots for
+    # instances created when a call finds its plugin's pool empty.
+    max_instances = instances + instances // 4
+    folder = tempfile.mkdtemp(prefix="memory-", dir=tmp)
+    port, admin = free_port(), free_port()
+    w = Weir(folder)
+    try:
+        open(w.config, "w").write(memory_config(port, admin, upstream, folder, routes, per_route, max_instances))
+        started = time.perf_counter()
+        w.spawn()
+        w.wait(f"http://127.0.0.1:{admin}/readyz", timeout=120)
+        ready_s = time.perf_counter() - started
+        rss_start = w.rss_kib("VmRSS")
+        r = wrk(f"http://127.0.0.1:{port}/", seconds, conns,
+                script=os.path.join(ROOT, "bench", "spread_routes.lua"), script_args=[routes])
+        if w.proc.poll() is not None:
+            raise ScenarioError(f"weir exited with {w.proc.returncode} under load; log: {w.log_tail()}")
+        peak, rss_end = peak_rss_kib([w.proc.pid]), w.rss_kib("VmRSS")
+        status = get_json(f"http://127.0.0.1:{admin}/admin/status")
+    finally:
+        w.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+    print(f"memory: {rss_start / 1024:.1f} MiB after start, peak {peak / 1024:.1f} MiB, {r['rps']:.0f} req/s", file=sys.stderr)
+    return {
+        "routes": len(status["routes"]), "plugin_instances": len(status["plugins"]), "max_instances": max_instances,
+        "connections": conns, "seconds": seconds, "ready_s": ready_s,
+        "rss_after_start_mib": rss_start / 1024, "rss_after_load_mib": rss_end / 1024, "peak_rss_mib": peak / 1024,
+        "rps": r["rps"], "requests": r["requests"], "errors": r["errors"], "p50_us": r["p50_us"], "p99_us": r["p99_us"],
+    }
+
+
+def print_memory(s):
+    print(f"\n**Memory** · {s['routes']} routes × 10 `add_header` instances ({s['plugin_instances']} named plugins, "
+          f"`max_instances = {s['max_instances']}`) · wrk -c{s['connections']} {s['seconds']} s over every route\n")
+    print("| ready s | RSS after start MiB | peak RSS MiB | RSS after load MiB | req/s | p99 µs | errors | target |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---|")
+    print(f"| {fmt(s['ready_s'], 2)} | {fmt(s['rss_after_start_mib'], 1)} | {fmt(s['peak_rss_mib'], 1)} | "
+          f"{fmt(s['rss_after_load_mib'], 1)} | {fmt(s['rps'])} | {fmt(s['p99_us'])} | {fmt(s['errors'])} | "
+          f"peak ≤ 128 MiB: {'met' if s['peak_rss_mib'] <= 128 else 'missed'} |")
+
+
+# ---- scenario (c): start-up -------------------------------------------------------
+
+def first_200(port, headers, w, started, timeout=60.0):
+    """Poll the proxy port every ~1 ms with a raw HTTP/1.1 request until it
+    answers 200. Returns (ms to the first accepted connection, ms to the
+    first 200), both from `started`."""
+    req = ("GET /bench HTTP/1.1\r\nHost: 127.0.0.1\r\n" + "".join(h + "\r\n" for h in headers)
+           + "Connection: close\r\n\r\n").encode()
+    connected = None
+    while True:
+        now = time.perf_counter()
+        if now - started > timeout:
+            raise ScenarioError(f"no 200 within {timeout}s; log: {w.log_tail()}")
+        if w.proc.poll() is not None:
+            raise ScenarioError(f"weir exited with {w.proc.returncode}; log: {w.log_tail()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+                connected = connected or (time.perf_counter() - started) * 1000
+                s.sendall(req)
+                head = b""
+                while b"\r\n" not in head:
+                    chunk = s.recv(256)
+                    if not chunk:
+                        break
+                    head += chunk
+            if head.startswith(b"HTTP/1.1 200"):
+                return connected, (time.perf_counter() - started) * 1000
+        except OSError:
+            pass
+        time.sleep(0.001)
+
+
+def startup_once(folder, config_text, port, headers):
+    """Spawn weir and time it to the first proxied 200; stop it."""
+    w = Weir(folder)
+    open(w.config, "w").write(config_text)
+    try:
+        started = time.perf_counter()
+        w.spawn()
+        connected_ms, ok_ms = first_200(port, headers, w, started)
+    finally:
+        w.stop()
+    return {"connected_ms": connected_ms, "first_200_ms": ok_ms}
+
+
+def scenario_startup(tmp, upstream, runs):
+    """(c) spawn to first 200 through auth (HS256) → rate limit → anomaly →
+    transform: cold (fresh compile cache folder), then warm (same folder)."""
+    sections, headers = builtin_plugins()
+    chain_text = plugin_route([sections[k] for k in ("auth_hs", "limit", "anomaly", "shape")],
+                              ["auth", "limit", "anomaly", "shape"])
+    out = {"cold": [], "warm": []}
+    for i in range(runs):
+        folder = tempfile.mkdtemp(prefix="startup-", dir=tmp)
+        try:
+            port, admin = free_port(), free_port()
+            cfg = gateway_head(port, admin, upstream, f'compile_cache = "{folder}/cache"') + chain_text
+            for kind in ("cold", "warm"):
+                r = startup_once(folder, cfg, port, headers["hs"])
+                out[kind].append(r)
+                print(f"start-up {i + 1} {kind}: first 200 after {r['first_200_ms']:.0f} ms", file=sys.stderr)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    summary = {"runs": runs, "chain": ["auth (HS256)", "rate_limit", "anomaly", "transform"], "all": out}
+    for kind in ("cold", "warm"):
+        summary[kind] = {k: med([r[k] for r in out[kind]]) for k in ("connected_ms", "first_200_ms")}
+    return summary
+
+
+def print_startup(s):
+    print(f"\n**Start-up** · `weir run` spawned to the first proxied 200 through auth (HS256) → rate limit → "
+          f"anomaly → transform, polled every ~1 ms · median of {s['runs']}; cold = empty compile cache folder, "
+          f"warm = the same folder again\n")
+    print("| start | listening ms | first 200 ms | runs (ms) | target |")
+    print("|---|---:|---:|---|---|")
+    for kind in ("cold", "warm"):
+        m = s[kind]
+        runs = ", ".join(fmt(r["first_200_ms"]) for r in s["all"][kind])
+        target = f"≤ 300 ms: {'met' if m['first_200_ms'] <= 300 else 'missed'}" if kind == "warm" else ""
+        print(f"| {kind} | {fmt(m['connected_ms'])} | {fmt(m['first_200_ms'])} | {runs} | {target} |")
+
+
+SCENARIOS = ("reload_storm", "memory", "startup")
+
+
+def run_scenarios(args, tmp, up, weir_empty_rps):
+    """The selected scenarios, each on its own; one that cannot run is
+    recorded as {"error": ...} and the others still run."""
+    smoke = args.smoke
+    storm_rate = 0.5 * weir_empty_rps if weir_empty_rps else 5000
+    jobs = {
+        "reload_storm": lambda: scenario_reload_storm(tmp, up, storm_rate, 3 if smoke else 30, 1 if smoke else args.rounds,
+                                                      args.storm_period_ms / 1000),
+        "memory": lambda: scenario_memory(tmp, up, 2 if smoke else 10),
+        "startup": lambda: scenario_startup(tmp, up, 1 if smoke else 3),
+    }
+    out = {}
+    for name in args.scenario or SCENARIOS:
+        print(f"scenario {name}...", file=sys.stderr)
+        try:
+            out[name] = jobs[name]()
+        except (ScenarioError, OSError, RuntimeError, subprocess.SubprocessError) as e:
+            print(f"scenario {name} could not run: {e}", file=sys.stderr)
+            out[name] = {"error": str(e)}
+    return out
+
+
+def print_scenarios(scenarios):
+    printers = {"reload_storm": print_reload_storm, "memory": print_memory, "startup": print_startup}
+    for name, s in scenarios.items():
+        if "error" in s:
+            print(f"\n**{name}** · could not run: {s['error']}")
+        else:
+            printers[name](s)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--smoke", action="store_true", help="a few seconds in all, to prove the harness works")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=64)
+    part = ap.add_mutually_exclusive_group()
+    part.add_argument("--scenarios-only", action="store_true", help="skip the main table, run only the scenarios")
+    part.add_argument("--no-scenarios", action="store_true", help="run only the main table")
+    ap.add_argument("--scenario", action="append", choices=SCENARIOS,
+                    help="run this scenario (repeatable; default: all three)")
+    ap.add_argument("--storm-period-ms", type=int, default=100,
+                    help="reload storm: time between rewrites (the watcher's debounce is 100 ms)")
+    args = ap.parse_args()
+    if args.smoke:
+        args.rounds, args.duration = 1, 1
+
+    tmp = tempfile.mkdtemp(prefix="weir-bench-")
+    up_port = free_port()
+    upstream = pinned(LOAD_CORE, [os.path.join(REL, "bench-upstream"), f"127.0.0.1:{up_port}"])
+    up = f"127.0.0.1:{up_port}"
+    summary, ratios, rate, scenarios = None, None, None, None
+    try:
+        wait_http(f"http://{up}/")
+        if not args.scenarios_only:
+            summary, rate = run_table(args, tmp, up)
+            ratios = table_ratios(summary)
+        if not args.no_scenarios:
+            scenarios = run_scenarios(args, tmp, up, summary["weir-empty"]["rps"] if summary else None)
+    finally:
+        upstream.terminate()
+        upstream.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
         "command": "bench/run.sh " + " ".join(sys.argv[1:]),
         "rounds": args.rounds, "duration_s": args.duration, "connections": args.connections,
-        "targets": summary, "ratios": ratios,
     }
+    if summary is not None:
+        result.update(targets=summary, ratios=ratios)
+    if scenarios is not None:
+        result["scenarios"] = scenarios
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
-    name = "smoke.json" if args.smoke else "latest.json"
+    # A partial run (development) must not replace a complete run's file.
+    partial = args.scenarios_only or args.no_scenarios or bool(args.scenario)
+    name = ("smoke" if args.smoke else "latest") + ("-partial" if partial else "") + ".json"
     json.dump(result, open(os.path.join(ROOT, "bench", "results", name), "w"), indent=2)
 
-    def f(v, nd=0):
-        return "—" if v is None else f"{v:,.{nd}f}"
     print(f"\n{result['date']} · {result['machine']} · `{result['command']}`")
-    print(f"closed loop: wrk -t1 -c{args.connections} {args.duration}s × {args.rounds} rounds (medians); "
-          f"open loop: {f(rate)} req/s (50% of nginx max), latency from due time\n")
-    print("| target | req/s | p50 µs | p99 µs | CPU µs/req | peak RSS MiB | open p50 µs | open p99 µs | errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, s in summary.items():
-        print(f"| {name} | {f(s['rps'])} | {f(s['p50_us'])} | {f(s['p99_us'])} | {f(s['cpu_us_per_req'], 1)} | "
-              f"{f(s['peak_rss_mib'], 1)} | {f(s['open_p50_us'])} | {f(s['open_p99_us'])} | {f((s['errors'] or 0) + (s['open_errors'] or 0))} |")
-    print("\n| ratio | value |\n|---|---:|")
-    for k, v in ratios.items():
-        print(f"| {k} | {v:.2f} |")
+    if summary is not None:
+        print_table(args, summary, ratios, rate)
+    if scenarios is not None:
+        print_scenarios(scenarios)
+    failed = [n for n, s in (scenarios or {}).items() if "error" in s]
+    if failed:
+        print(f"\nscenarios that could not run: {', '.join(failed)}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
