@@ -141,7 +141,12 @@ impl CompileCache {
                 let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache"));
                 xdg.or(home).map(|d| d.join("weir"))
             }
-            Self::Dir(d) => Some(base.join(d)),
+            // Absolute: wasmtime's cache refuses a relative folder, and a
+            // config given as `gateway.toml` has the relative base `.`.
+            Self::Dir(d) => {
+                let dir = base.join(d);
+                Some(std::path::absolute(&dir).unwrap_or(dir))
+            }
         }
     }
 }

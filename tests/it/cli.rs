@@ -114,12 +114,15 @@ fn compile_cache_is_private_and_filled() {
         .replace("UPSTREAM", "127.0.0.1:9")
         .replace("plugins_dir = \"plugins\"\n", "plugins_dir = \"plugins\"\n\n[runtime]\ncompile_cache = \"cache\"\n");
     let dir = prepare(&config);
+    // A relative config path: the cache folder is still found (wasmtime
+    // wants it absolute).
     let out = Command::new(weir_binary())
-        .args(["check", "--config"])
-        .arg(dir.path().join("gateway.toml"))
+        .current_dir(dir.path())
+        .args(["check", "--config", "gateway.toml"])
         .output()
         .expect("run");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("absolute"), "{}", String::from_utf8_lossy(&out.stderr));
     let cache = dir.path().join("cache");
     let files = walk(&cache);
     assert!(!files.is_empty(), "a compiled module is cached in {}", cache.display());
