@@ -8,7 +8,9 @@ use tracing_subscriber::EnvFilter;
 
 /// mimalloc: the request path allocates a few dozen small objects per
 /// request (heads, header values, futures), and glibc's malloc was 17% of
-/// the gateway's instructions in a profile of the empty chain.
+/// the gateway's instructions in a profile of the empty chain. Built
+/// without transparent huge pages (`no_thp`): with them its arena's RSS
+/// grew by 2 MiB at a time (228 MiB against 118 MiB with 1000 plugins).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
