@@ -40,10 +40,6 @@ use crate::tunnel;
 use crate::upstream::{Answered, Outgoing};
 use hyper::upgrade::OnUpgrade;
 
-/// `x-forwarded-client-cert`: the verified client certificate, set by the
-/// gateway when `[server.tls] forward_client_cert` is on, never by clients.
-const XFCC: http::HeaderName = names::X_FORWARDED_CLIENT_CERT;
-
 /// Serve one downstream request on `snap`.
 pub async fn handle<B>(snap: Arc<Snapshot>, req: Request<B>, client: SocketAddr) -> Response<ProxyBody>
 where
@@ -131,13 +127,14 @@ where
     let body = Counted::new(body, bytes_in, snap.limits.max_request_body, verdict.clone());
     let held = route.chain.iter().map(|_| RequestSlot::default()).collect();
     let tls = parts.extensions.remove::<Arc<ConnectionTls>>();
-    // Only the gateway says which client certificate it verified.
-    parts.headers.remove(XFCC);
+    // `x-forwarded-client-cert`: only the gateway says which client
+    // certificate it verified (`[server.tls] forward_client_cert`).
+    parts.headers.remove(names::X_FORWARDED_CLIENT_CERT);
     if let Some(t) = &tls
         && snap.tls.as_ref().is_some_and(|l| l.forward_client_cert)
         && let Some(v) = t.forwarded_client_cert().and_then(|v| HeaderValue::try_from(v).ok())
     {
-        parts.headers.insert(XFCC, v);
+        parts.headers.insert(names::X_FORWARDED_CLIENT_CERT, v);
     }
     let info = Arc::new(RequestInfo { client, authority: host, route: route.name.clone(), request_id, params, tls });
     let outcomes = record.is_some().then(String::new);
@@ -689,11 +686,8 @@ fn error_response(
     }
     metrics.record(status.as_u16(), started.elapsed().as_secs_f64());
     if grpc {
-        let mut extra = http::HeaderMap::new();
-        if let Ok(v) = HeaderValue::try_from(request_id) {
-            extra.insert(names::X_REQUEST_ID, v);
-        }
-        return grpc::error(grpc::code_for(status), &err.to_string(), &extra);
+        // `reply` adds the request id, as to every answer.
+        return grpc::error(grpc::code_for(status), &err.to_string(), &http::HeaderMap::new());
     }
     let body = serde_json::json!({
         "error": err.to_string(),

@@ -176,11 +176,7 @@ impl Conn {
     async fn serve_plain(self, stream: TcpStream, open: OpenConnection) {
         let _open = open;
         let within = self.shared.snapshot.load().server.header_read_timeout;
-        if !first_bytes(&stream, within).await {
-            tracing::debug!(peer = %self.peer, "connection closed: no request within the header read timeout");
-            return;
-        }
-        self.serve_http(stream, None).await;
+        self.serve_http(UntilDetected::new(stream, within), None).await;
     }
 
     /// TLS: the handshake with the snapshot's certificates, then HTTP/1.1
@@ -211,7 +207,7 @@ impl Conn {
         };
         let info = ConnectionTls::of(stream.get_ref().1);
         metrics.tls_handshake("ok", info.version, info.alpn.unwrap_or("none"));
-        self.serve_http(FirstByte::new(stream, within), Some(Arc::new(info))).await;
+        self.serve_http(UntilDetected::new(stream, within), Some(Arc::new(info))).await;
     }
 
     async fn serve_http<I>(self, io: I, tls: Option<Arc<ConnectionTls>>)
@@ -247,22 +243,48 @@ impl Conn {
     }
 }
 
-/// A stream whose reads fail once `within` has passed with nothing read:
-/// after a TLS handshake, a client that sends no request is cut at the
-/// header read timeout, as on the cleartext listener ([`first_bytes`]).
-/// From the first byte on, hyper's own timers apply.
-struct FirstByte<S> {
+/// The HTTP/2 connection preface, which tells HTTP/2 from HTTP/1.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A stream whose reads fail once `within` has passed before the client
+/// sent enough to tell HTTP/1 from the HTTP/2 preface. hyper-util's
+/// protocol detection reads those bytes with no timeout of its own, and
+/// hyper's header read timeout starts only after it: without this, a
+/// connection that sends nothing (or part of the preface) would hold its
+/// slot, and a `max_connections` slot, forever. Once the protocol is known,
+/// hyper's own timers apply. Used on both listeners (after the handshake on
+/// the TLS one).
+struct UntilDetected<S> {
     inner: S,
+    /// Preface bytes matched so far.
+    matched: usize,
+    /// Cleared once the protocol is known.
     deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl<S> FirstByte<S> {
+impl<S> UntilDetected<S> {
     fn new(inner: S, within: Duration) -> Self {
-        Self { inner, deadline: Some(Box::pin(tokio::time::sleep(within))) }
+        Self { inner, matched: 0, deadline: Some(Box::pin(tokio::time::sleep(within))) }
+    }
+
+    /// Follow the preface through `new` bytes; clear the deadline once they
+    /// leave it or complete it.
+    fn saw(&mut self, new: &[u8]) {
+        for &b in new {
+            if self.matched < H2_PREFACE.len() && b == H2_PREFACE[self.matched] {
+                self.matched += 1;
+            } else {
+                self.matched = H2_PREFACE.len();
+            }
+            if self.matched == H2_PREFACE.len() {
+                self.deadline = None;
+                return;
+            }
+        }
     }
 }
 
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByte<S> {
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for UntilDetected<S> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -272,8 +294,8 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByte<S> {
         let before = buf.filled().len();
         match std::pin::Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
-                if buf.filled().len() > before {
-                    self.deadline = None;
+                if self.deadline.is_some() {
+                    self.saw(&buf.filled()[before..]);
                 }
                 Poll::Ready(r)
             }
@@ -292,7 +314,7 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByte<S> {
     }
 }
 
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByte<S> {
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for UntilDetected<S> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -325,32 +347,6 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByte<S> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
-    }
-}
-
-/// Wait until the client has sent enough to tell HTTP/1 from the HTTP/2
-/// preface, within `within`. hyper-util's protocol detection reads those
-/// bytes with no timeout of its own, and hyper's header read timeout starts
-/// only after it: without this, a connection that sends nothing would hold
-/// its slot (and a `max_connections` slot) forever.
-async fn first_bytes(stream: &TcpStream, within: Duration) -> bool {
-    const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let deadline = tokio::time::Instant::now() + within;
-    let mut buf = [0u8; 24];
-    loop {
-        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
-            Ok(Ok(n)) => n,
-            _ => return false,
-        };
-        if n == 0 {
-            return false;
-        }
-        if n >= H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] {
-            return true;
-        }
-        // Part of the HTTP/2 preface: `peek` returns at once with the same
-        // bytes, so wait a little for the rest.
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

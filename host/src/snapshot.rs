@@ -11,11 +11,10 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 
 use crate::access_log::{AccessLog, AccessLogWriter};
-use crate::aggregate::{self, Aggregate, Part};
+use crate::aggregate::{self, Aggregate};
 use crate::cache::RouteCache;
 use crate::config::{
-    AccessLogConfig, GatewayConfig, LoadError, LoadErrors, Merge, RouteConfig, RouteKind, ServerConfig, Source,
-    StateConfig,
+    AccessLogConfig, GatewayConfig, LoadError, LoadErrors, RouteConfig, RouteKind, ServerConfig, Source, StateConfig,
 };
 use crate::engine::PluginEngine;
 use crate::events::{Events, Webhook};
@@ -452,133 +451,8 @@ impl Loader {
                 (errors.len() == before).then_some((Backend::Upstream(upstream), upstream_name))
             }
             RouteKind::Aggregate => {
-                if let Some(u) = &r.upstream {
-                    errors.push(src.error(
-                        u.span(),
-                        format!("route `{}`: an aggregate route has `parts`, not `upstream`", r.name),
-                    ));
-                }
-                if let Some(c) = &r.cache {
-                    errors.push(src.error(
-                        c.span(),
-                        format!("route `{}`: an aggregate route caches per part (`[[routes.parts]] cache`)", r.name),
-                    ));
-                }
-                if r.parts.is_empty() {
-                    errors
-                        .push(src.error(span.clone(), format!("route `{}`: an aggregate route needs `parts`", r.name)));
-                }
-                let mut parts = Vec::new();
-                let mut names = HashSet::new();
-                for p in &r.parts {
-                    let at = p.span();
-                    let p = p.get_ref();
-                    let fail =
-                        |msg: String| src.error(at.clone(), format!("route `{}` part `{}`: {msg}", r.name, p.name));
-                    if !valid_name(&p.name) {
-                        errors.push(fail("a part name must be 1 to 64 of [A-Za-z0-9_-]".into()));
-                    } else if !names.insert(p.name.as_str()) {
-                        errors.push(fail("the name is used twice".into()));
-                    }
-                    let method = match &p.method {
-                        None => http::Method::GET,
-                        Some(m) => match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
-                            Ok(m) => m,
-                            Err(_) => {
-                                errors.push(fail(format!("invalid method {m:?}")));
-                                continue;
-                            }
-                        },
-                    };
-                    let path = match aggregate::template::Template::parse(p.path.get_ref()) {
-                        Ok(t) if p.path.get_ref().starts_with('/') => t,
-                        Ok(_) => {
-                            errors.push(src.error(
-                                p.path.span(),
-                                format!("route `{}` part `{}`: path must start with '/'", r.name, p.name),
-                            ));
-                            continue;
-                        }
-                        Err(e) => {
-                            errors.push(src.error(p.path.span(), format!("route `{}` part `{}`: {e}", r.name, p.name)));
-                            continue;
-                        }
-                    };
-                    if let Some(missing) = path.path_params().find(|n| !params.contains(n)) {
-                        errors.push(src.error(
-                            p.path.span(),
-                            format!(
-                                "route `{}` part `{}`: {{path.{missing}}} is not a parameter of the route's path \
-                                 (it has: {})",
-                                r.name,
-                                p.name,
-                                if params.is_empty() { "none".to_owned() } else { params.join(", ") }
-                            ),
-                        ));
-                        continue;
-                    }
-                    let mut headers = Vec::new();
-                    for (name, value) in &p.headers {
-                        match (
-                            http::HeaderName::from_bytes(name.as_bytes()),
-                            aggregate::template::Template::parse(value),
-                        ) {
-                            (Ok(n), Ok(t)) => headers.push((n, t)),
-                            (Err(_), _) => errors.push(fail(format!("invalid header name {name:?}"))),
-                            (_, Err(e)) => errors.push(fail(format!("header {name}: {e}"))),
-                        }
-                    }
-                    if p.timeout.is_some_and(|t| t.is_zero()) {
-                        errors.push(fail("timeout must be above zero".into()));
-                    }
-                    let Some(upstream) = lookup(&p.upstream, errors) else { continue };
-                    let cache = p.cache.as_ref().map(|c| self.cache(&format!("{}/{}", r.name, p.name), c));
-                    parts.push(Part {
-                        name: p.name.as_str().into(),
-                        timeout: p.timeout.unwrap_or(upstream.timeout),
-                        upstream,
-                        method,
-                        path,
-                        headers,
-                        required: p.required,
-                        cache,
-                    });
-                }
-                let mut forward_headers = Vec::new();
-                for h in &r.forward_headers {
-                    match http::HeaderName::from_bytes(h.as_bytes()) {
-                        Ok(n) => forward_headers.push(n),
-                        Err(_) => errors.push(src.error(
-                            span.clone(),
-                            format!("route `{}`: forward_headers: invalid header name {h:?}", r.name),
-                        )),
-                    }
-                }
-                let merge = match (&r.template, r.merge) {
-                    (Some(t), Some(_)) => {
-                        errors.push(
-                            src.error(t.span(), format!("route `{}`: set `merge` or `template`, not both", r.name)),
-                        );
-                        return None;
-                    }
-                    (Some(t), None) => {
-                        let names: Vec<&str> = r.parts.iter().map(|p| p.get_ref().name.as_str()).collect();
-                        let value = serde_json::to_value(t.get_ref()).unwrap_or_default();
-                        match aggregate::template::Shape::parse(&value, &names) {
-                            Ok(shape) => aggregate::Merge::Shape(shape),
-                            Err(e) => {
-                                errors.push(src.error(t.span(), format!("route `{}`: template: {e}", r.name)));
-                                return None;
-                            }
-                        }
-                    }
-                    (None, Some(Merge::Deep)) => aggregate::Merge::Deep,
-                    (None, Some(Merge::Keys) | None) => aggregate::Merge::Keys,
-                };
-                if errors.len() != before {
-                    return None;
-                }
-                let agg = Aggregate { parts, merge, forward_headers, max_body };
+                let cache = |name: &str, c: &crate::config::CacheConfig| self.cache(name, c);
+                let agg = aggregate::build::from_config(src, r, params, span, max_body, lookup, cache, errors)?;
                 let upstream_name = agg.upstream_names().into();
                 Some((Backend::Aggregate(Arc::new(agg)), upstream_name))
             }
@@ -616,7 +490,7 @@ impl Loader {
 }
 
 /// Plugin names namespace state keys, label metrics and appear in logs.
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= crate::state::MAX_NAMESPACE_LEN
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')

@@ -70,8 +70,13 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 
 /// A root store from a PEM file of CA certificates.
 pub fn load_roots(path: &Path) -> Result<RootCertStore, String> {
+    roots(load_certs(path)?, path)
+}
+
+/// A root store of CA certificates read from `path`.
+pub fn roots(certs: Vec<CertificateDer<'static>>, path: &Path) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
-    for cert in load_certs(path)? {
+    for cert in certs {
         roots.add(cert).map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
     }
     Ok(roots)

@@ -54,6 +54,8 @@ pub fn requested(parts: &mut Parts) -> Option<Handshake> {
     if parts.version != Version::HTTP_11 {
         return None;
     }
+    // Most requests have no `Upgrade`: one lookup, then nothing else.
+    let upgrade = parts.headers.get(header::UPGRADE)?;
     let connection_upgrade = parts
         .headers
         .get_all(header::CONNECTION)
@@ -61,7 +63,6 @@ pub fn requested(parts: &mut Parts) -> Option<Handshake> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    let upgrade = parts.headers.get(header::UPGRADE)?;
     (connection_upgrade && upgrade.as_bytes().eq_ignore_ascii_case(b"websocket"))
         .then(|| Handshake::Http1(upgrade.clone()))
 }

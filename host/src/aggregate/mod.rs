@@ -8,6 +8,7 @@
 //! fails the request. A part with a `cache` answers from it when fresh,
 //! and stale when its upstream fails.
 
+pub mod build;
 pub mod template;
 
 use std::net::IpAddr;
@@ -98,20 +99,20 @@ impl Aggregate {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let client = info.client.ip();
         let cx = Context { params: &info.params, query: req.uri.query(), headers: &req.headers };
-        let sent: Vec<_> = self
+        let (spans, heads): (Vec<_>, Vec<_>) = self
             .parts
             .iter()
             .map(|part| {
                 let span = new_span_id();
                 let head = self.head(part, &cx, info, |h| trace.propagate(h, &span));
-                (part, span, head)
+                (span, head)
             })
-            .collect();
+            .unzip();
         let t0 = now_ns();
-        let outcomes = futures::future::join_all(sent.iter().map(|(part, _, head)| async move {
+        let outcomes = futures::future::join_all(self.parts.iter().zip(heads).map(|(part, head)| async move {
             match head {
-                Ok(head) => part.run(head.clone(), client, self.max_body).await,
-                Err(e) => Outcome::Failed { error: e.clone(), status: None, timeout: false },
+                Ok(head) => part.run(head, client, self.max_body).await,
+                Err(error) => Outcome::Failed { error, status: None, timeout: false },
             }
         }))
         .await;
@@ -120,8 +121,8 @@ impl Aggregate {
         let mut answers = Map::new();
         let mut errors = Map::new();
         let mut stale = Vec::new();
-        for ((part, span, _), outcome) in sent.into_iter().zip(outcomes) {
-            let failed = match &outcome {
+        for ((part, span), outcome) in self.parts.iter().zip(spans).zip(outcomes) {
+            let failed = || match &outcome {
                 Outcome::Failed { error, .. } => Some(error.clone()),
                 Outcome::Answer { .. } => None,
             };
@@ -136,7 +137,7 @@ impl Aggregate {
                     ("weir.part", Attr::Str(part.name.to_string())),
                     ("weir.upstream", Attr::Str(part.upstream.name.to_string())),
                 ],
-                error: failed,
+                error: failed(),
             });
             match outcome {
                 Outcome::Answer { value, stale: was_stale } => {

@@ -150,8 +150,9 @@ impl TlsClient {
         let roots = match &cfg.ca {
             Some(ca) => {
                 let path = base.join(ca);
-                fingerprint.update(std::fs::read(&path).unwrap_or_default());
-                crate::tls::load_roots(&path)?
+                let certs = crate::tls::load_certs(&path)?;
+                certs.iter().for_each(|c| fingerprint.update(c));
+                crate::tls::roots(certs, &path)?
             }
             None => system_roots()?,
         };
@@ -162,10 +163,10 @@ impl TlsClient {
         let mut config = match (&cfg.cert, &cfg.key) {
             (Some(cert), Some(key)) => {
                 let (cert, key) = (base.join(cert), base.join(key));
-                fingerprint.update(std::fs::read(&cert).unwrap_or_default());
-                fingerprint.update(std::fs::read(&key).unwrap_or_default());
                 let chain = crate::tls::load_certs(&cert)?;
                 let key_der = crate::tls::load_key(&key)?;
+                chain.iter().for_each(|c| fingerprint.update(c));
+                fingerprint.update(key_der.secret_der());
                 builder.with_client_auth_cert(chain, key_der).map_err(|e| {
                     format!("{} and {}: unusable client certificate: {e}", cert.display(), key.display())
                 })?
