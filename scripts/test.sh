@@ -5,7 +5,8 @@
 # redis-server for the cluster-state tests, the dashboard in headless
 # Chromium driven by playwright-core, HTTP/2 abuse from Python's h2, TLS
 # and HTTP/2 with curl and h2load, gRPC with grpcio, WebSocket with the
-# Python websockets client).
+# Python websockets client). First it builds the book (docs/), whose
+# examples the tests check (tests/it/docs.rs, the SDK's doc tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,6 +46,17 @@ fi
 # grpcio, and websockets 13 or later (its asyncio API), from PyPI.
 if ! python3 -c 'import grpc, websockets.asyncio.client' 2>/dev/null; then
   python3 -m pip install --quiet 'grpcio>=1.60' 'websockets>=13'
+fi
+
+# The book: mdbook from crates.io when it is missing (without its default
+# features: no search index, no `serve`/`watch`, a much shorter build),
+# then `mdbook build docs` into docs/book/. mdbook reports a broken
+# {{#include}} but still exits 0, so its output is checked too.
+command -v mdbook >/dev/null 2>&1 || cargo install mdbook --locked --no-default-features
+book_log=$(mdbook build docs 2>&1) || { echo "$book_log" >&2; exit 1; }
+if grep -E '^\s*(ERROR|WARN)' <<<"$book_log" >&2; then
+  echo "mdbook build docs reported problems (above)" >&2
+  exit 1
 fi
 
 cargo test --release --workspace "$@"

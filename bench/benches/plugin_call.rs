@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use weir::plugin::LoadedPlugin;
+use weir_plugin_host::LoadedPlugin;
 
 fn main() {
     divan::main();
@@ -32,7 +32,7 @@ fn setup(isolation: &str) -> Setup {
     std::fs::write(dir.path().join("gateway.toml"), config).expect("write");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let gateway = rt.block_on(weir::Gateway::load(dir.path().join("gateway.toml"))).expect("load");
-    let plugin = gateway.shared().snapshot.load().plugins["p"].clone();
+    let plugin = gateway.plugin("p").expect("plugin p");
     Setup { rt, plugin, _gateway: gateway, _dir: dir }
 }
 

@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| weir::fuzzing::plugin_headers(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| weir_plugin_host::fuzzing::plugin_headers(data));

@@ -5,23 +5,23 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
 /// Errors a body stream may yield.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A streaming or complete body.
-pub type ProxyBody = BoxBody<Bytes, BoxError>;
+pub(crate) type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// A complete body.
-pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+pub(crate) fn full(bytes: impl Into<Bytes>) -> ProxyBody {
     Full::new(bytes.into()).map_err(|never| match never {}).boxed()
 }
 
 /// An empty body.
-pub fn empty() -> ProxyBody {
+pub(crate) fn empty() -> ProxyBody {
     full(Bytes::new())
 }
 
 /// Box any body.
-pub fn boxed<B>(body: B) -> ProxyBody
+pub(crate) fn boxed<B>(body: B) -> ProxyBody
 where
     B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
@@ -40,7 +40,7 @@ const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 /// kernel answer with a reset, which can destroy the refusal before the
 /// client reads it; draining lets the client finish its write and read the
 /// answer.
-pub fn linger<B>(body: B)
+pub(crate) fn linger<B>(body: B)
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
 {
@@ -60,14 +60,14 @@ where
 }
 
 /// A body that yields some frames already read, then the rest of `inner`.
-pub struct Prefixed<B> {
+pub(crate) struct Prefixed<B> {
     first: std::collections::VecDeque<http_body::Frame<Bytes>>,
     inner: std::pin::Pin<Box<B>>,
 }
 
 impl<B> Prefixed<B> {
     /// `first`, then `inner`.
-    pub fn new(first: Vec<http_body::Frame<Bytes>>, inner: std::pin::Pin<Box<B>>) -> Self {
+    pub(crate) fn new(first: Vec<http_body::Frame<Bytes>>, inner: std::pin::Pin<Box<B>>) -> Self {
         Self { first: first.into(), inner }
     }
 }
@@ -96,7 +96,7 @@ where
 
 /// Why [`collect`] stopped.
 #[derive(Debug)]
-pub enum CollectError {
+pub(crate) enum CollectError {
     /// More than the limit arrived.
     TooLarge,
     /// The stream failed.
@@ -104,7 +104,7 @@ pub enum CollectError {
 }
 
 /// Read a whole body into memory, refusing more than `max` bytes.
-pub async fn collect(mut body: ProxyBody, max: usize) -> Result<Bytes, CollectError> {
+pub(crate) async fn collect(mut body: ProxyBody, max: usize) -> Result<Bytes, CollectError> {
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(CollectError::Failed)?;

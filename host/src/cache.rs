@@ -22,19 +22,19 @@ use http::{HeaderMap, Method, Response, StatusCode};
 use tokio::sync::watch;
 
 use crate::body::{self, BoxError, ProxyBody};
-use crate::config::CacheConfig;
 use crate::error::ProxyError;
-use crate::metrics::CacheMetrics;
+use crate::observe::metrics::CacheMetrics;
+use weir_config::CacheConfig;
 
 /// Header telling the client where the answer came from: `hit`, `miss`,
 /// `stale`.
-pub const CACHE_HEADER: &str = "x-weir-cache";
+pub(crate) const CACHE_HEADER: &str = "x-weir-cache";
 /// Set to `true` on a stale answer.
-pub const STALE_HEADER: &str = "x-weir-stale";
+pub(crate) const STALE_HEADER: &str = "x-weir-stale";
 
 /// One stored response.
 #[derive(Debug)]
-pub struct Entry {
+pub(crate) struct Entry {
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
@@ -83,9 +83,9 @@ impl moka::Expiry<String, Arc<Entry>> for Expiry {
 }
 
 /// A route's cache; kept across reloads while its settings stay the same.
-pub struct RouteCache {
+pub(crate) struct RouteCache {
     /// The settings it was built from.
-    pub config: CacheConfig,
+    pub(crate) config: CacheConfig,
     entries: moka::sync::Cache<String, Arc<Entry>>,
     /// Per URL, the request headers its responses vary on.
     varies: moka::sync::Cache<String, Arc<[HeaderName]>>,
@@ -95,7 +95,7 @@ pub struct RouteCache {
 }
 
 /// A cacheable request, ready to look up.
-pub struct Plan {
+pub(crate) struct Plan {
     primary: String,
     key: String,
     head_only: bool,
@@ -105,7 +105,7 @@ pub struct Plan {
 
 impl RouteCache {
     /// A cache with `config`'s bounds.
-    pub fn new(config: CacheConfig, metrics: CacheMetrics) -> Self {
+    pub(crate) fn new(config: CacheConfig, metrics: CacheMetrics) -> Self {
         let entries = moka::sync::Cache::builder()
             .max_capacity(config.max_size)
             .weigher(|k: &String, e: &Arc<Entry>| {
@@ -120,7 +120,7 @@ impl RouteCache {
 
     /// The lookup for a request, or `None` when it bypasses the cache (not
     /// GET/HEAD, or `Cache-Control: no-store` from the client).
-    pub fn plan(&self, parts: &Parts, host: &str) -> Option<Plan> {
+    pub(crate) fn plan(&self, parts: &Parts, host: &str) -> Option<Plan> {
         if parts.method != Method::GET && parts.method != Method::HEAD {
             self.metrics.bypass.inc();
             return None;
@@ -152,7 +152,7 @@ impl RouteCache {
     /// what it returns; when `fetch` fails, answer stale if allowed.
     /// `wait` bounds how long a miss waits for another request's fetch of
     /// the same key.
-    pub async fn serve<F>(&self, plan: Plan, wait: Duration, fetch: F) -> Result<Response<ProxyBody>, ProxyError>
+    pub(crate) async fn serve<F>(&self, plan: Plan, wait: Duration, fetch: F) -> Result<Response<ProxyBody>, ProxyError>
     where
         F: Future<Output = Result<Response<ProxyBody>, ProxyError>>,
     {

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 
-use crate::plugin::PluginFailure;
+use weir_plugin_host::PluginFailure;
 
 /// Why a request was answered by the gateway instead of the upstream.
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     /// No route matches host and path.
     #[error("no route matches this request")]
     NoRoute,
@@ -112,7 +112,7 @@ pub enum ProxyError {
 impl ProxyError {
     /// The upstream failed or could not be tried: a stale cached answer
     /// may stand in.
-    pub fn upstream_failed(&self) -> bool {
+    pub(crate) fn upstream_failed(&self) -> bool {
         matches!(
             self,
             ProxyError::UpstreamConnect { .. }
@@ -125,7 +125,7 @@ impl ProxyError {
     }
 
     /// The status the client gets.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::UpgradeRefused { .. } => StatusCode::FORBIDDEN,
@@ -152,7 +152,7 @@ impl ProxyError {
     }
 
     /// Who caused it, for logs and the error body.
-    pub fn source_kind(&self) -> &'static str {
+    pub(crate) fn source_kind(&self) -> &'static str {
         match self {
             ProxyError::NoRoute
             | ProxyError::UpgradeRefused { .. }

@@ -1,29 +1,15 @@
-//! Entry points for the fuzz targets in `fuzz/` and for the tests that
+//! Entry points for the gateway's fuzz targets in `fuzz/` (the router and
+//! raw HTTP/1 bytes; the config parser's and plugin header lists' live in
+//! `weir-config` and `weir-plugin-host`) and for the tests that
 //! replay their corpora (`tests/it/fuzz_corpus.rs`): each takes arbitrary
 //! bytes and must neither panic nor hang, whatever they are. Where there is
 //! something to check beyond "no panic", it is asserted here, so a fuzzer
 //! that finds a violation reports it as a crash.
 
-use http::{HeaderMap, Method, Request};
+use http::{Method, Request};
 
-use crate::config::{LimitsConfig, Source};
-use crate::plugin::Header;
 use crate::router::{Match, RouteMatcher, Router};
-
-/// The config parser: any text parses or yields errors that point inside it.
-pub fn config(data: &[u8]) {
-    let text = String::from_utf8_lossy(data);
-    let lines = text.lines().count().max(1);
-    let source = Source::from_text("fuzz.toml", text.clone());
-    if let Err(errors) = source.parse() {
-        for e in &errors.0 {
-            assert!(!e.message.is_empty(), "an error without a message");
-            if let Some(line) = e.line {
-                assert!(line >= 1 && line <= lines + 1, "line {line} outside a {lines}-line file");
-            }
-        }
-    }
-}
+use weir_config::LimitsConfig;
 
 /// The router: the first line holds up to four route specs separated by
 /// `|` (each `host;path;prefix;METHODS,...`, empty fields absent), the rest
@@ -57,36 +43,13 @@ pub fn router(data: &[u8]) {
     }
 }
 
-/// Header lists as a plugin returns them (`name: value` lines, a value may
-/// hold any byte): refused as a whole, or a map with only valid fields and
-/// none of the gateway-owned framing headers.
-pub fn plugin_headers(data: &[u8]) {
-    let list: Vec<Header> = data
-        .split(|&b| b == b'\n')
-        .take(crate::forwarding::MAX_PLUGIN_HEADERS + 2)
-        .map(|line| {
-            let (name, value) = match line.iter().position(|&b| b == b':') {
-                Some(i) => (&line[..i], &line[i + 1..]),
-                None => (line, &[][..]),
-            };
-            Header { name: String::from_utf8_lossy(name).into_owned(), value: value.to_vec() }
-        })
-        .collect();
-    let mut current = HeaderMap::new();
-    current.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from_static("5"));
-    if let Ok(map) = crate::forwarding::with_plugin_headers(&current, list) {
-        assert_eq!(map.get_all(http::header::CONTENT_LENGTH).iter().count(), 1, "framing stays the gateway's");
-        assert!(!map.contains_key(http::header::TRANSFER_ENCODING), "a plugin cannot add chunked framing");
-    }
-}
-
 /// Raw HTTP/1 bytes as they come off the wire: the wire sniffer follows
 /// them (fed whole and in two pieces, which must agree), then each head
 /// httparse accepts goes through the framing and limit checks.
 pub fn http1(data: &[u8]) {
-    let whole = crate::sniff::verdicts_of(&[data]);
+    let whole = crate::listen::sniff::verdicts_of(&[data]);
     let cut = data.len() / 2;
-    let split = crate::sniff::verdicts_of(&[&data[..cut], &data[cut..]]);
+    let split = crate::listen::sniff::verdicts_of(&[&data[..cut], &data[cut..]]);
     assert_eq!(whole, split, "the sniffer's verdicts depend on how the bytes were read");
 
     let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -100,5 +63,5 @@ pub fn http1(data: &[u8]) {
     let Ok(request) = b.body(()) else { return };
     let (parts, ()) = request.into_parts();
     // Refused or passed, never a panic.
-    let _ = crate::framing::check(&parts, &LimitsConfig::default());
+    let _ = crate::proxy::checks::check(&parts, &LimitsConfig::default());
 }

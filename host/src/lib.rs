@@ -5,29 +5,25 @@
 //! `weir-plugin-sdk` crate). Configuration and modules reload live: a new
 //! snapshot is built whole off the request path and published atomically.
 //!
-//! Where things live, following the request:
+//! The crate's folders follow a request (see the book's architecture
+//! chapter); each is a private module:
 //!
-//! | room | module |
+//! | step | module |
 //! |------|--------|
-//! | accept, HTTP/1.1 + h2c, drain | [`server`] |
-//! | TLS: listener certificates by SNI, ALPN, client certificates | [`tls`] |
-//! | route matching | [`router`] |
-//! | the request path (chains, upstream) | [`proxy`] |
-//! | the reply: accounting and the access log | [`reply`], [`access_log`] |
-//! | request checks: framing, target, Host, `[limits]` | [`framing`], [`sniff`] |
-//! | header rules (hop-by-hop, forwarding) | [`forwarding`] |
-//! | gRPC: deadlines, errors as gRPC statuses | [`grpc`] |
-//! | WebSocket: the upgrade and the spliced connection | [`tunnel`] |
-//! | the dashboard's time series | [`live`] |
-//! | trace context and OTLP span export | [`trace`] |
-//! | upstream targets and clients | [`upstream`] |
-//! | plugin runtime (pool, phases, host imports) | [`plugin`] |
-//! | wasmtime policy (pooling, deadlines, limits, WASI) | [`engine`] |
-//! | config schema | [`config`] |
-//! | snapshots and hot reload | [`snapshot`], [`reload`] |
-//! | admin API and metrics | [`admin`], [`metrics`] |
-//! | plugin state (in-process or Redis) | [`state`] |
-//! | plugin events (log, history, webhook) | [`events`] |
+//! | accept: listeners, protocol detection, the wire sniffer, TLS handshakes, drain | `listen` |
+//! | the request path: checks, the plugin chains, dispatch, the reply, gRPC, WebSocket | `proxy` |
+//! | route matching | `router` |
+//! | dispatch to an upstream: targets, balancing, health, breaker, retries, TLS | `upstream` |
+//! | dispatch through the response cache | `cache` |
+//! | dispatch to several upstreams at once, answers merged | `aggregate` |
+//! | metrics, the dashboard's series, access log, traces, plugin events | `observe` |
+//! | the admin API and the dashboard | `admin` |
+//! | snapshots: building one from the config, hot reload | `snapshot` |
+//! | shared by the rooms: bodies, the typed error, header rules, TLS material | `body`, `error`, `headers`, `tls` |
+//!
+//! The config schema is the `weir-config` crate; everything that touches
+//! wasmtime (the plugin engine, instances, host imports, plugin state) is
+//! the `weir-plugin-host` crate.
 //!
 //! Embedding (this is what the integration tests do):
 //!
@@ -42,35 +38,23 @@
 
 #![warn(missing_docs)]
 
-pub mod access_log;
-pub mod admin;
-pub mod aggregate;
-pub mod body;
-pub mod cache;
-pub mod clock;
-pub mod config;
-pub mod engine;
-pub mod error;
-pub mod events;
-pub mod forwarding;
-pub mod framing;
+mod admin;
+mod aggregate;
+mod body;
+mod cache;
+mod error;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
-pub mod grpc;
-pub mod live;
-pub mod metrics;
-pub mod plugin;
-pub mod proxy;
-pub mod reload;
-pub mod reply;
-pub mod router;
-pub mod server;
-pub mod snapshot;
-pub mod sniff;
-pub mod state;
-pub mod tls;
-pub mod trace;
-pub mod tunnel;
-pub mod upstream;
+mod headers;
+mod listen;
+mod observe;
+mod proxy;
+mod router;
+mod snapshot;
+mod tls;
+mod upstream;
+
+pub use weir_config::{LoadError, LoadErrors};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -80,47 +64,46 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 
-use crate::config::{LoadErrors, Source};
-use crate::engine::PluginEngine;
-use crate::events::Events;
-use crate::metrics::Metrics;
+use crate::observe::events::Events;
+use crate::observe::metrics::Metrics;
 use crate::snapshot::{Loader, Snapshot};
-use crate::state::StateStore;
+use weir_config::Source;
+use weir_plugin_host::{PluginRuntime, StateStore};
 
 /// What the gateway shares between listeners, the watcher and admin.
-pub struct Shared {
+pub(crate) struct Shared {
     /// The serving snapshot.
-    pub snapshot: ArcSwap<Snapshot>,
+    pub(crate) snapshot: ArcSwap<Snapshot>,
     /// Builds snapshots.
-    pub loader: Loader,
+    pub(crate) loader: Loader,
     /// The config file.
-    pub config_path: PathBuf,
+    pub(crate) config_path: PathBuf,
     /// Reload bookkeeping.
-    pub status: Mutex<ReloadStatus>,
+    pub(crate) status: Mutex<ReloadStatus>,
     /// One reload at a time.
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
     /// Metrics registry.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// The outcome of the latest reload attempts.
 #[derive(Debug, Clone, Default)]
-pub struct ReloadStatus {
+pub(crate) struct ReloadStatus {
     /// The last failed attempt's message, cleared by a success.
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
     /// When the last attempt finished.
-    pub last_attempt: Option<SystemTime>,
+    pub(crate) last_attempt: Option<SystemTime>,
     /// Successful reloads.
-    pub successes: u64,
+    pub(crate) successes: u64,
     /// Failed reloads.
-    pub failures: u64,
+    pub(crate) failures: u64,
     /// The latest attempts, oldest first (at most [`ReloadStatus::HISTORY`]).
-    pub history: std::collections::VecDeque<ReloadEntry>,
+    pub(crate) history: std::collections::VecDeque<ReloadEntry>,
 }
 
 impl ReloadStatus {
     /// Reload attempts remembered for the dashboard.
-    pub const HISTORY: usize = 50;
+    pub(crate) const HISTORY: usize = 50;
 
     fn push(&mut self, entry: ReloadEntry) {
         if self.history.len() == Self::HISTORY {
@@ -132,13 +115,24 @@ impl ReloadStatus {
 
 /// One reload attempt.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct ReloadEntry {
+pub(crate) struct ReloadEntry {
     /// When it finished, ms since the Unix epoch.
-    pub at_ms: u64,
+    pub(crate) at_ms: u64,
     /// The generation it published, if it succeeded.
-    pub generation: Option<u64>,
+    pub(crate) generation: Option<u64>,
     /// Why it was rejected, if it failed.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
+}
+
+/// What a loaded configuration holds, as `weir check` reports it.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Routes.
+    pub routes: usize,
+    /// Upstreams.
+    pub upstreams: usize,
+    /// Plugin instances: name, module file, module sha256.
+    pub plugins: Vec<(String, String, String)>,
 }
 
 /// A gateway with its first snapshot loaded.
@@ -152,17 +146,16 @@ impl Gateway {
         let path = config_path.as_ref().to_owned();
         let source = Source::read(&path)?;
         let cfg = source.parse()?;
-        let engine = PluginEngine::new(&cfg.runtime, &source.base_dir())
-            .map_err(|e| snapshot::file_error(&path, format!("cannot create the plugin engine: {e:#}")))?;
         let metrics = Arc::new(Metrics::new());
         let state_cfg = cfg.state.as_ref().map(|s| s.get_ref().clone()).unwrap_or_default();
         let state = StateStore::from_config(&state_cfg).map_err(|e| {
             let span = cfg.state.as_ref().map_or(0..0, |s| s.span());
             LoadErrors(vec![source.error(span, format!("[state]: {e}"))])
         })?;
+        let plugins = PluginRuntime::new(&cfg.runtime, &source.base_dir(), Arc::new(state), metrics.plugins().clone())
+            .map_err(|e| snapshot::file_error(&path, e.to_string()))?;
         let events = Arc::new(Events::new(cfg.events.queue, metrics.clone()));
-        let loader = Loader::new(engine, Arc::new(state), events, metrics.clone(), cfg.runtime.max_idle_per_plugin)
-            .map_err(|e| snapshot::file_error(&path, format!("cannot link the plugin host: {e:#}")))?;
+        let loader = Loader::new(plugins, events, metrics.clone(), cfg.runtime.max_idle_per_plugin);
         let snapshot = loader.build(&path, 1).await?;
         metrics.set_generation(1);
         Ok(Self {
@@ -177,9 +170,24 @@ impl Gateway {
         })
     }
 
-    /// The shared state (snapshot, metrics, reload status).
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    /// What `weir check` prints: the routes, upstreams and plugins loaded.
+    pub fn summary(&self) -> Summary {
+        let snap = self.shared.snapshot.load();
+        Summary {
+            routes: snap.routes.len(),
+            upstreams: snap.upstreams.len(),
+            plugins: snap
+                .plugins
+                .values()
+                .map(|p| (p.name().to_string(), p.spec().module.clone(), p.spec().sha256.clone()))
+                .collect(),
+        }
+    }
+
+    /// The plugin instance `name` of the serving snapshot (benchmarks call
+    /// its phases directly).
+    pub fn plugin(&self, name: &str) -> Option<Arc<weir_plugin_host::LoadedPlugin>> {
+        self.shared.snapshot.load().plugins.get(name).cloned()
     }
 
     /// Bind the proxy and admin listeners from `[server]`.
@@ -204,7 +212,7 @@ impl Gateway {
         };
         // Watch from here on, so no change made after `bind` returns is missed.
         let watch = if server.watch {
-            match reload::watch(self.shared.clone()) {
+            match snapshot::reload::watch(self.shared.clone()) {
                 Ok(h) => Some(h),
                 Err(e) => {
                     tracing::warn!("file watching unavailable, reload with POST /admin/reload: {e}");
@@ -224,7 +232,7 @@ pub struct Bound {
     proxy: TcpListener,
     tls: Option<TcpListener>,
     admin: Option<TcpListener>,
-    watch: Option<reload::WatchHandle>,
+    watch: Option<snapshot::reload::WatchHandle>,
 }
 
 impl Bound {
@@ -243,15 +251,10 @@ impl Bound {
         self.admin.as_ref().and_then(|a| a.local_addr().ok())
     }
 
-    /// The shared state.
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
     /// Serve until `shutdown` resolves, then drain in-flight requests for at
     /// most `server.drain_timeout`.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send) -> anyhow::Result<()> {
-        let result = server::serve(self.shared, self.proxy, self.tls, self.admin, shutdown).await;
+        let result = listen::serve(self.shared, self.proxy, self.tls, self.admin, shutdown).await;
         drop(self.watch);
         result
     }

@@ -101,16 +101,16 @@ async fn run(config: PathBuf) -> anyhow::Result<()> {
 
 async fn check(config: PathBuf) -> anyhow::Result<()> {
     let gateway = weir::Gateway::load(&config).await?;
-    let snap = gateway.shared().snapshot.load();
+    let summary = gateway.summary();
     println!(
         "{}: ok ({} routes, {} upstreams, {} plugins)",
         config.display(),
-        snap.routes.len(),
-        snap.upstreams.len(),
-        snap.plugins.len()
+        summary.routes,
+        summary.upstreams,
+        summary.plugins.len()
     );
-    for p in snap.plugins.values() {
-        println!("  plugin {:<16} {} sha256:{}", p.name(), p.spec().module, p.spec().sha256);
+    for (name, module, sha256) in &summary.plugins {
+        println!("  plugin {name:<16} {module} sha256:{sha256}");
     }
     Ok(())
 }

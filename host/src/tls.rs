@@ -25,17 +25,110 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig, SupportedProtocolVersion};
-use sha2::{Digest, Sha256};
 
-use crate::config::{ClientAuth, ListenerTlsConfig, TlsVersion};
+use weir_config::{ClientAuth, ListenerTlsConfig, TlsVersion};
+use weir_plugin_host::{ConnectionTls, sha256_hex};
+
+/// Why TLS could not be set up from the configuration's files and
+/// settings; every variant names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TlsSetupError {
+    /// A certificate, key or CA file that cannot be used.
+    #[error("{}: {problem}", .file.display())]
+    File {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong with it.
+        problem: FileProblem,
+    },
+    /// A key that does not belong to its certificate.
+    #[error("{} and {}: the key does not belong to the certificate ({reason})", .key.display(), .cert.display())]
+    KeyMismatch {
+        /// The key file.
+        key: PathBuf,
+        /// The certificate file.
+        cert: PathBuf,
+        /// rustls's reason.
+        reason: String,
+    },
+    /// A client certificate rustls refuses.
+    #[error("{} and {}: unusable client certificate: {reason}", .cert.display(), .key.display())]
+    ClientCertificate {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// rustls's reason.
+        reason: String,
+    },
+    /// `[server.tls]` without certificates.
+    #[error("`certificates` is empty: a TLS listener needs at least one")]
+    NoCertificates,
+    /// Only one of `cert` and `key`.
+    #[error("`cert` and `key` go together")]
+    CertWithoutKey,
+    /// An ALPN protocol weir does not serve.
+    #[error("alpn: {0:?} is not a protocol weir serves (\"h2\", \"http/1.1\")")]
+    Alpn(String),
+    /// A `server_name` that is not a DNS name or an IP address.
+    #[error("server_name {name:?}: not a valid name ({reason})")]
+    ServerName {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// rustls refused the protocol versions.
+    #[error("protocol versions: {0}")]
+    Versions(String),
+    /// The system's trusted roots could not be read.
+    #[error("{0}")]
+    SystemRoots(String),
+}
+
+/// What is wrong with a certificate, key or CA file.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FileProblem {
+    /// It cannot be read.
+    #[error("cannot read: {0}")]
+    Read(std::io::Error),
+    /// Its PEM does not parse.
+    #[error("not a valid PEM certificate file: {0}")]
+    NotPem(String),
+    /// It holds no certificate.
+    #[error("no PEM certificate (-----BEGIN CERTIFICATE-----) in the file")]
+    NoCertificate,
+    /// Its `n`th certificate (from 1) is not X.509.
+    #[error("certificate {0} is not valid X.509")]
+    NotX509(usize),
+    /// The served certificate does not parse.
+    #[error("the certificate is not valid X.509: {0}")]
+    Unparsable(String),
+    /// It holds no usable private key.
+    #[error("no usable PEM private key (PKCS#8, PKCS#1 or SEC1): {0}")]
+    NoKey(String),
+    /// The key is of a kind rustls cannot sign with.
+    #[error("unusable key: {0}")]
+    UnusableKey(String),
+    /// A CA certificate rustls refuses as a root.
+    #[error("not a usable CA certificate: {0}")]
+    NotCa(String),
+    /// The client-certificate verifier cannot be built from it.
+    #[error("{0}")]
+    Verifier(String),
+}
+
+fn file_error(file: &Path, problem: FileProblem) -> TlsSetupError {
+    TlsSetupError::File { file: file.to_owned(), problem }
+}
 
 /// The crypto provider every TLS config uses.
-pub fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Protocol versions from `min_version`.
-pub fn versions(min: TlsVersion) -> &'static [&'static SupportedProtocolVersion] {
+pub(crate) fn versions(min: TlsVersion) -> &'static [&'static SupportedProtocolVersion] {
     static BOTH: [&SupportedProtocolVersion; 2] = [&rustls::version::TLS13, &rustls::version::TLS12];
     static ONLY_13: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
     match min {
@@ -45,89 +138,92 @@ pub fn versions(min: TlsVersion) -> &'static [&'static SupportedProtocolVersion]
 }
 
 /// Every certificate in a PEM file, in order.
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let bytes = std::fs::read(path).map_err(|e| file_error(path, FileProblem::Read(e)))?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: not a valid PEM certificate file: {e}", path.display()))?;
+        .map_err(|e| file_error(path, FileProblem::NotPem(e.to_string())))?;
     if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate (-----BEGIN CERTIFICATE-----) in the file", path.display()));
+        return Err(file_error(path, FileProblem::NoCertificate));
     }
     for (i, c) in certs.iter().enumerate() {
         if x509_parser::parse_x509_certificate(c).is_err() {
-            return Err(format!("{}: certificate {} is not valid X.509", path.display(), i + 1));
+            return Err(file_error(path, FileProblem::NotX509(i + 1)));
         }
     }
     Ok(certs)
 }
 
 /// The private key in a PEM file.
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    PrivateKeyDer::from_pem_slice(&bytes)
-        .map_err(|e| format!("{}: no usable PEM private key (PKCS#8, PKCS#1 or SEC1): {e}", path.display()))
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
+    let bytes = std::fs::read(path).map_err(|e| file_error(path, FileProblem::Read(e)))?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| file_error(path, FileProblem::NoKey(e.to_string())))
 }
 
 /// A root store from a PEM file of CA certificates.
-pub fn load_roots(path: &Path) -> Result<RootCertStore, String> {
+pub(crate) fn load_roots(path: &Path) -> Result<RootCertStore, TlsSetupError> {
     roots(load_certs(path)?, path)
 }
 
 /// A root store of CA certificates read from `path`.
-pub fn roots(certs: Vec<CertificateDer<'static>>, path: &Path) -> Result<RootCertStore, String> {
+pub(crate) fn roots(certs: Vec<CertificateDer<'static>>, path: &Path) -> Result<RootCertStore, TlsSetupError> {
     let mut roots = RootCertStore::empty();
     for cert in certs {
-        roots.add(cert).map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+        roots.add(cert).map_err(|e| file_error(path, FileProblem::NotCa(e.to_string())))?;
     }
     Ok(roots)
 }
 
 /// A certificate chain with its key, checked to belong together.
-pub fn certified_key(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, String> {
+pub(crate) fn certified_key(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, TlsSetupError> {
     let chain = load_certs(cert)?;
     let key_der = load_key(key)?;
-    let signing =
-        provider.key_provider.load_private_key(key_der).map_err(|e| format!("{}: unusable key: {e}", key.display()))?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| file_error(key, FileProblem::UnusableKey(e.to_string())))?;
     let certified = CertifiedKey::new(chain, signing);
-    certified.keys_match().map_err(|e| {
-        format!("{} and {}: the key does not belong to the certificate ({e})", key.display(), cert.display())
+    certified.keys_match().map_err(|e| TlsSetupError::KeyMismatch {
+        key: key.to_owned(),
+        cert: cert.to_owned(),
+        reason: e.to_string(),
     })?;
     Ok(certified)
 }
 
 /// What `/admin/status` says about a served certificate.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct CertificateInfo {
+pub(crate) struct CertificateInfo {
     /// The certificate file.
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// Names it is served for (DNS and IP subject alternative names).
-    pub names: Vec<String>,
+    pub(crate) names: Vec<String>,
     /// Subject.
-    pub subject: String,
+    pub(crate) subject: String,
     /// Expiry, seconds since the Unix epoch.
-    pub not_after: i64,
+    pub(crate) not_after: i64,
 }
 
 /// The TLS listener's settings in one snapshot.
-pub struct ListenerTls {
+pub(crate) struct ListenerTls {
     /// Where it listens (read at start).
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// The rustls config handshakes use.
-    pub config: Arc<ServerConfig>,
+    pub(crate) config: Arc<ServerConfig>,
     /// Time allowed for a handshake.
-    pub handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
     /// Add `x-forwarded-client-cert`.
-    pub forward_client_cert: bool,
+    pub(crate) forward_client_cert: bool,
     /// The certificates, for the admin API.
-    pub certificates: Vec<CertificateInfo>,
+    pub(crate) certificates: Vec<CertificateInfo>,
     /// Every file read, to be watched.
-    pub files: Vec<PathBuf>,
+    pub(crate) files: Vec<PathBuf>,
 }
 
 impl ListenerTls {
     /// Build from `[server.tls]`; paths are relative to `base`. Each error
     /// names the file and what is wrong with it.
-    pub fn build(cfg: &ListenerTlsConfig, base: &Path) -> Result<Self, String> {
+    pub(crate) fn build(cfg: &ListenerTlsConfig, base: &Path) -> Result<Self, TlsSetupError> {
         let provider = provider();
         let mut files = Vec::new();
         let mut by_name = HashMap::new();
@@ -135,7 +231,7 @@ impl ListenerTls {
         let mut first = None;
         let mut certificates = Vec::new();
         if cfg.certificates.is_empty() {
-            return Err("`certificates` is empty: a TLS listener needs at least one".into());
+            return Err(TlsSetupError::NoCertificates);
         }
         for c in &cfg.certificates {
             let c = c.get_ref();
@@ -154,11 +250,11 @@ impl ListenerTls {
             first.get_or_insert_with(|| certified.clone());
             certificates.push(info);
         }
-        let resolver = BySni { by_name, wildcard, default: first.ok_or("no certificate")? };
+        let resolver = BySni { by_name, wildcard, default: first.ok_or(TlsSetupError::NoCertificates)? };
 
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions(cfg.min_version))
-            .map_err(|e| format!("protocol versions: {e}"))?;
+            .map_err(|e| TlsSetupError::Versions(e.to_string()))?;
         let builder = match &cfg.client_ca {
             None => builder.with_no_client_auth(),
             Some(ca) => {
@@ -170,7 +266,7 @@ impl ListenerTls {
                     ClientAuth::Required => verifier,
                     ClientAuth::Optional => verifier.allow_unauthenticated(),
                 };
-                let verifier = verifier.build().map_err(|e| format!("{}: {e}", path.display()))?;
+                let verifier = verifier.build().map_err(|e| file_error(&path, FileProblem::Verifier(e.to_string())))?;
                 builder.with_client_cert_verifier(verifier)
             }
         };
@@ -179,7 +275,7 @@ impl ListenerTls {
         for p in &cfg.alpn {
             match p.get_ref().as_str() {
                 "h2" | "http/1.1" => alpn.push(p.get_ref().as_bytes().to_vec()),
-                other => return Err(format!("alpn: {other:?} is not a protocol weir serves (\"h2\", \"http/1.1\")")),
+                other => return Err(TlsSetupError::Alpn(other.to_owned())),
             }
         }
         config.alpn_protocols = alpn;
@@ -196,10 +292,10 @@ impl ListenerTls {
 }
 
 /// A certificate's names, subject and expiry.
-fn describe(cert: &CertificateDer<'_>, file: &Path) -> Result<CertificateInfo, String> {
+fn describe(cert: &CertificateDer<'_>, file: &Path) -> Result<CertificateInfo, TlsSetupError> {
     use x509_parser::extensions::GeneralName;
     let (_, parsed) = x509_parser::parse_x509_certificate(cert)
-        .map_err(|e| format!("{}: the certificate is not valid X.509: {e}", file.display()))?;
+        .map_err(|e| file_error(file, FileProblem::Unparsable(e.to_string())))?;
     let mut names = Vec::new();
     if let Ok(Some(san)) = parsed.subject_alternative_name() {
         for name in &san.value.general_names {
@@ -246,48 +342,27 @@ impl ResolvesServerCert for BySni {
     }
 }
 
-/// What a TLS handshake established, for the request path, plugins and
-/// the upstream.
-#[derive(Debug, Clone)]
-pub struct ConnectionTls {
-    /// `TLSv1.3` or `TLSv1.2`.
-    pub version: &'static str,
-    /// The protocol agreed by ALPN, if any.
-    pub alpn: Option<&'static str>,
-    /// The name the client asked for (SNI).
-    pub server_name: Option<String>,
-    /// The verified client certificate's subject (RFC 4514 style, e.g.
-    /// `CN=client-1, O=Acme`), when the client presented one.
-    pub client_subject: Option<String>,
-    /// SHA-256 of the client certificate (hex), when presented.
-    pub client_cert_sha256: Option<String>,
-}
-
-impl ConnectionTls {
-    /// Read off an accepted connection.
-    pub fn of(conn: &rustls::ServerConnection) -> Self {
-        let version = match conn.protocol_version() {
-            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
-            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
-            _ => "TLS",
-        };
-        let alpn = match conn.alpn_protocol() {
-            Some(b"h2") => Some("h2"),
-            Some(b"http/1.1") => Some("http/1.1"),
-            _ => None,
-        };
-        let leaf = conn.peer_certificates().and_then(|c| c.first());
-        let client_subject = leaf
-            .and_then(|c| x509_parser::parse_x509_certificate(c).ok().map(|(_, parsed)| parsed.subject().to_string()));
-        let client_cert_sha256 = leaf.map(|c| crate::snapshot::hex(&Sha256::digest(c)));
-        Self { version, alpn, server_name: conn.server_name().map(str::to_owned), client_subject, client_cert_sha256 }
-    }
-
-    /// The `x-forwarded-client-cert` value, when a client certificate was
-    /// presented.
-    pub fn forwarded_client_cert(&self) -> Option<String> {
-        let subject = self.client_subject.as_ref()?;
-        let hash = self.client_cert_sha256.as_deref().unwrap_or_default();
-        Some(format!("Hash={hash};Subject=\"{}\"", subject.replace('\\', "\\\\").replace('"', "\\\"")))
+/// What the TLS handshake established, read off an accepted connection.
+pub(crate) fn connection_tls(conn: &rustls::ServerConnection) -> ConnectionTls {
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "TLS",
+    };
+    let alpn = match conn.alpn_protocol() {
+        Some(b"h2") => Some("h2"),
+        Some(b"http/1.1") => Some("http/1.1"),
+        _ => None,
+    };
+    let leaf = conn.peer_certificates().and_then(|c| c.first());
+    let client_subject =
+        leaf.and_then(|c| x509_parser::parse_x509_certificate(c).ok().map(|(_, parsed)| parsed.subject().to_string()));
+    let client_cert_sha256 = leaf.map(|c| sha256_hex(c));
+    ConnectionTls {
+        version,
+        alpn,
+        server_name: conn.server_name().map(str::to_owned),
+        client_subject,
+        client_cert_sha256,
     }
 }

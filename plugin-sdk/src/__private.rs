@@ -7,18 +7,7 @@ use crate::convert::{self, PhaseError};
 use crate::host::{RequestHandle, ResponseHandle};
 use crate::{Action, Body, Config, Context, Plugin, Request, Response};
 
-/// The generated bindings, quarantined here: plugin authors use the
-/// curated types of the crate root instead.
-#[allow(missing_docs, unsafe_code, unreachable_pub, clippy::all)]
-pub mod bindings {
-    wit_bindgen::generate!({
-        path: "../wit",
-        world: "plugin",
-        pub_export_macro: true,
-        default_bindings_module: "weir_plugin_sdk::__private::bindings",
-    });
-}
-
+pub use crate::bindings;
 pub use bindings::export;
 pub use bindings::exports::weir::plugin::handler::Guest;
 pub use bindings::weir::plugin::types::{

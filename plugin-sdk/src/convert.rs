@@ -1,6 +1,6 @@
 //! Conversions between the WIT records and the SDK's types.
 
-use crate::__private::bindings::weir::plugin::types::{Header, Reply as WitReply};
+use crate::bindings::weir::plugin::types::{Header, Reply as WitReply};
 use crate::{Error, Reply};
 
 /// An error while running a phase: becomes the client's response.

@@ -10,7 +10,9 @@ use crate::StateError;
 pub(crate) use self::wasm::*;
 
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) use crate::testing::host::*;
+pub(crate) mod native;
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) use self::native::host::*;
 
 /// Key and value limits the test host shares with the gateway, so a plugin
 /// that passes its native tests is not refused by the gateway.
@@ -59,8 +61,8 @@ mod wasm {
     use std::mem::ManuallyDrop;
 
     use super::*;
-    use crate::__private::bindings::weir::plugin::types::{self as wit, EditError as WitEditError, Header};
-    use crate::__private::bindings::weir::plugin::{clock, events, log as wlog, metrics, request_local, state};
+    use crate::bindings::weir::plugin::types::{self as wit, EditError as WitEditError, Header};
+    use crate::bindings::weir::plugin::{clock, events, log as wlog, metrics, request_local, state};
     use crate::{Event, Level, Severity};
 
     fn edit(r: Result<(), WitEditError>) -> Result<(), EditError> {

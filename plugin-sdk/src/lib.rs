@@ -87,9 +87,25 @@ pub mod testing;
 
 #[doc(hidden)]
 pub mod __private;
+#[doc(hidden)]
+#[allow(missing_docs, unsafe_code, unreachable_pub, clippy::all)]
+pub mod bindings;
 
 #[cfg(test)]
 mod tests;
+
+/// The plugin author guide, the book's "Writing plugins" chapter
+/// (`docs/src/plugins/writing.md`), included so that each of its Rust
+/// examples is compiled and run as a doc test of this crate.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/src/plugins/writing.md")]
+pub mod author_guide {}
+
+/// The repository's `README.md`, included so that its plugin example is
+/// compiled and run as a doc test of this crate.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub mod readme {}
 
 pub use action::{Action, Reply};
 pub use config::Config;
@@ -100,7 +116,7 @@ pub use http;
 pub use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 
 /// The phases a plugin asks the gateway to call.
-pub use __private::bindings::weir::plugin::types::Phases;
+pub use bindings::weir::plugin::types::Phases;
 
 /// Everything a plugin usually needs, in one `use`.
 pub mod prelude {
@@ -225,7 +241,7 @@ macro_rules! export_plugin {
             }
 
             #[cfg(target_arch = "wasm32")]
-    $crate::__private::export!(__WeirExport with_types_in $crate::__private::bindings);
+    $crate::__private::export!(__WeirExport with_types_in $crate::bindings);
 
             // Natively (for `cargo test`) there is nothing to export, and the
             // component export names are not valid native symbol names; this

@@ -1,5 +1,5 @@
-// Screenshot of a running gateway's dashboard, for the README:
-//   node tests/dashboard/shot.mjs http://127.0.0.1:9901 docs/dashboard.png
+// Screenshot of a running gateway's dashboard, for the book (docs/src/operations.md):
+//   node tests/dashboard/shot.mjs http://127.0.0.1:9901 docs/src/dashboard.png
 import { chromium } from "playwright-core";
 const [admin, out] = process.argv.slice(2);
 const browser = await chromium.launch({

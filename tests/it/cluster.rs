@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use weir::config::{StateBackend, StateConfig};
-use weir::state::{StateError, StateStore};
+use weir_config::{StateBackend, StateConfig};
+use weir_plugin_host::state::{StateError, StateStore};
 use weir_tests::RedisServer;
 
 fn redis_store(url: &str, prefix: &str) -> StateStore {
@@ -66,7 +66,7 @@ async fn state_contract(s: &StateStore) {
     assert_eq!(s.incr("p:big", i64::MAX, 0).await, Ok(i64::MAX));
     assert!(matches!(s.incr("p:big", 1, 0).await, Err(StateError::Invalid(_))), "overflow is refused");
     assert_eq!(s.get("p:big").await, Ok(Some(i64::MAX.to_string().into_bytes())), "and changes nothing");
-    assert!(matches!(s.set("p:x", b"v", weir::state::MAX_TTL_MS + 1).await, Err(StateError::Invalid(_))));
+    assert!(matches!(s.set("p:x", b"v", weir_plugin_host::state::MAX_TTL_MS + 1).await, Err(StateError::Invalid(_))));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

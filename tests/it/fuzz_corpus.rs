@@ -1,5 +1,5 @@
 //! The fuzz corpora (`fuzz/corpus/TARGET/`), replayed through the same
-//! entry points the fuzz targets call (`weir::fuzzing`): every input a
+//! entry points the fuzz targets call (`weir::fuzzing` and the `fuzzing` modules of `weir-config` and `weir-plugin-host`): every input a
 //! fuzzer kept, and every crash it found (saved there once fixed), stays a
 //! regression test without fuzzing in CI.
 
@@ -21,7 +21,7 @@ fn replay(target: &str, run: fn(&[u8])) {
 
 #[test]
 fn config_corpus() {
-    replay("config", weir::fuzzing::config);
+    replay("config", weir_config::fuzzing::config);
 }
 
 #[test]
@@ -31,7 +31,7 @@ fn router_corpus() {
 
 #[test]
 fn plugin_headers_corpus() {
-    replay("plugin_headers", weir::fuzzing::plugin_headers);
+    replay("plugin_headers", weir_plugin_host::fuzzing::plugin_headers);
 }
 
 #[test]

@@ -10,16 +10,16 @@ use toml::Spanned;
 
 use super::{Aggregate, Merge, Part, template};
 use crate::cache::RouteCache;
-use crate::config::{CacheConfig, LoadError, Merge as MergeConfig, RouteConfig, Source};
-use crate::snapshot::valid_name;
 use crate::upstream::Upstream;
+use weir_config::valid_name;
+use weir_config::{CacheConfig, LoadError, Merge as MergeConfig, RouteConfig, Source};
 
 /// The aggregate of route `r` (`kind = "aggregate"`), or `None` with every
 /// problem pushed to `errors`. `params` are the route path's parameters;
 /// `upstream` finds an upstream by name (reporting an unknown one), `cache`
 /// gives a part its cache (kept across reloads while its settings stay).
 #[allow(clippy::too_many_arguments)]
-pub fn from_config(
+pub(crate) fn from_config(
     src: &Source,
     r: &RouteConfig,
     params: &[&str],

@@ -8,8 +8,8 @@
 //! fails the request. A part with a `cache` answers from it when fresh,
 //! and stale when its upstream fails.
 
-pub mod build;
-pub mod template;
+pub(crate) mod build;
+pub(crate) mod template;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -24,17 +24,17 @@ use serde_json::{Map, Value};
 use crate::body::{self, ProxyBody};
 use crate::cache::{CACHE_HEADER, RouteCache};
 use crate::error::ProxyError;
-use crate::forwarding;
-use crate::plugin::RequestInfo;
-use crate::trace::{RequestTrace, Span, SpanKind, Value as Attr, new_span_id, now_ns};
+use crate::headers;
+use crate::observe::trace::{RequestTrace, Span, SpanKind, Value as Attr, new_span_id, now_ns};
 use crate::upstream::{Outgoing, Upstream};
 use template::{Context, Shape, Template, deep_merge};
+use weir_plugin_host::RequestInfo;
 
 /// Set on an answer that lacks a failed optional part.
-pub const PARTIAL_HEADER: &str = "x-weir-partial";
+pub(crate) const PARTIAL_HEADER: &str = "x-weir-partial";
 
 /// How the answers become one document.
-pub enum Merge {
+pub(crate) enum Merge {
     /// Each answer under its part's name.
     Keys,
     /// Objects merged recursively, in part order.
@@ -44,35 +44,35 @@ pub enum Merge {
 }
 
 /// One request of an aggregate route.
-pub struct Part {
+pub(crate) struct Part {
     /// Its key in the document and in `_errors`.
-    pub name: Arc<str>,
+    pub(crate) name: Arc<str>,
     /// Where it goes.
-    pub upstream: Arc<Upstream>,
+    pub(crate) upstream: Arc<Upstream>,
     /// Method.
-    pub method: Method,
+    pub(crate) method: Method,
     /// Path and query.
-    pub path: Template,
+    pub(crate) path: Template,
     /// Headers to set.
-    pub headers: Vec<(HeaderName, Template)>,
+    pub(crate) headers: Vec<(HeaderName, Template)>,
     /// Time for the whole answer.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Whether its failure fails the request.
-    pub required: bool,
+    pub(crate) required: bool,
     /// Kept answers, for hits and stale fallback.
-    pub cache: Option<Arc<RouteCache>>,
+    pub(crate) cache: Option<Arc<RouteCache>>,
 }
 
 /// An aggregate route's fan-out.
-pub struct Aggregate {
+pub(crate) struct Aggregate {
     /// In merge order.
-    pub parts: Vec<Part>,
+    pub(crate) parts: Vec<Part>,
     /// How answers are combined.
-    pub merge: Merge,
+    pub(crate) merge: Merge,
     /// Client headers every part gets.
-    pub forward_headers: Vec<HeaderName>,
+    pub(crate) forward_headers: Vec<HeaderName>,
     /// Largest part answer read.
-    pub max_body: usize,
+    pub(crate) max_body: usize,
 }
 
 /// What one part came back with.
@@ -83,7 +83,7 @@ enum Outcome {
 
 impl Aggregate {
     /// The upstreams it calls, for logs and the admin API.
-    pub fn upstream_names(&self) -> String {
+    pub(crate) fn upstream_names(&self) -> String {
         let mut names: Vec<&str> = self.parts.iter().map(|p| &*p.upstream.name).collect();
         names.dedup();
         names.join(",")
@@ -91,7 +91,7 @@ impl Aggregate {
 
     /// Send every part at once for the request `req` (as the chain left it)
     /// and merge the answers.
-    pub async fn fetch(
+    pub(crate) async fn fetch(
         &self,
         req: &Parts,
         info: &RequestInfo,
@@ -244,7 +244,7 @@ impl Aggregate {
             h.insert("x-request-id", id.clone());
         }
         h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-        forwarding::add_forwarding(h, info.client.ip(), &info.authority, info.scheme());
+        headers::add_forwarding(h, info.client.ip(), &info.authority, info.scheme());
         propagate(h);
         Ok(head)
     }

@@ -12,18 +12,18 @@ use serde_json::Value;
 const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// The client's request, as templates see it.
-pub struct Context<'a> {
+pub(crate) struct Context<'a> {
     /// Path parameters captured by the route (raw, as in the URL).
-    pub params: &'a [(String, String)],
+    pub(crate) params: &'a [(String, String)],
     /// The raw query string.
-    pub query: Option<&'a str>,
+    pub(crate) query: Option<&'a str>,
     /// The request headers as the chain left them.
-    pub headers: &'a HeaderMap,
+    pub(crate) headers: &'a HeaderMap,
 }
 
 /// Where a substituted value comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     /// A path parameter of the route.
     Path(String),
     /// A query parameter of the client's request.
@@ -83,11 +83,11 @@ enum Piece {
 
 /// A string with `{path.x}`, `{query.x}` and `{header.x}` holes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Template(Vec<Piece>);
+pub(crate) struct Template(Vec<Piece>);
 
 impl Template {
     /// Parse a template; `{` and `}` only open and close holes.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         let mut pieces = Vec::new();
         let mut rest = text;
         while let Some(open) = rest.find(['{', '}']) {
@@ -113,7 +113,7 @@ impl Template {
     }
 
     /// The path parameters it uses.
-    pub fn path_params(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn path_params(&self) -> impl Iterator<Item = &str> {
         self.0.iter().filter_map(|p| match p {
             Piece::Value(Source::Path(name)) => Some(name.as_str()),
             _ => None,
@@ -123,7 +123,7 @@ impl Template {
     /// Fill the holes for a URL: each value is percent-encoded whole
     /// (a `/` in it stays inside its segment).
     /// A value of `.` or `..` has its dots encoded, so it cannot climb.
-    pub fn render_url(&self, cx: &Context<'_>) -> String {
+    pub(crate) fn render_url(&self, cx: &Context<'_>) -> String {
         self.render(cx, |v, out| match v {
             "." => out.push_str("%2E"),
             ".." => out.push_str("%2E%2E"),
@@ -132,7 +132,7 @@ impl Template {
     }
 
     /// Fill the holes as they are (for header values).
-    pub fn render_raw(&self, cx: &Context<'_>) -> String {
+    pub(crate) fn render_raw(&self, cx: &Context<'_>) -> String {
         self.render(cx, |v, out| out.push_str(v))
     }
 
@@ -199,7 +199,7 @@ enum ShapeString {
 
 /// The answer's JSON shape, parsed once at load.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Shape(Node);
+pub(crate) struct Shape(Node);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Node {
@@ -213,12 +213,12 @@ enum Node {
 
 impl Shape {
     /// Parse `value`, checking that each `${part...}` names one of `parts`.
-    pub fn parse(value: &Value, parts: &[&str]) -> Result<Self, String> {
+    pub(crate) fn parse(value: &Value, parts: &[&str]) -> Result<Self, String> {
         Node::parse(value, parts).map(Shape)
     }
 
     /// The document for the parts' `answers`.
-    pub fn render(&self, answers: &serde_json::Map<String, Value>, cx: &Context<'_>) -> Value {
+    pub(crate) fn render(&self, answers: &serde_json::Map<String, Value>, cx: &Context<'_>) -> Value {
         self.0.render(answers, cx)
     }
 }
@@ -282,7 +282,7 @@ fn shape_string(s: &str, parts: &[&str]) -> Result<ShapeString, String> {
 
 /// Merge `from` into `into`: objects key by key, recursively; anything
 /// else is replaced.
-pub fn deep_merge(into: &mut Value, from: Value) {
+pub(crate) fn deep_merge(into: &mut Value, from: Value) {
     match (into, from) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, v) in b {

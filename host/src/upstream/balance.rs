@@ -11,8 +11,46 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use http::HeaderMap;
 use http::header::{self, HeaderName};
 
-use super::target::{Group, Target, TargetSet};
-use crate::config::Balance;
+use super::target::Target;
+use weir_config::Balance;
+
+/// The targets of an upstream at one moment: primaries and backups, with
+/// their pick schedules. Replaced whole when discovery changes targets.
+#[derive(Debug)]
+pub(crate) struct TargetSet {
+    /// Used while at least one is healthy.
+    pub(crate) primary: Group,
+    /// Used when no primary is.
+    pub(crate) backup: Group,
+}
+
+/// Primaries or backups.
+#[derive(Debug)]
+pub(crate) struct Group {
+    /// The targets.
+    pub(crate) targets: Vec<Arc<Target>>,
+    schedule: Schedule,
+}
+
+impl Group {
+    pub(super) fn new(targets: Vec<Arc<Target>>, policy: Balance) -> Self {
+        let schedule = Schedule::new(&targets, policy);
+        Self { targets, schedule }
+    }
+}
+
+impl TargetSet {
+    /// Every target, primaries first.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Arc<Target>> {
+        self.primary.targets.iter().chain(&self.backup.targets)
+    }
+
+    /// The set as addresses, to tell whether discovery changed anything.
+    pub(crate) fn addresses(&self) -> [Vec<(String, u32)>; 2] {
+        let list = |g: &Group| g.targets.iter().map(|t| (t.addr.to_string(), t.weight)).collect();
+        [list(&self.primary), list(&self.backup)]
+    }
+}
 
 /// Virtual nodes per unit of weight on the hash ring.
 const VNODES: u32 = 160;
@@ -84,7 +122,7 @@ fn ring(targets: &[Arc<Target>]) -> Vec<(u64, u32)> {
 /// A 64-bit hash that is the same on every node and every build (FNV-1a,
 /// then a murmur3 finaliser to spread it), so several gateways send a key
 /// to the same target.
-pub fn hash64(bytes: &[u8]) -> u64 {
+pub(crate) fn hash64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         h ^= u64::from(b);
@@ -99,7 +137,7 @@ pub fn hash64(bytes: &[u8]) -> u64 {
 
 /// `hash_on`: what a request's key is.
 #[derive(Debug, Clone)]
-pub enum HashOn {
+pub(crate) enum HashOn {
     /// The client's IP address.
     ClientIp,
     /// A request header's value.
@@ -110,7 +148,7 @@ pub enum HashOn {
 
 impl HashOn {
     /// Parse `client_ip`, `header:NAME` or `cookie:NAME`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub(crate) fn parse(s: &str) -> Result<Self, String> {
         if s == "client_ip" {
             return Ok(Self::ClientIp);
         }
@@ -126,7 +164,7 @@ impl HashOn {
     }
 
     /// The request's key; the client IP when the header or cookie is absent.
-    pub fn key(&self, headers: &HeaderMap, client: IpAddr) -> u64 {
+    pub(crate) fn key(&self, headers: &HeaderMap, client: IpAddr) -> u64 {
         let found = match self {
             HashOn::ClientIp => None,
             HashOn::Header(name) => headers.get(name).map(|v| hash64(v.as_bytes())),
@@ -157,7 +195,7 @@ impl TargetSet {
     /// The target for a try: a usable primary not tried yet, else a usable
     /// backup not tried yet, else any usable one (a lone target is tried
     /// again). `None` when no target is usable.
-    pub fn pick(&self, key: u64, tried: &[Arc<Target>], now_ms: u64) -> Option<&Arc<Target>> {
+    pub(crate) fn pick(&self, key: u64, tried: &[Arc<Target>], now_ms: u64) -> Option<&Arc<Target>> {
         let fresh = |t: &Target| t.state.usable(now_ms) && !tried.iter().any(|x| std::ptr::eq(&**x, t));
         let usable = |t: &Target| t.state.usable(now_ms);
         self.primary
@@ -216,7 +254,7 @@ fn load(t: &Target) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
+    use crate::observe::metrics::Metrics;
     use crate::upstream::target::TargetState;
 
     fn set(addrs: &[(&str, u32)], policy: Balance) -> TargetSet {

@@ -12,8 +12,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::clock::monotonic_ms;
-use crate::config::BreakerConfig;
+use weir_config::BreakerConfig;
+use weir_plugin_host::clock::monotonic_ms;
 
 const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
@@ -21,9 +21,9 @@ const HALF_OPEN: u8 = 2;
 const BUCKETS: u64 = 10;
 
 /// An upstream's breaker.
-pub struct Breaker {
+pub(crate) struct Breaker {
     /// The settings it was built from.
-    pub config: BreakerConfig,
+    pub(crate) config: BreakerConfig,
     slots: Arc<Semaphore>,
     pending: AtomicUsize,
     rate: Option<RateBreaker>,
@@ -31,7 +31,7 @@ pub struct Breaker {
 
 /// Why a request was refused before reaching the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The error-rate breaker is open (or half-open with its probes out).
     Open {
         /// When it lets requests through again.
@@ -42,7 +42,7 @@ pub enum Refusal {
 }
 
 /// A try's place in the breaker: record its outcome with [`Admission::done`].
-pub struct Admission<'a> {
+pub(crate) struct Admission<'a> {
     breaker: &'a Breaker,
     probe: bool,
     recorded: bool,
@@ -50,7 +50,7 @@ pub struct Admission<'a> {
 
 impl Admission<'_> {
     /// Record the try's outcome.
-    pub fn done(mut self, failed: bool) {
+    pub(crate) fn done(mut self, failed: bool) {
         self.recorded = true;
         if let Some(rate) = &self.breaker.rate {
             rate.record(monotonic_ms(), self.probe, failed);
@@ -72,7 +72,7 @@ impl Drop for Admission<'_> {
 
 impl Breaker {
     /// A breaker for `config`, reporting on `state` and `opened`.
-    pub fn new(config: BreakerConfig, state: Gauge, opened: Counter) -> Self {
+    pub(crate) fn new(config: BreakerConfig, state: Gauge, opened: Counter) -> Self {
         let rate = config.error_rate.map(|rate| RateBreaker {
             error_rate: rate,
             min_requests: config.min_requests,
@@ -91,7 +91,7 @@ impl Breaker {
     }
 
     /// Ask to send a try.
-    pub fn admit(&self) -> Result<Admission<'_>, Refusal> {
+    pub(crate) fn admit(&self) -> Result<Admission<'_>, Refusal> {
         let probe = match &self.rate {
             None => false,
             Some(rate) => rate.admit(monotonic_ms())?,
@@ -101,7 +101,7 @@ impl Breaker {
 
     /// A slot among `max_requests`, waiting up to `wait` when all are taken
     /// (unless `max_pending` already wait).
-    pub async fn slot(&self, wait: Duration) -> Result<OwnedSemaphorePermit, Refusal> {
+    pub(crate) async fn slot(&self, wait: Duration) -> Result<OwnedSemaphorePermit, Refusal> {
         if let Ok(p) = self.slots.clone().try_acquire_owned() {
             return Ok(p);
         }
@@ -118,7 +118,7 @@ impl Breaker {
     }
 
     /// `closed`, `open` or `half_open` (`closed` without an error-rate breaker).
-    pub fn state(&self) -> &'static str {
+    pub(crate) fn state(&self) -> &'static str {
         match self.rate.as_ref().map(|r| r.current(monotonic_ms())) {
             Some(OPEN) => "open",
             Some(HALF_OPEN) => "half_open",
@@ -127,7 +127,7 @@ impl Breaker {
     }
 
     /// Requests in flight and waiting.
-    pub fn load(&self) -> (usize, usize) {
+    pub(crate) fn load(&self) -> (usize, usize) {
         (self.config.max_requests.max(1) - self.slots.available_permits(), self.pending.load(Ordering::Relaxed))
     }
 }

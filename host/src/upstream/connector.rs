@@ -29,11 +29,12 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::BoxError;
-use crate::config::{UpstreamProtocol, UpstreamTlsConfig};
+use crate::tls::TlsSetupError;
+use weir_config::{UpstreamProtocol, UpstreamTlsConfig};
 
 /// [`HttpConnector`] with a cap per target, and TLS when configured.
 #[derive(Clone)]
-pub struct Capped {
+pub(crate) struct Capped {
     inner: HttpConnector,
     max: usize,
     wait: Duration,
@@ -44,7 +45,7 @@ pub struct Capped {
 impl Capped {
     /// At most `max` connections per `host:port`, waiting up to `wait` for
     /// one; TLS over each connection with `tls`.
-    pub fn new(mut inner: HttpConnector, max: usize, wait: Duration, tls: Option<TlsClient>) -> Self {
+    pub(crate) fn new(mut inner: HttpConnector, max: usize, wait: Duration, tls: Option<TlsClient>) -> Self {
         // TLS targets are addressed as `https://`.
         inner.enforce_http(tls.is_none());
         Self { inner, max: max.max(1), wait, slots: Arc::default(), tls }
@@ -107,10 +108,10 @@ impl tower_service::Service<Uri> for Capped {
 /// No slot came free within the connect timeout.
 #[derive(Debug, thiserror::Error)]
 #[error("{0} connections already open to this target (max_connections)")]
-pub struct CapReached(usize);
+pub(crate) struct CapReached(usize);
 
 /// Whether a client error is [`CapReached`].
-pub fn cap_reached(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn cap_reached(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut src = Some(e);
     while let Some(err) = src {
         if err.is::<CapReached>() {
@@ -124,11 +125,11 @@ pub fn cap_reached(e: &(dyn std::error::Error + 'static)) -> bool {
 /// The TLS handshake with a target failed.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct TlsError(String);
+pub(crate) struct TlsError(String);
 
 /// How the upstream's connections speak TLS.
 #[derive(Clone)]
-pub struct TlsClient {
+pub(crate) struct TlsClient {
     config: Arc<ClientConfig>,
     server_name: Option<ServerName<'static>>,
 }
@@ -138,12 +139,12 @@ impl TlsClient {
     /// for `protocol`; `default_name` is the host name of its first
     /// target, when it is a name. Also returns a fingerprint of everything
     /// that went in, so upstreams with the same settings share a pool.
-    pub fn build(
+    pub(crate) fn build(
         cfg: &UpstreamTlsConfig,
         protocol: UpstreamProtocol,
         base: &std::path::Path,
         default_name: Option<&str>,
-    ) -> Result<(Self, [u8; 32]), String> {
+    ) -> Result<(Self, [u8; 32]), TlsSetupError> {
         use sha2::{Digest, Sha256};
         let mut fingerprint = Sha256::new();
         let provider = crate::tls::provider();
@@ -157,8 +158,8 @@ impl TlsClient {
             None => system_roots()?,
         };
         let builder = ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(crate::tls::versions(crate::config::TlsVersion::Tls12))
-            .map_err(|e| format!("protocol versions: {e}"))?
+            .with_protocol_versions(crate::tls::versions(weir_config::TlsVersion::Tls12))
+            .map_err(|e| TlsSetupError::Versions(e.to_string()))?
             .with_root_certificates(roots);
         let mut config = match (&cfg.cert, &cfg.key) {
             (Some(cert), Some(key)) => {
@@ -167,12 +168,14 @@ impl TlsClient {
                 let key_der = crate::tls::load_key(&key)?;
                 chain.iter().for_each(|c| fingerprint.update(c));
                 fingerprint.update(key_der.secret_der());
-                builder.with_client_auth_cert(chain, key_der).map_err(|e| {
-                    format!("{} and {}: unusable client certificate: {e}", cert.display(), key.display())
+                builder.with_client_auth_cert(chain, key_der).map_err(|e| TlsSetupError::ClientCertificate {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    reason: e.to_string(),
                 })?
             }
             (None, None) => builder.with_no_client_auth(),
-            _ => return Err("`cert` and `key` go together".into()),
+            _ => return Err(TlsSetupError::CertWithoutKey),
         };
         config.alpn_protocols = match protocol {
             UpstreamProtocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
@@ -182,7 +185,8 @@ impl TlsClient {
         let name = cfg.server_name.as_deref().or(default_name);
         let server_name = match name {
             Some(n) => Some(
-                ServerName::try_from(n.to_owned()).map_err(|e| format!("server_name {n:?}: not a valid name ({e})"))?,
+                ServerName::try_from(n.to_owned())
+                    .map_err(|e| TlsSetupError::ServerName { name: n.to_owned(), reason: e.to_string() })?,
             ),
             None => None,
         };
@@ -192,7 +196,7 @@ impl TlsClient {
 }
 
 /// The system's trusted roots (read once).
-fn system_roots() -> Result<rustls::RootCertStore, String> {
+fn system_roots() -> Result<rustls::RootCertStore, TlsSetupError> {
     static ROOTS: std::sync::OnceLock<Result<rustls::RootCertStore, String>> = std::sync::OnceLock::new();
     ROOTS
         .get_or_init(|| {
@@ -206,6 +210,7 @@ fn system_roots() -> Result<rustls::RootCertStore, String> {
             Ok(roots)
         })
         .clone()
+        .map_err(TlsSetupError::SystemRoots)
 }
 
 /// A TCP connection to a target, in cleartext or TLS.
@@ -265,7 +270,7 @@ impl AsyncWrite for Stream {
 }
 
 /// A connection holding its slot until it closes.
-pub struct CappedIo {
+pub(crate) struct CappedIo {
     io: TokioIo<Stream>,
     h2: bool,
     _permit: OwnedSemaphorePermit,

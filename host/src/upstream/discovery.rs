@@ -17,11 +17,12 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::balance::HashOn;
+use super::balance::{Group, TargetSet};
 use super::breaker::Breaker;
-use super::target::{Group, Target, TargetRegistry, TargetSet};
+use super::target::{Target, TargetRegistry};
 use super::{ClientCache, Upstream, connector, health, parse_target};
-use crate::config::{Balance, DnsFamily, LoadError, Source, TargetConfig, UpstreamConfig};
-use crate::metrics::Metrics;
+use crate::observe::metrics::Metrics;
+use weir_config::{Balance, DnsFamily, LoadError, Source, TargetConfig, UpstreamConfig};
 
 /// Time allowed to resolve the names of one upstream.
 const DNS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -33,7 +34,7 @@ const MAX_WEIGHT: u32 = 1000;
 /// What upstreams share across snapshots: target states, breakers (while
 /// their settings stay the same) and connection pools.
 #[derive(Default)]
-pub struct Upstreams {
+pub(crate) struct Upstreams {
     registry: Arc<TargetRegistry>,
     breakers: Mutex<HashMap<String, Arc<Breaker>>>,
     clients: ClientCache,
@@ -42,18 +43,18 @@ pub struct Upstreams {
 /// The targets an upstream is given, before names are resolved.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Spec {
+pub(crate) struct Spec {
     /// Primary targets.
     #[serde(default)]
-    pub targets: Vec<TargetConfig>,
+    pub(crate) targets: Vec<TargetConfig>,
     /// Backup targets.
     #[serde(default)]
-    pub backup: Vec<TargetConfig>,
+    pub(crate) backup: Vec<TargetConfig>,
 }
 
 impl Upstreams {
     /// Build the upstream `name` of `src`, or say what is wrong with it.
-    pub async fn build(
+    pub(crate) async fn build(
         &self,
         name: &str,
         cfg: &Spanned<UpstreamConfig>,
@@ -240,7 +241,7 @@ fn is_name(addr: &str) -> bool {
 
 /// Read a targets file: JSON, or TOML when it ends in `.toml`. Errors name
 /// the file and line.
-pub fn read_file(path: &Path) -> Result<Spec, String> {
+pub(crate) fn read_file(path: &Path) -> Result<Spec, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let spec: Spec = if path.extension().is_some_and(|e| e == "toml") {
         toml::from_str(&text).map_err(|e| {

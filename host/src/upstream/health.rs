@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use super::Upstream;
 use super::target::Target;
 use crate::body;
-use crate::clock::monotonic_ms;
+use weir_plugin_host::clock::monotonic_ms;
 
 /// Note a try's outcome for passive checks.
 pub(super) fn observe(up: &Upstream, target: &Target, failed: bool, now: u64) {

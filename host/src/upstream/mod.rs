@@ -11,12 +11,12 @@
 //! - [`health`]: active checks and passive outlier ejection;
 //! - [`discovery`]: DNS names re-resolved and a watched targets file.
 
-pub mod balance;
-pub mod breaker;
-pub mod connector;
-pub mod discovery;
-pub mod health;
-pub mod target;
+pub(crate) mod balance;
+pub(crate) mod breaker;
+pub(crate) mod connector;
+pub(crate) mod discovery;
+pub(crate) mod health;
+pub(crate) mod target;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -38,20 +38,21 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::OwnedSemaphorePermit;
 
 use self::balance::HashOn;
+use self::balance::TargetSet;
 use self::breaker::{Breaker, Refusal};
-use self::target::{Target, TargetSet, TargetState};
+use self::target::{Target, TargetState};
 use crate::body::{self, ProxyBody};
-use crate::clock::monotonic_ms;
-use crate::config::{HealthConfig, OutlierConfig, RetryConfig, RetryOn, UpstreamProtocol};
 use crate::error::ProxyError;
-use crate::metrics::UpstreamMetrics;
+use crate::observe::metrics::UpstreamMetrics;
+use weir_config::{HealthConfig, OutlierConfig, RetryConfig, RetryOn, UpstreamProtocol};
+use weir_plugin_host::clock::monotonic_ms;
 
 /// The client used to reach upstreams.
-pub type HttpClient = Client<connector::Capped, ProxyBody>;
+pub(crate) type HttpClient = Client<connector::Capped, ProxyBody>;
 
 /// A request body as the upstream gets it: whole (and so sent again on a
 /// retry), or streaming (tried once).
-pub enum Outgoing {
+pub(crate) enum Outgoing {
     /// Read completely before the first try.
     Replayable(Bytes),
     /// Streams from the client.
@@ -59,30 +60,30 @@ pub enum Outgoing {
 }
 
 /// One upstream service.
-pub struct Upstream {
+pub(crate) struct Upstream {
     /// Configured name.
-    pub name: Arc<str>,
+    pub(crate) name: Arc<str>,
     targets: ArcSwap<TargetSet>,
-    policy: crate::config::Balance,
+    policy: weir_config::Balance,
     hash_on: HashOn,
     /// Time allowed for one try's response head.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     total_timeout: Option<Duration>,
     retry: RetryConfig,
     outlier: OutlierConfig,
     health: Option<HealthConfig>,
     /// Caps and the error-rate breaker.
-    pub breaker: Arc<Breaker>,
+    pub(crate) breaker: Arc<Breaker>,
     active: AtomicUsize,
     retrying: AtomicUsize,
     /// Pooled client (shared with other upstreams of the same settings).
-    pub client: HttpClient,
+    pub(crate) client: HttpClient,
     /// `http`, or `https` with TLS.
-    pub scheme: http::uri::Scheme,
+    pub(crate) scheme: http::uri::Scheme,
     /// The HTTP version spoken to targets.
-    pub protocol: UpstreamProtocol,
+    pub(crate) protocol: UpstreamProtocol,
     /// Counters.
-    pub metrics: UpstreamMetrics,
+    pub(crate) metrics: UpstreamMetrics,
 }
 
 /// A finished try's verdict.
@@ -95,7 +96,7 @@ enum Verdict {
 
 impl Upstream {
     /// The targets right now.
-    pub fn targets(&self) -> Arc<TargetSet> {
+    pub(crate) fn targets(&self) -> Arc<TargetSet> {
         self.targets.load_full()
     }
 
@@ -106,7 +107,7 @@ impl Upstream {
     /// target's when the client sent none); `client` feeds `hash_on`.
     /// `deadline` (a gRPC call's `grpc-timeout`) replaces both `timeout`
     /// and `total_timeout`: every try must answer within what is left of it.
-    pub async fn forward(
+    pub(crate) async fn forward(
         &self,
         parts: Parts,
         body: Outgoing,
@@ -121,7 +122,7 @@ impl Upstream {
         let _active = InFlight::new(&self.active);
         let started = Instant::now();
         let key = match self.policy {
-            crate::config::Balance::Hash => self.hash_on.key(&parts.headers, client),
+            weir_config::Balance::Hash => self.hash_on.key(&parts.headers, client),
             _ => 0,
         };
         let idempotent = is_idempotent(&parts.method);
@@ -311,7 +312,7 @@ impl Upstream {
     }
 
     /// The upstream as JSON for `/admin/upstreams` and `/admin/status`.
-    pub fn status_json(&self) -> serde_json::Value {
+    pub(crate) fn status_json(&self) -> serde_json::Value {
         let now = monotonic_ms();
         let set = self.targets.load();
         let targets: Vec<_> = set
@@ -342,9 +343,9 @@ impl Upstream {
         serde_json::json!({
             "name": &*self.name,
             "balance": match self.policy {
-                crate::config::Balance::RoundRobin => "round_robin",
-                crate::config::Balance::LeastOutstanding => "least_outstanding",
-                crate::config::Balance::Hash => "hash",
+                weir_config::Balance::RoundRobin => "round_robin",
+                weir_config::Balance::LeastOutstanding => "least_outstanding",
+                weir_config::Balance::Hash => "hash",
             },
             "targets": targets,
             "breaker": {
@@ -468,15 +469,15 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// Added to a response's extensions by [`Upstream::forward`]: which target
 /// answered, and how long it took to send the response head.
 #[derive(Debug, Clone)]
-pub struct Answered {
+pub(crate) struct Answered {
     /// The target, `host:port`.
-    pub target: Authority,
+    pub(crate) target: Authority,
     /// From sending the request to the response head.
-    pub elapsed: Duration,
+    pub(crate) elapsed: Duration,
 }
 
 /// Parse a `host:port` target.
-pub fn parse_target(s: &str) -> Result<Authority, String> {
+pub(crate) fn parse_target(s: &str) -> Result<Authority, String> {
     let a: Authority = s.parse().map_err(|e| format!("invalid target {s:?}: {e}"))?;
     if a.port_u16().is_none() {
         return Err(format!("target {s:?} needs a port, like \"127.0.0.1:9001\""));
@@ -513,14 +514,14 @@ struct ClientKey {
 /// kept across snapshots so a reload does not throw away warm upstream
 /// connections.
 #[derive(Default)]
-pub struct ClientCache {
+pub(crate) struct ClientCache {
     clients: Mutex<HashMap<ClientKey, HttpClient>>,
 }
 
 impl ClientCache {
     /// The client for `connect_timeout`, at most `max_connections` open to
     /// each target, `protocol`, and TLS (with its fingerprint) if any.
-    pub fn get(
+    pub(crate) fn get(
         &self,
         connect_timeout: Duration,
         max_connections: usize,

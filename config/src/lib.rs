@@ -1,0 +1,830 @@
+//! The `gateway.toml` schema, in one place.
+//!
+//! Every struct denies unknown fields, so a typo is an error with a line
+//! number rather than a silently ignored setting. Values that are checked
+//! against each other (a route's upstream, a chain's plugins) keep their
+//! source span so the error can point at them. README's "Configuration
+//! reference" documents every key; keep the two in step.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+mod tls;
+mod upstream;
+pub use tls::*;
+pub use upstream::*;
+
+/// Longest name of a plugin instance or an aggregate part.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Whether `name` may name a plugin instance or an aggregate part: 1 to
+/// [`MAX_NAME_LEN`] of `[A-Za-z0-9_-]`. Plugin names namespace state keys,
+/// label metrics and appear in logs.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A whole `gateway.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Listeners and server-wide settings.
+    pub server: ServerConfig,
+    /// Plugin runtime settings (read at start; a reload keeps the old ones).
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// Where plugins' shared state lives (read at start).
+    #[serde(default)]
+    pub state: Option<Spanned<StateConfig>>,
+    /// What happens to events plugins emit.
+    #[serde(default)]
+    pub events: EventsConfig,
+    /// One line per request; no access log without this section.
+    #[serde(default)]
+    pub access_log: Option<Spanned<AccessLogConfig>>,
+    /// What a request may be: sizes and counts.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Span export over OTLP; none without this section.
+    #[serde(default)]
+    pub tracing: Option<Spanned<TracingConfig>>,
+    /// Named upstream services.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Spanned<UpstreamConfig>>,
+    /// Named plugin instances.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, Spanned<PluginConfig>>,
+    /// Routes, matched in order: the first match wins.
+    #[serde(default)]
+    pub routes: Vec<Spanned<RouteConfig>>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the proxy listener (HTTP/1.1 and h2c).
+    pub listen: SocketAddr,
+    /// Address of the admin listener (`/healthz`, `/metrics`, `/admin/*`); none if absent.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
+    /// When set, the admin API and `/metrics` need `Authorization: Bearer
+    /// TOKEN` (`/healthz`, `/readyz` and the dashboard page stay open).
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    /// Folder of `.wasm` modules, relative to the config file.
+    #[serde(default = "defaults::plugins_dir")]
+    pub plugins_dir: PathBuf,
+    /// Reload when the config file or a module changes.
+    #[serde(default = "defaults::yes")]
+    pub watch: bool,
+    /// Time allowed for a client to send a complete request head.
+    #[serde(default = "defaults::header_read_timeout", deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// On shutdown, how long in-flight requests may take to finish.
+    #[serde(default = "defaults::drain_timeout", deserialize_with = "duration")]
+    pub drain_timeout: Duration,
+    /// Most downstream connections open at once on the proxy listener; at
+    /// the cap new connections wait to be accepted.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// Largest body buffered for a plugin body phase (413/502 beyond).
+    #[serde(default = "defaults::max_buffered_body", deserialize_with = "byte_size")]
+    pub max_buffered_body: u64,
+    /// A TLS listener, beside the cleartext one.
+    #[serde(default)]
+    pub tls: Option<Spanned<ListenerTlsConfig>>,
+}
+
+/// `[runtime]`: the plugin engine. Sizes the pooling allocator, so it is
+/// read once at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Most plugin instances alive at once, over all plugins (pool slots).
+    #[serde(default = "defaults::max_instances")]
+    pub max_instances: u32,
+    /// Largest memory limit a plugin may be given.
+    #[serde(default = "defaults::max_memory", deserialize_with = "byte_size")]
+    pub max_memory: u64,
+    /// Idle instances kept per plugin for reuse.
+    #[serde(default = "defaults::max_idle_per_plugin")]
+    pub max_idle_per_plugin: usize,
+    /// Where compiled plugins are cached between runs: `true` (default) for
+    /// the user's cache folder, `false` for no cache, or a folder (relative
+    /// to the config file).
+    #[serde(default)]
+    pub compile_cache: CompileCache,
+}
+
+/// `compile_cache = true | false | "folder"`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum CompileCache {
+    /// `true`: `$XDG_CACHE_HOME/weir` or `~/.cache/weir`; `false`: off.
+    Default(bool),
+    /// A folder of its own.
+    Dir(PathBuf),
+}
+
+impl Default for CompileCache {
+    fn default() -> Self {
+        Self::Default(true)
+    }
+}
+
+impl CompileCache {
+    /// The folder to use, if caching is on; relative paths are taken from
+    /// `base` (the config file's folder).
+    pub fn dir(&self, base: &Path) -> Option<PathBuf> {
+        match self {
+            Self::Default(false) => None,
+            Self::Default(true) => {
+                let xdg = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()).map(PathBuf::from);
+                let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache"));
+                xdg.or(home).map(|d| d.join("weir"))
+            }
+            // Absolute: wasmtime's cache refuses a relative folder, and a
+            // config given as `gateway.toml` has the relative base `.`.
+            Self::Dir(d) => {
+                let dir = base.join(d);
+                Some(std::path::absolute(&dir).unwrap_or(dir))
+            }
+        }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            max_instances: defaults::max_instances(),
+            max_memory: defaults::max_memory(),
+            max_idle_per_plugin: defaults::max_idle_per_plugin(),
+            compile_cache: CompileCache::default(),
+        }
+    }
+}
+
+/// `[state]`: the backend behind the plugins' `state` calls. Read at start
+/// (counters must not silently move between backends on a reload).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// `memory` (in-process, default) or `redis` (shared by gateway nodes).
+    #[serde(default)]
+    pub backend: StateBackend,
+    /// `redis://[user:password@]host:port[/db]`; required with `backend = "redis"`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Prefix of every Redis key, so several gateway clusters can share one Redis.
+    #[serde(default = "defaults::key_prefix")]
+    pub key_prefix: String,
+    /// Time allowed for one Redis operation before it counts as unavailable.
+    #[serde(default = "defaults::state_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// After a Redis failure, calls fail fast for this long before the next try.
+    #[serde(default = "defaults::state_retry_interval", deserialize_with = "duration")]
+    pub retry_interval: Duration,
+    /// Most keys the memory backend holds (writes beyond fail as unavailable).
+    #[serde(default = "defaults::state_max_entries")]
+    pub max_entries: usize,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            backend: StateBackend::default(),
+            url: None,
+            key_prefix: defaults::key_prefix(),
+            timeout: defaults::state_timeout(),
+            retry_interval: defaults::state_retry_interval(),
+            max_entries: defaults::state_max_entries(),
+        }
+    }
+}
+
+/// `backend = "memory" | "redis"`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    /// A sharded map inside the gateway process.
+    #[default]
+    Memory,
+    /// A Redis server shared by every node pointing at it.
+    Redis,
+}
+
+/// `[events]`: plugin events (e.g. anomaly alerts) are always logged and
+/// counted; this section can also POST them to a webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// `http://host:port/path` each event is POSTed to as JSON; none if absent.
+    #[serde(default)]
+    pub webhook: Option<Spanned<String>>,
+    /// Least severity POSTed to the webhook: `info`, `warning` or `critical`.
+    #[serde(default = "defaults::min_severity")]
+    pub min_severity: Severity,
+    /// Time allowed for one webhook POST.
+    #[serde(default = "defaults::webhook_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Events waiting to be POSTed; beyond this, new ones are dropped (and counted).
+    #[serde(default = "defaults::webhook_queue")]
+    pub queue: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            webhook: None,
+            min_severity: defaults::min_severity(),
+            timeout: defaults::webhook_timeout(),
+            queue: defaults::webhook_queue(),
+        }
+    }
+}
+
+/// `[access_log]`: one line per request, written when the response has
+/// been sent.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// Write access log lines at all.
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// `stdout`, `stderr`, or a file path (relative to the config file).
+    #[serde(default = "defaults::stdout")]
+    pub target: String,
+    /// `json` (one object per line) or `logfmt`.
+    #[serde(default)]
+    pub format: AccessLogFormat,
+    /// Share of requests logged, 0 to 1 (5xx responses are always logged).
+    #[serde(default = "defaults::one")]
+    pub sample: f64,
+    /// Log the query string with the path (it may carry credentials).
+    #[serde(default)]
+    pub query: bool,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            target: defaults::stdout(),
+            format: AccessLogFormat::default(),
+            sample: 1.0,
+            query: false,
+        }
+    }
+}
+
+/// `[limits]`: what a request may be. `max_header_count` and
+/// `max_header_bytes` configure the HTTP/1 parser and apply at start; the
+/// others apply on reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request body (413 beyond; a declared length is refused
+    /// before anything is read).
+    #[serde(default = "defaults::max_request_body", deserialize_with = "byte_size")]
+    pub max_request_body: u64,
+    /// Most request header fields (431 beyond).
+    #[serde(default = "defaults::max_header_count")]
+    pub max_header_count: usize,
+    /// Largest request head, request line and headers together (431 beyond).
+    #[serde(default = "defaults::max_header_bytes", deserialize_with = "byte_size")]
+    pub max_header_bytes: u64,
+    /// Longest request target (414 beyond).
+    #[serde(default = "defaults::max_uri_bytes", deserialize_with = "byte_size")]
+    pub max_uri_bytes: u64,
+    /// Request bodies up to this size are read whole before the upstream is
+    /// called, so a malformed or cut body is refused (400) with nothing
+    /// sent upstream; larger bodies stream after this much.
+    #[serde(default = "defaults::request_buffer", deserialize_with = "byte_size")]
+    pub request_buffer: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_request_body: defaults::max_request_body(),
+            max_header_count: defaults::max_header_count(),
+            max_header_bytes: defaults::max_header_bytes(),
+            max_uri_bytes: defaults::max_uri_bytes(),
+            request_buffer: defaults::request_buffer(),
+        }
+    }
+}
+
+/// `[tracing]`: spans of each request (server span, plugin calls, upstream
+/// tries) exported over OTLP/HTTP with the JSON encoding.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The collector's traces URL, e.g. `http://127.0.0.1:4318/v1/traces`;
+    /// no export if absent (trace context is still propagated).
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces sampled, 0 to 1; a client's sampled flag is
+    /// honoured.
+    #[serde(default = "defaults::one")]
+    pub sample: f64,
+    /// `service.name` of the exported resource.
+    #[serde(default = "defaults::service_name")]
+    pub service_name: String,
+    /// Most spans in one export request.
+    #[serde(default = "defaults::span_batch")]
+    pub batch: usize,
+    /// Requests whose spans wait for export; beyond, spans are dropped.
+    #[serde(default = "defaults::span_queue")]
+    pub queue: usize,
+    /// Longest a span waits before its batch is sent.
+    #[serde(default = "defaults::span_interval", deserialize_with = "duration")]
+    pub interval: Duration,
+    /// Time allowed for one export request.
+    #[serde(default = "defaults::span_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+/// `format = "json" | "logfmt"`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// `key=value` pairs.
+    Logfmt,
+}
+
+/// Event severity, ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// For the record.
+    Info,
+    /// Worth a look.
+    Warning,
+    /// Act now.
+    Critical,
+}
+
+impl Severity {
+    /// The lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// `[plugins.NAME]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// File name of the module in `plugins_dir`.
+    pub module: Spanned<String>,
+    /// Handed to the plugin's `init` as JSON.
+    #[serde(default)]
+    pub config: Option<Spanned<toml::Table>>,
+    /// What a trap or deadline does to the request.
+    #[serde(default)]
+    pub failure: FailurePolicy,
+    /// Memory and CPU limits.
+    #[serde(default)]
+    pub limits: PluginLimits,
+    /// Instance reuse.
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// If set, the module's sha256 (hex) must match.
+    #[serde(default)]
+    pub sha256: Option<Spanned<String>>,
+    /// When a plugin that keeps trapping stops being called for a while.
+    #[serde(default)]
+    pub crash_loop: CrashLoopConfig,
+}
+
+/// `crash_loop = { after = 5, backoff = "1s", max_backoff = "1m" }`: after
+/// `after` traps in a row the plugin is not called for `backoff` (its
+/// requests get the failure policy: 503, or skipped when open); each
+/// further episode doubles the pause, up to `max_backoff`; a call that
+/// succeeds ends it. `after = 0` turns it off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrashLoopConfig {
+    /// Traps in a row that start a backoff (0: never).
+    #[serde(default = "defaults::crash_after")]
+    pub after: u32,
+    /// The first pause.
+    #[serde(default = "defaults::crash_backoff", deserialize_with = "duration")]
+    pub backoff: Duration,
+    /// The longest pause.
+    #[serde(default = "defaults::crash_max_backoff", deserialize_with = "duration")]
+    pub max_backoff: Duration,
+}
+
+impl Default for CrashLoopConfig {
+    fn default() -> Self {
+        Self {
+            after: defaults::crash_after(),
+            backoff: defaults::crash_backoff(),
+            max_backoff: defaults::crash_max_backoff(),
+        }
+    }
+}
+
+/// `failure = "closed" | "open"`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailurePolicy {
+    /// A trap answers 500, a deadline 504.
+    #[default]
+    Closed,
+    /// A trap or deadline skips the plugin; the request goes on.
+    Open,
+}
+
+/// `isolation = "pool" | "request"`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Initialised instances are reused, one request at a time.
+    #[default]
+    Pool,
+    /// Every request gets a fresh instance (for plugins handling secrets).
+    Request,
+}
+
+/// `limits = { memory = "16MiB", deadline = "50ms" }`
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginLimits {
+    /// Linear memory limit per instance.
+    #[serde(default = "defaults::plugin_memory", deserialize_with = "byte_size")]
+    pub memory: u64,
+    /// CPU deadline per phase call.
+    #[serde(default = "defaults::plugin_deadline", deserialize_with = "duration")]
+    pub deadline: Duration,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        Self { memory: defaults::plugin_memory(), deadline: defaults::plugin_deadline() }
+    }
+}
+
+/// `[[routes]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Name used in metrics, logs and the plugins' request head.
+    pub name: String,
+    /// Host to match (port ignored, case-insensitive); `*.example.com`
+    /// matches any subdomain. Any host if absent.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Exact path, or a pattern with `{param}` segments and a final `{*rest}`.
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
+    /// Path prefix, matched on segment boundaries (`/users` matches
+    /// `/users` and `/users/7`, not `/usersx`).
+    #[serde(default)]
+    pub path_prefix: Option<Spanned<String>>,
+    /// Methods to match; any if absent.
+    #[serde(default)]
+    pub methods: Option<Spanned<Vec<String>>>,
+    /// `proxy` (forward to `upstream`) or `aggregate` (fan out to `parts`).
+    #[serde(default)]
+    pub kind: RouteKind,
+    /// The upstream to forward to (`kind = "proxy"`).
+    #[serde(default)]
+    pub upstream: Option<Spanned<String>>,
+    /// Plugins to run, in order.
+    #[serde(default)]
+    pub chain: Vec<Spanned<String>>,
+    /// Keep responses in memory and serve them stale when the upstream fails.
+    #[serde(default)]
+    pub cache: Option<Spanned<CacheConfig>>,
+    /// The requests an aggregate route sends in parallel, in merge order.
+    #[serde(default)]
+    pub parts: Vec<Spanned<PartConfig>>,
+    /// How an aggregate route merges its parts' JSON answers.
+    #[serde(default)]
+    pub merge: Option<Merge>,
+    /// A JSON shape for an aggregate route's answer, instead of `merge`:
+    /// strings `"${part.field}"`, `"${path.x}"`, `"${query.x}"` and
+    /// `"${header.x}"` are replaced.
+    #[serde(default)]
+    pub template: Option<Spanned<toml::Value>>,
+    /// Client request headers an aggregate route passes on to every part.
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
+    /// Let WebSocket handshakes (`Upgrade: websocket`) through to the
+    /// upstream; `false` answers them `403`.
+    #[serde(default = "defaults::yes")]
+    pub websocket: bool,
+    /// A WebSocket connection with no byte either way for this long is
+    /// closed.
+    #[serde(default = "defaults::websocket_idle_timeout", deserialize_with = "duration")]
+    pub websocket_idle_timeout: Duration,
+}
+
+/// What a route does with a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteKind {
+    /// Forward it to one upstream.
+    #[default]
+    Proxy,
+    /// Send `parts` in parallel and merge the answers into one JSON document.
+    Aggregate,
+}
+
+/// How an aggregate route combines its parts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Merge {
+    /// `{"part": answer, ...}`.
+    #[default]
+    Keys,
+    /// Objects merged recursively in part order (later keys win); an answer
+    /// that is not an object stays under its part's name.
+    Deep,
+}
+
+/// `[[routes.parts]]`: one request of an aggregate route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartConfig {
+    /// Key of its answer in the merged document.
+    pub name: String,
+    /// Where it goes.
+    pub upstream: Spanned<String>,
+    /// Method; `GET` if absent.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Path and query, with `{path.x}`, `{query.x}` and `{header.x}`
+    /// filled from the client's request.
+    pub path: Spanned<String>,
+    /// Headers to send, values templated like `path`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Time for its whole answer, body included; the upstream's `timeout`
+    /// if absent.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub timeout: Option<Duration>,
+    /// Its failure fails the whole request (otherwise it is reported in
+    /// `_errors` and the answer is partial).
+    #[serde(default)]
+    pub required: bool,
+    /// Keep its answers, to serve one stale when it fails.
+    #[serde(default)]
+    pub cache: Option<CacheConfig>,
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+mod defaults {
+    pub(super) fn websocket_idle_timeout() -> std::time::Duration {
+        std::time::Duration::from_secs(300)
+    }
+
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    pub(super) fn plugins_dir() -> PathBuf {
+        PathBuf::from("plugins")
+    }
+    pub(super) fn yes() -> bool {
+        true
+    }
+    pub(super) fn max_connections() -> usize {
+        10_000
+    }
+    pub(super) fn max_request_body() -> u64 {
+        64 << 20
+    }
+    pub(super) fn max_header_count() -> usize {
+        100
+    }
+    pub(super) fn max_header_bytes() -> u64 {
+        64 << 10
+    }
+    pub(super) fn max_uri_bytes() -> u64 {
+        8 << 10
+    }
+    pub(super) fn request_buffer() -> u64 {
+        64 << 10
+    }
+    pub(super) fn crash_after() -> u32 {
+        5
+    }
+    pub(super) fn crash_backoff() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub(super) fn crash_max_backoff() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub(super) fn service_name() -> String {
+        "weir".into()
+    }
+    pub(super) fn span_batch() -> usize {
+        512
+    }
+    pub(super) fn span_queue() -> usize {
+        4096
+    }
+    pub(super) fn span_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub(super) fn span_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub(super) fn stdout() -> String {
+        "stdout".into()
+    }
+    pub(super) fn one() -> f64 {
+        1.0
+    }
+    pub(super) fn header_read_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub(super) fn drain_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub(super) fn max_buffered_body() -> u64 {
+        1 << 20
+    }
+    pub(super) fn max_instances() -> u32 {
+        1000
+    }
+    pub(super) fn max_memory() -> u64 {
+        256 << 20
+    }
+    pub(super) fn max_idle_per_plugin() -> usize {
+        64
+    }
+    pub(super) fn plugin_memory() -> u64 {
+        32 << 20
+    }
+    pub(super) fn plugin_deadline() -> Duration {
+        Duration::from_millis(100)
+    }
+    pub(super) fn key_prefix() -> String {
+        "weir:".into()
+    }
+    pub(super) fn state_timeout() -> Duration {
+        Duration::from_millis(50)
+    }
+    pub(super) fn state_retry_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub(super) fn state_max_entries() -> usize {
+        1_000_000
+    }
+    pub(super) fn min_severity() -> super::Severity {
+        super::Severity::Warning
+    }
+    pub(super) fn webhook_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub(super) fn webhook_queue() -> usize {
+        1024
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+}
+
+fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_byte_size(&s).ok_or_else(|| {
+        serde::de::Error::custom(format!("invalid size {s:?}: expected e.g. \"512KiB\", \"16MiB\", \"1GiB\""))
+    })
+}
+
+/// `"16MiB"` → 16777216. Units: B, KB, KiB, MB, MiB, GB, GiB.
+pub fn parse_byte_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1000,
+        "KiB" => 1 << 10,
+        "MB" => 1000 * 1000,
+        "MiB" => 1 << 20,
+        "GB" => 1000 * 1000 * 1000,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// A problem in the configuration or a plugin, located in a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    /// The file at fault (config or module).
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.file.display(), line, self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// Every problem found while loading; a configuration is all or nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadErrors(pub Vec<LoadError>);
+
+impl fmt::Display for LoadErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadErrors {}
+
+/// The source text of a config file, to turn spans into line numbers.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Path of the file as given.
+    pub path: PathBuf,
+    text: String,
+}
+
+impl Source {
+    /// Read a config file.
+    pub fn read(path: &Path) -> Result<Self, LoadErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            LoadErrors(vec![LoadError { file: path.to_owned(), line: None, message: format!("cannot read: {e}") }])
+        })?;
+        Ok(Self { path: path.to_owned(), text })
+    }
+
+    /// A source from text (tests, fuzzing).
+    pub fn from_text(path: impl Into<PathBuf>, text: impl Into<String>) -> Self {
+        Self { path: path.into(), text: text.into() }
+    }
+
+    /// The 1-based line of a byte offset.
+    pub fn line_of(&self, offset: usize) -> usize {
+        self.text.as_bytes()[..offset.min(self.text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+    }
+
+    /// An error located at `span`.
+    pub fn error(&self, span: Range<usize>, message: impl Into<String>) -> LoadError {
+        LoadError { file: self.path.clone(), line: Some(self.line_of(span.start)), message: message.into() }
+    }
+
+    /// Parse the text; syntax and schema errors carry their line.
+    pub fn parse(&self) -> Result<GatewayConfig, LoadErrors> {
+        toml::from_str(&self.text).map_err(|e| {
+            let line = e.span().map(|s| self.line_of(s.start));
+            LoadErrors(vec![LoadError { file: self.path.clone(), line, message: e.message().trim_end().to_owned() }])
+        })
+    }
+
+    /// The directory relative paths in the file are resolved against.
+    pub fn base_dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

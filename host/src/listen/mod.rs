@@ -1,0 +1,397 @@
+//! Accepting connections: HTTP/1.1 and HTTP/2 (h2c prior knowledge) on the
+//! proxy listener, the same over TLS (HTTP/2 by ALPN) on the TLS listener,
+//! HTTP/1.1 on the admin listener, graceful drain.
+
+pub(crate) mod sniff;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::Shared;
+use weir_plugin_host::ConnectionTls;
+
+/// Most concurrent HTTP/2 streams per connection.
+const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Streams opened and reset by the client before being served, at once.
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams the gateway may reset for protocol errors before closing the
+/// connection.
+const H2_MAX_LOCAL_RESETS: usize = 1024;
+/// Largest HTTP/2 header list accepted.
+const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
+/// HTTP/2 flow control is h2's; these are its limits. A stream may have
+/// this much unread data in flight from the client…
+const H2_STREAM_WINDOW: u32 = 1024 * 1024;
+/// …and a connection this much over all its streams.
+const H2_CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+/// Largest frame accepted.
+const H2_MAX_FRAME: u32 = 16 * 1024;
+/// Response data buffered per stream before the body is polled again.
+const H2_MAX_SEND_BUFFER: usize = 1024 * 1024;
+
+/// Serve the proxy (and admin) listener until `shutdown`, then drain.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    proxy: TcpListener,
+    tls: Option<TcpListener>,
+    admin: Option<TcpListener>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let server_cfg = shared.snapshot.load().server.clone();
+    let limits = shared.snapshot.load().limits;
+    let sweeper = {
+        let state = shared.loader.plugins.state().clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(weir_plugin_host::state::StateStore::SWEEP_INTERVAL);
+            loop {
+                tick.tick().await;
+                state.sweep();
+            }
+        })
+    };
+
+    // Close one second of the dashboard's series a second, and forget
+    // routes and upstreams a reload removed.
+    let ticker = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let snap = shared.snapshot.load();
+                let routes: Vec<&str> = snap.routes.iter().map(|r| &*r.name).collect();
+                let upstreams: Vec<&str> = snap.upstreams.keys().map(|k| k.as_str()).collect();
+                let plugins: Vec<&str> = snap.plugins.keys().map(|k| k.as_str()).collect();
+                shared.metrics.live().retain(&routes, &upstreams, &plugins);
+                shared.metrics.live().tick();
+            }
+        })
+    };
+
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server_cfg.header_read_timeout)
+        .keep_alive(true)
+        .max_headers(limits.max_header_count)
+        // hyper's read buffer bounds the request head; it is at least 8 KiB.
+        .max_buf_size((limits.max_header_bytes as usize).max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST)
+        // Rapid reset (CVE-2023-44487): streams the client opens and resets
+        // before they are served; past this many, GOAWAY ENHANCE_YOUR_CALM.
+        // CONTINUATION and empty-DATA floods are cut by h2 itself
+        // (tests/it/http2.rs checks all three).
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_frame_size(H2_MAX_FRAME)
+        .max_send_buf_size(H2_MAX_SEND_BUFFER)
+        // RFC 8441: WebSocket over HTTP/2 (extended CONNECT).
+        .enable_connect_protocol();
+
+    tracing::info!(addr = %proxy.local_addr()?, "proxy listening");
+    if let Some(t) = &tls {
+        tracing::info!(addr = %t.local_addr()?, "TLS listening");
+    }
+    if let Some(a) = &admin {
+        tracing::info!(addr = %a.local_addr()?, "admin listening");
+    }
+    // At most `max_connections` at once: at the cap the listener stops
+    // accepting (new connections wait in the kernel's backlog) until one
+    // closes, instead of taking on work it cannot serve.
+    let slots = Arc::new(tokio::sync::Semaphore::new(server_cfg.max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = accept(Some(&proxy), &slots) => {
+                let Some((stream, peer, slot)) = accepted else { continue };
+                let open = OpenConnection::new(shared.metrics.clone(), slot);
+                let conn = Conn { shared: shared.clone(), builder: builder.clone(), watcher: graceful.watcher(), peer };
+                tokio::spawn(conn.serve_plain(stream, open));
+            }
+            accepted = accept(tls.as_ref(), &slots) => {
+                let Some((stream, peer, slot)) = accepted else { continue };
+                let open = OpenConnection::new(shared.metrics.clone(), slot);
+                let conn = Conn { shared: shared.clone(), builder: builder.clone(), watcher: graceful.watcher(), peer };
+                tokio::spawn(conn.serve_tls(stream, open));
+            }
+            accepted = accept_admin(admin.as_ref()) => {
+                let Ok((stream, peer)) = accepted else { continue };
+                serve_admin(shared.clone(), stream, peer, &graceful);
+            }
+            () = &mut shutdown => break,
+        }
+    }
+
+    sweeper.abort();
+    ticker.abort();
+    drop(proxy);
+    drop(tls);
+    drop(admin);
+    tracing::info!(timeout = ?server_cfg.drain_timeout, "draining connections");
+    if tokio::time::timeout(server_cfg.drain_timeout, graceful.shutdown()).await.is_err() {
+        tracing::warn!("drain timeout reached; closing remaining connections");
+    }
+    Ok(())
+}
+
+/// Accept on `listener` (never, without one) once a `max_connections`
+/// slot is free.
+async fn accept(
+    listener: Option<&TcpListener>,
+    slots: &Arc<tokio::sync::Semaphore>,
+) -> Option<(TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
+    let Some(listener) = listener else { return std::future::pending().await };
+    let slot = slots.clone().acquire_owned().await.ok()?;
+    let (stream, peer) = listener.accept().await.ok()?;
+    let _ = stream.set_nodelay(true);
+    Some((stream, peer, slot))
+}
+
+/// One accepted downstream connection, before its protocol is known.
+struct Conn {
+    shared: Arc<Shared>,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    peer: SocketAddr,
+}
+
+impl Conn {
+    /// Cleartext: HTTP/1.1, or HTTP/2 with prior knowledge.
+    async fn serve_plain(self, stream: TcpStream, open: OpenConnection) {
+        let _open = open;
+        let within = self.shared.snapshot.load().server.header_read_timeout;
+        self.serve_http(UntilDetected::new(stream, within), None).await;
+    }
+
+    /// TLS: the handshake with the snapshot's certificates, then HTTP/1.1
+    /// or HTTP/2 (by ALPN, or prior knowledge).
+    async fn serve_tls(self, stream: TcpStream, open: OpenConnection) {
+        let _open = open;
+        let snap = self.shared.snapshot.load_full();
+        let Some(settings) = snap.tls.clone() else {
+            tracing::warn!(peer = %self.peer, "TLS connection refused: [server.tls] is gone from the config");
+            return;
+        };
+        let within = snap.server.header_read_timeout;
+        drop(snap);
+        let metrics = &self.shared.metrics;
+        let acceptor = tokio_rustls::TlsAcceptor::from(settings.config.clone());
+        let stream = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                metrics.tls_handshake("failed", "", "");
+                tracing::debug!(peer = %self.peer, "TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                metrics.tls_handshake("timeout", "", "");
+                tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        let info = crate::tls::connection_tls(stream.get_ref().1);
+        metrics.tls_handshake("ok", info.version, info.alpn.unwrap_or("none"));
+        self.serve_http(UntilDetected::new(stream, within), Some(Arc::new(info))).await;
+    }
+
+    async fn serve_http<I>(self, io: I, tls: Option<Arc<ConnectionTls>>)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn { shared, builder, watcher, peer } = self;
+        // What the sniffer saw of each HTTP/1 head, taken one per request,
+        // in order.
+        let verdicts = crate::listen::sniff::Verdicts::default();
+        let seen = verdicts.clone();
+        let svc = service_fn(move |mut req: hyper::Request<Incoming>| {
+            let snap = shared.snapshot.load_full();
+            if req.version() <= hyper::Version::HTTP_11
+                && let Some(v) = seen.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+            {
+                req.extensions_mut().insert(v);
+            }
+            if let Some(tls) = &tls {
+                req.extensions_mut().insert(tls.clone());
+            }
+            // Boxed: the request's future is ~10 KB, and hyper moves the
+            // service future several times per request (a profile showed
+            // 12% of the gateway's instructions in those copies).
+            let fut = Box::pin(crate::proxy::handle(snap, req, peer));
+            async move { Ok::<_, Infallible>(fut.await) }
+        });
+        let io = TokioIo::new(crate::listen::sniff::Sniffed::new(io, verdicts));
+        let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
+        if let Err(e) = watcher.watch(conn).await {
+            tracing::debug!(%peer, "connection ended: {e}");
+        }
+    }
+}
+
+/// The HTTP/2 connection preface, which tells HTTP/2 from HTTP/1.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A stream whose reads fail once `within` has passed before the client
+/// sent enough to tell HTTP/1 from the HTTP/2 preface. hyper-util's
+/// protocol detection reads those bytes with no timeout of its own, and
+/// hyper's header read timeout starts only after it: without this, a
+/// connection that sends nothing (or part of the preface) would hold its
+/// slot, and a `max_connections` slot, forever. Once the protocol is known,
+/// hyper's own timers apply. Used on both listeners (after the handshake on
+/// the TLS one).
+struct UntilDetected<S> {
+    inner: S,
+    /// Preface bytes matched so far.
+    matched: usize,
+    /// Cleared once the protocol is known.
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> UntilDetected<S> {
+    fn new(inner: S, within: Duration) -> Self {
+        Self { inner, matched: 0, deadline: Some(Box::pin(tokio::time::sleep(within))) }
+    }
+
+    /// Follow the preface through `new` bytes; clear the deadline once they
+    /// leave it or complete it.
+    fn saw(&mut self, new: &[u8]) {
+        for &b in new {
+            if self.matched < H2_PREFACE.len() && b == H2_PREFACE[self.matched] {
+                self.matched += 1;
+            } else {
+                self.matched = H2_PREFACE.len();
+            }
+            if self.matched == H2_PREFACE.len() {
+                self.deadline = None;
+                return;
+            }
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for UntilDetected<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if self.deadline.is_some() {
+                    self.saw(&buf.filled()[before..]);
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let expired = self.deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                if expired {
+                    Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no request within the header read timeout",
+                    )))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for UntilDetected<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Counts a downstream connection as open, and holds its slot under
+/// `max_connections`, for as long as it lives.
+struct OpenConnection {
+    metrics: Arc<crate::observe::metrics::Metrics>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl OpenConnection {
+    fn new(metrics: Arc<crate::observe::metrics::Metrics>, slot: tokio::sync::OwnedSemaphorePermit) -> Self {
+        metrics.connection(true);
+        Self { metrics, _slot: slot }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.metrics.connection(false);
+    }
+}
+
+async fn accept_admin(admin: Option<&TcpListener>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match admin {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn serve_admin(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: SocketAddr, graceful: &GracefulShutdown) {
+    let svc = service_fn(move |req: hyper::Request<Incoming>| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(crate::admin::handle(&shared, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(TokioIo::new(stream), svc);
+    let conn = graceful.watch(conn);
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%peer, "admin connection ended: {e}");
+        }
+    });
+}

@@ -1,0 +1,255 @@
+//! The plugin chain runner: one loop for all four phases. Each plugin that
+//! asked for a phase is called on the lent heads (and, in a body phase, on
+//! the buffered body it may replace), in chain order for the request
+//! phases and in reverse for the response phases. A plugin that answers
+//! ends the phase with its response; a plugin that fails follows its
+//! `failure` policy.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use weir_config::FailurePolicy;
+use weir_plugin_host::heads::from_plugin;
+use weir_plugin_host::{Action, BodyAction, Heads, LoadedPlugin, Phases, PluginFailure, Reply, RequestSlot};
+
+use super::grpc;
+use crate::body::{self, ProxyBody};
+use crate::error::ProxyError;
+use crate::observe::trace::{RequestTrace, Span, SpanKind, Value, new_span_id, now_ns};
+
+/// A plugin phase, in the order a request meets them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// `on-request`, on the request head (editable).
+    Request,
+    /// `on-request-body`, on the whole request body; the head is settled.
+    RequestBody,
+    /// `on-response`, on the response head (editable; the request read-only).
+    Response,
+    /// `on-response-body`, on the whole response body.
+    ResponseBody,
+}
+
+impl Phase {
+    fn wanted(self) -> Phases {
+        match self {
+            Phase::Request => Phases::REQUEST_HEADERS,
+            Phase::RequestBody => Phases::REQUEST_BODY,
+            Phase::Response => Phases::RESPONSE_HEADERS,
+            Phase::ResponseBody => Phases::RESPONSE_BODY,
+        }
+    }
+
+    /// The phase's name in spans and logs.
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Request => "request",
+            Phase::RequestBody => "request_body",
+            Phase::Response => "response",
+            Phase::ResponseBody => "response_body",
+        }
+    }
+
+    /// Response phases run the chain from its end, so the plugin nearest
+    /// the client sees the answer last.
+    fn reversed(self) -> bool {
+        matches!(self, Phase::Response | Phase::ResponseBody)
+    }
+}
+
+/// A route's chain as one request runs it.
+pub(super) struct Chain<'a> {
+    plugins: &'a [Arc<LoadedPlugin>],
+    /// Per chain position: request-local values, and the instance of an
+    /// `isolation = "request"` plugin.
+    held: Vec<RequestSlot>,
+    /// The request's trace: each plugin call is a span of it.
+    pub(super) trace: &'a mut RequestTrace,
+    /// Each plugin call's outcome, for the access log (when it is on).
+    pub(super) outcomes: Option<String>,
+    /// A gRPC call: a plugin's own answer becomes a gRPC error.
+    grpc: bool,
+    /// Largest body a plugin may return (`server.max_buffered_body`).
+    max_body: u64,
+}
+
+impl<'a> Chain<'a> {
+    /// The chain `plugins` for one request; `outcomes` are kept when
+    /// `log_outcomes`.
+    pub(super) fn new(
+        plugins: &'a [Arc<LoadedPlugin>],
+        trace: &'a mut RequestTrace,
+        log_outcomes: bool,
+        grpc: bool,
+        max_body: u64,
+    ) -> Self {
+        let held = plugins.iter().map(|_| RequestSlot::default()).collect();
+        Self { plugins, held, trace, outcomes: log_outcomes.then(String::new), grpc, max_body }
+    }
+
+    /// Run `phase` over the chain. `body` is the buffered body of a body
+    /// phase. `Ok(Some(response))` when a plugin answered the client.
+    pub(super) async fn run(
+        &mut self,
+        phase: Phase,
+        heads: &mut Option<Heads>,
+        mut body: Option<&mut Bytes>,
+    ) -> Result<Option<Response<ProxyBody>>, ProxyError> {
+        let chain = self.plugins;
+        let max = self.max_body;
+        for k in 0..chain.len() {
+            let i = if phase.reversed() { chain.len() - 1 - k } else { k };
+            let plugin = &chain[i];
+            if !plugin.phases().contains(phase.wanted()) {
+                continue;
+            }
+            let t0 = now_ns();
+            let slot = &mut self.held[i];
+            let reply = match phase {
+                Phase::Request | Phase::Response => {
+                    let result = if phase == Phase::Request {
+                        plugin.on_request(heads, slot).await
+                    } else {
+                        plugin.on_response(heads, slot).await
+                    };
+                    match self.guard(plugin, phase, t0, result)? {
+                        Some(Action::Respond(r)) => Some(r),
+                        Some(Action::Continue) | None => None,
+                    }
+                }
+                Phase::RequestBody | Phase::ResponseBody => {
+                    let Some(bytes) = body.as_deref_mut() else {
+                        return Err(ProxyError::Internal("body phase without a body"));
+                    };
+                    let result = if phase == Phase::RequestBody {
+                        plugin.on_request_body(heads, bytes, slot).await
+                    } else {
+                        plugin.on_response_body(heads, bytes, slot).await
+                    };
+                    match self.guard(plugin, phase, t0, result)? {
+                        Some(BodyAction::Respond(r)) => Some(r),
+                        Some(BodyAction::Continue(Some(new))) => {
+                            if let Some(new) = guard(plugin, check_body(new, max))? {
+                                *bytes = new.into();
+                            }
+                            None
+                        }
+                        Some(BodyAction::Continue(None)) | None => None,
+                    }
+                }
+            };
+            if let Some(r) = reply
+                && let Some(resp) = guard(plugin, plugin_reply(r, max, self.grpc))?
+            {
+                return Ok(Some(resp));
+            }
+        }
+        Ok(None)
+    }
+
+    /// [`guard`], noting the outcome for the access log and, when the trace
+    /// is recorded, as a span of the `phase` call that started at `t0`.
+    fn guard<T: Responds>(
+        &mut self,
+        plugin: &LoadedPlugin,
+        phase: Phase,
+        t0: u64,
+        result: Result<T, PluginFailure>,
+    ) -> Result<Option<T>, ProxyError> {
+        let what = match &result {
+            Ok(a) if a.responded() => "respond",
+            Ok(_) => "ok",
+            Err(_) if plugin.spec().failure == FailurePolicy::Open => "skipped",
+            Err(_) => "failed",
+        };
+        self.trace.child(|parent| Span {
+            span_id: new_span_id(),
+            parent_id: Some(parent.to_owned()),
+            name: format!("plugin {} {}", plugin.name(), phase.name()),
+            kind: SpanKind::Internal,
+            start_ns: t0,
+            end_ns: now_ns(),
+            attributes: vec![
+                ("weir.plugin", Value::Str(plugin.name().to_string())),
+                ("weir.plugin.module", Value::Str(plugin.spec().module.clone())),
+                ("weir.phase", Value::Str(phase.name().to_owned())),
+                ("weir.outcome", Value::Str(what.to_owned())),
+            ],
+            error: result.as_ref().err().map(|e| e.to_string()),
+        });
+        if let Some(out) = &mut self.outcomes {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(plugin.name());
+            out.push(':');
+            out.push_str(what);
+        }
+        guard(plugin, result)
+    }
+}
+
+/// Whether a phase's decision answered the client.
+trait Responds {
+    fn responded(&self) -> bool;
+}
+
+impl Responds for Action {
+    fn responded(&self) -> bool {
+        matches!(self, Action::Respond(_))
+    }
+}
+
+impl Responds for BodyAction {
+    fn responded(&self) -> bool {
+        matches!(self, BodyAction::Respond(_))
+    }
+}
+
+/// Apply a plugin's failure policy: `Ok(None)` means "skip this plugin".
+/// Invalid output counts as a failure of the plugin, like a trap.
+fn guard<T>(plugin: &LoadedPlugin, result: Result<T, PluginFailure>) -> Result<Option<T>, ProxyError> {
+    if let Err(PluginFailure::InvalidOutput(_)) = &result {
+        plugin.count_invalid();
+    }
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(failure) if plugin.spec().failure == FailurePolicy::Open => {
+            tracing::warn!(plugin = %plugin.name(), %failure, "plugin failed; skipped (failure = \"open\")");
+            Ok(None)
+        }
+        Err(failure) => Err(ProxyError::Plugin { plugin: plugin.name().clone(), failure }),
+    }
+}
+
+fn invalid(msg: String) -> PluginFailure {
+    PluginFailure::InvalidOutput(msg)
+}
+
+/// A status a plugin may answer with: a final one (200-999).
+fn final_status(s: u16) -> Result<StatusCode, PluginFailure> {
+    StatusCode::from_u16(s).ok().filter(|s| s.as_u16() >= 200).ok_or_else(|| invalid(format!("invalid status {s}")))
+}
+
+/// A body a plugin returned, within the buffer limit.
+fn check_body(body: Vec<u8>, max: u64) -> Result<Vec<u8>, PluginFailure> {
+    if body.len() as u64 > max {
+        return Err(invalid(format!("body of {} bytes exceeds {max}", body.len())));
+    }
+    Ok(body)
+}
+
+/// A plugin's own response, validated; on a gRPC call, as a gRPC error.
+fn plugin_reply(r: Reply, max_body: u64, grpc: bool) -> Result<Response<ProxyBody>, PluginFailure> {
+    let status = final_status(r.status)?;
+    let body = check_body(r.body, max_body)?;
+    let headers = from_plugin(r.headers).map_err(|e| invalid(e.to_string()))?;
+    if grpc {
+        return Ok(grpc::from_reply(status, &headers, &body));
+    }
+    let mut resp = Response::new(body::full(body));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    Ok(resp)
+}

@@ -1,0 +1,220 @@
+//! One request's trip through its route, after the checks: the request
+//! phases, the body (buffered for a body phase, streamed otherwise), the
+//! dispatch to the upstream, its cache or the aggregate's parts, and the
+//! response phases.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Method, Response, StatusCode, Version};
+use weir_config::UpstreamProtocol;
+use weir_plugin_host::{Heads, LentRequest, LentResponse, Phases, RequestInfo};
+
+use super::chain::{Chain, Phase};
+use super::request_body::{buffer_request, prebuffer};
+use super::{grpc, tunnel};
+use crate::body::{self, ProxyBody};
+use crate::error::ProxyError;
+use crate::headers;
+use crate::observe::trace::{Span, SpanKind, Value, new_span_id, now_ns};
+use crate::snapshot::{Backend, Route, Snapshot};
+use crate::upstream::{Answered, Outgoing, Upstream};
+
+/// One request's trip through a route.
+pub(super) struct Exchange<'a> {
+    pub(super) snap: &'a Snapshot,
+    pub(super) route: &'a Route,
+    /// Client, authority, route, request id, path parameters.
+    pub(super) info: Arc<RequestInfo>,
+    /// The route's plugins as this request runs them; its trace also takes
+    /// the upstream's span.
+    pub(super) chain: Chain<'a>,
+    /// A gRPC call: its own replies are gRPC errors, `grpc-timeout` is the
+    /// upstream deadline, and its body streams (no pre-buffering).
+    pub(super) grpc: bool,
+    /// A WebSocket handshake, and how the client made it.
+    pub(super) upgrade: Option<tunnel::Handshake>,
+}
+
+impl Exchange<'_> {
+    /// The request phases, the body, the dispatch, the response phases.
+    pub(super) async fn run<B>(&mut self, parts: Parts, body: B) -> Result<Response<ProxyBody>, ProxyError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<body::BoxError>,
+    {
+        let route = self.route;
+        let max = self.snap.server.max_buffered_body;
+        // The heads are lent to each plugin in turn and always come back.
+        let mut heads = Some(Heads { request: LentRequest::new(parts, self.info.clone()), response: None });
+        if let Some(resp) = self.chain.run(Phase::Request, &mut heads, None).await? {
+            return Ok(resp);
+        }
+        let Some(Heads { request: mut lent, .. }) = heads.take() else { return Err(lost()) };
+
+        // The request body: buffered for the body phase, or streamed.
+        let upstream_body = if route.buffer_request {
+            let mut bytes = buffer_request(&lent.parts, body, max).await?;
+            lent.freeze();
+            let mut heads = Some(Heads { request: lent, response: None });
+            if let Some(resp) = self.chain.run(Phase::RequestBody, &mut heads, Some(&mut bytes)).await? {
+                return Ok(resp);
+            }
+            let Some(Heads { request, .. }) = heads.take() else { return Err(lost()) };
+            lent = request;
+            lent.parts.headers.remove(header::TRANSFER_ENCODING);
+            lent.parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            Outgoing::Replayable(bytes)
+        } else if self.grpc {
+            // A streaming call's messages go on as they come: a client that
+            // waits for an answer before sending more must not wait on us.
+            Outgoing::Stream(body::boxed(body))
+        } else {
+            prebuffer(&mut lent.parts.headers, body, self.snap.limits.request_buffer).await?
+        };
+
+        // The response phases see the request as the chain left it: keep a
+        // read-only copy before the head moves upstream.
+        let wants_response = route.chain.iter().any(|p| p.phases().contains(Phases::RESPONSE_HEADERS));
+        let sent = (wants_response || route.buffer_response).then(|| lent.snapshot());
+        let is_head = lent.parts.method == Method::HEAD;
+        let resp = self.dispatch(lent.parts, upstream_body).await?;
+        self.respond(sent, resp, is_head).await
+    }
+
+    /// Send the request where the route sends it: its upstream (through its
+    /// cache, when it has one) or the aggregate's parts.
+    async fn dispatch(&mut self, mut parts: Parts, body: Outgoing) -> Result<Response<ProxyBody>, ProxyError> {
+        let route = self.route;
+        headers::add_forwarding(&mut parts.headers, self.info.client.ip(), &self.info.authority, self.info.scheme());
+        // The upstream try is a client span: its id is the parent the
+        // upstream sees in `traceparent`.
+        let try_span = new_span_id();
+        self.chain.trace.propagate(&mut parts.headers, &try_span);
+        if let Some(upgrade) = &self.upgrade {
+            let refused = || ProxyError::UpgradeRefused { route: route.name.clone() };
+            match (&route.backend, route.websocket) {
+                (Backend::Upstream(u), Some(_)) if u.protocol != UpstreamProtocol::H2 => {
+                    tunnel::prepare_request(&mut parts.headers, upgrade);
+                }
+                _ => return Err(refused()),
+            }
+        }
+        let upstream = match &route.backend {
+            Backend::Upstream(upstream) => upstream,
+            Backend::Aggregate(agg) => return agg.fetch(&parts, &self.info, self.chain.trace).await,
+        };
+        let t0 = now_ns();
+        let client_ip = self.info.client.ip();
+        let deadline = if self.grpc { grpc::timeout(&parts.headers) } else { None };
+        let result = match route.cache.as_ref().and_then(|c| Some((c, c.plan(&parts, &self.info.authority)?))) {
+            Some((cache, plan)) => {
+                let fetch = upstream.forward(parts, body, &self.info.authority, client_ip, deadline);
+                // Boxed: the cache's future is ~7 KB, and inline it would
+                // make every request's future (and each copy of it) larger.
+                Box::pin(cache.serve(plan, upstream.timeout, fetch)).await
+            }
+            None => upstream.forward(parts, body, &self.info.authority, client_ip, deadline).await,
+        };
+        self.chain.trace.child(|parent| upstream_span(upstream, &result, try_span, parent, t0));
+        result
+    }
+
+    /// The response phases, on the upstream's (or the aggregate's) answer.
+    async fn respond(
+        &mut self,
+        sent: Option<LentRequest>,
+        resp: Response<ProxyBody>,
+        is_head: bool,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let route = self.route;
+        let max = self.snap.server.max_buffered_body;
+        let (mut rparts, rbody) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut rparts.headers);
+        rparts.version = Version::HTTP_11;
+        let Some(sent) = sent else {
+            return Ok(Response::from_parts(rparts, rbody));
+        };
+        let mut heads = Some(Heads { request: sent, response: Some(LentResponse::new(rparts)) });
+        if let Some(resp) = self.chain.run(Phase::Response, &mut heads, None).await? {
+            return Ok(resp);
+        }
+
+        // Responses without a body (HEAD, 204, 304) skip the body phases:
+        // there is nothing to buffer and their Content-Length must stay.
+        let status = heads.as_ref().and_then(|h| h.response.as_ref()).map(|r| r.parts.status);
+        let bodyless = is_head
+            || matches!(
+                status,
+                Some(StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED | StatusCode::SWITCHING_PROTOCOLS)
+            );
+        if !route.buffer_response || bodyless {
+            let rparts = take_response(&mut heads)?;
+            return Ok(Response::from_parts(rparts, rbody));
+        }
+        let mut bytes = match body::collect(rbody, max as usize).await {
+            Ok(bytes) => bytes,
+            Err(body::CollectError::TooLarge) => return Err(ProxyError::ResponseBodyTooLarge(max)),
+            Err(body::CollectError::Failed(e)) => {
+                return Err(ProxyError::Upstream { upstream: route.upstream_name.clone(), detail: e.to_string() });
+            }
+        };
+        if let Some(r) = heads.as_mut().and_then(|h| h.response.as_mut()) {
+            r.freeze();
+        }
+        if let Some(resp) = self.chain.run(Phase::ResponseBody, &mut heads, Some(&mut bytes)).await? {
+            return Ok(resp);
+        }
+        let mut rparts = take_response(&mut heads)?;
+        rparts.headers.remove(header::TRANSFER_ENCODING);
+        rparts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        Ok(Response::from_parts(rparts, body::full(bytes)))
+    }
+}
+
+/// The span of one upstream exchange (the tries inside are the upstream's).
+fn upstream_span(
+    upstream: &Upstream,
+    result: &Result<Response<ProxyBody>, ProxyError>,
+    span_id: String,
+    parent: &str,
+    t0: u64,
+) -> Span {
+    let mut attributes = vec![("weir.upstream", Value::Str(upstream.name.to_string()))];
+    let mut error = None;
+    match result {
+        Ok(resp) => {
+            attributes.push(("http.response.status_code", Value::Int(i64::from(resp.status().as_u16()))));
+            if let Some(a) = resp.extensions().get::<Answered>() {
+                attributes.push(("server.address", Value::Str(a.target.to_string())));
+            }
+            if resp.status().is_server_error() {
+                error = Some(format!("answered {}", resp.status().as_u16()));
+            }
+        }
+        Err(e) => error = Some(e.to_string()),
+    }
+    Span {
+        span_id,
+        parent_id: Some(parent.to_owned()),
+        name: format!("upstream {}", upstream.name),
+        kind: SpanKind::Client,
+        start_ns: t0,
+        end_ns: now_ns(),
+        attributes,
+        error,
+    }
+}
+
+/// The response head back from the plugins.
+fn take_response(heads: &mut Option<Heads>) -> Result<http::response::Parts, ProxyError> {
+    heads.take().and_then(|h| h.response).map(|r| r.parts).ok_or_else(lost)
+}
+
+/// The heads always come back from a phase call; this is the error for the
+/// impossible case, rather than a panic on the request path.
+pub(super) fn lost() -> ProxyError {
+    ProxyError::Internal("request head lost in a plugin call")
+}

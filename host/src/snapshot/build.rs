@@ -1,0 +1,383 @@
+//! Building a snapshot: read and parse the config, build every part,
+//! collect every error, and publish nothing unless all of it is good.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use crate::aggregate;
+use crate::cache::RouteCache;
+use crate::observe::access_log::AccessLogWriter;
+use crate::observe::events::{Events, SnapshotEvents, Webhook};
+use crate::observe::metrics::Metrics;
+use crate::observe::trace::Tracer;
+use crate::router::{RouteMatcher, Router};
+use crate::tls::ListenerTls;
+use crate::upstream::Upstream;
+use crate::upstream::discovery::Upstreams;
+use weir_config::{AccessLogConfig, GatewayConfig, LoadError, LoadErrors, RouteConfig, RouteKind, Source};
+use weir_plugin_host::state::StateStore;
+use weir_plugin_host::{Phases, PluginRuntime, PluginSpec, sha256_hex};
+
+use super::{Backend, Route, Snapshot};
+
+/// What snapshot building needs from the gateway; lives as long as it.
+pub(crate) struct Loader {
+    /// The plugin runtime: engine, linker, compiled modules, state store.
+    pub(crate) plugins: PluginRuntime,
+    pub(crate) events: Arc<Events>,
+    pub(crate) metrics: Arc<Metrics>,
+    access_log: AccessLogWriter,
+    upstreams: Upstreams,
+    /// Route caches by route name, kept across reloads while their
+    /// settings stay the same.
+    caches: Mutex<HashMap<String, Arc<RouteCache>>>,
+    max_idle: usize,
+}
+
+impl Loader {
+    /// A loader whose snapshots load their plugins on `plugins`.
+    pub(crate) fn new(plugins: PluginRuntime, events: Arc<Events>, metrics: Arc<Metrics>, max_idle: usize) -> Self {
+        Self {
+            plugins,
+            events,
+            access_log: AccessLogWriter::new(metrics.clone()),
+            metrics,
+            upstreams: Upstreams::default(),
+            caches: Mutex::default(),
+            max_idle,
+        }
+    }
+
+    /// Build a complete snapshot from the config file at `path`, or report
+    /// every problem found.
+    pub(crate) async fn build(&self, path: &Path, generation: u64) -> Result<Snapshot, LoadErrors> {
+        let source = Source::read(path)?;
+        let config = source.parse()?;
+        self.build_from(&source, config, generation).await
+    }
+
+    async fn build_from(&self, src: &Source, cfg: GatewayConfig, generation: u64) -> Result<Snapshot, LoadErrors> {
+        let mut errors = Vec::new();
+        let plugins_dir = src.base_dir().join(&cfg.server.plugins_dir);
+
+        let webhook = Webhook::from_config(&cfg.events).unwrap_or_else(|e| {
+            let span = cfg.events.webhook.as_ref().map_or(0..0, |w| w.span());
+            errors.push(src.error(span, format!("[events]: {e}")));
+            None
+        });
+        let tracer = match &cfg.tracing {
+            None => None,
+            Some(t) => Tracer::from_config(t.get_ref(), self.metrics.clone()).unwrap_or_else(|e| {
+                errors.push(src.error(t.span(), format!("[tracing]: {e}")));
+                None
+            }),
+        };
+        // No `[access_log]` section: no access log.
+        let log_cfg = match &cfg.access_log {
+            Some(l) => l.get_ref().clone(),
+            None => AccessLogConfig { enabled: false, ..AccessLogConfig::default() },
+        };
+        let access_log = match self.access_log.for_snapshot(&log_cfg, &src.base_dir()) {
+            Ok(log) => log_cfg.enabled.then_some(log),
+            Err(e) => {
+                let span = cfg.access_log.as_ref().map_or(0..0, |l| l.span());
+                errors.push(src.error(span, format!("[access_log]: {e}")));
+                None
+            }
+        };
+        // `[state]` applies at start only, but a file that could not start
+        // must not be accepted by a reload either.
+        if let Some(state) = &cfg.state
+            && let Err(e) = StateStore::check_config(state.get_ref())
+        {
+            errors.push(src.error(state.span(), format!("[state]: {e}")));
+        }
+
+        // The TLS listener: certificates are read on every load, so a
+        // renewed one is served from the next snapshot and a broken one
+        // keeps the last good snapshot serving.
+        let tls = match &cfg.server.tls {
+            None => None,
+            Some(t) => match ListenerTls::build(t.get_ref(), &src.base_dir()) {
+                Ok(tls) => Some(Arc::new(tls)),
+                Err(e) => {
+                    errors.push(src.error(t.span(), format!("[server.tls]: {e}")));
+                    None
+                }
+            },
+        };
+
+        let mut tls_files = tls.as_ref().map(|t| t.files.clone()).unwrap_or_default();
+        for up in cfg.upstreams.values() {
+            if let Some(t) = up.get_ref().tls.as_ref().and_then(|t| t.get_ref().settings()) {
+                tls_files.extend([t.ca, t.cert, t.key].into_iter().flatten().map(|f| src.base_dir().join(f)));
+            }
+        }
+
+        // Upstreams.
+        let mut upstreams = BTreeMap::new();
+        for (name, up) in &cfg.upstreams {
+            match self.upstreams.build(name, up, src, &self.metrics).await {
+                Ok(u) => {
+                    upstreams.insert(name.clone(), u);
+                }
+                Err(e) => errors.extend(e),
+            }
+        }
+
+        // Plugins: validate, compile each distinct module once, instantiate.
+        let mut plugins = BTreeMap::new();
+        let mut used_modules = HashSet::new();
+        for (name, p) in &cfg.plugins {
+            let span = p.span();
+            let p = p.get_ref();
+            if !weir_config::valid_name(name) {
+                errors.push(src.error(span.clone(), format!("plugin name `{name}` must be 1 to 64 of [A-Za-z0-9_-]")));
+                continue;
+            }
+            let module = p.module.get_ref();
+            if module.contains(['/', '\\']) || module.starts_with('.') || module.is_empty() {
+                errors.push(src.error(
+                    p.module.span(),
+                    format!("plugin `{name}`: module {module:?} must be a file name in plugins_dir"),
+                ));
+                continue;
+            }
+            if p.limits.memory > self.plugins.max_memory() {
+                errors.push(src.error(
+                    span.clone(),
+                    format!(
+                        "plugin `{name}`: limits.memory {} exceeds [runtime] max_memory {}",
+                        p.limits.memory,
+                        self.plugins.max_memory()
+                    ),
+                ));
+                continue;
+            }
+            if p.limits.deadline.is_zero() {
+                errors.push(src.error(span.clone(), format!("plugin `{name}`: limits.deadline must be above zero")));
+                continue;
+            }
+            let file = plugins_dir.join(module);
+            let bytes = match std::fs::read(&file) {
+                Ok(b) => b,
+                Err(e) => {
+                    errors.push(
+                        src.error(p.module.span(), format!("plugin `{name}`: cannot read {}: {e}", file.display())),
+                    );
+                    continue;
+                }
+            };
+            let sha256 = sha256_hex(&bytes);
+            if let Some(pin) = &p.sha256
+                && !pin.get_ref().eq_ignore_ascii_case(&sha256)
+            {
+                errors.push(src.error(
+                    pin.span(),
+                    format!(
+                        "plugin `{name}`: {} has sha256 {sha256}, but the config pins {}",
+                        file.display(),
+                        pin.get_ref()
+                    ),
+                ));
+                continue;
+            }
+            let module_code = match self.plugins.compile(&sha256, bytes).await {
+                Ok(c) => c,
+                Err(e) => {
+                    errors.push(src.error(
+                        p.module.span(),
+                        format!("plugin `{name}`: {} is not a valid plugin component: {e}", file.display()),
+                    ));
+                    continue;
+                }
+            };
+            used_modules.insert(sha256.clone());
+            let config_json = match &p.config {
+                Some(c) => serde_json::to_string(c.get_ref()).unwrap_or_else(|_| "{}".into()),
+                None => "{}".into(),
+            };
+            let spec = PluginSpec {
+                name: name.as_str().into(),
+                module: module.clone(),
+                sha256,
+                config_json,
+                failure: p.failure,
+                limits: p.limits,
+                isolation: p.isolation,
+                max_idle: self.max_idle,
+                crash_loop: p.crash_loop,
+            };
+            let events = Arc::new(SnapshotEvents::new(self.events.clone(), webhook.clone()));
+            let live = self.metrics.live().plugin(name);
+            match self.plugins.load(spec, &module_code, events, live).await {
+                Ok(loaded) => {
+                    plugins.insert(name.clone(), Arc::new(loaded));
+                }
+                Err(e) => {
+                    let at = p.config.as_ref().map_or(span.clone(), |c| c.span());
+                    errors.push(src.error(at, format!("plugin `{name}` ({module}): {e}")));
+                }
+            }
+        }
+
+        // Routes.
+        let mut routes = Vec::new();
+        let mut matchers = Vec::new();
+        let mut names = HashSet::new();
+        let max_body = usize::try_from(cfg.server.max_buffered_body).unwrap_or(usize::MAX);
+        for r in &cfg.routes {
+            let span = r.span();
+            let r = r.get_ref();
+            if !names.insert(r.name.clone()) {
+                errors.push(src.error(span.clone(), format!("route name `{}` is used twice", r.name)));
+            }
+            let matcher = RouteMatcher::new(
+                r.host.as_deref(),
+                r.path.as_ref().map(|p| p.get_ref().as_str()),
+                r.path_prefix.as_ref().map(|p| p.get_ref().as_str()),
+                r.methods.as_ref().map(|m| m.get_ref().as_slice()),
+            );
+            let matcher = match matcher {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    errors.push(src.error(span.clone(), format!("route `{}`: {e}", r.name)));
+                    None
+                }
+            };
+            let params = matcher.as_ref().map(|m| m.param_names()).unwrap_or_default();
+            let backend = self.backend(src, &cfg, r, &upstreams, &params, span.clone(), max_body, &mut errors);
+            let mut chain = Vec::new();
+            for c in &r.chain {
+                match plugins.get(c.get_ref()) {
+                    Some(p) => chain.push(Arc::clone(p)),
+                    None if !cfg.plugins.contains_key(c.get_ref()) => {
+                        errors
+                            .push(src.error(c.span(), format!("route `{}`: unknown plugin `{}`", r.name, c.get_ref())));
+                    }
+                    None => {} // the plugin's own error is reported above
+                }
+            }
+            let cache = r.cache.as_ref().map(|c| self.cache(&r.name, c.get_ref()));
+            if let (Some(m), Some((backend, upstream_name))) = (matcher, backend) {
+                matchers.push(m);
+                routes.push(Route {
+                    name: r.name.as_str().into(),
+                    backend,
+                    upstream_name,
+                    buffer_request: chain.iter().any(|p| p.phases().contains(Phases::REQUEST_BODY)),
+                    buffer_response: chain.iter().any(|p| p.phases().contains(Phases::RESPONSE_BODY)),
+                    chain,
+                    metrics: self.metrics.route(&r.name),
+                    matches: serde_json::json!({
+                        "host": r.host,
+                        "path": r.path.as_ref().map(|p| p.get_ref()),
+                        "path_prefix": r.path_prefix.as_ref().map(|p| p.get_ref()),
+                        "methods": r.methods.as_ref().map(|m| m.get_ref()),
+                    }),
+                    cache,
+                    websocket: r.websocket.then_some(r.websocket_idle_timeout),
+                });
+            }
+        }
+
+        if !errors.is_empty() {
+            return Err(LoadErrors(errors));
+        }
+        self.plugins.retain_modules(&used_modules);
+        Ok(Snapshot {
+            generation,
+            loaded_at: SystemTime::now(),
+            server: cfg.server,
+            plugins_dir,
+            routes,
+            router: Router::new(matchers),
+            upstreams,
+            plugins,
+            unrouted: self.metrics.unrouted(),
+            state: cfg.state.map(|s| s.into_inner()).unwrap_or_default(),
+            webhook,
+            access_log,
+            tracer,
+            limits: cfg.limits,
+            tls,
+            tls_files,
+        })
+    }
+
+    /// A route's backend: its upstream, or its aggregate's parts; `None`
+    /// with the problems pushed to `errors`.
+    #[allow(clippy::too_many_arguments)]
+    fn backend(
+        &self,
+        src: &Source,
+        cfg: &GatewayConfig,
+        r: &RouteConfig,
+        upstreams: &BTreeMap<String, Arc<Upstream>>,
+        params: &[&str],
+        span: std::ops::Range<usize>,
+        max_body: usize,
+        errors: &mut Vec<LoadError>,
+    ) -> Option<(Backend, Arc<str>)> {
+        let before = errors.len();
+        // An upstream by name: `None` if unknown (reported) or if it failed
+        // to build (reported with the upstream).
+        let lookup = |name: &toml::Spanned<String>, errors: &mut Vec<LoadError>| {
+            let found = upstreams.get(name.get_ref()).cloned();
+            if found.is_none() && !cfg.upstreams.contains_key(name.get_ref()) {
+                errors
+                    .push(src.error(name.span(), format!("route `{}`: unknown upstream `{}`", r.name, name.get_ref())));
+            }
+            found
+        };
+        match r.kind {
+            RouteKind::Proxy => {
+                let unused = [
+                    (!r.parts.is_empty(), "parts"),
+                    (r.merge.is_some(), "merge"),
+                    (r.template.is_some(), "template"),
+                    (!r.forward_headers.is_empty(), "forward_headers"),
+                ];
+                for (_, key) in unused.iter().filter(|(set, _)| *set) {
+                    errors.push(src.error(
+                        span.clone(),
+                        format!("route `{}`: `{key}` is for `kind = \"aggregate\"` routes", r.name),
+                    ));
+                }
+                let Some(name) = &r.upstream else {
+                    errors.push(src.error(span, format!("route `{}`: `upstream` is required", r.name)));
+                    return None;
+                };
+                let upstream = lookup(name, errors)?;
+                let upstream_name = upstream.name.clone();
+                (errors.len() == before).then_some((Backend::Upstream(upstream), upstream_name))
+            }
+            RouteKind::Aggregate => {
+                let cache = |name: &str, c: &weir_config::CacheConfig| self.cache(name, c);
+                let agg = aggregate::build::from_config(src, r, params, span, max_body, lookup, cache, errors)?;
+                let upstream_name = agg.upstream_names().into();
+                Some((Backend::Aggregate(Arc::new(agg)), upstream_name))
+            }
+        }
+    }
+
+    /// The cache of route `name`: the one it had if its settings are the same.
+    fn cache(&self, name: &str, config: &weir_config::CacheConfig) -> Arc<RouteCache> {
+        let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+        match caches.get(name) {
+            Some(c) if c.config == *config => c.clone(),
+            _ => {
+                let c = Arc::new(RouteCache::new(config.clone(), self.metrics.cache(name)));
+                caches.insert(name.to_owned(), c.clone());
+                c
+            }
+        }
+    }
+}
+
+/// Errors for a whole file that failed before any item could be checked.
+pub(crate) fn file_error(path: &Path, message: impl Into<String>) -> LoadErrors {
+    LoadErrors(vec![LoadError { file: path.to_owned(), line: None, message: message.into() }])
+}

@@ -1,0 +1,322 @@
+//! The request and response heads lent to a plugin for one phase call, and
+//! the host side of the `request` and `response` resources.
+//!
+//! A plugin reads and edits a head through resource methods, so only what it
+//! touches crosses into the sandbox. The head is *moved* into the instance's
+//! store for the call and moved back after it (no copy). Edits go to a
+//! copy-on-write version made at the first edit: when the phase continues
+//! they replace the head all at once ([`Heads::commit`]); when it traps,
+//! times out or responds they are dropped ([`Heads::discard`]), so a failed
+//! phase never leaves half of its edits behind. Every edit is checked when
+//! it is made and refused with an `edit-error` the plugin can handle.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri};
+use wasmtime::component::Resource;
+
+use crate::bindings::types::{EditError, Header};
+use crate::bindings::{RequestRes, ResponseRes};
+
+mod rules;
+pub use rules::{
+    HOP_BY_HOP, HeaderListError, MAX_PLUGIN_HEADER_BYTES, MAX_PLUGIN_HEADERS, from_plugin, is_gateway_owned, to_wit,
+    with_plugin_headers,
+};
+
+/// Largest header value a plugin may set.
+pub const MAX_PLUGIN_VALUE: usize = MAX_PLUGIN_HEADER_BYTES;
+
+/// What a TLS handshake established, for the request path, plugins and
+/// the upstream.
+#[derive(Debug, Clone)]
+pub struct ConnectionTls {
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: &'static str,
+    /// The protocol agreed by ALPN, if any.
+    pub alpn: Option<&'static str>,
+    /// The name the client asked for (SNI).
+    pub server_name: Option<String>,
+    /// The verified client certificate's subject (RFC 4514 style, e.g.
+    /// `CN=client-1, O=Acme`), when the client presented one.
+    pub client_subject: Option<String>,
+    /// SHA-256 of the client certificate (hex), when presented.
+    pub client_cert_sha256: Option<String>,
+}
+
+/// What the gateway knows about a request beyond its head, shared by all of
+/// its phase calls.
+#[derive(Debug)]
+pub struct RequestInfo {
+    /// The client's socket address.
+    pub client: SocketAddr,
+    /// The authority the client asked for.
+    pub authority: String,
+    /// The matched route's name.
+    pub route: Arc<str>,
+    /// The request id.
+    pub request_id: String,
+    /// Path parameters captured by the route.
+    pub params: Vec<(String, String)>,
+    /// What the TLS handshake established, on the TLS listener.
+    pub tls: Option<Arc<ConnectionTls>>,
+}
+
+impl RequestInfo {
+    /// `https` on the TLS listener, `http` otherwise.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+}
+
+/// The request head while it is lent (or ready to be lent) to plugins.
+pub struct LentRequest {
+    /// The head as the chain left it so far.
+    pub parts: http::request::Parts,
+    pub(crate) edit: Option<Box<RequestEdit>>,
+    pub(crate) editable: bool,
+    pub(crate) info: Arc<RequestInfo>,
+}
+
+pub(crate) struct RequestEdit {
+    pub(crate) method: Method,
+    pub(crate) uri: Uri,
+    pub(crate) headers: HeaderMap,
+}
+
+/// The response head while it is lent to plugins.
+pub struct LentResponse {
+    /// The head as the chain left it so far.
+    pub parts: http::response::Parts,
+    pub(crate) edit: Option<Box<ResponseEdit>>,
+    pub(crate) editable: bool,
+}
+
+pub(crate) struct ResponseEdit {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+}
+
+/// The heads of one exchange: the request, and the response once there is
+/// one.
+pub struct Heads {
+    /// The request (read-only once it has been sent upstream).
+    pub request: LentRequest,
+    /// The upstream's response, in response phases.
+    pub response: Option<LentResponse>,
+}
+
+impl LentRequest {
+    /// A head plugins may edit.
+    pub fn new(parts: http::request::Parts, info: Arc<RequestInfo>) -> Self {
+        Self { parts, edit: None, editable: true, info }
+    }
+
+    /// A read-only copy of the head as it is now: what response phases see
+    /// of the request that went upstream.
+    pub fn snapshot(&self) -> Self {
+        let mut parts = http::Request::new(()).into_parts().0;
+        parts.method = self.parts.method.clone();
+        parts.uri = self.parts.uri.clone();
+        parts.headers = self.parts.headers.clone();
+        Self { parts, edit: None, editable: false, info: self.info.clone() }
+    }
+
+    /// Stop accepting edits (the body phases run after the head is settled).
+    pub fn freeze(&mut self) {
+        self.editable = false;
+    }
+
+    pub(crate) fn method(&self) -> &Method {
+        self.edit.as_ref().map_or(&self.parts.method, |e| &e.method)
+    }
+
+    pub(crate) fn uri(&self) -> &Uri {
+        self.edit.as_ref().map_or(&self.parts.uri, |e| &e.uri)
+    }
+
+    pub(crate) fn headers(&self) -> &HeaderMap {
+        self.edit.as_ref().map_or(&self.parts.headers, |e| &e.headers)
+    }
+
+    /// The copy edits go to, made at the first edit.
+    pub(crate) fn edit(&mut self) -> Result<&mut RequestEdit, EditError> {
+        if !self.editable {
+            return Err(EditError::ReadOnly);
+        }
+        let parts = &self.parts;
+        Ok(self.edit.get_or_insert_with(|| {
+            Box::new(RequestEdit {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                headers: parts.headers.clone(),
+            })
+        }))
+    }
+
+    fn commit(&mut self) {
+        if let Some(e) = self.edit.take() {
+            self.parts.method = e.method;
+            self.parts.uri = e.uri;
+            self.parts.headers = e.headers;
+        }
+    }
+}
+
+impl LentResponse {
+    /// A head plugins may edit.
+    pub fn new(parts: http::response::Parts) -> Self {
+        Self { parts, edit: None, editable: true }
+    }
+
+    /// Stop accepting edits.
+    pub fn freeze(&mut self) {
+        self.editable = false;
+    }
+
+    pub(crate) fn status(&self) -> StatusCode {
+        self.edit.as_ref().map_or(self.parts.status, |e| e.status)
+    }
+
+    pub(crate) fn headers(&self) -> &HeaderMap {
+        self.edit.as_ref().map_or(&self.parts.headers, |e| &e.headers)
+    }
+
+    pub(crate) fn edit(&mut self) -> Result<&mut ResponseEdit, EditError> {
+        if !self.editable {
+            return Err(EditError::ReadOnly);
+        }
+        let parts = &self.parts;
+        Ok(self
+            .edit
+            .get_or_insert_with(|| Box::new(ResponseEdit { status: parts.status, headers: parts.headers.clone() })))
+    }
+
+    fn commit(&mut self) {
+        if let Some(e) = self.edit.take() {
+            self.parts.status = e.status;
+            self.parts.headers = e.headers;
+        }
+    }
+}
+
+impl Heads {
+    /// The edits of the phase that just continued take effect.
+    pub fn commit(&mut self) {
+        self.request.commit();
+        if let Some(r) = &mut self.response {
+            r.commit();
+        }
+    }
+
+    /// The edits of a phase that failed or answered are dropped.
+    pub fn discard(&mut self) {
+        self.request.edit = None;
+        if let Some(r) = &mut self.response {
+            r.edit = None;
+        }
+    }
+}
+
+/// The heads lent to one instance for one call, and the handles naming them.
+pub(crate) struct Lent {
+    pub(crate) heads: Heads,
+    /// The `rep` of this call's request handle; the response's is `+ 1`.
+    /// Each call uses new ones, so a handle kept from an earlier call is
+    /// recognised and refused.
+    pub(crate) rep: u32,
+}
+
+impl Lent {
+    pub(crate) fn request_handle(&self) -> Resource<RequestRes> {
+        Resource::new_borrow(self.rep)
+    }
+
+    pub(crate) fn response_handle(&self) -> Resource<ResponseRes> {
+        Resource::new_borrow(self.rep + 1)
+    }
+}
+
+// ---- checks shared by both heads ------------------------------------------
+
+pub(crate) fn header_name(name: &str) -> Result<HeaderName, EditError> {
+    let name = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| EditError::Invalid(format!("invalid header name {name:?}")))?;
+    if is_gateway_owned(name.as_str()) {
+        return Err(EditError::Reserved(name.as_str().to_owned()));
+    }
+    Ok(name)
+}
+
+pub(crate) fn header_value(name: &HeaderName, value: &[u8]) -> Result<HeaderValue, EditError> {
+    if value.len() > MAX_PLUGIN_VALUE {
+        return Err(EditError::TooLarge(format!(
+            "value of {name} has {} bytes, at most {MAX_PLUGIN_VALUE}",
+            value.len()
+        )));
+    }
+    HeaderValue::from_bytes(value).map_err(|_| {
+        EditError::Invalid(format!("invalid value for header {name}: {:?}", String::from_utf8_lossy(value)))
+    })
+}
+
+/// Room for one more value: at most [`MAX_PLUGIN_HEADERS`], or as many as
+/// the head arrived with.
+pub(crate) fn room(headers: &HeaderMap, arrived: usize) -> Result<(), EditError> {
+    if headers.len() >= MAX_PLUGIN_HEADERS.max(arrived) {
+        return Err(EditError::TooLarge(format!("at most {MAX_PLUGIN_HEADERS} header values")));
+    }
+    Ok(())
+}
+
+pub(crate) fn values(headers: &HeaderMap, name: &str) -> Vec<Vec<u8>> {
+    headers.get_all(name).iter().map(|v| v.as_bytes().to_vec()).collect()
+}
+
+pub(crate) fn to_list(headers: &HeaderMap) -> Vec<Header> {
+    to_wit(headers)
+}
+
+pub(crate) fn set_header(headers: &mut HeaderMap, arrived: usize, name: &str, value: &[u8]) -> Result<(), EditError> {
+    let name = header_name(name)?;
+    let value = header_value(&name, value)?;
+    if !headers.contains_key(&name) {
+        room(headers, arrived)?;
+    }
+    headers.insert(name, value);
+    Ok(())
+}
+
+pub(crate) fn append_header(
+    headers: &mut HeaderMap,
+    arrived: usize,
+    name: &str,
+    value: &[u8],
+) -> Result<(), EditError> {
+    let name = header_name(name)?;
+    let value = header_value(&name, value)?;
+    room(headers, arrived)?;
+    headers.append(name, value);
+    Ok(())
+}
+
+pub(crate) fn remove_header(headers: &mut HeaderMap, name: &str) -> Result<(), EditError> {
+    let name = header_name(name)?;
+    headers.remove(name);
+    Ok(())
+}
+
+/// Replace `headers` with `list`, keeping the gateway-owned (framing)
+/// headers it has; gateway-owned names in `list` are skipped.
+pub(crate) fn set_headers(headers: &mut HeaderMap, arrived: usize, list: Vec<Header>) -> Result<(), EditError> {
+    if list.len() > MAX_PLUGIN_HEADERS.max(arrived) {
+        return Err(EditError::TooLarge(format!("{} headers, at most {MAX_PLUGIN_HEADERS}", list.len())));
+    }
+    *headers = with_plugin_headers(headers, list).map_err(|e| EditError::Invalid(e.to_string()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

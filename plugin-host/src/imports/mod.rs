@@ -1,0 +1,351 @@
+//! The host side of the plugin imports: logging, clocks, state, metrics and
+//! events. One [`StoreData`] per instance carries the sandboxed WASI context,
+//! the memory limits and a handle to the plugin's shared host services.
+
+mod lent;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use weir_config::Severity;
+
+use crate::bindings::{self, clock, events, log, metrics, request_local, state, types};
+use crate::engine::{EngineError, PluginEngine};
+use crate::events::{EventRecord, EventSink};
+use crate::metrics::HostMetrics;
+use crate::state::{StateError, StateStore};
+use crate::store::{Limited, PeakLimits, sandbox_wasi};
+
+/// Longest log line kept from a plugin.
+const MAX_LOG_LINE: usize = 4096;
+/// Distinct plugin-defined metric names (and event kinds) kept per plugin.
+const MAX_METRIC_NAMES: usize = 32;
+/// Attributes kept per event.
+const MAX_EVENT_ATTRIBUTES: usize = 32;
+/// Request-local limits, per plugin per request (documented in the WIT).
+const MAX_LOCAL_KEYS: usize = 32;
+const MAX_LOCAL_KEY_LEN: usize = 128;
+const MAX_LOCAL_BYTES: usize = 16 * 1024;
+
+/// Services shared by all instances of one named plugin.
+pub(crate) struct PluginHost {
+    pub(crate) name: Arc<str>,
+    state: Arc<StateStore>,
+    metrics: HostMetrics,
+    /// Where the plugin's events go (the snapshot's sink).
+    events: Arc<dyn EventSink>,
+    /// Metric names and event kinds seen, to cap label cardinality.
+    names: Mutex<HashSet<String>>,
+}
+
+impl PluginHost {
+    pub(crate) fn new(
+        name: Arc<str>,
+        state: Arc<StateStore>,
+        metrics: HostMetrics,
+        events: Arc<dyn EventSink>,
+    ) -> Self {
+        Self { name, state, metrics, events, names: Mutex::new(HashSet::new()) }
+    }
+
+    /// Count a failed state call on its way back to the plugin.
+    fn counted<T>(&self, r: Result<T, StateError>) -> Result<T, state::Error> {
+        r.map_err(|e| {
+            self.metrics.state_error(match e {
+                StateError::Unavailable(_) => "unavailable",
+                StateError::Invalid(_) => "invalid",
+            });
+            to_wit(e)
+        })
+    }
+
+    fn key(&self, key: &str) -> Result<String, state::Error> {
+        if key.is_empty() || key.len() > crate::state::MAX_KEY_LEN {
+            return Err(state::Error::Invalid(format!(
+                "key length must be 1..={} bytes, got {}",
+                crate::state::MAX_KEY_LEN,
+                key.len()
+            )));
+        }
+        Ok(format!("{}:{key}", self.name))
+    }
+
+    /// Whether `name` may become a label value: valid and within the cap.
+    fn admit_name(&self, name: &str) -> bool {
+        let valid = name.len() <= 64
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.');
+        if !valid {
+            tracing::debug!(plugin = %self.name, name, "plugin metric name refused");
+            return false;
+        }
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        if names.contains(name) {
+            return true;
+        }
+        if names.len() >= MAX_METRIC_NAMES {
+            return false;
+        }
+        names.insert(name.to_owned());
+        true
+    }
+}
+
+/// The data of one instance's `Store`.
+pub(crate) struct StoreData {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limits: PeakLimits,
+    host: Arc<PluginHost>,
+    /// The request-local values of the request being served, lent to the
+    /// instance for one call (see [`crate::RequestSlot`]).
+    pub(crate) locals: Locals,
+    /// The heads lent for the current phase call (see [`crate::heads`]).
+    pub(crate) lent: Option<crate::heads::Lent>,
+    /// Names this instance's next lent heads (see `Lent::rep`).
+    pub(crate) next_rep: u32,
+}
+
+impl StoreData {
+    pub(crate) fn new(host: Arc<PluginHost>, limits: PeakLimits) -> Self {
+        Self {
+            wasi: sandbox_wasi(),
+            table: ResourceTable::new(),
+            limits,
+            host,
+            locals: Locals::default(),
+            lent: None,
+            next_rep: 0,
+        }
+    }
+}
+
+impl Limited for StoreData {
+    fn limits(&mut self) -> &mut PeakLimits {
+        &mut self.limits
+    }
+}
+
+/// One plugin's request-local values for one request: a short list, since
+/// plugins keep a handful of keys.
+#[derive(Debug, Default)]
+pub(crate) struct Locals {
+    entries: Vec<(String, Vec<u8>)>,
+    bytes: usize,
+}
+
+impl Locals {
+    fn get(&self, key: &str) -> Option<&[u8]> {
+        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_slice())
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>) -> bool {
+        let existing = self.entries.iter().position(|(k, _)| *k == key);
+        let freed = existing.map_or(0, |i| self.entries[i].0.len() + self.entries[i].1.len());
+        let bytes = self.bytes - freed + key.len() + value.len();
+        if key.is_empty()
+            || key.len() > MAX_LOCAL_KEY_LEN
+            || bytes > MAX_LOCAL_BYTES
+            || (existing.is_none() && self.entries.len() >= MAX_LOCAL_KEYS)
+        {
+            return false;
+        }
+        self.bytes = bytes;
+        match existing {
+            Some(i) => self.entries[i].1 = value,
+            None => self.entries.push((key, value)),
+        }
+        true
+    }
+}
+
+impl WasiView for StoreData {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// A linker with the sandboxed WASI and the weir imports.
+pub(crate) fn linker(engine: &PluginEngine) -> Result<Linker<StoreData>, EngineError> {
+    let mut linker = Linker::new(engine.engine());
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| EngineError::link(&e))?;
+    bindings::PluginWorld::add_to_linker::<StoreData, HasSelf<StoreData>>(&mut linker, |d| d)
+        .map_err(|e| EngineError::link(&e))?;
+    Ok(linker)
+}
+
+impl types::Host for StoreData {}
+
+impl log::Host for StoreData {
+    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        let message = truncate(message, MAX_LOG_LINE);
+        let plugin = &*self.host.name;
+        match level {
+            log::Level::Trace => tracing::trace!(target: "weir::plugin", plugin, "{message}"),
+            log::Level::Debug => tracing::debug!(target: "weir::plugin", plugin, "{message}"),
+            log::Level::Info => tracing::info!(target: "weir::plugin", plugin, "{message}"),
+            log::Level::Warn => tracing::warn!(target: "weir::plugin", plugin, "{message}"),
+            log::Level::Error => tracing::error!(target: "weir::plugin", plugin, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+impl clock::Host for StoreData {
+    fn monotonic_now(&mut self) -> wasmtime::Result<u64> {
+        Ok(crate::clock::process_start().elapsed().as_nanos() as u64)
+    }
+
+    fn wall_now(&mut self) -> wasmtime::Result<u64> {
+        Ok(crate::clock::unix_ms())
+    }
+}
+
+fn to_wit(e: StateError) -> state::Error {
+    match e {
+        StateError::Unavailable(m) => state::Error::Unavailable(m),
+        StateError::Invalid(m) => state::Error::Invalid(m),
+    }
+}
+
+impl state::Host for StoreData {
+    async fn incr(&mut self, key: String, delta: i64, ttl_ms: u64) -> wasmtime::Result<Result<i64, state::Error>> {
+        Ok(async {
+            let key = self.host.key(&key)?;
+            self.host.counted(self.host.state.incr(&key, delta, ttl_ms).await)
+        }
+        .await)
+    }
+
+    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, state::Error>> {
+        Ok(async {
+            let key = self.host.key(&key)?;
+            self.host.counted(self.host.state.get(&key).await)
+        }
+        .await)
+    }
+
+    async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u64) -> wasmtime::Result<Result<(), state::Error>> {
+        Ok(async {
+            let key = self.host.key(&key)?;
+            self.host.counted(self.host.state.set(&key, &value, ttl_ms).await)
+        }
+        .await)
+    }
+
+    async fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    ) -> wasmtime::Result<Result<bool, state::Error>> {
+        Ok(async {
+            let key = self.host.key(&key)?;
+            self.host.counted(self.host.state.compare_and_swap(&key, expected.as_deref(), &value, ttl_ms).await)
+        }
+        .await)
+    }
+
+    async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, state::Error>> {
+        Ok(async {
+            let key = self.host.key(&key)?;
+            self.host.counted(self.host.state.delete(&key).await)
+        }
+        .await)
+    }
+}
+
+impl request_local::Host for StoreData {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(self.locals.get(&key).map(<[u8]>::to_vec))
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<bool> {
+        Ok(self.locals.set(key, value))
+    }
+}
+
+impl metrics::Host for StoreData {
+    fn counter_add(&mut self, name: String, value: u64) -> wasmtime::Result<()> {
+        if self.host.admit_name(&name) {
+            self.host.metrics.counter_add(&self.host.name, &name, value);
+        }
+        Ok(())
+    }
+
+    fn gauge_set(&mut self, name: String, value: i64) -> wasmtime::Result<()> {
+        if self.host.admit_name(&name) {
+            self.host.metrics.gauge_set(&self.host.name, &name, value);
+        }
+        Ok(())
+    }
+}
+
+impl events::Host for StoreData {
+    fn emit(&mut self, event: events::Event) -> wasmtime::Result<()> {
+        let severity = match event.severity {
+            events::Severity::Info => Severity::Info,
+            events::Severity::Warning => Severity::Warning,
+            events::Severity::Critical => Severity::Critical,
+        };
+        let host = &self.host;
+        let kind = truncate(event.kind, 128);
+        // The label is capped (cardinality); the record keeps the real kind.
+        let label = if host.admit_name(&kind) { kind.as_str() } else { "other" };
+        host.metrics.event(&host.name, label, severity.as_str());
+        let attributes = event
+            .attributes
+            .into_iter()
+            .take(MAX_EVENT_ATTRIBUTES)
+            .map(|(k, v)| (truncate(k, 128), serde_json::Value::String(truncate(v, 1024))))
+            .collect();
+        let record = EventRecord {
+            time_ms: crate::clock::unix_ms(),
+            plugin: host.name.to_string(),
+            kind,
+            severity,
+            message: truncate(event.message, MAX_LOG_LINE),
+            attributes,
+        };
+        host.events.emit(record);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locals_limits() {
+        let mut l = Locals::default();
+        assert!(l.set("a".into(), vec![1; 100]));
+        assert_eq!(l.get("a"), Some(&[1u8; 100][..]));
+        assert!(l.set("a".into(), vec![2; 10]), "replacing frees the old value");
+        assert_eq!(l.bytes, 11);
+        assert!(!l.set(String::new(), vec![]), "empty key");
+        assert!(!l.set("k".repeat(MAX_LOCAL_KEY_LEN + 1), vec![]), "long key");
+        assert!(!l.set("big".into(), vec![0; MAX_LOCAL_BYTES]), "over the byte budget");
+        for i in 1..MAX_LOCAL_KEYS {
+            assert!(l.set(format!("k{i}"), vec![]));
+        }
+        assert!(!l.set("one-too-many".into(), vec![]));
+        assert!(l.set("a".into(), vec![3]), "an existing key can still be replaced");
+    }
+}

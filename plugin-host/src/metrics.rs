@@ -1,0 +1,228 @@
+//! The plugin host's Prometheus families, registered into the gateway's
+//! registry by [`HostMetrics::register`]: calls by outcome and latency,
+//! instances, memory, the pool, crash loops, plugin-defined counters,
+//! gauges and events, and failed state calls.
+//!
+//! Labels are instance names from the configuration and plugin-defined
+//! names, which the host caps per plugin (see `imports`): a plugin cannot
+//! grow the label space without bound.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginOutcome {
+    plugin: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabel {
+    plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginNamed {
+    plugin: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginEvent {
+    plugin: String,
+    kind: String,
+    severity: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateErrorKind {
+    kind: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 50µs .. ~26s, the gateway's latency buckets.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
+/// Where a plugin call's outcome goes besides Prometheus: the gateway's
+/// live series (the dashboard's last minutes).
+pub trait CallObserver: Send + Sync {
+    /// One phase call finished, `failed` or not, after `seconds`.
+    fn record(&self, failed: bool, seconds: f64);
+}
+
+/// The plugin host's metric families.
+#[derive(Clone)]
+pub struct HostMetrics {
+    calls: Family<PluginOutcome, Counter>,
+    duration: HistogramFamily<PluginLabel>,
+    instances: Family<PluginLabel, Counter>,
+    memory_peak: Family<PluginLabel, Gauge>,
+    pool_idle: Family<PluginLabel, Gauge>,
+    crash_looping: Family<PluginLabel, Gauge>,
+    crash_loops: Family<PluginLabel, Counter>,
+    counters: Family<PluginNamed, Counter>,
+    gauges: Family<PluginNamed, Gauge>,
+    events: Family<PluginEvent, Counter>,
+    state_errors: Family<StateErrorKind, Counter>,
+}
+
+impl HostMetrics {
+    /// Register the families into `registry` (the gateway's, prefixed
+    /// `weir_`).
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            calls: Family::default(),
+            duration: HistogramFamily::new_with_constructor(latency_histogram as fn() -> Histogram),
+            instances: Family::default(),
+            memory_peak: Family::default(),
+            pool_idle: Family::default(),
+            crash_looping: Family::default(),
+            crash_loops: Family::default(),
+            counters: Family::default(),
+            gauges: Family::default(),
+            events: Family::default(),
+            state_errors: Family::default(),
+        };
+        registry.register("plugin_calls", "Plugin phase calls by outcome", m.calls.clone());
+        registry.register("plugin_call_duration_seconds", "Plugin phase call latency", m.duration.clone());
+        registry.register("plugin_instances_created", "Plugin instances created", m.instances.clone());
+        registry.register(
+            "plugin_memory_peak_bytes",
+            "Largest linear memory any instance of the plugin grew to",
+            m.memory_peak.clone(),
+        );
+        registry.register("plugin_pool_idle", "Idle initialised instances in the plugin's pool", m.pool_idle.clone());
+        registry.register(
+            "plugin_crash_looping",
+            "1 while the plugin is in crash-loop backoff or probing after one",
+            m.crash_looping.clone(),
+        );
+        registry.register("plugin_crash_loops", "Crash-loop backoffs started", m.crash_loops.clone());
+        registry.register("plugin_custom", "Plugin-defined counters", m.counters.clone());
+        registry.register("plugin_custom_gauge", "Plugin-defined gauges", m.gauges.clone());
+        registry.register("plugin_events", "Events emitted by plugins", m.events.clone());
+        registry.register("state_errors", "Failed plugin state calls by kind", m.state_errors.clone());
+        m
+    }
+
+    /// Handles for one plugin instance name; `live` receives every call.
+    pub fn plugin(&self, plugin: &str, live: Arc<dyn CallObserver>) -> PluginMetrics {
+        // Each handle is taken in a closure of its own: a family's read guard
+        // lives to the end of the statement that took it.
+        let by = |outcome| self.calls.get_or_create(&PluginOutcome { plugin: plugin.to_owned(), outcome }).clone();
+        let label = PluginLabel { plugin: plugin.to_owned() };
+        PluginMetrics {
+            ok: by("ok"),
+            respond: by("respond"),
+            trap: by("trap"),
+            timeout: by("timeout"),
+            invalid: by("invalid_output"),
+            duration: self.duration.get_or_create(&label).clone(),
+            instances: self.instances.get_or_create(&label).clone(),
+            memory_peak: self.memory_peak.get_or_create(&label).clone(),
+            pool_idle: self.pool_idle.get_or_create(&label).clone(),
+            crash_looping: self.crash_looping.get_or_create(&label).clone(),
+            crash_loops: self.crash_loops.get_or_create(&label).clone(),
+            live,
+        }
+    }
+
+    /// A plugin-defined counter.
+    pub(crate) fn counter_add(&self, plugin: &str, name: &str, value: u64) {
+        self.counters.get_or_create(&PluginNamed { plugin: plugin.to_owned(), name: name.to_owned() }).inc_by(value);
+    }
+
+    /// A plugin-defined gauge.
+    pub(crate) fn gauge_set(&self, plugin: &str, name: &str, value: i64) {
+        self.gauges.get_or_create(&PluginNamed { plugin: plugin.to_owned(), name: name.to_owned() }).set(value);
+    }
+
+    /// A plugin event.
+    pub(crate) fn event(&self, plugin: &str, kind: &str, severity: &'static str) {
+        self.events.get_or_create(&PluginEvent { plugin: plugin.to_owned(), kind: kind.to_owned(), severity }).inc();
+    }
+
+    /// A failed state call: `unavailable` or `invalid`.
+    pub(crate) fn state_error(&self, kind: &'static str) {
+        self.state_errors.get_or_create(&StateErrorKind { kind }).inc();
+    }
+}
+
+/// Per-plugin handles, resolved once per snapshot so a call records with a
+/// few atomic adds.
+#[derive(Clone)]
+pub struct PluginMetrics {
+    pub(crate) ok: Counter,
+    pub(crate) respond: Counter,
+    pub(crate) trap: Counter,
+    pub(crate) timeout: Counter,
+    pub(crate) invalid: Counter,
+    pub(crate) duration: Histogram,
+    pub(crate) instances: Counter,
+    pub(crate) memory_peak: Gauge,
+    pub(crate) pool_idle: Gauge,
+    pub(crate) crash_looping: Gauge,
+    pub(crate) crash_loops: Counter,
+    pub(crate) live: Arc<dyn CallObserver>,
+}
+
+impl std::fmt::Debug for PluginMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginMetrics").field("ok", &self.ok.get()).field("trap", &self.trap.get()).finish()
+    }
+}
+
+impl PluginMetrics {
+    /// Raise the memory high-water mark to `bytes` if it is higher.
+    pub(crate) fn memory_peak(&self, bytes: usize) {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        if bytes > self.memory_peak.get() {
+            self.memory_peak.set(bytes);
+        }
+    }
+
+    /// The memory high-water mark, bytes.
+    pub fn memory_peak_bytes(&self) -> i64 {
+        self.memory_peak.get()
+    }
+
+    /// Instances created so far.
+    pub fn instances_created(&self) -> u64 {
+        self.instances.get()
+    }
+
+    /// Calls so far, by outcome.
+    pub fn calls(&self) -> CallCounts {
+        CallCounts {
+            ok: self.ok.get(),
+            respond: self.respond.get(),
+            trap: self.trap.get(),
+            timeout: self.timeout.get(),
+            invalid_output: self.invalid.get(),
+        }
+    }
+}
+
+/// A plugin's calls so far, by outcome (as `/admin/plugins` shows them).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct CallCounts {
+    /// Continued.
+    pub ok: u64,
+    /// Answered the client itself.
+    pub respond: u64,
+    /// Trapped.
+    pub trap: u64,
+    /// Ran past the deadline.
+    pub timeout: u64,
+    /// Returned something the gateway refused.
+    pub invalid_output: u64,
+}
