@@ -23,7 +23,12 @@ use tokio::sync::watch;
 
 use crate::body::{self, BoxError, ProxyBody};
 use crate::error::ProxyError;
-use crate::observe::metrics::CacheMetrics;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::observe::metrics::{RouteLabel, RouteStatus};
 use weir_config::CacheConfig;
 
 /// Header telling the client where the answer came from: `hit`, `miss`,
@@ -472,6 +477,64 @@ fn vary_key(primary: &str, names: &[HeaderName], request: &HeaderMap) -> String 
 
 fn http_date(v: &HeaderValue) -> Option<SystemTime> {
     httpdate::parse_http_date(v.to_str().ok()?).ok()
+}
+
+// ---- metrics ---------------------------------------------------------------
+
+/// The route caches' families, registered by this area.
+#[derive(Clone)]
+pub(crate) struct CacheFamilies {
+    cache_requests: Family<RouteStatus, Counter>,
+    cache_bytes: Family<RouteLabel, Gauge>,
+    cache_entries: Family<RouteLabel, Gauge>,
+}
+
+impl CacheFamilies {
+    /// Register the families into `registry`.
+    pub(crate) fn register(registry: &mut Registry) -> Self {
+        let cache_requests = Family::default();
+        registry.register(
+            "cache_requests",
+            "Cache lookups by status: hit, miss, stale, bypass",
+            cache_requests.clone(),
+        );
+        let cache_bytes = Family::default();
+        registry.register("cache_bytes", "Memory held by the route's cache", cache_bytes.clone());
+        let cache_entries = Family::default();
+        registry.register("cache_entries", "Responses in the route's cache", cache_entries.clone());
+        Self { cache_requests, cache_bytes, cache_entries }
+    }
+
+    /// Handles for a route's cache.
+    pub(crate) fn cache(&self, route: &str) -> CacheMetrics {
+        let by = |status| self.cache_requests.get_or_create(&RouteStatus { route: route.to_owned(), status }).clone();
+        let label = RouteLabel { route: route.to_owned() };
+        CacheMetrics {
+            hit: by("hit"),
+            miss: by("miss"),
+            stale: by("stale"),
+            bypass: by("bypass"),
+            bytes: self.cache_bytes.get_or_create(&label).clone(),
+            entries: self.cache_entries.get_or_create(&label).clone(),
+        }
+    }
+}
+
+/// A route cache's handles.
+#[derive(Clone, Debug)]
+pub(crate) struct CacheMetrics {
+    /// Served fresh from the cache.
+    pub(crate) hit: Counter,
+    /// Not in the cache (or not fresh): asked upstream.
+    pub(crate) miss: Counter,
+    /// Served stale because the upstream failed.
+    pub(crate) stale: Counter,
+    /// Not cacheable (method, request directives).
+    pub(crate) bypass: Counter,
+    /// Memory held.
+    pub(crate) bytes: Gauge,
+    /// Entries held.
+    pub(crate) entries: Gauge,
 }
 
 #[cfg(test)]

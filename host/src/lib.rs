@@ -64,11 +64,14 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 
+use crate::cache::CacheFamilies;
+use crate::listen::metrics::ListenerMetrics;
 use crate::observe::events::Events;
 use crate::observe::metrics::Metrics;
 use crate::snapshot::{Loader, Snapshot};
+use crate::upstream::metrics::UpstreamFamilies;
 use weir_config::Source;
-use weir_plugin_host::{PluginRuntime, StateStore};
+use weir_plugin_host::{HostMetrics, PluginRuntime, StateStore};
 
 /// What the gateway shares between listeners, the watcher and admin.
 pub(crate) struct Shared {
@@ -84,6 +87,8 @@ pub(crate) struct Shared {
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
     /// Metrics registry.
     pub(crate) metrics: Arc<Metrics>,
+    /// Connections and TLS handshakes.
+    pub(crate) listener_metrics: ListenerMetrics,
 }
 
 /// The outcome of the latest reload attempts.
@@ -146,16 +151,23 @@ impl Gateway {
         let path = config_path.as_ref().to_owned();
         let source = Source::read(&path)?;
         let cfg = source.parse()?;
-        let metrics = Arc::new(Metrics::new());
+        // Each area registers its own metric families into one registry.
+        let mut metrics = Metrics::new();
+        let plugin_metrics = HostMetrics::register(metrics.registry_mut());
+        let upstream_metrics = UpstreamFamilies::register(metrics.registry_mut());
+        let cache_metrics = CacheFamilies::register(metrics.registry_mut());
+        let listener_metrics = ListenerMetrics::register(metrics.registry_mut());
+        let metrics = Arc::new(metrics);
         let state_cfg = cfg.state.as_ref().map(|s| s.get_ref().clone()).unwrap_or_default();
         let state = StateStore::from_config(&state_cfg).map_err(|e| {
             let span = cfg.state.as_ref().map_or(0..0, |s| s.span());
             LoadErrors(vec![source.error(span, format!("[state]: {e}"))])
         })?;
-        let plugins = PluginRuntime::new(&cfg.runtime, &source.base_dir(), Arc::new(state), metrics.plugins().clone())
+        let plugins = PluginRuntime::new(&cfg.runtime, &source.base_dir(), Arc::new(state), plugin_metrics)
             .map_err(|e| snapshot::file_error(&path, e.to_string()))?;
         let events = Arc::new(Events::new(cfg.events.queue, metrics.clone()));
-        let loader = Loader::new(plugins, events, metrics.clone(), cfg.runtime.max_idle_per_plugin);
+        let families = (upstream_metrics, cache_metrics);
+        let loader = Loader::new(plugins, events, metrics.clone(), families, cfg.runtime.max_idle_per_plugin);
         let snapshot = loader.build(&path, 1).await?;
         metrics.set_generation(1);
         Ok(Self {
@@ -166,6 +178,7 @@ impl Gateway {
                 status: Mutex::new(ReloadStatus::default()),
                 reload_lock: tokio::sync::Mutex::new(()),
                 metrics,
+                listener_metrics,
             }),
         })
     }

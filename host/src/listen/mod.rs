@@ -2,6 +2,7 @@
 //! proxy listener, the same over TLS (HTTP/2 by ALPN) on the TLS listener,
 //! HTTP/1.1 on the admin listener, graceful drain.
 
+pub(crate) mod metrics;
 pub(crate) mod sniff;
 
 use std::convert::Infallible;
@@ -122,13 +123,13 @@ pub(crate) async fn serve(
         tokio::select! {
             accepted = accept(Some(&proxy), &slots) => {
                 let Some((stream, peer, slot)) = accepted else { continue };
-                let open = OpenConnection::new(shared.metrics.clone(), slot);
+                let open = OpenConnection::new(shared.listener_metrics.clone(), slot);
                 let conn = Conn { shared: shared.clone(), builder: builder.clone(), watcher: graceful.watcher(), peer };
                 tokio::spawn(conn.serve_plain(stream, open));
             }
             accepted = accept(tls.as_ref(), &slots) => {
                 let Some((stream, peer, slot)) = accepted else { continue };
-                let open = OpenConnection::new(shared.metrics.clone(), slot);
+                let open = OpenConnection::new(shared.listener_metrics.clone(), slot);
                 let conn = Conn { shared: shared.clone(), builder: builder.clone(), watcher: graceful.watcher(), peer };
                 tokio::spawn(conn.serve_tls(stream, open));
             }
@@ -192,7 +193,7 @@ impl Conn {
         };
         let within = snap.server.header_read_timeout;
         drop(snap);
-        let metrics = &self.shared.metrics;
+        let metrics = &self.shared.listener_metrics;
         let acceptor = tokio_rustls::TlsAcceptor::from(settings.config.clone());
         let stream = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(stream)).await {
             Ok(Ok(s)) => s,
@@ -355,12 +356,12 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for UntilDetected<S
 /// Counts a downstream connection as open, and holds its slot under
 /// `max_connections`, for as long as it lives.
 struct OpenConnection {
-    metrics: Arc<crate::observe::metrics::Metrics>,
+    metrics: self::metrics::ListenerMetrics,
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl OpenConnection {
-    fn new(metrics: Arc<crate::observe::metrics::Metrics>, slot: tokio::sync::OwnedSemaphorePermit) -> Self {
+    fn new(metrics: self::metrics::ListenerMetrics, slot: tokio::sync::OwnedSemaphorePermit) -> Self {
         metrics.connection(true);
         Self { metrics, _slot: slot }
     }

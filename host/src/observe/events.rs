@@ -162,22 +162,42 @@ pub(crate) fn post_client() -> PostClient {
 
 /// POST `body` as JSON to `uri` and read the answer whole (so the
 /// connection can be reused); `Err` says why it did not succeed in `timeout`.
-pub(crate) async fn post_json(client: &PostClient, uri: &Uri, body: Bytes, timeout: Duration) -> Result<(), String> {
+pub(crate) async fn post_json(client: &PostClient, uri: &Uri, body: Bytes, timeout: Duration) -> Result<(), PostError> {
     let req = Request::post(uri.clone())
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::USER_AGENT, concat!("weir/", env!("CARGO_PKG_VERSION")))
         .body(Full::new(body))
-        .map_err(|e| e.to_string())?;
+        .map_err(PostError::Request)?;
     let exchange = async {
-        let resp = client.request(req).await.map_err(|e| e.to_string())?;
+        let resp = client.request(req).await.map_err(PostError::Send)?;
         let status = resp.status();
-        resp.into_body().collect().await.map_err(|e| e.to_string())?;
-        if status.is_success() { Ok(()) } else { Err(format!("answered {status}")) }
+        resp.into_body().collect().await.map_err(PostError::Body)?;
+        if status.is_success() { Ok(()) } else { Err(PostError::Status(status)) }
     };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(result) => result,
-        Err(_) => Err(format!("no answer within {timeout:?}")),
+        Err(_) => Err(PostError::Timeout(timeout)),
     }
+}
+
+/// Why an outbound POST (a webhook, a span batch) did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PostError {
+    /// The request could not be built.
+    #[error("{0}")]
+    Request(#[source] http::Error),
+    /// No answer: connection refused or reset, DNS, ...
+    #[error("{0}")]
+    Send(#[source] hyper_util::client::legacy::Error),
+    /// The answer's body broke off.
+    #[error("{0}")]
+    Body(#[source] hyper::Error),
+    /// The receiver answered, with another status than 2xx.
+    #[error("answered {0}")]
+    Status(http::StatusCode),
+    /// No answer within the timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
 }
 
 /// POST queued events one by one until the sink is dropped.

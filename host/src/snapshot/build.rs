@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::aggregate;
-use crate::cache::RouteCache;
+use crate::cache::{CacheFamilies, RouteCache};
 use crate::observe::access_log::AccessLogWriter;
 use crate::observe::events::{Events, SnapshotEvents, Webhook};
 use crate::observe::metrics::Metrics;
@@ -16,6 +16,7 @@ use crate::router::{RouteMatcher, Router};
 use crate::tls::ListenerTls;
 use crate::upstream::Upstream;
 use crate::upstream::discovery::Upstreams;
+use crate::upstream::metrics::UpstreamFamilies;
 use weir_config::{AccessLogConfig, GatewayConfig, LoadError, LoadErrors, RouteConfig, RouteKind, Source};
 use weir_plugin_host::state::StateStore;
 use weir_plugin_host::{Phases, PluginRuntime, PluginSpec, sha256_hex};
@@ -28,6 +29,9 @@ pub(crate) struct Loader {
     pub(crate) plugins: PluginRuntime,
     pub(crate) events: Arc<Events>,
     pub(crate) metrics: Arc<Metrics>,
+    /// The upstreams' and the route caches' metric families.
+    upstream_metrics: UpstreamFamilies,
+    cache_metrics: CacheFamilies,
     access_log: AccessLogWriter,
     upstreams: Upstreams,
     /// Route caches by route name, kept across reloads while their
@@ -38,10 +42,19 @@ pub(crate) struct Loader {
 
 impl Loader {
     /// A loader whose snapshots load their plugins on `plugins`.
-    pub(crate) fn new(plugins: PluginRuntime, events: Arc<Events>, metrics: Arc<Metrics>, max_idle: usize) -> Self {
+    pub(crate) fn new(
+        plugins: PluginRuntime,
+        events: Arc<Events>,
+        metrics: Arc<Metrics>,
+        families: (UpstreamFamilies, CacheFamilies),
+        max_idle: usize,
+    ) -> Self {
+        let (upstream_metrics, cache_metrics) = families;
         Self {
             plugins,
             events,
+            upstream_metrics,
+            cache_metrics,
             access_log: AccessLogWriter::new(metrics.clone()),
             metrics,
             upstreams: Upstreams::default(),
@@ -119,7 +132,7 @@ impl Loader {
         // Upstreams.
         let mut upstreams = BTreeMap::new();
         for (name, up) in &cfg.upstreams {
-            match self.upstreams.build(name, up, src, &self.metrics).await {
+            match self.upstreams.build(name, up, src, &self.upstream_metrics, self.metrics.live()).await {
                 Ok(u) => {
                     upstreams.insert(name.clone(), u);
                 }
@@ -369,7 +382,7 @@ impl Loader {
         match caches.get(name) {
             Some(c) if c.config == *config => c.clone(),
             _ => {
-                let c = Arc::new(RouteCache::new(config.clone(), self.metrics.cache(name)));
+                let c = Arc::new(RouteCache::new(config.clone(), self.cache_metrics.cache(name)));
                 caches.insert(name.to_owned(), c.clone());
                 c
             }

@@ -254,11 +254,11 @@ fn load(t: &Target) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::metrics::Metrics;
+    use crate::upstream::metrics::UpstreamFamilies;
     use crate::upstream::target::TargetState;
 
     fn set(addrs: &[(&str, u32)], policy: Balance) -> TargetSet {
-        let metrics = Metrics::new();
+        let metrics = UpstreamFamilies::register(&mut prometheus_client::registry::Registry::default());
         let targets = addrs
             .iter()
             .map(|(a, w)| {

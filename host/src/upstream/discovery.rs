@@ -19,9 +19,10 @@ use toml::Spanned;
 use super::balance::HashOn;
 use super::balance::{Group, TargetSet};
 use super::breaker::Breaker;
+use super::metrics::UpstreamFamilies;
 use super::target::{Target, TargetRegistry};
 use super::{ClientCache, Upstream, connector, health, parse_target};
-use crate::observe::metrics::Metrics;
+use crate::observe::live::Live;
 use weir_config::{Balance, DnsFamily, LoadError, Source, TargetConfig, UpstreamConfig};
 
 /// Time allowed to resolve the names of one upstream.
@@ -59,7 +60,8 @@ impl Upstreams {
         name: &str,
         cfg: &Spanned<UpstreamConfig>,
         src: &Source,
-        metrics: &Arc<Metrics>,
+        metrics: &UpstreamFamilies,
+        live: &Live,
     ) -> Result<Arc<Upstream>, Vec<LoadError>> {
         let span = cfg.span();
         let cfg = cfg.get_ref();
@@ -83,7 +85,7 @@ impl Upstreams {
                         spec
                     }
                     Err(e) => {
-                        err(f.span(), e);
+                        err(f.span(), e.to_string());
                         Spec::default()
                     }
                 }
@@ -167,7 +169,7 @@ impl Upstreams {
             return Err(errors);
         }
 
-        let up_metrics = metrics.upstream(name);
+        let up_metrics = metrics.upstream(name, live.upstream(name));
         let breaker = {
             let mut map = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
             match map.get(name) {
@@ -241,23 +243,65 @@ fn is_name(addr: &str) -> bool {
 
 /// Read a targets file: JSON, or TOML when it ends in `.toml`. Errors name
 /// the file and line.
-pub(crate) fn read_file(path: &Path) -> Result<Spec, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+pub(crate) fn read_file(path: &Path) -> Result<Spec, TargetsFileError> {
+    let file = || path.to_owned();
+    let text = std::fs::read_to_string(path).map_err(|e| TargetsFileError::Read { file: file(), source: e })?;
     let spec: Spec = if path.extension().is_some_and(|e| e == "toml") {
         toml::from_str(&text).map_err(|e| {
             let line = e.span().map_or(0, |s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            format!("{}:{line}: {}", path.display(), e.message().trim_end())
+            TargetsFileError::Syntax { file: file(), line, message: e.message().trim_end().to_owned() }
         })?
     } else {
-        serde_json::from_str(&text).map_err(|e| format!("{}:{}: {e}", path.display(), e.line()))?
+        serde_json::from_str(&text).map_err(|e| TargetsFileError::Syntax {
+            file: file(),
+            line: e.line(),
+            message: e.to_string(),
+        })?
     };
     if spec.targets.is_empty() {
-        return Err(format!("{}: no targets", path.display()));
+        return Err(TargetsFileError::NoTargets { file: file() });
     }
     for t in spec.targets.iter().chain(&spec.backup) {
-        check_target(t).map_err(|e| format!("{}: {e}", path.display()))?;
+        check_target(t).map_err(|problem| TargetsFileError::Target { file: file(), problem })?;
     }
     Ok(spec)
+}
+
+/// Why a targets file cannot be used; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TargetsFileError {
+    /// It cannot be read.
+    #[error("cannot read {}: {source}", .file.display())]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It does not parse, at `line`.
+    #[error("{}:{line}: {message}", .file.display())]
+    Syntax {
+        /// The file.
+        file: PathBuf,
+        /// The line.
+        line: usize,
+        /// The parser's message.
+        message: String,
+    },
+    /// It lists no primary target.
+    #[error("{}: no targets", .file.display())]
+    NoTargets {
+        /// The file.
+        file: PathBuf,
+    },
+    /// A target it lists is not valid.
+    #[error("{}: {problem}", .file.display())]
+    Target {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong with the target.
+        problem: String,
+    },
 }
 
 /// Addresses and weights, primaries and backups, names resolved.
@@ -312,7 +356,13 @@ async fn resolve(spec: &Spec, family: DnsFamily) -> (Resolved, bool) {
     (resolved, complete.into_inner())
 }
 
-fn make_set(upstream: &str, resolved: &Resolved, policy: Balance, registry: &TargetRegistry, m: &Metrics) -> TargetSet {
+fn make_set(
+    upstream: &str,
+    resolved: &Resolved,
+    policy: Balance,
+    registry: &TargetRegistry,
+    m: &UpstreamFamilies,
+) -> TargetSet {
     let group = |list: &[(Authority, u32)], backup: bool| {
         let targets = list
             .iter()
@@ -348,7 +398,7 @@ struct Watch {
     family: DnsFamily,
     policy: Balance,
     registry: Arc<TargetRegistry>,
-    metrics: Arc<Metrics>,
+    metrics: UpstreamFamilies,
 }
 
 impl Watch {

@@ -16,6 +16,7 @@ pub(crate) mod breaker;
 pub(crate) mod connector;
 pub(crate) mod discovery;
 pub(crate) mod health;
+pub(crate) mod metrics;
 pub(crate) mod target;
 
 use std::collections::HashMap;
@@ -40,10 +41,10 @@ use tokio::sync::OwnedSemaphorePermit;
 use self::balance::HashOn;
 use self::balance::TargetSet;
 use self::breaker::{Breaker, Refusal};
+use self::metrics::UpstreamMetrics;
 use self::target::{Target, TargetState};
 use crate::body::{self, ProxyBody};
 use crate::error::ProxyError;
-use crate::observe::metrics::UpstreamMetrics;
 use weir_config::{HealthConfig, OutlierConfig, RetryConfig, RetryOn, UpstreamProtocol};
 use weir_plugin_host::clock::monotonic_ms;
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use http::uri::Authority;
 
-use crate::observe::metrics::TargetMetrics;
+use super::metrics::TargetMetrics;
 
 /// What the gateway knows about one target, shared across snapshots.
 #[derive(Debug, Default)]
