@@ -81,6 +81,25 @@ enum Outcome {
     Failed { error: String, status: Option<u16>, timeout: bool },
 }
 
+/// Why a part's request could not be made from the client's request.
+#[derive(Debug, thiserror::Error)]
+enum PartRequestError {
+    /// The rendered path is not a valid URI path.
+    #[error("path {path:?}: {source}")]
+    Path {
+        /// The path as rendered.
+        path: String,
+        /// Why.
+        source: http::uri::InvalidUri,
+    },
+    /// The head could not be built.
+    #[error("{0}")]
+    Head(http::Error),
+    /// A templated header value with bytes a header may not hold.
+    #[error("header {0}: the templated value is not a valid header value")]
+    HeaderValue(String),
+}
+
 impl Aggregate {
     /// The upstreams it calls, for logs and the admin API.
     pub(crate) fn upstream_names(&self) -> String {
@@ -112,7 +131,7 @@ impl Aggregate {
         let outcomes = futures::future::join_all(self.parts.iter().zip(heads).map(|(part, head)| async move {
             match head {
                 Ok(head) => part.run(head, client, self.max_body).await,
-                Err(error) => Outcome::Failed { error, status: None, timeout: false },
+                Err(error) => Outcome::Failed { error: error.to_string(), status: None, timeout: false },
             }
         }))
         .await;
@@ -219,11 +238,15 @@ impl Aggregate {
         cx: &Context<'_>,
         info: &RequestInfo,
         propagate: impl FnOnce(&mut HeaderMap),
-    ) -> Result<Parts, String> {
+    ) -> Result<Parts, PartRequestError> {
         let path = part.path.render_url(cx);
-        let uri: Uri = path.parse().map_err(|e| format!("path {path:?}: {e}"))?;
-        let (mut head, ()) =
-            Request::builder().method(part.method.clone()).uri(uri).body(()).map_err(|e| e.to_string())?.into_parts();
+        let uri: Uri = path.parse().map_err(|e| PartRequestError::Path { path: path.clone(), source: e })?;
+        let (mut head, ()) = Request::builder()
+            .method(part.method.clone())
+            .uri(uri)
+            .body(())
+            .map_err(PartRequestError::Head)?
+            .into_parts();
         let h = &mut head.headers;
         for name in &self.forward_headers {
             for v in cx.headers.get_all(name) {
@@ -237,7 +260,7 @@ impl Aggregate {
                     h.insert(name.clone(), v);
                 }
                 Ok(_) => {}
-                Err(_) => return Err(format!("header {name}: the templated value is not a valid header value")),
+                Err(_) => return Err(PartRequestError::HeaderValue(name.to_string())),
             }
         }
         if let Some(id) = cx.headers.get("x-request-id") {

@@ -32,18 +32,63 @@ pub(crate) enum Source {
     Header(HeaderName),
 }
 
+/// Why a path template or a response shape was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TemplateError {
+    /// `{path.}`: a scope with no name.
+    #[error("`{reference}` names no {scope} value")]
+    NoName {
+        /// The reference.
+        reference: String,
+        /// `path`, `query` or `header`.
+        scope: String,
+    },
+    /// `{header.NAME}` with a name that is not a header name.
+    #[error("`{0}` is not a header name")]
+    NotAHeader(String),
+    /// A `}` with no hole open.
+    #[error("unmatched `}}` in {0:?}")]
+    Unmatched(String),
+    /// A hole that is not closed (`opener` is `{` or `${`).
+    #[error("unclosed `{opener}` in {text:?}")]
+    Unclosed {
+        /// What opened it.
+        opener: &'static str,
+        /// The template.
+        text: String,
+    },
+    /// A path-template hole that names no request value.
+    #[error("`{{{reference}}}` in {text:?}: expected {{path.NAME}}, {{query.NAME}} or {{header.NAME}}")]
+    NotARequestValue {
+        /// The hole's content.
+        reference: String,
+        /// The template.
+        text: String,
+    },
+    /// A shape reference to a part that does not exist.
+    #[error("`${{{reference}}}`: no part named `{part}` (parts: {parts}; or path., query., header.)")]
+    NoSuchPart {
+        /// The reference.
+        reference: String,
+        /// The part it names.
+        part: String,
+        /// The route's parts, comma-separated.
+        parts: String,
+    },
+}
+
 impl Source {
     /// `path.id`, `query.currency`, `header.x-tenant`; `None` for other prefixes.
-    fn parse(reference: &str) -> Result<Option<Self>, String> {
+    fn parse(reference: &str) -> Result<Option<Self>, TemplateError> {
         let Some((scope, name)) = reference.split_once('.') else { return Ok(None) };
         if name.is_empty() {
-            return Err(format!("`{reference}` names no {scope} value"));
+            return Err(TemplateError::NoName { reference: reference.to_owned(), scope: scope.to_owned() });
         }
         Ok(Some(match scope {
             "path" => Source::Path(name.to_owned()),
             "query" => Source::Query(name.to_owned()),
             "header" => Source::Header(
-                HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("`{name}` is not a header name"))?,
+                HeaderName::from_bytes(name.as_bytes()).map_err(|_| TemplateError::NotAHeader(name.to_owned()))?,
             ),
             _ => return Ok(None),
         }))
@@ -87,21 +132,23 @@ pub(crate) struct Template(Vec<Piece>);
 
 impl Template {
     /// Parse a template; `{` and `}` only open and close holes.
-    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, TemplateError> {
         let mut pieces = Vec::new();
         let mut rest = text;
         while let Some(open) = rest.find(['{', '}']) {
             if rest.as_bytes()[open] == b'}' {
-                return Err(format!("unmatched `}}` in {text:?}"));
+                return Err(TemplateError::Unmatched(text.to_owned()));
             }
             if open > 0 {
                 pieces.push(Piece::Literal(rest[..open].to_owned()));
             }
             let after = &rest[open + 1..];
-            let close = after.find('}').ok_or_else(|| format!("unclosed `{{` in {text:?}"))?;
+            let close =
+                after.find('}').ok_or_else(|| TemplateError::Unclosed { opener: "{", text: text.to_owned() })?;
             let reference = &after[..close];
-            let source = Source::parse(reference)?.ok_or_else(|| {
-                format!("`{{{reference}}}` in {text:?}: expected {{path.NAME}}, {{query.NAME}} or {{header.NAME}}")
+            let source = Source::parse(reference)?.ok_or_else(|| TemplateError::NotARequestValue {
+                reference: reference.to_owned(),
+                text: text.to_owned(),
             })?;
             pieces.push(Piece::Value(source));
             rest = &after[close + 1..];
@@ -156,17 +203,18 @@ enum Reference {
 }
 
 impl Reference {
-    fn parse(reference: &str, parts: &[&str]) -> Result<Self, String> {
+    fn parse(reference: &str, parts: &[&str]) -> Result<Self, TemplateError> {
         if let Some(source) = Source::parse(reference)? {
             return Ok(Reference::Request(source));
         }
         let mut names = reference.split('.');
         let part = names.next().unwrap_or_default();
         if !parts.contains(&part) {
-            return Err(format!(
-                "`${{{reference}}}`: no part named `{part}` (parts: {}; or path., query., header.)",
-                parts.join(", ")
-            ));
+            return Err(TemplateError::NoSuchPart {
+                reference: reference.to_owned(),
+                part: part.to_owned(),
+                parts: parts.join(", "),
+            });
         }
         Ok(Reference::Part { part: part.to_owned(), path: names.map(str::to_owned).collect() })
     }
@@ -213,7 +261,7 @@ enum Node {
 
 impl Shape {
     /// Parse `value`, checking that each `${part...}` names one of `parts`.
-    pub(crate) fn parse(value: &Value, parts: &[&str]) -> Result<Self, String> {
+    pub(crate) fn parse(value: &Value, parts: &[&str]) -> Result<Self, TemplateError> {
         Node::parse(value, parts).map(Shape)
     }
 
@@ -224,12 +272,12 @@ impl Shape {
 }
 
 impl Node {
-    fn parse(value: &Value, parts: &[&str]) -> Result<Self, String> {
+    fn parse(value: &Value, parts: &[&str]) -> Result<Self, TemplateError> {
         Ok(match value {
             Value::String(s) if s.contains("${") => Node::String(shape_string(s, parts)?),
             Value::Array(a) => Node::Array(a.iter().map(|v| Node::parse(v, parts)).collect::<Result<_, _>>()?),
             Value::Object(m) => Node::Object(
-                m.iter().map(|(k, v)| Ok((k.clone(), Node::parse(v, parts)?))).collect::<Result<_, String>>()?,
+                m.iter().map(|(k, v)| Ok((k.clone(), Node::parse(v, parts)?))).collect::<Result<_, TemplateError>>()?,
             ),
             v => Node::Literal(v.clone()),
         })
@@ -259,7 +307,7 @@ impl Node {
     }
 }
 
-fn shape_string(s: &str, parts: &[&str]) -> Result<ShapeString, String> {
+fn shape_string(s: &str, parts: &[&str]) -> Result<ShapeString, TemplateError> {
     let mut pieces = Vec::new();
     let mut rest = s;
     while let Some(open) = rest.find("${") {
@@ -267,7 +315,7 @@ fn shape_string(s: &str, parts: &[&str]) -> Result<ShapeString, String> {
             pieces.push(Ok(rest[..open].to_owned()));
         }
         let after = &rest[open + 2..];
-        let close = after.find('}').ok_or_else(|| format!("unclosed `${{` in {s:?}"))?;
+        let close = after.find('}').ok_or_else(|| TemplateError::Unclosed { opener: "${", text: s.to_owned() })?;
         pieces.push(Err(Reference::parse(&after[..close], parts)?));
         rest = &after[close + 1..];
     }
@@ -334,10 +382,11 @@ mod tests {
 
     #[test]
     fn bad_templates_are_refused() {
-        assert!(Template::parse("/a/{id}").expect_err("refused").contains("expected {path.NAME}"));
-        assert!(Template::parse("/a/{path.id").expect_err("refused").contains("unclosed"));
-        assert!(Template::parse("/a/}").expect_err("refused").contains("unmatched"));
-        assert!(Template::parse("/a/{path.}").expect_err("refused").contains("names no path value"));
+        let refused = |t: &str| Template::parse(t).expect_err("refused").to_string();
+        assert!(refused("/a/{id}").contains("expected {path.NAME}"));
+        assert!(refused("/a/{path.id").contains("unclosed"));
+        assert!(refused("/a/}").contains("unmatched"));
+        assert!(refused("/a/{path.}").contains("names no path value"));
     }
 
     #[test]
@@ -364,7 +413,7 @@ mod tests {
 
     #[test]
     fn shapes_must_name_parts() {
-        let err = Shape::parse(&serde_json::json!({"a": "${nope.x}"}), &["stock"]).expect_err("refused");
+        let err = Shape::parse(&serde_json::json!({"a": "${nope.x}"}), &["stock"]).expect_err("refused").to_string();
         assert!(err.contains("no part named `nope`"), "{err}");
     }
 

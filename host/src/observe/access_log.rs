@@ -95,6 +95,28 @@ impl AccessLog {
     }
 }
 
+/// Why an `[access_log]` could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AccessLogError {
+    /// An empty `target`.
+    #[error("`target` must be \"stdout\", \"stderr\" or a file path")]
+    NoTarget,
+    /// A sampling rate outside 0..=1.
+    #[error("`sample` must be between 0 and 1, got {0}")]
+    Sample(f64),
+    /// The file cannot be opened for appending.
+    #[error("cannot open access log {}: {source}", .file.display())]
+    Open {
+        /// The file.
+        file: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The writer thread could not be started.
+    #[error("cannot start the access log writer: {0}")]
+    Thread(std::io::Error),
+}
+
 /// The gateway's access-log writer thread, shared by every snapshot; it
 /// follows `[access_log] target` across reloads.
 pub(crate) struct AccessLogWriter {
@@ -117,16 +139,16 @@ impl AccessLogWriter {
 
     /// The access log for a snapshot with `cfg` (paths relative to
     /// `base`). Starts or moves the writer thread when the target changed.
-    pub(crate) fn for_snapshot(&self, cfg: &AccessLogConfig, base: &Path) -> Result<Arc<AccessLog>, String> {
+    pub(crate) fn for_snapshot(&self, cfg: &AccessLogConfig, base: &Path) -> Result<Arc<AccessLog>, AccessLogError> {
         let target = match cfg.target.as_str() {
             _ if !cfg.enabled => None,
             "stdout" => Some(Target::Stdout),
             "stderr" => Some(Target::Stderr),
-            "" => return Err("`target` must be \"stdout\", \"stderr\" or a file path".into()),
+            "" => return Err(AccessLogError::NoTarget),
             path => Some(Target::File(base.join(path))),
         };
         if !(0.0..=1.0).contains(&cfg.sample) {
-            return Err(format!("`sample` must be between 0 and 1, got {}", cfg.sample));
+            return Err(AccessLogError::Sample(cfg.sample));
         }
         let sink = match target {
             None => None,
@@ -135,7 +157,7 @@ impl AccessLogWriter {
         Ok(Arc::new(AccessLog { cfg: cfg.clone(), sink, metrics: self.metrics.clone() }))
     }
 
-    fn sink_for(&self, target: Target) -> Result<SyncSender<Line>, String> {
+    fn sink_for(&self, target: Target) -> Result<SyncSender<Line>, AccessLogError> {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((t, tx)) = current.as_ref()
             && *t == target
@@ -150,14 +172,14 @@ impl AccessLogWriter {
                     .create(true)
                     .append(true)
                     .open(p)
-                    .map_err(|e| format!("cannot open access log {}: {e}", p.display()))?,
+                    .map_err(|e| AccessLogError::Open { file: p.clone(), source: e })?,
             ),
         };
         let (tx, rx) = sync_channel(QUEUE);
         std::thread::Builder::new()
             .name("weir-access-log".into())
             .spawn(move || write_lines(rx, out))
-            .map_err(|e| format!("cannot start the access log writer: {e}"))?;
+            .map_err(AccessLogError::Thread)?;
         // The previous thread ends once the last snapshot using it is gone.
         *current = Some((target, tx.clone()));
         Ok(tx)

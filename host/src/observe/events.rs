@@ -38,24 +38,15 @@ pub(crate) struct Webhook {
 impl Webhook {
     /// The webhook `[events]` asks for, if any; `Err` says what is wrong
     /// with the URL.
-    pub(crate) fn from_config(cfg: &EventsConfig) -> Result<Option<Arc<Self>>, String> {
+    pub(crate) fn from_config(cfg: &EventsConfig) -> Result<Option<Arc<Self>>, SettingError> {
         if cfg.timeout.is_zero() {
-            return Err("`timeout` must be above zero".into());
+            return Err(SettingError::Zero("`timeout` must be above zero"));
         }
         if cfg.queue == 0 {
-            return Err("`queue` must be at least 1".into());
+            return Err(SettingError::Zero("`queue` must be at least 1"));
         }
         let Some(url) = &cfg.webhook else { return Ok(None) };
-        let url = url.get_ref();
-        let uri: Uri = url.parse().map_err(|e| format!("invalid webhook URL {url:?}: {e}"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => return Err(format!("webhook {url:?}: https is not supported yet, use http")),
-            _ => return Err(format!("webhook {url:?} must be an absolute http:// URL")),
-        }
-        if uri.authority().is_none() {
-            return Err(format!("webhook {url:?} has no host"));
-        }
+        let uri = http_url("webhook", url.get_ref())?;
         Ok(Some(Arc::new(Self { uri, min_severity: cfg.min_severity, timeout: cfg.timeout })))
     }
 
@@ -152,6 +143,58 @@ impl EventSink for SnapshotEvents {
     }
 }
 
+/// Why an `[events]` or `[tracing]` setting was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub(crate) enum SettingError {
+    /// A count or duration that must be above zero.
+    #[error("{0}")]
+    Zero(&'static str),
+    /// A sampling rate outside 0..=1.
+    #[error("`sample` must be between 0 and 1, got {0}")]
+    Sample(f64),
+    /// A URL that does not parse.
+    #[error("invalid {what} URL {url:?}: {reason}")]
+    Url {
+        /// `webhook` or `otlp_endpoint`.
+        what: &'static str,
+        /// As written.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// An https URL: the gateway's own POSTs speak http only, for now.
+    #[error("{what} {url:?}: https is not supported yet, use http")]
+    Https {
+        /// `webhook` or `otlp_endpoint`.
+        what: &'static str,
+        /// As written.
+        url: String,
+    },
+    /// Not an absolute http:// URL with a host.
+    #[error("{what} {url:?} must be an absolute http:// URL")]
+    NotHttp {
+        /// `webhook` or `otlp_endpoint`.
+        what: &'static str,
+        /// As written.
+        url: String,
+    },
+}
+
+/// `url` if it is an absolute `http://` URL with a host; `what` names the
+/// setting in the error.
+pub(crate) fn http_url(what: &'static str, url: &str) -> Result<Uri, SettingError> {
+    let uri: Uri = url.parse().map_err(|e: http::uri::InvalidUri| SettingError::Url {
+        what,
+        url: url.to_owned(),
+        reason: e.to_string(),
+    })?;
+    match uri.scheme_str() {
+        Some("http") if uri.authority().is_some() => Ok(uri),
+        Some("https") => Err(SettingError::Https { what, url: url.to_owned() }),
+        _ => Err(SettingError::NotHttp { what, url: url.to_owned() }),
+    }
+}
+
 /// The client the gateway's own outbound POSTs use (webhooks, spans).
 pub(crate) type PostClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -239,8 +282,13 @@ mod tests {
             |url: &str| EventsConfig { webhook: Some(toml::Spanned::new(0..0, url.into())), ..Default::default() };
         assert!(Webhook::from_config(&EventsConfig::default()).expect("none is fine").is_none());
         assert!(Webhook::from_config(&cfg("http://127.0.0.1:9/hook")).expect("valid").is_some());
-        assert!(Webhook::from_config(&cfg("https://example.com/")).expect_err("https").contains("not supported"));
-        assert!(Webhook::from_config(&cfg("/relative")).expect_err("relative").contains("absolute"));
+        assert!(
+            Webhook::from_config(&cfg("https://example.com/"))
+                .expect_err("https")
+                .to_string()
+                .contains("not supported")
+        );
+        assert!(Webhook::from_config(&cfg("/relative")).expect_err("relative").to_string().contains("absolute"));
     }
 
     #[tokio::test]

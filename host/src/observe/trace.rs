@@ -24,7 +24,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Uri};
 use tokio::sync::mpsc;
 
-use crate::observe::events::{PostClient, post_client, post_json};
+use crate::observe::events::{PostClient, SettingError, http_url, post_client, post_json};
 use crate::observe::metrics::Metrics;
 use weir_config::TracingConfig;
 
@@ -193,23 +193,18 @@ impl Tracer {
     /// The exporter `cfg` asks for (none without an endpoint); `Err` says
     /// what is wrong. Starts the export task, which ends when the tracer is
     /// dropped (its snapshot was replaced), after sending what it holds.
-    pub(crate) fn from_config(cfg: &TracingConfig, metrics: Arc<Metrics>) -> Result<Option<Arc<Self>>, String> {
+    pub(crate) fn from_config(cfg: &TracingConfig, metrics: Arc<Metrics>) -> Result<Option<Arc<Self>>, SettingError> {
         if !(0.0..=1.0).contains(&cfg.sample) {
-            return Err(format!("`sample` must be between 0 and 1, got {}", cfg.sample));
+            return Err(SettingError::Sample(cfg.sample));
         }
         if cfg.batch == 0 || cfg.queue == 0 {
-            return Err("`batch` and `queue` must be at least 1".into());
+            return Err(SettingError::Zero("`batch` and `queue` must be at least 1"));
         }
         if cfg.timeout.is_zero() {
-            return Err("`timeout` must be above zero".into());
+            return Err(SettingError::Zero("`timeout` must be above zero"));
         }
         let Some(url) = &cfg.otlp_endpoint else { return Ok(None) };
-        let uri: Uri = url.parse().map_err(|e| format!("invalid otlp_endpoint {url:?}: {e}"))?;
-        match uri.scheme_str() {
-            Some("http") if uri.authority().is_some() => {}
-            Some("https") => return Err(format!("otlp_endpoint {url:?}: https is not supported yet, use http")),
-            _ => return Err(format!("otlp_endpoint {url:?} must be an absolute http:// URL")),
-        }
+        let uri = http_url("otlp_endpoint", url)?;
         let (tx, rx) = mpsc::channel(cfg.queue);
         let export = Export {
             uri,

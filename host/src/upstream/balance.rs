@@ -146,21 +146,32 @@ pub(crate) enum HashOn {
     Cookie(String),
 }
 
+/// Why `hash_on` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum HashOnError {
+    /// `header:NAME` with an invalid name.
+    #[error("invalid header name {0:?}")]
+    Header(String),
+    /// None of the forms.
+    #[error("hash_on {0:?}: expected \"client_ip\", \"header:NAME\" or \"cookie:NAME\"")]
+    Unknown(String),
+}
+
 impl HashOn {
     /// Parse `client_ip`, `header:NAME` or `cookie:NAME`.
-    pub(crate) fn parse(s: &str) -> Result<Self, String> {
+    pub(crate) fn parse(s: &str) -> Result<Self, HashOnError> {
         if s == "client_ip" {
             return Ok(Self::ClientIp);
         }
         if let Some(h) = s.strip_prefix("header:") {
-            return HeaderName::try_from(h).map(Self::Header).map_err(|_| format!("invalid header name {h:?}"));
+            return HeaderName::try_from(h).map(Self::Header).map_err(|_| HashOnError::Header(h.to_owned()));
         }
         if let Some(c) = s.strip_prefix("cookie:")
             && !c.is_empty()
         {
             return Ok(Self::Cookie(c.to_owned()));
         }
-        Err(format!("hash_on {s:?}: expected \"client_ip\", \"header:NAME\" or \"cookie:NAME\""))
+        Err(HashOnError::Unknown(s.to_owned()))
     }
 
     /// The request's key; the client IP when the header or cookie is absent.

@@ -21,7 +21,7 @@ use super::balance::{Group, TargetSet};
 use super::breaker::Breaker;
 use super::metrics::UpstreamFamilies;
 use super::target::{Target, TargetRegistry};
-use super::{ClientCache, Upstream, connector, health, parse_target};
+use super::{ClientCache, TargetError, Upstream, connector, health, parse_target};
 use crate::observe::live::Live;
 use weir_config::{Balance, DnsFamily, LoadError, Source, TargetConfig, UpstreamConfig};
 
@@ -100,12 +100,12 @@ impl Upstreams {
         }
         for t in cfg.targets.iter().chain(&cfg.backup) {
             if let Err(e) = check_target(t.get_ref()) {
-                err(t.span(), e);
+                err(t.span(), e.to_string());
             }
         }
         let hash_on = match (&cfg.hash_on, cfg.balance) {
             (Some(h), Balance::Hash) => HashOn::parse(h.get_ref()).unwrap_or_else(|e| {
-                err(h.span(), e);
+                err(h.span(), e.to_string());
                 HashOn::ClientIp
             }),
             (Some(h), _) => {
@@ -226,10 +226,10 @@ impl Upstreams {
 }
 
 /// A target's address and weight, as written.
-fn check_target(t: &TargetConfig) -> Result<(), String> {
+fn check_target(t: &TargetConfig) -> Result<(), TargetError> {
     parse_target(t.address())?;
     if !(1..=MAX_WEIGHT).contains(&t.weight()) {
-        return Err(format!("target {:?}: weight must be 1 to {MAX_WEIGHT}, not {}", t.address(), t.weight()));
+        return Err(TargetError::Weight { target: t.address().to_owned(), weight: t.weight(), max: MAX_WEIGHT });
     }
     Ok(())
 }
@@ -300,7 +300,7 @@ pub(crate) enum TargetsFileError {
         /// The file.
         file: PathBuf,
         /// What is wrong with the target.
-        problem: String,
+        problem: TargetError,
     },
 }
 

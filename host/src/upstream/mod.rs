@@ -477,14 +477,45 @@ pub(crate) struct Answered {
     pub(crate) elapsed: Duration,
 }
 
+/// Why a target address or weight was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TargetError {
+    /// Not an authority.
+    #[error("invalid target {target:?}: {reason}")]
+    Invalid {
+        /// As written.
+        target: String,
+        /// Why.
+        reason: String,
+    },
+    /// No port.
+    #[error("target {0:?} needs a port, like \"127.0.0.1:9001\"")]
+    NoPort(String),
+    /// `user@host:port`.
+    #[error("target {0:?} must not contain credentials")]
+    Credentials(String),
+    /// A weight out of range.
+    #[error("target {target:?}: weight must be 1 to {max}, not {weight}")]
+    Weight {
+        /// As written.
+        target: String,
+        /// The weight given.
+        weight: u32,
+        /// The largest weight.
+        max: u32,
+    },
+}
+
 /// Parse a `host:port` target.
-pub(crate) fn parse_target(s: &str) -> Result<Authority, String> {
-    let a: Authority = s.parse().map_err(|e| format!("invalid target {s:?}: {e}"))?;
+pub(crate) fn parse_target(s: &str) -> Result<Authority, TargetError> {
+    let a: Authority = s
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| TargetError::Invalid { target: s.to_owned(), reason: e.to_string() })?;
     if a.port_u16().is_none() {
-        return Err(format!("target {s:?} needs a port, like \"127.0.0.1:9001\""));
+        return Err(TargetError::NoPort(s.to_owned()));
     }
     if s.contains('@') {
-        return Err(format!("target {s:?} must not contain credentials"));
+        return Err(TargetError::Credentials(s.to_owned()));
     }
     Ok(a)
 }
