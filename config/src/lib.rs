@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
+pub mod files;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod tls;
@@ -126,6 +127,10 @@ pub struct RuntimeConfig {
     /// to the config file).
     #[serde(default)]
     pub compile_cache: CompileCache,
+    /// Largest plugin module file read (`"64MiB"` by default): a larger
+    /// file, or one that is not a regular file, is refused.
+    #[serde(default = "defaults::max_module_size", deserialize_with = "byte_size")]
+    pub max_module_size: u64,
 }
 
 /// `compile_cache = true | false | "folder"`
@@ -172,6 +177,7 @@ impl Default for RuntimeConfig {
             max_memory: defaults::max_memory(),
             max_idle_per_plugin: defaults::max_idle_per_plugin(),
             compile_cache: CompileCache::default(),
+            max_module_size: defaults::max_module_size(),
         }
     }
 }
@@ -679,6 +685,9 @@ mod defaults {
     pub(super) fn max_idle_per_plugin() -> usize {
         64
     }
+    pub(super) fn max_module_size() -> u64 {
+        64 << 20
+    }
     pub(super) fn plugin_memory() -> u64 {
         32 << 20
     }
@@ -788,9 +797,8 @@ pub struct Source {
 impl Source {
     /// Read a config file.
     pub fn read(path: &Path) -> Result<Self, LoadErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            LoadErrors(vec![LoadError { file: path.to_owned(), line: None, message: format!("cannot read: {e}") }])
-        })?;
+        let text = files::read_text(path, files::MAX_CONFIG_SIZE)
+            .map_err(|e| LoadErrors(vec![LoadError { file: path.to_owned(), line: None, message: e.to_string() }]))?;
         Ok(Self { path: path.to_owned(), text })
     }
 

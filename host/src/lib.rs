@@ -167,7 +167,7 @@ impl Gateway {
             .map_err(|e| snapshot::file_error(&path, e.to_string()))?;
         let events = Arc::new(Events::new(cfg.events.queue, metrics.clone()));
         let families = (upstream_metrics, cache_metrics);
-        let loader = Loader::new(plugins, events, metrics.clone(), families, cfg.runtime.max_idle_per_plugin);
+        let loader = Loader::new(plugins, events, metrics.clone(), families, &cfg.runtime);
         let snapshot = loader.build(&path, 1).await?;
         metrics.set_generation(1);
         Ok(Self {

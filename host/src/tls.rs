@@ -26,6 +26,7 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig, SupportedProtocolVersion};
 
+use weir_config::files::{self, FileError};
 use weir_config::{ClientAuth, ListenerTlsConfig, TlsVersion};
 use weir_plugin_host::{ConnectionTls, sha256_hex};
 
@@ -89,9 +90,9 @@ pub(crate) enum TlsSetupError {
 /// What is wrong with a certificate, key or CA file.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum FileProblem {
-    /// It cannot be read.
-    #[error("cannot read: {0}")]
-    Read(std::io::Error),
+    /// It cannot be read (or is not a regular file, or too large).
+    #[error("{0}")]
+    Read(FileError),
     /// Its PEM does not parse.
     #[error("not a valid PEM certificate file: {0}")]
     NotPem(String),
@@ -139,7 +140,8 @@ pub(crate) fn versions(min: TlsVersion) -> &'static [&'static SupportedProtocolV
 
 /// Every certificate in a PEM file, in order.
 pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    let bytes = std::fs::read(path).map_err(|e| file_error(path, FileProblem::Read(e)))?;
+    let bytes =
+        files::read_bounded(path, files::MAX_SMALL_FILE, None).map_err(|e| file_error(path, FileProblem::Read(e)))?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_error(path, FileProblem::NotPem(e.to_string())))?;
@@ -156,7 +158,8 @@ pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
 
 /// The private key in a PEM file.
 pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
-    let bytes = std::fs::read(path).map_err(|e| file_error(path, FileProblem::Read(e)))?;
+    let bytes =
+        files::read_bounded(path, files::MAX_SMALL_FILE, None).map_err(|e| file_error(path, FileProblem::Read(e)))?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| file_error(path, FileProblem::NoKey(e.to_string())))
 }
 

@@ -14,6 +14,7 @@ mod docs;
 mod framing;
 mod fuzz_corpus;
 mod grpc;
+mod hardening;
 mod house;
 mod http2;
 mod mission;

@@ -14,11 +14,17 @@ struct TlsHandshake {
     alpn: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AcceptError {
+    kind: &'static str,
+}
+
 /// The listener families.
 #[derive(Clone)]
 pub(crate) struct ListenerMetrics {
     connections: Gauge,
     tls_handshakes: Family<TlsHandshake, Counter>,
+    accept_errors: Family<AcceptError, Counter>,
 }
 
 impl ListenerMetrics {
@@ -32,7 +38,18 @@ impl ListenerMetrics {
             "TLS handshakes on the TLS listener by result (ok, failed, timeout), version and ALPN protocol",
             tls_handshakes.clone(),
         );
-        Self { connections, tls_handshakes }
+        let accept_errors = Family::default();
+        registry.register(
+            "accept_errors",
+            "Failed accept() calls by kind: fd_exhausted (EMFILE, ENFILE), no_memory, other",
+            accept_errors.clone(),
+        );
+        Self { connections, tls_handshakes, accept_errors }
+    }
+
+    /// An accept() failed.
+    pub(crate) fn accept_error(&self, kind: &'static str) {
+        self.accept_errors.get_or_create(&AcceptError { kind }).inc();
     }
 
     /// Count a TLS handshake; `version` and `alpn` are empty when it failed.

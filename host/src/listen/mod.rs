@@ -8,6 +8,7 @@ pub(crate) mod sniff;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -19,6 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::Shared;
 use weir_plugin_host::ConnectionTls;
+
+use self::metrics::ListenerMetrics;
 
 /// Most concurrent HTTP/2 streams per connection.
 const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
@@ -118,24 +121,28 @@ pub(crate) async fn serve(
     // accepting (new connections wait in the kernel's backlog) until one
     // closes, instead of taking on work it cannot serve.
     let slots = Arc::new(tokio::sync::Semaphore::new(server_cfg.max_connections));
+    // The admin listener has a small cap of its own, so it can neither eat
+    // the proxy's descriptors nor be locked out by them.
+    let admin_slots = Arc::new(tokio::sync::Semaphore::new(ADMIN_MAX_CONNECTIONS));
+    check_fd_limit(&shared);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = accept(Some(&proxy), &slots) => {
+            accepted = accept(Some(&proxy), &slots, &shared.listener_metrics) => {
                 let Some((stream, peer, slot)) = accepted else { continue };
                 let open = OpenConnection::new(shared.listener_metrics.clone(), slot);
                 let conn = Conn { shared: shared.clone(), builder: builder.clone(), watcher: graceful.watcher(), peer };
                 tokio::spawn(conn.serve_plain(stream, open));
             }
-            accepted = accept(tls.as_ref(), &slots) => {
+            accepted = accept(tls.as_ref(), &slots, &shared.listener_metrics) => {
                 let Some((stream, peer, slot)) = accepted else { continue };
                 let open = OpenConnection::new(shared.listener_metrics.clone(), slot);
                 let conn = Conn { shared: shared.clone(), builder: builder.clone(), watcher: graceful.watcher(), peer };
                 tokio::spawn(conn.serve_tls(stream, open));
             }
-            accepted = accept_admin(admin.as_ref()) => {
-                let Ok((stream, peer)) = accepted else { continue };
-                serve_admin(shared.clone(), stream, peer, &graceful);
+            accepted = accept_admin(admin.as_ref(), &admin_slots, &shared.listener_metrics) => {
+                let Some((stream, peer, slot)) = accepted else { continue };
+                serve_admin(shared.clone(), stream, peer, slot, &graceful);
             }
             () = &mut shutdown => break,
         }
@@ -158,12 +165,91 @@ pub(crate) async fn serve(
 async fn accept(
     listener: Option<&TcpListener>,
     slots: &Arc<tokio::sync::Semaphore>,
+    metrics: &ListenerMetrics,
 ) -> Option<(TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
     let Some(listener) = listener else { return std::future::pending().await };
     let slot = slots.clone().acquire_owned().await.ok()?;
-    let (stream, peer) = listener.accept().await.ok()?;
+    let (stream, peer) = match listener.accept().await {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            accept_failed(&e, metrics).await;
+            return None;
+        }
+    };
     let _ = stream.set_nodelay(true);
     Some((stream, peer, slot))
+}
+
+/// Admin connections open at once.
+const ADMIN_MAX_CONNECTIONS: usize = 32;
+/// How long the accept loop waits after the process ran out of
+/// descriptors (or memory): long enough not to spin, short enough that a
+/// freed descriptor is used at once.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// At most one log line per this interval about failing accepts.
+const ACCEPT_LOG_EVERY_MS: u64 = 5_000;
+
+/// An accept() that failed: counted, said at most once per interval, and,
+/// when the process is out of descriptors or memory, followed by a pause.
+/// Retrying at once would spin a core while the connections that hold the
+/// descriptors stay open (and starve every other task on this worker).
+async fn accept_failed(e: &std::io::Error, metrics: &ListenerMetrics) {
+    let kind = match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE) => "fd_exhausted",
+        Some(libc::ENOBUFS | libc::ENOMEM) => "no_memory",
+        _ => "other",
+    };
+    metrics.accept_error(kind);
+    static LAST_LOG: AtomicU64 = AtomicU64::new(0);
+    let now = weir_plugin_host::clock::monotonic_ms();
+    let last = LAST_LOG.load(Ordering::Relaxed);
+    if (last == 0 || now.saturating_sub(last) >= ACCEPT_LOG_EVERY_MS)
+        && LAST_LOG.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    {
+        tracing::warn!(kind, "accept failed: {e}; backing off {ACCEPT_BACKOFF:?} (said at most every 5 s)");
+    }
+    if kind != "other" {
+        tokio::time::sleep(ACCEPT_BACKOFF).await;
+    }
+}
+
+/// Raise the soft open-files limit to the hard one, and warn when the
+/// configured connection caps cannot fit in it.
+fn check_fd_limit(shared: &Shared) {
+    let Some(limit) = raise_fd_limit() else { return };
+    let snap = shared.snapshot.load();
+    let upstreams: usize = snap.upstreams.values().map(|u| u.breaker.config.max_connections).sum();
+    // Listeners, the runtime, log and module files, the watcher: a margin.
+    let needed = snap.server.max_connections + upstreams + ADMIN_MAX_CONNECTIONS + 64;
+    if needed as u64 > limit {
+        tracing::warn!(
+            limit,
+            max_connections = snap.server.max_connections,
+            upstream_connections = upstreams,
+            "the open-files limit is below what the connection caps allow; at the limit new connections wait \
+             (raise it with `ulimit -n` or LimitNOFILE=, or lower max_connections)"
+        );
+    }
+}
+
+/// The soft `RLIMIT_NOFILE`, raised to the hard limit first.
+#[allow(unsafe_code)]
+fn raise_fd_limit() -> Option<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct we
+    // pass, which lives for the whole call.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    Some(lim.rlim_cur)
 }
 
 /// One accepted downstream connection, before its protocol is known.
@@ -373,14 +459,22 @@ impl Drop for OpenConnection {
     }
 }
 
-async fn accept_admin(admin: Option<&TcpListener>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
-    match admin {
-        Some(l) => l.accept().await,
-        None => std::future::pending().await,
-    }
+/// Accept on the admin listener (never, without one), within its own cap.
+async fn accept_admin(
+    admin: Option<&TcpListener>,
+    slots: &Arc<tokio::sync::Semaphore>,
+    metrics: &ListenerMetrics,
+) -> Option<(TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
+    accept(admin, slots, metrics).await
 }
 
-fn serve_admin(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: SocketAddr, graceful: &GracefulShutdown) {
+fn serve_admin(
+    shared: Arc<Shared>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    graceful: &GracefulShutdown,
+) {
     let svc = service_fn(move |req: hyper::Request<Incoming>| {
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(crate::admin::handle(&shared, req).await) }
@@ -391,6 +485,7 @@ fn serve_admin(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: SocketA
         .serve_connection(TokioIo::new(stream), svc);
     let conn = graceful.watch(conn);
     tokio::spawn(async move {
+        let _slot = slot;
         if let Err(e) = conn.await {
             tracing::debug!(%peer, "admin connection ended: {e}");
         }

@@ -17,6 +17,8 @@ use crate::tls::ListenerTls;
 use crate::upstream::Upstream;
 use crate::upstream::discovery::Upstreams;
 use crate::upstream::metrics::UpstreamFamilies;
+use weir_config::RuntimeConfig;
+use weir_config::files::{self, FileError};
 use weir_config::{AccessLogConfig, GatewayConfig, LoadError, LoadErrors, RouteConfig, RouteKind, Source};
 use weir_plugin_host::state::StateStore;
 use weir_plugin_host::{Phases, PluginRuntime, PluginSpec, sha256_hex};
@@ -38,6 +40,8 @@ pub(crate) struct Loader {
     /// settings stay the same.
     caches: Mutex<HashMap<String, Arc<RouteCache>>>,
     max_idle: usize,
+    /// `[runtime] max_module_size`.
+    max_module_size: u64,
 }
 
 impl Loader {
@@ -47,7 +51,7 @@ impl Loader {
         events: Arc<Events>,
         metrics: Arc<Metrics>,
         families: (UpstreamFamilies, CacheFamilies),
-        max_idle: usize,
+        runtime: &RuntimeConfig,
     ) -> Self {
         let (upstream_metrics, cache_metrics) = families;
         Self {
@@ -59,7 +63,8 @@ impl Loader {
             metrics,
             upstreams: Upstreams::default(),
             caches: Mutex::default(),
-            max_idle,
+            max_idle: runtime.max_idle_per_plugin,
+            max_module_size: runtime.max_module_size,
         }
     }
 
@@ -174,12 +179,14 @@ impl Loader {
                 continue;
             }
             let file = plugins_dir.join(module);
-            let bytes = match std::fs::read(&file) {
+            let bytes = match read_module(&file, &plugins_dir, self.max_module_size).await {
                 Ok(b) => b,
                 Err(e) => {
-                    errors.push(
-                        src.error(p.module.span(), format!("plugin `{name}`: cannot read {}: {e}", file.display())),
-                    );
+                    let why = match e {
+                        FileError::Read(e) => format!("cannot read {}: {e}", file.display()),
+                        other => format!("{} {other}", file.display()),
+                    };
+                    errors.push(src.error(p.module.span(), format!("plugin `{name}`: {why}")));
                     continue;
                 }
             };
@@ -388,6 +395,17 @@ impl Loader {
             }
         }
     }
+}
+
+/// A plugin module, read on a blocking thread: a regular file of at most
+/// `cap` bytes that resolves inside `plugins_dir` (symlinks within it are
+/// followed). A FIFO, a device or a link out of the folder is refused
+/// without stalling the runtime or growing memory.
+async fn read_module(file: &Path, plugins_dir: &Path, cap: u64) -> Result<Vec<u8>, FileError> {
+    let (file, dir) = (file.to_owned(), plugins_dir.to_owned());
+    tokio::task::spawn_blocking(move || files::read_bounded(&file, cap, Some(&dir)))
+        .await
+        .unwrap_or_else(|e| Err(FileError::Read(std::io::Error::other(e))))
 }
 
 /// Errors for a whole file that failed before any item could be checked.

@@ -23,6 +23,7 @@ use super::metrics::UpstreamFamilies;
 use super::target::{Target, TargetRegistry};
 use super::{ClientCache, TargetError, Upstream, connector, health, parse_target};
 use crate::observe::live::Live;
+use weir_config::files;
 use weir_config::{Balance, DnsFamily, LoadError, Source, TargetConfig, UpstreamConfig};
 
 /// Time allowed to resolve the names of one upstream.
@@ -245,7 +246,8 @@ fn is_name(addr: &str) -> bool {
 /// the file and line.
 pub(crate) fn read_file(path: &Path) -> Result<Spec, TargetsFileError> {
     let file = || path.to_owned();
-    let text = std::fs::read_to_string(path).map_err(|e| TargetsFileError::Read { file: file(), source: e })?;
+    let text = files::read_text(path, files::MAX_SMALL_FILE)
+        .map_err(|e| TargetsFileError::Read { file: file(), source: e })?;
     let spec: Spec = if path.extension().is_some_and(|e| e == "toml") {
         toml::from_str(&text).map_err(|e| {
             let line = e.span().map_or(0, |s| text[..s.start.min(text.len())].matches('\n').count() + 1);
@@ -270,13 +272,13 @@ pub(crate) fn read_file(path: &Path) -> Result<Spec, TargetsFileError> {
 /// Why a targets file cannot be used; each names the file.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum TargetsFileError {
-    /// It cannot be read.
-    #[error("cannot read {}: {source}", .file.display())]
+    /// It cannot be read (or is not a regular file, or too large).
+    #[error("{}: {source}", .file.display())]
     Read {
         /// The file.
         file: PathBuf,
         /// Why.
-        source: std::io::Error,
+        source: weir_config::files::FileError,
     },
     /// It does not parse, at `line`.
     #[error("{}:{line}: {message}", .file.display())]
