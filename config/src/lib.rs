@@ -319,6 +319,10 @@ pub struct LimitsConfig {
     /// sent upstream; larger bodies stream after this much.
     #[serde(default = "defaults::request_buffer", deserialize_with = "byte_size")]
     pub request_buffer: u64,
+    /// Largest upstream response head (status line and headers); a larger
+    /// one is answered `502`, never forwarded.
+    #[serde(default = "defaults::max_header_bytes", deserialize_with = "byte_size")]
+    pub max_response_header_bytes: u64,
 }
 
 impl Default for LimitsConfig {
@@ -329,6 +333,7 @@ impl Default for LimitsConfig {
             max_header_bytes: defaults::max_header_bytes(),
             max_uri_bytes: defaults::max_uri_bytes(),
             request_buffer: defaults::request_buffer(),
+            max_response_header_bytes: defaults::max_header_bytes(),
         }
     }
 }

@@ -181,3 +181,79 @@ async fn file_descriptor_exhaustion_backs_off_instead_of_spinning() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// An upstream that answers every request with `answer`, raw, then closes.
+async fn raw_upstream(answer: Vec<u8>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                // Read the request head, then answer.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = conn.write_all(&answer).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_upstream_answers_become_502_never_a_wrong_length() {
+    let answers: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "length and chunked",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_vec(),
+            "both Transfer-Encoding and Content-Length",
+        ),
+        (
+            "gzip with a length",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: gzip\r\n\r\nabc".to_vec(),
+            "both Transfer-Encoding and Content-Length",
+        ),
+        (
+            "an unasked 101",
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n".to_vec(),
+            "did not ask to upgrade",
+        ),
+        (
+            "200 KB of headers",
+            {
+                let mut a = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n".to_vec();
+                for i in 0..40 {
+                    a.extend_from_slice(format!("x-h{i}: {}\r\n", "v".repeat(5000)).as_bytes());
+                }
+                a.extend_from_slice(b"\r\nok");
+                a
+            },
+            "over the 65536-byte limit",
+        ),
+    ];
+    for (what, answer, expect) in answers {
+        let addr = raw_upstream(answer).await;
+        let body = format!("[upstreams.up]\ntargets = [\"{addr}\"]\n\n[[routes]]\nname = \"r\"\nupstream = \"up\"\n");
+        let gw = TestGateway::start(&body, &[]).await;
+        let reply = gw.get("/").await;
+        assert_eq!(reply.status, 502, "{what}: {}", reply.text());
+        let error = reply.json()["error"].as_str().unwrap_or_default().to_owned();
+        assert!(error.contains(expect), "{what}: {error}");
+        gw.shutdown().await;
+    }
+    // A well-formed answer through the same kind of upstream passes.
+    let addr = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()).await;
+    let body = format!("[upstreams.up]\ntargets = [\"{addr}\"]\n\n[[routes]]\nname = \"r\"\nupstream = \"up\"\n");
+    let gw = TestGateway::start(&body, &[]).await;
+    let reply = gw.get("/").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "ok");
+}

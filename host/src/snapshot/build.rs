@@ -137,7 +137,7 @@ impl Loader {
         // Upstreams.
         let mut upstreams = BTreeMap::new();
         for (name, up) in &cfg.upstreams {
-            match self.upstreams.build(name, up, src, &self.upstream_metrics, self.metrics.live()).await {
+            match self.upstreams.build(name, up, src, &self.upstream_metrics, self.metrics.live(), &cfg.limits).await {
                 Ok(u) => {
                     upstreams.insert(name.clone(), u);
                 }

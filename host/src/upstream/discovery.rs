@@ -63,6 +63,7 @@ impl Upstreams {
         src: &Source,
         metrics: &UpstreamFamilies,
         live: &Live,
+        limits: &weir_config::LimitsConfig,
     ) -> Result<Arc<Upstream>, Vec<LoadError>> {
         let span = cfg.span();
         let cfg = cfg.get_ref();
@@ -191,6 +192,7 @@ impl Upstreams {
         let set = make_set(name, &resolved, cfg.balance, &self.registry, metrics);
         let upstream = Arc::new(Upstream {
             name: name.into(),
+            max_response_head: limits.max_response_header_bytes,
             targets: ArcSwap::from_pointee(set),
             policy: cfg.balance,
             hash_on,

@@ -64,6 +64,8 @@ pub(crate) enum Outgoing {
 pub(crate) struct Upstream {
     /// Configured name.
     pub(crate) name: Arc<str>,
+    /// `[limits] max_response_header_bytes`.
+    pub(crate) max_response_head: u64,
     targets: ArcSwap<TargetSet>,
     policy: weir_config::Balance,
     hash_on: HashOn,
@@ -261,6 +263,8 @@ impl Upstream {
         {
             parts.headers.insert(header::HOST, v);
         }
+        // Only a request that asks to upgrade may be answered `101`.
+        let upgrade_asked = parts.headers.contains_key(header::UPGRADE);
         let req = Request::from_parts(parts, body);
         let lease = Lease::new(target.state.clone(), slot);
         let sent = Instant::now();
@@ -268,6 +272,16 @@ impl Upstream {
         let elapsed = sent.elapsed();
         let now = monotonic_ms();
         let (err, kind) = match result {
+            Ok(Ok(resp)) if let Some(why) = malformed(&resp, upgrade_asked, self.max_response_head) => {
+                // Nothing was sent to the client yet: refuse the answer
+                // whole rather than forward a length that lies.
+                self.metrics.request.inc();
+                target.metrics.failed();
+                health::observe(self, target, true, now);
+                drop(lease);
+                let detail = format!("malformed response from {}: {why}", target.addr);
+                return Verdict::Fail(ProxyError::Upstream { upstream: self.name.clone(), detail });
+            }
             Ok(Ok(resp)) => {
                 let status = resp.status().as_u16();
                 self.metrics.duration.observe(elapsed.as_secs_f64());
@@ -475,6 +489,24 @@ pub(crate) struct Answered {
     pub(crate) target: Authority,
     /// From sending the request to the response head.
     pub(crate) elapsed: Duration,
+}
+
+/// Why an upstream response head must not be forwarded (RFC 9112 §6.3:
+/// an intermediary must not forward both a `Transfer-Encoding` and a
+/// `Content-Length`), if it must not.
+fn malformed(resp: &Response<hyper::body::Incoming>, upgrade_asked: bool, max_head: u64) -> Option<String> {
+    let headers = resp.headers();
+    if headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH) {
+        return Some("both Transfer-Encoding and Content-Length".into());
+    }
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS && !upgrade_asked {
+        return Some("101 Switching Protocols to a request that did not ask to upgrade".into());
+    }
+    let size: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    if size as u64 > max_head {
+        return Some(format!("a head of {size} bytes, over the {max_head}-byte limit (max_response_header_bytes)"));
+    }
+    None
 }
 
 /// Why a target address or weight was refused.
