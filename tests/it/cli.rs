@@ -84,7 +84,7 @@ fn check_accepts_good_and_lists_every_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_and_drains_on_sigterm() {
     let up = Upstream::start("users").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let port = weir_tests::free_port();
     let dir = prepare(&GOOD.replace("LISTEN", &format!("127.0.0.1:{port}")).replace("UPSTREAM", &up.addr.to_string()));
     let mut child = spawn_run(&dir);
     let client = weir_tests::Client::new();
@@ -143,7 +143,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_100_slow_requests_finish_and_refuses_new_connections() {
     let up = Upstream::start("users").await;
-    let free = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let free = weir_tests::free_port;
     let (port, admin) = (free(), free());
     let config =
         GOOD.replace("LISTEN", &format!("127.0.0.1:{port}")).replace("UPSTREAM", &up.addr.to_string()).replace(

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use weir_tests::{TestGateway, Upstream, fixture, weir_binary};
+use weir_tests::{TestGateway, Upstream, fixture, free_port, rss_kib, weir_binary};
 
 fn body(upstream: &str, module: &str) -> String {
     format!(
@@ -102,21 +102,6 @@ fn weir_check_refuses_a_fifo_module_at_once() {
         "{stderr}"
     );
     assert!(started.elapsed() < Duration::from_secs(20), "weir check took {:?}", started.elapsed());
-}
-
-/// This process's resident set, KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// A free loopback port (bound, then released for the gateway to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// CPU time the process `pid` has used, in clock ticks (1/100 s).

@@ -25,26 +25,8 @@ fn no_module_cycles_in_any_crate() {
     let mut report = Vec::new();
     for krate in CRATES {
         let root = workspace_root().join(krate);
-        let files = module_files(&root);
-        assert!(files.len() > 3, "{krate}: found only {} source files", files.len());
-        let known: BTreeSet<ModPath> = files.keys().cloned().collect();
-        // Sibling edges, grouped by the parent module they meet in.
-        let mut groups: BTreeMap<ModPath, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
-        for (module, file) in &files {
-            let text = std::fs::read_to_string(file).expect("read source");
-            for target in references(module, &strip_comments(&text)) {
-                let Some(target) = resolve(&known, &target) else { continue };
-                let common = module.iter().zip(&target).take_while(|(a, b)| a == b).count();
-                if common < module.len() && common < target.len() {
-                    groups
-                        .entry(module[..common].to_vec())
-                        .or_default()
-                        .entry(module[common].clone())
-                        .or_default()
-                        .insert(target[common].clone());
-                }
-            }
-        }
+        let (files, groups) = sibling_edges(&root);
+        assert!(files > 3, "{krate}: found only {files} source files");
         for (parent, edges) in &groups {
             if let Some(cycle) = find_cycle(edges) {
                 let at = if parent.is_empty() { "crate root".to_owned() } else { parent.join("::") };
@@ -78,6 +60,32 @@ fn only_the_plugin_host_names_wasmtime() {
         .map(|m| m.strip_prefix(&root).unwrap_or(m).display().to_string())
         .collect();
     assert_eq!(naming, ["plugin-host/Cargo.toml"], "crates whose manifest names wasmtime");
+}
+
+/// Edges between sibling modules, grouped by the parent they meet in, of
+/// the crate rooted at `root`; and how many source files it has.
+type Groups = BTreeMap<ModPath, BTreeMap<String, BTreeSet<String>>>;
+
+fn sibling_edges(root: &Path) -> (usize, Groups) {
+    let files = module_files(root);
+    let known: BTreeSet<ModPath> = files.keys().cloned().collect();
+    let mut groups = Groups::new();
+    for (module, file) in &files {
+        let text = std::fs::read_to_string(file).expect("read source");
+        for target in references(module, &strip_comments(&text)) {
+            let Some(target) = resolve(&known, &target) else { continue };
+            let common = module.iter().zip(&target).take_while(|(a, b)| a == b).count();
+            if common < module.len() && common < target.len() {
+                groups
+                    .entry(module[..common].to_vec())
+                    .or_default()
+                    .entry(module[common].clone())
+                    .or_default()
+                    .insert(target[common].clone());
+            }
+        }
+    }
+    (files.len(), groups)
 }
 
 /// Every module of the crate rooted at `root`, by path (`lib.rs` is the
@@ -294,23 +302,10 @@ fn the_checker_sees_a_cycle() {
     std::fs::write(src.join("a.rs"), "use crate::b::Thing;\n").expect("write");
     std::fs::write(src.join("b.rs"), "use crate::{c::{self, Other}, nothing as _};\n// crate::a\n").expect("write");
     std::fs::write(src.join("c.rs"), "fn f() { super::a::g() }\n").expect("write");
-    let files = module_files(src);
-    let known: BTreeSet<ModPath> = files.keys().cloned().collect();
-    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (module, file) in &files {
-        let text = std::fs::read_to_string(file).expect("read");
-        for target in references(module, &strip_comments(&text)) {
-            if let Some(t) = resolve(&known, &target)
-                && !module.is_empty()
-                && t != *module
-                && !t.is_empty()
-            {
-                edges.entry(module[0].clone()).or_default().insert(t[0].clone());
-            }
-        }
-    }
-    let cycle = find_cycle(&edges).expect("a → b → c → a is a cycle");
+    let (_, mut groups) = sibling_edges(src);
+    let edges = groups.get_mut(&Vec::new()).expect("edges among the crate root's modules");
+    let cycle = find_cycle(edges).expect("a → b → c → a is a cycle");
     assert_eq!(cycle.len(), 4, "{cycle:?}");
     edges.get_mut("c").expect("c").clear();
-    assert_eq!(find_cycle(&edges), None);
+    assert_eq!(find_cycle(edges), None);
 }

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use http::Method;
-use weir_tests::{TestGateway, Upstream};
+use weir_tests::{TestGateway, Upstream, rss_kib};
 
 /// A route `/NAME` per hostile plugin instance `NAME` with `mode`.
 fn config(upstream: &str, plugins: &[(&str, &str, &str)]) -> String {
@@ -298,12 +298,6 @@ async fn plugins_cannot_read_files_or_env_connect_or_resolve_names() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(touched.load(std::sync::atomic::Ordering::SeqCst), 0, "the canary received no connection");
-}
-
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
-    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("a number")
 }
 
 /// Issue 5, items 5 and 6 at volume: 1,000 requests into an infinite loop

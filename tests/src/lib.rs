@@ -99,6 +99,18 @@ pub fn fixture(file: &str) -> PathBuf {
     p
 }
 
+/// This process's resident set, KiB.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("a number")
+}
+
+/// A free loopback port (bound, then released for a process to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
 /// The `weir` binary, built on first use.
 pub fn weir_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();

@@ -140,7 +140,7 @@ pub(crate) async fn serve(
                 let conn = Conn { shared: shared.clone(), builder: builder.clone(), watcher: graceful.watcher(), peer };
                 tokio::spawn(conn.serve_tls(stream, open));
             }
-            accepted = accept_admin(admin.as_ref(), &admin_slots, &shared.listener_metrics) => {
+            accepted = accept(admin.as_ref(), &admin_slots, &shared.listener_metrics) => {
                 let Some((stream, peer, slot)) = accepted else { continue };
                 serve_admin(shared.clone(), stream, peer, slot, &graceful);
             }
@@ -160,8 +160,8 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-/// Accept on `listener` (never, without one) once a `max_connections`
-/// slot is free.
+/// Accept on `listener` (never, without one) once one of its `slots` is
+/// free (`max_connections` for the proxy, a small cap for admin).
 async fn accept(
     listener: Option<&TcpListener>,
     slots: &Arc<tokio::sync::Semaphore>,
@@ -457,15 +457,6 @@ impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.metrics.connection(false);
     }
-}
-
-/// Accept on the admin listener (never, without one), within its own cap.
-async fn accept_admin(
-    admin: Option<&TcpListener>,
-    slots: &Arc<tokio::sync::Semaphore>,
-    metrics: &ListenerMetrics,
-) -> Option<(TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
-    accept(admin, slots, metrics).await
 }
 
 fn serve_admin(

@@ -21,7 +21,7 @@ use weir_config::RuntimeConfig;
 use weir_config::files::{self, FileError};
 use weir_config::{AccessLogConfig, GatewayConfig, LoadError, LoadErrors, RouteConfig, RouteKind, Source};
 use weir_plugin_host::state::StateStore;
-use weir_plugin_host::{Phases, PluginRuntime, PluginSpec, sha256_hex};
+use weir_plugin_host::{EventSink, Phases, PluginRuntime, PluginSpec, sha256_hex};
 
 use super::{Backend, Route, Snapshot};
 
@@ -147,6 +147,8 @@ impl Loader {
 
         // Plugins: validate, compile each distinct module once, instantiate.
         let mut plugins = BTreeMap::new();
+        // The snapshot's event sink (its webhook), shared by its plugins.
+        let events: Arc<dyn EventSink> = Arc::new(SnapshotEvents::new(self.events.clone(), webhook.clone()));
         let mut used_modules = HashSet::new();
         for (name, p) in &cfg.plugins {
             let span = p.span();
@@ -230,9 +232,8 @@ impl Loader {
                 max_idle: self.max_idle,
                 crash_loop: p.crash_loop,
             };
-            let events = Arc::new(SnapshotEvents::new(self.events.clone(), webhook.clone()));
             let live = self.metrics.live().plugin(name);
-            match self.plugins.load(spec, &module_code, events, live).await {
+            match self.plugins.load(spec, &module_code, events.clone(), live).await {
                 Ok(loaded) => {
                     plugins.insert(name.clone(), Arc::new(loaded));
                 }
