@@ -1,5 +1,5 @@
-//! Entry points for the gateway's fuzz targets in `fuzz/` (the router and
-//! raw HTTP/1 bytes; the config parser's and plugin header lists' live in
+//! Entry points for the gateway's fuzz targets in `fuzz/` (the router, raw
+//! HTTP/1 requests and raw upstream answers; the config parser's and plugin header lists' live in
 //! `weir-config` and `weir-plugin-host`) and for the tests that
 //! replay their corpora (`tests/it/fuzz_corpus.rs`): each takes arbitrary
 //! bytes and must neither panic nor hang, whatever they are. Where there is
@@ -64,4 +64,53 @@ pub fn http1(data: &[u8]) {
     let (parts, ()) = request.into_parts();
     // Refused or passed, never a panic.
     let _ = crate::proxy::checks::check(&parts, &LimitsConfig::default());
+}
+
+/// Raw bytes as an upstream's whole answer to `GET /` (the connection ends
+/// after them): hyper's client parses them, then they go through the checks
+/// the gateway makes before it forwards an answer (framing, an unasked
+/// `101`, the head's size, a broken first chunk). An answer that passes is
+/// read to its end, and a body read whole matches its `Content-Length`.
+pub fn upstream_response(data: &[u8]) {
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    rt.block_on(async {
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        let answer = data.to_vec();
+        tokio::spawn(async move {
+            let _ = server.write_all(&answer).await;
+            let _ = server.shutdown().await;
+            let mut sink = [0u8; 1024];
+            while matches!(server.read(&mut sink).await, Ok(n) if n > 0) {}
+        });
+        let exchange = async {
+            let io = hyper_util::rt::TokioIo::new(client);
+            let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake::<_, crate::body::ProxyBody>(io).await
+            else {
+                return;
+            };
+            tokio::spawn(conn);
+            let request = Request::get("/").header("host", "fuzz").body(crate::body::empty()).expect("a request");
+            let Ok(resp) = sender.send_request(request).await else { return };
+            if crate::upstream::malformed(&resp, false, LimitsConfig::default().max_response_header_bytes).is_some() {
+                return;
+            }
+            let length = resp.headers().get(http::header::CONTENT_LENGTH).map(|v| v.as_bytes().to_vec());
+            let (parts, mut incoming) = resp.into_parts();
+            let Ok(first) = crate::upstream::first_frame(&parts, &mut incoming).await else { return };
+            let mut read = first.and_then(|f| f.into_data().ok()).map_or(0, |b| b.len());
+            while let Some(frame) = incoming.frame().await {
+                let Ok(frame) = frame else { return };
+                read += frame.into_data().map_or(0, |b| b.len());
+            }
+            if let Some(length) = length
+                && let Some(n) = std::str::from_utf8(&length).ok().and_then(|s| s.trim().parse::<usize>().ok())
+            {
+                assert_eq!(read, n, "a body read whole is not its Content-Length");
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), exchange).await;
+    });
 }

@@ -38,3 +38,8 @@ fn plugin_headers_corpus() {
 fn http1_corpus() {
     replay("http1", weir::fuzzing::http1);
 }
+
+#[test]
+fn upstream_response_corpus() {
+    replay("upstream_response", weir::fuzzing::upstream_response);
+}

@@ -169,14 +169,20 @@ async fn file_descriptor_exhaustion_backs_off_instead_of_spinning() {
 
 /// An upstream that answers every request with `answer`, raw, then closes.
 async fn raw_upstream(answer: Vec<u8>) -> std::net::SocketAddr {
+    raw_upstream_with(move |_| vec![answer.clone()]).await
+}
+
+/// An upstream that reads a request head and answers with the pieces
+/// `answer(path)` gives, raw, 100 ms apart, then closes.
+async fn raw_upstream_with(answer: impl Fn(&str) -> Vec<Vec<u8>> + Send + Sync + 'static) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let answer = std::sync::Arc::new(answer);
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
             let answer = answer.clone();
             tokio::spawn(async move {
-                // Read the request head, then answer.
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
                 while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -185,12 +191,93 @@ async fn raw_upstream(answer: Vec<u8>) -> std::net::SocketAddr {
                         Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     }
                 }
-                let _ = conn.write_all(&answer).await;
+                let head = String::from_utf8_lossy(&buf);
+                let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                for (i, piece) in answer(&path).into_iter().enumerate() {
+                    if i > 0 {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    if conn.write_all(&piece).await.is_err() {
+                        return;
+                    }
+                }
                 let _ = conn.shutdown().await;
             });
         }
     });
     addr
+}
+
+/// A raw `GET path` to `addr` with `Connection: close`; everything the
+/// gateway sent until it closed.
+async fn raw_get(addr: &str, path: &str) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect to the gateway");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.expect("send");
+    let mut all = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut all)).await;
+    assert!(read.is_ok(), "GET {path}: the gateway neither answered nor closed in 10 s");
+    all
+}
+
+/// What a client got, read the way a client must read it.
+#[derive(Debug)]
+struct Received {
+    status: u16,
+    body: Vec<u8>,
+    /// The body ended as its framing says (length reached, last chunk).
+    complete: bool,
+}
+
+/// Parse a reply and check the properties a client relies on: a status
+/// line always; never `101` to a plain GET; never both a length and a
+/// transfer coding; no more body than the length says; chunks that
+/// decode. A reply cut short is allowed (that is a clean abort: the
+/// connection closed before the framing was satisfied).
+fn received(what: &str, raw: &[u8]) -> Received {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(at)) = resp.parse(raw) else {
+        panic!("{what}: no status line, the client got {:?}", String::from_utf8_lossy(raw));
+    };
+    let status = resp.code.expect("a status");
+    assert_ne!(status, 101, "{what}: 101 to a request that did not ask to upgrade");
+    let header = |name: &str| {
+        resp.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| String::from_utf8_lossy(h.value))
+    };
+    let (length, coding) = (header("content-length"), header("transfer-encoding"));
+    assert!(length.is_none() || coding.is_none(), "{what}: both Content-Length and Transfer-Encoding");
+    let rest = &raw[at..];
+    if let Some(length) = length {
+        let n: usize = length.trim().parse().unwrap_or_else(|_| panic!("{what}: Content-Length {length:?}"));
+        assert!(rest.len() <= n, "{what}: {} body bytes after Content-Length {n}", rest.len());
+        return Received { status, body: rest.to_vec(), complete: rest.len() == n };
+    }
+    if let Some(coding) = coding {
+        assert_eq!(coding.trim(), "chunked", "{what}: a transfer coding the gateway does not send");
+        let (mut body, mut at) = (Vec::new(), 0);
+        loop {
+            let Some(end) = rest[at..].windows(2).position(|w| w == b"\r\n") else {
+                return Received { status, body, complete: false };
+            };
+            let line = std::str::from_utf8(&rest[at..at + end]).expect("chunk size line");
+            let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                .unwrap_or_else(|_| panic!("{what}: chunk size {line:?}"));
+            at += end + 2;
+            if size == 0 {
+                return Received { status, body, complete: true };
+            }
+            if rest.len() < at + size + 2 {
+                body.extend_from_slice(&rest[at.min(rest.len())..]);
+                return Received { status, body, complete: false };
+            }
+            body.extend_from_slice(&rest[at..at + size]);
+            assert_eq!(&rest[at + size..at + size + 2], b"\r\n", "{what}: chunk not followed by CRLF");
+            at += size + 2;
+        }
+    }
+    Received { status, body: rest.to_vec(), complete: true }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,4 +328,73 @@ async fn malformed_upstream_answers_become_502_never_a_wrong_length() {
     let reply = gw.get("/").await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.text(), "ok");
+}
+
+/// Every malformed answer in the response fuzz corpus, served raw by a real
+/// upstream and read raw by a client: each gets a status line and framing a
+/// client can trust; the ones the issue found are `502`; well-formed ones
+/// pass whole. A chunk that breaks after the head was sent is a clean
+/// abort: the connection closes before the last chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_malformed_response_corpus_gets_a_502_or_a_clean_abort() {
+    let dir = weir_tests::workspace_root().join("fuzz/corpus/upstream_response");
+    let mut corpus = std::collections::HashMap::new();
+    for entry in std::fs::read_dir(&dir).expect("corpus") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).expect("name").to_owned();
+        corpus.insert(format!("/{name}"), std::fs::read(&path).expect("read"));
+    }
+    let answers = corpus.clone();
+    let addr = raw_upstream_with(move |path| {
+        if path == "/late_broken_chunk" {
+            let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n".to_vec();
+            return vec![head, b"FFFFFFFFFFFFFFFFFFFF\r\nabc\r\n0\r\n\r\n".to_vec()];
+        }
+        vec![answers.get(path).cloned().unwrap_or_default()]
+    })
+    .await;
+    // No retries: each answer is judged as it came.
+    let body = format!(
+        "[upstreams.up]\ntargets = [\"{addr}\"]\nretry = {{ tries = 1 }}\n\n[[routes]]\nname = \"r\"\nupstream = \"up\"\n"
+    );
+    let gw = TestGateway::start(&body, &[]).await;
+    let proxy = gw.url.trim_start_matches("http://").to_owned();
+    let mut outcomes = Vec::new();
+    let mut names: Vec<_> = corpus.keys().cloned().collect();
+    names.sort();
+    for path in &names {
+        let got = received(path, &raw_get(&proxy, path).await);
+        if got.status == 502 {
+            let json: serde_json::Value = serde_json::from_slice(&got.body).expect("the gateway's JSON error");
+            assert!(json["error"].is_string(), "{path}: {json}");
+        }
+        outcomes.push(format!("{path}: {} {}", got.status, if got.complete { "whole" } else { "cut" }));
+        let must_fail = [
+            "/te_and_cl",
+            "/te_gzip_and_cl",
+            "/te_gzip_only",
+            "/te_chunked_twice",
+            "/status_600",
+            "/unasked_101",
+            "/head_200kb",
+            "/chunk_size_overflow",
+            "/chunk_size_not_hex",
+            "/length_twice_differing",
+            "/not_http",
+            "/empty",
+        ];
+        if must_fail.contains(&path.as_str()) {
+            assert_eq!(got.status, 502, "{path}");
+        }
+        if path.starts_with("/ok_") {
+            assert_eq!(got.status, 200, "{path}");
+            assert!(got.complete, "{path}");
+        }
+    }
+    eprintln!("{}", outcomes.join("\n"));
+    // Broken after the head went out: the status stands, the body stops
+    // short of its last chunk, and the connection closes.
+    let got = received("late", &raw_get(&proxy, "/late_broken_chunk").await);
+    assert_eq!((got.status, got.body.as_slice(), got.complete), (200, &b"abc"[..], false));
+    gw.shutdown().await;
 }

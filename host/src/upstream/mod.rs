@@ -283,14 +283,36 @@ impl Upstream {
                 return Verdict::Fail(ProxyError::Upstream { upstream: self.name.clone(), detail });
             }
             Ok(Ok(resp)) => {
-                let status = resp.status().as_u16();
+                let (mut parts, mut incoming) = resp.into_parts();
+                // A chunked body is decoded only after the head, so a broken
+                // first chunk (a size that overflows, not hex) would reach the
+                // client as a connection closed with no status at all. Its
+                // first frame is read here, while a 502 can still be sent.
+                let first = match first_frame(&parts, &mut incoming).await {
+                    Ok(first) => first,
+                    Err(e) => {
+                        self.metrics.request.inc();
+                        target.metrics.failed();
+                        health::observe(self, target, true, now);
+                        drop(lease);
+                        let detail = format!("malformed response from {}: {}", target.addr, error_chain(&e));
+                        return Verdict::Fail(ProxyError::Upstream { upstream: self.name.clone(), detail });
+                    }
+                };
+                let status = parts.status.as_u16();
                 self.metrics.duration.observe(elapsed.as_secs_f64());
                 self.metrics.live.record(status >= 500, elapsed.as_secs_f64());
                 target.metrics.answered(status);
                 health::observe(self, target, status >= 500, now);
-                let (mut parts, incoming) = resp.into_parts();
                 parts.extensions.insert(Answered { target: target.addr.clone(), elapsed });
-                let resp = Response::from_parts(parts, body::boxed(Leased { inner: incoming, _lease: lease }));
+                let body = match first {
+                    None => body::boxed(Leased { inner: incoming, _lease: lease }),
+                    Some(frame) => {
+                        let inner = body::Prefixed::new(vec![frame], Box::pin(incoming));
+                        body::boxed(Leased { inner, _lease: lease })
+                    }
+                };
+                let resp = Response::from_parts(parts, body);
                 return if idempotent && self.retry.statuses.contains(&status) {
                     Verdict::RetryStatus(resp)
                 } else {
@@ -494,10 +516,56 @@ pub(crate) struct Answered {
 /// Why an upstream response head must not be forwarded (RFC 9112 §6.3:
 /// an intermediary must not forward both a `Transfer-Encoding` and a
 /// `Content-Length`), if it must not.
-fn malformed(resp: &Response<hyper::body::Incoming>, upgrade_asked: bool, max_head: u64) -> Option<String> {
+/// How long the head of a chunked answer waits for its first chunk, so a
+/// broken one is a `502` rather than a reply cut before its status. The first
+/// chunk nearly always comes with the head; a stream that starts later (a
+/// slow computation) gets its head this much later. Server-sent events are
+/// passed at once.
+const FIRST_FRAME_GRACE: Duration = Duration::from_millis(20);
+
+/// The first frame of a chunked HTTP/1 body, if it comes within
+/// [`FIRST_FRAME_GRACE`]; the decoder's error if that chunk is broken.
+/// Bodies with a length (or none) are left alone: their only failure, an
+/// early close, is a truncation the client sees as such.
+pub(crate) async fn first_frame(
+    parts: &http::response::Parts,
+    incoming: &mut hyper::body::Incoming,
+) -> Result<Option<http_body::Frame<Bytes>>, hyper::Error> {
+    use http_body_util::BodyExt;
+    if parts.version != Version::HTTP_11
+        || !parts.headers.contains_key(header::TRANSFER_ENCODING)
+        || http_body::Body::is_end_stream(incoming)
+        || parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+    {
+        return Ok(None);
+    }
+    match tokio::time::timeout(FIRST_FRAME_GRACE, incoming.frame()).await {
+        Ok(Some(Ok(frame))) => Ok(Some(frame)),
+        Ok(Some(Err(e))) => Err(e),
+        Ok(None) | Err(_) => Ok(None),
+    }
+}
+
+/// Why an upstream's answer cannot be forwarded as it is, if it cannot:
+/// framing a client would read differently from the gateway (a length with
+/// a transfer coding, a coding other than chunked), a status HTTP does not
+/// have, an upgrade nobody asked for, a head over `max_head` bytes.
+pub(crate) fn malformed(resp: &Response<hyper::body::Incoming>, upgrade_asked: bool, max_head: u64) -> Option<String> {
     let headers = resp.headers();
     if headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH) {
         return Some("both Transfer-Encoding and Content-Length".into());
+    }
+    if let Some(coding) = headers.get(header::TRANSFER_ENCODING)
+        && (headers.get_all(header::TRANSFER_ENCODING).iter().count() > 1
+            || !coding.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    {
+        // The gateway re-frames bodies and drops hop-by-hop headers, so a
+        // coding it does not decode (gzip, chunked twice) would reach the
+        // client as bytes without the name of their coding.
+        return Some(format!("Transfer-Encoding {:?}, not just chunked", String::from_utf8_lossy(coding.as_bytes())));
+    }
+    if resp.status().as_u16() > 599 {
+        return Some(format!("status {} outside 100-599", resp.status().as_u16()));
     }
     if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS && !upgrade_asked {
         return Some("101 Switching Protocols to a request that did not ask to upgrade".into());
