@@ -106,6 +106,20 @@ pub struct ServerConfig {
     /// A TLS listener, beside the cleartext one.
     #[serde(default)]
     pub tls: Option<Spanned<ListenerTlsConfig>>,
+    /// Where the last good configuration and its modules are kept, so a
+    /// restart with a broken file on disk starts from them (relative to the
+    /// config file). Default: a folder per config under
+    /// `$XDG_STATE_HOME/weir` (`~/.local/state/weir`).
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// The folder relative paths in a config file are taken from.
+pub fn base_dir_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    }
 }
 
 /// `[runtime]`: the plugin engine. Sizes the pooling allocator, so it is
@@ -832,10 +846,17 @@ impl Source {
 
     /// The directory relative paths in the file are resolved against.
     pub fn base_dir(&self) -> PathBuf {
-        match self.path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        }
+        base_dir_of(&self.path)
+    }
+
+    /// The text as read.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The file it was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 

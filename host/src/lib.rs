@@ -68,6 +68,8 @@ use crate::cache::CacheFamilies;
 use crate::listen::metrics::ListenerMetrics;
 use crate::observe::events::Events;
 use crate::observe::metrics::Metrics;
+use crate::snapshot::last_good::{LastGood, Saved, default_state_dir};
+use crate::snapshot::reload;
 use crate::snapshot::{Loader, Snapshot};
 use crate::upstream::metrics::UpstreamFamilies;
 use weir_config::Source;
@@ -89,6 +91,9 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     /// Connections and TLS handshakes.
     pub(crate) listener_metrics: ListenerMetrics,
+    /// Where each published snapshot is saved as the last good state
+    /// (none for a gateway made by [`Gateway::load`]).
+    pub(crate) last_good: Option<LastGood>,
 }
 
 /// The outcome of the latest reload attempts.
@@ -104,6 +109,13 @@ pub(crate) struct ReloadStatus {
     pub(crate) failures: u64,
     /// The latest attempts, oldest first (at most [`ReloadStatus::HISTORY`]).
     pub(crate) history: std::collections::VecDeque<ReloadEntry>,
+    /// The serving snapshot is the last good state: the config on disk
+    /// failed at start. Cleared by the first successful reload.
+    pub(crate) serving_last_good: bool,
+    /// The generation last saved to the state folder, and when.
+    pub(crate) last_good_saved: Option<(u64, SystemTime)>,
+    /// Why the latest save failed, cleared by a success.
+    pub(crate) last_good_error: Option<String>,
 }
 
 impl ReloadStatus {
@@ -140,6 +152,16 @@ pub struct Summary {
     pub plugins: Vec<(String, String, String)>,
 }
 
+/// How [`Gateway::start`] treats a config that fails to load.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Refuse to start instead of falling back to the last good state (for
+    /// CI and first deploys).
+    pub strict: bool,
+    /// The state folder, over `[server] state_dir` and the default.
+    pub state_dir: Option<PathBuf>,
+}
+
 /// A gateway with its first snapshot loaded.
 pub struct Gateway {
     shared: Arc<Shared>,
@@ -147,9 +169,108 @@ pub struct Gateway {
 
 impl Gateway {
     /// Load `config_path` and everything it names, or report every error.
+    /// Nothing is saved and nothing falls back: this is what `weir check`
+    /// and embedders (the tests) use; `weir run` uses [`Gateway::start`].
     pub async fn load(config_path: impl AsRef<Path>) -> Result<Self, LoadErrors> {
+        let source = Source::read(config_path.as_ref())?;
+        Self::boot(&source, None, None).await
+    }
+
+    /// Load `config_path` and everything it names. If that fails and
+    /// `options.strict` is off, start from the last good state saved in the
+    /// state folder instead: the errors are logged, shown in `/admin/status`
+    /// (`last_reload_error`, `serving_last_good`) and counted, and the file
+    /// is watched as usual, so fixing it reloads. Every snapshot published
+    /// is saved as the new last good state.
+    pub async fn start(config_path: impl AsRef<Path>, options: StartOptions) -> Result<Self, LoadErrors> {
         let path = config_path.as_ref().to_owned();
-        let source = Source::read(&path)?;
+        let source = Source::read(&path);
+        let disk = match &source {
+            Ok(source) => {
+                let cfg_dir = source.parse().ok().and_then(|c| c.server.state_dir.map(|d| source.base_dir().join(d)));
+                let dir = options.state_dir.clone().or(cfg_dir).unwrap_or_else(|| default_state_dir(&path));
+                Self::boot(source, None, Some(dir)).await
+            }
+            Err(e) => Err(e.clone()),
+        };
+        let errors = match disk {
+            Ok(gateway) => {
+                reload::save_last_good(&gateway.shared, &gateway.shared.snapshot.load_full()).await;
+                tracing::info!(
+                    state_dir = %gateway.shared.last_good.as_ref().map(|s| s.dir().display().to_string()).unwrap_or_default(),
+                    "saved as the last good state"
+                );
+                return Ok(gateway);
+            }
+            Err(errors) if options.strict => return Err(errors),
+            Err(errors) => errors,
+        };
+        // The state folder the broken file would have used.
+        let dir = options
+            .state_dir
+            .clone()
+            .or_else(|| source.as_ref().ok().and_then(|s| snapshot::last_good::state_dir_in(s.text(), &path)))
+            .unwrap_or_else(|| default_state_dir(&path));
+        let store = LastGood::new(dir.clone());
+        let saved = match tokio::task::spawn_blocking({
+            let (store, path) = (store.clone(), path.clone());
+            move || store.read(&path)
+        })
+        .await
+        {
+            Ok(Ok(Some(saved))) => saved,
+            Ok(Ok(None)) => return Err(errors),
+            Ok(Err(e)) => {
+                let mut all = errors;
+                all.0.push(LoadError {
+                    file: dir,
+                    line: None,
+                    message: format!("no last good state to start from: {e}"),
+                });
+                return Err(all);
+            }
+            Err(e) => return Err(snapshot::file_error(&dir, format!("reading the last good state: {e}"))),
+        };
+        for e in &errors.0 {
+            tracing::error!(file = %e.file.display(), line = e.line, "config rejected at start: {}", e.message);
+        }
+        tracing::error!(
+            state_dir = %dir.display(),
+            generation = saved.generation,
+            saved_at_ms = saved.saved_at_ms,
+            "STARTING FROM THE LAST GOOD CONFIG: {} failed to load (errors above); serving what was last published and watching the file",
+            path.display(),
+        );
+        let gateway = match Self::boot(&saved.source, Some(&saved), Some(dir.clone())).await {
+            Ok(g) => g,
+            Err(more) => {
+                let mut all = errors;
+                all.0.extend(more.0.into_iter().map(|mut e| {
+                    e.message = format!("in the last good state ({}): {}", dir.display(), e.message);
+                    e
+                }));
+                return Err(all);
+            }
+        };
+        {
+            let mut status = gateway.shared.status.lock().unwrap_or_else(|p| p.into_inner());
+            status.serving_last_good = true;
+            status.last_error = Some(errors.to_string());
+            status.last_attempt = Some(SystemTime::now());
+            status.failures += 1;
+            status.last_good_saved =
+                Some((saved.generation, SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(saved.saved_at_ms)));
+        }
+        gateway.shared.metrics.set_serving_last_good(true);
+        gateway.shared.metrics.reload(false);
+        Ok(gateway)
+    }
+
+    /// Build the runtime and a first snapshot from `source` (modules from
+    /// `saved` when given, else the plugins folder). Each published snapshot
+    /// is saved to `state_dir`, when there is one.
+    async fn boot(source: &Source, saved: Option<&Saved>, state_dir: Option<PathBuf>) -> Result<Self, LoadErrors> {
+        let path = source.path().to_owned();
         let cfg = source.parse()?;
         // Each area registers its own metric families into one registry.
         let mut metrics = Metrics::new();
@@ -168,7 +289,7 @@ impl Gateway {
         let events = Arc::new(Events::new(cfg.events.queue, metrics.clone()));
         let families = (upstream_metrics, cache_metrics);
         let loader = Loader::new(plugins, events, metrics.clone(), families, &cfg.runtime);
-        let snapshot = loader.build(&path, 1).await?;
+        let snapshot = loader.build_from(source, cfg, saved.map(|s| &s.modules), 1).await?;
         metrics.set_generation(1);
         Ok(Self {
             shared: Arc::new(Shared {
@@ -179,6 +300,7 @@ impl Gateway {
                 reload_lock: tokio::sync::Mutex::new(()),
                 metrics,
                 listener_metrics,
+                last_good: state_dir.map(LastGood::new),
             }),
         })
     }

@@ -35,6 +35,14 @@ enum Command {
         /// Runtime worker threads (default: one per CPU).
         #[arg(long)]
         workers: Option<usize>,
+        /// Refuse to start when the config fails to load, instead of
+        /// starting from the last good one (for CI and first deploys).
+        #[arg(long)]
+        strict: bool,
+        /// Where the last good config and modules are kept (over `[server]
+        /// state_dir`).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Load and validate a configuration and every plugin it names, then exit.
     Check {
@@ -80,7 +88,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { config, .. } => run(config).await,
+            Command::Run { config, strict, state_dir, .. } => {
+                run(config, weir::StartOptions { strict, state_dir }).await
+            }
             Command::Check { config } => check(config).await,
         }
     });
@@ -93,8 +103,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: PathBuf) -> anyhow::Result<()> {
-    let gateway = weir::Gateway::load(&config).await?;
+async fn run(config: PathBuf, options: weir::StartOptions) -> anyhow::Result<()> {
+    let gateway = weir::Gateway::start(&config, options).await?;
     let bound = gateway.bind().await?;
     bound.serve(shutdown_signal()).await
 }

@@ -18,6 +18,7 @@ fn spawn_run(dir: &tempfile::TempDir) -> std::process::Child {
     Command::new(weir_binary())
         .args(["run", "--config"])
         .arg(dir.path().join("gateway.toml"))
+        .env("XDG_STATE_HOME", dir.path().join("xdg-state"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -135,6 +135,7 @@ async fn file_descriptor_exhaustion_backs_off_instead_of_spinning() {
         .arg(weir_binary())
         .args(["run", "--config"])
         .arg(dir.path().join("gateway.toml"))
+        .env("XDG_STATE_HOME", dir.path().join("xdg-state"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

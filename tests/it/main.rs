@@ -17,6 +17,7 @@ mod grpc;
 mod hardening;
 mod house;
 mod http2;
+mod last_good;
 mod mission;
 mod observability;
 mod rate_limit;

@@ -296,6 +296,13 @@ pub(crate) fn status(shared: &Shared) -> serde_json::Value {
         "config": shared.config_path.display().to_string(),
         "plugins_dir": snap.plugins_dir.display().to_string(),
         "last_reload_error": reload.last_error,
+        "serving_last_good": reload.serving_last_good,
+        "last_good": shared.last_good.as_ref().map(|store| json!({
+            "state_dir": store.dir().display().to_string(),
+            "saved_generation": reload.last_good_saved.map(|(g, _)| g),
+            "saved_at_ms": reload.last_good_saved.map(|(_, at)| weir_plugin_host::clock::unix_ms_of(at)),
+            "error": reload.last_good_error,
+        })),
         "last_reload_attempt_ms": reload.last_attempt.map(weir_plugin_host::clock::unix_ms_of),
         "reloads": { "succeeded": reload.successes, "failed": reload.failures },
         "reload_history": reload.history,

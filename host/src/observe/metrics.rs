@@ -56,6 +56,8 @@ pub(crate) struct Metrics {
     request_duration: HistogramFamily<RouteLabel>,
     reloads: Family<ReloadResult, Counter>,
     generation: Gauge,
+    serving_last_good: Gauge,
+    last_good_saves: Family<ReloadResult, Counter>,
     webhooks: Family<Outcome, Counter>,
     in_flight: Family<RouteLabel, Gauge>,
     bytes_in: Family<RouteLabel, Counter>,
@@ -90,6 +92,18 @@ impl Metrics {
         registry.register("config_reloads", "Configuration reloads by result", reloads.clone());
         let generation = Gauge::default();
         registry.register("config_generation", "Generation of the serving snapshot", generation.clone());
+        let serving_last_good = Gauge::default();
+        registry.register(
+            "serving_last_good",
+            "1 while the gateway serves its last good state because the config on disk failed at start",
+            serving_last_good.clone(),
+        );
+        let last_good_saves = Family::default();
+        registry.register(
+            "last_good_saves",
+            "Saves of the last good state to state_dir, by result",
+            last_good_saves.clone(),
+        );
         let webhooks = Family::default();
         registry.register("event_webhooks", "Event webhook deliveries by result", webhooks.clone());
         let in_flight = Family::default();
@@ -129,6 +143,8 @@ impl Metrics {
             request_duration,
             reloads,
             generation,
+            serving_last_good,
+            last_good_saves,
             webhooks,
             in_flight,
             bytes_in,
@@ -189,6 +205,16 @@ impl Metrics {
     /// A reload attempt.
     pub(crate) fn reload(&self, ok: bool) {
         self.reloads.get_or_create(&ReloadResult { result: if ok { "success" } else { "failure" } }).inc();
+    }
+
+    /// Whether the serving snapshot is the last good state (not the disk's).
+    pub(crate) fn set_serving_last_good(&self, yes: bool) {
+        self.serving_last_good.set(i64::from(yes));
+    }
+
+    /// A save of the last good state.
+    pub(crate) fn last_good_saved(&self, ok: bool) {
+        self.last_good_saves.get_or_create(&ReloadResult { result: if ok { "success" } else { "failure" } }).inc();
     }
 
     /// An event webhook delivery: `sent`, `failed` or `dropped`.

@@ -23,6 +23,7 @@ use weir_config::{AccessLogConfig, GatewayConfig, LoadError, LoadErrors, RouteCo
 use weir_plugin_host::state::StateStore;
 use weir_plugin_host::{EventSink, Phases, PluginRuntime, PluginSpec, sha256_hex};
 
+use super::last_good::{Record, SavedModules};
 use super::{Backend, Route, Snapshot};
 
 /// What snapshot building needs from the gateway; lives as long as it.
@@ -73,10 +74,37 @@ impl Loader {
     pub(crate) async fn build(&self, path: &Path, generation: u64) -> Result<Snapshot, LoadErrors> {
         let source = Source::read(path)?;
         let config = source.parse()?;
-        self.build_from(&source, config, generation).await
+        self.build_from(&source, config, None, generation).await
     }
 
-    async fn build_from(&self, src: &Source, cfg: GatewayConfig, generation: u64) -> Result<Snapshot, LoadErrors> {
+    /// What `snap`, built from the config at `config_path`, leaves to the
+    /// last good state: its text and each module once.
+    pub(crate) fn record(&self, snap: &Snapshot, config_path: &Path) -> Record {
+        let mut modules: Vec<(String, String, std::path::PathBuf)> = Vec::new();
+        for p in snap.plugins.values() {
+            let spec = p.spec();
+            if !modules.iter().any(|(name, ..)| *name == spec.module) {
+                modules.push((spec.module.clone(), spec.sha256.clone(), snap.plugins_dir.join(&spec.module)));
+            }
+        }
+        Record {
+            config_path: config_path.to_owned(),
+            text: snap.config_text.clone(),
+            generation: snap.generation,
+            modules,
+            max_module_size: self.max_module_size,
+        }
+    }
+
+    /// Build from a parsed config; modules come from `saved` when given,
+    /// else from the plugins folder.
+    pub(crate) async fn build_from(
+        &self,
+        src: &Source,
+        cfg: GatewayConfig,
+        saved: Option<&SavedModules>,
+        generation: u64,
+    ) -> Result<Snapshot, LoadErrors> {
         let mut errors = Vec::new();
         let plugins_dir = src.base_dir().join(&cfg.server.plugins_dir);
 
@@ -180,8 +208,18 @@ impl Loader {
                 errors.push(src.error(span.clone(), format!("plugin `{name}`: limits.deadline must be above zero")));
                 continue;
             }
-            let file = plugins_dir.join(module);
-            let bytes = match read_module(&file, &plugins_dir, self.max_module_size).await {
+            let (file, within, expected) = match saved {
+                None => (plugins_dir.join(module), plugins_dir.clone(), None),
+                Some(saved) => match saved.get(module) {
+                    Some((file, sha)) => (file, saved.dir().to_owned(), Some(sha)),
+                    None => {
+                        let why = format!("{module} is not in the last good state's modules");
+                        errors.push(src.error(p.module.span(), format!("plugin `{name}`: {why}")));
+                        continue;
+                    }
+                },
+            };
+            let bytes = match read_module(&file, &within, self.max_module_size).await {
                 Ok(b) => b,
                 Err(e) => {
                     let why = match e {
@@ -193,6 +231,13 @@ impl Loader {
                 }
             };
             let sha256 = sha256_hex(&bytes);
+            if let Some(expected) = expected
+                && expected != sha256
+            {
+                let why = format!("saved module {} has sha256 {sha256}, not {expected}", file.display());
+                errors.push(src.error(p.module.span(), format!("plugin `{name}`: {why}")));
+                continue;
+            }
             if let Some(pin) = &p.sha256
                 && !pin.get_ref().eq_ignore_ascii_case(&sha256)
             {
@@ -310,6 +355,7 @@ impl Loader {
         self.plugins.retain_modules(&used_modules);
         Ok(Snapshot {
             generation,
+            config_text: src.text().into(),
             loaded_at: SystemTime::now(),
             server: cfg.server,
             plugins_dir,

@@ -3,6 +3,7 @@
 //! atomically. A request keeps the snapshot it started with to the end.
 
 mod build;
+pub(crate) mod last_good;
 pub(crate) mod reload;
 
 pub(crate) use build::{Loader, file_error};
@@ -61,6 +62,8 @@ pub(crate) enum Backend {
 pub(crate) struct Snapshot {
     /// Increments with every published snapshot.
     pub(crate) generation: u64,
+    /// The config text it was built from.
+    pub(crate) config_text: Arc<str>,
     /// When it was built.
     pub(crate) loaded_at: SystemTime,
     /// `[server]` of the file it came from.

@@ -10,6 +10,8 @@ use std::time::{Duration, SystemTime};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
+use super::Snapshot;
+use super::last_good::StateDirError;
 use crate::Shared;
 use weir_config::LoadErrors;
 
@@ -25,6 +27,11 @@ pub(crate) async fn reload(shared: &Shared) -> Result<u64, LoadErrors> {
     let current = shared.snapshot.load_full();
     let generation = current.generation + 1;
     let result = shared.loader.build(&shared.config_path, generation).await;
+    if let Ok(next) = &result {
+        // Saved before it is published: once it serves, a restart can
+        // start from it.
+        save_last_good(shared, next).await;
+    }
     let mut status = shared.status.lock().unwrap_or_else(|p| p.into_inner());
     status.last_attempt = Some(SystemTime::now());
     match result {
@@ -34,6 +41,14 @@ pub(crate) async fn reload(shared: &Shared) -> Result<u64, LoadErrors> {
             }
             if next.state != current.state {
                 tracing::warn!("[state] changed in the config: it takes effect on restart");
+            }
+            if next.server.state_dir != current.server.state_dir {
+                tracing::warn!("[server] state_dir changed in the config: it takes effect on restart");
+            }
+            if status.serving_last_good {
+                tracing::info!("the config on disk loads again: no longer serving the last good state");
+                status.serving_last_good = false;
+                shared.metrics.set_serving_last_good(false);
             }
             shared.snapshot.store(Arc::new(next));
             shared.metrics.set_generation(generation);
@@ -61,6 +76,31 @@ pub(crate) async fn reload(shared: &Shared) -> Result<u64, LoadErrors> {
                 error: Some(errors.to_string()),
             });
             Err(errors)
+        }
+    }
+}
+
+/// Save `snap` as the last good state, on a blocking thread. A failure (a
+/// state folder that cannot be written, a module changed since its load) is
+/// logged, counted and shown in `/admin/status`; it never stops a reload.
+pub(crate) async fn save_last_good(shared: &Shared, snap: &Snapshot) {
+    let Some(store) = shared.last_good.clone() else { return };
+    let record = shared.loader.record(snap, &shared.config_path);
+    let result = tokio::task::spawn_blocking(move || store.save(&record))
+        .await
+        .unwrap_or_else(|e| Err(StateDirError::Write { path: PathBuf::new(), source: std::io::Error::other(e) }));
+    shared.metrics.last_good_saved(result.is_ok());
+    let mut status = shared.status.lock().unwrap_or_else(|p| p.into_inner());
+    match result {
+        Ok(()) => {
+            status.last_good_saved = Some((snap.generation, SystemTime::now()));
+            status.last_good_error = None;
+        }
+        Err(e) => {
+            tracing::warn!(
+                "the last good state was not saved, so a restart with a broken config cannot fall back to this one: {e}"
+            );
+            status.last_good_error = Some(e.to_string());
         }
     }
 }
