@@ -100,6 +100,11 @@ pub struct ServerConfig {
     /// the cap new connections wait to be accepted.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
+    /// Most downstream connections open at once from one client address
+    /// (IPv6: per /64); none by default. At a cap, the oldest connections
+    /// that have not sent a complete request head are closed first.
+    #[serde(default)]
+    pub max_connections_per_ip: Option<usize>,
     /// Largest body buffered for a plugin body phase (413/502 beyond).
     #[serde(default = "defaults::max_buffered_body", deserialize_with = "byte_size")]
     pub max_buffered_body: u64,

@@ -399,3 +399,137 @@ async fn the_malformed_response_corpus_gets_a_502_or_a_clean_abort() {
     assert_eq!((got.status, got.body.as_slice(), got.complete), (200, &b"abc"[..], false));
     gw.shutdown().await;
 }
+
+/// A raw HTTP/1.1 request on a connection of its own (from `source`, a
+/// loopback address, when given), asking the echo upstream to take
+/// `delay_ms`; everything the gateway sent until it closed.
+async fn raw_request(proxy: &str, source: Option<&str>, delay_ms: u64) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = connect_from(proxy, source).await;
+    let request = format!("GET /slow HTTP/1.1\r\nHost: test\r\nx-delay-ms: {delay_ms}\r\nConnection: close\r\n\r\n");
+    if conn.write_all(request.as_bytes()).await.is_err() {
+        return Vec::new();
+    }
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut all)).await;
+    all
+}
+
+async fn connect_from(proxy: &str, source: Option<&str>) -> tokio::net::TcpStream {
+    let addr: std::net::SocketAddr = proxy.parse().expect("proxy address");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    if let Some(ip) = source {
+        socket.bind(format!("{ip}:0").parse().expect("source")).expect("bind the source address");
+    }
+    socket.connect(addr).await.expect("connect to the gateway")
+}
+
+/// Whether the gateway closed `conn` within `within` (a read sees the end).
+async fn closed_by_gateway(conn: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut byte = [0u8; 1];
+    matches!(tokio::time::timeout(within, conn.read(&mut byte)).await, Ok(Ok(0) | Err(_)))
+}
+
+fn shed_count(metrics: &str, reason: &str) -> u64 {
+    let line = format!("weir_connections_shed_total{{reason=\"{reason}\"}} ");
+    metrics.lines().find_map(|l| l.strip_prefix(&line)).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Class 5: at `max_connections`, silent connections make room for a real
+/// client at once (before: it waited in the kernel's queue for the whole
+/// header timeout), oldest first; connections with a request in flight are
+/// never shed, so then a newcomer waits for one to finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_cap_silent_connections_make_room_and_busy_ones_stay() {
+    let up = Upstream::start("up").await;
+    let body = format!("[upstreams.up]\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"r\"\nupstream = \"up\"\n", up.addr);
+    let gw = TestGateway::start_with_server("header_read_timeout = \"30s\"\nmax_connections = 20", &body).await;
+    let proxy = gw.url.trim_start_matches("http://").to_owned();
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(connect_from(&proxy, None).await);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let reply = received("at the cap", &raw_request(&proxy, None, 0).await);
+    let waited = started.elapsed();
+    eprintln!("a client at a cap of 20 silent connections was served in {waited:?}");
+    assert_eq!(reply.status, 200);
+    assert!(waited < Duration::from_secs(5), "served after {waited:?}: it waited for the header timeout");
+    assert!(closed_by_gateway(&mut silent[0], Duration::from_secs(2)).await, "the oldest silent connection was shed");
+    assert!(!closed_by_gateway(&mut silent[19], Duration::from_millis(200)).await, "the newest is kept");
+    assert!(shed_count(&gw.metrics().await, "max_connections") >= 1);
+    drop(silent);
+    gw.shutdown().await;
+
+    // Five requests in flight fill a cap of five: none is shed, and a sixth
+    // client is served when one of them is done.
+    let gw = TestGateway::start_with_server("max_connections = 5", &body).await;
+    let proxy = gw.url.trim_start_matches("http://").to_owned();
+    let busy: Vec<_> = (0..5)
+        .map(|_| {
+            let proxy = proxy.clone();
+            tokio::spawn(async move { raw_request(&proxy, None, 1500).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let late = received("sixth", &raw_request(&proxy, None, 0).await);
+    let waited = started.elapsed();
+    assert_eq!(late.status, 200);
+    assert!(waited > Duration::from_millis(800), "the sixth was let in after {waited:?}, before a slot was free");
+    for b in busy {
+        assert_eq!(received("busy", &b.await.expect("task")).status, 200, "a request in flight was cut");
+    }
+    assert_eq!(shed_count(&gw.metrics().await, "max_connections"), 0);
+    gw.shutdown().await;
+}
+
+/// Class 5, per address: at `max_connections_per_ip` a client's own
+/// oldest silent connection makes room; when all of its connections are
+/// busy, its newcomer is closed at once, while another address is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_address_caps_shed_the_clients_own_silent_connections_then_refuse_it() {
+    let up = Upstream::start("up").await;
+    let body = format!("[upstreams.up]\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"r\"\nupstream = \"up\"\n", up.addr);
+    let gw = TestGateway::start_with_server("header_read_timeout = \"30s\"\nmax_connections_per_ip = 3", &body).await;
+    let proxy = gw.url.trim_start_matches("http://").to_owned();
+    let mut other = connect_from(&proxy, Some("127.0.0.2")).await;
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(connect_from(&proxy, Some("127.0.0.1")).await);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let reply = received("fourth", &raw_request(&proxy, Some("127.0.0.1"), 0).await);
+    assert_eq!(reply.status, 200);
+    assert!(closed_by_gateway(&mut silent[0], Duration::from_secs(2)).await, "its oldest silent connection went");
+    assert!(!closed_by_gateway(&mut other, Duration::from_millis(200)).await, "another address's was kept");
+    assert!(shed_count(&gw.metrics().await, "per_ip") >= 1);
+    drop(silent);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Three requests in flight from 127.0.0.1: its fourth connection is
+    // closed unanswered, 127.0.0.3 is served.
+    let busy: Vec<_> = (0..3)
+        .map(|_| {
+            let proxy = proxy.clone();
+            tokio::spawn(async move { raw_request(&proxy, Some("127.0.0.1"), 1500).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let refused = raw_request(&proxy, Some("127.0.0.1"), 0).await;
+    assert!(refused.is_empty(), "answered: {:?}", String::from_utf8_lossy(&refused));
+    assert!(started.elapsed() < Duration::from_secs(1), "refused after {:?}", started.elapsed());
+    let elsewhere = received("another address", &raw_request(&proxy, Some("127.0.0.3"), 0).await);
+    assert_eq!(elsewhere.status, 200);
+    for b in busy {
+        assert_eq!(received("busy", &b.await.expect("task")).status, 200);
+    }
+    let metrics = gw.metrics().await;
+    assert!(metrics.contains("weir_connections_refused_total{reason=\"per_ip\"}"), "{metrics}");
+    gw.shutdown().await;
+}

@@ -239,28 +239,3 @@ async fn slow_clients_are_cut_at_the_header_timeout_while_others_are_served() {
     assert!(last <= std::time::Duration::from_secs(5), "all within the timeout plus slack: {last:?}");
     assert!(worst < std::time::Duration::from_secs(1), "normal requests stayed fast: {worst:?}");
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn at_the_connection_cap_new_connections_wait_for_a_free_slot() {
-    let up = Upstream::start("up").await;
-    let gw = TestGateway::start_with_server(
-        "header_read_timeout = \"1s\"\nmax_connections = 5",
-        &format!("[upstreams.up]\ntargets = [\"{}\"]\n[[routes]]\nname = \"r\"\nupstream = \"up\"\n", up.addr),
-    )
-    .await;
-    let addr = gw.url.trim_start_matches("http://").to_owned();
-    // Five idle connections take every slot (each is closed after 1 s
-    // without a complete head).
-    let mut idle = Vec::new();
-    for _ in 0..5 {
-        idle.push(tokio::net::TcpStream::connect(&addr).await.expect("connect"));
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let t = std::time::Instant::now();
-    let r = gw.get("/after-the-cap").await;
-    let waited = t.elapsed();
-    assert_eq!(r.status, 200, "served once a slot is free");
-    assert!(waited >= std::time::Duration::from_millis(700), "it waited for a slot: {waited:?}");
-    let m = gw.metrics().await;
-    assert!(m.contains("weir_connections_open 1"), "the idle ones were closed: {m}");
-}

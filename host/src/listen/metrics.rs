@@ -19,12 +19,19 @@ struct AcceptError {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
 /// The listener families.
 #[derive(Clone)]
 pub(crate) struct ListenerMetrics {
     connections: Gauge,
     tls_handshakes: Family<TlsHandshake, Counter>,
     accept_errors: Family<AcceptError, Counter>,
+    shed: Family<Reason, Counter>,
+    refused: Family<Reason, Counter>,
 }
 
 impl ListenerMetrics {
@@ -44,7 +51,19 @@ impl ListenerMetrics {
             "Failed accept() calls by kind: fd_exhausted (EMFILE, ENFILE), no_memory, other",
             accept_errors.clone(),
         );
-        Self { connections, tls_handshakes, accept_errors }
+        let shed = Family::default();
+        registry.register(
+            "connections_shed",
+            "Connections closed before sending a complete request head, to make room at a cap (max_connections, per_ip)",
+            shed.clone(),
+        );
+        let refused = Family::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at once because their address was at max_connections_per_ip (per_ip)",
+            refused.clone(),
+        );
+        Self { connections, tls_handshakes, accept_errors, shed, refused }
     }
 
     /// An accept() failed.
@@ -55,6 +74,16 @@ impl ListenerMetrics {
     /// Count a TLS handshake; `version` and `alpn` are empty when it failed.
     pub(crate) fn tls_handshake(&self, result: &'static str, version: &'static str, alpn: &'static str) {
         self.tls_handshakes.get_or_create(&TlsHandshake { result, version, alpn }).inc();
+    }
+
+    /// A connection shed to make room at a cap.
+    pub(crate) fn connection_shed(&self, reason: &'static str) {
+        self.shed.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// A connection refused at a cap.
+    pub(crate) fn connection_refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&Reason { reason }).inc();
     }
 
     /// A downstream connection opened (`true`) or closed.

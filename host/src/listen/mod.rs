@@ -2,6 +2,7 @@
 //! proxy listener, the same over TLS (HTTP/2 by ALPN) on the TLS listener,
 //! HTTP/1.1 on the admin listener, graceful drain.
 
+pub(crate) mod admission;
 pub(crate) mod metrics;
 pub(crate) mod sniff;
 
@@ -21,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::Shared;
 use weir_plugin_host::ConnectionTls;
 
+use self::admission::{Admission, Ticket};
 use self::metrics::ListenerMetrics;
 
 /// Most concurrent HTTP/2 streams per connection.
@@ -117,10 +119,19 @@ pub(crate) async fn serve(
     if let Some(a) = &admin {
         tracing::info!(addr = %a.local_addr()?, "admin listening");
     }
-    // At most `max_connections` at once: at the cap the listener stops
-    // accepting (new connections wait in the kernel's backlog) until one
-    // closes, instead of taking on work it cannot serve.
-    let slots = Arc::new(tokio::sync::Semaphore::new(server_cfg.max_connections));
+    // At most `max_connections` at once (and `max_connections_per_ip` per
+    // client): at a cap the oldest connections that have not sent a request
+    // head make room; when every slot holds a connection that has, the
+    // listener stops accepting (new connections wait in the kernel's
+    // backlog) until one closes, instead of taking on work it cannot serve.
+    let admission = Arc::new(Admission::new(
+        server_cfg.max_connections,
+        server_cfg.max_connections_per_ip,
+        shared.listener_metrics.clone(),
+    ));
+    // A connection accepted but not yet admitted, per listener: kept here
+    // so that another branch of the select below winning does not drop it.
+    let (mut held_plain, mut held_tls) = (None, None);
     // The admin listener has a small cap of its own, so it can neither eat
     // the proxy's descriptors nor be locked out by them.
     let admin_slots = Arc::new(tokio::sync::Semaphore::new(ADMIN_MAX_CONNECTIONS));
@@ -128,17 +139,15 @@ pub(crate) async fn serve(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = accept(Some(&proxy), &slots, &shared.listener_metrics) => {
-                let Some((stream, peer, slot)) = accepted else { continue };
-                let open = OpenConnection::new(shared.listener_metrics.clone(), slot);
+            accepted = admit(Some(&proxy), &mut held_plain, &admission, &shared.listener_metrics) => {
+                let Some((stream, peer, ticket)) = accepted else { continue };
                 let conn = Conn { shared: shared.clone(), builder: builder.clone(), watcher: graceful.watcher(), peer };
-                tokio::spawn(conn.serve_plain(stream, open));
+                tokio::spawn(conn.serve_plain(stream, ticket));
             }
-            accepted = accept(tls.as_ref(), &slots, &shared.listener_metrics) => {
-                let Some((stream, peer, slot)) = accepted else { continue };
-                let open = OpenConnection::new(shared.listener_metrics.clone(), slot);
+            accepted = admit(tls.as_ref(), &mut held_tls, &admission, &shared.listener_metrics) => {
+                let Some((stream, peer, ticket)) = accepted else { continue };
                 let conn = Conn { shared: shared.clone(), builder: builder.clone(), watcher: graceful.watcher(), peer };
-                tokio::spawn(conn.serve_tls(stream, open));
+                tokio::spawn(conn.serve_tls(stream, ticket));
             }
             accepted = accept(admin.as_ref(), &admin_slots, &shared.listener_metrics) => {
                 let Some((stream, peer, slot)) = accepted else { continue };
@@ -160,8 +169,36 @@ pub(crate) async fn serve(
     Ok(())
 }
 
+/// Accept on `listener` (never, without one), then wait for `admission`
+/// to let the connection in. Cancel-safe: a connection accepted but not yet
+/// admitted waits in `held` for the next call. A connection refused at the
+/// per-address cap is closed at once.
+async fn admit(
+    listener: Option<&TcpListener>,
+    held: &mut Option<(TcpStream, SocketAddr)>,
+    admission: &Arc<Admission>,
+    metrics: &ListenerMetrics,
+) -> Option<(TcpStream, SocketAddr, Ticket)> {
+    let Some(listener) = listener else { return std::future::pending().await };
+    if held.is_none() {
+        match listener.accept().await {
+            Ok(accepted) => *held = Some(accepted),
+            Err(e) => {
+                accept_failed(&e, metrics).await;
+                return None;
+            }
+        }
+    }
+    let ip = held.as_ref()?.1.ip();
+    let admitted = admission.admit(ip).await;
+    let (stream, peer) = held.take()?;
+    let ticket = admitted.ok()?;
+    let _ = stream.set_nodelay(true);
+    Some((stream, peer, ticket))
+}
+
 /// Accept on `listener` (never, without one) once one of its `slots` is
-/// free (`max_connections` for the proxy, a small cap for admin).
+/// free (the admin listener's small cap).
 async fn accept(
     listener: Option<&TcpListener>,
     slots: &Arc<tokio::sync::Semaphore>,
@@ -262,16 +299,17 @@ struct Conn {
 
 impl Conn {
     /// Cleartext: HTTP/1.1, or HTTP/2 with prior knowledge.
-    async fn serve_plain(self, stream: TcpStream, open: OpenConnection) {
-        let _open = open;
+    async fn serve_plain(self, stream: TcpStream, ticket: Ticket) {
         let within = self.shared.snapshot.load().server.header_read_timeout;
-        self.serve_http(UntilDetected::new(stream, within), None).await;
+        let io = UntilDetected::new(ticket.guard(stream), within);
+        self.serve_http(io, None, ticket).await;
     }
 
     /// TLS: the handshake with the snapshot's certificates, then HTTP/1.1
     /// or HTTP/2 (by ALPN, or prior knowledge).
-    async fn serve_tls(self, stream: TcpStream, open: OpenConnection) {
-        let _open = open;
+    async fn serve_tls(self, stream: TcpStream, ticket: Ticket) {
+        // Guarded under TLS, so a shed connection ends mid-handshake too.
+        let stream = ticket.guard(stream);
         let snap = self.shared.snapshot.load_full();
         let Some(settings) = snap.tls.clone() else {
             tracing::warn!(peer = %self.peer, "TLS connection refused: [server.tls] is gone from the config");
@@ -296,19 +334,23 @@ impl Conn {
         };
         let info = crate::tls::connection_tls(stream.get_ref().1);
         metrics.tls_handshake("ok", info.version, info.alpn.unwrap_or("none"));
-        self.serve_http(UntilDetected::new(stream, within), Some(Arc::new(info))).await;
+        self.serve_http(UntilDetected::new(stream, within), Some(Arc::new(info)), ticket).await;
     }
 
-    async fn serve_http<I>(self, io: I, tls: Option<Arc<ConnectionTls>>)
+    async fn serve_http<I>(self, io: I, tls: Option<Arc<ConnectionTls>>, ticket: Ticket)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let Conn { shared, builder, watcher, peer } = self;
+        // Held by the service, so for as long as hyper serves the connection.
+        let ticket = Arc::new(ticket);
         // What the sniffer saw of each HTTP/1 head, taken one per request,
         // in order.
         let verdicts = crate::listen::sniff::Verdicts::default();
         let seen = verdicts.clone();
         let svc = service_fn(move |mut req: hyper::Request<Incoming>| {
+            // A complete head: this connection is never shed from now on.
+            ticket.served();
             let snap = shared.snapshot.load_full();
             if req.version() <= hyper::Version::HTTP_11
                 && let Some(v) = seen.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
@@ -436,26 +478,6 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for UntilDetected<S
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
-    }
-}
-
-/// Counts a downstream connection as open, and holds its slot under
-/// `max_connections`, for as long as it lives.
-struct OpenConnection {
-    metrics: self::metrics::ListenerMetrics,
-    _slot: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl OpenConnection {
-    fn new(metrics: self::metrics::ListenerMetrics, slot: tokio::sync::OwnedSemaphorePermit) -> Self {
-        metrics.connection(true);
-        Self { metrics, _slot: slot }
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.metrics.connection(false);
     }
 }
 
