@@ -11,6 +11,11 @@ pub fn unix_ms() -> u64 {
     unix_ms_of(SystemTime::now())
 }
 
+/// Microseconds since the Unix epoch, now (the in-process `throttle`).
+pub fn unix_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
 /// Milliseconds since the Unix epoch at `t` (0 before it).
 pub fn unix_ms_of(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)

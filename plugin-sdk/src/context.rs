@@ -163,6 +163,48 @@ impl State {
     pub fn delete(&self, key: &str) -> Result<bool, StateError> {
         host::state_delete(key)
     }
+
+    /// A rate limit with an exact bound, decided atomically by the host in
+    /// one call (one round trip with Redis): GCRA. `rate` requests per
+    /// `period_ms` flow steadily and `burst` more may come at once; in any
+    /// interval of `period_ms` at most `rate + burst` are allowed. `cost`
+    /// counts this call as that many requests; a negative cost gives
+    /// requests back (for one another limit then refused).
+    ///
+    /// ```no_run
+    /// # use weir_plugin_sdk::prelude::*;
+    /// # fn f(cx: &Context, client: &str) -> Result<Action> {
+    /// // 10 requests per second, bursts of 5 more.
+    /// let d = cx.state().throttle(&format!("rl:{client}"), 10, 1000, 5, 1)?;
+    /// if !d.allowed {
+    ///     let retry = (d.retry_after_ms.div_ceil(1000)).max(1).to_string();
+    ///     return Ok(Reply::new(StatusCode::TOO_MANY_REQUESTS).header("retry-after", &retry).into());
+    /// }
+    /// # Ok(Action::Continue) }
+    /// ```
+    pub fn throttle(
+        &self,
+        key: &str,
+        rate: u64,
+        period_ms: u64,
+        burst: u64,
+        cost: i64,
+    ) -> Result<ThrottleDecision, StateError> {
+        host::state_throttle(key, rate, period_ms, burst, cost)
+    }
+}
+
+/// What [`State::throttle`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleDecision {
+    /// Whether the requests fit (and were counted).
+    pub allowed: bool,
+    /// How many more single requests would fit right now.
+    pub remaining: u64,
+    /// Milliseconds until the call would be allowed (0 when it was).
+    pub retry_after_ms: u64,
+    /// Milliseconds until the key is back to a full burst.
+    pub reset_after_ms: u64,
 }
 
 /// Why a state call failed.

@@ -234,6 +234,22 @@ mod wasm {
         state::delete(key).map_err(err)
     }
 
+    pub(crate) fn state_throttle(
+        key: &str,
+        rate: u64,
+        period_ms: u64,
+        burst: u64,
+        cost: i64,
+    ) -> Result<crate::ThrottleDecision, StateError> {
+        let d = state::throttle(key, rate, period_ms, burst, cost).map_err(err)?;
+        Ok(crate::ThrottleDecision {
+            allowed: d.allowed,
+            remaining: d.remaining,
+            retry_after_ms: d.retry_after_ms,
+            reset_after_ms: d.reset_after_ms,
+        })
+    }
+
     pub(crate) fn local_get(key: &str) -> Option<Vec<u8>> {
         request_local::get(key)
     }

@@ -109,7 +109,7 @@ pub mod readme {}
 
 pub use action::{Action, Reply};
 pub use config::Config;
-pub use context::{Context, Event, Level, Severity, State, StateError};
+pub use context::{Context, Event, Level, Severity, State, StateError, ThrottleDecision};
 pub use error::{Error, Result};
 pub use head::{Body, Request, Response, Tls};
 pub use http;

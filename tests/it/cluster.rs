@@ -67,6 +67,34 @@ async fn state_contract(s: &StateStore) {
     assert!(matches!(s.incr("p:big", 1, 0).await, Err(StateError::Invalid(_))), "overflow is refused");
     assert_eq!(s.get("p:big").await, Ok(Some(i64::MAX.to_string().into_bytes())), "and changes nothing");
     assert!(matches!(s.set("p:x", b"v", weir_plugin_host::state::MAX_TTL_MS + 1).await, Err(StateError::Invalid(_))));
+
+    // throttle (GCRA): one per minute, 4 more at once. The backends read
+    // their own clocks (the gateway's, Redis's), so the interval is long
+    // enough that none passes during these calls.
+    let d = s.throttle("p:thr", 1, 60_000, 4, 1).await.expect("throttle");
+    assert!(d.allowed);
+    assert_eq!((d.remaining, d.retry_after_ms), (4, 0));
+    assert!((59_000..=60_000).contains(&d.reset_after_ms), "{d:?}");
+    let mut allowed = 1;
+    for _ in 0..10 {
+        allowed += usize::from(s.throttle("p:thr", 1, 60_000, 4, 1).await.expect("throttle").allowed);
+    }
+    assert_eq!(allowed, 5, "the burst plus one");
+    let d = s.throttle("p:thr", 1, 60_000, 4, 1).await.expect("throttle");
+    assert!(!d.allowed && d.remaining == 0, "{d:?}");
+    assert!((59_000..=60_000).contains(&d.retry_after_ms), "{d:?}");
+    assert!((299_000..=300_000).contains(&d.reset_after_ms), "{d:?}");
+    // A negative cost gives one back; a cost of 2 then does not fit.
+    assert!(s.throttle("p:thr", 1, 60_000, 4, -1).await.expect("give back").allowed);
+    assert!(!s.throttle("p:thr", 1, 60_000, 4, 2).await.expect("two").allowed);
+    assert!(s.throttle("p:thr", 1, 60_000, 4, 1).await.expect("one").allowed);
+    for (rate, period, burst, cost) in [(0, 1000, 0, 1), (1, 0, 0, 1), (1, 1000, 1, 3)] {
+        let r = s.throttle("p:thr2", rate, period, burst, cost).await;
+        assert!(matches!(r, Err(StateError::Invalid(_))), "throttle({rate}, {period}, {burst}, {cost}): {r:?}");
+    }
+    assert_eq!(s.set("p:notime", b"abc", 0).await, Ok(()));
+    let r = s.throttle("p:notime", 1, 1000, 0, 1).await;
+    assert!(matches!(r, Err(StateError::Invalid(_))), "a value that is not a timestamp: {r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,11 +202,22 @@ module = "rate_limit.wasm"
 config = {{ key = "route", limits = [{{ name = "small", requests = 5, window = "1h" }}] }}
 limits = {{ deadline = "10s" }}
 
+[plugins.gcra]
+module = "rate_limit.wasm"
+config = {{ key = "route", algorithm = "gcra", limits = [{{ name = "g", requests = 300, window = "1h", burst = 49 }}] }}
+limits = {{ deadline = "10s" }}
+
 [[routes]]
 name = "api"
 path_prefix = "/api"
 upstream = "up"
 chain = ["limit"]
+
+[[routes]]
+name = "gcra"
+path_prefix = "/gcra"
+upstream = "up"
+chain = ["gcra"]
 
 [[routes]]
 name = "small"
@@ -258,6 +297,15 @@ async fn two_nodes_share_one_limit_and_fail_open_without_redis() {
             .unwrap_or(0);
         assert!(limited_here > 0, "node {} refused nothing:\n{metrics}", node.url);
     }
+
+    // GCRA across both nodes, one Lua call per decision on Redis's clock:
+    // a burst of 200 gets exactly burst + 1 = 50 through (one request per
+    // 12 s flows; none in the time this takes).
+    let hits = up.hits();
+    let (ok, limited, other) = load(&nodes, "/gcra/x", 200, 32).await;
+    println!("shared gcra limit: {ok} allowed, {limited} limited, {other} other across two nodes");
+    assert_eq!((ok, limited, other), (50, 150, 0));
+    assert_eq!(up.hits() - hits, 50);
 
     // Redis goes away: both nodes keep serving (fail open), say so once in
     // their log, and count the state errors.

@@ -262,6 +262,27 @@ impl state::Host for StoreData {
         .await)
     }
 
+    async fn throttle(
+        &mut self,
+        key: String,
+        rate: u64,
+        period_ms: u64,
+        burst: u64,
+        cost: i64,
+    ) -> wasmtime::Result<Result<state::ThrottleDecision, state::Error>> {
+        Ok(async {
+            let key = self.host.key(&key)?;
+            let d = self.host.counted(self.host.state.throttle(&key, rate, period_ms, burst, cost).await)?;
+            Ok(state::ThrottleDecision {
+                allowed: d.allowed,
+                remaining: d.remaining,
+                retry_after_ms: d.retry_after_ms,
+                reset_after_ms: d.reset_after_ms,
+            })
+        }
+        .await)
+    }
+
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, state::Error>> {
         Ok(async {
             let key = self.host.key(&key)?;

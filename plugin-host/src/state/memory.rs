@@ -7,6 +7,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::gcra::{self, Decision, Throttle};
 use super::{StateError, parse_counter};
 
 const SHARDS: usize = 16;
@@ -160,6 +161,32 @@ impl MemoryState {
             }
             map.insert(key.to_owned(), Entry { value: Value::Bytes(value.to_vec()), expires_at: expiry(now, ttl_ms) });
             Ok(true)
+        })
+    }
+
+    /// GCRA on the key's timestamp, at `now_us` (the wall clock, in µs).
+    pub async fn throttle(&self, key: &str, throttle: &Throttle, now_us: u64) -> Result<Decision, StateError> {
+        self.with_live(key, |map, now, full| {
+            let tat = match map.get(key) {
+                None => None,
+                Some(e) => {
+                    let n = match &e.value {
+                        Value::Int(n) => Some(*n),
+                        Value::Bytes(b) => parse_counter(b),
+                    };
+                    let tat = n.and_then(|n| u64::try_from(n).ok());
+                    Some(tat.ok_or_else(|| StateError::Invalid("value is not a throttle timestamp".into()))?)
+                }
+            };
+            let (decision, new) = throttle.decide(tat, now_us);
+            if let Some(new) = new {
+                if tat.is_none() && full {
+                    return Err(Self::full_error());
+                }
+                let expires_at = expiry(now, gcra::ttl_ms(new, now_us));
+                map.insert(key.to_owned(), Entry { value: Value::Int(new as i64), expires_at });
+            }
+            Ok(decision)
         })
     }
 

@@ -1,7 +1,7 @@
 //! Shared state behind the plugins' `weir:plugin/state` imports.
 //!
-//! Two backends offer the same five operations (`incr`, `get`, `set`,
-//! `compare_and_swap`, `delete`) with the same semantics, so a plugin cannot
+//! Two backends offer the same six operations (`incr`, `get`, `set`,
+//! `compare_and_swap`, `delete`, `throttle`) with the same semantics, so a plugin cannot
 //! tell them apart except by latency (`tests/it/cluster.rs` runs one contract
 //! against both). Arguments are checked here, before either backend sees
 //! them, so both refuse the same calls: keys and values within their
@@ -17,6 +17,7 @@
 //! survive reloads. Keys arrive namespaced by the plugin host
 //! (`<plugin>:<key>`).
 
+pub mod gcra;
 mod memory;
 mod redis;
 
@@ -223,6 +224,25 @@ impl StateStore {
         match self {
             Self::Memory(m) => m.compare_and_swap(key, expected, value, ttl_ms).await,
             Self::Redis(r) => r.compare_and_swap(key, expected, value, ttl_ms).await,
+        }
+    }
+
+    /// GCRA: whether `cost` more requests fit `rate` per `period_ms` with
+    /// `burst` on top, counted if they do (see [`gcra`]). The in-process
+    /// store reads the gateway's clock, Redis the server's.
+    pub async fn throttle(
+        &self,
+        key: &str,
+        rate: u64,
+        period_ms: u64,
+        burst: u64,
+        cost: i64,
+    ) -> Result<gcra::Decision, StateError> {
+        check(key, None, 0)?;
+        let throttle = gcra::Throttle::new(rate, period_ms, burst, cost)?;
+        match self {
+            Self::Memory(m) => m.throttle(key, &throttle, crate::clock::unix_us()).await,
+            Self::Redis(r) => r.throttle(key, &throttle).await,
         }
     }
 

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 
+use super::gcra::{Decision, Throttle};
 use super::{StateConfigError, StateError};
 
 /// Compare-and-swap. ARGV: expect-present flag, expected, new value, ttl.
@@ -34,6 +35,49 @@ else
   redis.call('SET', KEYS[1], ARGV[3])
 end
 return 1
+";
+
+/// GCRA (see `gcra.rs`, the same steps), on the server's clock so that
+/// nodes with skewed clocks share one budget. KEYS: the key. ARGV: the
+/// emission interval and the tolerance in µs, the cost. Returns allowed
+/// (0/1), remaining, retry-after ms, reset-after ms. Lua numbers are
+/// doubles: every value here stays below 2^53 (µs since the epoch plus at
+/// most twenty years).
+const THROTTLE: &str = r"
+local t = tonumber(ARGV[1])
+local tau = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local tat = now
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  local v = tonumber(stored)
+  if v == nil or v < 0 or v ~= math.floor(v) then
+    return redis.error_reply('ERR value is not an integer (not a throttle timestamp)')
+  end
+  if v > now then tat = v end
+end
+local allowed, wait, new = 1, 0, nil
+if cost <= 0 then
+  tat = math.max(tat + cost * t, now)
+  if cost < 0 then new = tat end
+else
+  local last = tat + (cost - 1) * t
+  if last - now > tau then
+    allowed, wait = 0, last - now - tau
+  else
+    tat = tat + cost * t
+    new = tat
+  end
+end
+if new then
+  redis.call('SET', KEYS[1], string.format('%d', new), 'PX', math.max(1, math.ceil((new - now) / 1000)))
+end
+local ahead = tat - now
+local remaining = 0
+if ahead <= tau then remaining = math.floor((tau - ahead) / t) + 1 end
+return {allowed, remaining, math.ceil(wait / 1000), math.ceil(ahead / 1000)}
 ";
 
 /// Consecutive failed calls (timeouts, server errors) that open the
@@ -76,6 +120,7 @@ pub struct RedisState {
     retry_interval: Duration,
     health: Mutex<Health>,
     cas: Script,
+    throttle: Script,
     /// `host:port/db`, without credentials, for logs and status.
     display: String,
 }
@@ -101,6 +146,7 @@ impl RedisState {
             retry_interval,
             health: Mutex::new(Health::default()),
             cas: Script::new(CAS),
+            throttle: Script::new(THROTTLE),
             display,
         })
     }
@@ -272,6 +318,13 @@ impl RedisState {
         call.arg(if expected.is_some() { "1" } else { "0" }).arg(expected.unwrap_or_default()).arg(value).arg(ttl_ms);
         let swapped: i64 = self.script(&call).await?;
         Ok(swapped == 1)
+    }
+
+    pub(super) async fn throttle(&self, key: &str, throttle: &Throttle) -> Result<Decision, StateError> {
+        let mut call = self.throttle.key(self.key(key));
+        call.arg(throttle.interval_us()).arg(throttle.tolerance_us()).arg(throttle.cost());
+        let (allowed, remaining, retry_after_ms, reset_after_ms): (i64, u64, u64, u64) = self.script(&call).await?;
+        Ok(Decision { allowed: allowed == 1, remaining, retry_after_ms, reset_after_ms })
     }
 
     pub(super) async fn delete(&self, key: &str) -> Result<bool, StateError> {

@@ -431,13 +431,18 @@ pub(crate) mod host {
         (base + offset).as_nanos() as u64
     }
 
-    pub(crate) fn wall_now() -> u64 {
+    /// The wall clock in µs (what `throttle` reads).
+    fn wall_now_us() -> u64 {
         let (pinned, offset) = with(|h| (h.pinned_ms, h.clock_offset));
         let base = match pinned {
             Some(ms) => Duration::from_millis(ms),
             None => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default(),
         };
-        (base + offset).as_millis() as u64
+        (base + offset).as_micros() as u64
+    }
+
+    pub(crate) fn wall_now() -> u64 {
+        wall_now_us() / 1000
     }
 
     fn live<R>(key: &str, f: impl FnOnce(&mut TestHost, u64) -> R) -> Result<R, StateError> {
@@ -500,6 +505,62 @@ pub(crate) mod host {
 
     pub(crate) fn state_delete(key: &str) -> Result<bool, StateError> {
         live(key, |h, _| h.state.remove(key).is_some())
+    }
+
+    /// GCRA as the gateway runs it (`plugin-host/src/state/gcra.rs`, whose
+    /// comment gives the bound), on this host's clock in µs: the same
+    /// argument checks, the same rounding, the same figures.
+    pub(crate) fn state_throttle(
+        key: &str,
+        rate: u64,
+        period_ms: u64,
+        burst: u64,
+        cost: i64,
+    ) -> Result<crate::ThrottleDecision, StateError> {
+        const MAX_COUNT: u64 = 1_000_000_000;
+        const TEN_YEARS_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
+        let invalid = |m: &str| Err(StateError::Invalid(format!("throttle: {m}")));
+        if rate == 0 || period_ms == 0 {
+            return invalid("rate and period must be above zero");
+        }
+        if period_ms > TEN_YEARS_MS || burst > MAX_COUNT || cost.unsigned_abs() > MAX_COUNT {
+            return invalid("period, burst or cost out of range");
+        }
+        if cost > 0 && cost.unsigned_abs() > burst + 1 {
+            return invalid("a cost over burst + 1 could never fit");
+        }
+        let t = (u128::from(period_ms) * 1000).div_ceil(u128::from(rate)).max(1);
+        if t * u128::from(burst.max(cost.unsigned_abs())) > u128::from(TEN_YEARS_MS) * 1000 {
+            return invalid("the burst or cost spans more than ten years");
+        }
+        let (t, tau) = (t as u64, (t * u128::from(burst)) as u64);
+        let now_us = wall_now_us();
+        live(key, |h, now_ms| {
+            let stored = h.state.get(key).and_then(|(v, _)| std::str::from_utf8(v).ok()?.parse::<u64>().ok());
+            let mut tat = stored.unwrap_or(now_us).max(now_us);
+            let n = cost.unsigned_abs();
+            let (mut allowed, mut wait, mut new) = (true, 0, None);
+            if cost <= 0 {
+                tat = tat.saturating_sub(n * t).max(now_us);
+                new = (cost < 0).then_some(tat);
+            } else if tat + (n - 1) * t - now_us > tau {
+                (allowed, wait) = (false, tat + (n - 1) * t - now_us - tau);
+            } else {
+                tat += n * t;
+                new = Some(tat);
+            }
+            if let Some(new) = new {
+                let ttl = (new - now_us).div_ceil(1000).max(1);
+                h.state.insert(key.to_owned(), (new.to_string().into_bytes(), expiry(now_ms, ttl)));
+            }
+            let ahead = tat - now_us;
+            crate::ThrottleDecision {
+                allowed,
+                remaining: if ahead > tau { 0 } else { (tau - ahead) / t + 1 },
+                retry_after_ms: wait.div_ceil(1000),
+                reset_after_ms: ahead.div_ceil(1000),
+            }
+        })
     }
 
     pub(crate) fn local_get(key: &str) -> Option<Vec<u8>> {

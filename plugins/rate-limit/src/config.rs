@@ -65,6 +65,10 @@ struct LimitSettings {
     /// Overrides the instance's `missing`.
     #[serde(default)]
     missing: Option<Missing>,
+    /// With `algorithm = "gcra"`: requests allowed at once on top of the
+    /// steady rate (default 0).
+    #[serde(default)]
+    burst: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -85,6 +89,11 @@ pub(crate) enum Algorithm {
     Sliding,
     /// Plain fixed windows: the count restarts at every window boundary.
     Fixed,
+    /// GCRA, the generic cell rate algorithm (a token bucket kept as one
+    /// timestamp): `requests` per `window` flow steadily, `burst` more may
+    /// come at once, and no interval of one window ever holds more than
+    /// `requests + burst`. One host call per limit and request.
+    Gcra,
 }
 
 /// What to do when the state backend fails.
@@ -240,6 +249,8 @@ pub(crate) struct LimitSpec {
     pub(crate) window_secs: u64,
     pub(crate) key: Vec<KeyPart>,
     pub(crate) missing: Missing,
+    /// Extra requests at once (GCRA only; 0 otherwise).
+    pub(crate) burst: u64,
 }
 
 /// The validated configuration.
@@ -284,7 +295,20 @@ impl Spec {
                      window; give each limit a distinct `name`)"
                 )));
             }
+            let burst = match (l.burst, s.algorithm) {
+                (None, _) => 0,
+                (Some(b), Algorithm::Gcra) if b <= MAX_REQUESTS => b,
+                (Some(b), Algorithm::Gcra) => {
+                    return Err(invalid(format!("limits[{i}].burst: must be at most {MAX_REQUESTS}, got {b}")));
+                }
+                (Some(_), _) => {
+                    return Err(invalid(format!(
+                        "limits[{i}].burst: only algorithm = \"gcra\" has a burst (windows allow their whole quota at once)"
+                    )));
+                }
+            };
             limits.push(LimitSpec {
+                burst,
                 name,
                 requests: l.requests,
                 window_secs: l.window,

@@ -17,7 +17,10 @@
 //! window's count plus the previous window's count weighted by the share of
 //! it still inside the sliding window) or a plain fixed window
 //! (`algorithm = "fixed"`). Windows are aligned to multiples of their length
-//! in wall time, so all nodes agree. Per request and limit the plugin makes
+//! in wall time, so all nodes agree. Or GCRA (`algorithm = "gcra"`): one
+//! atomic `state.throttle` host call per limit, pacing `requests` per
+//! `window` with `burst` more at once, and never more than `requests +
+//! burst` in any interval of one window. With windows, per request and limit the plugin makes
 //! one atomic `incr` of the current window's counter; the previous window's
 //! final count is read once per instance and window and then cached. A
 //! refused request gives its increments back, so refused retries do not
@@ -85,6 +88,8 @@ struct RateLimit {
     on_state_error: OnStateError,
     headers: bool,
     ipv6_prefix: u8,
+    /// `algorithm = "gcra"`: the host's `throttle`, not window counters.
+    gcra: bool,
     /// Finished windows' counts (per instance; only saves state calls).
     previous: RefCell<PreviousCounts>,
     /// When the last state warning was logged (monotonic ns).
@@ -100,6 +105,18 @@ struct Tally {
     ttl: u64,
     counts: Counts,
     at: Position,
+}
+
+/// Where a request leaves one limit.
+struct Standing {
+    limit: usize,
+    /// Requests left now.
+    remaining: u64,
+    /// The `t` of the RateLimit header: seconds until the quota is back
+    /// (or, with none left, until one more fits).
+    reset: u64,
+    /// Ms until a refused request would fit (0 when it fits).
+    wait_ms: u64,
 }
 
 /// What the RateLimit headers say about one request.
@@ -181,8 +198,9 @@ impl RateLimit {
         }
     }
 
-    /// The backend failed: apply `on_state_error`.
-    fn state_failed(&self, cx: &Context, state: &State, tallies: &mut [Tally], err: &StateError) -> Action {
+    /// The backend failed: apply `on_state_error` (`give_back` undoes what
+    /// was counted when the request is refused).
+    fn state_failed(&self, cx: &Context, err: &StateError, give_back: impl FnOnce()) -> Action {
         cx.counter_add("state_errors", 1);
         let level = match err {
             StateError::Unavailable(_) => Level::Warn,
@@ -196,28 +214,39 @@ impl RateLimit {
             }
             OnStateError::Deny => {
                 self.warn(cx, level, &format!("rate limit refusing requests (on_state_error = \"deny\"): {err}"));
-                self.give_back(cx, state, tallies);
+                give_back();
                 Reply::json(StatusCode::SERVICE_UNAVAILABLE, &Failure { error: "rate limit state unavailable" }).into()
             }
         }
     }
 
-    /// The header values and retry time for counted `tallies` (`None` if
-    /// no limit applied).
-    fn verdict(&self, tallies: &[Tally]) -> Option<Verdict<'_>> {
+    /// Where a window-counted request leaves each limit.
+    fn standings(&self, tallies: &[Tally]) -> Vec<Standing> {
+        tallies
+            .iter()
+            .map(|t| {
+                let w = &self.limits[t.limit].window;
+                let remaining = w.remaining(t.counts, t.at.elapsed);
+                let wait_ms = w.wait_ms(t.counts, t.at.elapsed);
+                let reset = if remaining > 0 { ceil_secs(w.until_end(t.at.elapsed)) } else { ceil_secs(wait_ms) };
+                Standing { limit: t.limit, remaining, reset, wait_ms }
+            })
+            .collect()
+    }
+
+    /// The header values and retry time for the limits a request was
+    /// counted against (`None` if no limit applied).
+    fn verdict(&self, standings: &[Standing]) -> Option<Verdict<'_>> {
         let mut applied: Applied = 0;
         let mut closest: Option<(&str, u64, u64)> = None;
         let mut wait_max = 0;
-        for t in tallies {
-            let l = &self.limits[t.limit];
-            let remaining = l.window.remaining(t.counts, t.at.elapsed);
-            let wait = l.window.wait_ms(t.counts, t.at.elapsed);
-            let reset = if remaining > 0 { ceil_secs(l.window.until_end(t.at.elapsed)) } else { ceil_secs(wait) };
-            wait_max = wait_max.max(wait);
-            applied |= 1 << t.limit;
+        for s in standings {
+            let l = &self.limits[s.limit];
+            wait_max = wait_max.max(s.wait_ms);
+            applied |= 1 << s.limit;
             // Fewest requests left wins; on a tie, the longer wait.
-            if closest.is_none_or(|(_, r, s)| remaining < r || (remaining == r && reset > s)) {
-                closest = Some((&l.spec.name, remaining, reset));
+            if closest.is_none_or(|(_, r, t)| s.remaining < r || (s.remaining == r && s.reset > t)) {
+                closest = Some((&l.spec.name, s.remaining, s.reset));
             }
         }
         let (name, remaining, reset) = closest?;
@@ -227,6 +256,83 @@ impl RateLimit {
             closest: name,
             retry_after: ceil_secs(wait_max),
         })
+    }
+
+    /// Let the request through (keeping the headers for `on_response`) or
+    /// refuse it with `429`, as `allowed` says.
+    fn finish(&self, cx: &Context, allowed: bool, standings: &[Standing]) -> Result<Action> {
+        if allowed {
+            cx.counter_add("allowed", 1);
+            if self.headers
+                && let Some(v) = self.verdict(standings)
+            {
+                cx.set_local(LOCAL_HEADERS, format!("{:x}\n{}", v.applied, v.current));
+            }
+            return Ok(Action::Continue);
+        }
+        cx.counter_add("limited", 1);
+        // A refusal always has at least one counted limit, so a verdict.
+        let verdict = self.verdict(standings);
+        let retry_after = verdict.as_ref().map_or(1, |v| v.retry_after);
+        let body =
+            Refusal { error: "rate limit exceeded", policy: verdict.as_ref().map_or("", |v| v.closest), retry_after };
+        let mut reply =
+            Reply::json(StatusCode::TOO_MANY_REQUESTS, &body).header("retry-after", &retry_after.to_string());
+        if let Some(v) = &verdict {
+            reply.headers_mut().append(RATELIMIT_POLICY, self.policy(v.applied)?);
+            reply = reply.header(RATELIMIT.as_str(), &v.current);
+        }
+        Ok(reply.into())
+    }
+
+    /// GCRA: one `throttle` per limit, in order, stopping at the first
+    /// refusal, whose earlier limits get their request back.
+    fn gcra(&self, cx: &Context, subjects: Vec<(usize, String)>) -> Result<Action> {
+        let state = cx.state();
+        let mut counted: Vec<(usize, String)> = Vec::with_capacity(subjects.len());
+        let mut standings = Vec::with_capacity(subjects.len());
+        let mut allowed = true;
+        for (i, subject) in subjects {
+            let l = &self.limits[i];
+            let key = format!("{}gcra:{subject}", l.key_prefix);
+            let d = match state.throttle(&key, l.spec.requests, l.window.len, l.spec.burst, 1) {
+                Ok(d) => d,
+                Err(e) => return Ok(self.state_failed(cx, &e, || self.give_back_gcra(cx, &state, &counted))),
+            };
+            // Time until one more fits once none is left: the bucket must
+            // drain below its tolerance.
+            let interval_us = (l.window.len * 1000).div_ceil(l.spec.requests);
+            let next_ms = d.reset_after_ms.saturating_sub(l.spec.burst * interval_us / 1000);
+            let reset = if !d.allowed {
+                ceil_secs(d.retry_after_ms)
+            } else if d.remaining > 0 {
+                ceil_secs(d.reset_after_ms)
+            } else {
+                ceil_secs(next_ms)
+            };
+            standings.push(Standing { limit: i, remaining: d.remaining, reset, wait_ms: d.retry_after_ms });
+            if !d.allowed {
+                allowed = false;
+                break;
+            }
+            counted.push((i, key));
+        }
+        if !allowed {
+            self.give_back_gcra(cx, &state, &counted);
+        }
+        self.finish(cx, allowed, &standings)
+    }
+
+    /// Give back one request to each GCRA limit in `counted` (best effort).
+    fn give_back_gcra(&self, cx: &Context, state: &State, counted: &[(usize, String)]) {
+        for (i, key) in counted {
+            let l = &self.limits[*i];
+            if let Err(e) = state.throttle(key, l.spec.requests, l.window.len, l.spec.burst, -1) {
+                cx.counter_add("state_errors", 1);
+                self.warn(cx, Level::Warn, &format!("rate limit: could not give back a refused request: {e}"));
+                return;
+            }
+        }
     }
 
     /// The `RateLimit-Policy` value listing the `applied` limits: the
@@ -263,6 +369,7 @@ impl Plugin for RateLimit {
             on_state_error: spec.on_state_error,
             headers: spec.headers,
             ipv6_prefix: spec.ipv6_prefix,
+            gcra: spec.algorithm == Algorithm::Gcra,
             previous: RefCell::default(),
             last_warning: Cell::new(None),
             suppressed: Cell::new(0),
@@ -287,6 +394,9 @@ impl Plugin for RateLimit {
             }
         }
 
+        if self.gcra {
+            return self.gcra(cx, subjects);
+        }
         let now = cx.wall_now();
         let state = cx.state();
         let mut tallies = Vec::with_capacity(subjects.len());
@@ -296,7 +406,7 @@ impl Plugin for RateLimit {
             let previous = if limit.window.sliding {
                 match self.previous(&state, i, &subject, at, now) {
                     Ok(n) => n,
-                    Err(e) => return Ok(self.state_failed(cx, &state, &mut tallies, &e)),
+                    Err(e) => return Ok(self.state_failed(cx, &e, || self.give_back(cx, &state, &mut tallies))),
                 }
             } else {
                 0
@@ -305,36 +415,16 @@ impl Plugin for RateLimit {
             let ttl = limit.window.ttl_ms(at.elapsed, SKEW_SLACK_MS);
             let current = match state.incr(&key, 1, ttl) {
                 Ok(n) => non_negative(n),
-                Err(e) => return Ok(self.state_failed(cx, &state, &mut tallies, &e)),
+                Err(e) => return Ok(self.state_failed(cx, &e, || self.give_back(cx, &state, &mut tallies))),
             };
             tallies.push(Tally { limit: i, key, ttl, counts: Counts { current, previous }, at });
         }
 
         let allowed = tallies.iter().all(|t| self.limits[t.limit].window.fits(t.counts, t.at.elapsed));
-        if allowed {
-            cx.counter_add("allowed", 1);
-            if self.headers
-                && let Some(v) = self.verdict(&tallies)
-            {
-                cx.set_local(LOCAL_HEADERS, format!("{:x}\n{}", v.applied, v.current));
-            }
-            return Ok(Action::Continue);
+        if !allowed {
+            self.give_back(cx, &state, &mut tallies);
         }
-
-        self.give_back(cx, &state, &mut tallies);
-        cx.counter_add("limited", 1);
-        // A refusal always has at least one counted limit, so a verdict.
-        let verdict = self.verdict(&tallies);
-        let retry_after = verdict.as_ref().map_or(1, |v| v.retry_after);
-        let body =
-            Refusal { error: "rate limit exceeded", policy: verdict.as_ref().map_or("", |v| v.closest), retry_after };
-        let mut reply =
-            Reply::json(StatusCode::TOO_MANY_REQUESTS, &body).header("retry-after", &retry_after.to_string());
-        if let Some(v) = &verdict {
-            reply.headers_mut().append(RATELIMIT_POLICY, self.policy(v.applied)?);
-            reply = reply.header(RATELIMIT.as_str(), &v.current);
-        }
-        Ok(reply.into())
+        self.finish(cx, allowed, &self.standings(&tallies))
     }
 
     fn on_response(&self, _req: &Request, resp: &mut Response, cx: &Context) -> Result<Action> {

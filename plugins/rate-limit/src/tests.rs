@@ -639,3 +639,105 @@ fn previous_counts_cache_is_bounded() {
     }
     assert!(cache.len() <= CAPACITY);
 }
+
+// ---- GCRA -----------------------------------------------------------------
+
+/// The burst that straddles a window boundary, which the sliding window
+/// lets through at ~1.7× its quota: with `gcra`, no interval of one window
+/// ever holds more than `requests + burst`, on the pinned clock.
+#[test]
+fn gcra_never_lets_more_than_requests_plus_burst_into_one_window() {
+    for burst in [0u64, 5] {
+        fresh();
+        next_window(1000, 900);
+        let h = plugin(json!({ "algorithm": "gcra", "limits": [{ "requests": 10, "window": "1s", "burst": burst }] }));
+        // A request every 10 ms for 3 s, starting 100 ms before a second
+        // boundary: the times let through.
+        let mut through = Vec::new();
+        for _ in 0..300 {
+            if status(&h, get()) == 200 {
+                through.push(wall_ms());
+            }
+            advance_ms(10);
+        }
+        for (i, &start) in through.iter().enumerate() {
+            let within = through[i..].iter().take_while(|&&t| t < start + 1000).count() as u64;
+            assert!(within <= 10 + burst, "burst {burst}: {within} in the second from {start}");
+        }
+        // The steady rate is the quota: 30 s of 10/s, give or take the burst.
+        assert!((30..=31 + burst as usize).contains(&through.len()), "burst {burst}: {}", through.len());
+    }
+    // The sliding window, same traffic, for contrast: over its quota.
+    fresh();
+    next_window(1000, 900);
+    let h = plugin(json!({ "limits": [{ "requests": 10, "window": "1s" }] }));
+    let mut through = Vec::new();
+    for _ in 0..300 {
+        if status(&h, get()) == 200 {
+            through.push(wall_ms());
+        }
+        advance_ms(10);
+    }
+    let worst = (0..through.len()).map(|i| through[i..].iter().take_while(|&&t| t < through[i] + 1000).count());
+    assert!(worst.max().unwrap_or(0) > 10, "the sliding window stays within its quota here");
+}
+
+#[test]
+fn gcra_bursts_then_paces_with_exact_headers() {
+    fresh();
+    let h = plugin(
+        json!({ "algorithm": "gcra", "limits": [{ "name": "api", "requests": 10, "window": "1s", "burst": 4 }] }),
+    );
+    // A fresh client: the burst plus one at once (T = 100 ms, τ = 400 ms).
+    for left in [4, 3, 2, 1, 0] {
+        let (st, headers, _) = call(&h, get());
+        assert_eq!(st, 200);
+        assert_eq!(header(&headers, "ratelimit-policy"), "\"api\";q=10;w=1");
+        assert_eq!(header(&headers, "ratelimit"), format!("\"api\";r={left};t=1"));
+    }
+    let (st, headers, body) = call(&h, get());
+    assert_eq!(st, 429);
+    assert_eq!(header(&headers, "retry-after"), "1");
+    let body: Value = serde_json::from_slice(&body).expect("JSON body");
+    assert_eq!(body["policy"], "api");
+    // One interval later exactly one more fits; refusals did not count.
+    advance_ms(100);
+    assert_eq!(allowed(&h, 5, get), 1);
+    // Idle for the whole burst's time: the burst is back.
+    advance_ms(600);
+    assert_eq!(allowed(&h, 10, get), 5);
+    assert_eq!(testing::counter("state_errors"), 0);
+}
+
+#[test]
+fn gcra_gives_back_a_request_another_limit_refused() {
+    fresh();
+    // wide: 3 per minute (T = 20 s), 2 more at once; narrow: 1 per second.
+    let h = plugin(json!({ "algorithm": "gcra", "limits": [
+        { "name": "wide", "requests": 3, "window": "1m", "burst": 2 },
+        { "name": "narrow", "requests": 1, "window": "1s" },
+    ] }));
+    // narrow refuses the 2nd and 3rd: wide gets them back...
+    assert_eq!([status(&h, get()), status(&h, get()), status(&h, get())], [200, 429, 429]);
+    // ...so it still has room for two more, a second apart (charged for
+    // the refused ones, it would refuse the first of these).
+    advance_ms(1000);
+    assert_eq!(status(&h, get()), 200);
+    advance_ms(1000);
+    assert_eq!(status(&h, get()), 200);
+    advance_ms(1000);
+    let (st, _, body) = call(&h, get());
+    assert_eq!(st, 429);
+    let body: Value = serde_json::from_slice(&body).expect("JSON body");
+    assert_eq!(body["policy"], "wide");
+}
+
+#[test]
+fn burst_needs_gcra() {
+    let err = rejects(json!({ "limits": [{ "requests": 10, "window": "1s", "burst": 5 }] }));
+    assert!(err.contains("limits[0].burst: only algorithm = \"gcra\""), "{err}");
+    let err = rejects(
+        json!({ "algorithm": "gcra", "limits": [{ "requests": 10, "window": "1s", "burst": 2_000_000_000u64 }] }),
+    );
+    assert!(err.contains("limits[0].burst: must be at most"), "{err}");
+}
