@@ -445,6 +445,10 @@ pub struct PluginConfig {
     /// When a plugin that keeps trapping stops being called for a while.
     #[serde(default)]
     pub crash_loop: CrashLoopConfig,
+    /// The upstreams this instance may call through the `outbound`
+    /// interface; none if absent.
+    #[serde(default)]
+    pub outbound: Option<Spanned<Vec<String>>>,
 }
 
 /// `crash_loop = { after = 5, backoff = "1s", max_backoff = "1m" }`: after
@@ -508,11 +512,22 @@ pub struct PluginLimits {
     /// CPU deadline per phase call.
     #[serde(default = "defaults::plugin_deadline", deserialize_with = "duration")]
     pub deadline: Duration,
+    /// Largest body of an answer to an outbound call.
+    #[serde(default = "defaults::outbound_body", deserialize_with = "byte_size")]
+    pub outbound_body: u64,
+    /// Most outbound calls per phase call.
+    #[serde(default = "defaults::outbound_calls")]
+    pub outbound_calls: u32,
 }
 
 impl Default for PluginLimits {
     fn default() -> Self {
-        Self { memory: defaults::plugin_memory(), deadline: defaults::plugin_deadline() }
+        Self {
+            memory: defaults::plugin_memory(),
+            deadline: defaults::plugin_deadline(),
+            outbound_body: defaults::outbound_body(),
+            outbound_calls: defaults::outbound_calls(),
+        }
     }
 }
 
@@ -717,6 +732,12 @@ mod defaults {
     }
     pub(super) fn plugin_deadline() -> Duration {
         Duration::from_millis(100)
+    }
+    pub(super) fn outbound_body() -> u64 {
+        1 << 20
+    }
+    pub(super) fn outbound_calls() -> u32 {
+        8
     }
     pub(super) fn key_prefix() -> String {
         "weir:".into()

@@ -10,6 +10,8 @@ mod generated {
             // so a runtime thread is never blocked (the guest still sees a
             // plain call).
             "weir:plugin/state": async | trappable,
+            // Outbound calls wait on an upstream: async too.
+            "weir:plugin/outbound": async | trappable,
             default: trappable,
         },
         exports: { default: async },
@@ -23,7 +25,7 @@ mod generated {
 }
 
 pub use generated::weir::plugin::types::{Action, BodyAction, Header, Phases, Reply};
-pub(crate) use generated::weir::plugin::{clock, events, log, metrics, request_local, state, types};
+pub(crate) use generated::weir::plugin::{clock, events, log, metrics, outbound, request_local, state, types};
 pub(crate) use generated::{Plugin as PluginWorld, PluginPre};
 
 /// The `request` resource: its data is the lent request in the store

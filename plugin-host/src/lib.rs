@@ -32,6 +32,7 @@ pub mod fuzzing;
 pub mod heads;
 mod imports;
 mod metrics;
+pub mod outbound;
 mod plugin;
 mod runtime;
 pub mod state;

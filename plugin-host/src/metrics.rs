@@ -41,6 +41,19 @@ struct PluginEvent {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutboundOutcome {
+    plugin: String,
+    upstream: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutboundLabel {
+    plugin: String,
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateErrorKind {
     kind: &'static str,
 }
@@ -73,6 +86,8 @@ pub struct HostMetrics {
     gauges: Family<PluginNamed, Gauge>,
     events: Family<PluginEvent, Counter>,
     state_errors: Family<StateErrorKind, Counter>,
+    outbound_calls: Family<OutboundOutcome, Counter>,
+    outbound_duration: HistogramFamily<OutboundLabel>,
 }
 
 impl HostMetrics {
@@ -91,6 +106,8 @@ impl HostMetrics {
             gauges: Family::default(),
             events: Family::default(),
             state_errors: Family::default(),
+            outbound_calls: Family::default(),
+            outbound_duration: HistogramFamily::new_with_constructor(latency_histogram as fn() -> Histogram),
         };
         registry.register("plugin_calls", "Plugin phase calls by outcome", m.calls.clone());
         registry.register("plugin_call_duration_seconds", "Plugin phase call latency", m.duration.clone());
@@ -111,6 +128,16 @@ impl HostMetrics {
         registry.register("plugin_custom_gauge", "Plugin-defined gauges", m.gauges.clone());
         registry.register("plugin_events", "Events emitted by plugins", m.events.clone());
         registry.register("state_errors", "Failed plugin state calls by kind", m.state_errors.clone());
+        registry.register(
+            "plugin_outbound_calls",
+            "Plugins' outbound calls by plugin, upstream and outcome (answered, not_allowed, invalid, limit, timeout, unavailable)",
+            m.outbound_calls.clone(),
+        );
+        registry.register(
+            "plugin_outbound_duration_seconds",
+            "Time plugins' outbound calls took, by plugin and upstream",
+            m.outbound_duration.clone(),
+        );
         m
     }
 
@@ -154,6 +181,19 @@ impl HostMetrics {
     /// A failed state call: `unavailable` or `invalid`.
     pub(crate) fn state_error(&self, kind: &'static str) {
         self.state_errors.get_or_create(&StateErrorKind { kind }).inc();
+    }
+
+    /// One outbound call of `plugin` to `upstream` ended with `outcome`
+    /// after `seconds` (the upstream label only for names the plugin may
+    /// call, so a plugin cannot grow the label space).
+    pub(crate) fn outbound(&self, plugin: &str, upstream: &str, outcome: &'static str, seconds: f64) {
+        let (plugin, upstream) = (plugin.to_owned(), upstream.to_owned());
+        self.outbound_calls
+            .get_or_create(&OutboundOutcome { plugin: plugin.clone(), upstream: upstream.clone(), outcome })
+            .inc();
+        if outcome == "answered" {
+            self.outbound_duration.get_or_create(&OutboundLabel { plugin, upstream }).observe(seconds);
+        }
     }
 }
 

@@ -84,6 +84,8 @@ pub struct PluginSpec {
     pub max_idle: usize,
     /// Crash-loop backoff policy.
     pub crash_loop: CrashLoopConfig,
+    /// The upstreams it may call through `outbound`.
+    pub outbound: Vec<String>,
 }
 
 /// Crash-loop bookkeeping of one plugin instance name in one snapshot.
@@ -122,8 +124,9 @@ pub struct LoadedPlugin {
     host: Arc<PluginHost>,
     idle: Mutex<Vec<Instance>>,
     deadline_ticks: u64,
-    /// Whether the module imports `state`, the only capability that awaits
-    /// I/O on the host. Without it, the epoch deadline alone bounds a call.
+    /// Whether the module imports `state` or `outbound`, the capabilities
+    /// that await I/O on the host. Without them, the epoch deadline alone
+    /// bounds a call.
     awaits_host: bool,
     metrics: PluginMetrics,
     crash: Mutex<CrashLoop>,
@@ -275,8 +278,10 @@ impl LoadedPlugin {
         let rep = data.next_rep;
         data.next_rep = data.next_rep.wrapping_add(2);
         data.lent = heads.take().map(|heads| heads::Lent { heads, rep });
+        data.outbound_calls = 0;
         // The epoch deadline stops guest code; this timeout also bounds time
-        // spent awaiting host I/O (state calls), which epochs do not see.
+        // spent awaiting host I/O (state and outbound calls), which epochs
+        // do not see.
         let result = if self.awaits_host {
             let budget = self.spec.limits.deadline + EPOCH_TICK * 2;
             tokio::time::timeout(budget, inst.call(call)).await

@@ -16,6 +16,7 @@ use crate::error::LoadError;
 use crate::events::EventSink;
 use crate::imports::{PluginHost, StoreData};
 use crate::metrics::{CallObserver, HostMetrics};
+use crate::outbound::{Grant, Outbound};
 use crate::plugin::{LoadedPlugin, PluginSpec};
 use crate::state::StateStore;
 
@@ -85,15 +86,24 @@ impl PluginRuntime {
         module: &Module,
         events: Arc<dyn EventSink>,
         live: Arc<dyn CallObserver>,
+        outbound: Arc<dyn Outbound>,
     ) -> Result<LoadedPlugin, LoadError> {
         let engine = self.engine.engine();
         let component = &module.component;
-        let host = Arc::new(PluginHost::new(spec.name.clone(), self.state.clone(), self.metrics.clone(), events));
+        let grant = Grant {
+            sender: outbound,
+            upstreams: spec.outbound.clone(),
+            max_calls: spec.limits.outbound_calls,
+            max_body: spec.limits.outbound_body,
+        };
+        let host =
+            Arc::new(PluginHost::new(spec.name.clone(), self.state.clone(), self.metrics.clone(), events, grant));
         let metrics = self.metrics.plugin(&spec.name, live);
         let pre = self.linker.instantiate_pre(component).map_err(|e| {
             contract_mismatch(engine, component).map_or_else(|| LoadError::Link(format!("{e:#}")), LoadError::Contract)
         })?;
-        let awaits_host = imports_interface(engine, component, "weir:plugin/state");
+        let awaits_host = imports_interface(engine, component, "weir:plugin/state")
+            || imports_interface(engine, component, "weir:plugin/outbound");
         LoadedPlugin::load(spec, self.engine.clone(), pre, host, metrics, awaits_host).await.map_err(|e| match e {
             LoadError::NotAPlugin(_) => contract_mismatch(engine, component).map_or(e, LoadError::Contract),
             e => e,

@@ -39,6 +39,19 @@ impl Context {
         State { _private: () }
     }
 
+    /// A request to the upstream `upstream`, which the instance's
+    /// `[plugins.NAME] outbound` list must name: `GET /` until a method and
+    /// path are given; see [`crate::outbound`].
+    pub fn http(&self, upstream: &str) -> crate::Callout {
+        crate::Callout::new(upstream)
+    }
+
+    /// Send `calls` at once and wait for all of them (they run in parallel
+    /// on the gateway); the results come in the order of `calls`.
+    pub fn send_all(&self, calls: Vec<crate::Callout>) -> Vec<Result<http::Response<Vec<u8>>, crate::OutboundError>> {
+        host::outbound_send_all(&calls).into_iter().map(|r| r.and_then(crate::outbound::answer)).collect()
+    }
+
     /// A value stored with [`Context::set_local`] by an earlier phase of
     /// this same request (by this plugin, at this position in the chain).
     ///
@@ -120,6 +133,13 @@ impl Event {
     pub fn attr(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.attributes.push((key.into(), value.into()));
         self
+    }
+}
+
+impl crate::Callout {
+    /// Send it and wait for the answer (whatever its status).
+    pub fn send(self) -> Result<http::Response<Vec<u8>>, crate::OutboundError> {
+        host::outbound_send(&self).and_then(crate::outbound::answer)
     }
 }
 

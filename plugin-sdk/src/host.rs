@@ -62,7 +62,7 @@ mod wasm {
 
     use super::*;
     use crate::bindings::weir::plugin::types::{self as wit, EditError as WitEditError, Header};
-    use crate::bindings::weir::plugin::{clock, events, log as wlog, metrics, request_local, state};
+    use crate::bindings::weir::plugin::{clock, events, log as wlog, metrics, outbound, request_local, state};
     use crate::{Event, Level, Severity};
 
     fn edit(r: Result<(), WitEditError>) -> Result<(), EditError> {
@@ -248,6 +248,41 @@ mod wasm {
             retry_after_ms: d.retry_after_ms,
             reset_after_ms: d.reset_after_ms,
         })
+    }
+
+    fn call_of(c: &crate::Callout) -> outbound::Call {
+        outbound::Call {
+            method: c.method.as_str().to_owned(),
+            path: c.path.clone(),
+            headers: c.headers.iter().map(|(n, v)| Header { name: n.clone(), value: v.clone() }).collect(),
+            body: c.body.clone(),
+            timeout_ms: c.timeout.map_or(0, |t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX).max(1)),
+        }
+    }
+
+    fn outcome(
+        r: Result<outbound::Answer, outbound::Error>,
+    ) -> Result<crate::outbound::RawAnswer, crate::OutboundError> {
+        use crate::OutboundError as E;
+        match r {
+            Ok(a) => Ok((a.status, pairs(a.headers), a.body)),
+            Err(outbound::Error::NotAllowed(m)) => Err(E::NotAllowed(m)),
+            Err(outbound::Error::Invalid(m)) => Err(E::Invalid(m)),
+            Err(outbound::Error::Limit(m)) => Err(E::Limit(m)),
+            Err(outbound::Error::Timeout(m)) => Err(E::Timeout(m)),
+            Err(outbound::Error::Unavailable(m)) => Err(E::Unavailable(m)),
+        }
+    }
+
+    pub(crate) fn outbound_send(c: &crate::Callout) -> Result<crate::outbound::RawAnswer, crate::OutboundError> {
+        outcome(outbound::send(&c.upstream, &call_of(c)))
+    }
+
+    pub(crate) fn outbound_send_all(
+        calls: &[crate::Callout],
+    ) -> Vec<Result<crate::outbound::RawAnswer, crate::OutboundError>> {
+        let list: Vec<(String, outbound::Call)> = calls.iter().map(|c| (c.upstream.clone(), call_of(c))).collect();
+        outbound::send_all(&list).into_iter().map(outcome).collect()
     }
 
     pub(crate) fn local_get(key: &str) -> Option<Vec<u8>> {

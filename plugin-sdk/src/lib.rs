@@ -82,6 +82,7 @@ mod convert;
 mod error;
 mod head;
 mod host;
+pub mod outbound;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
@@ -114,6 +115,7 @@ pub use error::{Error, Result};
 pub use head::{Body, Request, Response, Tls};
 pub use http;
 pub use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+pub use outbound::{Callout, OutboundError};
 
 /// The phases a plugin asks the gateway to call.
 pub use bindings::weir::plugin::types::Phases;

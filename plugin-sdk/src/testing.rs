@@ -44,7 +44,10 @@ use crate::host::native::{LocalRequest, LocalResponse, new_request};
 use crate::host::{RequestHandle, ResponseHandle};
 use crate::{__private, Phases, Plugin};
 
-pub use crate::host::native::{advance, counter, events, gauge, logs, reset, set_state_unavailable, set_wall_clock};
+pub use crate::host::native::{
+    advance, counter, events, gauge, logs, outbound_calls, reset, set_state_unavailable, set_wall_clock, stub_outbound,
+    stub_outbound_error,
+};
 
 /// What a phase did, with the edits applied.
 #[derive(Debug)]

@@ -112,3 +112,67 @@ fn the_tls_connection_is_visible_to_plugins() {
         .tls(crate::Tls::new("TLSv1.3").with_client_subject("CN=ops, O=Acme").with_server_name("api.test"));
     ops.on_request(req()).unwrap_continue();
 }
+
+/// Asks the `authz` upstream about each request, with its bearer token,
+/// and the `audit` upstream in the same breath.
+struct AskAuthz;
+
+impl Plugin for AskAuthz {
+    fn new(_: &Config) -> Result<Self> {
+        Ok(AskAuthz)
+    }
+
+    fn on_request(&self, req: &mut Request, cx: &Context) -> Result<Action> {
+        let token = req.header("authorization").unwrap_or_default().to_owned();
+        let calls = vec![
+            cx.http("authz").post("/check?scope=read").header("authorization", &token).body("{}"),
+            cx.http("audit").get(&format!("/seen{}", req.path())),
+        ];
+        let mut results = cx.send_all(calls).into_iter();
+        let verdict = results.next().unwrap_or_else(|| Err(crate::OutboundError::Invalid("no result".into())));
+        match verdict {
+            Ok(answer) if answer.status() == StatusCode::OK => {
+                let user = answer.headers().get("x-user").cloned();
+                if let Some(user) = user {
+                    req.headers_mut().insert("x-user", user);
+                }
+                Ok(Action::Continue)
+            }
+            Ok(answer) => Ok(Reply::new(answer.status()).body(answer.into_body()).into()),
+            Err(e) => Ok(Reply::new(StatusCode::SERVICE_UNAVAILABLE).body(e.to_string()).into()),
+        }
+    }
+}
+
+#[test]
+fn the_harness_stubs_outbound_answers_and_records_the_calls() {
+    crate::testing::reset();
+    let h = Harness::<AskAuthz>::new(json!({})).expect("init");
+    let req = |token: &str| http::Request::get("/orders").header("authorization", token).body(()).expect("request");
+
+    // Nothing stubbed: the upstream is refused, as an unlisted one is.
+    let refused = h.on_request(req("Bearer a")).unwrap_respond();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(String::from_utf8_lossy(refused.body()).contains("not allowed"), "{refused:?}");
+
+    let ok = http::Response::builder().status(200).header("x-user", "ann").body(b"{}".to_vec()).expect("answer");
+    crate::testing::stub_outbound("authz", "/check", ok);
+    crate::testing::stub_outbound_error("audit", "/seen/orders", crate::OutboundError::Timeout("slow".into()));
+    let passed = h.on_request(req("Bearer a")).unwrap_continue();
+    assert_eq!(passed.headers().get("x-user").map(|v| v.as_bytes()), Some(&b"ann"[..]));
+
+    // A later stub for the same path replaces the first.
+    let no = http::Response::builder().status(403).body(b"nope".to_vec()).expect("answer");
+    crate::testing::stub_outbound("authz", "/check", no);
+    let denied = h.on_request(req("Bearer b")).unwrap_respond();
+    assert_eq!((denied.status(), denied.body().as_slice()), (StatusCode::FORBIDDEN, &b"nope"[..]));
+
+    // Every call was recorded, in order, as the plugin made it.
+    let calls = crate::testing::outbound_calls();
+    assert_eq!(calls.len(), 6);
+    let check = &calls[2];
+    assert_eq!((check.upstream(), check.method().as_str(), check.path()), ("authz", "POST", "/check?scope=read"));
+    assert_eq!(check.headers(), [("authorization".to_owned(), b"Bearer a".to_vec())]);
+    assert_eq!(check.body_bytes(), b"{}");
+    assert_eq!((calls[3].upstream(), calls[3].path()), ("audit", "/seen/orders"));
+}

@@ -20,6 +20,7 @@ mod http2;
 mod last_good;
 mod mission;
 mod observability;
+mod outbound;
 mod rate_limit;
 mod reload;
 mod resilience;

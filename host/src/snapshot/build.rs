@@ -266,7 +266,29 @@ impl Loader {
                 Some(c) => serde_json::to_string(c.get_ref()).unwrap_or_else(|_| "{}".into()),
                 None => "{}".into(),
             };
+            // The upstreams it may call: each must be configured.
+            let mut callable = std::collections::HashMap::new();
+            if let Some(list) = &p.outbound {
+                for u in list.get_ref() {
+                    match upstreams.get(u) {
+                        Some(up) => {
+                            callable.insert(u.clone(), Arc::clone(up));
+                        }
+                        None if !cfg.upstreams.contains_key(u) => errors.push(src.error(
+                            list.span(),
+                            format!("plugin `{name}`: outbound upstream `{u}` is not configured in [upstreams]"),
+                        )),
+                        None => {} // the upstream's own error is reported above
+                    }
+                }
+            }
+            let outbound: Arc<dyn weir_plugin_host::outbound::Outbound> = if callable.is_empty() {
+                Arc::new(weir_plugin_host::outbound::NoOutbound)
+            } else {
+                Arc::new(crate::upstream::callout::Callouts::new(callable))
+            };
             let spec = PluginSpec {
+                outbound: p.outbound.as_ref().map(|l| l.get_ref().clone()).unwrap_or_default(),
                 name: name.as_str().into(),
                 module: module.clone(),
                 sha256,
@@ -278,7 +300,7 @@ impl Loader {
                 crash_loop: p.crash_loop,
             };
             let live = self.metrics.live().plugin(name);
-            match self.plugins.load(spec, &module_code, events.clone(), live).await {
+            match self.plugins.load(spec, &module_code, events.clone(), live, outbound).await {
                 Ok(loaded) => {
                     plugins.insert(name.clone(), Arc::new(loaded));
                 }

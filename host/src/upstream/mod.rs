@@ -9,10 +9,12 @@
 //! - [`balance`]: round robin, least outstanding, consistent hashing;
 //! - [`breaker`]: caps on requests in flight and the error-rate breaker;
 //! - [`health`]: active checks and passive outlier ejection;
-//! - [`discovery`]: DNS names re-resolved and a watched targets file.
+//! - [`discovery`]: DNS names re-resolved and a watched targets file;
+//! - [`callout`]: plugins' outbound calls, sent through the same machinery.
 
 pub(crate) mod balance;
 pub(crate) mod breaker;
+pub(crate) mod callout;
 pub(crate) mod connector;
 pub(crate) mod discovery;
 pub(crate) mod health;

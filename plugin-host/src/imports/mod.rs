@@ -12,10 +12,11 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use weir_config::Severity;
 
-use crate::bindings::{self, clock, events, log, metrics, request_local, state, types};
+use crate::bindings::{self, clock, events, log, metrics, outbound, request_local, state, types};
 use crate::engine::{EngineError, PluginEngine};
 use crate::events::{EventRecord, EventSink};
 use crate::metrics::HostMetrics;
+use crate::outbound::{Grant, OutboundError};
 use crate::state::{StateError, StateStore};
 use crate::store::{Limited, PeakLimits, sandbox_wasi};
 
@@ -39,6 +40,11 @@ pub(crate) struct PluginHost {
     events: Arc<dyn EventSink>,
     /// Metric names and event kinds seen, to cap label cardinality.
     names: Mutex<HashSet<String>>,
+    /// What it may call, and how much.
+    outbound: Grant,
+    /// Refused upstream names already logged (at most
+    /// [`MAX_METRIC_NAMES`], so a plugin cannot flood the log).
+    refused_logged: Mutex<HashSet<String>>,
 }
 
 impl PluginHost {
@@ -47,8 +53,17 @@ impl PluginHost {
         state: Arc<StateStore>,
         metrics: HostMetrics,
         events: Arc<dyn EventSink>,
+        outbound: Grant,
     ) -> Self {
-        Self { name, state, metrics, events, names: Mutex::new(HashSet::new()) }
+        Self {
+            name,
+            state,
+            metrics,
+            events,
+            names: Mutex::new(HashSet::new()),
+            outbound,
+            refused_logged: Mutex::new(HashSet::new()),
+        }
     }
 
     /// Count a failed state call on its way back to the plugin.
@@ -107,6 +122,8 @@ pub(crate) struct StoreData {
     pub(crate) lent: Option<crate::heads::Lent>,
     /// Names this instance's next lent heads (see `Lent::rep`).
     pub(crate) next_rep: u32,
+    /// Outbound calls made in the current phase call.
+    pub(crate) outbound_calls: u32,
 }
 
 impl StoreData {
@@ -119,6 +136,7 @@ impl StoreData {
             locals: Locals::default(),
             lent: None,
             next_rep: 0,
+            outbound_calls: 0,
         }
     }
 }
@@ -220,6 +238,78 @@ fn to_wit(e: StateError) -> state::Error {
     match e {
         StateError::Unavailable(m) => state::Error::Unavailable(m),
         StateError::Invalid(m) => state::Error::Invalid(m),
+    }
+}
+
+impl StoreData {
+    /// Check one outbound call and start it; the future owns what it needs.
+    fn start_call(
+        &mut self,
+        upstream: String,
+        call: outbound::Call,
+    ) -> impl Future<Output = Result<outbound::Answer, outbound::Error>> + Send + use<> {
+        let host = self.host.clone();
+        let started = std::time::Instant::now();
+        let grant = &host.outbound;
+        let allowed = grant.upstreams.contains(&upstream);
+        let checked = if !allowed {
+            host.refused(&upstream);
+            Err(OutboundError::NotAllowed(format!("upstream `{upstream}` is not in this plugin's `outbound` list")))
+        } else if self.outbound_calls >= grant.max_calls {
+            Err(OutboundError::Limit(format!(
+                "more than limits.outbound_calls ({}) calls in one phase",
+                grant.max_calls
+            )))
+        } else {
+            self.outbound_calls += 1;
+            crate::outbound::check(call, grant.max_body)
+        };
+        let sent = checked.map(|c| grant.sender.send(&upstream, c));
+        // Only names the plugin may call become label values.
+        let label = if allowed { upstream } else { "-".to_owned() };
+        async move {
+            let result = match sent {
+                Ok(answer) => answer.await,
+                Err(e) => Err(e),
+            };
+            let outcome = result.as_ref().map_or_else(OutboundError::outcome, |_| "answered");
+            host.metrics.outbound(&host.name, &label, outcome, started.elapsed().as_secs_f64());
+            result.map(crate::outbound::to_answer).map_err(crate::outbound::to_error)
+        }
+    }
+}
+
+impl PluginHost {
+    /// Log a refused upstream name, once per name (and for a bounded
+    /// number of names).
+    fn refused(&self, upstream: &str) {
+        let mut logged = self.refused_logged.lock().unwrap_or_else(|p| p.into_inner());
+        if logged.len() < MAX_METRIC_NAMES && logged.insert(upstream.to_owned()) {
+            tracing::warn!(
+                plugin = %self.name,
+                upstream,
+                allowed = ?self.outbound.upstreams,
+                "outbound call refused: the upstream is not in the plugin's `outbound` list"
+            );
+        }
+    }
+}
+
+impl outbound::Host for StoreData {
+    async fn send(
+        &mut self,
+        upstream: String,
+        call: outbound::Call,
+    ) -> wasmtime::Result<Result<outbound::Answer, outbound::Error>> {
+        Ok(self.start_call(upstream, call).await)
+    }
+
+    async fn send_all(
+        &mut self,
+        calls: Vec<(String, outbound::Call)>,
+    ) -> wasmtime::Result<Vec<Result<outbound::Answer, outbound::Error>>> {
+        let started: Vec<_> = calls.into_iter().map(|(upstream, call)| self.start_call(upstream, call)).collect();
+        Ok(futures::future::join_all(started).await)
     }
 }
 

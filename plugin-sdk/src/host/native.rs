@@ -239,6 +239,10 @@ struct TestHost {
     pinned_ms: Option<u64>,
     state_unavailable: bool,
     locals: Vec<(String, Vec<u8>)>,
+    /// Stubbed outbound answers: upstream, path, answer.
+    stubs: Vec<(String, String, Result<crate::outbound::RawAnswer, crate::OutboundError>)>,
+    /// Outbound calls made, in order.
+    calls: Vec<crate::Callout>,
 }
 
 thread_local! {
@@ -289,6 +293,36 @@ pub fn set_wall_clock(unix_ms: u64) {
         h.pinned_ms = Some(unix_ms);
         h.clock_offset = Duration::ZERO;
     });
+}
+
+/// Answer outbound calls to `upstream` for `path` (path and query as the
+/// plugin sends it, or the path alone to match any query) with `answer`.
+/// A later stub for the same upstream and path replaces the earlier one.
+/// A call to an upstream without any stub is refused as `NotAllowed` (as
+/// the gateway refuses one its `outbound` list does not name); a call to a
+/// stubbed upstream on a path without a stub is `Unavailable`.
+pub fn stub_outbound(upstream: &str, path: &str, answer: http::Response<Vec<u8>>) {
+    let (parts, body) = answer.into_parts();
+    let headers = parts.headers.iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())).collect::<Vec<_>>();
+    stub(upstream, path, Ok((parts.status.as_u16(), headers, body)));
+}
+
+/// Make outbound calls to `upstream` for `path` fail with `error` (a
+/// timeout, an unavailable upstream).
+pub fn stub_outbound_error(upstream: &str, path: &str, error: crate::OutboundError) {
+    stub(upstream, path, Err(error));
+}
+
+fn stub(upstream: &str, path: &str, answer: Result<crate::outbound::RawAnswer, crate::OutboundError>) {
+    with(|h| {
+        h.stubs.retain(|(u, p, _)| !(u == upstream && p == path));
+        h.stubs.push((upstream.to_owned(), path.to_owned(), answer));
+    });
+}
+
+/// The outbound calls the plugin made on this thread, in order.
+pub fn outbound_calls() -> Vec<crate::Callout> {
+    with(|h| h.calls.clone())
 }
 
 /// Make every state call fail with `Unavailable`, as when Redis is down.
@@ -561,6 +595,31 @@ pub(crate) mod host {
                 reset_after_ms: ahead.div_ceil(1000),
             }
         })
+    }
+
+    pub(crate) fn outbound_send(c: &crate::Callout) -> Result<crate::outbound::RawAnswer, crate::OutboundError> {
+        use crate::OutboundError as E;
+        with(|h| {
+            h.calls.push(c.clone());
+            if !h.stubs.iter().any(|(u, _, _)| *u == c.upstream) {
+                return Err(E::NotAllowed(format!(
+                    "upstream `{}`: no stub (testing::stub_outbound) for it",
+                    c.upstream
+                )));
+            }
+            let bare = c.path.split('?').next().unwrap_or_default();
+            let found = |p: &str| h.stubs.iter().find(|(u, sp, _)| *u == c.upstream && sp == p);
+            match found(&c.path).or_else(|| found(bare)) {
+                Some((_, _, answer)) => answer.clone(),
+                None => Err(E::Unavailable(format!("upstream `{}`: no stub for {} {}", c.upstream, c.method, c.path))),
+            }
+        })
+    }
+
+    pub(crate) fn outbound_send_all(
+        calls: &[crate::Callout],
+    ) -> Vec<Result<crate::outbound::RawAnswer, crate::OutboundError>> {
+        calls.iter().map(outbound_send).collect()
     }
 
     pub(crate) fn local_get(key: &str) -> Option<Vec<u8>> {

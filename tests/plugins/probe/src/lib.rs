@@ -4,6 +4,7 @@
 
 use serde::Deserialize;
 use weir_plugin_sdk::prelude::*;
+use weir_plugin_sdk::{Callout, OutboundError};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -48,6 +49,15 @@ struct Settings {
     /// verified client certificate's subject (`none` without one).
     #[serde(default)]
     tls: bool,
+    /// Outbound calls on each request, each `"UPSTREAM PATH"`: one is sent
+    /// alone, several at once. The outcomes go upstream in `x-callout`,
+    /// separated by ` ;; `: `STATUS:BODY` for an answer, the error's kind
+    /// otherwise. Each call carries `x-probe-token` from the request.
+    #[serde(default)]
+    callout: Vec<String>,
+    /// The calls' own timeout, ms (the upstream's if absent).
+    #[serde(default)]
+    callout_timeout_ms: Option<u64>,
 }
 
 struct Probe {
@@ -117,6 +127,38 @@ impl Plugin for Probe {
             };
             req.headers_mut().insert("x-probe-tls", conn.try_into()?);
             req.headers_mut().insert("x-probe-client", client.try_into()?);
+        }
+        if !self.s.callout.is_empty() {
+            let token = req.header("x-probe-token").unwrap_or_default().to_owned();
+            let calls: Vec<Callout> = self
+                .s
+                .callout
+                .iter()
+                .map(|spec| {
+                    let (upstream, path) = spec.split_once(' ').unwrap_or((spec.as_str(), "/"));
+                    let call = cx.http(upstream).get(path).header("x-probe-token", &token);
+                    match self.s.callout_timeout_ms {
+                        Some(ms) => call.timeout(std::time::Duration::from_millis(ms)),
+                        None => call,
+                    }
+                })
+                .collect();
+            let results =
+                if calls.len() == 1 { calls.into_iter().map(Callout::send).collect() } else { cx.send_all(calls) };
+            let outcomes: Vec<String> = results
+                .into_iter()
+                .map(|r| match r {
+                    Ok(answer) => {
+                        format!("{}:{}", answer.status().as_u16(), String::from_utf8_lossy(answer.body()).trim())
+                    }
+                    Err(OutboundError::NotAllowed(_)) => "not_allowed".into(),
+                    Err(OutboundError::Invalid(_)) => "invalid".into(),
+                    Err(OutboundError::Limit(_)) => "limit".into(),
+                    Err(OutboundError::Timeout(_)) => "timeout".into(),
+                    Err(OutboundError::Unavailable(_)) => "unavailable".into(),
+                })
+                .collect();
+            req.headers_mut().insert("x-callout", outcomes.join(" ;; ").try_into()?);
         }
         if self.s.count {
             let n = cx.state().incr("requests", 1, 0)?;
