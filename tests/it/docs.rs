@@ -291,8 +291,16 @@ async fn check_config(block: &Block) -> Result<(), String> {
     if let Some(plugins) = plugins.as_object_mut() {
         plugins.retain(|_, p| !p["module"].as_str().is_some_and(|m| EXAMPLE_MODULES.contains(&m)));
         if !plugins.is_empty() {
+            // The upstreams their `outbound` lists name, so those load too
+            // (as stand-ins: nothing is sent at load).
+            let mut upstreams = serde_json::Map::new();
+            for name in plugins.values().filter_map(|p| p["outbound"].as_array()).flatten() {
+                if let Some(name) = name.as_str() {
+                    upstreams.insert(name.to_owned(), serde_json::json!({ "targets": ["127.0.0.1:9"] }));
+                }
+            }
             let mut only_plugins = base();
-            merge(&mut only_plugins, serde_json::json!({ "plugins": plugins }));
+            merge(&mut only_plugins, serde_json::json!({ "plugins": plugins, "upstreams": upstreams }));
             load(&only_plugins, dir.path()).await?;
         }
     }

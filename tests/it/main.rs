@@ -11,6 +11,7 @@ mod cli;
 mod cluster;
 mod dashboard;
 mod docs;
+mod ext_authz;
 mod framing;
 mod fuzz_corpus;
 mod grpc;
