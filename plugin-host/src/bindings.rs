@@ -25,7 +25,9 @@ mod generated {
 }
 
 pub use generated::weir::plugin::types::{Action, BodyAction, Header, Phases, Reply};
-pub(crate) use generated::weir::plugin::{clock, events, log, metrics, outbound, request_local, state, types};
+pub(crate) use generated::weir::plugin::{
+    chain_data, clock, events, log, metrics, outbound, request_local, state, types,
+};
 pub(crate) use generated::{Plugin as PluginWorld, PluginPre};
 
 /// The `request` resource: its data is the lent request in the store

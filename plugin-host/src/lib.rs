@@ -42,7 +42,7 @@ pub use bindings::{Action, BodyAction, Header, Phases, Reply};
 pub use engine::EngineError;
 pub use error::{LoadError, PluginFailure};
 pub use events::{EventRecord, EventSink};
-pub use heads::{ConnectionTls, Heads, LentRequest, LentResponse, RequestInfo};
+pub use heads::{ChainData, ConnectionTls, Heads, LentRequest, LentResponse, RequestInfo};
 pub use metrics::{CallCounts, CallObserver, HostMetrics, PluginMetrics};
 pub use plugin::{CrashLoopStatus, LoadedPlugin, PluginSpec, RequestSlot};
 pub use runtime::{Module, PluginRuntime, sha256_hex};

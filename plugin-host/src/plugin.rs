@@ -488,8 +488,11 @@ impl LoadedPlugin {
             params: Vec::new(),
             tls: None,
         });
-        let mut heads =
-            Some(Heads { request: crate::heads::LentRequest::new(req.into_parts().0, info), response: None });
+        let mut heads = Some(Heads {
+            request: crate::heads::LentRequest::new(req.into_parts().0, info),
+            response: None,
+            chain: Default::default(),
+        });
         self.on_request(&mut heads, &mut RequestSlot::default()).await.map(drop)
     }
 }

@@ -39,6 +39,22 @@ impl Context {
         State { _private: () }
     }
 
+    /// Publish `value` under `key` for the plugins after this one in the
+    /// chain (and this plugin's later phases) to read with
+    /// [`Context::published`], for this request only; never sent upstream.
+    /// Namespaced by this plugin's instance name. Returns false (and
+    /// publishes nothing) beyond 32 keys of up to 128 bytes and 16 KiB in
+    /// all. A phase that fails or answers drops what it published.
+    pub fn publish(&self, key: &str, value: impl AsRef<[u8]>) -> bool {
+        host::chain_publish(key, value.as_ref())
+    }
+
+    /// What plugin instance `plugin` (`[plugins.NAME]`; `""` for this one)
+    /// published under `key` earlier in this request.
+    pub fn published(&self, plugin: &str, key: &str) -> Option<Vec<u8>> {
+        host::chain_read(plugin, key)
+    }
+
     /// A request to the upstream `upstream`, which the instance's
     /// `[plugins.NAME] outbound` list must name: `GET /` until a method and
     /// path are given; see [`crate::outbound`].

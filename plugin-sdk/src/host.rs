@@ -62,7 +62,9 @@ mod wasm {
 
     use super::*;
     use crate::bindings::weir::plugin::types::{self as wit, EditError as WitEditError, Header};
-    use crate::bindings::weir::plugin::{clock, events, log as wlog, metrics, outbound, request_local, state};
+    use crate::bindings::weir::plugin::{
+        chain_data, clock, events, log as wlog, metrics, outbound, request_local, state,
+    };
     use crate::{Event, Level, Severity};
 
     fn edit(r: Result<(), WitEditError>) -> Result<(), EditError> {
@@ -283,6 +285,14 @@ mod wasm {
     ) -> Vec<Result<crate::outbound::RawAnswer, crate::OutboundError>> {
         let list: Vec<(String, outbound::Call)> = calls.iter().map(|c| (c.upstream.clone(), call_of(c))).collect();
         outbound::send_all(&list).into_iter().map(outcome).collect()
+    }
+
+    pub(crate) fn chain_publish(key: &str, value: &[u8]) -> bool {
+        chain_data::publish(key, value)
+    }
+
+    pub(crate) fn chain_read(plugin: &str, key: &str) -> Option<Vec<u8>> {
+        chain_data::read(plugin, key)
     }
 
     pub(crate) fn local_get(key: &str) -> Option<Vec<u8>> {

@@ -45,8 +45,8 @@ use crate::host::{RequestHandle, ResponseHandle};
 use crate::{__private, Phases, Plugin};
 
 pub use crate::host::native::{
-    advance, counter, events, gauge, logs, outbound_calls, reset, set_state_unavailable, set_wall_clock, stub_outbound,
-    stub_outbound_error,
+    advance, counter, events, gauge, logs, outbound_calls, published, reset, set_instance_name, set_published,
+    set_state_unavailable, set_wall_clock, stub_outbound, stub_outbound_error,
 };
 
 /// What a phase did, with the edits applied.

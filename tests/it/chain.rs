@@ -236,3 +236,37 @@ async fn a_plugin_built_against_an_earlier_release_of_the_series_still_loads() {
     let gw = TestGateway::start_in(dir).await;
     assert_eq!(gw.get("/").await.seen("x-old").as_deref(), Some("v"));
 }
+
+/// `chain-data`: auth publishes the consumer it verified, a rate limiter
+/// keys on it, a later plugin reads it; another plugin cannot publish into
+/// auth's namespace, and nothing of it is sent upstream as a header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_publish_values_for_the_rest_of_the_chain() {
+    let up = Upstream::start("up").await;
+    let cfg = format!(
+        "[plugins.auth]\nmodule = \"auth.wasm\"\n[plugins.auth.config]\n\
+         [plugins.auth.config.api_keys]\nconsumer_header = \"x-consumer\"\n\
+         keys = [{{ name = \"ann\", key = \"k-ann-0123456789\" }}, {{ name = \"bob\", key = \"k-bob-0123456789\" }}]\n\n\
+         [plugins.limit]\nmodule = \"rate_limit.wasm\"\n\
+         config = {{ key = \"data:auth.x-consumer\", missing = \"deny\", headers = false, limits = [{{ requests = 2, window = \"1h\" }}] }}\n\n\
+         {}{}{}",
+        probe("spoof", "publish = \"x-consumer=mallory\""),
+        probe("reader", "read = [\"auth.x-consumer\", \"spoof.x-consumer\", \"auth.nothing\"]"),
+        route(&["auth", "spoof", "limit", "reader"], &up.addr.to_string()),
+    );
+    let gw = TestGateway::start(&cfg, &["auth.wasm", "rate_limit.wasm", "probe.wasm"]).await;
+    let get = |key: &'static str| {
+        let gw = &gw;
+        async move { gw.request(Method::GET, "/x", &[("x-api-key", key)], "").await }
+    };
+
+    let r = get("k-ann-0123456789").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.seen("x-chain-data").as_deref(), Some("ann,mallory,-"), "each namespace is its publisher's");
+    assert_eq!(r.seen("x-consumer").as_deref(), Some("ann"), "the header auth forwards is unchanged");
+    assert_eq!(get("k-ann-0123456789").await.status, 200);
+    assert_eq!(get("k-ann-0123456789").await.status, 429, "ann's budget, keyed on what auth published");
+    assert_eq!(get("k-bob-0123456789").await.status, 200, "bob's own budget: `spoof` did not change the key");
+    // A request auth refuses publishes nothing, and gets no further.
+    assert_eq!(get("wrong").await.status, 401);
+}

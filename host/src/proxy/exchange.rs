@@ -10,7 +10,7 @@ use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, StatusCode, Version};
 use weir_config::UpstreamProtocol;
-use weir_plugin_host::{Heads, LentRequest, LentResponse, Phases, RequestInfo};
+use weir_plugin_host::{ChainData, Heads, LentRequest, LentResponse, Phases, RequestInfo};
 
 use super::chain::{Chain, Phase};
 use super::request_body::{buffer_request, prebuffer};
@@ -48,22 +48,24 @@ impl Exchange<'_> {
         let route = self.route;
         let max = self.snap.server.max_buffered_body;
         // The heads are lent to each plugin in turn and always come back.
-        let mut heads = Some(Heads { request: LentRequest::new(parts, self.info.clone()), response: None });
+        let request = LentRequest::new(parts, self.info.clone());
+        let mut heads = Some(Heads { request, response: None, chain: ChainData::default() });
         if let Some(resp) = self.chain.run(Phase::Request, &mut heads, None).await? {
             return Ok(resp);
         }
-        let Some(Heads { request: mut lent, .. }) = heads.take() else { return Err(lost()) };
+        // What the plugins published travels with the heads to every phase.
+        let Some(Heads { request: mut lent, mut chain, .. }) = heads.take() else { return Err(lost()) };
 
         // The request body: buffered for the body phase, or streamed.
         let upstream_body = if route.buffer_request {
             let mut bytes = buffer_request(&lent.parts, body, max).await?;
             lent.freeze();
-            let mut heads = Some(Heads { request: lent, response: None });
+            let mut heads = Some(Heads { request: lent, response: None, chain });
             if let Some(resp) = self.chain.run(Phase::RequestBody, &mut heads, Some(&mut bytes)).await? {
                 return Ok(resp);
             }
-            let Some(Heads { request, .. }) = heads.take() else { return Err(lost()) };
-            lent = request;
+            let Some(Heads { request, chain: published, .. }) = heads.take() else { return Err(lost()) };
+            (lent, chain) = (request, published);
             lent.parts.headers.remove(header::TRANSFER_ENCODING);
             lent.parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             Outgoing::Replayable(bytes)
@@ -81,7 +83,7 @@ impl Exchange<'_> {
         let sent = (wants_response || route.buffer_response).then(|| lent.snapshot());
         let is_head = lent.parts.method == Method::HEAD;
         let resp = self.dispatch(lent.parts, upstream_body).await?;
-        self.respond(sent, resp, is_head).await
+        self.respond(sent, chain, resp, is_head).await
     }
 
     /// Send the request where the route sends it: its upstream (through its
@@ -126,6 +128,7 @@ impl Exchange<'_> {
     async fn respond(
         &mut self,
         sent: Option<LentRequest>,
+        chain: ChainData,
         resp: Response<ProxyBody>,
         is_head: bool,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -137,7 +140,7 @@ impl Exchange<'_> {
         let Some(sent) = sent else {
             return Ok(Response::from_parts(rparts, rbody));
         };
-        let mut heads = Some(Heads { request: sent, response: Some(LentResponse::new(rparts)) });
+        let mut heads = Some(Heads { request: sent, response: Some(LentResponse::new(rparts)), chain });
         if let Some(resp) = self.chain.run(Phase::Response, &mut heads, None).await? {
             return Ok(resp);
         }

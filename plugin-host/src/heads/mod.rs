@@ -106,6 +106,72 @@ pub struct Heads {
     pub request: LentRequest,
     /// The upstream's response, in response phases.
     pub response: Option<LentResponse>,
+    /// What the chain's plugins published for each other (`chain-data`).
+    pub chain: ChainData,
+}
+
+/// Most keys one plugin may publish per request.
+const MAX_CHAIN_KEYS: usize = 32;
+/// Longest key.
+const MAX_CHAIN_KEY_LEN: usize = 128;
+/// Most bytes of keys and values one plugin may publish per request.
+const MAX_CHAIN_BYTES: usize = 16 * 1024;
+
+/// Values published by a chain's plugins for one request: by publisher and
+/// key. A phase's values are staged and take effect with its other edits.
+#[derive(Debug, Default)]
+pub struct ChainData {
+    entries: Vec<ChainEntry>,
+    staged: Vec<ChainEntry>,
+}
+
+#[derive(Debug)]
+struct ChainEntry {
+    plugin: Arc<str>,
+    key: String,
+    value: Vec<u8>,
+}
+
+impl ChainData {
+    /// Stage `plugin`'s `key`; false if over the limits.
+    pub(crate) fn publish(&mut self, plugin: &Arc<str>, key: String, value: Vec<u8>) -> bool {
+        if key.is_empty() || key.len() > MAX_CHAIN_KEY_LEN {
+            return false;
+        }
+        // What the plugin would hold with this value in place.
+        let mut keys = 0;
+        let mut bytes = key.len() + value.len();
+        let mut kept = std::collections::HashSet::new();
+        for e in self.staged.iter().rev().chain(self.entries.iter()) {
+            if *e.plugin == **plugin && e.key != key && kept.insert(e.key.as_str()) {
+                keys += 1;
+                bytes += e.key.len() + e.value.len();
+            }
+        }
+        if keys + 1 > MAX_CHAIN_KEYS || bytes > MAX_CHAIN_BYTES {
+            return false;
+        }
+        self.staged.retain(|e| !(*e.plugin == **plugin && e.key == key));
+        self.staged.push(ChainEntry { plugin: plugin.clone(), key, value });
+        true
+    }
+
+    /// The value `plugin` published under `key` (staged ones first).
+    pub fn read(&self, plugin: &str, key: &str) -> Option<&[u8]> {
+        self.staged
+            .iter()
+            .rev()
+            .chain(self.entries.iter())
+            .find(|e| &*e.plugin == plugin && e.key == key)
+            .map(|e| e.value.as_slice())
+    }
+
+    fn commit(&mut self) {
+        for e in self.staged.drain(..) {
+            self.entries.retain(|old| !(old.plugin == e.plugin && old.key == e.key));
+            self.entries.push(e);
+        }
+    }
 }
 
 impl LentRequest {
@@ -209,6 +275,7 @@ impl Heads {
         if let Some(r) = &mut self.response {
             r.commit();
         }
+        self.chain.commit();
     }
 
     /// The edits of a phase that failed or answered are dropped.
@@ -217,6 +284,7 @@ impl Heads {
         if let Some(r) = &mut self.response {
             r.edit = None;
         }
+        self.chain.staged.clear();
     }
 }
 

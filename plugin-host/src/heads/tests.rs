@@ -19,7 +19,8 @@ fn request(headers: &[(&str, &str)]) -> LentRequest {
 
 #[test]
 fn edits_go_to_a_copy_until_committed() {
-    let mut heads = Heads { request: request(&[("x-a", "1"), ("content-length", "3")]), response: None };
+    let mut heads =
+        Heads { request: request(&[("x-a", "1"), ("content-length", "3")]), response: None, chain: Default::default() };
     let r = &mut heads.request;
     set_header(&mut r.edit().expect("editable").headers, 2, "x-a", b"2").expect("valid");
     append_header(&mut r.edit().expect("editable").headers, 2, "x-b", b"3").expect("valid");
@@ -74,4 +75,32 @@ fn set_headers_keeps_framing_and_skips_reserved() {
     assert_eq!(h["x-new"], "2");
     assert!(!h.contains_key("x-old"));
     assert!(matches!(set_headers(&mut h, 2, vec![hdr("bad name", b"x")]), Err(EditError::Invalid(_))));
+}
+
+#[test]
+fn chain_data_is_staged_per_phase_namespaced_and_bounded() {
+    let (auth, other): (std::sync::Arc<str>, std::sync::Arc<str>) = ("auth".into(), "other".into());
+    let mut heads = Heads { request: request(&[]), response: None, chain: ChainData::default() };
+    assert!(heads.chain.publish(&auth, "consumer".into(), b"ann".to_vec()));
+    assert_eq!(heads.chain.read("auth", "consumer"), Some(&b"ann"[..]), "its own phase sees it staged");
+    heads.commit();
+    // A failed phase's values are dropped; the committed ones stay.
+    assert!(heads.chain.publish(&auth, "consumer".into(), b"mallory".to_vec()));
+    heads.discard();
+    assert_eq!(heads.chain.read("auth", "consumer"), Some(&b"ann"[..]));
+    // Another plugin publishes in its own namespace only.
+    assert!(heads.chain.publish(&other, "consumer".into(), b"eve".to_vec()));
+    heads.commit();
+    assert_eq!(heads.chain.read("auth", "consumer"), Some(&b"ann"[..]));
+    assert_eq!(heads.chain.read("other", "consumer"), Some(&b"eve"[..]));
+    // Limits: key length, key count, bytes; replacing a key is not a new one.
+    assert!(!heads.chain.publish(&auth, String::new(), vec![]));
+    assert!(!heads.chain.publish(&auth, "k".repeat(129), vec![]));
+    for i in 1..32 {
+        assert!(heads.chain.publish(&auth, format!("k{i}"), vec![]), "key {i}");
+    }
+    assert!(!heads.chain.publish(&auth, "one-too-many".into(), vec![]));
+    assert!(heads.chain.publish(&auth, "consumer".into(), b"bob".to_vec()), "a replacement fits");
+    assert!(!heads.chain.publish(&auth, "k1".into(), vec![0; 16 * 1024]));
+    assert!(heads.chain.publish(&other, "k1".into(), vec![0; 8 * 1024]), "each plugin has its own budget");
 }

@@ -12,7 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use weir_config::Severity;
 
-use crate::bindings::{self, clock, events, log, metrics, outbound, request_local, state, types};
+use crate::bindings::{self, chain_data, clock, events, log, metrics, outbound, request_local, state, types};
 use crate::engine::{EngineError, PluginEngine};
 use crate::events::{EventRecord, EventSink};
 use crate::metrics::HostMetrics;
@@ -379,6 +379,19 @@ impl state::Host for StoreData {
             self.host.counted(self.host.state.delete(&key).await)
         }
         .await)
+    }
+}
+
+impl chain_data::Host for StoreData {
+    fn publish(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<bool> {
+        let name = self.host.name.clone();
+        Ok(self.lent.as_mut().is_some_and(|l| l.heads.chain.publish(&name, key, value)))
+    }
+
+    fn read(&mut self, plugin: String, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        // An empty name is this plugin's own namespace.
+        let plugin = if plugin.is_empty() { &*self.host.name } else { plugin.as_str() };
+        Ok(self.lent.as_ref().and_then(|l| l.heads.chain.read(plugin, &key)).map(<[u8]>::to_vec))
     }
 }
 

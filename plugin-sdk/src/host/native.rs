@@ -243,6 +243,12 @@ struct TestHost {
     stubs: Vec<(String, String, Result<crate::outbound::RawAnswer, crate::OutboundError>)>,
     /// Outbound calls made, in order.
     calls: Vec<crate::Callout>,
+    /// This plugin's instance name (its `chain-data` namespace).
+    instance: Option<String>,
+    /// Values other plugins published, for every request: plugin, key, value.
+    seeded: Vec<(String, String, Vec<u8>)>,
+    /// What is published in the current request.
+    chain: Vec<(String, String, Vec<u8>)>,
 }
 
 thread_local! {
@@ -252,7 +258,31 @@ thread_local! {
 
 /// A new request starts: request-local values of the previous one go.
 pub(crate) fn new_request() {
-    with(|h| h.locals.clear());
+    with(|h| {
+        h.locals.clear();
+        h.chain = h.seeded.clone();
+    });
+}
+
+/// The plugin's instance name, its `chain-data` namespace (default
+/// `"plugin"`).
+pub fn set_instance_name(name: &str) {
+    with(|h| h.instance = Some(name.to_owned()));
+}
+
+/// Have plugin `plugin` publish `value` under `key` before every request,
+/// as a plugin earlier in the chain would.
+pub fn set_published(plugin: &str, key: &str, value: &[u8]) {
+    with(|h| {
+        h.seeded.retain(|(p, k, _)| !(p == plugin && k == key));
+        h.seeded.push((plugin.to_owned(), key.to_owned(), value.to_vec()));
+    });
+}
+
+/// What `plugin` (`""` for the plugin under test) has published in the
+/// latest request.
+pub fn published(plugin: &str, key: &str) -> Option<Vec<u8>> {
+    host::chain_read(plugin, key)
 }
 
 fn with<R>(f: impl FnOnce(&mut TestHost) -> R) -> R {
@@ -620,6 +650,34 @@ pub(crate) mod host {
         calls: &[crate::Callout],
     ) -> Vec<Result<crate::outbound::RawAnswer, crate::OutboundError>> {
         calls.iter().map(outbound_send).collect()
+    }
+
+    /// The same limits as the gateway's (`plugin-host/src/heads/mod.rs`).
+    pub(crate) fn chain_publish(key: &str, value: &[u8]) -> bool {
+        with(|h| {
+            let me = h.instance.clone().unwrap_or_else(|| "plugin".into());
+            let others: Vec<_> = h.chain.iter().filter(|(p, k, _)| *p == me && k != key).collect();
+            let bytes: usize =
+                others.iter().map(|(_, k, v)| k.len() + v.len()).sum::<usize>() + key.len() + value.len();
+            if key.is_empty()
+                || key.len() > MAX_LOCAL_KEY_LEN
+                || others.len() + 1 > MAX_LOCAL_KEYS
+                || bytes > MAX_LOCAL_BYTES
+            {
+                return false;
+            }
+            h.chain.retain(|(p, k, _)| !(*p == me && k == key));
+            h.chain.push((me, key.to_owned(), value.to_vec()));
+            true
+        })
+    }
+
+    pub(crate) fn chain_read(plugin: &str, key: &str) -> Option<Vec<u8>> {
+        with(|h| {
+            let me = h.instance.clone().unwrap_or_else(|| "plugin".into());
+            let plugin = if plugin.is_empty() { me.as_str() } else { plugin };
+            h.chain.iter().find(|(p, k, _)| p == plugin && k == key).map(|(_, _, v)| v.clone())
+        })
     }
 
     pub(crate) fn local_get(key: &str) -> Option<Vec<u8>> {

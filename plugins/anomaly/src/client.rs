@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv6Addr};
 
 use sha2::{Digest, Sha256};
-use weir_plugin_sdk::Request;
+use weir_plugin_sdk::{Context, Request};
 
 use crate::config::{ClientKey, Conf, EventClient};
 
@@ -28,10 +28,29 @@ pub(crate) struct Client {
 const MAX_RAW: usize = 256;
 
 impl Client {
-    /// Identify the client of `req` as `conf` says: by its `key` header, or
-    /// by its IP address when the header is missing or empty (or `key` is
-    /// `"ip"`). IPv4-mapped IPv6 addresses count as their IPv4 address; other
+    /// Identify the client of `req` as `conf` says: by what a plugin before
+    /// it published (`data:PLUGIN.KEY`), by its `key` header, or by its IP
+    /// address when those are missing or empty (or `key` is `"ip"`). IPv4-mapped IPv6 addresses count as their IPv4 address; other
     /// IPv6 addresses as their `ipv6_prefix` network.
+    pub(crate) fn identify_in(conf: &Conf, req: &Request, cx: &Context) -> Self {
+        if let ClientKey::Data { plugin, key } = &conf.key
+            && let Some(value) = cx.published(plugin, key).filter(|v| !v.is_empty())
+        {
+            let mut h = Sha256::new();
+            for part in [b"data".as_slice(), plugin.as_bytes(), key.as_bytes()] {
+                h.update(part);
+                h.update(b"\0");
+            }
+            h.update(&value);
+            let raw = (conf.event_client == EventClient::Raw).then(|| truncate(&String::from_utf8_lossy(&value)));
+            return Self::from_hash(h, "data", raw);
+        }
+        Self::identify(conf, req)
+    }
+
+    /// [`Client::identify_in`] without the chain's published values: by the
+    /// `key` header, or by the IP address when the header is missing or
+    /// empty (or `key` is `"ip"` or a `data:` key).
     pub(crate) fn identify(conf: &Conf, req: &Request) -> Self {
         let keep_raw = conf.event_client == EventClient::Raw;
         if let ClientKey::Header(name) = &conf.key

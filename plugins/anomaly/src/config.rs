@@ -239,6 +239,14 @@ pub(crate) enum ClientKey {
     Ip,
     /// This request header's value; the IP when it is missing or empty.
     Header(HeaderName),
+    /// What plugin `plugin` earlier in the chain published under `key`
+    /// (`chain-data`); the IP when it published nothing.
+    Data {
+        /// The publishing instance.
+        plugin: String,
+        /// Its key.
+        key: String,
+    },
 }
 
 /// What happens to a client whose score reached the threshold.
@@ -331,7 +339,17 @@ pub(crate) fn load(config: &Config) -> Result<Conf> {
                 HeaderName::try_from(name.trim())
                     .map_err(|_| bad("key", format_args!("names an invalid header: {name:?}")))?,
             ),
-            None => return Err(bad("key", format_args!("must be \"ip\" or \"header:<name>\", got {other:?}"))),
+            None => match other.strip_prefix("data:").and_then(|d| d.split_once('.')) {
+                Some((plugin, key)) if !plugin.is_empty() && !key.is_empty() => {
+                    ClientKey::Data { plugin: plugin.to_owned(), key: key.to_owned() }
+                }
+                _ => {
+                    return Err(bad(
+                        "key",
+                        format_args!("must be \"ip\", \"header:<name>\" or \"data:<plugin>.<key>\", got {other:?}"),
+                    ));
+                }
+            },
         },
     };
 

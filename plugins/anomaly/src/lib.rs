@@ -179,7 +179,7 @@ impl Plugin for Anomaly {
         if req.headers().contains_key(&self.conf.flag_header) {
             req.headers_mut().remove(&self.conf.flag_header);
         }
-        let client = Client::identify(&self.conf, req);
+        let client = Client::identify_in(&self.conf, req, cx);
         let now = cx.wall_now();
         match self.judge(req, cx, &client, now) {
             Ok(action) => Ok(action),

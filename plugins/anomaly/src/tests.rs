@@ -85,7 +85,11 @@ fn phases_follow_the_error_weight() {
 fn rejects_bad_configs() {
     let cases = [
         (json!({ "colour": 1 }), "unknown field `colour`"),
-        (json!({ "key": "cookie:sid" }), "config key `key` must be \"ip\" or \"header:<name>\""),
+        (json!({ "key": "data:auth" }), "config key `key` must be"),
+        (
+            json!({ "key": "cookie:sid" }),
+            "config key `key` must be \"ip\", \"header:<name>\" or \"data:<plugin>.<key>\"",
+        ),
         (json!({ "key": "header:bad name" }), "config key `key` names an invalid header"),
         (json!({ "window": "10 parsecs" }), "invalid duration \"10 parsecs\""),
         (json!({ "window": "500ms" }), "config key `window` must be between 1s and 1h"),

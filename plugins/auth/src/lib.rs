@@ -198,6 +198,11 @@ impl Plugin for Auth {
             for (name, value) in grant.iter() {
                 headers.insert(name.clone(), value.clone());
             }
+            // The same identity for the plugins after this one, under the
+            // header's name (`x-auth-sub`), whatever the upstream is sent.
+            for (name, value) in grant.iter() {
+                cx.publish(name.as_str(), value.as_bytes());
+            }
         }
         if self.strip_credential {
             for source in self.all_sources() {

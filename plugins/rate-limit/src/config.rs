@@ -129,6 +129,13 @@ pub(crate) enum KeyPart {
     Route,
     /// The first value of a request header (hashed).
     Header(HeaderName),
+    /// What a plugin earlier in the chain published (hashed).
+    Data {
+        /// The publishing instance.
+        plugin: String,
+        /// Its key.
+        key: String,
+    },
 }
 
 impl KeyPart {
@@ -136,11 +143,16 @@ impl KeyPart {
         match s {
             "ip" => Ok(KeyPart::Ip),
             "route" => Ok(KeyPart::Route),
-            _ => match s.strip_prefix("header:") {
-                Some(name) => HeaderName::from_bytes(name.as_bytes())
+            _ => match (s.strip_prefix("header:"), s.strip_prefix("data:").and_then(|d| d.split_once('.'))) {
+                (Some(name), _) => HeaderName::from_bytes(name.as_bytes())
                     .map(KeyPart::Header)
                     .map_err(|_| format!("invalid header name {name:?} in key {s:?}")),
-                None => Err(format!("unknown key kind {s:?}: expected \"ip\", \"route\" or \"header:<name>\"")),
+                (None, Some((plugin, key))) if !plugin.is_empty() && !key.is_empty() => {
+                    Ok(KeyPart::Data { plugin: plugin.to_owned(), key: key.to_owned() })
+                }
+                _ => Err(format!(
+                    "unknown key kind {s:?}: expected \"ip\", \"route\", \"header:<name>\" or \"data:<plugin>.<key>\""
+                )),
             },
         }
     }
@@ -152,6 +164,7 @@ impl fmt::Display for KeyPart {
             KeyPart::Ip => f.write_str("ip"),
             KeyPart::Route => f.write_str("route"),
             KeyPart::Header(h) => write!(f, "header:{h}"),
+            KeyPart::Data { plugin, key } => write!(f, "data:{plugin}.{key}"),
         }
     }
 }

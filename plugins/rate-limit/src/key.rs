@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv6Addr};
 
 use sha2::{Digest, Sha256};
-use weir_plugin_sdk::{HeaderName, Request};
+use weir_plugin_sdk::{Context, Request};
 
 use crate::config::{KeyPart, Missing};
 
@@ -23,8 +23,9 @@ pub(crate) enum Subject {
     Key(String),
     /// The limit does not apply (`missing = "allow"`).
     Skip,
-    /// Refuse the request: this header is required (`missing = "deny"`).
-    Refuse(HeaderName),
+    /// Refuse the request: this part is required (`missing = "deny"`); what
+    /// it is, for the message.
+    Refuse(String),
 }
 
 /// 128 bits of SHA-256 in hex.
@@ -53,7 +54,7 @@ fn push_ip(out: &mut String, ip: Option<IpAddr>, ipv6_prefix: u8) {
 }
 
 /// The subject of `req` for a limit keyed by `parts`.
-pub(crate) fn subject(req: &Request, parts: &[KeyPart], missing: Missing, ipv6_prefix: u8) -> Subject {
+pub(crate) fn subject(req: &Request, cx: &Context, parts: &[KeyPart], missing: Missing, ipv6_prefix: u8) -> Subject {
     let mut out = String::new();
     for part in parts {
         if !out.is_empty() {
@@ -73,7 +74,18 @@ pub(crate) fn subject(req: &Request, parts: &[KeyPart], missing: Missing, ipv6_p
                 None => match missing {
                     Missing::Ip => push_ip(&mut out, req.client_ip(), ipv6_prefix),
                     Missing::Allow => return Subject::Skip,
-                    Missing::Deny => return Subject::Refuse(name.clone()),
+                    Missing::Deny => return Subject::Refuse(format!("header `{name}`")),
+                },
+            },
+            KeyPart::Data { plugin, key } => match cx.published(plugin, key).filter(|v| !v.is_empty()) {
+                Some(value) => {
+                    out.push_str("d:");
+                    out.push_str(&short_hash(&value));
+                }
+                None => match missing {
+                    Missing::Ip => push_ip(&mut out, req.client_ip(), ipv6_prefix),
+                    Missing::Allow => return Subject::Skip,
+                    Missing::Deny => return Subject::Refuse(format!("`{plugin}.{key}` from the chain")),
                 },
             },
         }

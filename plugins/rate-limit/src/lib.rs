@@ -383,12 +383,12 @@ impl Plugin for RateLimit {
     fn on_request(&self, req: &mut Request, cx: &Context) -> Result<Action> {
         let mut subjects = Vec::with_capacity(self.limits.len());
         for (i, limit) in self.limits.iter().enumerate() {
-            match key::subject(req, &limit.spec.key, limit.spec.missing, self.ipv6_prefix) {
+            match key::subject(req, cx, &limit.spec.key, limit.spec.missing, self.ipv6_prefix) {
                 Subject::Key(s) => subjects.push((i, s)),
                 Subject::Skip => {}
-                Subject::Refuse(header) => {
+                Subject::Refuse(what) => {
                     cx.counter_add("missing_key", 1);
-                    let error = format!("header `{header}` is required");
+                    let error = format!("{what} is required");
                     return Ok(Reply::json(StatusCode::BAD_REQUEST, &Failure { error: &error }).into());
                 }
             }

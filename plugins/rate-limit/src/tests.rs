@@ -741,3 +741,24 @@ fn burst_needs_gcra() {
     );
     assert!(err.contains("limits[0].burst: must be at most"), "{err}");
 }
+
+/// `data:PLUGIN.KEY`: the identity an earlier plugin (auth) published keys
+/// the limit; nothing published follows `missing`.
+#[test]
+fn a_value_published_earlier_in_the_chain_keys_the_limit() {
+    fresh();
+    let config =
+        json!({ "key": "data:auth.x-auth-sub", "missing": "deny", "limits": [{ "requests": 2, "window": "1h" }] });
+    let h = plugin(config);
+    testing::set_published("auth", "x-auth-sub", b"ann");
+    assert_eq!(allowed(&h, 5, get), 2);
+    testing::set_published("auth", "x-auth-sub", b"bob");
+    assert_eq!(allowed(&h, 5, get), 2, "another consumer, another budget");
+    // Another plugin's value under the same key is not auth's.
+    fresh();
+    testing::set_published("probe", "x-auth-sub", b"ann");
+    let (st, _, body) = call(&h, get());
+    assert_eq!(st, 400);
+    let body: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(body["error"], "`auth.x-auth-sub` from the chain is required");
+}

@@ -58,6 +58,13 @@ struct Settings {
     /// The calls' own timeout, ms (the upstream's if absent).
     #[serde(default)]
     callout_timeout_ms: Option<u64>,
+    /// Publish `KEY=VALUE` for the rest of the chain (`chain-data`).
+    #[serde(default)]
+    publish: Option<String>,
+    /// Read `PLUGIN.KEY` values published earlier in the chain; they go
+    /// upstream in `x-chain-data`, comma-separated, `-` for none.
+    #[serde(default)]
+    read: Vec<String>,
 }
 
 struct Probe {
@@ -127,6 +134,24 @@ impl Plugin for Probe {
             };
             req.headers_mut().insert("x-probe-tls", conn.try_into()?);
             req.headers_mut().insert("x-probe-client", client.try_into()?);
+        }
+        if let Some((key, value)) = self.s.publish.as_deref().and_then(|p| p.split_once('='))
+            && !cx.publish(key, value)
+        {
+            return Err(Error::internal("publish refused"));
+        }
+        if !self.s.read.is_empty() {
+            let values: Vec<String> = self
+                .s
+                .read
+                .iter()
+                .map(|spec| {
+                    let (plugin, key) = spec.split_once('.').unwrap_or(("", spec.as_str()));
+                    cx.published(plugin, key)
+                        .map_or_else(|| "-".to_owned(), |v| String::from_utf8_lossy(&v).into_owned())
+                })
+                .collect();
+            req.headers_mut().insert("x-chain-data", values.join(",").try_into()?);
         }
         if !self.s.callout.is_empty() {
             let token = req.header("x-probe-token").unwrap_or_default().to_owned();
