@@ -16,6 +16,22 @@ pub fn unix_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
+/// Nanoseconds since the Unix epoch, now (the start and end of spans).
+pub fn unix_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// A fresh non-zero span id: 16 hex digits (W3C trace context).
+pub fn span_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // A counter mixed with the process's random hasher keys: unique within
+    // the process, unpredictable across processes, never zero.
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mixed = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), n) | 1;
+    format!("{mixed:016x}")
+}
+
 /// Milliseconds since the Unix epoch at `t` (0 before it).
 pub fn unix_ms_of(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)

@@ -42,7 +42,9 @@ pub use bindings::{Action, BodyAction, Header, Phases, Reply};
 pub use engine::EngineError;
 pub use error::{LoadError, PluginFailure};
 pub use events::{EventRecord, EventSink};
-pub use heads::{ChainData, ConnectionTls, Heads, LentRequest, LentResponse, RequestInfo};
+pub use heads::{
+    ChainData, ConnectionTls, Heads, LentRequest, LentResponse, OutboundLog, OutboundRecord, RequestInfo, TraceContext,
+};
 pub use metrics::{CallCounts, CallObserver, HostMetrics, PluginMetrics};
 pub use plugin::{CrashLoopStatus, LoadedPlugin, PluginSpec, RequestSlot};
 pub use runtime::{Module, PluginRuntime, sha256_hex};

@@ -492,6 +492,7 @@ impl LoadedPlugin {
             request: crate::heads::LentRequest::new(req.into_parts().0, info),
             response: None,
             chain: Default::default(),
+            outbound: Default::default(),
         });
         self.on_request(&mut heads, &mut RequestSlot::default()).await.map(drop)
     }

@@ -150,3 +150,57 @@ async fn an_outbound_upstream_that_is_not_configured_is_a_load_error() {
     assert!(err.contains("plugin `p`: outbound upstream `idp` is not configured in [upstreams]"), "{err}");
     assert!(err.contains("gateway.toml:"), "names the file and line: {err}");
 }
+
+/// An outbound call joins the request's trace: the upstream it reaches
+/// gets a `traceparent` in the same trace, whose parent is a client span
+/// `outbound NAME` under the plugin's span; the access log's plugin
+/// outcome lists the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_calls_are_child_spans_and_in_the_access_log() {
+    let main = Upstream::start("main").await;
+    let idp = Upstream::start("idp").await;
+    let collector = weir_tests::WebhookServer::start().await;
+    let cfg = format!(
+        "[tracing]\notlp_endpoint = \"{}\"\ninterval = \"100ms\"\n\n[access_log]\ntarget = \"access.log\"\n\n\
+         [upstreams.main]\ntargets = [\"{}\"]\n[upstreams.idp]\ntargets = [\"{}\"]\n\n{}{}",
+        collector.url,
+        main.addr,
+        idp.addr,
+        caller("one", &["idp /keys"], "outbound = [\"idp\"]\nlimits = { deadline = \"5s\" }"),
+        route("one"),
+    );
+    let gw = TestGateway::start(&cfg, &["probe.wasm"]).await;
+    let trace = "6bf92f3577b34da6a3ce929d0e0e4736";
+    let incoming = format!("00-{trace}-00f067aa0ba902b7-01");
+    let reply = gw.request(http::Method::GET, "/one", &[("traceparent", incoming.as_str())], "").await;
+    assert_eq!(reply.status, 200);
+    let (_, seen) = echoed(&outcomes(&reply)[0]);
+    let sent = seen["headers"]["traceparent"][0].as_str().expect("traceparent on the outbound call").to_owned();
+    assert!(sent.starts_with(&format!("00-{trace}-")) && sent.ends_with("-01"), "{sent}");
+    let call_span = sent.split('-').nth(2).expect("span id").to_owned();
+
+    let spans = weir_tests::wait_for(Duration::from_secs(10), || async {
+        let all: Vec<serde_json::Value> = collector
+            .received()
+            .iter()
+            .flat_map(|doc| doc["resourceSpans"][0]["scopeSpans"][0]["spans"].as_array().cloned().unwrap_or_default())
+            .filter(|s| s["traceId"] == trace)
+            .collect();
+        all.iter().any(|s| s["name"] == "outbound idp").then_some(all)
+    })
+    .await
+    .expect("the outbound span reaches the collector");
+    let call = spans.iter().find(|s| s["name"] == "outbound idp").expect("outbound span");
+    let plugin = spans.iter().find(|s| s["name"] == "plugin one request").expect("plugin span");
+    assert_eq!(call["kind"], 3, "a client span");
+    assert_eq!(call["spanId"], call_span.as_str(), "the idp's parent is the outbound span");
+    assert_eq!(call["parentSpanId"], plugin["spanId"], "under the plugin's span");
+
+    let log = gw.dir.path().join("access.log");
+    let line = weir_tests::wait_for(Duration::from_secs(10), || async {
+        std::fs::read_to_string(&log).ok().filter(|t| t.contains("one:ok"))
+    })
+    .await
+    .expect("an access log line");
+    assert!(line.contains("one:ok(idp=200)"), "{line}");
+}

@@ -128,6 +128,11 @@ impl RequestTrace {
     }
 
     /// Keep a finished child span of the server span (when recording).
+    /// What plugins' outbound calls carry on in `traceparent`.
+    pub(crate) fn context(&self) -> weir_plugin_host::TraceContext {
+        weir_plugin_host::TraceContext { trace_id: self.trace_id.clone(), sampled: self.sampled }
+    }
+
     pub(crate) fn child(&mut self, span: impl FnOnce(&str) -> Span) {
         if self.recording {
             let s = span(&self.server_span);

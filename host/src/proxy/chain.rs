@@ -11,7 +11,9 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 use weir_config::FailurePolicy;
 use weir_plugin_host::heads::from_plugin;
-use weir_plugin_host::{Action, BodyAction, Heads, LoadedPlugin, Phases, PluginFailure, Reply, RequestSlot};
+use weir_plugin_host::{
+    Action, BodyAction, Heads, LoadedPlugin, OutboundRecord, Phases, PluginFailure, Reply, RequestSlot,
+};
 
 use super::grpc;
 use crate::body::{self, ProxyBody};
@@ -113,7 +115,7 @@ impl<'a> Chain<'a> {
                     } else {
                         plugin.on_response(heads, slot).await
                     };
-                    match self.guard(plugin, phase, t0, result)? {
+                    match self.guard(plugin, phase, t0, result, outbound_calls(heads))? {
                         Some(Action::Respond(r)) => Some(r),
                         Some(Action::Continue) | None => None,
                     }
@@ -127,7 +129,7 @@ impl<'a> Chain<'a> {
                     } else {
                         plugin.on_response_body(heads, bytes, slot).await
                     };
-                    match self.guard(plugin, phase, t0, result)? {
+                    match self.guard(plugin, phase, t0, result, outbound_calls(heads))? {
                         Some(BodyAction::Respond(r)) => Some(r),
                         Some(BodyAction::Continue(Some(new))) => {
                             if let Some(new) = guard(plugin, check_body(new, max))? {
@@ -148,14 +150,16 @@ impl<'a> Chain<'a> {
         Ok(None)
     }
 
-    /// [`guard`], noting the outcome for the access log and, when the trace
-    /// is recorded, as a span of the `phase` call that started at `t0`.
+    /// [`guard`], noting the outcome (and the outbound `calls` the plugin
+    /// made) for the access log and, when the trace is recorded, as spans:
+    /// the `phase` call that started at `t0`, and a client span per call.
     fn guard<T: Responds>(
         &mut self,
         plugin: &LoadedPlugin,
         phase: Phase,
         t0: u64,
         result: Result<T, PluginFailure>,
+        calls: Vec<OutboundRecord>,
     ) -> Result<Option<T>, ProxyError> {
         let what = match &result {
             Ok(a) if a.responded() => "respond",
@@ -163,8 +167,27 @@ impl<'a> Chain<'a> {
             Err(_) if plugin.spec().failure == FailurePolicy::Open => "skipped",
             Err(_) => "failed",
         };
+        // Made only when spans are kept: most requests are not traced.
+        let plugin_span = if self.trace.recording { new_span_id() } else { String::new() };
+        for call in &calls {
+            self.trace.child(|_| Span {
+                span_id: call.span_id.clone().unwrap_or_else(new_span_id),
+                parent_id: Some(plugin_span.clone()),
+                name: format!("outbound {}", call.upstream),
+                kind: SpanKind::Client,
+                start_ns: call.start_ns,
+                end_ns: call.end_ns,
+                attributes: vec![
+                    ("weir.plugin", Value::Str(plugin.name().to_string())),
+                    ("weir.upstream", Value::Str(call.upstream.clone())),
+                    ("weir.outcome", Value::Str(call.outcome.to_owned())),
+                    ("http.response.status_code", Value::Int(call.status.map_or(0, i64::from))),
+                ],
+                error: (call.outcome != "answered").then(|| call.outcome.to_owned()),
+            });
+        }
         self.trace.child(|parent| Span {
-            span_id: new_span_id(),
+            span_id: plugin_span.clone(),
             parent_id: Some(parent.to_owned()),
             name: format!("plugin {} {}", plugin.name(), phase.name()),
             kind: SpanKind::Internal,
@@ -185,9 +208,27 @@ impl<'a> Chain<'a> {
             out.push_str(plugin.name());
             out.push(':');
             out.push_str(what);
+            // `auth:ok(idp=200,authz=timeout)`: each outbound call.
+            for (i, call) in calls.iter().enumerate() {
+                out.push(if i == 0 { '(' } else { ',' });
+                out.push_str(&call.upstream);
+                out.push('=');
+                match call.status {
+                    Some(status) => out.push_str(&status.to_string()),
+                    None => out.push_str(call.outcome),
+                }
+            }
+            if !calls.is_empty() {
+                out.push(')');
+            }
         }
         guard(plugin, result)
     }
+}
+
+/// The outbound calls the plugin just made, taken from the heads.
+fn outbound_calls(heads: &mut Option<Heads>) -> Vec<OutboundRecord> {
+    heads.as_mut().map(|h| std::mem::take(&mut h.outbound.calls)).unwrap_or_default()
 }
 
 /// Whether a phase's decision answered the client.

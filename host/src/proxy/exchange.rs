@@ -10,7 +10,7 @@ use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, StatusCode, Version};
 use weir_config::UpstreamProtocol;
-use weir_plugin_host::{ChainData, Heads, LentRequest, LentResponse, Phases, RequestInfo};
+use weir_plugin_host::{ChainData, Heads, LentRequest, LentResponse, OutboundLog, Phases, RequestInfo};
 
 use super::chain::{Chain, Phase};
 use super::request_body::{buffer_request, prebuffer};
@@ -49,7 +49,8 @@ impl Exchange<'_> {
         let max = self.snap.server.max_buffered_body;
         // The heads are lent to each plugin in turn and always come back.
         let request = LentRequest::new(parts, self.info.clone());
-        let mut heads = Some(Heads { request, response: None, chain: ChainData::default() });
+        let outbound = self.outbound_log();
+        let mut heads = Some(Heads { request, response: None, chain: ChainData::default(), outbound });
         if let Some(resp) = self.chain.run(Phase::Request, &mut heads, None).await? {
             return Ok(resp);
         }
@@ -60,7 +61,8 @@ impl Exchange<'_> {
         let upstream_body = if route.buffer_request {
             let mut bytes = buffer_request(&lent.parts, body, max).await?;
             lent.freeze();
-            let mut heads = Some(Heads { request: lent, response: None, chain });
+            let outbound = self.outbound_log();
+            let mut heads = Some(Heads { request: lent, response: None, chain, outbound });
             if let Some(resp) = self.chain.run(Phase::RequestBody, &mut heads, Some(&mut bytes)).await? {
                 return Ok(resp);
             }
@@ -84,6 +86,11 @@ impl Exchange<'_> {
         let is_head = lent.parts.method == Method::HEAD;
         let resp = self.dispatch(lent.parts, upstream_body).await?;
         self.respond(sent, chain, resp, is_head).await
+    }
+
+    /// Where plugins' outbound calls are noted, joining this request's trace.
+    fn outbound_log(&self) -> OutboundLog {
+        OutboundLog { trace: Some(self.chain.trace.context()), calls: Vec::new() }
     }
 
     /// Send the request where the route sends it: its upstream (through its
@@ -140,7 +147,8 @@ impl Exchange<'_> {
         let Some(sent) = sent else {
             return Ok(Response::from_parts(rparts, rbody));
         };
-        let mut heads = Some(Heads { request: sent, response: Some(LentResponse::new(rparts)), chain });
+        let response = Some(LentResponse::new(rparts));
+        let mut heads = Some(Heads { request: sent, response, chain, outbound: self.outbound_log() });
         if let Some(resp) = self.chain.run(Phase::Response, &mut heads, None).await? {
             return Ok(resp);
         }

@@ -108,6 +108,45 @@ pub struct Heads {
     pub response: Option<LentResponse>,
     /// What the chain's plugins published for each other (`chain-data`).
     pub chain: ChainData,
+    /// The outbound calls of the phase being run, and the trace they join.
+    pub outbound: OutboundLog,
+}
+
+/// A request's trace, as outbound calls carry it on (`traceparent`).
+#[derive(Debug, Clone)]
+pub struct TraceContext {
+    /// 32 hex digits.
+    pub trace_id: String,
+    /// The sampled flag.
+    pub sampled: bool,
+}
+
+/// One outbound call a plugin made, for the access log and the trace.
+#[derive(Debug, Clone)]
+pub struct OutboundRecord {
+    /// The upstream (`-` for a name the plugin may not call).
+    pub upstream: String,
+    /// `answered`, `not_allowed`, `invalid`, `limit`, `timeout`,
+    /// `unavailable`.
+    pub outcome: &'static str,
+    /// The answer's status.
+    pub status: Option<u16>,
+    /// The span id it was sent with, when the request is traced.
+    pub span_id: Option<String>,
+    /// Start and end, ns since the Unix epoch.
+    pub start_ns: u64,
+    /// End.
+    pub end_ns: u64,
+}
+
+/// The outbound calls of a request's current phase, taken by the chain
+/// runner after each plugin call.
+#[derive(Debug, Default)]
+pub struct OutboundLog {
+    /// The trace to carry on, if the request has one.
+    pub trace: Option<TraceContext>,
+    /// Calls made since the runner last took them.
+    pub calls: Vec<OutboundRecord>,
 }
 
 /// Most keys one plugin may publish per request.

@@ -19,8 +19,12 @@ fn request(headers: &[(&str, &str)]) -> LentRequest {
 
 #[test]
 fn edits_go_to_a_copy_until_committed() {
-    let mut heads =
-        Heads { request: request(&[("x-a", "1"), ("content-length", "3")]), response: None, chain: Default::default() };
+    let mut heads = Heads {
+        request: request(&[("x-a", "1"), ("content-length", "3")]),
+        response: None,
+        chain: Default::default(),
+        outbound: Default::default(),
+    };
     let r = &mut heads.request;
     set_header(&mut r.edit().expect("editable").headers, 2, "x-a", b"2").expect("valid");
     append_header(&mut r.edit().expect("editable").headers, 2, "x-b", b"3").expect("valid");
@@ -80,7 +84,8 @@ fn set_headers_keeps_framing_and_skips_reserved() {
 #[test]
 fn chain_data_is_staged_per_phase_namespaced_and_bounded() {
     let (auth, other): (std::sync::Arc<str>, std::sync::Arc<str>) = ("auth".into(), "other".into());
-    let mut heads = Heads { request: request(&[]), response: None, chain: ChainData::default() };
+    let mut heads =
+        Heads { request: request(&[]), response: None, chain: ChainData::default(), outbound: Default::default() };
     assert!(heads.chain.publish(&auth, "consumer".into(), b"ann".to_vec()));
     assert_eq!(heads.chain.read("auth", "consumer"), Some(&b"ann"[..]), "its own phase sees it staged");
     heads.commit();

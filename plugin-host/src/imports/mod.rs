@@ -15,6 +15,7 @@ use weir_config::Severity;
 use crate::bindings::{self, chain_data, clock, events, log, metrics, outbound, request_local, state, types};
 use crate::engine::{EngineError, PluginEngine};
 use crate::events::{EventRecord, EventSink};
+use crate::heads::OutboundRecord;
 use crate::metrics::HostMetrics;
 use crate::outbound::{Grant, OutboundError};
 use crate::state::{StateError, StateStore};
@@ -242,16 +243,20 @@ fn to_wit(e: StateError) -> state::Error {
 }
 
 impl StoreData {
-    /// Check one outbound call and start it; the future owns what it needs.
+    /// Check one outbound call and start it; the future owns what it needs
+    /// and gives back the call's record with its result.
     fn start_call(
         &mut self,
         upstream: String,
         call: outbound::Call,
-    ) -> impl Future<Output = Result<outbound::Answer, outbound::Error>> + Send + use<> {
+    ) -> impl Future<Output = (Result<outbound::Answer, outbound::Error>, OutboundRecord)> + Send + use<> {
         let host = self.host.clone();
         let started = std::time::Instant::now();
+        let start_ns = crate::clock::unix_ns();
         let grant = &host.outbound;
         let allowed = grant.upstreams.contains(&upstream);
+        let trace = self.lent.as_ref().and_then(|l| l.heads.outbound.trace.clone());
+        let span_id = trace.as_ref().map(|_| crate::clock::span_id());
         let checked = if !allowed {
             host.refused(&upstream);
             Err(OutboundError::NotAllowed(format!("upstream `{upstream}` is not in this plugin's `outbound` list")))
@@ -262,7 +267,17 @@ impl StoreData {
             )))
         } else {
             self.outbound_calls += 1;
-            crate::outbound::check(call, grant.max_body)
+            crate::outbound::check(call, grant.max_body).map(|mut c| {
+                // The call joins the request's trace as a child of this
+                // plugin's span.
+                if let (Some(t), Some(id)) = (&trace, &span_id) {
+                    let flags = if t.sampled { "01" } else { "00" };
+                    if let Ok(v) = http::HeaderValue::try_from(format!("00-{}-{id}-{flags}", t.trace_id)) {
+                        c.headers.insert("traceparent", v);
+                    }
+                }
+                c
+            })
         };
         let sent = checked.map(|c| grant.sender.send(&upstream, c));
         // Only names the plugin may call become label values.
@@ -274,7 +289,22 @@ impl StoreData {
             };
             let outcome = result.as_ref().map_or_else(OutboundError::outcome, |_| "answered");
             host.metrics.outbound(&host.name, &label, outcome, started.elapsed().as_secs_f64());
-            result.map(crate::outbound::to_answer).map_err(crate::outbound::to_error)
+            let record = OutboundRecord {
+                upstream: label,
+                outcome,
+                status: result.as_ref().ok().map(|a| a.status),
+                span_id,
+                start_ns,
+                end_ns: crate::clock::unix_ns(),
+            };
+            (result.map(crate::outbound::to_answer).map_err(crate::outbound::to_error), record)
+        }
+    }
+
+    /// Keep a call's record for the chain runner.
+    fn log_call(&mut self, record: OutboundRecord) {
+        if let Some(l) = self.lent.as_mut() {
+            l.heads.outbound.calls.push(record);
         }
     }
 }
@@ -301,7 +331,9 @@ impl outbound::Host for StoreData {
         upstream: String,
         call: outbound::Call,
     ) -> wasmtime::Result<Result<outbound::Answer, outbound::Error>> {
-        Ok(self.start_call(upstream, call).await)
+        let (result, record) = self.start_call(upstream, call).await;
+        self.log_call(record);
+        Ok(result)
     }
 
     async fn send_all(
@@ -309,7 +341,12 @@ impl outbound::Host for StoreData {
         calls: Vec<(String, outbound::Call)>,
     ) -> wasmtime::Result<Vec<Result<outbound::Answer, outbound::Error>>> {
         let started: Vec<_> = calls.into_iter().map(|(upstream, call)| self.start_call(upstream, call)).collect();
-        Ok(futures::future::join_all(started).await)
+        let mut results = Vec::with_capacity(started.len());
+        for (result, record) in futures::future::join_all(started).await {
+            self.log_call(record);
+            results.push(result);
+        }
+        Ok(results)
     }
 }
 
