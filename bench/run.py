@@ -278,6 +278,8 @@ def builtin_plugins():
         "limit": ('[plugins.limit]\nmodule = "rate_limit.wasm"\n'
                   'config = { key = "header:x-auth-sub", missing = "ip", limits = [{ requests = 1000000000, window = "1s" }] }\n'),
         "anomaly": '[plugins.anomaly]\nmodule = "anomaly.wasm"\nconfig = { key = "header:x-auth-sub", action = "flag" }\n',
+        "ext_authz": ('[plugins.authz]\nmodule = "ext_authz.wasm"\noutbound = ["authz"]\nlimits = { deadline = "1s" }\n'
+                      'config = { upstream = "authz", upstream_headers = ["x-user-id"] }\n'),
         "shape": ('[plugins.shape]\nmodule = "transform.wasm"\n'
                   '[plugins.shape.config.request.headers]\nset = { "x-client" = "{header.x-auth-sub}" }\n'
                   '[plugins.shape.config.response.headers]\nadd = { "x-served-by" = "weir" }\n'),
@@ -297,6 +299,10 @@ def builtin_targets(tmp, up):
         weir_target("weir-anomaly", tmp, up, plugin_route([p["anomaly"]], ["anomaly"])),
         weir_target("weir-transform", tmp, up, plugin_route([p["shape"]], ["shape"])),
         weir_target("weir-mission", tmp, up, plugin_route(mission, ["auth", "limit", "anomaly", "shape"]), h["es"]),
+        # ext_authz asking the upstream itself (any path answers 200): the
+        # gateway's cost of one outbound call per request.
+        weir_target("weir-ext-authz", tmp, up, f'[upstreams.authz]\ntargets = ["{up}"]\n'
+                    + plugin_route([p["ext_authz"]], ["authz"]), h["hs"]),
     ]
 
 
@@ -367,7 +373,8 @@ def table_ratios(summary):
         "access log on/off rps": summary["weir-empty-access-log"]["rps"] / empty["rps"],
         "access log added cpu (us)": summary["weir-empty-access-log"]["cpu_us_per_req"] - empty["cpu_us_per_req"],
     }
-    for name in ("weir-auth-hs256", "weir-auth-es256", "weir-rate-limit", "weir-anomaly", "weir-transform", "weir-mission"):
+    for name in ("weir-auth-hs256", "weir-auth-es256", "weir-rate-limit", "weir-anomaly", "weir-transform", "weir-mission",
+                 "weir-ext-authz"):
         ratios[f"{name} added cpu (us)"] = summary[name]["cpu_us_per_req"] - empty["cpu_us_per_req"]
     return ratios
 
