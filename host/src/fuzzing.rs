@@ -80,10 +80,19 @@ pub fn upstream_response(data: &[u8]) {
         let (client, mut server) = tokio::io::duplex(64 * 1024);
         let answer = data.to_vec();
         tokio::spawn(async move {
+            // As an upstream does: the request head first, then the answer
+            // (hyper's client refuses bytes that come before its request).
+            let mut head = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match server.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&chunk[..n]),
+                }
+            }
             let _ = server.write_all(&answer).await;
             let _ = server.shutdown().await;
-            let mut sink = [0u8; 1024];
-            while matches!(server.read(&mut sink).await, Ok(n) if n > 0) {}
+            while matches!(server.read(&mut chunk).await, Ok(n) if n > 0) {}
         });
         let exchange = async {
             let io = hyper_util::rt::TokioIo::new(client);
@@ -92,12 +101,20 @@ pub fn upstream_response(data: &[u8]) {
                 return;
             };
             tokio::spawn(conn);
+            if sender.ready().await.is_err() {
+                return;
+            }
             let request = Request::get("/").header("host", "fuzz").body(crate::body::empty()).expect("a request");
             let Ok(resp) = sender.send_request(request).await else { return };
             if crate::upstream::malformed(&resp, false, LimitsConfig::default().max_response_header_bytes).is_some() {
                 return;
             }
-            let length = resp.headers().get(http::header::CONTENT_LENGTH).map(|v| v.as_bytes().to_vec());
+            // A status without content (1xx, 204, 304) has no body, whatever
+            // its Content-Length says.
+            let status = resp.status();
+            let has_body = !(status.is_informational() || status == 204 || status == 304);
+            let length =
+                resp.headers().get(http::header::CONTENT_LENGTH).filter(|_| has_body).map(|v| v.as_bytes().to_vec());
             let (parts, mut incoming) = resp.into_parts();
             let Ok(first) = crate::upstream::first_frame(&parts, &mut incoming).await else { return };
             let mut read = first.and_then(|f| f.into_data().ok()).map_or(0, |b| b.len());

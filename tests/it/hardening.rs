@@ -366,10 +366,6 @@ async fn the_malformed_response_corpus_gets_a_502_or_a_clean_abort() {
     names.sort();
     for path in &names {
         let got = received(path, &raw_get(&proxy, path).await);
-        if got.status == 502 {
-            let json: serde_json::Value = serde_json::from_slice(&got.body).expect("the gateway's JSON error");
-            assert!(json["error"].is_string(), "{path}: {json}");
-        }
         outcomes.push(format!("{path}: {} {}", got.status, if got.complete { "whole" } else { "cut" }));
         let must_fail = [
             "/te_and_cl",
@@ -387,13 +383,17 @@ async fn the_malformed_response_corpus_gets_a_502_or_a_clean_abort() {
         ];
         if must_fail.contains(&path.as_str()) {
             assert_eq!(got.status, 502, "{path}");
+            let json: serde_json::Value = serde_json::from_slice(&got.body).expect("the gateway's JSON error");
+            assert!(json["error"].is_string(), "{path}: {json}");
         }
         if path.starts_with("/ok_") {
             assert_eq!(got.status, 200, "{path}");
             assert!(got.complete, "{path}");
         }
     }
-    eprintln!("{}", outcomes.join("\n"));
+    let refused = outcomes.iter().filter(|o| o.contains(": 502 ")).count();
+    let cut = outcomes.iter().filter(|o| o.ends_with(" cut")).count();
+    eprintln!("{} answers replayed: {refused} became 502, {cut} were cut short (clean aborts)", outcomes.len());
     // Broken after the head went out: the status stands, the body stops
     // short of its last chunk, and the connection closes.
     let got = received("late", &raw_get(&proxy, "/late_broken_chunk").await);

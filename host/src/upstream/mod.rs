@@ -286,6 +286,7 @@ impl Upstream {
             }
             Ok(Ok(resp)) => {
                 let (mut parts, mut incoming) = resp.into_parts();
+                normalize_length(&mut parts.headers, &incoming);
                 // A chunked body is decoded only after the head, so a broken
                 // first chunk (a size that overflows, not hex) would reach the
                 // client as a connection closed with no status at all. Its
@@ -518,6 +519,22 @@ pub(crate) struct Answered {
 /// Why an upstream response head must not be forwarded (RFC 9112 §6.3:
 /// an intermediary must not forward both a `Transfer-Encoding` and a
 /// `Content-Length`), if it must not.
+/// One plain `Content-Length`: an upstream may send a list of equal
+/// values (`4, 4`) or the header twice, which hyper accepts as one length
+/// (RFC 9110 §8.6), but a client might read otherwise; the client gets the
+/// length hyper reads by.
+fn normalize_length(headers: &mut http::HeaderMap, incoming: &hyper::body::Incoming) {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let plain = match (values.next(), values.next()) {
+        (Some(v), None) => !v.as_bytes().contains(&b','),
+        (None, _) => true,
+        (Some(_), Some(_)) => false,
+    };
+    if !plain && let Some(n) = http_body::Body::size_hint(incoming).exact() {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+}
+
 /// How long the head of a chunked answer waits for its first chunk, so a
 /// broken one is a `502` rather than a reply cut before its status. The first
 /// chunk nearly always comes with the head; a stream that starts later (a
