@@ -162,6 +162,17 @@ pub struct StartOptions {
     pub state_dir: Option<PathBuf>,
 }
 
+/// Where a gateway being booted saves its last good state.
+enum StateDir {
+    /// Nowhere (`Gateway::load`).
+    Off,
+    /// This folder.
+    At(PathBuf),
+    /// The override given, else `[server] state_dir` of the config being
+    /// booted, else the default.
+    Configured(Option<PathBuf>),
+}
+
 /// A gateway with its first snapshot loaded.
 pub struct Gateway {
     shared: Arc<Shared>,
@@ -173,7 +184,7 @@ impl Gateway {
     /// and embedders (the tests) use; `weir run` uses [`Gateway::start`].
     pub async fn load(config_path: impl AsRef<Path>) -> Result<Self, LoadErrors> {
         let source = Source::read(config_path.as_ref())?;
-        Self::boot(&source, None, None).await
+        Self::boot(&source, None, StateDir::Off).await
     }
 
     /// Load `config_path` and everything it names. If that fails and
@@ -186,11 +197,7 @@ impl Gateway {
         let path = config_path.as_ref().to_owned();
         let source = Source::read(&path);
         let disk = match &source {
-            Ok(source) => {
-                let cfg_dir = source.parse().ok().and_then(|c| c.server.state_dir.map(|d| source.base_dir().join(d)));
-                let dir = options.state_dir.clone().or(cfg_dir).unwrap_or_else(|| default_state_dir(&path));
-                Self::boot(source, None, Some(dir)).await
-            }
+            Ok(source) => Self::boot(source, None, StateDir::Configured(options.state_dir.clone())).await,
             Err(e) => Err(e.clone()),
         };
         let errors = match disk {
@@ -241,7 +248,7 @@ impl Gateway {
             "STARTING FROM THE LAST GOOD CONFIG: {} failed to load (errors above); serving what was last published and watching the file",
             path.display(),
         );
-        let gateway = match Self::boot(&saved.source, Some(&saved), Some(dir.clone())).await {
+        let gateway = match Self::boot(&saved.source, Some(&saved), StateDir::At(dir.clone())).await {
             Ok(g) => g,
             Err(more) => {
                 let mut all = errors;
@@ -268,10 +275,18 @@ impl Gateway {
 
     /// Build the runtime and a first snapshot from `source` (modules from
     /// `saved` when given, else the plugins folder). Each published snapshot
-    /// is saved to `state_dir`, when there is one.
-    async fn boot(source: &Source, saved: Option<&Saved>, state_dir: Option<PathBuf>) -> Result<Self, LoadErrors> {
+    /// is saved to the state folder `state_dir` resolves to, if any.
+    async fn boot(source: &Source, saved: Option<&Saved>, state_dir: StateDir) -> Result<Self, LoadErrors> {
         let path = source.path().to_owned();
         let cfg = source.parse()?;
+        let state_dir = match state_dir {
+            StateDir::Off => None,
+            StateDir::At(dir) => Some(dir),
+            StateDir::Configured(over) => Some(
+                over.or_else(|| cfg.server.state_dir.as_ref().map(|d| source.base_dir().join(d)))
+                    .unwrap_or_else(|| default_state_dir(&path)),
+            ),
+        };
         // Each area registers its own metric families into one registry.
         let mut metrics = Metrics::new();
         let plugin_metrics = HostMetrics::register(metrics.registry_mut());

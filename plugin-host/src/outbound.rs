@@ -102,16 +102,6 @@ pub(crate) struct Grant {
     pub(crate) max_body: u64,
 }
 
-/// For an instance with no `outbound` list: every call is refused.
-pub struct NoOutbound;
-
-impl Outbound for NoOutbound {
-    fn send(&self, upstream: &str, _call: OutboundCall) -> OutboundFuture {
-        let e = OutboundError::NotAllowed(format!("upstream `{upstream}`: this plugin has no `outbound` list"));
-        Box::pin(std::future::ready(Err(e)))
-    }
-}
-
 /// Check a WIT call.
 pub(crate) fn check(call: outbound::Call, max_body: u64) -> Result<OutboundCall, OutboundError> {
     let invalid = |m: String| OutboundError::Invalid(m);

@@ -60,6 +60,14 @@ async fn status(client: &Client, admin: u16) -> serde_json::Value {
     .expect("the admin API answered")
 }
 
+/// A folder with `plugins/add_header.wasm`, for a config to be written.
+fn prepared() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(tmp.path().join("plugins")).expect("mkdir");
+    std::fs::copy(fixture("add_header.wasm"), tmp.path().join("plugins/add_header.wasm")).expect("copy");
+    tmp
+}
+
 async fn greeting(client: &Client, port: u16) -> Option<String> {
     client.get(&format!("http://127.0.0.1:{port}/")).await.expect("proxy").seen("x-greeting")
 }
@@ -68,10 +76,8 @@ async fn greeting(client: &Client, port: u16) -> Option<String> {
 async fn a_restart_with_a_broken_config_on_disk_serves_the_last_good_one() {
     let up = Upstream::start("up").await;
     let (port, admin) = (free_port(), free_port());
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = prepared();
     let dir = tmp.path();
-    std::fs::create_dir(dir.join("plugins")).expect("mkdir");
-    std::fs::copy(fixture("add_header.wasm"), dir.join("plugins/add_header.wasm")).expect("copy");
     std::fs::write(dir.join("gateway.toml"), config(port, admin, &up.addr.to_string(), "v1")).expect("write");
     let client = Client::new();
 
@@ -142,10 +148,8 @@ async fn a_restart_with_a_broken_config_on_disk_serves_the_last_good_one() {
 async fn a_state_dir_that_cannot_be_written_is_reported_and_serving_goes_on() {
     let up = Upstream::start("up").await;
     let (port, admin) = (free_port(), free_port());
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = prepared();
     let dir = tmp.path();
-    std::fs::create_dir(dir.join("plugins")).expect("mkdir");
-    std::fs::copy(fixture("add_header.wasm"), dir.join("plugins/add_header.wasm")).expect("copy");
     // `state` is a file: nothing can be created under it.
     std::fs::write(dir.join("state"), "not a folder").expect("blocker");
     std::fs::write(dir.join("gateway.toml"), config(port, admin, &up.addr.to_string(), "v1")).expect("write");

@@ -128,9 +128,11 @@ impl RequestTrace {
     }
 
     /// Keep a finished child span of the server span (when recording).
-    /// What plugins' outbound calls carry on in `traceparent`.
+    /// What plugins' outbound calls carry on in `traceparent` (copied into
+    /// each phase's heads, so no allocation).
     pub(crate) fn context(&self) -> weir_plugin_host::TraceContext {
-        weir_plugin_host::TraceContext { trace_id: self.trace_id.clone(), sampled: self.sampled }
+        let trace_id = u128::from_str_radix(&self.trace_id, 16).unwrap_or_default();
+        weir_plugin_host::TraceContext { trace_id, sampled: self.sampled }
     }
 
     pub(crate) fn child(&mut self, span: impl FnOnce(&str) -> Span) {

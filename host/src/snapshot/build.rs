@@ -282,11 +282,7 @@ impl Loader {
                     }
                 }
             }
-            let outbound: Arc<dyn weir_plugin_host::outbound::Outbound> = if callable.is_empty() {
-                Arc::new(weir_plugin_host::outbound::NoOutbound)
-            } else {
-                Arc::new(crate::upstream::callout::Callouts::new(callable))
-            };
+            let outbound = Arc::new(crate::upstream::callout::Callouts::new(callable));
             let spec = PluginSpec {
                 outbound: p.outbound.as_ref().map(|l| l.get_ref().clone()).unwrap_or_default(),
                 name: name.as_str().into(),

@@ -113,10 +113,10 @@ pub struct Heads {
 }
 
 /// A request's trace, as outbound calls carry it on (`traceparent`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct TraceContext {
-    /// 32 hex digits.
-    pub trace_id: String,
+    /// The trace id (written as 32 hex digits).
+    pub trace_id: u128,
     /// The sampled flag.
     pub sampled: bool,
 }

@@ -255,7 +255,7 @@ impl StoreData {
         let start_ns = crate::clock::unix_ns();
         let grant = &host.outbound;
         let allowed = grant.upstreams.contains(&upstream);
-        let trace = self.lent.as_ref().and_then(|l| l.heads.outbound.trace.clone());
+        let trace = self.lent.as_ref().and_then(|l| l.heads.outbound.trace);
         let span_id = trace.as_ref().map(|_| crate::clock::span_id());
         let checked = if !allowed {
             host.refused(&upstream);
@@ -272,7 +272,7 @@ impl StoreData {
                 // plugin's span.
                 if let (Some(t), Some(id)) = (&trace, &span_id) {
                     let flags = if t.sampled { "01" } else { "00" };
-                    if let Ok(v) = http::HeaderValue::try_from(format!("00-{}-{id}-{flags}", t.trace_id)) {
+                    if let Ok(v) = http::HeaderValue::try_from(format!("00-{:032x}-{id}-{flags}", t.trace_id)) {
                         c.headers.insert("traceparent", v);
                     }
                 }
