@@ -278,6 +278,8 @@ def builtin_plugins():
         "limit": ('[plugins.limit]\nmodule = "rate_limit.wasm"\n'
                   'config = { key = "header:x-auth-sub", missing = "ip", limits = [{ requests = 1000000000, window = "1s" }] }\n'),
         "anomaly": '[plugins.anomaly]\nmodule = "anomaly.wasm"\nconfig = { key = "header:x-auth-sub", action = "flag" }\n',
+        "auth_jwks": ('[plugins.auth]\nmodule = "auth.wasm"\noutbound = ["idp"]\nlimits = { deadline = "1s" }\n'
+                      '[plugins.auth.config.jwt]\njwks_upstream = "idp"\n'),
         "ext_authz": ('[plugins.authz]\nmodule = "ext_authz.wasm"\noutbound = ["authz"]\nlimits = { deadline = "1s" }\n'
                       'config = { upstream = "authz", upstream_headers = ["x-user-id"] }\n'),
         "shape": ('[plugins.shape]\nmodule = "transform.wasm"\n'
@@ -285,6 +287,24 @@ def builtin_plugins():
                   '[plugins.shape.config.response.headers]\nadd = { "x-served-by" = "weir" }\n'),
     }
     return sections, headers
+
+
+# The identity provider of `weir-auth-jwks`: a static file server holding
+# the auth plugin's test key set at /.well-known/jwks.json (set in main).
+IDP = None
+
+
+def start_idp(tmp):
+    """A static JWKS server on loopback; its process and address."""
+    global IDP
+    root = os.path.join(tmp, "idp")
+    os.makedirs(os.path.join(root, ".well-known"))
+    shutil.copy(os.path.join(KEYS, "jwks.json"), os.path.join(root, ".well-known", "jwks.json"))
+    port = free_port()
+    proc = pinned(LOAD_CORE, [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", root, str(port)])
+    IDP = f"127.0.0.1:{port}"
+    wait_http(f"http://{IDP}/.well-known/jwks.json")
+    return proc
 
 
 def builtin_targets(tmp, up):
@@ -295,6 +315,10 @@ def builtin_targets(tmp, up):
     return [
         weir_target("weir-auth-hs256", tmp, up, plugin_route([p["auth_hs"]], ["auth"]), h["hs"]),
         weir_target("weir-auth-es256", tmp, up, plugin_route([p["auth_es"]], ["auth"]), h["es"]),
+        # The same token, its key fetched from an identity provider's JWKS
+        # URL (a static file server, IDP) on first need, then cached.
+        weir_target("weir-auth-jwks", tmp, up, f'[upstreams.idp]\ntargets = ["{IDP}"]\n'
+                    + plugin_route([p["auth_jwks"]], ["auth"]), h["es"]),
         weir_target("weir-rate-limit", tmp, up, plugin_route([p["limit"]], ["limit"])),
         weir_target("weir-anomaly", tmp, up, plugin_route([p["anomaly"]], ["anomaly"])),
         weir_target("weir-transform", tmp, up, plugin_route([p["shape"]], ["shape"])),
@@ -373,7 +397,7 @@ def table_ratios(summary):
         "access log on/off rps": summary["weir-empty-access-log"]["rps"] / empty["rps"],
         "access log added cpu (us)": summary["weir-empty-access-log"]["cpu_us_per_req"] - empty["cpu_us_per_req"],
     }
-    for name in ("weir-auth-hs256", "weir-auth-es256", "weir-rate-limit", "weir-anomaly", "weir-transform", "weir-mission",
+    for name in ("weir-auth-hs256", "weir-auth-es256", "weir-auth-jwks", "weir-rate-limit", "weir-anomaly", "weir-transform", "weir-mission",
                  "weir-ext-authz"):
         ratios[f"{name} added cpu (us)"] = summary[name]["cpu_us_per_req"] - empty["cpu_us_per_req"]
     return ratios
@@ -859,16 +883,20 @@ def main():
     upstream = pinned(LOAD_CORE, [os.path.join(REL, "bench-upstream"), f"127.0.0.1:{up_port}"])
     up = f"127.0.0.1:{up_port}"
     summary, ratios, rate, scenarios = None, None, None, None
+    idp = None
     try:
         wait_http(f"http://{up}/")
+        idp = start_idp(tmp)
         if not args.scenarios_only:
             summary, rate = run_table(args, tmp, up)
             ratios = table_ratios(summary)
         if not args.no_scenarios:
             scenarios = run_scenarios(args, tmp, up, summary["weir-empty"]["rps"] if summary else None)
     finally:
-        upstream.terminate()
-        upstream.wait()
+        for proc in (upstream, idp):
+            if proc:
+                proc.terminate()
+                proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)
 
     result = {

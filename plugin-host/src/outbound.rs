@@ -35,7 +35,7 @@ pub struct OutboundCall {
 }
 
 /// An upstream's answer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct OutboundAnswer {
     /// Status.
     pub status: u16,

@@ -18,6 +18,7 @@ mod grpc;
 mod hardening;
 mod house;
 mod http2;
+mod idp;
 mod last_good;
 mod mission;
 mod observability;

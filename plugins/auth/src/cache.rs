@@ -61,6 +61,9 @@ pub(crate) struct Entry {
     /// The outcome of the clock-independent rules (issuer, audience, scopes,
     /// claims) and the headers to forward.
     pub(crate) verdict: Verdict,
+    /// Until when the entry may be used (milliseconds since the epoch):
+    /// an introspection answer's cache time; none for a verified token.
+    pub(crate) until_ms: Option<i64>,
 }
 
 /// A bounded map from token to [`Entry`].
@@ -95,6 +98,12 @@ impl Cache {
                 None => break,
             }
         }
+    }
+
+    /// Forget every entry (a key they were verified with went away).
+    pub(crate) fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
     }
 
     #[cfg(test)]

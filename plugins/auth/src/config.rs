@@ -2,7 +2,7 @@
 //! Every check happens here, once, so `new` rejects a bad config with a
 //! message naming the key.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
@@ -14,8 +14,10 @@ use weir_plugin_sdk::prelude::*;
 use crate::alg::{Alg, AlgSet};
 use crate::apikey::{ApiKeys, parse_digest};
 use crate::cache::Cache;
+use crate::introspect::Introspection;
 use crate::jwt::Jwt;
 use crate::keys::{Key, decode_base64_secret};
+use crate::remote::{Location, Remote, RemoteSettings};
 use crate::source::{Source, SourceConfig};
 use crate::verdict::{Challenges, Grant};
 
@@ -53,6 +55,30 @@ struct JwtSettings {
     /// A JWKS document: a JSON string, or the same as a table.
     #[serde(default)]
     jwks: Option<Value>,
+    /// The upstream (in the instance's `outbound` list) that publishes the
+    /// identity provider's key set.
+    #[serde(default)]
+    jwks_upstream: Option<String>,
+    /// The key set's path on `jwks_upstream`.
+    #[serde(default)]
+    jwks_path: Option<String>,
+    /// Read the path from `jwks_uri` in `/.well-known/openid-configuration`.
+    #[serde(default)]
+    oidc_discovery: bool,
+    /// How long a fetched key set is fresh without `Cache-Control: max-age`.
+    #[serde(default = "default_jwks_refresh")]
+    jwks_refresh: String,
+    /// The least time between two fetches (a token with an unknown `kid`
+    /// asks for one; a failed fetch is retried after it).
+    #[serde(default = "default_jwks_min_refresh")]
+    jwks_min_refresh: String,
+    /// Per-call timeout of the key and introspection calls (default: the
+    /// upstream's `timeout`).
+    #[serde(default)]
+    idp_timeout: Option<String>,
+    /// Opaque tokens: asked about at the identity provider (RFC 7662).
+    #[serde(default)]
+    introspection: Option<IntrospectionSettings>,
     /// Where the token is looked for, in order.
     #[serde(default = "default_jwt_from")]
     from: Vec<SourceConfig>,
@@ -83,6 +109,21 @@ struct JwtSettings {
     /// Verified tokens remembered per instance (0 disables the cache).
     #[serde(default = "default_cache_size")]
     cache_size: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IntrospectionSettings {
+    /// The upstream (in the instance's `outbound` list) to ask.
+    upstream: String,
+    /// The introspection endpoint's path on it.
+    path: String,
+    /// The gateway's client credentials at the provider.
+    client_id: String,
+    client_secret: String,
+    /// The longest an active token's answer is reused (also bounded by its `exp`).
+    #[serde(default = "default_introspection_ttl")]
+    cache_ttl: String,
 }
 
 #[derive(Deserialize)]
@@ -134,6 +175,15 @@ fn default_api_from() -> Vec<SourceConfig> {
 }
 fn default_leeway() -> String {
     "60s".into()
+}
+fn default_jwks_refresh() -> String {
+    "10m".into()
+}
+fn default_jwks_min_refresh() -> String {
+    "30s".into()
+}
+fn default_introspection_ttl() -> String {
+    "5m".into()
 }
 fn yes() -> bool {
     true
@@ -314,35 +364,20 @@ fn compile_key(k: KeySettings) -> Result<Key, String> {
     }
 }
 
-fn compile_jwks(doc: Value) -> Result<Vec<Key>, String> {
-    let doc = match doc {
-        Value::String(text) => serde_json::from_str(&text).map_err(|e| format!("not valid JSON: {e}"))?,
-        other => other,
-    };
-    let Some(Value::Array(jwks)) = doc.get("keys") else {
-        return Err("a JWKS document is an object with a `keys` array".into());
-    };
-    let mut keys = Vec::new();
-    for (i, jwk) in jwks.iter().enumerate() {
-        let name = jwk.get("kid").and_then(Value::as_str).map(|k| format!(" (kid `{k}`)")).unwrap_or_default();
-        if let Some(key) = Key::jwk(jwk).map_err(|e| format!("keys[{i}]{name}: {e}"))? {
-            keys.push(key);
-        }
-    }
-    Ok(keys)
-}
-
-fn compile_jwt(s: JwtSettings) -> Result<(Jwt, Vec<HeaderName>), String> {
+fn compile_jwt(mut s: JwtSettings) -> Result<(Jwt, Vec<HeaderName>), String> {
+    let remote = remote_settings(&s)?;
+    let timeout = idp_timeout(&s)?;
+    let introspection = s.introspection.take().map(|i| compile_introspection(i, timeout)).transpose()?;
     let mut keys = Vec::new();
     for (i, k) in s.keys.into_iter().enumerate() {
         let name = k.kid.as_ref().map(|k| format!(" (kid `{k}`)")).unwrap_or_default();
         keys.push(compile_key(k).map_err(|e| format!("keys[{i}]{name}: {e}"))?);
     }
     if let Some(doc) = s.jwks {
-        keys.extend(compile_jwks(doc).map_err(|e| format!("jwks: {e}"))?);
+        keys.extend(crate::keys::jwks(doc, false).map_err(|e| format!("jwks: {e}"))?.0);
     }
-    if keys.is_empty() {
-        return Err("no usable key: give `keys`, or a `jwks` with signing keys".into());
+    if keys.is_empty() && remote.is_none() && introspection.is_none() {
+        return Err("no usable key: give `keys`, a `jwks` with signing keys, `jwks_upstream` or `introspection`".into());
     }
     for (i, k) in keys.iter().enumerate() {
         if let Some(kid) = &k.kid
@@ -402,6 +437,8 @@ fn compile_jwt(s: JwtSettings) -> Result<(Jwt, Vec<HeaderName>), String> {
     let jwt = Jwt {
         sources: sources(&s.from)?,
         keys,
+        remote: remote.map(Remote::new),
+        introspection,
         issuers: s.issuers,
         audiences: s.audiences,
         leeway_ms,
@@ -412,8 +449,78 @@ fn compile_jwt(s: JwtSettings) -> Result<(Jwt, Vec<HeaderName>), String> {
         claim_values,
         forward,
         cache: RefCell::new(Cache::new(s.cache_size)),
+        cleared_at: Cell::new(0),
     };
     Ok((jwt, headers))
+}
+
+/// A positive duration setting, in milliseconds.
+fn duration_setting(name: &str, text: &str) -> Result<i64, String> {
+    match parse_duration_ms(text) {
+        Some(ms) if ms > 0 => Ok(ms),
+        _ => Err(format!("`{name}` must be a positive duration like \"30s\" or \"10m\", got {text:?}")),
+    }
+}
+
+/// An upstream name as the gateway's config writes them.
+fn upstream_name(name: &str, what: &str) -> Result<String, String> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(format!("{what} must name an upstream (letters, digits, `-`, `_`), got {name:?}"));
+    }
+    Ok(name.to_owned())
+}
+
+/// A path on an upstream: origin form, no fragment.
+fn upstream_path(path: &str, what: &str) -> Result<String, String> {
+    if !path.starts_with('/') || path.contains('#') || !path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!("{what} must be a path starting with `/`, got {path:?}"));
+    }
+    Ok(path.to_owned())
+}
+
+fn idp_timeout(s: &JwtSettings) -> Result<Option<std::time::Duration>, String> {
+    s.idp_timeout
+        .as_deref()
+        .map(|t| duration_setting("idp_timeout", t).map(|ms| std::time::Duration::from_millis(ms as u64)))
+        .transpose()
+}
+
+fn remote_settings(s: &JwtSettings) -> Result<Option<RemoteSettings>, String> {
+    let Some(upstream) = &s.jwks_upstream else {
+        if s.jwks_path.is_some() || s.oidc_discovery {
+            return Err("`jwks_path` and `oidc_discovery` need `jwks_upstream`".into());
+        }
+        return Ok(None);
+    };
+    let upstream = upstream_name(upstream, "`jwks_upstream`")?;
+    let location = match (&s.jwks_path, s.oidc_discovery) {
+        (Some(_), true) => return Err("give `jwks_path` or `oidc_discovery = true`, not both".into()),
+        (Some(path), false) => Location::Path(upstream_path(path, "`jwks_path`")?),
+        (None, true) => Location::Discovery,
+        (None, false) => Location::Path("/.well-known/jwks.json".into()),
+    };
+    let refresh_ms = duration_setting("jwks_refresh", &s.jwks_refresh)?;
+    let min_refresh_ms = duration_setting("jwks_min_refresh", &s.jwks_min_refresh)?;
+    if min_refresh_ms > refresh_ms {
+        return Err(format!(
+            "`jwks_min_refresh` ({}) must not be longer than `jwks_refresh` ({})",
+            s.jwks_min_refresh, s.jwks_refresh
+        ));
+    }
+    Ok(Some(RemoteSettings { upstream, location, refresh_ms, min_refresh_ms, timeout: idp_timeout(s)? }))
+}
+
+fn compile_introspection(
+    i: IntrospectionSettings,
+    timeout: Option<std::time::Duration>,
+) -> Result<Introspection, String> {
+    let upstream = upstream_name(&i.upstream, "`introspection.upstream`")?;
+    let path = upstream_path(&i.path, "`introspection.path`")?;
+    if i.client_id.is_empty() {
+        return Err("`introspection.client_id` must not be empty".into());
+    }
+    let ttl = duration_setting("introspection.cache_ttl", &i.cache_ttl)?;
+    Ok(Introspection::new(upstream, path, &i.client_id, &i.client_secret, ttl, timeout))
 }
 
 fn compile_api_keys(s: ApiKeySettings) -> Result<(ApiKeys, HeaderName), String> {

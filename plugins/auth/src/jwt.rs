@@ -1,6 +1,6 @@
 //! JWT bearer tokens: key selection, signature, time window and claim rules.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use base64::Engine;
@@ -11,7 +11,9 @@ use weir_plugin_sdk::prelude::*;
 
 use crate::alg::Alg;
 use crate::cache::{Cache, Entry, TokenId};
+use crate::introspect::Introspection;
 use crate::keys::Key;
+use crate::remote::Remote;
 use crate::source::Source;
 use crate::verdict::{Denial, Grant, Verdict};
 
@@ -23,7 +25,12 @@ type Claims = Map<String, Value>;
 /// A configured JWT validator (one per plugin instance).
 pub(crate) struct Jwt {
     pub(crate) sources: Vec<Source>,
+    /// Keys from the config.
     pub(crate) keys: Vec<Key>,
+    /// Keys from an identity provider's JWKS URL.
+    pub(crate) remote: Option<Remote>,
+    /// Opaque tokens (and every token, without keys) asked about there.
+    pub(crate) introspection: Option<Introspection>,
     pub(crate) issuers: Vec<String>,
     pub(crate) audiences: Vec<String>,
     pub(crate) leeway_ms: i64,
@@ -37,6 +44,8 @@ pub(crate) struct Jwt {
     /// Claim → header it is forwarded in.
     pub(crate) forward: Vec<(String, HeaderName)>,
     pub(crate) cache: RefCell<Cache>,
+    /// The remote set's `removals` the cache was last cleared at.
+    pub(crate) cleared_at: Cell<u64>,
 }
 
 /// The JOSE header fields the plugin reads (others are ignored).
@@ -55,26 +64,72 @@ fn invalid(description: &'static str) -> Denial {
 
 impl Jwt {
     /// Decide on `token`: from the cache if it was verified before
-    /// (re-checking the time window), else by verifying it.
+    /// (re-checking the time window), else by verifying it or, for an
+    /// opaque token, by introspection.
     pub(crate) fn check(&self, token: &str, cx: &Context) -> Verdict {
         if token.len() > MAX_TOKEN_BYTES {
             return Verdict::Deny(invalid("token too large"));
         }
-        let id = TokenId::of(token);
-        if let Some(entry) = self.cache.borrow().get(&id) {
-            return self.within_time(entry, now_ms(cx));
-        }
-        let claims = match self.verify(token, cx) {
-            Ok(claims) => claims,
-            Err(denial) => return Verdict::Deny(denial),
+        let now = now_ms(cx);
+        let introspect = self.introspection.as_ref().filter(|_| !self.verifies(token));
+        // The remote keys are refreshed on schedule also while every token
+        // is a cache hit; verdicts of a key that went away are dropped.
+        let remote = match (&self.remote, introspect) {
+            (Some(remote), None) => {
+                let keys = remote.keys(cx, now);
+                if remote.removals() != self.cleared_at.get() {
+                    self.cleared_at.set(remote.removals());
+                    self.cache.borrow_mut().clear();
+                }
+                Some(keys)
+            }
+            _ => None,
         };
+        let id = TokenId::of(token);
+        if let Some(entry) = self.cache.borrow().get(&id)
+            && entry.until_ms.is_none_or(|until| now < until)
+        {
+            return self.within_time(entry, now);
+        }
+        let (claims, until_ms) = match introspect {
+            Some(introspection) => match introspection.check(token, cx, now) {
+                Ok(active) => (active.claims, Some(active.until_ms)),
+                Err(denial) => return Verdict::Deny(denial),
+            },
+            None => {
+                let remote = match remote {
+                    Some(Ok(keys)) => keys,
+                    Some(Err(_)) if self.keys.is_empty() => {
+                        return Verdict::Deny(Denial::Unavailable(
+                            "the identity provider's keys are not available yet".into(),
+                        ));
+                    }
+                    _ => Rc::from([]),
+                };
+                match self.verify(token, cx, now, remote) {
+                    Ok(claims) => (claims, None),
+                    Err(denial) => return Verdict::Deny(denial),
+                }
+            }
+        };
+        // An introspected token is active by the provider's word; `exp` is
+        // only required of a self-contained one.
+        let vouched = until_ms.is_some();
         let entry = match (time_claim(&claims, "exp"), time_claim(&claims, "nbf")) {
-            (Ok(exp_ms), Ok(nbf_ms)) => Entry { exp_ms, nbf_ms, verdict: self.rules(&claims, exp_ms.is_some()) },
+            (Ok(exp_ms), Ok(nbf_ms)) => {
+                Entry { exp_ms, nbf_ms, verdict: self.rules(&claims, exp_ms.is_some() || vouched), until_ms }
+            }
             (Err(d), _) | (_, Err(d)) => return Verdict::Deny(d),
         };
-        let verdict = self.within_time(&entry, now_ms(cx));
+        let verdict = self.within_time(&entry, now);
         self.cache.borrow_mut().insert(id, entry);
         verdict
+    }
+
+    /// Whether `token` is verified here rather than introspected: it is a
+    /// compact JWS and there are keys to verify it with.
+    fn verifies(&self, token: &str) -> bool {
+        (!self.keys.is_empty() || self.remote.is_some()) && token.bytes().filter(|b| *b == b'.').count() == 2
     }
 
     /// The entry's verdict if the clock is inside the token's window.
@@ -94,7 +149,7 @@ impl Jwt {
 
     /// Parse the compact JWS, pick the key, check the signature; the claims
     /// if it is genuine.
-    fn verify(&self, token: &str, cx: &Context) -> Result<Claims, Denial> {
+    fn verify(&self, token: &str, cx: &Context, now: i64, mut remote: Rc<[Key]>) -> Result<Claims, Denial> {
         let malformed = || invalid("malformed token");
         let mut parts = token.split('.');
         let (Some(header64), Some(payload64), Some(signature64), None) =
@@ -109,7 +164,14 @@ impl Jwt {
         if header.crit.is_some() {
             return Err(invalid("unsupported critical header parameter"));
         }
-        let key = self.select(alg, header.kid.as_deref())?;
+        let kid = header.kid.as_deref();
+        if let (Some(kid), Some(source)) = (kid, &self.remote)
+            && !self.keys.iter().chain(remote.iter()).any(|k| k.kid.as_deref() == Some(kid))
+        {
+            // Perhaps the provider rotated its key: look for a newer set.
+            remote = source.keys_after_unknown_kid(cx, now);
+        }
+        let key = self.select(&remote, alg, kid)?;
         let signature = URL_SAFE_NO_PAD.decode(signature64).map_err(|_| malformed())?;
         let payload = URL_SAFE_NO_PAD.decode(payload64).map_err(|_| malformed())?;
         let claims: Claims = serde_json::from_slice(&payload).map_err(|_| malformed())?;
@@ -127,13 +189,14 @@ impl Jwt {
     /// * otherwise the candidates are the keys allowing `alg` — all of them
     ///   for a token without `kid`, only those without a `kid` for a token
     ///   whose `kid` is unknown — and there must be exactly one.
-    fn select(&self, alg: Alg, kid: Option<&str>) -> Result<&Key, Denial> {
+    fn select<'k>(&'k self, remote: &'k [Key], alg: Alg, kid: Option<&str>) -> Result<&'k Key, Denial> {
         if let Some(kid) = kid
-            && let Some(key) = self.keys.iter().find(|k| k.kid.as_deref() == Some(kid))
+            && let Some(key) = self.keys.iter().chain(remote).find(|k| k.kid.as_deref() == Some(kid))
         {
             return if key.algs.contains(alg) { Ok(key) } else { Err(invalid("algorithm not allowed for this key")) };
         }
-        let mut candidates = self.keys.iter().filter(|k| k.algs.contains(alg) && (kid.is_none() || k.kid.is_none()));
+        let mut candidates =
+            self.keys.iter().chain(remote).filter(|k| k.algs.contains(alg) && (kid.is_none() || k.kid.is_none()));
         match (candidates.next(), candidates.next()) {
             (Some(key), None) => Ok(key),
             (None, _) if kid.is_some() => Err(invalid("unknown key id")),

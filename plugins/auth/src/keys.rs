@@ -290,6 +290,33 @@ fn check_family(algs: AlgSet, family: AlgSet, what: &str) -> Result<(), String> 
     }
 }
 
+/// The keys of a JWKS document (a JSON string, or the document itself).
+/// Keys this plugin has no use for are skipped. A malformed key is an error
+/// naming it; when `lenient` (a document fetched from an identity
+/// provider, where one odd key must not cost the others) it is skipped
+/// instead and its error returned beside the keys.
+pub(crate) fn jwks(doc: Value, lenient: bool) -> Result<(Vec<Key>, Vec<String>), String> {
+    let doc = match doc {
+        Value::String(text) => serde_json::from_str(&text).map_err(|e| format!("not valid JSON: {e}"))?,
+        other => other,
+    };
+    let Some(Value::Array(jwks)) = doc.get("keys") else {
+        return Err("a JWKS document is an object with a `keys` array".into());
+    };
+    let mut keys = Vec::new();
+    let mut skipped = Vec::new();
+    for (i, jwk) in jwks.iter().enumerate() {
+        let name = jwk.get("kid").and_then(Value::as_str).map(|k| format!(" (kid `{k}`)")).unwrap_or_default();
+        match Key::jwk(jwk) {
+            Ok(Some(key)) => keys.push(key),
+            Ok(None) => {}
+            Err(e) if lenient => skipped.push(format!("keys[{i}]{name}: {e}")),
+            Err(e) => return Err(format!("keys[{i}]{name}: {e}")),
+        }
+    }
+    Ok((keys, skipped))
+}
+
 /// Decode a base64 secret: standard or URL-safe alphabet, padded or not.
 pub(crate) fn decode_base64_secret(text: &str) -> Result<Vec<u8>, String> {
     let text = text.trim();

@@ -2,10 +2,15 @@
 //!
 //! * **JWT** (RFC 7519): HS256/384/512, RS256/384/512, PS256/384/512,
 //!   ES256/384, with keys from secrets, PEM public keys or a JWKS document
-//!   in the config. The accepted algorithms come from the keys (`alg: none`
-//!   never verifies, an HMAC secret never verifies an RSA token); `kid`
-//!   picks the key. `exp`/`nbf` (with leeway), `iss`, `aud`, required
+//!   in the config, and/or an identity provider's JWKS URL (`remote`:
+//!   fetched through the `outbound` capability, shared through host state,
+//!   following rotations, served stale when the provider is down).
+//!   The accepted algorithms come from the keys (`alg: none` never
+//!   verifies, an HMAC secret never verifies an RSA token); `kid` picks the
+//!   key. `exp`/`nbf` (with leeway), `iss`, `aud`, required
 //!   scopes and claims are checked; chosen claims are forwarded as headers.
+//! * **Opaque tokens** introspected at the provider (RFC 7662,
+//!   `introspect`), answers cached by token hash; the same claim rules.
 //! * **API keys** from a header, query parameter or cookie, stored plain or
 //!   as SHA-256 digests, compared in constant time; the consumer's name is
 //!   forwarded as a header.
@@ -50,8 +55,10 @@ mod alg;
 mod apikey;
 mod cache;
 mod config;
+mod introspect;
 mod jwt;
 mod keys;
+mod remote;
 mod source;
 mod verdict;
 

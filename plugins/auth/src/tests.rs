@@ -9,6 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use weir_plugin_sdk::OutboundError;
 use weir_plugin_sdk::http;
 use weir_plugin_sdk::testing::{self, Harness, Outcome};
 
@@ -510,7 +511,7 @@ fn cache_is_bounded_and_can_be_disabled() {
 #[test]
 fn cache_evicts_first_in_first_out() {
     let mut cache = cache::Cache::new(2);
-    let entry = || cache::Entry { exp_ms: None, nbf_ms: None, verdict: Verdict::Deny(Denial::Missing) };
+    let entry = || cache::Entry { exp_ms: None, nbf_ms: None, verdict: Verdict::Deny(Denial::Missing), until_ms: None };
     let ids: Vec<cache::TokenId> = ["a", "b", "c"].iter().map(|t| cache::TokenId::of(t)).collect();
     cache.insert(ids[0], entry());
     cache.insert(ids[1], entry());
@@ -1142,4 +1143,273 @@ fn good_config_variants_are_accepted() {
         json!({ "jwt": { "keys": [{ "secret": SECRET }] }, "api_keys": null, "x": 1 }),
         "unknown field `x`",
     );
+}
+
+// ---- keys from an identity provider, introspection ------------------------
+
+fn jwks_of(file: &str) -> String {
+    key_file(file)
+}
+
+fn json_answer(body: &str, headers: &[(&str, &str)]) -> http::Response<Vec<u8>> {
+    let mut b = http::Response::builder().status(200).header("content-type", "application/json");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(body.as_bytes().to_vec()).expect("answer")
+}
+
+fn remote_config(extra: Value) -> Value {
+    let mut jwt = json!({ "jwks_upstream": "idp", "jwks_path": "/keys" });
+    for (k, v) in extra.as_object().expect("object") {
+        jwt[k] = v.clone();
+    }
+    json!({ "jwt": jwt })
+}
+
+fn rs_token(file: &str, kid: &str) -> String {
+    sign(Algorithm::RS256, &rsa_key(file), Some(kid), &claims(json!({})))
+}
+
+fn fetches(path: &str) -> usize {
+    testing::outbound_calls().iter().filter(|c| c.path() == path).count()
+}
+
+#[test]
+fn remote_keys_are_fetched_once_and_shared_by_instances() {
+    let a = harness(remote_config(json!({})));
+    let b = Harness::<Auth>::new(remote_config(json!({}))).expect("second instance");
+    testing::stub_outbound("idp", "/keys", json_answer(&jwks_of("jwks.json"), &[]));
+    let token = rs_token("rsa.key", "rsa-1");
+    assert_eq!(header(&allowed(&a, bearer(&token)), "x-auth-sub"), Some("alice"));
+    assert_eq!(header(&allowed(&b, bearer(&token)), "x-auth-sub"), Some("alice"));
+    assert_eq!(header(&allowed(&a, bearer(&token)), "x-auth-sub"), Some("alice"));
+    assert_eq!(fetches("/keys"), 1, "one fetch, shared through host state");
+    assert_eq!(testing::counter("auth_jwks_fetched"), 1);
+    let call = &testing::outbound_calls()[0];
+    assert_eq!(call.upstream(), "idp");
+    assert_eq!(call.method(), http::Method::GET);
+}
+
+#[test]
+fn remote_keys_refresh_after_jwks_refresh_or_max_age() {
+    testing::reset();
+    testing::set_wall_clock(1_800_000_000_000);
+    let h = Harness::<Auth>::new(remote_config(json!({ "jwks_refresh": "10m" }))).expect("config");
+    testing::stub_outbound(
+        "idp",
+        "/keys",
+        json_answer(&jwks_of("jwks.json"), &[("cache-control", "public, max-age=120")]),
+    );
+    let token =
+        sign(Algorithm::RS256, &rsa_key("rsa.key"), Some("rsa-1"), &json!({ "sub": "alice", "exp": 1_900_000_000 }));
+    allowed(&h, bearer(&token));
+    testing::advance(Duration::from_secs(119));
+    allowed(&h, bearer(&token));
+    assert_eq!(fetches("/keys"), 1, "fresh for max-age");
+    testing::advance(Duration::from_secs(2));
+    allowed(&h, bearer(&token));
+    assert_eq!(fetches("/keys"), 2, "refetched after max-age, although the token was cached");
+    // Without max-age, `jwks_refresh` rules.
+    testing::stub_outbound("idp", "/keys", json_answer(&jwks_of("jwks.json"), &[]));
+    testing::advance(Duration::from_secs(121));
+    allowed(&h, bearer(&token));
+    assert_eq!(fetches("/keys"), 3);
+    testing::advance(Duration::from_secs(9 * 60));
+    allowed(&h, bearer(&token));
+    assert_eq!(fetches("/keys"), 3, "fresh for jwks_refresh");
+    testing::advance(Duration::from_secs(61));
+    allowed(&h, bearer(&token));
+    assert_eq!(fetches("/keys"), 4);
+}
+
+#[test]
+fn an_unknown_kid_refetches_at_most_once_per_min_refresh() {
+    testing::reset();
+    testing::set_wall_clock(1_800_000_000_000);
+    let h = Harness::<Auth>::new(remote_config(json!({ "jwks_min_refresh": "30s" }))).expect("config");
+    testing::stub_outbound("idp", "/keys", json_answer(&jwks_of("jwks.json"), &[]));
+    let claims = json!({ "sub": "alice", "exp": 1_900_000_000 });
+    let old = sign(Algorithm::RS256, &rsa_key("rsa.key"), Some("rsa-1"), &claims);
+    let new = sign(Algorithm::RS256, &rsa_key("rsa2.key"), Some("rsa-2"), &claims);
+    allowed(&h, bearer(&old));
+    testing::advance(Duration::from_secs(1));
+    // The provider rotated right after that fetch: its set now has both keys.
+    let both: Value = {
+        let mut a: Value = serde_json::from_str(&jwks_of("jwks.json")).expect("json");
+        let b: Value = serde_json::from_str(&jwks_of("rsa2.jwks.json")).expect("json");
+        a["keys"].as_array_mut().expect("keys").extend(b["keys"].as_array().expect("keys").iter().cloned());
+        a
+    };
+    testing::stub_outbound("idp", "/keys", json_answer(&both.to_string(), &[]));
+    assert_eq!(header(&allowed(&h, bearer(&new)), "x-auth-sub"), Some("alice"), "rotation picked up at once");
+    assert_eq!(fetches("/keys"), 2);
+    // A made-up kid: one fetch per min_refresh at most, however many tokens.
+    let bogus = sign(Algorithm::RS256, &rsa_key("rsa2.key"), Some("nope"), &claims);
+    testing::advance(Duration::from_secs(31));
+    for _ in 0..5 {
+        assert_invalid(&h, bearer(&bogus), "unknown key id");
+        testing::advance(Duration::from_secs(2));
+    }
+    assert_eq!(fetches("/keys"), 3, "{:?}", testing::outbound_calls().len());
+    // A key that went away stops verifying, cached tokens included.
+    testing::stub_outbound("idp", "/keys", json_answer(&jwks_of("rsa2.jwks.json"), &[]));
+    testing::advance(Duration::from_secs(11 * 60));
+    assert_invalid(&h, bearer(&old), "unknown key id");
+    allowed(&h, bearer(&new));
+}
+
+#[test]
+fn remote_keys_are_served_stale_when_the_provider_is_down() {
+    testing::reset();
+    testing::set_wall_clock(1_800_000_000_000);
+    let h = Harness::<Auth>::new(remote_config(json!({}))).expect("config");
+    testing::stub_outbound("idp", "/keys", json_answer(&jwks_of("jwks.json"), &[]));
+    let token =
+        sign(Algorithm::RS256, &rsa_key("rsa.key"), Some("rsa-1"), &json!({ "sub": "a", "exp": 1_900_000_000 }));
+    allowed(&h, bearer(&token));
+    testing::stub_outbound_error("idp", "/keys", OutboundError::Unavailable("connection refused".into()));
+    testing::advance(Duration::from_secs(11 * 60));
+    for _ in 0..10 {
+        allowed(&h, bearer(&token));
+        testing::advance(Duration::from_secs(1));
+    }
+    assert_eq!(fetches("/keys"), 2, "a failed fetch is retried after jwks_min_refresh, not per request");
+    assert_eq!(testing::counter("auth_jwks_fetch_failed"), 1);
+    assert_eq!(testing::gauge("auth_jwks_stale"), Some(1));
+    let events = testing::events();
+    let stale = events.iter().find(|e| e.kind == "auth.jwks_stale").expect("an event");
+    assert!(stale.message.contains("serving the key set fetched 660 s ago"), "{}", stale.message);
+    // A broken document is a failure too: the good keys stay.
+    testing::stub_outbound("idp", "/keys", json_answer("{\"keys\": 7}", &[]));
+    testing::advance(Duration::from_secs(30));
+    allowed(&h, bearer(&token));
+    assert_eq!(testing::counter("auth_jwks_fetch_failed"), 2);
+    testing::stub_outbound("idp", "/keys", json_answer(&jwks_of("jwks.json"), &[]));
+    testing::advance(Duration::from_secs(30));
+    allowed(&h, bearer(&token));
+    assert_eq!(testing::gauge("auth_jwks_stale"), Some(0));
+}
+
+#[test]
+fn no_keys_yet_is_a_503_not_a_401() {
+    let h = harness(remote_config(json!({})));
+    testing::stub_outbound("idp", "/keys", json_answer("oops", &[]));
+    let resp = h.on_request(bearer(&rs_token("rsa.key", "rsa-1"))).unwrap_respond();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "5");
+    assert!(resp.headers().get("www-authenticate").is_none());
+    let body: Value = serde_json::from_slice(resp.body()).expect("json");
+    assert_eq!(body["error"], "temporarily_unavailable");
+    assert_eq!(testing::events()[0].severity, Severity::Critical);
+}
+
+#[test]
+fn inline_and_remote_keys_combine() {
+    let mut config = remote_config(json!({}));
+    config["jwt"]["keys"] = json!([{ "kid": "local", "secret": SECRET }]);
+    let h = harness(config);
+    testing::stub_outbound("idp", "/keys", json_answer(&jwks_of("jwks.json"), &[]));
+    let local = sign(Algorithm::HS256, &EncodingKey::from_secret(SECRET.as_bytes()), Some("local"), &claims(json!({})));
+    allowed(&h, bearer(&local));
+    allowed(&h, bearer(&rs_token("rsa.key", "rsa-1")));
+    // With the provider down and no set fetched yet, inline keys still work.
+    testing::reset();
+    let mut config = remote_config(json!({}));
+    config["jwt"]["keys"] = json!([{ "kid": "local", "secret": SECRET }]);
+    let h = Harness::<Auth>::new(config).expect("config");
+    testing::stub_outbound_error("idp", "/keys", OutboundError::Timeout("1s".into()));
+    allowed(&h, bearer(&local));
+}
+
+#[test]
+fn oidc_discovery_reads_jwks_uri() {
+    let h = harness(remote_config(json!({ "jwks_path": null, "oidc_discovery": true })));
+    testing::stub_outbound(
+        "idp",
+        "/.well-known/openid-configuration",
+        json_answer(r#"{"issuer": "https://id.test/", "jwks_uri": "https://id.test/realms/a/certs"}"#, &[]),
+    );
+    testing::stub_outbound("idp", "/realms/a/certs", json_answer(&jwks_of("jwks.json"), &[]));
+    allowed(&h, bearer(&rs_token("rsa.key", "rsa-1")));
+    let paths: Vec<String> = testing::outbound_calls().iter().map(|c| c.path().to_owned()).collect();
+    assert_eq!(paths, ["/.well-known/openid-configuration", "/realms/a/certs"]);
+}
+
+#[test]
+fn remote_key_settings_are_checked() {
+    assert_config_error(
+        json!({ "jwt": { "jwks_path": "/keys" } }),
+        "`jwks_path` and `oidc_discovery` need `jwks_upstream`",
+    );
+    assert_config_error(remote_config(json!({ "oidc_discovery": true })), "not both");
+    assert_config_error(remote_config(json!({ "jwks_path": "keys" })), "`jwks_path` must be a path starting with `/`");
+    assert_config_error(remote_config(json!({ "jwks_refresh": "soon" })), "`jwks_refresh` must be a positive duration");
+    assert_config_error(
+        remote_config(json!({ "jwks_refresh": "10s", "jwks_min_refresh": "30s" })),
+        "`jwks_min_refresh` (30s) must not be longer than `jwks_refresh` (10s)",
+    );
+    assert_config_error(remote_config(json!({ "jwks_upstream": "a b" })), "`jwks_upstream` must name an upstream");
+    assert_config_error(json!({ "jwt": {} }), "`jwks_upstream` or `introspection`");
+    assert_config_error(
+        json!({ "jwt": { "introspection": { "upstream": "idp", "path": "/i", "client_id": "", "client_secret": "s" } } }),
+        "`introspection.client_id` must not be empty",
+    );
+}
+
+fn introspection_config() -> Value {
+    json!({ "jwt": {
+        "required_scopes": ["orders:read"],
+        "introspection": { "upstream": "idp", "path": "/introspect", "client_id": "weir gw", "client_secret": "s3:cret", "cache_ttl": "1m" },
+    } })
+}
+
+#[test]
+fn opaque_tokens_are_introspected_and_cached_by_hash() {
+    testing::reset();
+    testing::set_wall_clock(1_800_000_000_000);
+    let a = Harness::<Auth>::new(introspection_config()).expect("config");
+    let b = Harness::<Auth>::new(introspection_config()).expect("config");
+    testing::stub_outbound(
+        "idp",
+        "/introspect",
+        json_answer(r#"{"active": true, "sub": "svc-9", "scope": "orders:read orders:write", "exp": 1800000030}"#, &[]),
+    );
+    assert_eq!(header(&allowed(&a, bearer("opaque-token-1")), "x-auth-sub"), Some("svc-9"));
+    assert_eq!(header(&allowed(&b, bearer("opaque-token-1")), "x-auth-sub"), Some("svc-9"));
+    let calls = testing::outbound_calls();
+    assert_eq!(calls.len(), 1, "the second instance read the shared answer");
+    let call = &calls[0];
+    assert_eq!(call.method(), http::Method::POST);
+    assert_eq!(call.body_bytes(), b"token=opaque-token-1&token_type_hint=access_token");
+    let auth = call.headers().iter().find(|(n, _)| n == "authorization").map(|(_, v)| v.clone());
+    // base64("weir+gw:s3%3Acret")
+    assert_eq!(auth.as_deref(), Some(&b"Basic d2VpcitndzpzMyUzQWNyZXQ="[..]));
+    // Cached until `exp` (30 s), sooner than cache_ttl (1 min).
+    testing::advance(Duration::from_secs(31));
+    testing::stub_outbound("idp", "/introspect", json_answer(r#"{"active": false}"#, &[]));
+    assert_invalid(&a, bearer("opaque-token-1"), "token is not active");
+    assert_eq!(testing::outbound_calls().len(), 2);
+    // Inactive answers are not cached.
+    assert_invalid(&a, bearer("opaque-token-1"), "token is not active");
+    assert_eq!(testing::outbound_calls().len(), 3);
+}
+
+#[test]
+fn introspection_applies_the_token_rules_and_fails_closed() {
+    let h = harness(introspection_config());
+    testing::stub_outbound("idp", "/introspect", json_answer(r#"{"active": true, "sub": "x", "scope": "other"}"#, &[]));
+    assert_eq!(denied(&h, bearer("t-1")).status, 403, "scope checked");
+    testing::stub_outbound("idp", "/introspect", json_answer("not json", &[]));
+    assert_eq!(denied(&h, bearer("t-2")).status, 503);
+    testing::stub_outbound_error("idp", "/introspect", OutboundError::Timeout("2s".into()));
+    assert_eq!(denied(&h, bearer("t-3")).status, 503);
+    assert_eq!(testing::counter("auth_introspection_failed"), 2);
+    // A JWT with keys configured is verified, not introspected.
+    let mut config = introspection_config();
+    config["jwt"]["keys"] = json!([{ "secret": SECRET }]);
+    config["jwt"]["required_scopes"] = json!([]);
+    let h = harness(config);
+    allowed(&h, bearer(&hs256(&claims(json!({})))));
+    assert!(testing::outbound_calls().is_empty());
 }

@@ -35,6 +35,9 @@ pub(crate) enum Denial {
     InsufficientScope { scope: Rc<str> },
     /// A valid token without a required claim (or value): `403 insufficient_scope`.
     MissingClaim(Rc<str>),
+    /// The identity provider is needed to decide and cannot be reached:
+    /// `503 temporarily_unavailable`, with `Retry-After`.
+    Unavailable(Cow<'static, str>),
 }
 
 impl Denial {
@@ -45,6 +48,7 @@ impl Denial {
             Denial::BadRequest(_) => "auth_denied_bad_request",
             Denial::InvalidToken(_) | Denial::InvalidApiKey => "auth_denied_invalid",
             Denial::InsufficientScope { .. } | Denial::MissingClaim(_) => "auth_denied_forbidden",
+            Denial::Unavailable(_) => "auth_denied_unavailable",
         }
     }
 }
@@ -77,6 +81,7 @@ impl Challenges {
                 (StatusCode::FORBIDDEN, "insufficient_scope", "the token lacks a required scope")
             }
             Denial::MissingClaim(d) => (StatusCode::FORBIDDEN, "insufficient_scope", d),
+            Denial::Unavailable(d) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", d),
         };
         let mut reply = Reply::json(status, &Body { error, error_description: description });
         match denial {
@@ -89,6 +94,8 @@ impl Challenges {
                 }
             }
             Denial::InvalidApiKey => reply = reply.header("www-authenticate", &self.api_key_challenge()),
+            // Not the client's fault: no challenge, come back shortly.
+            Denial::Unavailable(_) => reply = reply.header("retry-after", "5"),
             Denial::BadRequest(_) if !self.bearer => {
                 reply = reply.header("www-authenticate", &self.api_key_challenge())
             }
