@@ -138,6 +138,7 @@ impl ProxyError {
                 PluginFailure::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
                 PluginFailure::Unavailable(_) | PluginFailure::CrashLoop(_) => StatusCode::SERVICE_UNAVAILABLE,
                 PluginFailure::Trap(_) | PluginFailure::InvalidOutput(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                PluginFailure::Aborted(_) => StatusCode::BAD_GATEWAY,
             },
             ProxyError::UpstreamConnect { .. } | ProxyError::Upstream { .. } | ProxyError::ResponseBodyTooLarge(_) => {
                 StatusCode::BAD_GATEWAY

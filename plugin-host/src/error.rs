@@ -49,4 +49,7 @@ pub enum PluginFailure {
     /// The plugin kept trapping and is paused for this long.
     #[error("plugin is in crash-loop backoff after repeated traps; next try in {0:?}")]
     CrashLoop(Duration),
+    /// The plugin cut a body off in a chunk call (`abort`), for this reason.
+    #[error("plugin aborted the body: {0}")]
+    Aborted(String),
 }

@@ -38,7 +38,7 @@ mod runtime;
 pub mod state;
 mod store;
 
-pub use bindings::{Action, BodyAction, Header, Phases, Reply};
+pub use bindings::{Action, BodyAction, ChunkAction, Header, Phases, Reply, StreamPhases};
 pub use engine::EngineError;
 pub use error::{LoadError, PluginFailure};
 pub use events::{EventRecord, EventSink};

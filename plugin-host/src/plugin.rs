@@ -12,7 +12,7 @@ use wasmtime::Store;
 use wasmtime::component::InstancePre;
 use weir_config::{CrashLoopConfig, FailurePolicy, Isolation, PluginLimits};
 
-use crate::bindings::{self, Action, BodyAction, Phases};
+use crate::bindings::{self, Action, BodyAction, ChunkAction, Phases, StreamPhases, StreamingGuest, StreamingIndices};
 use crate::engine::{EPOCH_TICK, PluginEngine, deadline_ticks};
 use crate::error::{LoadError, PluginFailure};
 use crate::heads::{self, Heads};
@@ -30,10 +30,22 @@ pub struct RequestSlot {
     locals: Locals,
 }
 
+impl RequestSlot {
+    /// A slot for the request body's chunk calls, which run while the
+    /// request goes on: the values set so far, readable; what the chunk
+    /// calls set stays with them. No instance (an `isolation = "request"`
+    /// plugin gets a fresh one for the stream).
+    pub fn fork(&self) -> RequestSlot {
+        RequestSlot { instance: None, locals: self.locals.clone() }
+    }
+}
+
 /// One initialised instance.
 struct Instance {
     store: Store<StoreData>,
     world: bindings::PluginWorld,
+    /// Its `streaming` export, when the module has one (contract `0.2.4`).
+    streaming: Option<StreamingGuest>,
 }
 
 /// A call into a phase; the heads travel separately (lent to the store).
@@ -42,11 +54,14 @@ enum Call<'a> {
     RequestBody(&'a [u8]),
     Response,
     ResponseBody(&'a [u8]),
+    RequestChunk(&'a [u8], bool),
+    ResponseChunk(&'a [u8], bool),
 }
 
 enum Answer {
     Head(Action),
     Body(BodyAction),
+    Chunk(ChunkAction),
 }
 
 impl Instance {
@@ -60,6 +75,13 @@ impl Instance {
             Call::RequestBody(body) => Answer::Body(h.call_on_request_body(s, req, body).await?),
             Call::Response => Answer::Head(h.call_on_response(s, req, resp).await?),
             Call::ResponseBody(body) => Answer::Body(h.call_on_response_body(s, req, resp, body).await?),
+            Call::RequestChunk(chunk, end) | Call::ResponseChunk(chunk, end) => {
+                let g = self.streaming.as_ref().ok_or_else(|| wasmtime::Error::msg("the module does not stream"))?;
+                Answer::Chunk(match call {
+                    Call::RequestChunk(..) => g.call_on_request_chunk(s, req, chunk, end).await?,
+                    _ => g.call_on_response_chunk(s, req, resp, chunk, end).await?,
+                })
+            }
         })
     }
 }
@@ -119,7 +141,11 @@ pub struct CrashLoopStatus {
 pub struct LoadedPlugin {
     spec: PluginSpec,
     phases: Phases,
+    /// The bodies it takes chunk by chunk (none without `streaming`).
+    streams: StreamPhases,
     pre: bindings::PluginPre<StoreData>,
+    /// Where its `streaming` export is, if it has one.
+    streaming: Option<StreamingIndices>,
     engine: Arc<PluginEngine>,
     host: Arc<PluginHost>,
     idle: Mutex<Vec<Instance>>,
@@ -142,12 +168,16 @@ impl LoadedPlugin {
         metrics: PluginMetrics,
         awaits_host: bool,
     ) -> Result<Self, LoadError> {
+        // Optional: modules built for contract 0.2.3 and before lack it.
+        let streaming = StreamingIndices::new(&pre).ok();
         let pre = bindings::PluginPre::new(pre).map_err(|e| LoadError::NotAPlugin(format!("{e:#}")))?;
         let deadline_ticks = deadline_ticks(spec.limits.deadline);
         let mut plugin = Self {
             spec,
             phases: Phases::empty(),
+            streams: StreamPhases::empty(),
             pre,
+            streaming,
             engine,
             host,
             idle: Mutex::new(Vec::new()),
@@ -156,8 +186,9 @@ impl LoadedPlugin {
             metrics,
             crash: Mutex::new(CrashLoop::default()),
         };
-        let (first, phases) = plugin.instantiate().await?;
+        let (first, phases, streams) = plugin.instantiate().await?;
         plugin.phases = phases;
+        plugin.streams = streams;
         plugin.put_back(first);
         Ok(plugin)
     }
@@ -177,9 +208,15 @@ impl LoadedPlugin {
         self.phases
     }
 
-    /// Names of the phases the plugin asked for.
+    /// The bodies the plugin takes chunk by chunk.
+    pub fn streams(&self) -> StreamPhases {
+        self.streams
+    }
+
+    /// Names of the phases the plugin asked for (streamed bodies as
+    /// `request_chunks`, `response_chunks`).
     pub fn phase_names(&self) -> Vec<&'static str> {
-        [
+        let mut names: Vec<&'static str> = [
             (Phases::REQUEST_HEADERS, "request_headers"),
             (Phases::REQUEST_BODY, "request_body"),
             (Phases::RESPONSE_HEADERS, "response_headers"),
@@ -188,7 +225,14 @@ impl LoadedPlugin {
         .into_iter()
         .filter(|(p, _)| self.phases.contains(*p))
         .map(|(_, n)| n)
-        .collect()
+        .collect();
+        if self.streams.contains(StreamPhases::REQUEST_BODY) {
+            names.push("request_chunks");
+        }
+        if self.streams.contains(StreamPhases::RESPONSE_BODY) {
+            names.push("response_chunks");
+        }
+        names
     }
 
     /// Its metric handles.
@@ -202,19 +246,25 @@ impl LoadedPlugin {
     }
 
     /// Create and initialise a fresh instance.
-    async fn instantiate(&self) -> Result<(Instance, Phases), LoadError> {
+    async fn instantiate(&self) -> Result<(Instance, Phases, StreamPhases), LoadError> {
         let data = StoreData::new(self.host.clone(), PeakLimits::new(self.spec.limits.memory));
         let mut store = new_store(&self.engine, data, self.spec.limits.deadline);
-        let world =
-            self.pre.instantiate_async(&mut store).await.map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
+        let failed = |e: wasmtime::Error| LoadError::Instantiate(format!("{e:#}"));
+        let instance = self.pre.instance_pre().instantiate_async(&mut store).await.map_err(failed)?;
+        let world = bindings::PluginWorld::new(&mut store, &instance).map_err(failed)?;
+        let streaming = self.streaming.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(failed)?;
         let info = world
             .weir_plugin_handler()
             .call_init(&mut store, &self.spec.config_json)
             .await
             .map_err(|e| LoadError::InitTrapped(describe_trap(&e)))?
             .map_err(LoadError::ConfigRejected)?;
+        let streams = match &streaming {
+            Some(g) => g.call_streams(&mut store).await.map_err(|e| LoadError::InitTrapped(describe_trap(&e)))?,
+            None => StreamPhases::empty(),
+        };
         self.metrics.instances.inc();
-        Ok((Instance { store, world }, info.phases))
+        Ok((Instance { store, world, streaming }, info.phases, streams))
     }
 
     async fn borrow(&self, held: &mut RequestSlot) -> Result<Instance, PluginFailure> {
@@ -229,7 +279,7 @@ impl LoadedPlugin {
         match reused {
             Some(inst) => Ok(inst),
             None => {
-                self.instantiate().await.map(|(inst, _)| inst).map_err(|e| PluginFailure::Unavailable(e.to_string()))
+                self.instantiate().await.map(|(inst, ..)| inst).map_err(|e| PluginFailure::Unavailable(e.to_string()))
             }
         }
     }
@@ -410,23 +460,72 @@ impl LoadedPlugin {
                 self.count(matches!(a, Action::Respond(_)));
                 Ok(a)
             }
-            Answer::Body(_) => unreachable_answer(),
+            _ => unreachable_answer(),
         }
     }
 
+    /// A buffered-body phase. The edits it made (to the request head in
+    /// `on-request-body`; published values) take effect on `continue`.
     async fn body_phase(
         &self,
         call: Call<'_>,
         heads: &mut Option<Heads>,
         held: &mut RequestSlot,
     ) -> Result<BodyAction, PluginFailure> {
-        match self.run(call, heads, held).await? {
+        let answer = self.run(call, heads, held).await;
+        let commit = matches!(answer, Ok(Answer::Body(BodyAction::Continue(_))));
+        if let Some(h) = heads.as_mut() {
+            if commit { h.commit() } else { h.discard() }
+        }
+        match answer? {
             Answer::Body(a) => {
                 self.count(matches!(a, BodyAction::Respond(_)));
                 Ok(a)
             }
-            Answer::Head(_) => unreachable_answer(),
+            _ => unreachable_answer(),
         }
+    }
+
+    /// A chunk call; the heads are read-only, anything staged is dropped.
+    async fn chunk_call(
+        &self,
+        call: Call<'_>,
+        heads: &mut Option<Heads>,
+        held: &mut RequestSlot,
+    ) -> Result<ChunkAction, PluginFailure> {
+        let answer = self.run(call, heads, held).await;
+        if let Some(h) = heads.as_mut() {
+            h.discard();
+        }
+        match answer? {
+            Answer::Chunk(a) => {
+                self.count(matches!(a, ChunkAction::Abort(_)));
+                Ok(a)
+            }
+            _ => unreachable_answer(),
+        }
+    }
+
+    /// `on-request-chunk` (the heads lent read-only).
+    pub async fn on_request_chunk(
+        &self,
+        heads: &mut Option<Heads>,
+        chunk: &[u8],
+        end: bool,
+        held: &mut RequestSlot,
+    ) -> Result<ChunkAction, PluginFailure> {
+        self.chunk_call(Call::RequestChunk(chunk, end), heads, held).await
+    }
+
+    /// `on-response-chunk` (the heads lent read-only).
+    pub async fn on_response_chunk(
+        &self,
+        heads: &mut Option<Heads>,
+        chunk: &[u8],
+        end: bool,
+        held: &mut RequestSlot,
+    ) -> Result<ChunkAction, PluginFailure> {
+        self.chunk_call(Call::ResponseChunk(chunk, end), heads, held).await
     }
 
     /// `on-request`, on `heads.request` (editable).
@@ -434,7 +533,7 @@ impl LoadedPlugin {
         self.head_phase(Call::Request, heads, held).await
     }
 
-    /// `on-request-body`; the request is read-only by now.
+    /// `on-request-body`; the request head may still be edited.
     pub async fn on_request_body(
         &self,
         heads: &mut Option<Heads>,

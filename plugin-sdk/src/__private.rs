@@ -5,11 +5,12 @@ use std::cell::OnceCell;
 
 use crate::convert::{self, PhaseError};
 use crate::host::{RequestHandle, ResponseHandle};
-use crate::{Action, Body, Config, Context, Plugin, Request, Response};
+use crate::{Action, Body, Chunk, Config, Context, Plugin, Request, Response, Streams};
 
 pub use crate::bindings;
 pub use bindings::export;
 pub use bindings::exports::weir::plugin::handler::Guest;
+pub use bindings::exports::weir::plugin::streaming::{ChunkAction as WitChunkAction, Guest as StreamingGuest};
 pub use bindings::weir::plugin::types::{
     Action as WitAction, BodyAction as WitBodyAction, PluginInfo, Request as WitRequest, Response as WitResponse,
 };
@@ -53,13 +54,16 @@ pub(crate) fn on_request<P: Plugin>(plugin: Option<&P>, req: RequestHandle) -> W
     run().unwrap_or_else(|e: PhaseError| WitAction::Respond(e.into_reply()))
 }
 
-/// `on-request-body`.
+/// `on-request-body`: the head edits go back on `Continue`, with the body.
 pub(crate) fn on_request_body<P: Plugin>(plugin: Option<&P>, req: RequestHandle, body: Vec<u8>) -> WitBodyAction {
     let run = || {
         let plugin = initialised(plugin)?;
-        let req = Request::new(req);
+        let mut req = Request::new(req);
         let mut body = Body::new(body);
-        let action = plugin.on_request_body(&req, &mut body, &Context::new())?;
+        let action = plugin.on_request_body(&mut req, &mut body, &Context::new())?;
+        if matches!(action, Action::Continue) {
+            req.finish()?;
+        }
         body_action(action, body)
     };
     run().unwrap_or_else(|e: PhaseError| WitBodyAction::Respond(e.into_reply()))
@@ -95,6 +99,53 @@ pub(crate) fn on_response_body<P: Plugin>(
     run().unwrap_or_else(|e: PhaseError| WitBodyAction::Respond(e.into_reply()))
 }
 
+/// `streams`, after `init`.
+pub fn streams<P: Plugin>(plugin: Option<&P>) -> Streams {
+    plugin.map_or(Streams::empty(), Plugin::streams)
+}
+
+/// A chunk call's decision: an unchanged chunk is not copied back; an
+/// error cuts the body off with its message.
+fn chunk_action(result: crate::Result<()>, chunk: Chunk) -> WitChunkAction {
+    match result {
+        Ok(()) => match chunk.into_changed() {
+            Some(bytes) => WitChunkAction::Replace(bytes),
+            None => WitChunkAction::Pass,
+        },
+        Err(e) => WitChunkAction::Abort(e.message().to_string()),
+    }
+}
+
+/// `on-request-chunk`.
+pub(crate) fn on_request_chunk<P: Plugin>(
+    plugin: Option<&P>,
+    req: RequestHandle,
+    chunk: Vec<u8>,
+    end: bool,
+) -> WitChunkAction {
+    let Some(plugin) = plugin else { return WitChunkAction::Abort(NOT_INITIALISED.into()) };
+    let req = Request::new(req);
+    let mut chunk = Chunk::new(chunk, end);
+    let result = plugin.on_request_chunk(&req, &mut chunk, &Context::new());
+    chunk_action(result, chunk)
+}
+
+/// `on-response-chunk`.
+pub(crate) fn on_response_chunk<P: Plugin>(
+    plugin: Option<&P>,
+    req: RequestHandle,
+    resp: ResponseHandle,
+    chunk: Vec<u8>,
+    end: bool,
+) -> WitChunkAction {
+    let Some(plugin) = plugin else { return WitChunkAction::Abort(NOT_INITIALISED.into()) };
+    let req = Request::new(req);
+    let resp = Response::new(resp);
+    let mut chunk = Chunk::new(chunk, end);
+    let result = plugin.on_response_chunk(&req, &resp, &mut chunk, &Context::new());
+    chunk_action(result, chunk)
+}
+
 /// A body phase can replace the body or answer; the head was settled by the
 /// head phases. An unchanged body is not copied back to the host.
 fn body_action(action: Action, body: Body) -> Result<WitBodyAction, PhaseError> {
@@ -122,6 +173,27 @@ pub mod lend {
     /// `on-response`, from the export.
     pub fn on_response<P: Plugin>(plugin: Option<&P>, req: &WitRequest, resp: &WitResponse) -> WitAction {
         super::on_response(plugin, RequestHandle::lend(req), ResponseHandle::lend(resp))
+    }
+
+    /// `on-request-chunk`, from the export.
+    pub fn on_request_chunk<P: Plugin>(
+        plugin: Option<&P>,
+        req: &WitRequest,
+        chunk: Vec<u8>,
+        end: bool,
+    ) -> WitChunkAction {
+        super::on_request_chunk(plugin, RequestHandle::lend(req), chunk, end)
+    }
+
+    /// `on-response-chunk`, from the export.
+    pub fn on_response_chunk<P: Plugin>(
+        plugin: Option<&P>,
+        req: &WitRequest,
+        resp: &WitResponse,
+        chunk: Vec<u8>,
+        end: bool,
+    ) -> WitChunkAction {
+        super::on_response_chunk(plugin, RequestHandle::lend(req), ResponseHandle::lend(resp), chunk, end)
     }
 
     /// `on-response-body`, from the export.

@@ -504,3 +504,53 @@ impl Body {
         Ok(())
     }
 }
+
+/// A chunk of a streamed body (see [`Plugin::streams`](crate::Plugin::streams)):
+/// the bytes that arrived, which the plugin may pass on unchanged, replace
+/// or drop.
+#[derive(Debug, Clone, Default)]
+pub struct Chunk {
+    bytes: Vec<u8>,
+    end: bool,
+    changed: bool,
+}
+
+impl Chunk {
+    /// A chunk of `bytes`; `end` for the body's last.
+    pub(crate) fn new(bytes: Vec<u8>, end: bool) -> Self {
+        Self { bytes, end, changed: false }
+    }
+
+    /// Only a chunk that was changed travels back to the gateway.
+    pub(crate) fn into_changed(self) -> Option<Vec<u8>> {
+        self.changed.then_some(self.bytes)
+    }
+
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Whether this is the body's last chunk (it may be empty: the place
+    /// to pass on what was held back, or to append).
+    pub fn is_end(&self) -> bool {
+        self.end
+    }
+
+    /// Pass `bytes` on in place of this chunk.
+    pub fn set(&mut self, bytes: impl Into<Vec<u8>>) {
+        self.bytes = bytes.into();
+        self.changed = true;
+    }
+
+    /// Pass nothing on for this chunk.
+    pub fn clear(&mut self) {
+        self.set(Vec::new());
+    }
+
+    /// The bytes, for editing in place.
+    pub fn bytes_mut(&mut self) -> &mut Vec<u8> {
+        self.changed = true;
+        &mut self.bytes
+    }
+}

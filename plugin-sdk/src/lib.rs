@@ -31,9 +31,11 @@
 //! |----------------------|----------------------------------|------------------|-------------------------|
 //! | [`Plugin::new`]      | an instance is created           | (required)       | always                  |
 //! | [`Plugin::on_request`] | a request head arrived         | continue         | [`Phases::REQUEST_HEADERS`] |
-//! | [`Plugin::on_request_body`] | the whole request body is buffered | continue | [`Phases::REQUEST_BODY`] |
+//! | [`Plugin::on_request_body`] | the whole request body is buffered (the head still editable) | continue | [`Phases::REQUEST_BODY`] |
 //! | [`Plugin::on_response`] | the upstream's response head arrived | continue | [`Phases::RESPONSE_HEADERS`] |
 //! | [`Plugin::on_response_body`] | the whole response body is buffered | continue | [`Phases::RESPONSE_BODY`] |
+//! | [`Plugin::on_request_chunk`] | a chunk of the request body flows by | pass | [`Streams::REQUEST_BODY`] |
+//! | [`Plugin::on_response_chunk`] | a chunk of the response body flows by | pass | [`Streams::RESPONSE_BODY`] |
 //!
 //! Request phases run in chain order; response phases in reverse chain
 //! order. The heads stay in the gateway: [`Request`] and [`Response`] fetch
@@ -112,7 +114,7 @@ pub use action::{Action, Reply};
 pub use config::Config;
 pub use context::{Context, Event, Level, Severity, State, StateError, ThrottleDecision};
 pub use error::{Error, Result};
-pub use head::{Body, Request, Response, Tls};
+pub use head::{Body, Chunk, Request, Response, Tls};
 pub use http;
 pub use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 pub use outbound::{Callout, OutboundError};
@@ -120,11 +122,14 @@ pub use outbound::{Callout, OutboundError};
 /// The phases a plugin asks the gateway to call.
 pub use bindings::weir::plugin::types::Phases;
 
+/// The bodies a plugin takes chunk by chunk (contract `0.2.4`).
+pub use bindings::exports::weir::plugin::streaming::StreamPhases as Streams;
+
 /// Everything a plugin usually needs, in one `use`.
 pub mod prelude {
     pub use crate::{
-        Action, Body, Config, Context, Error, Event, HeaderMap, HeaderName, HeaderValue, Level, Method, Phases, Plugin,
-        Reply, Request, Response, Result, Severity, StatusCode,
+        Action, Body, Chunk, Config, Context, Error, Event, HeaderMap, HeaderName, HeaderValue, Level, Method, Phases,
+        Plugin, Reply, Request, Response, Result, Severity, StatusCode, Streams,
     };
 }
 
@@ -157,9 +162,11 @@ pub trait Plugin: Sized + 'static {
     }
 
     /// The whole request body is buffered (only with
-    /// [`Phases::REQUEST_BODY`]). The head was settled by the head phases;
-    /// `body` may be replaced (the gateway fixes `content-length`).
-    fn on_request_body(&self, req: &Request, body: &mut Body, cx: &Context) -> Result<Action> {
+    /// [`Phases::REQUEST_BODY`]). `body` may be replaced (the gateway fixes
+    /// `content-length`), and the head may still be edited: check the body
+    /// (a signature, a schema), then set a header for the upstream. Edits
+    /// take effect on [`Action::Continue`].
+    fn on_request_body(&self, req: &mut Request, body: &mut Body, cx: &Context) -> Result<Action> {
         let _ = (req, body, cx);
         Ok(Action::Continue)
     }
@@ -177,6 +184,31 @@ pub trait Plugin: Sized + 'static {
     fn on_response_body(&self, req: &Request, resp: &Response, body: &mut Body, cx: &Context) -> Result<Action> {
         let _ = (req, resp, body, cx);
         Ok(Action::Continue)
+    }
+
+    /// The bodies to take chunk by chunk as they flow, instead of buffered
+    /// (default: none). The gateway then calls [`Plugin::on_request_chunk`]
+    /// and [`Plugin::on_response_chunk`] for each chunk, and holds no more
+    /// than the chunk in hand. Keep what spans chunks (a partial line) with
+    /// [`Context::set_local`]: chunks may reach different instances.
+    fn streams(&self) -> Streams {
+        Streams::empty()
+    }
+
+    /// A chunk of the request body (only with [`Streams::REQUEST_BODY`]).
+    /// Leave `chunk` alone to pass it on, [`Chunk::set`] or
+    /// [`Chunk::clear`] it to change it; an `Err` cuts the body off (the
+    /// upstream sees it end in an error). The heads are read-only.
+    fn on_request_chunk(&self, req: &Request, chunk: &mut Chunk, cx: &Context) -> Result<()> {
+        let _ = (req, chunk, cx);
+        Ok(())
+    }
+
+    /// A chunk of the response body (only with [`Streams::RESPONSE_BODY`]),
+    /// as [`Plugin::on_request_chunk`]; an `Err` cuts the response off.
+    fn on_response_chunk(&self, req: &Request, resp: &Response, chunk: &mut Chunk, cx: &Context) -> Result<()> {
+        let _ = (req, resp, chunk, cx);
+        Ok(())
     }
 }
 
@@ -243,7 +275,32 @@ macro_rules! export_plugin {
             }
 
             #[cfg(target_arch = "wasm32")]
-    $crate::__private::export!(__WeirExport with_types_in $crate::bindings);
+            impl $crate::__private::StreamingGuest for __WeirExport {
+                fn streams() -> $crate::Streams {
+                    __WEIR_PLUGIN.with(|slot| $crate::__private::streams::<$plugin>(slot.get()))
+                }
+                fn on_request_chunk(
+                    req: &$crate::__private::WitRequest,
+                    chunk: ::std::vec::Vec<u8>,
+                    end: bool,
+                ) -> $crate::__private::WitChunkAction {
+                    __WEIR_PLUGIN
+                        .with(|slot| $crate::__private::lend::on_request_chunk::<$plugin>(slot.get(), req, chunk, end))
+                }
+                fn on_response_chunk(
+                    req: &$crate::__private::WitRequest,
+                    resp: &$crate::__private::WitResponse,
+                    chunk: ::std::vec::Vec<u8>,
+                    end: bool,
+                ) -> $crate::__private::WitChunkAction {
+                    __WEIR_PLUGIN.with(|slot| {
+                        $crate::__private::lend::on_response_chunk::<$plugin>(slot.get(), req, resp, chunk, end)
+                    })
+                }
+            }
+
+            #[cfg(target_arch = "wasm32")]
+            $crate::__private::export!(__WeirExport with_types_in $crate::bindings);
 
             // Natively (for `cargo test`) there is nothing to export, and the
             // component export names are not valid native symbol names; this

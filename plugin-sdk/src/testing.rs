@@ -157,10 +157,73 @@ impl<P: Plugin> Harness<P> {
         }
     }
 
-    /// Run `on-request-body`; continues with the (possibly new) body.
+    /// Run `on-request-body`; continues with the (possibly new) body. Head
+    /// edits are not kept: see [`Harness::on_request_body_mut`].
     pub fn on_request_body(&self, req: &http::Request<()>, body: &[u8]) -> Outcome<Vec<u8>> {
-        let local = self.lend(req, false);
+        let local = self.lend(req, true);
         body_outcome(__private::on_request_body::<P>(self.plugin.get(), RequestHandle(local), body.to_vec()), body)
+    }
+
+    /// Run `on-request-body` and, when it continues, apply its head edits
+    /// to `req` (a plugin that checks the body, then sets a header).
+    pub fn on_request_body_mut(&self, req: &mut http::Request<()>, body: &[u8]) -> Outcome<Vec<u8>> {
+        let local = self.lend(req, true);
+        let action = __private::on_request_body::<P>(self.plugin.get(), RequestHandle(local.clone()), body.to_vec());
+        if matches!(action, WitBodyAction::Continue(_)) {
+            let head = local.borrow_mut().commit();
+            *req.method_mut() = head.method;
+            *req.uri_mut() = head.uri;
+            *req.headers_mut() = head.headers;
+        }
+        body_outcome(action, body)
+    }
+
+    /// The bodies the plugin takes chunk by chunk.
+    pub fn streams(&self) -> crate::Streams {
+        __private::streams::<P>(self.plugin.get())
+    }
+
+    /// Run `on-request-chunk` on `chunk` (`end` for the last): what it
+    /// passes on, or the reason it cut the body off.
+    pub fn on_request_chunk(&self, req: &http::Request<()>, chunk: &[u8], end: bool) -> Result<Vec<u8>, String> {
+        let local = self.lend(req, false);
+        chunk_outcome(
+            __private::on_request_chunk::<P>(self.plugin.get(), RequestHandle(local), chunk.to_vec(), end),
+            chunk,
+        )
+    }
+
+    /// Run `on-response-chunk`, as [`Harness::on_request_chunk`].
+    pub fn on_response_chunk(
+        &self,
+        req: &http::Request<()>,
+        resp: &http::Response<()>,
+        chunk: &[u8],
+        end: bool,
+    ) -> Result<Vec<u8>, String> {
+        let handles = (RequestHandle(self.lend(req, false)), ResponseHandle(LocalResponse::lend(resp, false)));
+        let action = __private::on_response_chunk::<P>(self.plugin.get(), handles.0, handles.1, chunk.to_vec(), end);
+        chunk_outcome(action, chunk)
+    }
+
+    /// Stream `chunks` through `on-response-chunk` as the gateway would
+    /// (the last with `end`, then an empty end call if `chunks` is empty):
+    /// what the client receives, chunk by chunk.
+    pub fn stream_response(
+        &self,
+        req: &http::Request<()>,
+        resp: &http::Response<()>,
+        chunks: &[&[u8]],
+    ) -> Result<Vec<Vec<u8>>, String> {
+        let mut out = Vec::new();
+        let last = chunks.len().saturating_sub(1);
+        if chunks.is_empty() {
+            out.push(self.on_response_chunk(req, resp, b"", true)?);
+        }
+        for (i, chunk) in chunks.iter().enumerate() {
+            out.push(self.on_response_chunk(req, resp, chunk, i == last)?);
+        }
+        Ok(out)
     }
 
     /// Run `on-response` for `req` and `resp`.
@@ -187,6 +250,14 @@ impl<P: Plugin> Harness<P> {
     ) -> Outcome<Vec<u8>> {
         let handles = (RequestHandle(self.lend(req, false)), ResponseHandle(LocalResponse::lend(resp, false)));
         body_outcome(__private::on_response_body::<P>(self.plugin.get(), handles.0, handles.1, body.to_vec()), body)
+    }
+}
+
+fn chunk_outcome(action: __private::WitChunkAction, original: &[u8]) -> Result<Vec<u8>, String> {
+    match action {
+        __private::WitChunkAction::Pass => Ok(original.to_vec()),
+        __private::WitChunkAction::Replace(bytes) => Ok(bytes),
+        __private::WitChunkAction::Abort(reason) => Err(reason),
     }
 }
 

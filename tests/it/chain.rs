@@ -115,6 +115,8 @@ async fn buffered_body_phases() {
         serde_json::from_str(r.text().trim_end_matches("-done")).expect("upstream JSON before the suffix");
     assert_eq!(echoed["body"], "HELLO BODY");
     assert_eq!(echoed["headers"]["content-length"][0], "10");
+    // The body phase edited the request head (contract 0.2.4).
+    assert_eq!(echoed["headers"]["x-body-bytes"][0], "10");
     assert_eq!(r.header("content-length"), Some(r.body.len().to_string().as_str()));
 
     // HEAD and 204 have no body: the body phase is skipped and framing kept.

@@ -28,6 +28,7 @@ mod reload;
 mod resilience;
 mod routing;
 mod sandbox;
+mod streaming;
 mod tls;
 mod transform;
 mod websocket;

@@ -12,10 +12,12 @@ use http::{Response, StatusCode};
 use weir_config::FailurePolicy;
 use weir_plugin_host::heads::from_plugin;
 use weir_plugin_host::{
-    Action, BodyAction, Heads, LoadedPlugin, OutboundRecord, Phases, PluginFailure, Reply, RequestSlot,
+    Action, BodyAction, ChunkAction, Heads, LoadedPlugin, OutboundRecord, Phases, PluginFailure, Reply, RequestSlot,
+    StreamPhases,
 };
 
 use super::grpc;
+use super::stream::Side;
 use crate::body::{self, ProxyBody};
 use crate::error::ProxyError;
 use crate::observe::trace::{RequestTrace, Span, SpanKind, Value, new_span_id, now_ns};
@@ -40,6 +42,16 @@ impl Phase {
             Phase::RequestBody => Phases::REQUEST_BODY,
             Phase::Response => Phases::RESPONSE_HEADERS,
             Phase::ResponseBody => Phases::RESPONSE_BODY,
+        }
+    }
+
+    /// The streamed side whose plugins also take this (buffered) body,
+    /// as one chunk.
+    fn streamed(self) -> StreamPhases {
+        match self {
+            Phase::RequestBody => StreamPhases::REQUEST_BODY,
+            Phase::ResponseBody => StreamPhases::RESPONSE_BODY,
+            Phase::Request | Phase::Response => StreamPhases::empty(),
         }
     }
 
@@ -90,6 +102,30 @@ impl<'a> Chain<'a> {
         Self { plugins, held, trace, outcomes: log_outcomes.then(String::new), grpc, max_body }
     }
 
+    /// The plugins that stream `side`, in call order, each with its slot:
+    /// for the request a fork (the request's phases go on beside the
+    /// stream), for the response the slot itself (the chain is done).
+    pub(super) fn streaming(&mut self, side: Side) -> Vec<(Arc<LoadedPlugin>, RequestSlot)> {
+        let wanted = match side {
+            Side::Request => StreamPhases::REQUEST_BODY,
+            Side::Response => StreamPhases::RESPONSE_BODY,
+        };
+        let mut out: Vec<(Arc<LoadedPlugin>, RequestSlot)> = Vec::new();
+        for (plugin, slot) in self.plugins.iter().zip(self.held.iter_mut()) {
+            if plugin.streams().contains(wanted) {
+                let slot = match side {
+                    Side::Request => slot.fork(),
+                    Side::Response => std::mem::take(slot),
+                };
+                out.push((Arc::clone(plugin), slot));
+            }
+        }
+        if side == Side::Response {
+            out.reverse();
+        }
+        out
+    }
+
     /// Run `phase` over the chain. `body` is the buffered body of a body
     /// phase. `Ok(Some(response))` when a plugin answered the client.
     pub(super) async fn run(
@@ -103,7 +139,8 @@ impl<'a> Chain<'a> {
         for k in 0..chain.len() {
             let i = if phase.reversed() { chain.len() - 1 - k } else { k };
             let plugin = &chain[i];
-            if !plugin.phases().contains(phase.wanted()) {
+            let whole = plugin.phases().contains(phase.wanted());
+            if !whole && !plugin.streams().contains(phase.streamed()) {
                 continue;
             }
             let t0 = now_ns();
@@ -119,6 +156,31 @@ impl<'a> Chain<'a> {
                         Some(Action::Respond(r)) => Some(r),
                         Some(Action::Continue) | None => None,
                     }
+                }
+                Phase::RequestBody | Phase::ResponseBody if !whole => {
+                    // A streaming plugin on a buffered side: the whole body
+                    // as one chunk.
+                    let Some(bytes) = body.as_deref_mut() else {
+                        return Err(ProxyError::Internal("body phase without a body"));
+                    };
+                    let result = if phase == Phase::RequestBody {
+                        plugin.on_request_chunk(heads, bytes, true, slot).await
+                    } else {
+                        plugin.on_response_chunk(heads, bytes, true, slot).await
+                    };
+                    let result = match result {
+                        Ok(ChunkAction::Abort(reason)) => Err(PluginFailure::Aborted(reason)),
+                        other => other,
+                    };
+                    match self.guard(plugin, phase, t0, result, outbound_calls(heads))? {
+                        Some(ChunkAction::Replace(new)) => {
+                            if let Some(new) = guard(plugin, check_body(new, max))? {
+                                *bytes = new.into();
+                            }
+                        }
+                        Some(ChunkAction::Pass | ChunkAction::Abort(_)) | None => {}
+                    }
+                    None
                 }
                 Phase::RequestBody | Phase::ResponseBody => {
                     let Some(bytes) = body.as_deref_mut() else {
@@ -245,6 +307,12 @@ impl Responds for Action {
 impl Responds for BodyAction {
     fn responded(&self) -> bool {
         matches!(self, BodyAction::Respond(_))
+    }
+}
+
+impl Responds for ChunkAction {
+    fn responded(&self) -> bool {
+        false
     }
 }
 

@@ -9,11 +9,13 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, StatusCode, Version};
+use http_body::Body as _;
 use weir_config::UpstreamProtocol;
 use weir_plugin_host::{ChainData, Heads, LentRequest, LentResponse, OutboundLog, Phases, RequestInfo};
 
 use super::chain::{Chain, Phase};
 use super::request_body::{buffer_request, prebuffer};
+use super::stream::{self, Side, Streamer};
 use super::{grpc, tunnel};
 use crate::body::{self, ProxyBody};
 use crate::error::ProxyError;
@@ -57,10 +59,11 @@ impl Exchange<'_> {
         // What the plugins published travels with the heads to every phase.
         let Some(Heads { request: mut lent, mut chain, .. }) = heads.take() else { return Err(lost()) };
 
-        // The request body: buffered for the body phase, or streamed.
+        // The request body: buffered for the body phase (whose plugins may
+        // still edit the head), streamed through the plugins that take it
+        // chunk by chunk, or streamed as it is.
         let upstream_body = if route.buffer_request {
             let mut bytes = buffer_request(&lent.parts, body, max).await?;
-            lent.freeze();
             let outbound = self.outbound_log();
             let mut heads = Some(Heads { request: lent, response: None, chain, outbound });
             if let Some(resp) = self.chain.run(Phase::RequestBody, &mut heads, Some(&mut bytes)).await? {
@@ -71,6 +74,14 @@ impl Exchange<'_> {
             lent.parts.headers.remove(header::TRANSFER_ENCODING);
             lent.parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             Outgoing::Replayable(bytes)
+        } else if route.stream_request && !body.is_end_stream() {
+            let view =
+                Heads { request: lent.snapshot(), response: None, chain: chain.clone(), outbound: self.outbound_log() };
+            let streamer =
+                Streamer { side: Side::Request, plugins: self.chain.streaming(Side::Request), heads: Some(view), max };
+            // The plugins may change its length: sent chunked.
+            lent.parts.headers.remove(header::CONTENT_LENGTH);
+            Outgoing::Stream(stream::wrap(streamer, body::boxed(body)))
         } else if self.grpc {
             // A streaming call's messages go on as they come: a client that
             // waits for an answer before sending more must not wait on us.
@@ -82,7 +93,7 @@ impl Exchange<'_> {
         // The response phases see the request as the chain left it: keep a
         // read-only copy before the head moves upstream.
         let wants_response = route.chain.iter().any(|p| p.phases().contains(Phases::RESPONSE_HEADERS));
-        let sent = (wants_response || route.buffer_response).then(|| lent.snapshot());
+        let sent = (wants_response || route.buffer_response || route.stream_response).then(|| lent.snapshot());
         let is_head = lent.parts.method == Method::HEAD;
         let resp = self.dispatch(lent.parts, upstream_body).await?;
         self.respond(sent, chain, resp, is_head).await
@@ -161,6 +172,20 @@ impl Exchange<'_> {
                 status,
                 Some(StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED | StatusCode::SWITCHING_PROTOCOLS)
             );
+        if route.stream_response && !route.buffer_response && !bodyless && !rbody.is_end_stream() {
+            let Some(Heads { request, response: Some(response), chain, .. }) = heads.take() else { return Err(lost()) };
+            let view = Heads { request, response: Some(response.snapshot()), chain, outbound: self.outbound_log() };
+            let streamer = Streamer {
+                side: Side::Response,
+                plugins: self.chain.streaming(Side::Response),
+                heads: Some(view),
+                max,
+            };
+            let mut rparts = response.parts;
+            // The plugins may change its length: sent chunked (HTTP/1.1).
+            rparts.headers.remove(header::CONTENT_LENGTH);
+            return Ok(Response::from_parts(rparts, stream::wrap(streamer, rbody)));
+        }
         if !route.buffer_response || bodyless {
             let rparts = take_response(&mut heads)?;
             return Ok(Response::from_parts(rparts, rbody));

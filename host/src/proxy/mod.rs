@@ -22,6 +22,7 @@ mod exchange;
 mod grpc;
 mod reply;
 mod request_body;
+mod stream;
 mod tunnel;
 
 use std::net::SocketAddr;

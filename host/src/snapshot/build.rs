@@ -21,7 +21,7 @@ use weir_config::RuntimeConfig;
 use weir_config::files::{self, FileError};
 use weir_config::{AccessLogConfig, GatewayConfig, LoadError, LoadErrors, RouteConfig, RouteKind, Source};
 use weir_plugin_host::state::StateStore;
-use weir_plugin_host::{EventSink, Phases, PluginRuntime, PluginSpec, sha256_hex};
+use weir_plugin_host::{EventSink, Phases, PluginRuntime, PluginSpec, StreamPhases, sha256_hex};
 
 use super::last_good::{Record, SavedModules};
 use super::{Backend, Route, Snapshot};
@@ -353,6 +353,8 @@ impl Loader {
                     upstream_name,
                     buffer_request: chain.iter().any(|p| p.phases().contains(Phases::REQUEST_BODY)),
                     buffer_response: chain.iter().any(|p| p.phases().contains(Phases::RESPONSE_BODY)),
+                    stream_request: chain.iter().any(|p| p.streams().contains(StreamPhases::REQUEST_BODY)),
+                    stream_response: chain.iter().any(|p| p.streams().contains(StreamPhases::RESPONSE_BODY)),
                     chain,
                     metrics: self.metrics.route(&r.name),
                     matches: serde_json::json!({

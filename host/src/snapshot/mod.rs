@@ -40,6 +40,10 @@ pub(crate) struct Route {
     pub(crate) buffer_request: bool,
     /// Whether some plugin wants the whole response body.
     pub(crate) buffer_response: bool,
+    /// Whether some plugin takes the request body chunk by chunk.
+    pub(crate) stream_request: bool,
+    /// Whether some plugin takes the response body chunk by chunk.
+    pub(crate) stream_response: bool,
     /// Metric handles.
     pub(crate) metrics: RouteMetrics,
     /// What the route matches, as configured (for the admin API).

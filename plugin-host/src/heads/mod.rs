@@ -158,13 +158,13 @@ const MAX_CHAIN_BYTES: usize = 16 * 1024;
 
 /// Values published by a chain's plugins for one request: by publisher and
 /// key. A phase's values are staged and take effect with its other edits.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct ChainData {
     entries: Vec<ChainEntry>,
     staged: Vec<ChainEntry>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct ChainEntry {
     plugin: Arc<str>,
     key: String,
@@ -279,6 +279,16 @@ impl LentResponse {
     /// Stop accepting edits.
     pub fn freeze(&mut self) {
         self.editable = false;
+    }
+
+    /// A read-only copy of the head as it is now: what chunk calls see of
+    /// a response whose head has gone to the client.
+    pub fn snapshot(&self) -> Self {
+        let mut parts = http::Response::new(()).into_parts().0;
+        parts.status = self.status();
+        parts.version = self.parts.version;
+        parts.headers = self.headers().clone();
+        Self { parts, edit: None, editable: false }
     }
 
     pub(crate) fn status(&self) -> StatusCode {

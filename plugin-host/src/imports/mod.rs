@@ -150,7 +150,7 @@ impl Limited for StoreData {
 
 /// One plugin's request-local values for one request: a short list, since
 /// plugins keep a handful of keys.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Locals {
     entries: Vec<(String, Vec<u8>)>,
     bytes: usize,

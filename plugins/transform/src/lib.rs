@@ -139,7 +139,7 @@ impl Plugin for Transform {
         Ok(Action::Continue)
     }
 
-    fn on_request_body(&self, req: &Request, body: &mut Body, cx: &Context) -> Result<Action> {
+    fn on_request_body(&self, req: &mut Request, body: &mut Body, cx: &Context) -> Result<Action> {
         let kept = self.kept_values(cx);
         let vars = self.vars(req, kept.as_deref());
         match self.req_body.transform(req.headers(), body.as_bytes(), self.max_body, &vars) {

@@ -27,7 +27,9 @@ struct Settings {
     /// Set the response status.
     #[serde(default)]
     response_status: Option<u16>,
-    /// Uppercase the request body (asks for the request body phase).
+    /// Uppercase the request body (asks for the request body phase), and
+    /// send its length upstream in `x-body-bytes` (a head edit in the body
+    /// phase).
     #[serde(default)]
     upper_body: bool,
     /// Append to the response body (asks for the response body phase).
@@ -193,8 +195,10 @@ impl Plugin for Probe {
         Ok(Action::Continue)
     }
 
-    fn on_request_body(&self, _req: &Request, body: &mut Body, _cx: &Context) -> Result<Action> {
+    fn on_request_body(&self, req: &mut Request, body: &mut Body, _cx: &Context) -> Result<Action> {
         if self.s.upper_body {
+            // The body checked, a header for the upstream (contract 0.2.4).
+            req.headers_mut().insert("x-body-bytes", HeaderValue::from(body.len()));
             let upper = body.as_bytes().to_ascii_uppercase();
             body.set(upper);
         }
