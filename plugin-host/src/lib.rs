@@ -45,7 +45,7 @@ pub use events::{EventRecord, EventSink};
 pub use heads::{
     ChainData, ConnectionTls, Heads, LentRequest, LentResponse, OutboundLog, OutboundRecord, RequestInfo, TraceContext,
 };
-pub use metrics::{CallCounts, CallObserver, HostMetrics, PluginMetrics};
+pub use metrics::{CallCounts, CallObserver, HostMetrics, OutboundCount, PluginMetrics};
 pub use plugin::{CrashLoopStatus, LoadedPlugin, PluginSpec, RequestSlot};
 pub use runtime::{Module, PluginRuntime, sha256_hex};
 pub use state::{StateConfigError, StateStore};

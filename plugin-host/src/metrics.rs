@@ -160,6 +160,7 @@ impl HostMetrics {
             crash_looping: self.crash_looping.get_or_create(&label).clone(),
             crash_loops: self.crash_loops.get_or_create(&label).clone(),
             live,
+            outbound: Arc::default(),
         }
     }
 
@@ -213,6 +214,36 @@ pub struct PluginMetrics {
     pub(crate) crash_looping: Gauge,
     pub(crate) crash_loops: Counter,
     pub(crate) live: Arc<dyn CallObserver>,
+    /// Its outbound calls by upstream and outcome, for the admin API.
+    pub(crate) outbound: Arc<OutboundTally>,
+}
+
+/// A plugin's outbound calls so far, by upstream and outcome, with their
+/// total time: what `/admin/plugins` and the dashboard show (the labelled
+/// Prometheus family cannot be read back). A handful of keys per plugin.
+#[derive(Debug, Default)]
+pub(crate) struct OutboundTally(std::sync::Mutex<std::collections::BTreeMap<(String, &'static str), (u64, f64)>>);
+
+impl OutboundTally {
+    pub(crate) fn record(&self, upstream: &str, outcome: &'static str, seconds: f64) {
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = map.entry((upstream.to_owned(), outcome)).or_default();
+        entry.0 += 1;
+        entry.1 += seconds;
+    }
+}
+
+/// One line of a plugin's outbound calls (as `/admin/plugins` shows them).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OutboundCount {
+    /// The upstream called (`-` for names the plugin may not call).
+    pub upstream: String,
+    /// `answered`, `not_allowed`, `invalid`, `limit`, `timeout`, `unavailable`.
+    pub outcome: &'static str,
+    /// Calls so far.
+    pub calls: u64,
+    /// Their mean duration, milliseconds.
+    pub mean_ms: f64,
 }
 
 impl std::fmt::Debug for PluginMetrics {
@@ -241,6 +272,19 @@ impl PluginMetrics {
     }
 
     /// Calls so far, by outcome.
+    /// Its outbound calls so far, by upstream and outcome.
+    pub fn outbound_calls(&self) -> Vec<OutboundCount> {
+        let map = self.outbound.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.iter()
+            .map(|((upstream, outcome), (calls, seconds))| OutboundCount {
+                upstream: upstream.clone(),
+                outcome,
+                calls: *calls,
+                mean_ms: if *calls == 0 { 0.0 } else { seconds * 1000.0 / *calls as f64 },
+            })
+            .collect()
+    }
+
     pub fn calls(&self) -> CallCounts {
         CallCounts {
             ok: self.ok.get(),

@@ -96,9 +96,15 @@ impl PluginRuntime {
             max_calls: spec.limits.outbound_calls,
             max_body: spec.limits.outbound_body,
         };
-        let host =
-            Arc::new(PluginHost::new(spec.name.clone(), self.state.clone(), self.metrics.clone(), events, grant));
         let metrics = self.metrics.plugin(&spec.name, live);
+        let host = Arc::new(PluginHost::new(
+            spec.name.clone(),
+            self.state.clone(),
+            self.metrics.clone(),
+            events,
+            grant,
+            metrics.outbound.clone(),
+        ));
         let pre = self.linker.instantiate_pre(component).map_err(|e| {
             contract_mismatch(engine, component).map_or_else(|| LoadError::Link(format!("{e:#}")), LoadError::Contract)
         })?;

@@ -300,7 +300,7 @@ macro_rules! export_plugin {
             }
 
             #[cfg(target_arch = "wasm32")]
-            $crate::__private::export!(__WeirExport with_types_in $crate::bindings);
+    $crate::__private::export!(__WeirExport with_types_in $crate::bindings);
 
             // Natively (for `cargo test`) there is nothing to export, and the
             // component export names are not valid native symbol names; this

@@ -59,6 +59,7 @@ try {
       curvePolylines: document.querySelectorAll("#curves polyline").length,
       plugins: rows("plugins").map((tr) => tr.dataset.plugin).filter(Boolean),
       pluginTag: plugin("tag"),
+      pluginOther: plugin("other"),
       upstreams: rows("upstreams").map((tr) => tr.children[0].textContent),
       heatCells: document.querySelectorAll("#heatmap rect.heat-cell").length,
       heatLit: [...document.querySelectorAll("#heatmap rect.heat-cell")].filter((r) => r.getAttribute("fill") !== "#1d2733").length,

@@ -9,7 +9,8 @@ use weir_tests::{TestGateway, Upstream, workspace_root};
 fn config(upstream: &str) -> String {
     format!(
         "[plugins.tag]\nmodule = \"probe.wasm\"\nconfig = {{ tag = \"t\" }}\n\
-         [plugins.other]\nmodule = \"probe.wasm\"\nconfig = {{ tag = \"o\" }}\n\
+         [plugins.other]\nmodule = \"probe.wasm\"\noutbound = [\"content\"]\n\
+         config = {{ tag = \"o\", callout = [\"content /ping\"] }}\n\
          [upstreams.catalog]\ntargets = [\"{upstream}\"]\n\
          [upstreams.content]\ntargets = [\"{upstream}\"]\n\
          [[routes]]\nname = \"shop\"\npath_prefix = \"/shop\"\nupstream = \"catalog\"\nchain = [\"tag\", \"other\"]\n\
@@ -96,6 +97,7 @@ async fn dashboard_shows_the_config_and_live_traffic_in_headless_chromium() {
     // Warm-up traffic: 3 requests × 2 phase calls of `tag`.
     assert_eq!(before["pluginTag"][6], "6", "{before}");
     assert_eq!(before["shopStroke"], "var(--idle)", "no traffic on shop yet");
+    assert_eq!(before["pluginOther"][13], "may call content", "no outbound call yet: {before}");
 
     let sent = r["sentStatuses"].as_array().expect("statuses");
     assert_eq!(sent.iter().filter(|s| *s == 503).count(), 6);
@@ -104,6 +106,9 @@ async fn dashboard_shows_the_config_and_live_traffic_in_headless_chromium() {
     assert!(after["updates"].as_u64() > before["updates"].as_u64(), "the page kept polling: {after}");
     // 16 more requests through `tag` (request and response phase each).
     assert_eq!(after["pluginTag"][6], "38", "{after}");
+    // `other` called `content` once per shop request.
+    let outbound = after["pluginOther"][13].as_str().unwrap_or_default();
+    assert!(outbound.starts_with("content answered 12 · "), "outbound calls shown: {after}");
     assert_eq!(after["shopStroke"], "var(--bad)", "half of shop's answers were 503s: {after}");
     assert_eq!(after["blogStroke"], "var(--ok)", "{after}");
     // Targets are coloured by their own answers: catalog's target answered

@@ -129,6 +129,17 @@ async fn plugins_call_the_upstreams_their_outbound_list_names_and_nothing_else()
         assert!(metrics.contains(line), "missing {line}");
     }
     assert!(metrics.contains("weir_plugin_outbound_duration_seconds_count{plugin=\"both\",upstream=\"authz\"} 1"));
+    // And in the admin API (what the dashboard shows).
+    let plugins = gw.client.get(&format!("{}/admin/plugins", gw.admin)).await.expect("admin").json();
+    let timeout =
+        plugins["plugins"].as_array().expect("plugins").iter().find(|p| p["name"] == "timeout").expect("plugin");
+    let calls = &timeout["outbound"]["calls"];
+    assert_eq!(
+        (calls[0]["upstream"].as_str(), calls[0]["outcome"].as_str(), calls[0]["calls"].as_u64()),
+        (Some("slow"), Some("timeout"), Some(1)),
+        "{timeout}"
+    );
+    assert!(calls[0]["mean_ms"].as_f64().is_some_and(|ms| ms >= 150.0), "{timeout}");
     gw.shutdown().await;
 }
 

@@ -211,6 +211,7 @@ pub(crate) fn plugins(shared: &Shared) -> serde_json::Value {
                 "memory_peak_bytes": m.memory_peak_bytes(),
                 "crash_loop": p.crash_loop(),
                 "calls": m.calls(),
+                "outbound": { "allowed": s.outbound, "calls": m.outbound_calls() },
                 "last_minute": recent(&live.plugin(&s.name).last(60)),
             })
         })

@@ -43,6 +43,8 @@ pub(crate) struct PluginHost {
     names: Mutex<HashSet<String>>,
     /// What it may call, and how much.
     outbound: Grant,
+    /// Its outbound calls, for the admin API.
+    tally: Arc<crate::metrics::OutboundTally>,
     /// Refused upstream names already logged (at most
     /// [`MAX_METRIC_NAMES`], so a plugin cannot flood the log).
     refused_logged: Mutex<HashSet<String>>,
@@ -55,6 +57,7 @@ impl PluginHost {
         metrics: HostMetrics,
         events: Arc<dyn EventSink>,
         outbound: Grant,
+        tally: Arc<crate::metrics::OutboundTally>,
     ) -> Self {
         Self {
             name,
@@ -63,6 +66,7 @@ impl PluginHost {
             events,
             names: Mutex::new(HashSet::new()),
             outbound,
+            tally,
             refused_logged: Mutex::new(HashSet::new()),
         }
     }
@@ -288,7 +292,9 @@ impl StoreData {
                 Err(e) => Err(e),
             };
             let outcome = result.as_ref().map_or_else(OutboundError::outcome, |_| "answered");
-            host.metrics.outbound(&host.name, &label, outcome, started.elapsed().as_secs_f64());
+            let took = started.elapsed().as_secs_f64();
+            host.metrics.outbound(&host.name, &label, outcome, took);
+            host.tally.record(&label, outcome, took);
             let record = OutboundRecord {
                 upstream: label,
                 outcome,
