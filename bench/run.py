@@ -118,10 +118,12 @@ class Target:
 
     def __init__(self, name, start, headers=()):
         self.name, self._start, self.headers = name, start, list(headers)
-        self.proc, self.url, self.pids = None, None, []
+        self.proc, self.url, self.pids, self.metrics = None, None, [], None
 
     def start(self):
-        self.proc, self.url, self.pids = self._start()
+        started = self._start()
+        self.proc, self.url, self.pids = started[:3]
+        self.metrics = started[3] if len(started) > 3 else None
         wait_http(self.url, headers=self.headers)
 
     def stop(self):
@@ -150,9 +152,21 @@ connect_timeout = "1s"
 """
         open(os.path.join(d, "gateway.toml"), "w").write(cfg)
         p = pinned(PROXY_CORE, [os.path.join(REL, "weir"), "run", "--workers", "1", "--config", os.path.join(d, "gateway.toml")],
-                   env={**os.environ, "WEIR_LOG": "warn"})
-        return p, f"http://127.0.0.1:{port}/bench", [p.pid]
+                   env={**os.environ, "WEIR_LOG": "warn", "WEIR_COUNT_HOST_CALLS": "1" if COUNT_HOST_CALLS else "0"})
+        return p, f"http://127.0.0.1:{port}/bench", [p.pid], f"http://127.0.0.1:{admin}/metrics"
     return Target(name, start, headers)
+
+
+# Set by --host-calls: count the plugins' host calls per request (a call
+# hook on every crossing, so not while CPU is measured for the table).
+COUNT_HOST_CALLS = False
+
+
+def host_calls(metrics_url):
+    """Calls plugins made into the host so far (weir_plugin_host_calls_total, all plugins)."""
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("weir_plugin_host_calls_total{"))
 
 
 def nginx_target(tmp, upstream):
@@ -200,9 +214,12 @@ def measure(t, duration, conns):
         # Warm up connections, pools and caches.
         wrk(t.url, 1, conns, t.headers)
         pids = t.pids if t.name != "direct" else []
+        calls_before = host_calls(t.metrics) if t.metrics and COUNT_HOST_CALLS else None
         before = cpu_ticks(pids)
         r = wrk(t.url, duration, conns, t.headers)
         after = cpu_ticks(pids)
+        if calls_before is not None:
+            r["host_calls_per_req"] = (host_calls(t.metrics) - calls_before) / max(r["requests"], 1)
         if pids:
             r["cpu_us_per_req"] = (after - before) / CLK * 1e6 / max(r["requests"], 1)
             r["peak_rss_mib"] = peak_rss_kib(pids) / 1024
@@ -359,7 +376,8 @@ def run_table(args, tmp, up):
             print(f"round {rnd + 1} {t.name}: {r['rps']:.0f} req/s", file=sys.stderr)
     summary = {}
     for name, runs in closed.items():
-        summary[name] = {k: med([r.get(k) for r in runs]) for k in ("rps", "p50_us", "p99_us", "cpu_us_per_req", "peak_rss_mib", "errors")}
+        summary[name] = {k: med([r.get(k) for r in runs])
+                         for k in ("rps", "p50_us", "p99_us", "cpu_us_per_req", "peak_rss_mib", "errors", "host_calls_per_req")}
 
     # Half of what both nginx and weir's empty chain sustain, so the two
     # are compared on latency, not on queueing. Targets whose own maximum
@@ -411,13 +429,13 @@ def print_table(args, summary, ratios, rate):
     print(f"closed loop: wrk -t1 -c{args.connections} {args.duration}s × {args.rounds} rounds (medians); "
           f"open loop: {fmt(rate)} req/s (50% of the lower of nginx's and weir-empty's max), "
           f"latency from due time (from send time when the connection was idle; * = rate above the target's max)\n")
-    print("| target | req/s | p50 µs | p99 µs | CPU µs/req | peak RSS MiB | open p50 µs | open p99 µs | errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| target | req/s | p50 µs | p99 µs | CPU µs/req | peak RSS MiB | open p50 µs | open p99 µs | errors | host calls/req |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, s in summary.items():
         star = "*" if s["rps"] is not None and s["rps"] < rate else ""
         print(f"| {name} | {fmt(s['rps'])} | {fmt(s['p50_us'])} | {fmt(s['p99_us'])} | {fmt(s['cpu_us_per_req'], 1)} | "
               f"{fmt(s['peak_rss_mib'], 1)} | {fmt(s['open_p50_us'])}{star} | {fmt(s['open_p99_us'])}{star} | "
-              f"{fmt((s['errors'] or 0) + (s['open_errors'] or 0))} |")
+              f"{fmt((s['errors'] or 0) + (s['open_errors'] or 0))} | {fmt(s.get('host_calls_per_req'), 1)} |")
     print("\n| ratio | value |\n|---|---:|")
     for k, v in ratios.items():
         print(f"| {k} | {v:.2f} |")
@@ -872,9 +890,13 @@ def main():
     part.add_argument("--no-scenarios", action="store_true", help="run only the main table")
     ap.add_argument("--scenario", action="append", choices=SCENARIOS,
                     help="run this scenario (repeatable; default: all three)")
+    ap.add_argument("--host-calls", action="store_true",
+                    help="count the plugins' host calls per request (adds a hook to every host call: CPU figures are then not comparable)")
     ap.add_argument("--storm-period-ms", type=int, default=100,
                     help="reload storm: time between rewrites (the watcher's debounce is 100 ms)")
     args = ap.parse_args()
+    global COUNT_HOST_CALLS
+    COUNT_HOST_CALLS = args.host_calls
     if args.smoke:
         args.rounds, args.duration = 1, 1
 

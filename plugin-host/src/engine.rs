@@ -101,6 +101,12 @@ impl PluginEngine {
             .max_wasm_stack(MAX_WASM_STACK)
             .memory_init_cow(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // `WEIR_WASM_PROFILER=perfmap`: name the plugins' compiled functions
+        // in /tmp/perf-PID.map, so `perf record`/`perf report` see inside
+        // the guests (how bench/README.md's plugin profiles were made).
+        if std::env::var_os("WEIR_WASM_PROFILER").is_some_and(|v| v == "perfmap") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
 
         if let Some(dir) = rt.compile_cache.dir(config_dir) {
             match compile_cache(&dir) {

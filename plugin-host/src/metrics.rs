@@ -88,6 +88,7 @@ pub struct HostMetrics {
     state_errors: Family<StateErrorKind, Counter>,
     outbound_calls: Family<OutboundOutcome, Counter>,
     outbound_duration: HistogramFamily<OutboundLabel>,
+    host_calls: Family<PluginLabel, Counter>,
 }
 
 impl HostMetrics {
@@ -108,6 +109,7 @@ impl HostMetrics {
             state_errors: Family::default(),
             outbound_calls: Family::default(),
             outbound_duration: HistogramFamily::new_with_constructor(latency_histogram as fn() -> Histogram),
+            host_calls: Family::default(),
         };
         registry.register("plugin_calls", "Plugin phase calls by outcome", m.calls.clone());
         registry.register("plugin_call_duration_seconds", "Plugin phase call latency", m.duration.clone());
@@ -138,6 +140,11 @@ impl HostMetrics {
             "Time plugins' outbound calls took, by plugin and upstream",
             m.outbound_duration.clone(),
         );
+        registry.register(
+            "plugin_host_calls",
+            "Calls plugins made into the host (every import, WASI's included) during phase calls; counted only with WEIR_COUNT_HOST_CALLS=1",
+            m.host_calls.clone(),
+        );
         m
     }
 
@@ -159,6 +166,7 @@ impl HostMetrics {
             pool_idle: self.pool_idle.get_or_create(&label).clone(),
             crash_looping: self.crash_looping.get_or_create(&label).clone(),
             crash_loops: self.crash_loops.get_or_create(&label).clone(),
+            host_calls: self.host_calls.get_or_create(&label).clone(),
             live,
             outbound: Arc::default(),
         }
@@ -213,6 +221,7 @@ pub struct PluginMetrics {
     pub(crate) pool_idle: Gauge,
     pub(crate) crash_looping: Gauge,
     pub(crate) crash_loops: Counter,
+    pub(crate) host_calls: Counter,
     pub(crate) live: Arc<dyn CallObserver>,
     /// Its outbound calls by upstream and outcome, for the admin API.
     pub(crate) outbound: Arc<OutboundTally>,
@@ -222,7 +231,10 @@ pub struct PluginMetrics {
 /// total time: what `/admin/plugins` and the dashboard show (the labelled
 /// Prometheus family cannot be read back). A handful of keys per plugin.
 #[derive(Debug, Default)]
-pub(crate) struct OutboundTally(std::sync::Mutex<std::collections::BTreeMap<(String, &'static str), (u64, f64)>>);
+pub(crate) struct OutboundTally(std::sync::Mutex<Tally>);
+
+/// (upstream, outcome) → (calls, total seconds).
+type Tally = std::collections::BTreeMap<(String, &'static str), (u64, f64)>;
 
 impl OutboundTally {
     pub(crate) fn record(&self, upstream: &str, outcome: &'static str, seconds: f64) {

@@ -263,6 +263,8 @@ impl LoadedPlugin {
             Some(g) => g.call_streams(&mut store).await.map_err(|e| LoadError::InitTrapped(describe_trap(&e)))?,
             None => StreamPhases::empty(),
         };
+        // Host calls are counted for phase calls, not for `init`.
+        store.data_mut().host_calls = 0;
         self.metrics.instances.inc();
         Ok((Instance { store, world, streaming }, info.phases, streams))
     }
@@ -339,6 +341,7 @@ impl LoadedPlugin {
             Ok(inst.call(call).await)
         };
         let data = inst.store.data_mut();
+        self.metrics.host_calls.inc_by(std::mem::take(&mut data.host_calls));
         held.locals = std::mem::take(&mut data.locals);
         *heads = data.lent.take().map(|l| l.heads);
         let took = started.elapsed().as_secs_f64();

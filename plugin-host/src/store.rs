@@ -15,6 +15,9 @@ use crate::engine::{
 pub(crate) trait Limited: Send + 'static {
     /// The limits the store's limiter enforces.
     fn limits(&mut self) -> &mut PeakLimits;
+
+    /// The guest called a host function (any import, WASI's included).
+    fn host_call(&mut self) {}
 }
 
 /// A store for one instance, limited by its data's [`PeakLimits`], whose
@@ -22,9 +25,26 @@ pub(crate) trait Limited: Send + 'static {
 pub(crate) fn new_store<T: Limited>(engine: &PluginEngine, data: T, call_deadline: Duration) -> Store<T> {
     let mut store = Store::new(engine.engine(), data);
     store.limiter(|d| d.limits());
+    // Host calls counted per phase call (`weir_plugin_host_calls_total`),
+    // when asked for: the hook runs on every crossing (about 1% of a
+    // plugin route's CPU), so it is for profiling, not always on.
+    if count_host_calls() {
+        store.call_hook(|mut cx, hook| {
+            if matches!(hook, wasmtime::CallHook::CallingHost) {
+                cx.data_mut().host_call();
+            }
+            Ok(())
+        });
+    }
     store.epoch_deadline_trap();
     store.set_epoch_deadline(deadline_ticks(init_deadline(call_deadline)));
     store
+}
+
+/// `WEIR_COUNT_HOST_CALLS=1`: count plugins' host calls (read once).
+fn count_host_calls() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("WEIR_COUNT_HOST_CALLS").is_some_and(|v| v == "1"))
 }
 
 /// Deadline used while an instance runs its `init` (config parsing can be

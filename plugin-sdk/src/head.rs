@@ -67,8 +67,99 @@ fn refused(what: &str, why: crate::host::EditError) -> Error {
 struct Headers {
     all: OnceCell<HeaderMap>,
     dirty: bool,
+    /// The map as fetched, kept when `headers_mut()` is first called: at
+    /// the end of the phase only the headers that differ go back.
+    original: Option<HeaderMap>,
     memo: HeaderMemo,
 }
+
+/// The most changed header names sent back one by one; more go back as
+/// one whole list.
+const MAX_SINGLE_EDITS: usize = 8;
+
+/// What `headers_mut()` changed: each header whose values differ, with its
+/// new values (none: removed); `None` when so much changed that sending the
+/// whole map is cheaper.
+fn changed(original: &HeaderMap, now: &HeaderMap) -> Option<Vec<(HeaderName, Vec<HeaderValue>)>> {
+    let mut out = Vec::new();
+    for name in now.keys() {
+        if !original.get_all(name).iter().eq(now.get_all(name).iter()) {
+            out.push((name.clone(), now.get_all(name).iter().cloned().collect()));
+        }
+    }
+    for name in original.keys() {
+        if !now.contains_key(name) {
+            out.push((name.clone(), Vec::new()));
+        }
+    }
+    (out.len() <= MAX_SINGLE_EDITS).then_some(out)
+}
+
+impl Headers {
+    /// `headers_mut()`: the map, marked dirty, the original kept.
+    fn for_edit(&mut self) -> &mut HeaderMap {
+        if !self.dirty {
+            self.dirty = true;
+            self.original = self.all.get().cloned();
+        }
+        self.all.get_mut().expect("fetched before editing")
+    }
+
+    /// Send what `headers_mut()` changed through `handle`: header by
+    /// header, or the whole list when much changed.
+    fn send_back<H: HeaderEdits>(&mut self, handle: &mut H) -> Result<()> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let Some(now) = self.all.take() else { return Ok(()) };
+        let Some(edits) = self.original.take().and_then(|o| changed(&o, &now)) else {
+            return handle.set_headers(to_list(&now)).map_err(|e| refused("the headers", e));
+        };
+        for (name, values) in edits {
+            let refused = |e| refused(&format!("header {name}"), e);
+            match values.split_first() {
+                None => handle.remove_header(name.as_str()).map_err(refused)?,
+                Some((first, rest)) => {
+                    handle.set_header(name.as_str(), first.as_bytes()).map_err(refused)?;
+                    for v in rest {
+                        handle.append_header(name.as_str(), v.as_bytes()).map_err(refused)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The header edits both heads' handles make.
+trait HeaderEdits {
+    fn set_header(&mut self, name: &str, value: &[u8]) -> Result<(), crate::host::EditError>;
+    fn append_header(&mut self, name: &str, value: &[u8]) -> Result<(), crate::host::EditError>;
+    fn remove_header(&mut self, name: &str) -> Result<(), crate::host::EditError>;
+    fn set_headers(&mut self, list: Vec<(String, Vec<u8>)>) -> Result<(), crate::host::EditError>;
+}
+
+macro_rules! header_edits {
+    ($handle:ty) => {
+        impl HeaderEdits for $handle {
+            fn set_header(&mut self, name: &str, value: &[u8]) -> Result<(), crate::host::EditError> {
+                <$handle>::set_header(self, name, value)
+            }
+            fn append_header(&mut self, name: &str, value: &[u8]) -> Result<(), crate::host::EditError> {
+                <$handle>::append_header(self, name, value)
+            }
+            fn remove_header(&mut self, name: &str) -> Result<(), crate::host::EditError> {
+                <$handle>::remove_header(self, name)
+            }
+            fn set_headers(&mut self, list: Vec<(String, Vec<u8>)>) -> Result<(), crate::host::EditError> {
+                <$handle>::set_headers(self, list)
+            }
+        }
+    };
+}
+
+header_edits!(RequestHandle);
+header_edits!(ResponseHandle);
 
 impl Headers {
     fn all(&self, fetch: impl FnOnce() -> Vec<(String, Vec<u8>)>) -> &HeaderMap {
@@ -152,11 +243,7 @@ impl Request {
 
     /// Send back what `headers_mut` changed, and give the handle back.
     pub(crate) fn finish(mut self) -> Result<RequestHandle> {
-        if self.headers.dirty
-            && let Some(map) = self.headers.all.take()
-        {
-            self.handle.set_headers(to_list(&map)).map_err(|e| refused("the headers", e))?;
-        }
+        self.headers.send_back(&mut self.handle)?;
         Ok(self.handle)
     }
 
@@ -234,8 +321,7 @@ impl Request {
     /// [`Request::remove_header`] are cheaper.
     pub fn headers_mut(&mut self) -> &mut HeaderMap {
         let _ = self.headers();
-        self.headers.dirty = true;
-        self.headers.all.get_mut().expect("fetched just above")
+        self.headers.for_edit()
     }
 
     /// Replace every value of header `name` with `value`. The gateway
@@ -360,11 +446,7 @@ impl Response {
 
     /// Send back what `headers_mut` changed, and give the handle back.
     pub(crate) fn finish(mut self) -> Result<ResponseHandle> {
-        if self.headers.dirty
-            && let Some(map) = self.headers.all.take()
-        {
-            self.handle.set_headers(to_list(&map)).map_err(|e| refused("the headers", e))?;
-        }
+        self.headers.send_back(&mut self.handle)?;
         Ok(self.handle)
     }
 
@@ -398,8 +480,7 @@ impl Response {
     /// All response headers, for editing as a map (sent back whole).
     pub fn headers_mut(&mut self) -> &mut HeaderMap {
         let _ = self.headers();
-        self.headers.dirty = true;
-        self.headers.all.get_mut().expect("fetched just above")
+        self.headers.for_edit()
     }
 
     /// Replace every value of header `name` with `value`.
@@ -552,5 +633,35 @@ impl Chunk {
     pub fn bytes_mut(&mut self) -> &mut Vec<u8> {
         self.changed = true;
         &mut self.bytes
+    }
+}
+
+#[cfg(test)]
+mod edits {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (n, v) in pairs {
+            m.append(HeaderName::try_from(*n).expect("name"), HeaderValue::from_str(v).expect("value"));
+        }
+        m
+    }
+
+    #[test]
+    fn only_changed_headers_go_back() {
+        let before = map(&[("a", "1"), ("b", "2"), ("c", "3"), ("c", "4")]);
+        let after = map(&[("a", "1"), ("b", "20"), ("c", "3"), ("c", "4"), ("c", "5"), ("d", "6")]);
+        let mut edits = changed(&before, &after).expect("few edits");
+        edits.sort_by(|x, y| x.0.as_str().cmp(y.0.as_str()));
+        let names: Vec<(&str, usize)> = edits.iter().map(|(n, v)| (n.as_str(), v.len())).collect();
+        assert_eq!(names, [("b", 1), ("c", 3), ("d", 1)]);
+        let removed = changed(&before, &map(&[("a", "1"), ("b", "2")])).expect("few edits");
+        assert_eq!(removed.len(), 1);
+        assert!(removed[0].1.is_empty(), "`c` removed");
+        assert!(changed(&before, &before).expect("none").is_empty());
+        let many: Vec<(String, String)> = (0..20).map(|i| (format!("h{i}"), "v".to_owned())).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        assert!(changed(&before, &map(&many)).is_none(), "a whole new map goes back whole");
     }
 }

@@ -129,6 +129,8 @@ pub(crate) struct StoreData {
     pub(crate) next_rep: u32,
     /// Outbound calls made in the current phase call.
     pub(crate) outbound_calls: u32,
+    /// Host calls made since the counter was last taken.
+    pub(crate) host_calls: u64,
 }
 
 impl StoreData {
@@ -141,6 +143,7 @@ impl StoreData {
             locals: Locals::default(),
             lent: None,
             next_rep: 0,
+            host_calls: 0,
             outbound_calls: 0,
         }
     }
@@ -149,6 +152,10 @@ impl StoreData {
 impl Limited for StoreData {
     fn limits(&mut self) -> &mut PeakLimits {
         &mut self.limits
+    }
+
+    fn host_call(&mut self) {
+        self.host_calls += 1;
     }
 }
 

@@ -54,7 +54,7 @@ impl Client {
     pub(crate) fn identify(conf: &Conf, req: &Request) -> Self {
         let keep_raw = conf.event_client == EventClient::Raw;
         if let ClientKey::Header(name) = &conf.key
-            && let Some(value) = req.headers().get(name).filter(|v| !v.is_empty())
+            && let Some(value) = req.header_all(name.as_str()).into_iter().next().filter(|v| !v.is_empty())
         {
             let mut h = Sha256::new();
             h.update(b"header\0");

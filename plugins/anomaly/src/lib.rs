@@ -176,8 +176,8 @@ impl Plugin for Anomaly {
     fn on_request(&self, req: &mut Request, cx: &Context) -> Result<Action> {
         // Upstreams may trust the flag header: clients cannot send their own,
         // whatever the action (an upstream cannot tell which one is set).
-        if req.headers().contains_key(&self.conf.flag_header) {
-            req.headers_mut().remove(&self.conf.flag_header);
+        if !req.header_all(self.conf.flag_header.as_str()).is_empty() {
+            req.remove_header(self.conf.flag_header.as_str())?;
         }
         let client = Client::identify_in(&self.conf, req, cx);
         let now = cx.wall_now();
@@ -395,9 +395,7 @@ impl Anomaly {
         match &self.conf.action {
             ActionConf::Flag => {
                 cx.counter_add("flagged", 1);
-                if let Ok(v) = HeaderValue::try_from(format!("score={:.1}", cd.score)) {
-                    req.headers_mut().insert(self.conf.flag_header.clone(), v);
-                }
+                let _ = req.set_header(self.conf.flag_header.as_str(), format!("score={:.1}", cd.score));
                 Action::Continue
             }
             ActionConf::Throttle => {

@@ -66,7 +66,8 @@ pub(crate) fn subject(req: &Request, cx: &Context, parts: &[KeyPart], missing: M
                 out.push_str("r:");
                 out.push_str(req.route());
             }
-            KeyPart::Header(name) => match req.headers().get(name).filter(|v| !v.is_empty()) {
+            // One header asked for, not the whole map.
+            KeyPart::Header(name) => match req.header_all(name.as_str()).into_iter().next().filter(|v| !v.is_empty()) {
                 Some(value) => {
                     out.push_str("h:");
                     out.push_str(&short_hash(value.as_bytes()));

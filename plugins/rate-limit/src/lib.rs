@@ -435,9 +435,8 @@ impl Plugin for RateLimit {
         {
             // Appended, not replaced: an upstream's own policies stay listed.
             let policy = self.policy(applied)?;
-            let headers = resp.headers_mut();
-            headers.append(RATELIMIT_POLICY, policy);
-            headers.append(RATELIMIT, HeaderValue::from_str(current)?);
+            resp.append_header(RATELIMIT_POLICY.as_str(), policy.as_bytes())?;
+            resp.append_header(RATELIMIT.as_str(), current)?;
         }
         Ok(Action::Continue)
     }
