@@ -167,3 +167,77 @@ async fn request_bodies_stream_through_and_are_cut_off_past_the_limit() {
     let r = gw.request(Method::POST, "/mixed", &[], &"z".repeat(1500)).await;
     assert_eq!(r.status, 502, "the whole body is over the streaming plugin's limit: {}", r.text());
 }
+
+/// An upstream that streams `total` bytes of SSE comments as fast as its
+/// socket takes them, and reports how many it managed to write.
+async fn firehose(total: usize) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let written = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = written.clone();
+    tokio::spawn(async move {
+        let Ok((mut conn, _)) = listener.accept().await else { return };
+        let mut buf = [0u8; 1024];
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let start = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+        if conn.write_all(start.as_bytes()).await.is_err() {
+            return;
+        }
+        let line = format!(": {}\n", "x".repeat(1000));
+        let data = line.repeat(64);
+        let chunk = format!("{:x}\r\n{data}\r\n", data.len());
+        let mut sent = 0;
+        while sent < total {
+            if conn.write_all(chunk.as_bytes()).await.is_err() {
+                return;
+            }
+            sent += data.len();
+            counter.store(sent, Ordering::Relaxed);
+        }
+        let _ = conn.write_all(b"0\r\n\r\n").await;
+    });
+    (addr, written)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_holds_the_upstream_back() {
+    use std::sync::atomic::Ordering;
+    let total = 256 << 20;
+    let (hose, written) = firehose(total).await;
+    let echo = Upstream::start("echo").await;
+    let gw = TestGateway::start(&config(hose, &echo), &["sse_tag.wasm", "probe.wasm"]).await;
+    let addr = gw.url.trim_start_matches("http://");
+    let mut conn = TcpStream::connect(addr).await.expect("connect");
+    conn.write_all(b"GET /events HTTP/1.1\r\nhost: test\r\n\r\n").await.expect("send");
+    // The client reads a little, then nothing: what the upstream can write
+    // is bounded by the sockets' buffers, not by the gateway holding it.
+    let mut first = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut first)).await.expect("answer").expect("read");
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    let mut last = 0;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = written.load(Ordering::Relaxed);
+        if now == last && now > 0 {
+            break;
+        }
+        last = now;
+    }
+    let stalled = written.load(Ordering::Relaxed);
+    assert!(stalled < 64 << 20, "the upstream wrote {stalled} bytes to a client that reads nothing");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(written.load(Ordering::Relaxed), stalled, "held back while the client does not read");
+    // Reading again, the stream flows on.
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..64 {
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await;
+    }
+    assert!(written.load(Ordering::Relaxed) > stalled, "the stream resumed when the client read");
+}
