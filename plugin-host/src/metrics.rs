@@ -172,14 +172,15 @@ impl HostMetrics {
         }
     }
 
-    /// A plugin-defined counter.
-    pub(crate) fn counter_add(&self, plugin: &str, name: &str, value: u64) {
-        self.counters.get_or_create(&PluginNamed { plugin: plugin.to_owned(), name: name.to_owned() }).inc_by(value);
+    /// The handle of a plugin-defined counter (kept by the caller: a
+    /// family lookup allocates its label set and hashes it).
+    pub(crate) fn counter(&self, plugin: &str, name: &str) -> Counter {
+        self.counters.get_or_create(&PluginNamed { plugin: plugin.to_owned(), name: name.to_owned() }).clone()
     }
 
-    /// A plugin-defined gauge.
-    pub(crate) fn gauge_set(&self, plugin: &str, name: &str, value: i64) {
-        self.gauges.get_or_create(&PluginNamed { plugin: plugin.to_owned(), name: name.to_owned() }).set(value);
+    /// The handle of a plugin-defined gauge.
+    pub(crate) fn gauge(&self, plugin: &str, name: &str) -> Gauge {
+        self.gauges.get_or_create(&PluginNamed { plugin: plugin.to_owned(), name: name.to_owned() }).clone()
     }
 
     /// A plugin event.

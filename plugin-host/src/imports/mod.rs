@@ -4,7 +4,7 @@
 
 mod lent;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
@@ -41,6 +41,9 @@ pub(crate) struct PluginHost {
     events: Arc<dyn EventSink>,
     /// Metric names and event kinds seen, to cap label cardinality.
     names: Mutex<HashSet<String>>,
+    /// The plugin's own metrics by name, resolved once: a call then costs
+    /// a lookup by `&str`, not a label set built and hashed.
+    own: Mutex<OwnMetrics>,
     /// What it may call, and how much.
     outbound: Grant,
     /// Its outbound calls, for the admin API.
@@ -65,6 +68,7 @@ impl PluginHost {
             metrics,
             events,
             names: Mutex::new(HashSet::new()),
+            own: Mutex::default(),
             outbound,
             tally,
             refused_logged: Mutex::new(HashSet::new()),
@@ -455,17 +459,38 @@ impl request_local::Host for StoreData {
     }
 }
 
+/// A plugin's counters and gauges, by name.
+#[derive(Default)]
+struct OwnMetrics {
+    counters: HashMap<String, prometheus_client::metrics::counter::Counter>,
+    gauges: HashMap<String, prometheus_client::metrics::gauge::Gauge>,
+}
+
 impl metrics::Host for StoreData {
     fn counter_add(&mut self, name: String, value: u64) -> wasmtime::Result<()> {
-        if self.host.admit_name(&name) {
-            self.host.metrics.counter_add(&self.host.name, &name, value);
+        let host = &self.host;
+        if let Some(c) = host.own.lock().unwrap_or_else(|p| p.into_inner()).counters.get(&name) {
+            c.inc_by(value);
+            return Ok(());
+        }
+        if host.admit_name(&name) {
+            let c = host.metrics.counter(&host.name, &name);
+            c.inc_by(value);
+            host.own.lock().unwrap_or_else(|p| p.into_inner()).counters.insert(name, c);
         }
         Ok(())
     }
 
     fn gauge_set(&mut self, name: String, value: i64) -> wasmtime::Result<()> {
-        if self.host.admit_name(&name) {
-            self.host.metrics.gauge_set(&self.host.name, &name, value);
+        let host = &self.host;
+        if let Some(g) = host.own.lock().unwrap_or_else(|p| p.into_inner()).gauges.get(&name) {
+            g.set(value);
+            return Ok(());
+        }
+        if host.admit_name(&name) {
+            let g = host.metrics.gauge(&host.name, &name);
+            g.set(value);
+            host.own.lock().unwrap_or_else(|p| p.into_inner()).gauges.insert(name, g);
         }
         Ok(())
     }
