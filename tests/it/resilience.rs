@@ -70,6 +70,10 @@ health = {{ path = "/healthz", interval = "200ms", timeout = "100ms", unhealthy_
             .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .unwrap_or(0)
     };
+    // Tries already on their way to c when it was taken out may still fail
+    // after that (a request sent on a pooled connection just before the
+    // kill): count from when those have ended.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let tries_then = c_failures(&gw.metrics().await);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let tries_later = c_failures(&gw.metrics().await);
