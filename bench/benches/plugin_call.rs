@@ -20,14 +20,22 @@ struct Setup {
 }
 
 fn setup(isolation: &str) -> Setup {
-    let wasm = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release/add_header.wasm");
+    setup_with(
+        "add_header.wasm",
+        &format!("config = {{ name = \"x-bench\", value = \"1\" }}\nisolation = \"{isolation}\""),
+    )
+}
+
+/// Plugin `p` running `module` with `keys` (TOML lines of its section).
+fn setup_with(module: &str, keys: &str) -> Setup {
+    let wasm = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release").join(module);
     assert!(wasm.exists(), "build the plugins first: {} is missing", wasm.display());
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir(dir.path().join("plugins")).expect("mkdir");
-    std::fs::copy(&wasm, dir.path().join("plugins/add_header.wasm")).expect("copy");
+    std::fs::copy(&wasm, dir.path().join("plugins").join(module)).expect("copy");
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nwatch = false\n[runtime]\nmax_instances = 16\n\
-         [plugins.p]\nmodule = \"add_header.wasm\"\nconfig = {{ name = \"x-bench\", value = \"1\" }}\nisolation = \"{isolation}\"\n"
+         [plugins.p]\nmodule = \"{module}\"\n{keys}\n"
     );
     std::fs::write(dir.path().join("gateway.toml"), config).expect("write");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -48,6 +56,17 @@ fn on_request_pooled(bencher: divan::Bencher<'_, '_>) {
 #[divan::bench]
 fn on_request_fresh_instance(bencher: divan::Bencher<'_, '_>) {
     let s = setup("request");
+    bencher.bench_local(|| {
+        s.rt.block_on(s.plugin.probe_on_request("/users/42", &[("user-agent", "bench"), ("accept", "*/*")]))
+            .expect("call")
+    });
+}
+
+/// `probe` reading `reads` headers one by one: the difference between 0
+/// and 32 reads, over 32, is the cost of one `request.header` host call.
+#[divan::bench(args = [0, 32])]
+fn header_reads(bencher: divan::Bencher<'_, '_>, reads: u32) {
+    let s = setup_with("probe.wasm", &format!("config = {{ header_reads = {reads} }}"));
     bencher.bench_local(|| {
         s.rt.block_on(s.plugin.probe_on_request("/users/42", &[("user-agent", "bench"), ("accept", "*/*")]))
             .expect("call")

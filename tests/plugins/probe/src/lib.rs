@@ -63,6 +63,10 @@ struct Settings {
     /// Publish `KEY=VALUE` for the rest of the chain (`chain-data`).
     #[serde(default)]
     publish: Option<String>,
+    /// Read this many headers one by one (`x-read-0`, `x-read-1`, ...):
+    /// the cost of one host call, for benchmarks.
+    #[serde(default)]
+    header_reads: u32,
     /// Read `PLUGIN.KEY` values published earlier in the chain; they go
     /// upstream in `x-chain-data`, comma-separated, `-` for none.
     #[serde(default)]
@@ -94,6 +98,9 @@ impl Plugin for Probe {
     }
 
     fn on_request(&self, req: &mut Request, cx: &Context) -> Result<Action> {
+        for i in 0..self.s.header_reads {
+            std::hint::black_box(req.header_all(&format!("x-read-{i}")));
+        }
         if let (Some(status), Some(_)) = (self.s.respond_status, req.header("x-probe-respond")) {
             let status = StatusCode::from_u16(status)?;
             let tag = self.s.tag.as_deref().unwrap_or("probe");
