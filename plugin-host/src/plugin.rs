@@ -341,7 +341,11 @@ impl LoadedPlugin {
             Ok(inst.call(call).await)
         };
         let data = inst.store.data_mut();
-        self.metrics.host_calls.inc_by(std::mem::take(&mut data.host_calls));
+        // Non-zero only with WEIR_COUNT_HOST_CALLS=1: no atomic add otherwise.
+        let host_calls = std::mem::take(&mut data.host_calls);
+        if host_calls > 0 {
+            self.metrics.host_calls.inc_by(host_calls);
+        }
         held.locals = std::mem::take(&mut data.locals);
         *heads = data.lent.take().map(|l| l.heads);
         let took = started.elapsed().as_secs_f64();

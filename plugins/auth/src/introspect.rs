@@ -125,7 +125,13 @@ pub(crate) fn form_encode(text: &str) -> String {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -140,5 +146,6 @@ mod unit {
         assert_eq!(until, 42);
         assert_eq!(claims["active"], true);
         assert!(parse_stored(b"v2 42\n{}").is_none());
+        assert_eq!(hex(&[0x00, 0x9f, 0xff]), "009fff");
     }
 }

@@ -98,13 +98,13 @@ impl Jwt {
             },
             None => {
                 let remote = match remote {
-                    Some(Ok(keys)) => keys,
+                    Some(Ok(keys)) => Some(keys),
                     Some(Err(_)) if self.keys.is_empty() => {
                         return Verdict::Deny(Denial::Unavailable(
                             "the identity provider's keys are not available yet".into(),
                         ));
                     }
-                    _ => Rc::from([]),
+                    _ => None,
                 };
                 match self.verify(token, cx, now, remote) {
                     Ok(claims) => (claims, None),
@@ -149,7 +149,7 @@ impl Jwt {
 
     /// Parse the compact JWS, pick the key, check the signature; the claims
     /// if it is genuine.
-    fn verify(&self, token: &str, cx: &Context, now: i64, mut remote: Rc<[Key]>) -> Result<Claims, Denial> {
+    fn verify(&self, token: &str, cx: &Context, now: i64, mut remote: Option<Rc<[Key]>>) -> Result<Claims, Denial> {
         let malformed = || invalid("malformed token");
         let mut parts = token.split('.');
         let (Some(header64), Some(payload64), Some(signature64), None) =
@@ -166,12 +166,12 @@ impl Jwt {
         }
         let kid = header.kid.as_deref();
         if let (Some(kid), Some(source)) = (kid, &self.remote)
-            && !self.keys.iter().chain(remote.iter()).any(|k| k.kid.as_deref() == Some(kid))
+            && !self.keys.iter().chain(remote.iter().flat_map(|r| r.iter())).any(|k| k.kid.as_deref() == Some(kid))
         {
             // Perhaps the provider rotated its key: look for a newer set.
-            remote = source.keys_after_unknown_kid(cx, now);
+            remote = Some(source.keys_after_unknown_kid(cx, now));
         }
-        let key = self.select(&remote, alg, kid)?;
+        let key = self.select(remote.as_deref().unwrap_or_default(), alg, kid)?;
         let signature = URL_SAFE_NO_PAD.decode(signature64).map_err(|_| malformed())?;
         let payload = URL_SAFE_NO_PAD.decode(payload64).map_err(|_| malformed())?;
         let claims: Claims = serde_json::from_slice(&payload).map_err(|_| malformed())?;
