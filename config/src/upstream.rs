@@ -67,6 +67,37 @@ pub struct UpstreamConfig {
     /// TLS to the targets: `true`, or a table of settings.
     #[serde(default)]
     pub tls: Option<Spanned<super::UpstreamTls>>,
+    /// The connections kept open to each target between requests.
+    #[serde(default)]
+    pub pool: PoolConfig,
+}
+
+/// `[upstreams.NAME.pool]`: idle connections kept to each target, so a
+/// request finds one ready instead of paying for a new TCP (and TLS)
+/// handshake. The connection cap itself is `breaker.max_connections`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Most idle HTTP/1 connections kept per target; a connection that
+    /// comes free beyond it is closed. 0 closes every connection after its
+    /// request.
+    #[serde(default = "defaults::max_idle")]
+    pub max_idle: usize,
+    /// An idle connection unused this long is closed. Keep it below the
+    /// targets' own keep-alive timeout, so the gateway closes first.
+    #[serde(default = "defaults::idle_timeout", deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// A connection older than this takes no new request (it closes once
+    /// its last one is done), so targets added behind a load balancer or a
+    /// rotated certificate are picked up; none by default.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub max_age: Option<Duration>,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self { max_idle: defaults::max_idle(), idle_timeout: defaults::idle_timeout(), max_age: None }
+    }
 }
 
 /// One target.
@@ -382,6 +413,12 @@ mod defaults {
     }
     pub(super) fn max_connections_per_target() -> usize {
         1024
+    }
+    pub(super) fn max_idle() -> usize {
+        256
+    }
+    pub(super) fn idle_timeout() -> Duration {
+        Duration::from_secs(60)
     }
     pub(super) fn min_requests() -> u32 {
         20

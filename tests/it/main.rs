@@ -23,6 +23,7 @@ mod last_good;
 mod mission;
 mod observability;
 mod outbound;
+mod pool;
 mod rate_limit;
 mod reload;
 mod resilience;

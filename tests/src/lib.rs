@@ -152,6 +152,7 @@ pub struct Upstream {
     name: Arc<str>,
     hits: Arc<AtomicUsize>,
     checks: Arc<AtomicUsize>,
+    conns: Arc<AtomicUsize>,
     /// Added to every answer's delay, in ms (a slow target).
     pub delay_ms: Arc<AtomicUsize>,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -180,6 +181,7 @@ impl Upstream {
             name: name.into(),
             hits: Arc::default(),
             checks: Arc::default(),
+            conns: Arc::default(),
             delay_ms: Arc::default(),
             tls,
             stop: None,
@@ -194,6 +196,7 @@ impl Upstream {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let name = self.name.clone();
         let (hits, checks, delay) = (self.hits.clone(), self.checks.clone(), self.delay_ms.clone());
+        let conns = self.conns.clone();
         let acceptor = self.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         let mut on_stop = stopped.clone();
         tokio::spawn(async move {
@@ -202,6 +205,7 @@ impl Upstream {
                     a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
                     _ = on_stop.changed() => break,
                 };
+                conns.fetch_add(1, Ordering::SeqCst);
                 let (name, hits, checks, delay) = (name.clone(), hits.clone(), checks.clone(), delay.clone());
                 let mut on_stop = stopped.clone();
                 let acceptor = acceptor.clone();
@@ -235,6 +239,11 @@ impl Upstream {
     /// Requests received so far (health checks apart).
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
     }
 
     /// Health checks (`GET /healthz`) received so far.

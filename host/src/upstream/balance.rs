@@ -279,6 +279,7 @@ mod tests {
                     backup: false,
                     state: Arc::new(TargetState::default()),
                     metrics: metrics.target("u", a),
+                    endpoint: std::sync::OnceLock::new(),
                 })
             })
             .collect();

@@ -1,125 +1,106 @@
-//! Connecting to targets: the connection cap per target
-//! (`breaker.max_connections`), then TLS when the upstream has `tls`.
-//!
-//! A new connection waits for a free slot up to the connect timeout; a
-//! slot frees when a connection closes. Meanwhile a request can still be
-//! served by a pooled connection that comes free.
+//! Connecting to targets: TCP (the target's address, resolved if it is a
+//! name), then TLS when the upstream has `tls`, within the connect
+//! timeout. The pool ([`super::pool`]) decides when to connect and speaks
+//! HTTP over what this returns.
 //!
 //! With TLS the target's certificate is verified against the configured CA
 //! or the system's roots, for `server_name` (or the target's host); ALPN
 //! offers what the upstream's `protocol` allows, and a connection that
 //! agreed on `h2` is spoken to in HTTP/2.
 
-use std::collections::HashMap;
-use std::future::Future;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Uri;
-use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::rt::TokioIo;
+use http::uri::Authority;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::body::BoxError;
 use crate::tls::TlsSetupError;
 use weir_config::{UpstreamProtocol, UpstreamTlsConfig};
 
-/// [`HttpConnector`] with a cap per target, and TLS when configured.
-#[derive(Clone)]
-pub(crate) struct Capped {
-    inner: HttpConnector,
-    max: usize,
-    wait: Duration,
-    slots: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
-    tls: Option<TlsClient>,
-}
-
-impl Capped {
-    /// At most `max` connections per `host:port`, waiting up to `wait` for
-    /// one; TLS over each connection with `tls`.
-    pub(crate) fn new(mut inner: HttpConnector, max: usize, wait: Duration, tls: Option<TlsClient>) -> Self {
-        // TLS targets are addressed as `https://`.
-        inner.enforce_http(tls.is_none());
-        Self { inner, max: max.max(1), wait, slots: Arc::default(), tls }
-    }
-
-    fn slots_for(&self, uri: &Uri) -> Arc<Semaphore> {
-        let key = uri.authority().map_or("", |a| a.as_str()).to_owned();
-        let mut map = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(key).or_insert_with(|| Arc::new(Semaphore::new(self.max))).clone()
-    }
-}
-
-impl tower_service::Service<Uri> for Capped {
-    type Response = CappedIo;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<CappedIo, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let slots = self.slots_for(&uri);
-        let (max, wait) = (self.max, self.wait);
-        let mut inner = self.inner.clone();
-        let tls = self.tls.clone();
-        Box::pin(async move {
-            let permit = match slots.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => match tokio::time::timeout(wait, slots.acquire_owned()).await {
-                    Ok(Ok(p)) => p,
-                    _ => return Err(CapReached(max).into()),
-                },
-            };
-            let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
-            let tcp = inner.call(uri).await?.into_inner();
-            let (stream, h2) = match tls {
-                None => (Stream::Plain(tcp), false),
-                Some(tls) => {
-                    let name = match &tls.server_name {
-                        Some(n) => n.clone(),
-                        None => ServerName::try_from(host).map_err(|e| TlsError(format!("server name: {e}")))?,
-                    };
-                    // The handshake counts against the connect timeout.
-                    let handshake = tokio_rustls::TlsConnector::from(tls.config).connect(name, tcp);
-                    let tls = match tokio::time::timeout(wait, handshake).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => return Err(TlsError(format!("TLS handshake: {e}")).into()),
-                        Err(_) => return Err(TlsError("TLS handshake timed out".into()).into()),
-                    };
-                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    (Stream::Tls(Box::new(tls)), h2)
-                }
-            };
-            Ok(CappedIo { io: TokioIo::new(stream), h2, _permit: permit })
-        })
-    }
-}
-
-/// No slot came free within the connect timeout.
+/// Why a connection to a target could not be made.
 #[derive(Debug, thiserror::Error)]
-#[error("{0} connections already open to this target (max_connections)")]
-pub(crate) struct CapReached(usize);
+pub(crate) enum ConnectError {
+    /// The name did not resolve.
+    #[error("cannot resolve {0}: {1}")]
+    Resolve(String, String),
+    /// TCP connect failed.
+    #[error("tcp connect to {0}: {1}")]
+    Tcp(SocketAddr, #[source] io::Error),
+    /// TCP and TLS together took longer than the connect timeout.
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+    /// The TLS handshake failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The HTTP/2 handshake failed.
+    #[error("HTTP/2 handshake: {0}")]
+    Handshake(#[source] hyper::Error),
+}
 
-/// Whether a client error is [`CapReached`].
-pub(crate) fn cap_reached(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut src = Some(e);
-    while let Some(err) = src {
-        if err.is::<CapReached>() {
-            return true;
-        }
-        src = err.source();
+/// Open a connection to `addr` within `timeout`: TCP with `TCP_NODELAY`,
+/// then TLS with `tls`. Also says whether ALPN agreed on HTTP/2.
+pub(crate) async fn connect(
+    addr: &Authority,
+    timeout: Duration,
+    tls: Option<&TlsClient>,
+) -> Result<(Stream, bool), ConnectError> {
+    match tokio::time::timeout(timeout, connect_within(addr, tls)).await {
+        Ok(r) => r,
+        Err(_) => Err(ConnectError::Timeout(timeout)),
     }
-    false
+}
+
+async fn connect_within(addr: &Authority, tls: Option<&TlsClient>) -> Result<(Stream, bool), ConnectError> {
+    let host = addr.host().trim_start_matches('[').trim_end_matches(']');
+    let port = addr.port_u16().unwrap_or(if tls.is_some() { 443 } else { 80 });
+    let tcp = match host.parse::<IpAddr>() {
+        Ok(ip) => {
+            let sa = SocketAddr::new(ip, port);
+            TcpStream::connect(sa).await.map_err(|e| ConnectError::Tcp(sa, e))?
+        }
+        Err(_) => {
+            // A name (discovery normally resolves them first): each address
+            // in turn, the last error reported.
+            let found = tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|e| ConnectError::Resolve(addr.to_string(), e.to_string()))?;
+            let mut last = None;
+            let mut tcp = None;
+            for sa in found {
+                match TcpStream::connect(sa).await {
+                    Ok(s) => {
+                        tcp = Some(s);
+                        break;
+                    }
+                    Err(e) => last = Some(ConnectError::Tcp(sa, e)),
+                }
+            }
+            match (tcp, last) {
+                (Some(s), _) => s,
+                (None, Some(e)) => return Err(e),
+                (None, None) => return Err(ConnectError::Resolve(addr.to_string(), "no addresses".into())),
+            }
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let Some(tls) = tls else { return Ok((Stream::Plain(tcp), false)) };
+    let name = match &tls.server_name {
+        Some(n) => n.clone(),
+        None => ServerName::try_from(host.to_owned()).map_err(|e| TlsError(format!("server name: {e}")))?,
+    };
+    let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| TlsError(format!("TLS handshake: {e}")))?;
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    Ok((Stream::Tls(Box::new(stream)), h2))
 }
 
 /// The TLS handshake with a target failed.
@@ -214,7 +195,7 @@ fn system_roots() -> Result<rustls::RootCertStore, TlsSetupError> {
 }
 
 /// A TCP connection to a target, in cleartext or TLS.
-enum Stream {
+pub(crate) enum Stream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
@@ -266,51 +247,5 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => s.is_write_vectored(),
             Stream::Tls(s) => s.is_write_vectored(),
         }
-    }
-}
-
-/// A connection holding its slot until it closes.
-pub(crate) struct CappedIo {
-    io: TokioIo<Stream>,
-    h2: bool,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Connection for CappedIo {
-    fn connected(&self) -> Connected {
-        let c = Connected::new();
-        if self.h2 { c.negotiated_h2() } else { c }
-    }
-}
-
-impl Read for CappedIo {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl Write for CappedIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 }

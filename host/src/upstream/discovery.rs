@@ -21,7 +21,7 @@ use super::balance::{Group, TargetSet};
 use super::breaker::Breaker;
 use super::metrics::UpstreamFamilies;
 use super::target::{Target, TargetRegistry};
-use super::{ClientCache, TargetError, Upstream, connector, health, parse_target};
+use super::{PoolCache, TargetError, Upstream, connector, health, parse_target};
 use crate::observe::live::Live;
 use weir_config::files;
 use weir_config::{Balance, DnsFamily, LoadError, Source, TargetConfig, UpstreamConfig};
@@ -39,7 +39,7 @@ const MAX_WEIGHT: u32 = 1000;
 pub(crate) struct Upstreams {
     registry: Arc<TargetRegistry>,
     breakers: Mutex<HashMap<String, Arc<Breaker>>>,
-    clients: ClientCache,
+    pools: PoolCache,
 }
 
 /// The targets an upstream is given, before names are resolved.
@@ -152,6 +152,15 @@ impl Upstreams {
         if cfg.timeout.is_zero() {
             err(span.clone(), "timeout must be above zero".into());
         }
+        if cfg.pool.idle_timeout.is_zero() {
+            err(
+                span.clone(),
+                "pool.idle_timeout must be above zero (pool.max_idle = 0 keeps no idle connection)".into(),
+            );
+        }
+        if cfg.pool.max_age.is_some_and(|a| a.is_zero()) {
+            err(span.clone(), "pool.max_age must be above zero".into());
+        }
         let tls = match cfg.tls.as_ref().map(|t| (t.span(), t.get_ref().settings())) {
             Some((at, Some(settings))) => {
                 // The SNI default: the first target's host name, if it is one.
@@ -206,7 +215,7 @@ impl Upstreams {
             retrying: AtomicUsize::new(0),
             scheme: if tls.is_some() { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP },
             protocol: cfg.protocol,
-            client: self.clients.get(cfg.connect_timeout, cfg.breaker.max_connections.max(1), cfg.protocol, tls),
+            pool: self.pools.get(cfg.connect_timeout, cfg.breaker.max_connections.max(1), cfg.protocol, tls, &cfg.pool),
             metrics: up_metrics,
         });
         upstream.refresh_gauges();
@@ -377,6 +386,7 @@ fn make_set(
                     backup,
                     state: registry.state(upstream, addr.as_str()),
                     metrics: m.target(upstream, addr.as_str()),
+                    endpoint: std::sync::OnceLock::new(),
                 })
             })
             .collect();

@@ -103,7 +103,7 @@ async fn check(up: &Upstream, t: &Target) {
 
 /// One check: a 2xx or 3xx within `timeout` passes.
 async fn probe(up: &Upstream, t: &Target, path: &str, host: Option<&str>, timeout: Duration) -> bool {
-    let Ok(uri) = Uri::builder().scheme("http").authority(t.addr.clone()).path_and_query(path).build() else {
+    let Ok(uri) = path.parse::<Uri>() else {
         return false;
     };
     let mut req = Request::new(body::empty());
@@ -114,10 +114,14 @@ async fn probe(up: &Upstream, t: &Target, path: &str, host: Option<&str>, timeou
     }
     req.headers_mut().insert(header::USER_AGENT, HeaderValue::from_static("weir-health-check"));
     let call = async {
-        let resp = up.client.request(req).await.ok()?;
+        let endpoint = t.endpoint.get_or_init(|| up.pool.endpoint(&t.addr));
+        let ready = up.pool.checkout(endpoint).await.ok()?;
+        let (resp, conn) = up.pool.send(endpoint, ready, req).await.ok()?;
         let ok = resp.status().is_success() || resp.status().is_redirection();
         // Read the (small) body so the connection can be reused.
-        let _ = http_body_util::Limited::new(resp.into_body(), 64 << 10).collect().await;
+        if http_body_util::Limited::new(resp.into_body(), 64 << 10).collect().await.is_ok() {
+            conn.finish();
+        }
         Some(ok)
     };
     matches!(tokio::time::timeout(timeout, call).await, Ok(Some(true)))

@@ -52,6 +52,7 @@ pub(crate) struct UpstreamFamilies {
     target_healthy: Family<TargetLabel, Gauge>,
     target_ejections: Family<TargetLabel, Counter>,
     health_checks: Family<TargetStatus, Counter>,
+    connection_uses: Family<UpstreamError, Counter>,
 }
 
 impl UpstreamFamilies {
@@ -115,7 +116,14 @@ impl UpstreamFamilies {
             "Active health checks by status: pass or fail",
             health_checks.clone(),
         );
+        let connection_uses = Family::default();
+        registry.register(
+            "upstream_connection_uses",
+            "Tries sent upstream by connection: reused (from the pool) or new; the reuse rate is reused / (reused + new)",
+            connection_uses.clone(),
+        );
         Self {
+            connection_uses,
             upstream_errors,
             target_responses,
             target_failures,
@@ -139,6 +147,7 @@ impl UpstreamFamilies {
         let by = |kind| self.upstream_errors.get_or_create(&label(kind)).clone();
         let retries = |kind| self.upstream_retries.get_or_create(&label(kind)).clone();
         let rejected = |kind| self.upstream_rejected.get_or_create(&label(kind)).clone();
+        let uses = |kind| self.connection_uses.get_or_create(&label(kind)).clone();
         let ul = UpstreamLabel { upstream: upstream.to_owned() };
         UpstreamMetrics {
             connect: by("connect"),
@@ -149,6 +158,8 @@ impl UpstreamFamilies {
             breaker_open: rejected("breaker_open"),
             overflow: rejected("overflow"),
             no_healthy: rejected("no_healthy_target"),
+            reused: uses("reused"),
+            new_connection: uses("new"),
             breaker_state: self.breaker_state.get_or_create(&ul).clone(),
             breaker_opened: self.breaker_opened.get_or_create(&ul).clone(),
             duration: self.upstream_duration.get_or_create(&ul).clone(),
@@ -197,6 +208,10 @@ pub(crate) struct UpstreamMetrics {
     pub(crate) overflow: Counter,
     /// Requests refused because no target was healthy.
     pub(crate) no_healthy: Counter,
+    /// Tries sent on a pooled connection.
+    pub(crate) reused: Counter,
+    /// Tries that opened a connection.
+    pub(crate) new_connection: Counter,
     /// 0 closed, 1 open, 2 half-open.
     pub(crate) breaker_state: Gauge,
     /// Times the breaker opened.

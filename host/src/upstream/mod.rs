@@ -19,6 +19,7 @@ pub(crate) mod connector;
 pub(crate) mod discovery;
 pub(crate) mod health;
 pub(crate) mod metrics;
+pub(crate) mod pool;
 pub(crate) mod target;
 
 use std::collections::HashMap;
@@ -35,23 +36,18 @@ use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, Uri, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::OwnedSemaphorePermit;
 
 use self::balance::HashOn;
 use self::balance::TargetSet;
 use self::breaker::{Breaker, Refusal};
 use self::metrics::UpstreamMetrics;
+use self::pool::{Checkout, Pool, SendError};
 use self::target::{Target, TargetState};
 use crate::body::{self, ProxyBody};
 use crate::error::ProxyError;
-use weir_config::{HealthConfig, OutlierConfig, RetryConfig, RetryOn, UpstreamProtocol};
+use weir_config::{HealthConfig, OutlierConfig, PoolConfig, RetryConfig, RetryOn, UpstreamProtocol};
 use weir_plugin_host::clock::monotonic_ms;
-
-/// The client used to reach upstreams.
-pub(crate) type HttpClient = Client<connector::Capped, ProxyBody>;
 
 /// A request body as the upstream gets it: whole (and so sent again on a
 /// retry), or streaming (tried once).
@@ -81,8 +77,8 @@ pub(crate) struct Upstream {
     pub(crate) breaker: Arc<Breaker>,
     active: AtomicUsize,
     retrying: AtomicUsize,
-    /// Pooled client (shared with other upstreams of the same settings).
-    pub(crate) client: HttpClient,
+    /// Connections (shared with other upstreams of the same settings).
+    pub(crate) pool: Pool,
     /// `http`, or `https` with TLS.
     pub(crate) scheme: http::uri::Scheme,
     /// The HTTP version spoken to targets.
@@ -136,8 +132,14 @@ impl Upstream {
             Outgoing::Stream(s) => (None, Some(s)),
         };
         let tries = if bytes.is_some() { self.retry.tries.max(1) } else { 1 };
-        let mut head = Some(parts);
-        let mut stream = stream;
+        let mut request = Attempt {
+            head: Some(parts),
+            bytes,
+            stream,
+            // A retry after a failed connect needs no copy: nothing was
+            // spent. Only retries after the request was sent do.
+            keep: self.retry.on.iter().any(|k| *k != RetryOn::Connect) || !self.retry.statuses.is_empty(),
+        };
         let mut tried: Vec<Arc<Target>> = Vec::new();
         // A retry counts against the budget until it has finished.
         let mut _retrying: Option<InFlight<'_>> = None;
@@ -166,20 +168,7 @@ impl Upstream {
                 Ok(s) => s,
                 Err(refusal) => return Err(self.refused(refusal)),
             };
-            // Keep what a retry needs; the last try takes the originals.
-            let (parts, body) = if last {
-                let Some(parts) = head.take() else { return Err(ProxyError::Internal("request head lost")) };
-                let body = match (&bytes, stream.take()) {
-                    (_, Some(s)) => s,
-                    (Some(b), None) => body::full(b.clone()),
-                    (None, None) => return Err(ProxyError::Internal("request body lost")),
-                };
-                (parts, body)
-            } else {
-                let Some(parts) = head.as_ref() else { return Err(ProxyError::Internal("request head lost")) };
-                (clone_head(parts), body::full(bytes.clone().unwrap_or_default()))
-            };
-            let verdict = self.try_once(&target, parts, body, host, budget, slot, idempotent).await;
+            let verdict = self.try_once(&target, &mut request, last, host, budget, slot, idempotent).await;
             let failed_for_breaker = match &verdict {
                 Verdict::Answer(r) | Verdict::RetryStatus(r) => matches!(r.status().as_u16(), 502..=504),
                 Verdict::Retry(..) | Verdict::Fail(_) => true,
@@ -206,6 +195,10 @@ impl Upstream {
                 };
             }
             drop(retry_resp);
+            if request.head.is_none() {
+                // Spent on this try (its retry was not foreseen): no other.
+                return Err(retry_err.unwrap_or(ProxyError::Internal("request spent")));
+            }
             if _retrying.is_none() {
                 _retrying = Some(InFlight::new(&self.retrying));
             }
@@ -234,47 +227,47 @@ impl Upstream {
     async fn try_once(
         &self,
         target: &Arc<Target>,
-        mut parts: Parts,
-        body: ProxyBody,
+        request: &mut Attempt,
+        last: bool,
         host: &str,
         timeout: Duration,
         slot: OwnedSemaphorePermit,
         idempotent: bool,
     ) -> Verdict {
-        let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        parts.uri = match Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(target.addr.clone())
-            .path_and_query(pq)
-            .build()
-        {
-            Ok(uri) => uri,
-            Err(e) => {
-                return Verdict::Fail(ProxyError::Upstream { upstream: self.name.clone(), detail: e.to_string() });
-            }
-        };
-        parts.version = Version::HTTP_11;
-        if self.protocol == UpstreamProtocol::H2 {
-            // HTTP/2 carries the authority in `:authority` (the target, from
-            // the URI); a `Host` naming something else would make the
-            // request malformed (RFC 9113 §8.3.1). The client's host is in
-            // `x-forwarded-host`.
-            parts.headers.remove(header::HOST);
-        } else if !parts.headers.contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::try_from(if host.is_empty() { target.addr.as_str() } else { host })
-        {
-            parts.headers.insert(header::HOST, v);
-        }
         // Only a request that asks to upgrade may be answered `101`.
-        let upgrade_asked = parts.headers.contains_key(header::UPGRADE);
-        let req = Request::from_parts(parts, body);
+        let upgrade_asked = request.head.as_ref().is_some_and(|h| h.headers.contains_key(header::UPGRADE));
         let lease = Lease::new(target.state.clone(), slot);
         let sent = Instant::now();
-        let result = tokio::time::timeout(timeout, self.client.request(req)).await;
+        let endpoint = target.endpoint.get_or_init(|| self.pool.endpoint(&target.addr));
+        let exchange = async {
+            let ready = self.pool.checkout(endpoint).await?;
+            let Some((mut parts, body)) = request.take(last) else {
+                return Err(SendError::Spent);
+            };
+            // Origin form; the pool adds the scheme and authority for HTTP/2.
+            if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+                let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+                parts.uri = Uri::from(pq);
+            }
+            parts.version = Version::HTTP_11;
+            if self.protocol == UpstreamProtocol::H2 {
+                // HTTP/2 carries the authority in `:authority` (the target);
+                // a `Host` naming something else would make the request
+                // malformed (RFC 9113 §8.3.1). The client's host is in
+                // `x-forwarded-host`.
+                parts.headers.remove(header::HOST);
+            } else if !parts.headers.contains_key(header::HOST)
+                && let Ok(v) = HeaderValue::try_from(if host.is_empty() { target.addr.as_str() } else { host })
+            {
+                parts.headers.insert(header::HOST, v);
+            }
+            self.pool.send(endpoint, ready, Request::from_parts(parts, body)).await
+        };
+        let result = tokio::time::timeout(timeout, exchange).await;
         let elapsed = sent.elapsed();
         let now = monotonic_ms();
         let (err, kind) = match result {
-            Ok(Ok(resp)) if let Some(why) = malformed(&resp, upgrade_asked, self.max_response_head) => {
+            Ok(Ok((resp, _))) if let Some(why) = malformed(&resp, upgrade_asked, self.max_response_head) => {
                 // Nothing was sent to the client yet: refuse the answer
                 // whole rather than forward a length that lies.
                 self.metrics.request.inc();
@@ -284,7 +277,8 @@ impl Upstream {
                 let detail = format!("malformed response from {}: {why}", target.addr);
                 return Verdict::Fail(ProxyError::Upstream { upstream: self.name.clone(), detail });
             }
-            Ok(Ok(resp)) => {
+            Ok(Ok((resp, conn))) => {
+                if conn.reused { &self.metrics.reused } else { &self.metrics.new_connection }.inc();
                 let (mut parts, mut incoming) = resp.into_parts();
                 normalize_length(&mut parts.headers, &incoming);
                 // A chunked body is decoded only after the head, so a broken
@@ -308,11 +302,18 @@ impl Upstream {
                 target.metrics.answered(status);
                 health::observe(self, target, status >= 500, now);
                 parts.extensions.insert(Answered { target: target.addr.clone(), elapsed });
+                // An upgraded connection is the tunnel's, not the pool's.
+                let conn = if status == 101 {
+                    conn.detach();
+                    None
+                } else {
+                    Some(conn)
+                };
                 let body = match first {
-                    None => body::boxed(Leased { inner: incoming, _lease: lease }),
+                    None => body::boxed(Leased::new(incoming, lease, conn)),
                     Some(frame) => {
                         let inner = body::Prefixed::new(vec![frame], Box::pin(incoming));
-                        body::boxed(Leased { inner, _lease: lease })
+                        body::boxed(Leased::new(inner, lease, conn))
                     }
                 };
                 let resp = Response::from_parts(parts, body);
@@ -322,13 +323,13 @@ impl Upstream {
                     Verdict::Answer(resp)
                 };
             }
-            Ok(Err(e)) if connector::cap_reached(&e) => {
+            Ok(Err(SendError::Capped(_))) => {
                 // The target is busy, not broken: no health or breaker penalty.
                 drop(lease);
                 self.metrics.overflow.inc();
                 return Verdict::Fail(ProxyError::Overloaded { upstream: self.name.clone() });
             }
-            Ok(Err(e)) if e.is_connect() => {
+            Ok(Err(e @ SendError::Connect(_))) => {
                 self.metrics.connect.inc();
                 (ProxyError::UpstreamConnect { upstream: self.name.clone(), detail: error_chain(&e) }, RetryOn::Connect)
             }
@@ -376,6 +377,8 @@ impl Upstream {
                         "4xx": by_class[3], "5xx": by_class[4],
                     },
                     "failures": failures,
+                    "idle_connections": t.endpoint.get().map_or(0, |e| e.open_idle().0),
+                    "h2_connection": t.endpoint.get().is_some_and(|e| e.open_idle().1),
                 })
             })
             .collect();
@@ -397,6 +400,10 @@ impl Upstream {
                 "connect": self.metrics.connect.get(),
                 "timeout": self.metrics.timeout.get(),
                 "request": self.metrics.request.get(),
+            },
+            "connections": {
+                "new": self.metrics.new_connection.get(),
+                "reused": self.metrics.reused.get(),
             },
             "retries": self.metrics.retries.get(),
             "retry_budget_exhausted": self.metrics.budget_exhausted.get(),
@@ -421,6 +428,36 @@ impl Upstream {
 /// that happened once the upstream may have seen them.
 fn is_idempotent(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+}
+
+/// The request across tries: the head and whole body kept while a retry
+/// may need them.
+struct Attempt {
+    head: Option<Parts>,
+    bytes: Option<Bytes>,
+    stream: Option<ProxyBody>,
+    /// A retry could follow a try that sent the request: tries before the
+    /// last send a copy.
+    keep: bool,
+}
+
+impl Attempt {
+    /// The request for a try that has its connection: the originals on the
+    /// last try or when no retry could need them, else a copy.
+    fn take(&mut self, last: bool) -> Option<(Parts, ProxyBody)> {
+        if last || !self.keep || self.stream.is_some() {
+            let parts = self.head.take()?;
+            let body = match (self.stream.take(), self.bytes.take()) {
+                (Some(s), _) => s,
+                (None, Some(b)) => body::full(b),
+                (None, None) => body::empty(),
+            };
+            Some((parts, body))
+        } else {
+            let parts = clone_head(self.head.as_ref()?);
+            Some((parts, body::full(self.bytes.clone().unwrap_or_default())))
+        }
+    }
 }
 
 fn clone_head(parts: &Parts) -> Parts {
@@ -468,10 +505,31 @@ impl Drop for Lease {
     }
 }
 
-/// A response body that keeps its try's [`Lease`] until it is dropped.
+/// A response body that keeps its try's [`Lease`] until it is dropped, and
+/// gives its connection back to the pool once read to the end.
 struct Leased<B> {
     inner: B,
     _lease: Lease,
+    conn: Option<Checkout>,
+    /// The end was seen (or there was no body): the connection may be reused.
+    ended: bool,
+}
+
+impl<B: http_body::Body> Leased<B> {
+    fn new(inner: B, lease: Lease, conn: Option<Checkout>) -> Self {
+        let ended = inner.is_end_stream();
+        Self { inner, _lease: lease, conn, ended }
+    }
+}
+
+impl<B> Drop for Leased<B> {
+    fn drop(&mut self) {
+        if self.ended
+            && let Some(conn) = self.conn.take()
+        {
+            conn.finish();
+        }
+    }
 }
 
 impl<B: http_body::Body<Data = Bytes> + Unpin> http_body::Body for Leased<B> {
@@ -482,7 +540,27 @@ impl<B: http_body::Body<Data = Bytes> + Unpin> http_body::Body for Leased<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let end = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Ready(Some(Err(_))) => {
+                // A broken body: the connection is not reused.
+                this.conn = None;
+                false
+            }
+            Poll::Pending => false,
+        };
+        if end {
+            this.ended = true;
+            // Back to the pool now rather than when the proxy is done
+            // writing the body to its client.
+            if let Some(conn) = this.conn.take() {
+                conn.finish();
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -639,67 +717,54 @@ pub(crate) fn parse_target(s: &str) -> Result<Authority, TargetError> {
     Ok(a)
 }
 
-/// HTTP/2 to upstreams: flow control is hyper's and h2's, with these
-/// limits. Windows large enough for a fast stream on a low-latency link.
-const H2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-/// The connection's receive window, shared by its streams.
-const H2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
-/// Largest frame the gateway accepts from an upstream.
-const H2_MAX_FRAME: u32 = 16 * 1024;
-/// A ping this often on an idle HTTP/2 connection, which is closed when
-/// it goes unanswered for [`H2_KEEP_ALIVE_TIMEOUT`].
-const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
-const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// What upstreams must agree on to share a pool of connections.
 #[derive(Clone, PartialEq, Eq, Hash)]
-struct ClientKey {
+struct PoolKey {
     connect_timeout: Duration,
     max_connections: usize,
     protocol: UpstreamProtocol,
     /// Fingerprint of the TLS settings and files; `None` in cleartext.
     tls: Option<[u8; 32]>,
+    limits: PoolConfig,
 }
 
-/// Clients by connect timeout, connection cap, protocol and TLS settings,
-/// kept across snapshots so a reload does not throw away warm upstream
-/// connections.
+/// Pools by connect timeout, connection cap, protocol, TLS settings and
+/// pool limits, kept across snapshots so a reload does not throw away warm
+/// upstream connections.
 #[derive(Default)]
-pub(crate) struct ClientCache {
-    clients: Mutex<HashMap<ClientKey, HttpClient>>,
+pub(crate) struct PoolCache {
+    pools: Mutex<HashMap<PoolKey, Pool>>,
 }
 
-impl ClientCache {
-    /// The client for `connect_timeout`, at most `max_connections` open to
-    /// each target, `protocol`, and TLS (with its fingerprint) if any.
+impl PoolCache {
+    /// The pool for `connect_timeout`, at most `max_connections` open to
+    /// each target, `protocol`, TLS (with its fingerprint) if any, and the
+    /// idle connection `limits`.
     pub(crate) fn get(
         &self,
         connect_timeout: Duration,
         max_connections: usize,
         protocol: UpstreamProtocol,
         tls: Option<(connector::TlsClient, [u8; 32])>,
-    ) -> HttpClient {
-        let key = ClientKey { connect_timeout, max_connections, protocol, tls: tls.as_ref().map(|(_, f)| *f) };
-        let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        limits: &PoolConfig,
+    ) -> Pool {
+        let key = PoolKey {
+            connect_timeout,
+            max_connections,
+            protocol,
+            tls: tls.as_ref().map(|(_, f)| *f),
+            limits: limits.clone(),
+        };
+        let mut map = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(key)
             .or_insert_with(|| {
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(connect_timeout));
-                connector.set_nodelay(true);
-                let capped =
-                    connector::Capped::new(connector, max_connections, connect_timeout, tls.map(|(client, _)| client));
-                Client::builder(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .pool_max_idle_per_host(256.min(max_connections))
-                    .http2_only(protocol == UpstreamProtocol::H2)
-                    .http2_initial_stream_window_size(H2_STREAM_WINDOW)
-                    .http2_initial_connection_window_size(H2_CONNECTION_WINDOW)
-                    .http2_max_frame_size(H2_MAX_FRAME)
-                    .http2_keep_alive_interval(H2_KEEP_ALIVE)
-                    .http2_keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
-                    .build(capped)
+                Pool::new(pool::Settings {
+                    connect_timeout,
+                    max_connections,
+                    protocol,
+                    tls: tls.map(|(client, _)| client),
+                    limits: limits.clone(),
+                })
             })
             .clone()
     }

@@ -8,11 +8,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use http::uri::Authority;
 
 use super::metrics::TargetMetrics;
+use super::pool::Endpoint;
 
 /// What the gateway knows about one target, shared across snapshots.
 #[derive(Debug, Default)]
@@ -58,6 +59,8 @@ pub(crate) struct Target {
     pub(crate) state: Arc<TargetState>,
     /// Counters.
     pub(crate) metrics: TargetMetrics,
+    /// Its connections, taken from the upstream's pool on first use.
+    pub(crate) endpoint: OnceLock<Arc<Endpoint>>,
 }
 
 /// Target states by upstream and address, weakly held: a state lives as

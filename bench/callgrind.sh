@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Instructions per request on weir's empty chain, counted by callgrind (so
+# the figure does not depend on the machine's speed or noise): the bench
+# upstream, weir under `valgrind --tool=callgrind` with instrumentation off
+# during start-up and warm-up, then N keep-alive requests with h2load.
+#
+#   bench/callgrind.sh [REQUESTS] [CONNECTIONS]     (defaults 20000, 16)
+#
+# Needs a release build (`cargo build --release -p weir -p weir-bench`),
+# valgrind and h2load. Prints the instructions per request and leaves the
+# profile in target/callgrind/ for `callgrind_annotate`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-20000}
+C=${2:-16}
+REL=target/release
+OUT=target/callgrind
+mkdir -p "$OUT"
+rm -f "$OUT"/callgrind.out.*
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(port); GW=$(port); ADMIN=$(port)
+cat >"$OUT/gateway.toml" <<EOF
+[server]
+listen = "127.0.0.1:$GW"
+admin_listen = "127.0.0.1:$ADMIN"
+watch = false
+[runtime]
+# valgrind cannot reserve the pooling allocator's default address space.
+max_instances = 2
+[upstreams.up]
+targets = ["127.0.0.1:$UP"]
+[[routes]]
+name = "bench"
+upstream = "up"
+EOF
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+"$REL/bench-upstream" "127.0.0.1:$UP" & pids+=($!)
+WEIR_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out.%p" \
+  "$REL/weir" run --workers 1 --config "$OUT/gateway.toml" 2>"$OUT/valgrind.log" & pids+=($!)
+VG=$!
+for _ in $(seq 1 600); do
+  curl -fs "http://127.0.0.1:$GW/bench" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+# Warm: connections to the upstream, allocator arenas, lazily built state.
+h2load --h1 -n 2000 -c "$C" "http://127.0.0.1:$GW/bench" >/dev/null
+callgrind_control -i on "$VG" >/dev/null
+h2load --h1 -n "$N" -c "$C" "http://127.0.0.1:$GW/bench" | grep -E "^requests:|^status codes:"
+callgrind_control -d "$VG" >/dev/null 2>&1
+callgrind_control -i off "$VG" >/dev/null 2>&1
+sleep 1
+total=$(for f in "$OUT"/callgrind.out.*; do grep -h '^summary:' "$f" | awk '{print $2}'; done | awk '{s+=$1} END {print s}')
+echo "instructions: $total over $N requests: $((total / N)) per request"
