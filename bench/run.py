@@ -136,7 +136,7 @@ class Target:
         self.proc = None
 
 
-def weir_target(name, tmp, upstream, chain_config, headers=()):
+def weir_target(name, tmp, upstream, chain_config, headers=(), workers=("--workers", "1"), cores=None, binary=None):
     def start():
         d = tempfile.mkdtemp(dir=tmp)
         port, admin = free_port(), free_port()
@@ -151,7 +151,7 @@ connect_timeout = "1s"
 {chain_config}
 """
         open(os.path.join(d, "gateway.toml"), "w").write(cfg)
-        p = pinned(PROXY_CORE, [os.path.join(REL, "weir"), "run", "--workers", "1", "--config", os.path.join(d, "gateway.toml")],
+        p = pinned(cores or PROXY_CORE, [binary or os.path.join(REL, "weir"), "run", *workers, "--config", os.path.join(d, "gateway.toml")],
                    env={**os.environ, "WEIR_LOG": "warn", "WEIR_COUNT_HOST_CALLS": "1" if COUNT_HOST_CALLS else "0"})
         return p, f"http://127.0.0.1:{port}/bench", [p.pid], f"http://127.0.0.1:{admin}/metrics"
     return Target(name, start, headers)
@@ -169,12 +169,12 @@ def host_calls(metrics_url):
                if line.startswith("weir_plugin_host_calls_total{"))
 
 
-def nginx_target(tmp, upstream):
+def nginx_target(tmp, upstream, workers=1, cores=None, name="nginx"):
     def start():
         d = tempfile.mkdtemp(dir=tmp)
         port = free_port()
         conf = os.path.join(d, "nginx.conf")
-        open(conf, "w").write(f"""worker_processes 1;
+        open(conf, "w").write(f"""worker_processes {workers};
 daemon off;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
@@ -191,11 +191,11 @@ http {{
   }}
 }}
 """)
-        p = pinned(PROXY_CORE, ["nginx", "-c", conf, "-p", d])
+        p = pinned(cores or PROXY_CORE, ["nginx", "-c", conf, "-p", d])
         url = f"http://127.0.0.1:{port}/bench"
         wait_http(url)
         return p, url, [p.pid] + children(p.pid)
-    return Target("nginx", start)
+    return Target(name, start)
 
 
 def chain(n, isolation="pool"):
@@ -845,7 +845,41 @@ def print_startup(s):
         print(f"| {kind} | {fmt(m['connected_ms'])} | {fmt(m['first_200_ms'])} | {runs} | {target} |")
 
 
-SCENARIOS = ("reload_storm", "memory", "startup")
+def scenario_workers(tmp, upstream, seconds, rounds, conns):
+    """Two workers each: nginx `worker_processes 2`, weir `--workers 2`
+    (one work-stealing runtime of two threads) and weir `--workers 2
+    --reuse-port` (two single-threaded event loops with a listener each),
+    on both cores. The load generator and the upstream share those cores,
+    so the figures compare the three with each other, not with the
+    one-core table."""
+    both = "0,1"
+    targets = [
+        nginx_target(tmp, upstream, workers=2, cores=both, name="nginx-2"),
+        weir_target("weir-2-threads", tmp, upstream, chain(0), workers=("--workers", "2"), cores=both),
+        weir_target("weir-2-reuse-port", tmp, upstream, chain(0), workers=("--workers", "2", "--reuse-port"), cores=both),
+    ]
+    runs = {t.name: [] for t in targets}
+    for rnd in range(rounds):
+        for t in (targets if rnd % 2 == 0 else list(reversed(targets))):
+            runs[t.name].append(measure(t, seconds, conns))
+    out = {}
+    for name, rs in runs.items():
+        out[name] = {k: med([r.get(k) for r in rs]) for k in ("rps", "p50_us", "p99_us", "cpu_us_per_req")}
+    return out
+
+
+def print_workers(s):
+    ng = s["nginx-2"]
+    print("\n**Two workers** (nginx `worker_processes 2`; weir `--workers 2`, threads or `--reuse-port` event loops; "
+          "both cores shared with the load generator)\n")
+    print("| target | req/s | × nginx-2 | p50 µs | p99 µs | CPU µs/req |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, r in s.items():
+        print(f"| {name} | {fmt(r['rps'])} | {r['rps'] / ng['rps']:.2f} | {fmt(r['p50_us'])} | {fmt(r['p99_us'])} | "
+              f"{r['cpu_us_per_req']:.1f} |")
+
+
+SCENARIOS = ("reload_storm", "memory", "startup", "workers")
 
 
 def run_scenarios(args, tmp, up, weir_empty_rps):
@@ -858,6 +892,8 @@ def run_scenarios(args, tmp, up, weir_empty_rps):
                                                       args.storm_period_ms / 1000),
         "memory": lambda: scenario_memory(tmp, up, 2 if smoke else 10),
         "startup": lambda: scenario_startup(tmp, up, 1 if smoke else 3),
+        "workers": lambda: scenario_workers(tmp, up, 2 if smoke else args.duration, 1 if smoke else args.rounds,
+                                            args.connections),
     }
     out = {}
     for name in args.scenario or SCENARIOS:
@@ -871,7 +907,8 @@ def run_scenarios(args, tmp, up, weir_empty_rps):
 
 
 def print_scenarios(scenarios):
-    printers = {"reload_storm": print_reload_storm, "memory": print_memory, "startup": print_startup}
+    printers = {"reload_storm": print_reload_storm, "memory": print_memory, "startup": print_startup,
+                "workers": print_workers}
     for name, s in scenarios.items():
         if "error" in s:
             print(f"\n**{name}** · could not run: {s['error']}")

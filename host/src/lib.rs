@@ -54,6 +54,7 @@ mod snapshot;
 mod tls;
 mod upstream;
 
+pub use listen::Workers;
 pub use weir_config::{LoadError, LoadErrors};
 
 use std::net::SocketAddr;
@@ -340,10 +341,18 @@ impl Gateway {
         self.shared.snapshot.load().plugins.get(name).cloned()
     }
 
-    /// Bind the proxy and admin listeners from `[server]`.
+    /// Bind the proxy and admin listeners from `[server]`, served on the
+    /// caller's runtime.
     pub async fn bind(self) -> std::io::Result<Bound> {
+        self.bind_with(Workers::Shared).await
+    }
+
+    /// Bind the listeners for `workers`: with [`Workers::ReusePort`] the
+    /// proxy listeners take `SO_REUSEPORT`, and each worker binds its own.
+    pub async fn bind_with(self, workers: Workers) -> std::io::Result<Bound> {
         let server = self.shared.snapshot.load().server.clone();
-        let proxy = TcpListener::bind(server.listen).await?;
+        let reuse_port = matches!(workers, Workers::ReusePort(_));
+        let proxy = listen::bind(server.listen, reuse_port)?;
         let admin = match server.admin_listen {
             Some(a) => {
                 if !a.ip().is_loopback() && server.admin_token.is_none() {
@@ -357,7 +366,7 @@ impl Gateway {
             None => None,
         };
         let tls = match &self.shared.snapshot.load().tls {
-            Some(t) => Some(TcpListener::bind(t.listen).await?),
+            Some(t) => Some(listen::bind(t.listen, reuse_port)?),
             None => None,
         };
         // Watch from here on, so no change made after `bind` returns is missed.
@@ -372,7 +381,7 @@ impl Gateway {
         } else {
             None
         };
-        Ok(Bound { shared: self.shared, proxy, tls, admin, watch })
+        Ok(Bound { shared: self.shared, proxy, tls, admin, watch, workers })
     }
 }
 
@@ -383,6 +392,7 @@ pub struct Bound {
     tls: Option<TcpListener>,
     admin: Option<TcpListener>,
     watch: Option<snapshot::reload::WatchHandle>,
+    workers: Workers,
 }
 
 impl Bound {
@@ -404,7 +414,7 @@ impl Bound {
     /// Serve until `shutdown` resolves, then drain in-flight requests for at
     /// most `server.drain_timeout`.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send) -> anyhow::Result<()> {
-        let result = listen::serve(self.shared, self.proxy, self.tls, self.admin, shutdown).await;
+        let result = listen::serve(self.shared, self.proxy, self.tls, self.admin, self.workers, shutdown).await;
         drop(self.watch);
         result
     }

@@ -35,6 +35,11 @@ enum Command {
         /// Runtime worker threads (default: one per CPU).
         #[arg(long)]
         workers: Option<usize>,
+        /// With `--workers N`: N single-threaded event loops, each with its
+        /// own listener (SO_REUSEPORT), as nginx's worker processes,
+        /// instead of one work-stealing runtime of N threads.
+        #[arg(long, requires = "workers")]
+        reuse_port: bool,
         /// Refuse to start when the config fails to load, instead of
         /// starting from the last good one (for CI and first deploys).
         #[arg(long)]
@@ -71,7 +76,11 @@ fn main() -> ExitCode {
     // One worker: a single-threaded event loop (like an nginx worker), which
     // skips the work-stealing machinery. Otherwise a multi-threaded runtime.
     let mut builder = match &cli.command {
-        Command::Run { workers: Some(1), .. } => tokio::runtime::Builder::new_current_thread(),
+        // The workers have event loops of their own; this one keeps the
+        // admin API and the control plane (reloads, health checks).
+        Command::Run { workers: Some(1), .. } | Command::Run { reuse_port: true, .. } => {
+            tokio::runtime::Builder::new_current_thread()
+        }
         Command::Run { workers: Some(n), .. } => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             b.worker_threads((*n).max(1));
@@ -88,8 +97,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { config, strict, state_dir, .. } => {
-                run(config, weir::StartOptions { strict, state_dir }).await
+            Command::Run { config, strict, state_dir, workers, reuse_port } => {
+                let workers = match (reuse_port, workers) {
+                    (true, Some(n)) => weir::Workers::ReusePort(n.max(1)),
+                    _ => weir::Workers::Shared,
+                };
+                run(config, weir::StartOptions { strict, state_dir }, workers).await
             }
             Command::Check { config } => check(config).await,
         }
@@ -103,9 +116,9 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: PathBuf, options: weir::StartOptions) -> anyhow::Result<()> {
+async fn run(config: PathBuf, options: weir::StartOptions, workers: weir::Workers) -> anyhow::Result<()> {
     let gateway = weir::Gateway::start(&config, options).await?;
-    let bound = gateway.bind().await?;
+    let bound = gateway.bind_with(workers).await?;
     bound.serve(shutdown_signal()).await
 }
 

@@ -15,8 +15,15 @@ fn prepare(config: &str) -> tempfile::TempDir {
 
 /// `weir run` on `dir`'s config, as a real process.
 fn spawn_run(dir: &tempfile::TempDir) -> std::process::Child {
+    spawn_run_with(dir, &[])
+}
+
+/// `weir run` with further arguments.
+fn spawn_run_with(dir: &tempfile::TempDir, args: &[&str]) -> std::process::Child {
     Command::new(weir_binary())
-        .args(["run", "--config"])
+        .arg("run")
+        .args(args)
+        .arg("--config")
         .arg(dir.path().join("gateway.toml"))
         .env("XDG_STATE_HOME", dir.path().join("xdg-state"))
         .stdout(Stdio::null())
@@ -143,6 +150,15 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_100_slow_requests_finish_and_refuses_new_connections() {
+    drain_100_slow_requests(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuse_port_workers_drain_the_same_way() {
+    drain_100_slow_requests(&["--workers", "2", "--reuse-port"]).await;
+}
+
+async fn drain_100_slow_requests(args: &[&str]) {
     let up = Upstream::start("users").await;
     let free = weir_tests::free_port;
     let (port, admin) = (free(), free());
@@ -152,7 +168,7 @@ async fn sigterm_lets_100_slow_requests_finish_and_refuses_new_connections() {
             &format!("admin_listen = \"127.0.0.1:{admin}\"\ndrain_timeout = \"5s\""),
         );
     let dir = prepare(&config);
-    let mut child = spawn_run(&dir);
+    let mut child = spawn_run_with(&dir, args);
     let client = weir_tests::Client::new();
     let url = format!("http://127.0.0.1:{port}/users/1");
     weir_tests::wait_for(Duration::from_secs(20), || async { client.get(&url).await.ok() })
@@ -197,5 +213,60 @@ async fn sigterm_lets_100_slow_requests_finish_and_refuses_new_connections() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(status.success(), "{status}");
-    println!("drain: 100 in-flight requests completed, exit after {:?}", stopped.elapsed());
+    println!("drain {args:?}: 100 in-flight requests completed, exit after {:?}", stopped.elapsed());
+}
+
+/// `--workers 2 --reuse-port`: two event loops on threads of their own,
+/// each with its own listener; the kernel spreads connections over both,
+/// and requests through either reach the upstream over that worker's pooled
+/// connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuse_port_workers_each_accept_and_serve() {
+    let up = Upstream::start("users").await;
+    let free = weir_tests::free_port;
+    let (port, admin) = (free(), free());
+    let config = GOOD
+        .replace("LISTEN", &format!("127.0.0.1:{port}"))
+        .replace("UPSTREAM", &up.addr.to_string())
+        .replace("admin_listen = \"127.0.0.1:0\"", &format!("admin_listen = \"127.0.0.1:{admin}\""));
+    let dir = prepare(&config);
+    let mut child = spawn_run_with(&dir, &["--workers", "2", "--reuse-port"]);
+    let url = format!("http://127.0.0.1:{port}/users/1");
+    weir_tests::wait_for(Duration::from_secs(20), || async { weir_tests::Client::new().get(&url).await.ok() })
+        .await
+        .expect("weir answered");
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .expect("tasks")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect();
+    assert!(names.contains(&"weir-worker-0".to_owned()) && names.contains(&"weir-worker-1".to_owned()), "{names:?}");
+
+    // Forty connections, one request each.
+    for i in 0..40 {
+        let r = weir_tests::Client::new().get(&format!("http://127.0.0.1:{port}/users/{i}")).await.expect("request");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.seen("x-greeting").as_deref(), Some("hello"));
+    }
+    let metrics =
+        weir_tests::Client::new().get(&format!("http://127.0.0.1:{admin}/metrics")).await.expect("metrics").text();
+    let accepted = |w: &str| -> u64 {
+        let key = format!("weir_connections_accepted_total{{worker=\"{w}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(&key)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    let (a, b) = (accepted("0"), accepted("1"));
+    assert!(a > 0 && b > 0 && a + b >= 41, "accepted by worker: {a} and {b}\n{metrics}");
+    // Each worker reaches the upstream over connections of its own.
+    assert!(up.connections() >= 2, "{} upstream connections", up.connections());
+
+    sigterm(&child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "weir did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
 }

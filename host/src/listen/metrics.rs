@@ -32,6 +32,12 @@ pub(crate) struct ListenerMetrics {
     accept_errors: Family<AcceptError, Counter>,
     shed: Family<Reason, Counter>,
     refused: Family<Reason, Counter>,
+    accepted: Family<Worker, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Worker {
+    worker: String,
 }
 
 impl ListenerMetrics {
@@ -63,7 +69,18 @@ impl ListenerMetrics {
             "Connections closed at once because their address was at max_connections_per_ip (per_ip)",
             refused.clone(),
         );
-        Self { connections, tls_handshakes, accept_errors, shed, refused }
+        let accepted = Family::default();
+        registry.register(
+            "connections_accepted",
+            "Downstream connections admitted, by worker (one per event loop with --reuse-port; 0 otherwise)",
+            accepted.clone(),
+        );
+        Self { connections, tls_handshakes, accept_errors, shed, refused, accepted }
+    }
+
+    /// The counter of connections admitted by `worker`.
+    pub(crate) fn accepted(&self, worker: usize) -> Counter {
+        self.accepted.get_or_create(&Worker { worker: worker.to_string() }).clone()
     }
 
     /// An accept() failed.

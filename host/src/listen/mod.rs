@@ -44,12 +44,41 @@ const H2_MAX_FRAME: u32 = 16 * 1024;
 /// Response data buffered per stream before the body is polled again.
 const H2_MAX_SEND_BUFFER: usize = 1024 * 1024;
 
+/// How the proxy's listeners are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    /// One listener per address, accepted on the runtime `serve` runs on
+    /// (one thread, or tokio's work-stealing threads).
+    Shared,
+    /// This many threads, each with its own single-threaded event loop and
+    /// its own listener per address (`SO_REUSEPORT`: the kernel spreads new
+    /// connections over them), as nginx's worker processes. A connection
+    /// stays on its worker, and so do the upstream connections it uses.
+    ReusePort(usize),
+}
+
+/// Bind a proxy listener on `addr`; with `SO_REUSEPORT` when `reuse_port`,
+/// so that workers can bind the same address.
+pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Pending connections the kernel keeps per listener.
+const LISTEN_BACKLOG: u32 = 1024;
+
 /// Serve the proxy (and admin) listener until `shutdown`, then drain.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     proxy: TcpListener,
     tls: Option<TcpListener>,
     admin: Option<TcpListener>,
+    workers: Workers,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let server_cfg = shared.snapshot.load().server.clone();
@@ -84,7 +113,106 @@ pub(crate) async fn serve(
         })
     };
 
+    let builder = http_builder(&server_cfg, &limits);
+    tracing::info!(addr = %proxy.local_addr()?, ?workers, "proxy listening");
+    if let Some(t) = &tls {
+        tracing::info!(addr = %t.local_addr()?, "TLS listening");
+    }
+    if let Some(a) = &admin {
+        tracing::info!(addr = %a.local_addr()?, "admin listening");
+    }
+    // At most `max_connections` at once (and `max_connections_per_ip` per
+    // client): at a cap the oldest connections that have not sent a request
+    // head make room; when every slot holds a connection that has, the
+    // listener stops accepting (new connections wait in the kernel's
+    // backlog) until one closes, instead of taking on work it cannot serve.
+    // Shared by all workers.
+    let admission = Arc::new(Admission::new(
+        server_cfg.max_connections,
+        server_cfg.max_connections_per_ip,
+        shared.listener_metrics.clone(),
+    ));
+    check_fd_limit(&shared);
     let graceful = GracefulShutdown::new();
+    let loops = Loops { shared: shared.clone(), builder, admission };
+
+    let threads = match workers {
+        Workers::Shared => {
+            loops.run(0, Some(&proxy), tls.as_ref(), admin.as_ref(), &graceful, shutdown).await;
+            // Refuse new connections while draining.
+            drop((proxy, tls));
+            Vec::new()
+        }
+        Workers::ReusePort(n) => {
+            // Every worker's listeners are bound here, so a failure is
+            // this call's error; the first worker takes the listeners
+            // `bind` made (bound with SO_REUSEPORT too).
+            let addr = proxy.local_addr()?;
+            let tls_addr = tls.as_ref().map(TcpListener::local_addr).transpose()?;
+            let mut sets = vec![(proxy.into_std()?, tls.map(|t| t.into_std()).transpose()?)];
+            for _ in 1..n.max(1) {
+                let tls = tls_addr.map(|a| bind(a, true).and_then(|l| l.into_std())).transpose()?;
+                sets.push((bind(addr, true)?.into_std()?, tls));
+            }
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let mut threads = Vec::new();
+            for (i, (proxy, tls)) in sets.into_iter().enumerate() {
+                let loops = loops.clone();
+                let mut stopped = stopped.clone();
+                let drain = server_cfg.drain_timeout;
+                let thread = std::thread::Builder::new().name(format!("weir-worker-{i}")).spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        Ok(rt) => rt,
+                        Err(e) => return tracing::error!("worker {i}: cannot start its event loop: {e}"),
+                    };
+                    rt.block_on(async move {
+                        crate::upstream::pool::set_worker(i);
+                        let (proxy, tls) =
+                            match (TcpListener::from_std(proxy), tls.map(TcpListener::from_std).transpose()) {
+                                (Ok(p), Ok(t)) => (p, t),
+                                (Err(e), _) | (_, Err(e)) => return tracing::error!("worker {i}: listener: {e}"),
+                            };
+                        let graceful = GracefulShutdown::new();
+                        let stop = async move {
+                            let _ = stopped.wait_for(|s| *s).await;
+                        };
+                        loops.run(i, Some(&proxy), tls.as_ref(), None, &graceful, stop).await;
+                        drop((proxy, tls));
+                        if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+                            tracing::warn!(worker = i, "drain timeout reached; closing remaining connections");
+                        }
+                    });
+                })?;
+                threads.push(thread);
+            }
+            // This runtime keeps the admin listener and the control plane.
+            loops.run(0, None, None, admin.as_ref(), &graceful, shutdown).await;
+            let _ = stop.send(true);
+            threads
+        }
+    };
+
+    sweeper.abort();
+    ticker.abort();
+    drop(admin);
+    tracing::info!(timeout = ?server_cfg.drain_timeout, "draining connections");
+    let joined = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    });
+    if tokio::time::timeout(server_cfg.drain_timeout, graceful.shutdown()).await.is_err() {
+        tracing::warn!("drain timeout reached; closing remaining connections");
+    }
+    let _ = joined.await;
+    Ok(())
+}
+
+/// hyper's server settings from `[server]` and `[limits]`.
+fn http_builder(
+    server_cfg: &weir_config::ServerConfig,
+    limits: &weir_config::LimitsConfig,
+) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -111,62 +239,60 @@ pub(crate) async fn serve(
         .max_send_buf_size(H2_MAX_SEND_BUFFER)
         // RFC 8441: WebSocket over HTTP/2 (extended CONNECT).
         .enable_connect_protocol();
+    builder
+}
 
-    tracing::info!(addr = %proxy.local_addr()?, "proxy listening");
-    if let Some(t) = &tls {
-        tracing::info!(addr = %t.local_addr()?, "TLS listening");
-    }
-    if let Some(a) = &admin {
-        tracing::info!(addr = %a.local_addr()?, "admin listening");
-    }
-    // At most `max_connections` at once (and `max_connections_per_ip` per
-    // client): at a cap the oldest connections that have not sent a request
-    // head make room; when every slot holds a connection that has, the
-    // listener stops accepting (new connections wait in the kernel's
-    // backlog) until one closes, instead of taking on work it cannot serve.
-    let admission = Arc::new(Admission::new(
-        server_cfg.max_connections,
-        server_cfg.max_connections_per_ip,
-        shared.listener_metrics.clone(),
-    ));
-    // A connection accepted but not yet admitted, per listener: kept here
-    // so that another branch of the select below winning does not drop it.
-    let (mut held_plain, mut held_tls) = (None, None);
-    // The admin listener has a small cap of its own, so it can neither eat
-    // the proxy's descriptors nor be locked out by them.
-    let admin_slots = Arc::new(tokio::sync::Semaphore::new(ADMIN_MAX_CONNECTIONS));
-    check_fd_limit(&shared);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = admit(Some(&proxy), &mut held_plain, &admission, &shared.listener_metrics) => {
-                let Some((stream, peer, ticket)) = accepted else { continue };
-                let conn = Conn { shared: shared.clone(), builder: builder.clone(), watcher: graceful.watcher(), peer };
-                tokio::spawn(conn.serve_plain(stream, ticket));
+/// What an accept loop needs, shared by the workers.
+#[derive(Clone)]
+struct Loops {
+    shared: Arc<Shared>,
+    builder: auto::Builder<TokioExecutor>,
+    admission: Arc<Admission>,
+}
+
+impl Loops {
+    /// Accept on the listeners given until `shutdown`, serving each
+    /// connection on this runtime (worker `worker`).
+    async fn run(
+        &self,
+        worker: usize,
+        proxy: Option<&TcpListener>,
+        tls: Option<&TcpListener>,
+        admin: Option<&TcpListener>,
+        graceful: &GracefulShutdown,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let Loops { shared, builder, admission } = self;
+        // A connection accepted but not yet admitted, per listener: kept here
+        // so that another branch of the select below winning does not drop it.
+        let (mut held_plain, mut held_tls) = (None, None);
+        // The admin listener has a small cap of its own, so it can neither eat
+        // the proxy's descriptors nor be locked out by them.
+        let admin_slots = Arc::new(tokio::sync::Semaphore::new(ADMIN_MAX_CONNECTIONS));
+        let accepted = shared.listener_metrics.accepted(worker);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                admitted = admit(proxy, &mut held_plain, admission, &shared.listener_metrics) => {
+                    let Some((stream, peer, ticket)) = admitted else { continue };
+                    accepted.inc();
+                    let conn = Conn { shared: shared.clone(), builder: builder.clone(), watcher: graceful.watcher(), peer };
+                    tokio::spawn(conn.serve_plain(stream, ticket));
+                }
+                admitted = admit(tls, &mut held_tls, admission, &shared.listener_metrics) => {
+                    let Some((stream, peer, ticket)) = admitted else { continue };
+                    accepted.inc();
+                    let conn = Conn { shared: shared.clone(), builder: builder.clone(), watcher: graceful.watcher(), peer };
+                    tokio::spawn(conn.serve_tls(stream, ticket));
+                }
+                opened = accept(admin, &admin_slots, &shared.listener_metrics) => {
+                    let Some((stream, peer, slot)) = opened else { continue };
+                    serve_admin(shared.clone(), stream, peer, slot, graceful);
+                }
+                () = &mut shutdown => break,
             }
-            accepted = admit(tls.as_ref(), &mut held_tls, &admission, &shared.listener_metrics) => {
-                let Some((stream, peer, ticket)) = accepted else { continue };
-                let conn = Conn { shared: shared.clone(), builder: builder.clone(), watcher: graceful.watcher(), peer };
-                tokio::spawn(conn.serve_tls(stream, ticket));
-            }
-            accepted = accept(admin.as_ref(), &admin_slots, &shared.listener_metrics) => {
-                let Some((stream, peer, slot)) = accepted else { continue };
-                serve_admin(shared.clone(), stream, peer, slot, &graceful);
-            }
-            () = &mut shutdown => break,
         }
     }
-
-    sweeper.abort();
-    ticker.abort();
-    drop(proxy);
-    drop(tls);
-    drop(admin);
-    tracing::info!(timeout = ?server_cfg.drain_timeout, "draining connections");
-    if tokio::time::timeout(server_cfg.drain_timeout, graceful.shutdown()).await.is_err() {
-        tracing::warn!("drain timeout reached; closing remaining connections");
-    }
-    Ok(())
 }
 
 /// Accept on `listener` (never, without one), then wait for `admission`

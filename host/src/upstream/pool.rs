@@ -23,6 +23,7 @@
 //!   target timed it out as it was sent) costs nothing: the request goes
 //!   again on another connection, as nothing of it was sent.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -53,6 +54,25 @@ const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Tries on reused connections that closed before taking the request,
 /// before the error is returned.
 const STALE_TRIES: usize = 3;
+
+/// Idle lists per endpoint: one per worker of `--reuseport` (workers past
+/// this share), so a worker's requests go out on connections its own event
+/// loop drives, as in nginx's per-worker keep-alive caches.
+const SHARDS: usize = 16;
+
+thread_local! {
+    /// This thread's idle list; 0 for every thread of a shared runtime.
+    static SHARD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Make the calling thread use idle list `worker` (modulo [`SHARDS`]).
+pub(crate) fn set_worker(worker: usize) {
+    SHARD.with(|s| s.set(worker % SHARDS));
+}
+
+fn shard() -> usize {
+    SHARD.with(Cell::get)
+}
 
 /// What upstreams must agree on to share a pool.
 pub(crate) struct Settings {
@@ -130,7 +150,7 @@ impl Pool {
                 Arc::new(Endpoint {
                     addr: addr.clone(),
                     settings: s.clone(),
-                    idle: Mutex::new(Vec::new()),
+                    idle: std::array::from_fn(|_| Mutex::new(Vec::new())),
                     h2: Mutex::new(None),
                     h2_connecting: tokio::sync::Mutex::new(()),
                     slots: Arc::new(Semaphore::new(s.max_connections.max(1))),
@@ -233,8 +253,8 @@ async fn sweep(pool: Weak<Inner>, every: Duration) {
 pub(crate) struct Endpoint {
     addr: Authority,
     settings: Arc<Settings>,
-    /// Ready HTTP/1 connections, the most recently used last.
-    idle: Mutex<Vec<Idle>>,
+    /// Ready HTTP/1 connections by worker, the most recently used last.
+    idle: [Mutex<Vec<Idle>>; SHARDS],
     /// The shared HTTP/2 connection.
     h2: Mutex<Option<Shared>>,
     /// Held while an HTTP/2 connection is being made, so concurrent
@@ -273,7 +293,7 @@ impl Endpoint {
     /// Idle HTTP/1 connections right now, and whether an HTTP/2 one is
     /// open, for the admin API.
     pub(crate) fn open_idle(&self) -> (usize, bool) {
-        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let idle = self.idle.iter().map(|l| l.lock().unwrap_or_else(|p| p.into_inner()).len()).sum();
         (idle, self.h2.lock().unwrap_or_else(|p| p.into_inner()).is_some())
     }
 
@@ -329,7 +349,12 @@ impl Endpoint {
                 *h2 = None;
             }
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        self.pop(shard())
+    }
+
+    /// The most recent ready connection of worker `shard`'s idle list.
+    fn pop(&self, shard: usize) -> Option<Conn> {
+        let mut idle = self.idle[shard].lock().unwrap_or_else(|p| p.into_inner());
         if idle.is_empty() {
             return None;
         }
@@ -359,8 +384,9 @@ impl Endpoint {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
+            // Any worker's connection will do rather than a 503.
             if self.settings.protocol != UpstreamProtocol::H2
-                && let Some(c) = self.ready()
+                && let Some(c) = self.ready().or_else(|| (0..SHARDS).find_map(|i| self.pop(i)))
             {
                 return Ok(Err(c));
             }
@@ -421,7 +447,7 @@ impl Endpoint {
             return;
         }
         {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let mut idle = self.idle[shard()].lock().unwrap_or_else(|p| p.into_inner());
             if idle.len() >= self.settings.limits.max_idle {
                 return;
             }
@@ -435,17 +461,22 @@ impl Endpoint {
     /// Close expired and closed idle connections, and an HTTP/2 connection
     /// past its age.
     fn prune(&self, now: Instant) {
-        let stale: Vec<Idle> = {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            let (keep, stale) = std::mem::take(&mut *idle).into_iter().partition(|i| {
-                !i.tx.is_closed()
-                    && now.duration_since(i.since) < self.settings.limits.idle_timeout
-                    && !self.too_old(i.born, now)
-            });
-            *idle = keep;
-            stale
-        };
-        drop(stale);
+        for list in &self.idle {
+            let stale: Vec<Idle> = {
+                let mut idle = list.lock().unwrap_or_else(|p| p.into_inner());
+                if idle.is_empty() {
+                    continue;
+                }
+                let (keep, stale) = std::mem::take(&mut *idle).into_iter().partition(|i| {
+                    !i.tx.is_closed()
+                        && now.duration_since(i.since) < self.settings.limits.idle_timeout
+                        && !self.too_old(i.born, now)
+                });
+                *idle = keep;
+                stale
+            };
+            drop(stale);
+        }
         let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
         if h2.as_ref().is_some_and(|s| s.tx.is_closed() || self.too_old(s.born, now)) {
             *h2 = None;
