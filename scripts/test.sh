@@ -60,3 +60,8 @@ if grep -E '^\s*(ERROR|WARN)' <<<"$book_log" >&2; then
 fi
 
 cargo test --release --workspace "$@"
+
+# The SDK as plugin authors get it from a registry: packaged on its own (the
+# WIT inside it) and built from the package. --allow-dirty so a work tree
+# with local changes can run the suite too.
+cargo package -p weir-plugin-sdk --allow-dirty --quiet

@@ -3,7 +3,7 @@
 //! in `__private` use these.
 
 wit_bindgen::generate!({
-    path: "../wit",
+    path: "wit",
     world: "streaming-plugin",
     pub_export_macro: true,
     default_bindings_module: "weir_plugin_sdk::bindings",

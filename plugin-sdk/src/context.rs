@@ -84,12 +84,16 @@ impl Context {
         host::local_set(key, value.as_ref())
     }
 
-    /// Add to a plugin-defined counter metric (`[a-z][a-z0-9_]*`).
+    /// Add to a plugin-defined counter metric, exported as
+    /// `weir_plugin_custom_total{plugin, name}`. A name that fails
+    /// [`crate::is_metric_name`] is dropped.
     pub fn counter_add(&self, name: &str, value: u64) {
         host::counter_add(name, value);
     }
 
-    /// Set a plugin-defined gauge metric (`[a-z][a-z0-9_]*`).
+    /// Set a plugin-defined gauge metric, exported as
+    /// `weir_plugin_custom_gauge{plugin, name}`. A name that fails
+    /// [`crate::is_metric_name`] is dropped.
     pub fn gauge_set(&self, name: &str, value: i64) {
         host::gauge_set(name, value);
     }

@@ -104,6 +104,32 @@ mod tests;
 #[doc = include_str!("../../docs/src/plugins/writing.md")]
 pub mod author_guide {}
 
+/// The metric-name rule, the one place it is stated: a plugin metric's
+/// name ([`Context::counter_add`], [`Context::gauge_set`]) starts with a
+/// lowercase ASCII letter, continues with lowercase letters, digits, `_`
+/// and `.`, and is at most 64 bytes long. The gateway drops a metric whose
+/// name breaks it (and keeps at most 32 names per plugin); so does the
+/// test harness, so a test that counts on such a name fails.
+///
+/// ```
+/// use weir_plugin_sdk::is_metric_name;
+/// assert!(is_metric_name("cache.hits_2"));
+/// assert!(!is_metric_name("Hits"));
+/// assert!(!is_metric_name("bad-name"));
+/// assert!(!is_metric_name(&"x".repeat(65)));
+/// ```
+pub fn is_metric_name(name: &str) -> bool {
+    name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+}
+
+/// This crate's `README.md` (its page on a registry), included so that its
+/// example is compiled as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub mod crate_readme {}
+
 /// The repository's `README.md`, included so that its plugin example is
 /// compiled and run as a doc test of this crate.
 #[cfg(doctest)]

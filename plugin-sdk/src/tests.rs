@@ -176,3 +176,16 @@ fn the_harness_stubs_outbound_answers_and_records_the_calls() {
     assert_eq!(check.body_bytes(), b"{}");
     assert_eq!((calls[3].upstream(), calls[3].path()), ("audit", "/seen/orders"));
 }
+
+/// The SDK's version is the contract's: `package weir:plugin@X.Y.Z` in the
+/// WIT this crate carries and binds to.
+#[test]
+fn the_sdk_version_is_the_contract_version() {
+    let wit = include_str!("../wit/plugin.wit");
+    let contract = wit
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("package weir:plugin@"))
+        .map(|v| v.trim_end_matches(';'))
+        .expect("a package line");
+    assert_eq!(env!("CARGO_PKG_VERSION"), contract, "bump plugin-sdk/Cargo.toml's version with the contract");
+}

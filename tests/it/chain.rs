@@ -272,3 +272,28 @@ async fn plugins_publish_values_for_the_rest_of_the_chain() {
     // A request auth refuses publishes nothing, and gets no further.
     assert_eq!(get("wrong").await.status, 401);
 }
+
+/// The metric-name rule is the SDK's (`is_metric_name`, the one place the
+/// book states it): the gateway keeps exactly the plugin metrics whose
+/// names pass it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_keeps_exactly_the_metric_names_the_sdk_rule_allows() {
+    let up = Upstream::start("up").await;
+    let long = "m".repeat(65);
+    let names =
+        ["ok_name", "cache.hits_2", "a", &"n".repeat(64), "Bad", "bad-name", "9lives", "_x", long.as_str(), "sp ace"];
+    let list: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+    let cfg =
+        format!("{}{}", probe("m", &format!("metrics = [{}]", list.join(", "))), route(&["m"], &up.addr.to_string()));
+    let gw = TestGateway::start(&cfg, &["probe.wasm"]).await;
+    assert_eq!(gw.get("/").await.status, 200);
+    let metrics = gw.metrics().await;
+    let mut allowed = 0;
+    for name in names {
+        let line = format!(r#"weir_plugin_custom_total{{plugin="m",name="{name}"}} 1"#);
+        let kept = metrics.contains(&line);
+        assert_eq!(kept, weir_plugin_sdk::is_metric_name(name), "{name:?}: kept by the gateway {kept}\n{metrics}");
+        allowed += usize::from(kept);
+    }
+    assert_eq!(allowed, 4, "four of the names pass the rule");
+}

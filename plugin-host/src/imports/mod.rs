@@ -97,7 +97,9 @@ impl PluginHost {
         Ok(format!("{}:{key}", self.name))
     }
 
-    /// Whether `name` may become a label value: valid and within the cap.
+    /// Whether `name` may become a label value: valid (the SDK's
+    /// metric-name rule, `weir_plugin_sdk::is_metric_name`, which the book
+    /// states; `tests/it/chain.rs` checks the two agree) and within the cap.
     fn admit_name(&self, name: &str) -> bool {
         let valid = name.len() <= 64
             && name.starts_with(|c: char| c.is_ascii_lowercase())

@@ -35,6 +35,11 @@ struct Settings {
     /// Append to the response body (asks for the response body phase).
     #[serde(default)]
     body_suffix: Option<String>,
+    /// Add 1 to each of these plugin counters on every request (names the
+    /// metric-name rule may refuse, to check the host drops what the SDK's
+    /// rule refuses).
+    #[serde(default)]
+    metrics: Vec<String>,
     /// Count requests in host state; the count goes in `x-count`.
     #[serde(default)]
     count: bool,
@@ -193,6 +198,9 @@ impl Plugin for Probe {
                 })
                 .collect();
             req.headers_mut().insert("x-callout", outcomes.join(" ;; ").try_into()?);
+        }
+        for name in &self.s.metrics {
+            cx.counter_add(name, 1);
         }
         if self.s.count {
             let n = cx.state().incr("requests", 1, 0)?;
