@@ -50,6 +50,7 @@ mod listen;
 mod observe;
 mod proxy;
 mod router;
+pub mod scaffold;
 mod snapshot;
 mod tls;
 mod upstream;

@@ -55,6 +55,29 @@ enum Command {
         #[arg(short, long, default_value = "gateway.toml")]
         config: PathBuf,
     },
+    /// Plugin authoring.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Write a new plugin crate (tests, README, build alias, config
+    /// snippet) from a template.
+    New {
+        /// The crate's name, also the plugin's in the snippet.
+        name: String,
+        /// What the plugin starts as.
+        #[arg(long, value_enum, default_value = "headers")]
+        template: weir::scaffold::Template,
+        /// Where the crate's folder is made.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Depend on the SDK at this path (a weir checkout's plugin-sdk/)
+        /// instead of the registry's weir-plugin-sdk.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -105,6 +128,11 @@ fn main() -> ExitCode {
                 run(config, weir::StartOptions { strict, state_dir }, workers).await
             }
             Command::Check { config } => check(config).await,
+            Command::Plugin(PluginCommand::New { name, template, dir, sdk }) => {
+                let made = weir::scaffold::new_plugin(&name, template, &dir, sdk.as_deref())?;
+                print!("{}", weir::scaffold::next_steps(&made, &dir.join(&name)));
+                Ok(())
+            }
         }
     });
     match result {

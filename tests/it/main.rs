@@ -29,6 +29,7 @@ mod reload;
 mod resilience;
 mod routing;
 mod sandbox;
+mod scaffold;
 mod streaming;
 mod tls;
 mod transform;

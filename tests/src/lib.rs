@@ -75,7 +75,7 @@ pub fn fixtures() -> &'static Path {
 /// ask to rerun when those change, so passing them on would rebuild ring
 /// (and all that depends on it) in the nested build, and again in the next
 /// outer one. The outer build's flags are not passed on either.
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     for (var, _) in std::env::vars_os() {
         let Some(name) = var.to_str() else { continue };
