@@ -478,8 +478,11 @@ impl Conn {
             // A complete head: this connection is never shed from now on.
             ticket.served();
             let snap = shared.snapshot.load_full();
+            // Only a verdict that refuses is kept (no verdict is a clear
+            // one): the first extension allocates the request's map.
             if req.version() <= hyper::Version::HTTP_11
                 && let Some(v) = seen.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+                && v != crate::proxy::checks::Verdict::Clear
             {
                 req.extensions_mut().insert(v);
             }

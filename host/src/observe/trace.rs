@@ -74,6 +74,8 @@ pub(crate) struct Span {
 pub(crate) struct RequestTrace {
     /// 32 hex digits.
     pub(crate) trace_id: String,
+    /// The same, as a number (what plugins' outbound calls carry on).
+    id: u128,
     /// The client's span, when the client sent a valid `traceparent`.
     pub(crate) parent_id: Option<String>,
     /// The gateway's server span for this request.
@@ -96,15 +98,20 @@ impl RequestTrace {
     /// services behind the gateway can record them).
     pub(crate) fn begin(headers: &HeaderMap, tracer: Option<&Tracer>) -> Self {
         let incoming = headers.get(&names::TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(parse_traceparent);
-        let (trace_id, parent_id, sampled) = match incoming {
-            Some(tp) => (tp.trace_id.to_owned(), Some(tp.parent_id.to_owned()), tp.sampled),
+        let (trace_id, id, parent_id, sampled) = match incoming {
+            Some(tp) => {
+                let id = u128::from_str_radix(tp.trace_id, 16).unwrap_or_default();
+                (tp.trace_id.to_owned(), id, Some(tp.parent_id.to_owned()), tp.sampled)
+            }
             None => {
                 let sampled = tracer.is_none_or(|t| t.sample >= 1.0 || fastrand::f64() < t.sample);
-                (hex_id(fastrand::u128(1..), 32), None, sampled)
+                let id = fastrand::u128(1..);
+                (hex_id(id, 32), id, None, sampled)
             }
         };
         Self {
             trace_id,
+            id,
             parent_id,
             server_span: new_span_id(),
             sampled,
@@ -131,8 +138,7 @@ impl RequestTrace {
     /// What plugins' outbound calls carry on in `traceparent` (copied into
     /// each phase's heads, so no allocation).
     pub(crate) fn context(&self) -> weir_plugin_host::TraceContext {
-        let trace_id = u128::from_str_radix(&self.trace_id, 16).unwrap_or_default();
-        weir_plugin_host::TraceContext { trace_id, sampled: self.sampled }
+        weir_plugin_host::TraceContext { trace_id: self.id, sampled: self.sampled }
     }
 
     pub(crate) fn child(&mut self, span: impl FnOnce(&str) -> Span) {
