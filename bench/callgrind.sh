@@ -6,11 +6,18 @@
 #
 #   bench/callgrind.sh [REQUESTS] [CONNECTIONS]     (defaults 20000, 16)
 #
-# Needs a release build (`cargo build --release -p weir -p weir-bench`),
-# valgrind and h2load. Prints the instructions per request and leaves the
-# profile in target/callgrind/ for `callgrind_annotate`.
+# Installs valgrind and h2load when missing, builds in release, prints the
+# instructions per request and leaves the profile in target/callgrind/ for
+# `callgrind_annotate`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v valgrind >/dev/null 2>&1 || ! command -v h2load >/dev/null 2>&1; then
+  echo "installing valgrind and nghttp2-client (h2load)..." >&2
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind nghttp2-client >/dev/null
+fi
+# --workspace: the same feature set as the test build, so nothing is rebuilt.
+cargo build --release --workspace --bins
 N=${1:-20000}
 C=${2:-16}
 REL=target/release

@@ -448,6 +448,23 @@ impl LoadedPlugin {
         self.metrics.invalid.inc();
     }
 
+    /// Run a call, then keep the heads' staged edits (and published values)
+    /// when `commits` says the answer takes effect, else drop them.
+    async fn settle(
+        &self,
+        call: Call<'_>,
+        heads: &mut Option<Heads>,
+        held: &mut RequestSlot,
+        commits: fn(&Answer) -> bool,
+    ) -> Result<Answer, PluginFailure> {
+        let answer = self.run(call, heads, held).await;
+        let commit = answer.as_ref().is_ok_and(commits);
+        if let Some(h) = heads.as_mut() {
+            if commit { h.commit() } else { h.discard() }
+        }
+        answer
+    }
+
     /// A head phase: `on-request` (with `heads.response` unset) or
     /// `on-response`. On `continue` the phase's edits take effect; on
     /// anything else they are dropped.
@@ -457,12 +474,7 @@ impl LoadedPlugin {
         heads: &mut Option<Heads>,
         held: &mut RequestSlot,
     ) -> Result<Action, PluginFailure> {
-        let answer = self.run(call, heads, held).await;
-        let commit = matches!(answer, Ok(Answer::Head(Action::Continue)));
-        if let Some(h) = heads.as_mut() {
-            if commit { h.commit() } else { h.discard() }
-        }
-        match answer? {
+        match self.settle(call, heads, held, |a| matches!(a, Answer::Head(Action::Continue))).await? {
             Answer::Head(a) => {
                 self.count(matches!(a, Action::Respond(_)));
                 Ok(a)
@@ -479,12 +491,7 @@ impl LoadedPlugin {
         heads: &mut Option<Heads>,
         held: &mut RequestSlot,
     ) -> Result<BodyAction, PluginFailure> {
-        let answer = self.run(call, heads, held).await;
-        let commit = matches!(answer, Ok(Answer::Body(BodyAction::Continue(_))));
-        if let Some(h) = heads.as_mut() {
-            if commit { h.commit() } else { h.discard() }
-        }
-        match answer? {
+        match self.settle(call, heads, held, |a| matches!(a, Answer::Body(BodyAction::Continue(_)))).await? {
             Answer::Body(a) => {
                 self.count(matches!(a, BodyAction::Respond(_)));
                 Ok(a)
@@ -500,11 +507,7 @@ impl LoadedPlugin {
         heads: &mut Option<Heads>,
         held: &mut RequestSlot,
     ) -> Result<ChunkAction, PluginFailure> {
-        let answer = self.run(call, heads, held).await;
-        if let Some(h) = heads.as_mut() {
-            h.discard();
-        }
-        match answer? {
+        match self.settle(call, heads, held, |_| false).await? {
             Answer::Chunk(a) => {
                 self.count(matches!(a, ChunkAction::Abort(_)));
                 Ok(a)

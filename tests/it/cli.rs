@@ -32,6 +32,19 @@ fn spawn_run_with(dir: &tempfile::TempDir, args: &[&str]) -> std::process::Child
         .expect("spawn weir")
 }
 
+/// Wait up to `within` for `child` to exit, and check it exited 0.
+async fn exits_cleanly(child: &mut std::process::Child, within: Duration, what: &str) {
+    let deadline = std::time::Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: still running");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+}
+
 fn sigterm(child: &std::process::Child) {
     let kill = format!("kill -TERM {}", child.id());
     assert!(Command::new("sh").args(["-c", &kill]).status().expect("sh").success());
@@ -104,15 +117,7 @@ async fn run_serves_and_drains_on_sigterm() {
 
     // SIGTERM: exits cleanly.
     sigterm(&child);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "weir did not exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(status.success(), "{status}");
+    exits_cleanly(&mut child, Duration::from_secs(10), "weir exits after SIGTERM").await;
 }
 
 #[test]
@@ -205,14 +210,12 @@ async fn drain_100_slow_requests(args: &[&str]) {
         assert_eq!(r.status, 200);
         assert_eq!(r.header("connection"), Some("close"), "HTTP/1 answers during the drain close their connection");
     }
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(stopped.elapsed() < Duration::from_secs(6), "weir exits within the 5 s drain timeout");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(status.success(), "{status}");
+    exits_cleanly(
+        &mut child,
+        Duration::from_secs(6).saturating_sub(stopped.elapsed()),
+        "weir exits within the 5 s drain timeout",
+    )
+    .await;
     println!("drain {args:?}: 100 in-flight requests completed, exit after {:?}", stopped.elapsed());
 }
 
@@ -260,13 +263,5 @@ async fn reuse_port_workers_each_accept_and_serve() {
     assert!(up.connections() >= 2, "{} upstream connections", up.connections());
 
     sigterm(&child);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "weir did not exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(status.success(), "{status}");
+    exits_cleanly(&mut child, Duration::from_secs(10), "weir exits after SIGTERM").await;
 }

@@ -89,6 +89,16 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
+    /// Whether connections may speak HTTP/2: by prior knowledge, or by ALPN
+    /// over TLS.
+    fn may_h2(&self) -> bool {
+        match self.protocol {
+            UpstreamProtocol::H2 => true,
+            UpstreamProtocol::Auto => self.tls.is_some(),
+            UpstreamProtocol::H1 => false,
+        }
+    }
+
     fn scheme(&self) -> Scheme {
         if self.tls.is_some() { Scheme::HTTPS } else { Scheme::HTTP }
     }
@@ -338,9 +348,7 @@ impl Endpoint {
     /// A ready connection: the HTTP/2 one, or the most recent idle HTTP/1
     /// one (closing the stale ones met on the way).
     fn ready(&self) -> Option<Conn> {
-        if self.settings.protocol != UpstreamProtocol::H1 && self.settings.tls.is_some()
-            || self.settings.protocol == UpstreamProtocol::H2
-        {
+        if self.settings.may_h2() {
             let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(s) = h2.as_ref() {
                 if !s.tx.is_closed() && !self.too_old(s.born, Instant::now()) {

@@ -97,6 +97,27 @@ impl PluginHost {
         Ok(format!("{}:{key}", self.name))
     }
 
+    /// Apply `apply` to the plugin's metric `name`, taken from its family
+    /// once (`make`), when the name is admitted, and kept in `cache`.
+    fn with_own_metric<M>(
+        &self,
+        cache: fn(&mut OwnMetrics) -> &mut HashMap<String, M>,
+        name: String,
+        make: impl FnOnce(&str) -> M,
+        apply: impl FnOnce(&M),
+    ) {
+        let mut own = self.own.lock().unwrap_or_else(|p| p.into_inner());
+        let map = cache(&mut own);
+        if let Some(m) = map.get(&name) {
+            return apply(m);
+        }
+        if self.admit_name(&name) {
+            let m = make(&name);
+            apply(&m);
+            map.insert(name, m);
+        }
+    }
+
     /// Whether `name` may become a label value: valid (the SDK's
     /// metric-name rule, `weir_plugin_sdk::is_metric_name`, which the book
     /// states; `tests/it/chain.rs` checks the two agree) and within the cap.
@@ -471,29 +492,27 @@ struct OwnMetrics {
 impl metrics::Host for StoreData {
     fn counter_add(&mut self, name: String, value: u64) -> wasmtime::Result<()> {
         let host = &self.host;
-        if let Some(c) = host.own.lock().unwrap_or_else(|p| p.into_inner()).counters.get(&name) {
-            c.inc_by(value);
-            return Ok(());
-        }
-        if host.admit_name(&name) {
-            let c = host.metrics.counter(&host.name, &name);
-            c.inc_by(value);
-            host.own.lock().unwrap_or_else(|p| p.into_inner()).counters.insert(name, c);
-        }
+        host.with_own_metric(
+            |o| &mut o.counters,
+            name,
+            |n| host.metrics.counter(&host.name, n),
+            |c| {
+                c.inc_by(value);
+            },
+        );
         Ok(())
     }
 
     fn gauge_set(&mut self, name: String, value: i64) -> wasmtime::Result<()> {
         let host = &self.host;
-        if let Some(g) = host.own.lock().unwrap_or_else(|p| p.into_inner()).gauges.get(&name) {
-            g.set(value);
-            return Ok(());
-        }
-        if host.admit_name(&name) {
-            let g = host.metrics.gauge(&host.name, &name);
-            g.set(value);
-            host.own.lock().unwrap_or_else(|p| p.into_inner()).gauges.insert(name, g);
-        }
+        host.with_own_metric(
+            |o| &mut o.gauges,
+            name,
+            |n| host.metrics.gauge(&host.name, n),
+            |g| {
+                g.set(value);
+            },
+        );
         Ok(())
     }
 }
