@@ -5,6 +5,10 @@
 //! against each other (a route's upstream, a chain's plugins) keep their
 //! source span so the error can point at them. README's "Configuration
 //! reference" documents every key; keep the two in step.
+//!
+//! The same types derive [`schemars::JsonSchema`], and [`schema()`] is the
+//! JSON Schema of the file that editors use: a field's `///` comment is its
+//! description there, so write it for someone editing `gateway.toml`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,14 +17,21 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
+
+use json_schema::{ByteSizeString, DurationString, NAME_PATTERN, SocketAddrString};
 
 pub mod files;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+mod json_schema;
+mod recorder;
 mod tls;
 mod upstream;
+pub use json_schema::schema;
+pub use recorder::{RecorderConfig, Trigger};
 pub use tls::*;
 pub use upstream::*;
 
@@ -36,49 +47,69 @@ pub fn valid_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// A whole `gateway.toml`.
-#[derive(Debug, Clone, Deserialize)]
+/// A whole `gateway.toml`: `[server]` is required, every other section
+/// has defaults. Unknown keys are errors, at every level.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
-    /// Listeners and server-wide settings.
+    /// `[server]`: the listeners and server-wide settings.
     pub server: ServerConfig,
-    /// Plugin runtime settings (read at start; a reload keeps the old ones).
+    /// `[runtime]`: the plugin engine (read at start; a reload keeps the old
+    /// settings).
     #[serde(default)]
     pub runtime: RuntimeConfig,
-    /// Where plugins' shared state lives (read at start).
+    /// `[state]`: where plugins' shared state lives, in memory or in Redis
+    /// (read at start).
     #[serde(default)]
+    #[schemars(with = "StateConfig")]
     pub state: Option<Spanned<StateConfig>>,
-    /// What happens to events plugins emit.
+    /// `[events]`: what happens to the events plugins emit.
     #[serde(default)]
     pub events: EventsConfig,
-    /// One line per request; no access log without this section.
+    /// `[access_log]`: one line per request; no access log without this
+    /// section.
     #[serde(default)]
+    #[schemars(with = "AccessLogConfig")]
     pub access_log: Option<Spanned<AccessLogConfig>>,
-    /// What a request may be: sizes and counts.
+    /// `[limits]`: what a request may be: sizes and counts.
     #[serde(default)]
     pub limits: LimitsConfig,
-    /// Span export over OTLP; none without this section.
+    /// `[tracing]`: span export over OTLP; none without this section.
     #[serde(default)]
+    #[schemars(with = "TracingConfig")]
     pub tracing: Option<Spanned<TracingConfig>>,
-    /// Named upstream services.
+    /// `[recorder]`: the flight recorder; off without this section.
     #[serde(default)]
+    #[schemars(with = "RecorderConfig")]
+    pub recorder: Option<Spanned<RecorderConfig>>,
+    /// `[upstreams.NAME]`: the services routes and plugins send requests to.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, UpstreamConfig>")]
     pub upstreams: BTreeMap<String, Spanned<UpstreamConfig>>,
-    /// Named plugin instances.
+    /// `[plugins.NAME]`: named plugin instances; `NAME` is 1 to 64 of
+    /// `[A-Za-z0-9_-]`.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, PluginConfig>", extend("propertyNames" = { "pattern": NAME_PATTERN }))]
     pub plugins: BTreeMap<String, Spanned<PluginConfig>>,
-    /// Routes, matched in order: the first match wins.
+    /// `[[routes]]`, tried in order: the first match wins.
     #[serde(default)]
+    #[schemars(with = "Vec<RouteConfig>")]
     pub routes: Vec<Spanned<RouteConfig>>,
 }
 
-/// `[server]`
-#[derive(Debug, Clone, Deserialize)]
+/// `[server]`: the listeners and server-wide settings; `listen` is
+/// required.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Address of the proxy listener (HTTP/1.1 and h2c).
+    /// Address of the proxy listener (HTTP/1.1 and h2c), e.g.
+    /// `"127.0.0.1:8080"`; port 0 picks one. Read at start.
+    #[schemars(with = "SocketAddrString")]
     pub listen: SocketAddr,
-    /// Address of the admin listener (`/healthz`, `/metrics`, `/admin/*`); none if absent.
+    /// Address of the admin listener (`/healthz`, `/metrics`, `/admin/*`,
+    /// `/dashboard`); none if absent. Bind it to loopback.
     #[serde(default)]
+    #[schemars(with = "SocketAddrString")]
     pub admin_listen: Option<SocketAddr>,
     /// When set, the admin API and `/metrics` need `Authorization: Bearer
     /// TOKEN` (`/healthz`, `/readyz` and the dashboard page stay open).
@@ -87,14 +118,18 @@ pub struct ServerConfig {
     /// Folder of `.wasm` modules, relative to the config file.
     #[serde(default = "defaults::plugins_dir")]
     pub plugins_dir: PathBuf,
-    /// Reload when the config file or a module changes.
+    /// Reload when the config file, a module in `plugins_dir`, or a TLS
+    /// certificate, key or CA file changes.
     #[serde(default = "defaults::yes")]
     pub watch: bool,
-    /// Time allowed for a client to send a complete request head.
+    /// Time allowed for a client to send a complete request head; also how
+    /// long a new or idle keep-alive connection may stay silent.
     #[serde(default = "defaults::header_read_timeout", deserialize_with = "duration")]
+    #[schemars(with = "DurationString")]
     pub header_read_timeout: Duration,
     /// On shutdown, how long in-flight requests may take to finish.
     #[serde(default = "defaults::drain_timeout", deserialize_with = "duration")]
+    #[schemars(with = "DurationString")]
     pub drain_timeout: Duration,
     /// Most downstream connections open at once on the proxy listener; at
     /// the cap new connections wait to be accepted.
@@ -107,9 +142,11 @@ pub struct ServerConfig {
     pub max_connections_per_ip: Option<usize>,
     /// Largest body buffered for a plugin body phase (413/502 beyond).
     #[serde(default = "defaults::max_buffered_body", deserialize_with = "byte_size")]
+    #[schemars(with = "ByteSizeString")]
     pub max_buffered_body: u64,
-    /// A TLS listener, beside the cleartext one.
+    /// `[server.tls]`: a TLS listener, beside the cleartext one.
     #[serde(default)]
+    #[schemars(with = "ListenerTlsConfig")]
     pub tls: Option<Spanned<ListenerTlsConfig>>,
     /// Where the last good configuration and its modules are kept, so a
     /// restart with a broken file on disk starts from them (relative to the
@@ -129,7 +166,7 @@ pub fn base_dir_of(path: &Path) -> PathBuf {
 
 /// `[runtime]`: the plugin engine. Sizes the pooling allocator, so it is
 /// read once at start.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Most plugin instances alive at once, over all plugins (pool slots).
@@ -137,6 +174,7 @@ pub struct RuntimeConfig {
     pub max_instances: u32,
     /// Largest memory limit a plugin may be given.
     #[serde(default = "defaults::max_memory", deserialize_with = "byte_size")]
+    #[schemars(with = "ByteSizeString")]
     pub max_memory: u64,
     /// Idle instances kept per plugin for reuse.
     #[serde(default = "defaults::max_idle_per_plugin")]
@@ -149,11 +187,12 @@ pub struct RuntimeConfig {
     /// Largest plugin module file read (`"64MiB"` by default): a larger
     /// file, or one that is not a regular file, is refused.
     #[serde(default = "defaults::max_module_size", deserialize_with = "byte_size")]
+    #[schemars(with = "ByteSizeString")]
     pub max_module_size: u64,
 }
 
 /// `compile_cache = true | false | "folder"`
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]
 #[serde(untagged)]
 pub enum CompileCache {
     /// `true`: `$XDG_CACHE_HOME/weir` or `~/.cache/weir`; `false`: off.
@@ -203,7 +242,7 @@ impl Default for RuntimeConfig {
 
 /// `[state]`: the backend behind the plugins' `state` calls. Read at start
 /// (counters must not silently move between backends on a reload).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
     /// `memory` (in-process, default) or `redis` (shared by gateway nodes).
@@ -217,9 +256,11 @@ pub struct StateConfig {
     pub key_prefix: String,
     /// Time allowed for one Redis operation before it counts as unavailable.
     #[serde(default = "defaults::state_timeout", deserialize_with = "duration")]
+    #[schemars(with = "DurationString")]
     pub timeout: Duration,
     /// After a Redis failure, calls fail fast for this long before the next try.
     #[serde(default = "defaults::state_retry_interval", deserialize_with = "duration")]
+    #[schemars(with = "DurationString")]
     pub retry_interval: Duration,
     /// Most keys the memory backend holds (writes beyond fail as unavailable).
     #[serde(default = "defaults::state_max_entries")]
@@ -240,7 +281,7 @@ impl Default for StateConfig {
 }
 
 /// `backend = "memory" | "redis"`
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StateBackend {
     /// A sharded map inside the gateway process.
@@ -252,17 +293,19 @@ pub enum StateBackend {
 
 /// `[events]`: plugin events (e.g. anomaly alerts) are always logged and
 /// counted; this section can also POST them to a webhook.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventsConfig {
     /// `http://host:port/path` each event is POSTed to as JSON; none if absent.
     #[serde(default)]
+    #[schemars(with = "String")]
     pub webhook: Option<Spanned<String>>,
     /// Least severity POSTed to the webhook: `info`, `warning` or `critical`.
     #[serde(default = "defaults::min_severity")]
     pub min_severity: Severity,
     /// Time allowed for one webhook POST.
     #[serde(default = "defaults::webhook_timeout", deserialize_with = "duration")]
+    #[schemars(with = "DurationString")]
     pub timeout: Duration,
     /// Events waiting to be POSTed; beyond this, new ones are dropped (and counted).
     #[serde(default = "defaults::webhook_queue")]
@@ -282,7 +325,7 @@ impl Default for EventsConfig {
 
 /// `[access_log]`: one line per request, written when the response has
 /// been sent.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLogConfig {
     /// Write access log lines at all.
@@ -296,6 +339,7 @@ pub struct AccessLogConfig {
     pub format: AccessLogFormat,
     /// Share of requests logged, 0 to 1 (5xx responses are always logged).
     #[serde(default = "defaults::one")]
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub sample: f64,
     /// Log the query string with the path (it may carry credentials).
     #[serde(default)]
@@ -317,30 +361,35 @@ impl Default for AccessLogConfig {
 /// `[limits]`: what a request may be. `max_header_count` and
 /// `max_header_bytes` configure the HTTP/1 parser and apply at start; the
 /// others apply on reload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Largest request body (413 beyond; a declared length is refused
     /// before anything is read).
     #[serde(default = "defaults::max_request_body", deserialize_with = "byte_size")]
+    #[schemars(with = "ByteSizeString")]
     pub max_request_body: u64,
     /// Most request header fields (431 beyond).
     #[serde(default = "defaults::max_header_count")]
     pub max_header_count: usize,
     /// Largest request head, request line and headers together (431 beyond).
     #[serde(default = "defaults::max_header_bytes", deserialize_with = "byte_size")]
+    #[schemars(with = "ByteSizeString")]
     pub max_header_bytes: u64,
     /// Longest request target (414 beyond).
     #[serde(default = "defaults::max_uri_bytes", deserialize_with = "byte_size")]
+    #[schemars(with = "ByteSizeString")]
     pub max_uri_bytes: u64,
     /// Request bodies up to this size are read whole before the upstream is
     /// called, so a malformed or cut body is refused (400) with nothing
     /// sent upstream; larger bodies stream after this much.
     #[serde(default = "defaults::request_buffer", deserialize_with = "byte_size")]
+    #[schemars(with = "ByteSizeString")]
     pub request_buffer: u64,
     /// Largest upstream response head (status line and headers); a larger
     /// one is answered `502`, never forwarded.
     #[serde(default = "defaults::max_header_bytes", deserialize_with = "byte_size")]
+    #[schemars(with = "ByteSizeString")]
     pub max_response_header_bytes: u64,
 }
 
@@ -359,7 +408,7 @@ impl Default for LimitsConfig {
 
 /// `[tracing]`: spans of each request (server span, plugin calls, upstream
 /// tries) exported over OTLP/HTTP with the JSON encoding.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TracingConfig {
     /// The collector's traces URL, e.g. `http://127.0.0.1:4318/v1/traces`;
@@ -369,6 +418,7 @@ pub struct TracingConfig {
     /// Share of new traces sampled, 0 to 1; a client's sampled flag is
     /// honoured.
     #[serde(default = "defaults::one")]
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub sample: f64,
     /// `service.name` of the exported resource.
     #[serde(default = "defaults::service_name")]
@@ -381,14 +431,16 @@ pub struct TracingConfig {
     pub queue: usize,
     /// Longest a span waits before its batch is sent.
     #[serde(default = "defaults::span_interval", deserialize_with = "duration")]
+    #[schemars(with = "DurationString")]
     pub interval: Duration,
     /// Time allowed for one export request.
     #[serde(default = "defaults::span_timeout", deserialize_with = "duration")]
+    #[schemars(with = "DurationString")]
     pub timeout: Duration,
 }
 
-/// `format = "json" | "logfmt"`
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+/// `format = "json" | "logfmt"`: the access log's line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AccessLogFormat {
     /// One JSON object per line.
@@ -399,7 +451,7 @@ pub enum AccessLogFormat {
 }
 
 /// Event severity, ordered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, JsonSchema, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     /// For the record.
@@ -421,14 +473,19 @@ impl Severity {
     }
 }
 
-/// `[plugins.NAME]`
-#[derive(Debug, Clone, Deserialize)]
+/// `[plugins.NAME]`: a named instance of a plugin module with its own
+/// `config`, limits and failure policy.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
-    /// File name of the module in `plugins_dir`.
+    /// File name of the module in `plugins_dir` (no paths), e.g.
+    /// `"auth.wasm"`.
+    #[schemars(with = "String")]
     pub module: Spanned<String>,
-    /// Handed to the plugin's `init` as JSON.
+    /// The plugin's own settings, handed to its `init` as JSON; the plugin
+    /// validates them (see its documentation).
     #[serde(default)]
+    #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
     pub config: Option<Spanned<toml::Table>>,
     /// What a trap or deadline does to the request.
     #[serde(default)]
@@ -439,8 +496,10 @@ pub struct PluginConfig {
     /// Instance reuse.
     #[serde(default)]
     pub isolation: Isolation,
-    /// If set, the module's sha256 (hex) must match.
+    /// If set, the module's sha256 (hex) must match, or the config is
+    /// refused.
     #[serde(default)]
+    #[schemars(with = "String")]
     pub sha256: Option<Spanned<String>>,
     /// When a plugin that keeps trapping stops being called for a while.
     #[serde(default)]
@@ -448,6 +507,7 @@ pub struct PluginConfig {
     /// The upstreams this instance may call through the `outbound`
     /// interface; none if absent.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub outbound: Option<Spanned<Vec<String>>>,
 }
 
@@ -456,7 +516,7 @@ pub struct PluginConfig {
 /// requests get the failure policy: 503, or skipped when open); each
 /// further episode doubles the pause, up to `max_backoff`; a call that
 /// succeeds ends it. `after = 0` turns it off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CrashLoopConfig {
     /// Traps in a row that start a backoff (0: never).
@@ -464,9 +524,11 @@ pub struct CrashLoopConfig {
     pub after: u32,
     /// The first pause.
     #[serde(default = "defaults::crash_backoff", deserialize_with = "duration")]
+    #[schemars(with = "DurationString")]
     pub backoff: Duration,
     /// The longest pause.
     #[serde(default = "defaults::crash_max_backoff", deserialize_with = "duration")]
+    #[schemars(with = "DurationString")]
     pub max_backoff: Duration,
 }
 
@@ -481,7 +543,7 @@ impl Default for CrashLoopConfig {
 }
 
 /// `failure = "closed" | "open"`
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FailurePolicy {
     /// A trap answers 500, a deadline 504.
@@ -492,7 +554,7 @@ pub enum FailurePolicy {
 }
 
 /// `isolation = "pool" | "request"`
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Isolation {
     /// Initialised instances are reused, one request at a time.
@@ -503,17 +565,20 @@ pub enum Isolation {
 }
 
 /// `limits = { memory = "16MiB", deadline = "50ms" }`
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginLimits {
     /// Linear memory limit per instance.
     #[serde(default = "defaults::plugin_memory", deserialize_with = "byte_size")]
+    #[schemars(with = "ByteSizeString")]
     pub memory: u64,
     /// CPU deadline per phase call.
     #[serde(default = "defaults::plugin_deadline", deserialize_with = "duration")]
+    #[schemars(with = "DurationString")]
     pub deadline: Duration,
     /// Largest body of an answer to an outbound call.
     #[serde(default = "defaults::outbound_body", deserialize_with = "byte_size")]
+    #[schemars(with = "ByteSizeString")]
     pub outbound_body: u64,
     /// Most outbound calls per phase call.
     #[serde(default = "defaults::outbound_calls")]
@@ -531,11 +596,13 @@ impl Default for PluginLimits {
     }
 }
 
-/// `[[routes]]`
-#[derive(Debug, Clone, Deserialize)]
+/// `[[routes]]`: which requests a route takes (`host`, `path` or
+/// `path_prefix`, `methods`), the plugins they go through (`chain`) and
+/// where they go (`upstream`, or `parts` for `kind = "aggregate"`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
-    /// Name used in metrics, logs and the plugins' request head.
+    /// Unique name, used in metrics, logs and the plugins' request head.
     pub name: String,
     /// Host to match (port ignored, case-insensitive); `*.example.com`
     /// matches any subdomain. Any host if absent.
@@ -543,28 +610,36 @@ pub struct RouteConfig {
     pub host: Option<String>,
     /// Exact path, or a pattern with `{param}` segments and a final `{*rest}`.
     #[serde(default)]
+    #[schemars(with = "String")]
     pub path: Option<Spanned<String>>,
     /// Path prefix, matched on segment boundaries (`/users` matches
-    /// `/users` and `/users/7`, not `/usersx`).
+    /// `/users` and `/users/7`, not `/usersx`); `"/"` when neither `path`
+    /// nor `path_prefix` is set.
     #[serde(default)]
+    #[schemars(with = "String")]
     pub path_prefix: Option<Spanned<String>>,
-    /// Methods to match; any if absent.
+    /// Methods to match, e.g. `["GET", "POST"]`; any if absent.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub methods: Option<Spanned<Vec<String>>>,
     /// `proxy` (forward to `upstream`) or `aggregate` (fan out to `parts`).
     #[serde(default)]
     pub kind: RouteKind,
     /// The upstream to forward to (`kind = "proxy"`).
     #[serde(default)]
+    #[schemars(with = "String")]
     pub upstream: Option<Spanned<String>>,
-    /// Plugins to run, in order.
+    /// Names of `[plugins.NAME]` instances to run, in order.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub chain: Vec<Spanned<String>>,
     /// Keep responses in memory and serve them stale when the upstream fails.
     #[serde(default)]
+    #[schemars(with = "CacheConfig")]
     pub cache: Option<Spanned<CacheConfig>>,
     /// The requests an aggregate route sends in parallel, in merge order.
     #[serde(default)]
+    #[schemars(with = "Vec<PartConfig>")]
     pub parts: Vec<Spanned<PartConfig>>,
     /// How an aggregate route merges its parts' JSON answers.
     #[serde(default)]
@@ -573,6 +648,7 @@ pub struct RouteConfig {
     /// strings `"${part.field}"`, `"${path.x}"`, `"${query.x}"` and
     /// `"${header.x}"` are replaced.
     #[serde(default)]
+    #[schemars(with = "serde_json::Value")]
     pub template: Option<Spanned<toml::Value>>,
     /// Client request headers an aggregate route passes on to every part.
     #[serde(default)]
@@ -584,11 +660,12 @@ pub struct RouteConfig {
     /// A WebSocket connection with no byte either way for this long is
     /// closed.
     #[serde(default = "defaults::websocket_idle_timeout", deserialize_with = "duration")]
+    #[schemars(with = "DurationString")]
     pub websocket_idle_timeout: Duration,
 }
 
-/// What a route does with a request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+/// `kind = "proxy" | "aggregate"`: what a route does with a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RouteKind {
     /// Forward it to one upstream.
@@ -598,8 +675,8 @@ pub enum RouteKind {
     Aggregate,
 }
 
-/// How an aggregate route combines its parts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+/// `merge = "keys" | "deep"`: how an aggregate route combines its parts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Merge {
     /// `{"part": answer, ...}`.
@@ -611,18 +688,22 @@ pub enum Merge {
 }
 
 /// `[[routes.parts]]`: one request of an aggregate route.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PartConfig {
-    /// Key of its answer in the merged document.
+    /// Key of its answer in the merged document: 1 to 64 of
+    /// `[A-Za-z0-9_-]`, unique in the route.
+    #[schemars(pattern(NAME_PATTERN))]
     pub name: String,
-    /// Where it goes.
+    /// The `[upstreams.NAME]` it is sent to.
+    #[schemars(with = "String")]
     pub upstream: Spanned<String>,
     /// Method; `GET` if absent.
     #[serde(default)]
     pub method: Option<String>,
     /// Path and query, with `{path.x}`, `{query.x}` and `{header.x}`
     /// filled from the client's request.
+    #[schemars(with = "String")]
     pub path: Spanned<String>,
     /// Headers to send, values templated like `path`.
     #[serde(default)]
@@ -630,6 +711,7 @@ pub struct PartConfig {
     /// Time for its whole answer, body included; the upstream's `timeout`
     /// if absent.
     #[serde(default, deserialize_with = "optional_duration")]
+    #[schemars(with = "DurationString")]
     pub timeout: Option<Duration>,
     /// Its failure fails the whole request (otherwise it is reported in
     /// `_errors` and the answer is partial).
@@ -888,3 +970,6 @@ impl Source {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod schema_tests;

@@ -7,32 +7,40 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::duration;
+use crate::json_schema::{DurationString, SocketAddrString};
 
-/// `[server.tls]`
-#[derive(Debug, Clone, Deserialize)]
+/// `[server.tls]`: a TLS listener beside the cleartext one, with its
+/// certificates (chosen by SNI) and, optionally, client certificates
+/// (mutual TLS).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTlsConfig {
     /// Address of the TLS listener (HTTP/1.1 and HTTP/2 by ALPN). Read at
     /// start, like `listen`.
+    #[schemars(with = "SocketAddrString")]
     pub listen: SocketAddr,
     /// Certificates with their keys. The one whose names (subject
     /// alternative names, `*.` wildcards included) match the client's SNI
     /// is presented; the first one when none matches or the client sent no
     /// SNI.
+    #[schemars(with = "Vec<CertificateConfig>")]
     pub certificates: Vec<Spanned<CertificateConfig>>,
     /// Oldest protocol version accepted: `"1.2"` (default) or `"1.3"`.
     #[serde(default)]
     pub min_version: TlsVersion,
     /// Protocols offered by ALPN, in order of preference.
     #[serde(default = "defaults::alpn")]
+    #[schemars(with = "Vec<String>")]
     pub alpn: Vec<Spanned<String>>,
     /// CA certificates (PEM) that client certificates must chain to; no
     /// client certificates are asked for without it.
     #[serde(default)]
+    #[schemars(with = "PathBuf")]
     pub client_ca: Option<Spanned<PathBuf>>,
     /// With `client_ca`: `"required"` (default) refuses a handshake without
     /// a valid client certificate; `"optional"` lets it through with none
@@ -46,11 +54,12 @@ pub struct ListenerTlsConfig {
     pub forward_client_cert: bool,
     /// Time allowed for the TLS handshake.
     #[serde(default = "defaults::handshake_timeout", deserialize_with = "duration")]
+    #[schemars(with = "DurationString")]
     pub handshake_timeout: Duration,
 }
 
 /// One certificate chain and its private key.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateConfig {
     /// PEM file: the leaf certificate first, then intermediates.
@@ -60,7 +69,7 @@ pub struct CertificateConfig {
 }
 
 /// `min_version = "1.2" | "1.3"`
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]
 pub enum TlsVersion {
     /// TLS 1.2 and 1.3.
     #[default]
@@ -72,7 +81,7 @@ pub enum TlsVersion {
 }
 
 /// `client_auth = "required" | "optional"`
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientAuth {
     /// No valid client certificate, no connection.
@@ -84,7 +93,7 @@ pub enum ClientAuth {
 
 /// An upstream's `tls`: `true` (verify against the system's roots) or a
 /// table.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum UpstreamTls {
     /// `tls = true`: TLS with the defaults; `false`: cleartext.
@@ -104,8 +113,9 @@ impl UpstreamTls {
     }
 }
 
-/// `tls = { ca = "...", server_name = "...", cert = "...", key = "..." }`
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+/// `tls = { ca = "...", server_name = "...", cert = "...", key = "..." }`:
+/// TLS to an upstream's targets, with settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsConfig {
     /// CA certificates (PEM) the targets' certificates must chain to;
@@ -125,8 +135,8 @@ pub struct UpstreamTlsConfig {
     pub key: Option<PathBuf>,
 }
 
-/// An upstream's `protocol`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+/// An upstream's `protocol = "auto" | "h1" | "h2"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, JsonSchema, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamProtocol {
     /// HTTP/2 when TLS negotiates it by ALPN, HTTP/1.1 otherwise.

@@ -4,30 +4,39 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::{UpstreamProtocol, byte_size, duration};
+use crate::json_schema::{ByteSizeString, DurationString, HASH_ON_PATTERN, TARGET_PATTERN};
 
-/// `[upstreams.NAME]`
-#[derive(Debug, Clone, Deserialize)]
+/// `[upstreams.NAME]`: a service and how the gateway reaches it: its
+/// targets (`targets`, or `targets_file`), timeouts, retries, health
+/// checks, breaker, protocol, TLS and connection pool.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// Primary targets: `"host:port"` or `{ address = "host:port", weight = N }`.
+    /// Primary targets: `"host:port"` or `{ address = "host:port", weight = N }`;
+    /// required unless `targets_file` is set.
     /// Host names are resolved, and re-resolved every `dns_refresh`; each
     /// address becomes a target.
     #[serde(default)]
+    #[schemars(with = "Vec<TargetConfig>")]
     pub targets: Vec<Spanned<TargetConfig>>,
     /// Targets used only while no primary is healthy.
     #[serde(default)]
+    #[schemars(with = "Vec<TargetConfig>")]
     pub backup: Vec<Spanned<TargetConfig>>,
     /// A JSON or TOML file of `targets` (and `backup`), relative to the
     /// config file, watched for changes: an external registry can drive
     /// the targets without a config reload. Excludes `targets`/`backup`.
     #[serde(default)]
+    #[schemars(with = "PathBuf")]
     pub targets_file: Option<Spanned<PathBuf>>,
     /// How often host names among the targets are resolved again.
     #[serde(default = "defaults::dns_refresh", deserialize_with = "duration")]
+    #[schemars(with = "DurationString")]
     pub dns_refresh: Duration,
     /// Which addresses of a resolved name become targets.
     #[serde(default)]
@@ -39,43 +48,54 @@ pub struct UpstreamConfig {
     /// `"header:NAME"`, `"cookie:NAME"`). A request without the header or
     /// cookie falls back to its client IP.
     #[serde(default)]
+    #[schemars(with = "String", pattern(HASH_ON_PATTERN))]
     pub hash_on: Option<Spanned<String>>,
     /// Time allowed to establish a connection (502 beyond).
     #[serde(default = "defaults::connect_timeout", deserialize_with = "duration")]
+    #[schemars(with = "DurationString")]
     pub connect_timeout: Duration,
-    /// Time allowed for one try's response head to arrive (504 beyond).
+    /// Time allowed for one try's response head to arrive (504 beyond);
+    /// above zero.
     #[serde(default = "defaults::upstream_timeout", deserialize_with = "duration")]
+    #[schemars(with = "DurationString")]
     pub timeout: Duration,
     /// Time allowed for all tries together, backoff included; none by default.
     #[serde(default, deserialize_with = "optional_duration")]
+    #[schemars(with = "DurationString")]
     pub total_timeout: Option<Duration>,
-    /// Retries.
+    /// `[upstreams.NAME.retry]`: which failures are retried, how often,
+    /// and the retry budget.
     #[serde(default)]
     pub retry: RetryConfig,
-    /// Active health checks; off unless `path` is set.
+    /// `[upstreams.NAME.health]`: active health checks; none without it.
     #[serde(default)]
+    #[schemars(with = "HealthConfig")]
     pub health: Option<Spanned<HealthConfig>>,
-    /// Passive health checks (outlier ejection); on by default.
+    /// `[upstreams.NAME.outlier]`: passive health checks (outlier
+    /// ejection); on by default.
     #[serde(default)]
     pub outlier: OutlierConfig,
-    /// Concurrency caps and the error-rate breaker.
+    /// `[upstreams.NAME.breaker]`: concurrency caps and the error-rate
+    /// breaker.
     #[serde(default)]
     pub breaker: BreakerConfig,
-    /// HTTP version spoken to the targets.
+    /// HTTP version spoken to the targets: `"auto"`, `"h1"` or `"h2"`.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
     /// TLS to the targets: `true`, or a table of settings.
     #[serde(default)]
+    #[schemars(with = "super::UpstreamTls")]
     pub tls: Option<Spanned<super::UpstreamTls>>,
-    /// The connections kept open to each target between requests.
+    /// `[upstreams.NAME.pool]`: the connections kept open to each target
+    /// between requests.
     #[serde(default)]
     pub pool: PoolConfig,
 }
 
-/// `[upstreams.NAME.pool]`: idle connections kept to each target, so a
+/// `[upstreams.NAME.pool]` (or `pool = { ... }`): idle connections kept to each target, so a
 /// request finds one ready instead of paying for a new TCP (and TLS)
 /// handshake. The connection cap itself is `breaker.max_connections`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     /// Most idle HTTP/1 connections kept per target; a connection that
@@ -83,14 +103,17 @@ pub struct PoolConfig {
     /// request.
     #[serde(default = "defaults::max_idle")]
     pub max_idle: usize,
-    /// An idle connection unused this long is closed. Keep it below the
-    /// targets' own keep-alive timeout, so the gateway closes first.
+    /// An idle connection unused this long is closed; above zero. Keep it
+    /// below the targets' own keep-alive timeout, so the gateway closes
+    /// first.
     #[serde(default = "defaults::idle_timeout", deserialize_with = "duration")]
+    #[schemars(with = "DurationString")]
     pub idle_timeout: Duration,
     /// A connection older than this takes no new request (it closes once
     /// its last one is done), so targets added behind a load balancer or a
     /// rotated certificate are picked up; none by default.
     #[serde(default, deserialize_with = "optional_duration")]
+    #[schemars(with = "DurationString")]
     pub max_age: Option<Duration>,
 }
 
@@ -100,18 +123,22 @@ impl Default for PoolConfig {
     }
 }
 
-/// One target.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// One target: `"host:port"`, or `{ address = "host:port", weight = N }`.
+/// The port is required; a host name is resolved, and each of its
+/// addresses becomes a target.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum TargetConfig {
     /// `"host:port"`, weight 1.
-    Address(String),
+    Address(#[schemars(pattern(TARGET_PATTERN))] String),
     /// `{ address = "host:port", weight = N }`.
     Weighted {
         /// `host:port`.
+        #[schemars(pattern(TARGET_PATTERN))]
         address: String,
         /// Share of requests relative to the other targets (1 to 1000).
         #[serde(default = "defaults::weight")]
+        #[schemars(range(min = 1, max = 1000))]
         weight: u32,
     },
 }
@@ -133,8 +160,9 @@ impl TargetConfig {
     }
 }
 
-/// `dns_family`
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+/// `dns_family = "any" | "ipv4" | "ipv6"`: which addresses of a resolved
+/// name become targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DnsFamily {
     /// A and AAAA.
@@ -146,8 +174,9 @@ pub enum DnsFamily {
     Ipv6,
 }
 
-/// `balance`
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+/// `balance = "round_robin" | "least_outstanding" | "hash"`: how a target
+/// is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
     /// Each target in turn, as often as its weight says (smooth weighted
@@ -162,12 +191,15 @@ pub enum Balance {
     Hash,
 }
 
-/// `[upstreams.NAME.retry]`
-#[derive(Debug, Clone, Deserialize)]
+/// `[upstreams.NAME.retry]` (or `retry = { ... }`): which failures are
+/// retried, how often, and how many retries may be in flight.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
-    /// Most tries per request, the first included (1 turns retries off).
+    /// Most tries per request, the first included: 1 to 10 (1 turns
+    /// retries off).
     #[serde(default = "defaults::tries")]
+    #[schemars(range(min = 1, max = 10))]
     pub tries: u32,
     /// What is retried: `"connect"` (nothing was sent: any method),
     /// `"timeout"` and `"reset"` (idempotent methods only).
@@ -178,13 +210,17 @@ pub struct RetryConfig {
     pub statuses: Vec<u16>,
     /// First backoff; each retry doubles it, with full jitter.
     #[serde(default = "defaults::retry_backoff", deserialize_with = "duration")]
+    #[schemars(with = "DurationString")]
     pub backoff: Duration,
     /// Largest backoff.
     #[serde(default = "defaults::retry_max_backoff", deserialize_with = "duration")]
+    #[schemars(with = "DurationString")]
     pub max_backoff: Duration,
     /// Retries in flight may be at most this share of the requests in
-    /// flight to the upstream, so retries cannot multiply an outage.
+    /// flight to the upstream (0 to 1), so retries cannot multiply an
+    /// outage.
     #[serde(default = "defaults::retry_budget")]
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub budget: f64,
     /// Retries always allowed in flight, whatever the budget says.
     #[serde(default = "defaults::retry_min")]
@@ -206,7 +242,7 @@ impl Default for RetryConfig {
 }
 
 /// A kind of failure that may be retried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RetryOn {
     /// The connection could not be made.
@@ -217,49 +253,62 @@ pub enum RetryOn {
     Reset,
 }
 
-/// `[upstreams.NAME.health]`: active checks.
-#[derive(Debug, Clone, Deserialize)]
+/// `[upstreams.NAME.health]` (or `health = { ... }`): active checks, a
+/// `GET` of `path` on every target (backups included).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
-    /// Path requested with GET; a 2xx or 3xx answer passes.
+    /// Path requested with GET, starting with `/`; a 2xx or 3xx answer
+    /// passes.
+    #[schemars(pattern("^/"))]
     pub path: String,
-    /// Time between checks of one target.
+    /// Time between checks of one target; above zero.
     #[serde(default = "defaults::health_interval", deserialize_with = "duration")]
+    #[schemars(with = "DurationString")]
     pub interval: Duration,
-    /// Time a check may take.
+    /// Time a check may take; above zero.
     #[serde(default = "defaults::health_timeout", deserialize_with = "duration")]
+    #[schemars(with = "DurationString")]
     pub timeout: Duration,
-    /// Passing checks in a row that bring a target back.
+    /// Passing checks in a row that bring a target back; at least 1.
     #[serde(default = "defaults::two")]
+    #[schemars(range(min = 1))]
     pub healthy_threshold: u32,
-    /// Failing checks in a row that take a target out.
+    /// Failing checks in a row that take a target out; at least 1.
     #[serde(default = "defaults::two")]
+    #[schemars(range(min = 1))]
     pub unhealthy_threshold: u32,
     /// `Host` header of the check; the target's address if absent.
     #[serde(default)]
     pub host: Option<String>,
 }
 
-/// `[upstreams.NAME.outlier]`: passive checks.
-#[derive(Debug, Clone, Deserialize)]
+/// `[upstreams.NAME.outlier]` (or `outlier = { ... }`): passive checks,
+/// ejecting a target whose tries keep failing.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierConfig {
     /// Off switch.
     #[serde(default = "defaults::yes")]
     pub enabled: bool,
     /// Connect errors, timeouts, resets or 5xx answers in a row that eject
-    /// a target.
+    /// a target; at least 1.
     #[serde(default = "defaults::consecutive_failures")]
+    #[schemars(range(min = 1))]
     pub consecutive_failures: u32,
     /// First ejection time; each repeated ejection adds as much again.
     #[serde(default = "defaults::base_ejection", deserialize_with = "duration")]
+    #[schemars(with = "DurationString")]
     pub base_ejection: Duration,
     /// Longest ejection.
     #[serde(default = "defaults::max_ejection", deserialize_with = "duration")]
+    #[schemars(with = "DurationString")]
     pub max_ejection: Duration,
     /// Most targets of a group (primaries, or backups) ejected at once, in
-    /// percent; the group's last usable target is never ejected.
+    /// percent, at most 100; the group's last usable target is never
+    /// ejected.
     #[serde(default = "defaults::max_ejected_percent")]
+    #[schemars(range(max = 100))]
     pub max_ejected_percent: u32,
 }
 
@@ -275,8 +324,9 @@ impl Default for OutlierConfig {
     }
 }
 
-/// `[upstreams.NAME.breaker]`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// `[upstreams.NAME.breaker]` (or `breaker = { ... }`): concurrency caps
+/// and the error-rate breaker.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerConfig {
     /// Most requests in flight to the upstream at once.
@@ -289,17 +339,21 @@ pub struct BreakerConfig {
     #[serde(default = "defaults::max_connections_per_target")]
     pub max_connections: usize,
     /// Open the breaker when this share of the window's tries failed
-    /// (connect error, timeout, reset, 502/503/504); off when absent.
+    /// (connect error, timeout, reset, 502/503/504): above 0, at most 1;
+    /// off when absent.
     #[serde(default)]
+    #[schemars(extend("exclusiveMinimum" = 0, "maximum" = 1))]
     pub error_rate: Option<f64>,
     /// Fewest tries in the window before the rate counts.
     #[serde(default = "defaults::min_requests")]
     pub min_requests: u32,
-    /// The sliding window the rate is taken over.
+    /// The sliding window the rate is taken over; at least `10ms`.
     #[serde(default = "defaults::breaker_window", deserialize_with = "duration")]
+    #[schemars(with = "DurationString")]
     pub window: Duration,
     /// How long an open breaker refuses before letting probes through.
     #[serde(default = "defaults::open_for", deserialize_with = "duration")]
+    #[schemars(with = "DurationString")]
     pub open_for: Duration,
     /// Probe requests let through half-open; all must succeed to close.
     #[serde(default = "defaults::probes")]
@@ -321,24 +375,28 @@ impl Default for BreakerConfig {
     }
 }
 
-/// A route's `cache`: responses kept in memory, and served stale when the
-/// upstream fails.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// A route's (or an aggregate part's) `cache`: responses kept in
+/// memory, and served stale when the upstream fails.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     /// Memory for all of the route's entries (bodies and headers).
     #[serde(default = "defaults::cache_size", deserialize_with = "byte_size")]
+    #[schemars(with = "ByteSizeString")]
     pub max_size: u64,
     /// Largest response stored; larger ones pass through uncached.
     #[serde(default = "defaults::cache_entry", deserialize_with = "byte_size")]
+    #[schemars(with = "ByteSizeString")]
     pub max_entry: u64,
     /// Freshness of a response that gives none (`Cache-Control: max-age`,
     /// `s-maxage` or `Expires`); 0 stores it for stale fallback only.
     #[serde(default, deserialize_with = "duration")]
+    #[schemars(with = "DurationString")]
     pub default_ttl: Duration,
     /// How long after it went stale a response may still be served when
     /// the upstream fails (a response's own `stale-if-error=N` wins).
     #[serde(default = "defaults::stale_if_error", deserialize_with = "duration")]
+    #[schemars(with = "DurationString")]
     pub stale_if_error: Duration,
 }
 

@@ -49,6 +49,7 @@ mod headers;
 mod listen;
 mod observe;
 mod proxy;
+pub mod replay;
 mod router;
 pub mod scaffold;
 mod snapshot;

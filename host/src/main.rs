@@ -58,6 +58,16 @@ enum Command {
     /// Plugin authoring.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// The configuration file's format.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the JSON Schema of gateway.toml (for editors: taplo, Even
+    /// Better TOML).
+    Schema,
 }
 
 #[derive(Subcommand)]
@@ -77,6 +87,30 @@ enum PluginCommand {
         /// instead of the registry's weir-plugin-sdk.
         #[arg(long)]
         sdk: Option<PathBuf>,
+    },
+    /// Print the JSON Schema a plugin module declares for its `config`.
+    Schema {
+        /// The plugin's .wasm file.
+        module: PathBuf,
+    },
+    /// Run a plugin on a flight recording, offline: the recorded phase,
+    /// once, in a local engine with the plugin's limits. Exits 0 when the
+    /// plugin continues or answers, 3 when it traps, overruns its
+    /// deadline or does not load.
+    Replay {
+        /// The recording (`GET /admin/recordings/ID`, or a file of the
+        /// recorder's folder).
+        recording: PathBuf,
+        /// The module to run (default: the one --config names).
+        #[arg(long)]
+        module: Option<PathBuf>,
+        /// A gateway.toml giving the plugin's config, limits and module.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The [plugins.NAME] to take from --config (default: the recorded
+        /// plugin).
+        #[arg(long)]
+        plugin: Option<String>,
     },
 }
 
@@ -125,18 +159,33 @@ fn main() -> ExitCode {
                     (true, Some(n)) => weir::Workers::ReusePort(n.max(1)),
                     _ => weir::Workers::Shared,
                 };
-                run(config, weir::StartOptions { strict, state_dir }, workers).await
+                run(config, weir::StartOptions { strict, state_dir }, workers).await.map(|()| ExitCode::SUCCESS)
             }
-            Command::Check { config } => check(config).await,
+            Command::Check { config } => check(config).await.map(|()| ExitCode::SUCCESS),
             Command::Plugin(PluginCommand::New { name, template, dir, sdk }) => {
                 let made = weir::scaffold::new_plugin(&name, template, &dir, sdk.as_deref())?;
                 print!("{}", weir::scaffold::next_steps(&made, &dir.join(&name)));
-                Ok(())
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Plugin(PluginCommand::Schema { module }) => {
+                plugin_schema(module).await.map(|()| ExitCode::SUCCESS)
+            }
+            Command::Plugin(PluginCommand::Replay { recording, module, config, plugin }) => {
+                let done = weir::replay::replay(&weir::replay::Replay { recording, module, config, plugin }).await?;
+                print!("{}", done.report);
+                if done.verdict == weir::replay::Verdict::Failed {
+                    return Ok(ExitCode::from(3));
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Config(ConfigCommand::Schema) => {
+                println!("{:#}", weir_config::schema());
+                Ok(ExitCode::SUCCESS)
             }
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("{e:#}");
             ExitCode::FAILURE
@@ -164,6 +213,26 @@ async fn check(config: PathBuf) -> anyhow::Result<()> {
         println!("  plugin {name:<16} {module} sha256:{sha256}");
     }
     Ok(())
+}
+
+async fn plugin_schema(module: PathBuf) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&module).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", module.display()))?;
+    let plugin = weir_plugin_host::LocalPlugin::compile(bytes, &weir_config::RuntimeConfig::default())
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", module.display()))?;
+    match plugin.config_schema().await.map_err(|e| anyhow::anyhow!("{}: {e}", module.display()))? {
+        Some(text) => {
+            // Pretty-printed when it is JSON (the gateway refuses it otherwise).
+            match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(v) => println!("{v:#}"),
+                Err(_) => println!("{text}"),
+            }
+            Ok(())
+        }
+        None => {
+            anyhow::bail!("{} declares no config schema (it predates contract 0.2.5 or returns none)", module.display())
+        }
+    }
 }
 
 /// SIGTERM or Ctrl-C.

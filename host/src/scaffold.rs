@@ -149,6 +149,9 @@ crate-type = ["cdylib", "rlib"]
 weir-plugin-sdk = {sdk}
 serde = {{ version = "1", features = ["derive"] }}
 serde_json = "1"
+# The JSON Schema of the `config` table (`Plugin::config_schema`), derived
+# from the struct it is parsed into.
+schemars = "1"
 
 # Small modules: they are compiled once by the gateway, but read, hashed and
 # kept by it (and by a registry) on every change.
@@ -217,7 +220,7 @@ dashboard. The API reference is the `weir-plugin-sdk` rustdoc
 /// What to do next, printed after scaffolding.
 pub fn next_steps(s: &Scaffolded, shown_dir: &Path) -> String {
     format!(
-        "created {dir}\n\nnext:\n  cd {dir}\n  cargo test          # the plugin's tests, natively\n  cargo wasm          # builds target/wasm32-wasip2/release/{m}\n  cp target/wasm32-wasip2/release/{m} <plugins_dir>/\n  then add gateway.snippet.toml to your gateway.toml (picked up live)\n",
+        "created {dir}\n\nnext:\n  cd {dir}\n  cargo test          # the plugin's tests, natively\n  cargo wasm          # builds target/wasm32-wasip2/release/{m}\n  cp target/wasm32-wasip2/release/{m} <plugins_dir>/\n  then add gateway.snippet.toml to your gateway.toml (picked up live)\n\nlater:\n  weir plugin schema target/wasm32-wasip2/release/{m}   # its config schema\n  weir check --config gateway.toml                     # config checked against it\n  weir plugin replay REC.json --config gateway.toml    # a recorded failure, again\n",
         dir = shown_dir.display(),
         m = s.module
     )

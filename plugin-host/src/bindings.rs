@@ -48,6 +48,31 @@ mod streaming_world {
     });
 }
 
+/// The `describe` export (contract `0.2.5`), optional like `streaming`:
+/// bound from the `sdk-plugin` world.
+mod describe_world {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "sdk-plugin",
+        imports: { default: trappable },
+        exports: { default: async },
+        with: {
+            "weir:plugin/types": super::generated::weir::plugin::types,
+            "weir:plugin/log": super::generated::weir::plugin::log,
+            "weir:plugin/clock": super::generated::weir::plugin::clock,
+            "weir:plugin/state": super::generated::weir::plugin::state,
+            "weir:plugin/request-local": super::generated::weir::plugin::request_local,
+            "weir:plugin/metrics": super::generated::weir::plugin::metrics,
+            "weir:plugin/events": super::generated::weir::plugin::events,
+            "weir:plugin/outbound": super::generated::weir::plugin::outbound,
+            "weir:plugin/chain-data": super::generated::weir::plugin::chain_data,
+            "weir:plugin/handler": super::generated::exports::weir::plugin::handler,
+            "weir:plugin/streaming": super::streaming_world::exports::weir::plugin::streaming,
+        },
+    });
+}
+
+pub(crate) use describe_world::exports::weir::plugin::describe::GuestIndices as DescribeIndices;
 pub use generated::weir::plugin::types::{Action, BodyAction, Header, Phases, Reply};
 pub(crate) use generated::weir::plugin::{
     chain_data, clock, events, log, metrics, outbound, request_local, state, types,

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+pub use crate::schema::SchemaError;
+
 /// Why a module could not become a loaded plugin. The messages are written
 /// for the operator; the gateway prefixes the plugin's name and file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,6 +31,17 @@ pub enum LoadError {
     /// Its `init` refused the configuration, for this reason.
     #[error("config rejected by the plugin: {0}")]
     ConfigRejected(String),
+    /// The configuration breaks the schema the plugin declares (contract
+    /// `0.2.5`): every mismatch, with its key path.
+    #[error("config does not match the plugin's schema: {}", list(.0))]
+    ConfigSchema(Vec<SchemaError>),
+    /// The schema the plugin declares is not a usable JSON Schema.
+    #[error("the plugin's config schema is {0}")]
+    BadSchema(String),
+}
+
+fn list(errors: &[SchemaError]) -> String {
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
 /// Why a plugin call produced no answer.

@@ -31,20 +31,23 @@ mod events;
 pub mod fuzzing;
 pub mod heads;
 mod imports;
+mod local;
 mod metrics;
 pub mod outbound;
 mod plugin;
 mod runtime;
+mod schema;
 pub mod state;
 mod store;
 
 pub use bindings::{Action, BodyAction, ChunkAction, Header, Phases, Reply, StreamPhases};
 pub use engine::EngineError;
-pub use error::{LoadError, PluginFailure};
+pub use error::{LoadError, PluginFailure, SchemaError};
 pub use events::{EventRecord, EventSink};
 pub use heads::{
     ChainData, ConnectionTls, Heads, LentRequest, LentResponse, OutboundLog, OutboundRecord, RequestInfo, TraceContext,
 };
+pub use local::{LocalPlugin, LocalSpec};
 pub use metrics::{CallCounts, CallObserver, HostMetrics, OutboundCount, PluginMetrics};
 pub use plugin::{CrashLoopStatus, LoadedPlugin, PluginSpec, RequestSlot};
 pub use runtime::{Module, PluginRuntime, sha256_hex};

@@ -12,12 +12,15 @@ use wasmtime::Store;
 use wasmtime::component::InstancePre;
 use weir_config::{CrashLoopConfig, FailurePolicy, Isolation, PluginLimits};
 
-use crate::bindings::{self, Action, BodyAction, ChunkAction, Phases, StreamPhases, StreamingGuest, StreamingIndices};
+use crate::bindings::{
+    self, Action, BodyAction, ChunkAction, DescribeIndices, Phases, StreamPhases, StreamingGuest, StreamingIndices,
+};
 use crate::engine::{EPOCH_TICK, PluginEngine, deadline_ticks};
 use crate::error::{LoadError, PluginFailure};
 use crate::heads::{self, Heads};
 use crate::imports::{Locals, PluginHost, StoreData};
 use crate::metrics::PluginMetrics;
+use crate::schema::ConfigSchema;
 use crate::store::{PeakLimits, describe_trap, is_deadline, new_store};
 
 /// What a request holds for one position of its chain, from phase to phase:
@@ -46,6 +49,8 @@ struct Instance {
     world: bindings::PluginWorld,
     /// Its `streaming` export, when the module has one (contract `0.2.4`).
     streaming: Option<StreamingGuest>,
+    /// The instance handle, for exports looked up once (`describe`).
+    instance: wasmtime::component::Instance,
 }
 
 /// A call into a phase; the heads travel separately (lent to the store).
@@ -146,6 +151,8 @@ pub struct LoadedPlugin {
     pre: bindings::PluginPre<StoreData>,
     /// Where its `streaming` export is, if it has one.
     streaming: Option<StreamingIndices>,
+    /// The JSON Schema it declared for its config (contract `0.2.5`).
+    config_schema: Option<Arc<str>>,
     engine: Arc<PluginEngine>,
     host: Arc<PluginHost>,
     idle: Mutex<Vec<Instance>>,
@@ -170,6 +177,7 @@ impl LoadedPlugin {
     ) -> Result<Self, LoadError> {
         // Optional: modules built for contract 0.2.3 and before lack it.
         let streaming = StreamingIndices::new(&pre).ok();
+        let describe = DescribeIndices::new(&pre).ok();
         let pre = bindings::PluginPre::new(pre).map_err(|e| LoadError::NotAPlugin(format!("{e:#}")))?;
         let deadline_ticks = deadline_ticks(spec.limits.deadline);
         let mut plugin = Self {
@@ -178,6 +186,7 @@ impl LoadedPlugin {
             streams: StreamPhases::empty(),
             pre,
             streaming,
+            config_schema: None,
             engine,
             host,
             idle: Mutex::new(Vec::new()),
@@ -186,7 +195,11 @@ impl LoadedPlugin {
             metrics,
             crash: Mutex::new(CrashLoop::default()),
         };
-        let (first, phases, streams) = plugin.instantiate().await?;
+        let mut first = plugin.new_instance().await?;
+        if let Some(describe) = &describe {
+            plugin.config_schema = plugin.check_config(describe, &mut first).await?;
+        }
+        let (phases, streams) = plugin.init(&mut first).await?;
         plugin.phases = phases;
         plugin.streams = streams;
         plugin.put_back(first);
@@ -245,28 +258,76 @@ impl LoadedPlugin {
         self.idle.lock().map(|v| v.len()).unwrap_or(0)
     }
 
+    /// The JSON Schema the plugin declared for its config, if any.
+    pub fn config_schema(&self) -> Option<&str> {
+        self.config_schema.as_deref()
+    }
+
     /// Create and initialise a fresh instance.
-    async fn instantiate(&self) -> Result<(Instance, Phases, StreamPhases), LoadError> {
+    async fn instantiate(&self) -> Result<Instance, LoadError> {
+        let mut inst = self.new_instance().await?;
+        self.init(&mut inst).await?;
+        Ok(inst)
+    }
+
+    /// A fresh instance, not yet initialised.
+    async fn new_instance(&self) -> Result<Instance, LoadError> {
         let data = StoreData::new(self.host.clone(), PeakLimits::new(self.spec.limits.memory));
         let mut store = new_store(&self.engine, data, self.spec.limits.deadline);
         let failed = |e: wasmtime::Error| LoadError::Instantiate(format!("{e:#}"));
         let instance = self.pre.instance_pre().instantiate_async(&mut store).await.map_err(failed)?;
         let world = bindings::PluginWorld::new(&mut store, &instance).map_err(failed)?;
         let streaming = self.streaming.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(failed)?;
-        let info = world
+        Ok(Instance { store, world, streaming, instance })
+    }
+
+    /// Ask a fresh instance for its config schema and check the config
+    /// against it, before `init` sees it. Compiling the schema and checking
+    /// run on a blocking thread (a schema's patterns are the plugin's).
+    async fn check_config(
+        &self,
+        describe: &DescribeIndices,
+        inst: &mut Instance,
+    ) -> Result<Option<Arc<str>>, LoadError> {
+        let guest =
+            describe.load(&mut inst.store, &inst.instance).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
+        let Some(text) = guest
+            .call_config_schema(&mut inst.store)
+            .await
+            .map_err(|e| LoadError::InitTrapped(format!("config-schema: {}", describe_trap(&e))))?
+        else {
+            return Ok(None);
+        };
+        let text: Arc<str> = text.into();
+        let (schema, config) = (text.clone(), self.spec.config_json.clone());
+        tokio::task::spawn_blocking(move || {
+            ConfigSchema::compile(&schema)
+                .map_err(LoadError::BadSchema)?
+                .check(&config)
+                .map_err(LoadError::ConfigSchema)
+        })
+        .await
+        .map_err(|e| LoadError::Instantiate(format!("schema check failed: {e}")))??;
+        Ok(Some(text))
+    }
+
+    /// Hand a fresh instance its config: the phases and bodies it asks for.
+    async fn init(&self, inst: &mut Instance) -> Result<(Phases, StreamPhases), LoadError> {
+        let info = inst
+            .world
             .weir_plugin_handler()
-            .call_init(&mut store, &self.spec.config_json)
+            .call_init(&mut inst.store, &self.spec.config_json)
             .await
             .map_err(|e| LoadError::InitTrapped(describe_trap(&e)))?
             .map_err(LoadError::ConfigRejected)?;
-        let streams = match &streaming {
-            Some(g) => g.call_streams(&mut store).await.map_err(|e| LoadError::InitTrapped(describe_trap(&e)))?,
+        let streams = match &inst.streaming {
+            Some(g) => g.call_streams(&mut inst.store).await.map_err(|e| LoadError::InitTrapped(describe_trap(&e)))?,
             None => StreamPhases::empty(),
         };
         // Host calls are counted for phase calls, not for `init`.
-        store.data_mut().host_calls = 0;
+        inst.store.data_mut().host_calls = 0;
         self.metrics.instances.inc();
-        Ok((Instance { store, world, streaming }, info.phases, streams))
+        Ok((info.phases, streams))
     }
 
     async fn borrow(&self, held: &mut RequestSlot) -> Result<Instance, PluginFailure> {
@@ -280,9 +341,7 @@ impl LoadedPlugin {
         };
         match reused {
             Some(inst) => Ok(inst),
-            None => {
-                self.instantiate().await.map(|(inst, ..)| inst).map_err(|e| PluginFailure::Unavailable(e.to_string()))
-            }
+            None => self.instantiate().await.map_err(|e| PluginFailure::Unavailable(e.to_string())),
         }
     }
 

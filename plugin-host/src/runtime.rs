@@ -23,7 +23,7 @@ use crate::state::StateStore;
 /// A module compiled by the runtime, ready to be loaded under any name.
 #[derive(Clone)]
 pub struct Module {
-    component: Component,
+    pub(crate) component: Component,
 }
 
 /// The engine, linker, compiled components and state store.
@@ -77,6 +77,22 @@ impl PluginRuntime {
         self.compiled.retain(used);
     }
 
+    /// The engine.
+    pub(crate) fn engine(&self) -> &PluginEngine {
+        &self.engine
+    }
+
+    /// Link `component` against weir's imports.
+    pub(crate) fn instantiate_pre(
+        &self,
+        component: &Component,
+    ) -> Result<wasmtime::component::InstancePre<StoreData>, LoadError> {
+        let engine = self.engine.engine();
+        self.linker.instantiate_pre(component).map_err(|e| {
+            contract_mismatch(engine, component).map_or_else(|| LoadError::Link(format!("{e:#}")), LoadError::Contract)
+        })
+    }
+
     /// Pre-link `module` as the plugin `spec` describes, create a first
     /// instance and hand it its config. Events go to `events`; every call
     /// is also recorded in `live`.
@@ -105,9 +121,7 @@ impl PluginRuntime {
             grant,
             metrics.outbound.clone(),
         ));
-        let pre = self.linker.instantiate_pre(component).map_err(|e| {
-            contract_mismatch(engine, component).map_or_else(|| LoadError::Link(format!("{e:#}")), LoadError::Contract)
-        })?;
+        let pre = self.instantiate_pre(component)?;
         let awaits_host = imports_interface(engine, component, "weir:plugin/state")
             || imports_interface(engine, component, "weir:plugin/outbound");
         LoadedPlugin::load(spec, self.engine.clone(), pre, host, metrics, awaits_host).await.map_err(|e| match e {

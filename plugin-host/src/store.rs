@@ -140,9 +140,28 @@ pub(crate) fn is_deadline(e: &wasmtime::Error) -> bool {
 
 /// A one-line description of a guest error: the trap code when there is one.
 pub(crate) fn describe_trap(e: &wasmtime::Error) -> String {
-    match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => "deadline exceeded".into(),
+    let what = match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => return "deadline exceeded".into(),
         Some(trap) => trap.to_string(),
         None => format!("{e:#}").lines().next().unwrap_or_default().to_string(),
+    };
+    match e.downcast_ref::<wasmtime::WasmBacktrace>().map(guest_frames).filter(|f| !f.is_empty()) {
+        Some(frames) => format!("{what}, in {frames}"),
+        None => what,
     }
+}
+
+/// The innermost guest functions of a trap's backtrace (named when the
+/// module kept its name section), past the panic machinery: where the
+/// plugin's own code failed, on one line.
+fn guest_frames(bt: &wasmtime::WasmBacktrace) -> String {
+    const MACHINERY: [&str; 8] =
+        ["__rust", "rust_panic", "std::", "core::", "alloc::", "panic_abort", "__rdl", "abort"];
+    bt.frames()
+        .iter()
+        .filter_map(|f| f.func_name())
+        .filter(|n| !MACHINERY.iter().any(|m| n.starts_with(m) || n.starts_with(&format!("<{m}"))))
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" \u{2190} ")
 }

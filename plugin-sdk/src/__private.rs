@@ -9,6 +9,7 @@ use crate::{Action, Body, Chunk, Config, Context, Plugin, Request, Response, Str
 
 pub use crate::bindings;
 pub use bindings::export;
+pub use bindings::exports::weir::plugin::describe::Guest as DescribeGuest;
 pub use bindings::exports::weir::plugin::handler::Guest;
 pub use bindings::exports::weir::plugin::streaming::{ChunkAction as WitChunkAction, Guest as StreamingGuest};
 pub use bindings::weir::plugin::types::{

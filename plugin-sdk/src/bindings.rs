@@ -4,7 +4,7 @@
 
 wit_bindgen::generate!({
     path: "wit",
-    world: "streaming-plugin",
+    world: "sdk-plugin",
     pub_export_macro: true,
     default_bindings_module: "weir_plugin_sdk::bindings",
 });

@@ -124,6 +124,85 @@ pub fn is_metric_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
 }
 
+/// The JSON Schema of `T`, for [`Plugin::config_schema`] (feature
+/// `schema`, on by default). Derive [`schemars::JsonSchema`] next to
+/// `Deserialize` on your config struct (add `schemars = "1"` to your
+/// dependencies); its `///` comments become the keys' descriptions, which
+/// editors show.
+///
+/// ```
+/// use serde::Deserialize;
+/// use weir_plugin_sdk::prelude::*;
+///
+/// /// The `config` table of the greeting plugin.
+/// #[derive(Deserialize, schemars::JsonSchema)]
+/// #[serde(deny_unknown_fields)]
+/// struct Settings {
+///     /// The value of the `x-greeting` header.
+///     greeting: String,
+///     /// Also on responses.
+///     #[serde(default)]
+///     on_responses: bool,
+/// }
+///
+/// struct Greet(Settings);
+/// impl Plugin for Greet {
+///     fn new(config: &Config) -> Result<Self> {
+///         Ok(Greet(config.parse()?))
+///     }
+///     fn config_schema() -> Option<String> {
+///         weir_plugin_sdk::schema_for::<Settings>()
+///     }
+/// }
+///
+/// let schema: serde_json::Value = serde_json::from_str(&Greet::config_schema().unwrap()).unwrap();
+/// assert_eq!(schema["required"], serde_json::json!(["greeting"]));
+/// assert_eq!(schema["additionalProperties"], false);
+/// ```
+///
+/// TOML has no null, so an `Option` field's schema says what the key holds
+/// when present (not "that or null"); a mismatch inside it is then reported
+/// at its own key path rather than as "no alternative matched".
+#[cfg(feature = "schema")]
+pub fn schema_for<T: schemars::JsonSchema>() -> Option<String> {
+    let generator = schemars::generate::SchemaSettings::draft2020_12()
+        .with_transform(schemars::transform::RecursiveTransform(toml_values))
+        .into_generator();
+    serde_json::to_string(&generator.into_root_schema_for::<T>()).ok()
+}
+
+/// One node of a schema, without the nulls TOML cannot write: a `null`
+/// default, `null` in a list of types, and `anyOf [X, null]` (which
+/// becomes X).
+#[cfg(feature = "schema")]
+fn toml_values(schema: &mut schemars::Schema) {
+    use serde_json::Value;
+    let Some(node) = schema.as_object_mut() else { return };
+    if node.get("default").is_some_and(Value::is_null) {
+        node.remove("default");
+    }
+    if let Some(Value::Array(types)) = node.get_mut("type") {
+        types.retain(|t| t != "null");
+        if let [only] = &types[..] {
+            let only = only.clone();
+            node.insert("type".into(), only);
+        }
+    }
+    if let Some(Value::Array(any)) = node.get("anyOf")
+        && let [Value::Object(inner), null] = &any[..]
+        && null.get("type").and_then(Value::as_str) == Some("null")
+    {
+        let inner = inner.clone();
+        node.remove("anyOf");
+        for (k, v) in inner {
+            node.entry(k).or_insert(v);
+        }
+    }
+}
+
+#[cfg(feature = "schema")]
+pub use schemars;
+
 /// This crate's `README.md` (its page on a registry), included so that its
 /// example is compiled as a doc test.
 #[cfg(doctest)]
@@ -155,7 +234,7 @@ pub use bindings::exports::weir::plugin::streaming::StreamPhases as Streams;
 pub mod prelude {
     pub use crate::{
         Action, Body, Chunk, Config, Context, Error, Event, HeaderMap, HeaderName, HeaderValue, Level, Method, Phases,
-        Plugin, Reply, Request, Response, Result, Severity, StatusCode, Streams,
+        Plugin, Reply, Request, Response, Result, Severity, StateError, StatusCode, Streams,
     };
 }
 
@@ -165,6 +244,18 @@ pub mod prelude {
 /// default to "continue unchanged". Register the type with
 /// [`export_plugin!`].
 pub trait Plugin: Sized + 'static {
+    /// The JSON Schema of this plugin's `config` table, as JSON text
+    /// (default: none, any table reaches [`Plugin::new`]).
+    ///
+    /// The gateway checks the table against it before calling `new`, and
+    /// `weir check` reports every mismatch with the plugin's name, the key
+    /// path and the reason; `weir plugin schema FILE.wasm` prints it, for
+    /// the people writing the config. Derive it from the struct you parse
+    /// the config into, so the two cannot disagree: see [`schema_for`].
+    fn config_schema() -> Option<String> {
+        None
+    }
+
     /// Create an instance from its `config` table in `gateway.toml`.
     ///
     /// Runs once per instance, before any phase. Validate everything here:
@@ -297,6 +388,13 @@ macro_rules! export_plugin {
                 ) -> $crate::__private::WitBodyAction {
                     __WEIR_PLUGIN
                         .with(|slot| $crate::__private::lend::on_response_body::<$plugin>(slot.get(), req, resp, body))
+                }
+            }
+
+            #[cfg(target_arch = "wasm32")]
+            impl $crate::__private::DescribeGuest for __WeirExport {
+                fn config_schema() -> ::std::option::Option<::std::string::String> {
+                    <$plugin as $crate::Plugin>::config_schema()
                 }
             }
 

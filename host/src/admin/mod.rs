@@ -39,6 +39,7 @@ const PATHS: &[&str] = &[
     "/admin/series",
     "/admin/events",
     "/admin/reload",
+    "/admin/recordings",
     "/dashboard",
 ];
 
@@ -83,6 +84,14 @@ pub(crate) async fn handle<B>(shared: &Shared, req: Request<B>) -> Response<Prox
                 json!({ "errors": errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>() }),
             ),
         },
+        (&Method::GET, "/admin/recordings") => json_response(StatusCode::OK, recordings(shared).await),
+        (&Method::GET, p) if p.starts_with("/admin/recordings/") => {
+            let id = p["/admin/recordings/".len()..].to_owned();
+            match recording(shared, id).await {
+                Some(r) => json_response(StatusCode::OK, r),
+                None => json_response(StatusCode::NOT_FOUND, json!({ "error": "no such recording" })),
+            }
+        }
         (&Method::GET, "/dashboard" | "/dashboard/") => {
             let mut resp = text(StatusCode::OK, DASHBOARD);
             let h = resp.headers_mut();
@@ -187,6 +196,31 @@ pub(crate) fn upstreams(shared: &Shared) -> serde_json::Value {
 }
 
 /// `/admin/plugins`.
+/// `GET /admin/recordings`: the flight recorder's recordings, newest
+/// first (read on a blocking thread: it lists a folder).
+async fn recordings(shared: &Shared) -> serde_json::Value {
+    let snap = shared.snapshot.load();
+    let Some(recorder) = snap.recorder.clone() else {
+        return json!({ "enabled": false, "recordings": [] });
+    };
+    let dir = recorder.dir().to_owned();
+    let list = tokio::task::spawn_blocking(move || crate::observe::recorder::list(&dir)).await.unwrap_or_default();
+    json!({
+        "enabled": true,
+        "dir": recorder.dir(),
+        "dropped": recorder.dropped(),
+        "recordings": list,
+    })
+}
+
+/// `GET /admin/recordings/ID`: one recording, whole.
+async fn recording(shared: &Shared, id: String) -> Option<serde_json::Value> {
+    let recorder = shared.snapshot.load().recorder.clone()?;
+    let dir = recorder.dir().to_owned();
+    let r = tokio::task::spawn_blocking(move || crate::observe::recorder::read(&dir, &id)).await.ok()??;
+    serde_json::to_value(r).ok()
+}
+
 pub(crate) fn plugins(shared: &Shared) -> serde_json::Value {
     let snap = shared.snapshot.load();
     let live = shared.metrics.live();

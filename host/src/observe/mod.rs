@@ -8,4 +8,5 @@ pub(crate) mod access_log;
 pub(crate) mod events;
 pub(crate) mod live;
 pub(crate) mod metrics;
+pub(crate) mod recorder;
 pub(crate) mod trace;

@@ -20,6 +20,7 @@ use super::grpc;
 use super::stream::Side;
 use crate::body::{self, ProxyBody};
 use crate::error::ProxyError;
+use crate::observe::recorder::Recorder;
 use crate::observe::trace::{RequestTrace, Span, SpanKind, Value, new_span_id, now_ns};
 
 /// A plugin phase, in the order a request meets them.
@@ -86,6 +87,10 @@ pub(super) struct Chain<'a> {
     grpc: bool,
     /// Largest body a plugin may return (`server.max_buffered_body`).
     max_body: u64,
+    /// The flight recorder, when `[recorder]` is on.
+    recorder: Option<&'a Recorder>,
+    /// Whether a plugin call of this request was recorded.
+    pub(super) recorded: bool,
 }
 
 impl<'a> Chain<'a> {
@@ -97,9 +102,43 @@ impl<'a> Chain<'a> {
         log_outcomes: bool,
         grpc: bool,
         max_body: u64,
+        recorder: Option<&'a Recorder>,
     ) -> Self {
         let held = plugins.iter().map(|_| RequestSlot::default()).collect();
-        Self { plugins, held, trace, outcomes: log_outcomes.then(String::new), grpc, max_body }
+        Self {
+            plugins,
+            held,
+            trace,
+            outcomes: log_outcomes.then(String::new),
+            grpc,
+            max_body,
+            recorder,
+            recorded: false,
+        }
+    }
+
+    /// Hand a plugin call that went wrong to the flight recorder (when it
+    /// wants that kind): the heads and body are as the plugin got them,
+    /// since a failed or answering phase leaves them untouched.
+    fn record<T: Responds>(
+        &mut self,
+        plugin: &LoadedPlugin,
+        phase: Phase,
+        t0: u64,
+        result: &Result<T, PluginFailure>,
+        heads: &Option<Heads>,
+        body: Option<&Bytes>,
+    ) {
+        let Some(recorder) = self.recorder else { return };
+        let (failure, answered) = match result {
+            Ok(a) => (None, a.answered()),
+            Err(e) => (Some(e), None),
+        };
+        if let Some((trigger, outcome)) = recorder.classify(failure, answered) {
+            let took = std::time::Duration::from_nanos(now_ns().saturating_sub(t0));
+            recorder.plugin_call(trigger, outcome, plugin, phase.name(), took, heads.as_ref(), body);
+            self.recorded = true;
+        }
     }
 
     /// The plugins that stream `side`, in call order, each with its slot:
@@ -152,6 +191,7 @@ impl<'a> Chain<'a> {
                     } else {
                         plugin.on_response(heads, slot).await
                     };
+                    self.record(plugin, phase, t0, &result, heads, None);
                     match self.guard(plugin, phase, t0, result, outbound_calls(heads))? {
                         Some(Action::Respond(r)) => Some(r),
                         Some(Action::Continue) | None => None,
@@ -172,6 +212,7 @@ impl<'a> Chain<'a> {
                         Ok(ChunkAction::Abort(reason)) => Err(PluginFailure::Aborted(reason)),
                         other => other,
                     };
+                    self.record(plugin, phase, t0, &result, heads, Some(&*bytes));
                     match self.guard(plugin, phase, t0, result, outbound_calls(heads))? {
                         Some(ChunkAction::Replace(new)) => {
                             if let Some(new) = guard(plugin, check_body(new, max))? {
@@ -191,6 +232,7 @@ impl<'a> Chain<'a> {
                     } else {
                         plugin.on_response_body(heads, bytes, slot).await
                     };
+                    self.record(plugin, phase, t0, &result, heads, Some(&*bytes));
                     match self.guard(plugin, phase, t0, result, outbound_calls(heads))? {
                         Some(BodyAction::Respond(r)) => Some(r),
                         Some(BodyAction::Continue(Some(new))) => {
@@ -293,26 +335,36 @@ fn outbound_calls(heads: &mut Option<Heads>) -> Vec<OutboundRecord> {
     heads.as_mut().map(|h| std::mem::take(&mut h.outbound.calls)).unwrap_or_default()
 }
 
-/// Whether a phase's decision answered the client.
+/// Whether a phase's decision answered the client, and with what status.
 trait Responds {
-    fn responded(&self) -> bool;
+    fn answered(&self) -> Option<u16>;
+
+    fn responded(&self) -> bool {
+        self.answered().is_some()
+    }
 }
 
 impl Responds for Action {
-    fn responded(&self) -> bool {
-        matches!(self, Action::Respond(_))
+    fn answered(&self) -> Option<u16> {
+        match self {
+            Action::Respond(r) => Some(r.status),
+            Action::Continue => None,
+        }
     }
 }
 
 impl Responds for BodyAction {
-    fn responded(&self) -> bool {
-        matches!(self, BodyAction::Respond(_))
+    fn answered(&self) -> Option<u16> {
+        match self {
+            BodyAction::Respond(r) => Some(r.status),
+            BodyAction::Continue(_) => None,
+        }
     }
 }
 
 impl Responds for ChunkAction {
-    fn responded(&self) -> bool {
-        false
+    fn answered(&self) -> Option<u16> {
+        None
     }
 }
 

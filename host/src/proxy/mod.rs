@@ -90,16 +90,24 @@ where
     let request_id = cx.request_id.clone();
     let info = Arc::new(RequestInfo { client, authority: host, route: route.name.clone(), request_id, params, tls });
     let logs = cx.logs_outcomes();
+    // A `5xx` recording is of the request as the chain received it: kept
+    // only when the recorder wants those, on a route with plugins.
+    let recorder = snap.recorder.as_deref();
+    let received = recorder
+        .filter(|r| r.wants(weir_config::Trigger::Status5xx) && !route.chain.is_empty())
+        .map(|r| (r, r.request_head(&parts, &info), std::time::Instant::now()));
     let mut exchange = Exchange {
         snap: &snap,
         route,
         info,
-        chain: Chain::new(&route.chain, &mut cx.trace, logs, cx.grpc, snap.server.max_buffered_body),
+        chain: Chain::new(&route.chain, &mut cx.trace, logs, cx.grpc, snap.server.max_buffered_body, recorder),
         grpc: cx.grpc,
         upgrade,
     };
     let result = exchange.run(parts, body).await;
     let (outcomes, upgrade) = (exchange.chain.outcomes.take(), exchange.upgrade.take());
+    let recorded = exchange.chain.recorded;
+    let info = received.as_ref().map(|_| exchange.info.clone());
     cx.exchanged(route, outcomes);
     let result = match (result, client_upgrade, &upgrade, route.websocket) {
         (Ok(resp), Some(client), Some(handshake), Some(idle)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
@@ -109,6 +117,12 @@ where
         (result, ..) => result,
     };
     let resp = answer(&cx, route, result, &verdict, &snap);
+    if let (Some((recorder, (request, redacted), started)), Some(info)) = (received, info)
+        && resp.status().is_server_error()
+        && !recorded
+    {
+        recorder.ended(resp.status().as_u16(), &info, request, redacted, started.elapsed());
+    }
     cx.finish(resp)
 }
 

@@ -11,6 +11,7 @@ use crate::cache::{CacheFamilies, RouteCache};
 use crate::observe::access_log::AccessLogWriter;
 use crate::observe::events::{Events, SnapshotEvents, Webhook};
 use crate::observe::metrics::Metrics;
+use crate::observe::recorder::Recorder;
 use crate::observe::trace::Tracer;
 use crate::router::{RouteMatcher, Router};
 use crate::tls::ListenerTls;
@@ -119,6 +120,22 @@ impl Loader {
                 errors.push(src.error(t.span(), format!("[tracing]: {e}")));
                 None
             }),
+        };
+        // `[recorder]`: the flight recorder, off without the section.
+        let recorder = match &cfg.recorder {
+            None => None,
+            Some(r) => {
+                let bad: Vec<&String> = r
+                    .get_ref()
+                    .redact_headers
+                    .iter()
+                    .filter(|h| http::HeaderName::try_from(h.as_str()).is_err())
+                    .collect();
+                if let Some(h) = bad.first() {
+                    errors.push(src.error(r.span(), format!("[recorder]: redact_headers: {h:?} is not a header name")));
+                }
+                Recorder::new(r.get_ref(), &src.base_dir()).map(Arc::new)
+            }
         };
         // No `[access_log]` section: no access log.
         let log_cfg = match &cfg.access_log {
@@ -300,6 +317,16 @@ impl Loader {
                 Ok(loaded) => {
                     plugins.insert(name.clone(), Arc::new(loaded));
                 }
+                // One error per mismatch with the plugin's schema, so each
+                // key path gets its own line.
+                Err(weir_plugin_host::LoadError::ConfigSchema(list)) => {
+                    let at = p.config.as_ref().map_or(span.clone(), |c| c.span());
+                    for e in list {
+                        errors.push(
+                            src.error(at.clone(), format!("plugin `{name}` ({module}): {e} (its config schema)")),
+                        );
+                    }
+                }
                 Err(e) => {
                     let at = p.config.as_ref().map_or(span.clone(), |c| c.span());
                     errors.push(src.error(at, format!("plugin `{name}` ({module}): {e}")));
@@ -388,6 +415,7 @@ impl Loader {
             webhook,
             access_log,
             tracer,
+            recorder,
             limits: cfg.limits,
             tls,
             tls_files,

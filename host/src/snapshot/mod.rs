@@ -93,6 +93,8 @@ pub(crate) struct Snapshot {
     pub(crate) access_log: Option<Arc<AccessLog>>,
     /// The span exporter, from `[tracing]` (none without an endpoint).
     pub(crate) tracer: Option<Arc<Tracer>>,
+    /// The flight recorder, from `[recorder]` (none when it is off).
+    pub(crate) recorder: Option<Arc<crate::observe::recorder::Recorder>>,
     /// `[limits]`.
     pub(crate) limits: weir_config::LimitsConfig,
     /// The TLS listener's certificates and settings, from `[server.tls]`.

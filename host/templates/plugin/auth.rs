@@ -7,17 +7,27 @@
 //! (the upstream never sees it); the client's name goes to the upstream as
 //! `x-client` and is published for later plugins in the chain
 //! (`cx.published("NAME", "client")`).
+//!
+//! The config is read into `Settings`, whose JSON Schema the plugin
+//! declares: the gateway checks the table against it before `new` runs
+//! (`weir check` shows every mismatch), and `weir plugin schema` prints it.
 
 use std::collections::HashMap;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use weir_plugin_sdk::prelude::*;
 
-#[derive(Deserialize)]
+/// The `config` table. Its `///` comments are the schema's descriptions,
+/// which editors show.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Settings {
+    /// The request header that carries the API key, a valid HTTP header name.
     #[serde(default = "default_header")]
     header: String,
+    /// The known keys: key → the client's name, at least one.
+    #[schemars(extend("minProperties" = 1))]
     keys: HashMap<String, String>,
 }
 
@@ -30,6 +40,10 @@ struct ApiKeys {
 }
 
 impl Plugin for ApiKeys {
+    fn config_schema() -> Option<String> {
+        weir_plugin_sdk::schema_for::<Settings>()
+    }
+
     fn new(config: &Config) -> Result<Self> {
         let settings: Settings = config.parse()?;
         if settings.keys.is_empty() {
@@ -89,5 +103,14 @@ mod tests {
     #[test]
     fn a_config_without_keys_is_refused() {
         assert!(testing::Harness::<ApiKeys>::new(serde_json::json!({"keys": {}})).is_err());
+    }
+
+    #[test]
+    fn declares_the_schema_of_its_config() {
+        let schema: serde_json::Value =
+            serde_json::from_str(&ApiKeys::config_schema().expect("a schema")).expect("JSON");
+        assert_eq!(schema["required"], serde_json::json!(["keys"]));
+        assert_eq!(schema["properties"]["header"]["default"], "x-api-key");
+        assert_eq!(schema["additionalProperties"], false);
     }
 }

@@ -5,8 +5,29 @@
 //! whose `field` is a string: that value goes to the upstream as the
 //! header `x-<field>`. A body that is not JSON is answered `400`, one
 //! without the field `422`, without reaching the upstream.
+//!
+//! The config is read into `Settings`, whose JSON Schema the plugin
+//! declares: the gateway checks the table against it before `new` runs
+//! (`weir check` shows every mismatch), and `weir plugin schema` prints it.
 
+use schemars::JsonSchema;
+use serde::Deserialize;
 use weir_plugin_sdk::prelude::*;
+
+/// The `config` table. Its `///` comments are the schema's descriptions,
+/// which editors show.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    /// The body's field whose string value goes upstream as the header
+    /// `x-<field>` (so it must make a valid header name).
+    #[serde(default = "default_field")]
+    field: String,
+}
+
+fn default_field() -> String {
+    "id".into()
+}
 
 struct BodyCheck {
     field: String,
@@ -14,8 +35,12 @@ struct BodyCheck {
 }
 
 impl Plugin for BodyCheck {
+    fn config_schema() -> Option<String> {
+        weir_plugin_sdk::schema_for::<Settings>()
+    }
+
     fn new(config: &Config) -> Result<Self> {
-        let field = config.get_str("field").unwrap_or("id").to_owned();
+        let Settings { field } = config.parse()?;
         let header = format!("x-{field}").parse()?;
         Ok(Self { field, header })
     }
@@ -54,6 +79,14 @@ mod tests {
         let mut req = http::Request::post("/orders").body(()).expect("request");
         harness().on_request_body_mut(&mut req, br#"{"order": "o-7"}"#).unwrap_continue();
         assert_eq!(req.headers()["x-order"], "o-7");
+    }
+
+    #[test]
+    fn declares_the_schema_of_its_config() {
+        let schema: serde_json::Value =
+            serde_json::from_str(&BodyCheck::config_schema().expect("a schema")).expect("JSON");
+        assert_eq!(schema["properties"]["field"]["default"], "id");
+        assert_eq!(schema["additionalProperties"], false);
     }
 
     #[test]

@@ -4,8 +4,35 @@
 //! `header` (default `"x-hello"`) and `value` (default `"world"`): set on
 //! every request before the upstream sees it; each response gets
 //! `x-served-by: __NAME__`.
+//!
+//! The config is read into `Settings`, whose JSON Schema the plugin
+//! declares: the gateway checks the table against it before `new` runs
+//! (`weir check` shows every mismatch), and `weir plugin schema` prints it.
 
+use schemars::JsonSchema;
+use serde::Deserialize;
 use weir_plugin_sdk::prelude::*;
+
+/// The `config` table. Its `///` comments are the schema's descriptions,
+/// which editors show.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    /// The request header to set, a valid HTTP header name.
+    #[serde(default = "default_header")]
+    header: String,
+    /// Its value.
+    #[serde(default = "default_value")]
+    value: String,
+}
+
+fn default_header() -> String {
+    "x-hello".into()
+}
+
+fn default_value() -> String {
+    "world".into()
+}
 
 /// Built once per instance from the config.
 struct Headers {
@@ -14,10 +41,14 @@ struct Headers {
 }
 
 impl Plugin for Headers {
+    fn config_schema() -> Option<String> {
+        weir_plugin_sdk::schema_for::<Settings>()
+    }
+
     fn new(config: &Config) -> Result<Self> {
-        let header = config.get_str("header").unwrap_or("x-hello");
-        let value = config.get_str("value").unwrap_or("world");
-        Ok(Self { header: header.parse()?, value: value.parse()? })
+        let s: Settings = config.parse()?;
+        // What a schema cannot say is checked here: a header name is valid.
+        Ok(Self { header: s.header.parse()?, value: s.value.parse()? })
     }
 
     fn on_request(&self, req: &mut Request, _cx: &Context) -> Result<Action> {
@@ -52,5 +83,15 @@ mod tests {
     #[test]
     fn refuses_a_header_name_that_is_not_one() {
         assert!(testing::Harness::<Headers>::new(serde_json::json!({"header": "no spaces allowed"})).is_err());
+        assert!(testing::Harness::<Headers>::new(serde_json::json!({"heder": "x-team"})).is_err(), "a typo");
+    }
+
+    #[test]
+    fn declares_the_schema_of_its_config() {
+        let schema: serde_json::Value =
+            serde_json::from_str(&Headers::config_schema().expect("a schema")).expect("JSON");
+        assert_eq!(schema["properties"]["header"]["default"], "x-hello");
+        assert_eq!(schema["properties"]["value"]["default"], "world");
+        assert_eq!(schema["additionalProperties"], false);
     }
 }

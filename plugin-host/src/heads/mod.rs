@@ -205,6 +205,18 @@ impl ChainData {
             .map(|e| e.value.as_slice())
     }
 
+    /// The values in effect (not the staged ones): publisher, key, value.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &str, &[u8])> {
+        self.entries.iter().map(|e| (&*e.plugin, e.key.as_str(), e.value.as_slice()))
+    }
+
+    /// Put a value in effect as if `plugin` had published it (replaying a
+    /// recorded request).
+    pub fn restore(&mut self, plugin: &str, key: String, value: Vec<u8>) {
+        self.entries.retain(|old| !(&*old.plugin == plugin && old.key == key));
+        self.entries.push(ChainEntry { plugin: plugin.into(), key, value });
+    }
+
     fn commit(&mut self) {
         for e in self.staged.drain(..) {
             self.entries.retain(|old| !(old.plugin == e.plugin && old.key == e.key));
@@ -215,6 +227,11 @@ impl ChainData {
 
 impl LentRequest {
     /// A head plugins may edit.
+    /// What the gateway knows of the request beyond its head.
+    pub fn info(&self) -> &Arc<RequestInfo> {
+        &self.info
+    }
+
     pub fn new(parts: http::request::Parts, info: Arc<RequestInfo>) -> Self {
         Self { parts, edit: None, editable: true, info }
     }

@@ -7,25 +7,31 @@
 //! config = { name = "x-greeting", value = "hello", to = "request", append = false }
 //! ```
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use weir_plugin_sdk::prelude::*;
 
-#[derive(Deserialize)]
+/// The `config` table of an `add_header.wasm` instance.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "add-header config")]
 struct Settings {
-    /// Header name.
+    /// The header's name, a valid HTTP header name (case-insensitive), e.g. `"x-greeting"`.
     name: String,
-    /// Header value.
+    /// The header's value: text without control characters other than tab (no line breaks).
     value: String,
-    /// `request` (default), `response` or `both`.
+    /// Which head gets the header: `"request"` (on its way upstream), `"response"` (on its way back) or `"both"`.
     #[serde(default)]
     to: Target,
-    /// Append another value instead of replacing existing ones.
+    /// Add another value instead of replacing the header's existing values.
     #[serde(default)]
     append: bool,
 }
 
-#[derive(Deserialize, Default, PartialEq, Eq, Clone, Copy)]
+/// Which head gets the header: requests, responses or both.
+// No doc comments on the variants: the schema then lists them as a plain
+// `enum`, which a config check names in its message.
+#[derive(Deserialize, Serialize, JsonSchema, Default, PartialEq, Eq, Clone, Copy)]
 #[serde(rename_all = "lowercase")]
 enum Target {
     #[default]
@@ -42,6 +48,10 @@ struct AddHeader {
 }
 
 impl Plugin for AddHeader {
+    fn config_schema() -> Option<String> {
+        weir_plugin_sdk::schema_for::<Settings>()
+    }
+
     fn new(config: &Config) -> Result<Self> {
         let s: Settings = config.parse()?;
         Ok(Self { name: s.name.parse()?, value: s.value.parse()?, to: s.to, append: s.append })

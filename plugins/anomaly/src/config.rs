@@ -5,63 +5,83 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use serde::Deserialize;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
 use weir_plugin_sdk::prelude::*;
 
-/// The table as written in `gateway.toml`.
-#[derive(Deserialize)]
+/// The table as written in `gateway.toml`; its JSON Schema is the one the
+/// plugin declares (`Plugin::config_schema`). What a schema cannot say
+/// (durations' bounds, header names, combinations of keys) is checked by
+/// [`load`].
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Settings {
-    /// Who a client is: `"ip"` or `"header:<name>"` (IP when the header is missing).
+#[schemars(
+    title = "anomaly config",
+    description = "The `config` table of `anomaly.wasm`: per-client anomaly scoring. All keys are optional."
+)]
+pub(crate) struct Settings {
+    /// Who a client is: `"ip"` (the client address; IPv6 by its `ipv6_prefix` network), `"header:<name>"` (that
+    /// request header's value, e.g. `"header:x-api-key"`; the IP when it is missing or empty) or
+    /// `"data:<plugin>.<key>"` (what a plugin earlier in the chain published, e.g. `"data:auth.x-auth-sub"`; the IP
+    /// when it published nothing).
     #[serde(default = "defaults::key")]
     key: String,
-    /// IPv6 clients are keyed by this prefix length.
+    /// IPv6 clients are keyed by this network prefix length, 1 to 128 (128: each address).
     #[serde(default = "defaults::ipv6_prefix")]
+    #[schemars(range(min = 1, max = 128))]
     ipv6_prefix: u32,
-    /// Length of a counting window, aligned to wall time.
-    #[serde(default = "defaults::window", deserialize_with = "duration")]
-    window: Duration,
-    /// Score at which the action is taken.
+    /// Length of a counting window, aligned to wall time: a duration from `"1s"` to `"1h"`, e.g. `"10s"`.
+    #[serde(default = "defaults::window")]
+    window: HumanDuration,
+    /// Score at which the action is taken (greater than 0).
     #[serde(default = "defaults::threshold")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     threshold: f64,
-    /// `"flag"`, `"throttle"` or `"challenge"`.
+    /// What happens to a client whose score reaches the threshold: `"flag"` (a request header, the request goes on),
+    /// `"throttle"` (`429`) or `"challenge"` (the `challenge` response).
     #[serde(default)]
     action: ActionKind,
-    /// How long the action lasts once taken.
-    #[serde(default = "defaults::cooldown", deserialize_with = "duration")]
-    cooldown: Duration,
-    /// Weight of each signal in the score.
+    /// How long the action lasts once taken: a duration from `"1s"` to `"7d"`, e.g. `"1m"`.
+    #[serde(default = "defaults::cooldown")]
+    cooldown: HumanDuration,
+    /// Weight of each signal in the score (at least one above 0).
     #[serde(default)]
     weights: Weights,
-    /// Requests in the sliding window before the ratio signals count.
+    /// Requests (sliding estimate) before the two ratios count, at least 1; also the requests a client must make in
+    /// one window before it gets a baseline record.
     #[serde(default = "defaults::min_requests")]
+    #[schemars(range(min = 1))]
     min_requests: u32,
-    /// Requests per second below which the rate is never anomalous.
+    /// Requests per second below which the rate is never anomalous (the floor of the baseline mean), at least 0.
     #[serde(default = "defaults::min_rate")]
+    #[schemars(range(min = 0))]
     min_rate: f64,
-    /// Windows of history before the rate signal counts.
+    /// Windows of history before the rate signal counts; `0` judges new clients against `min_rate`.
     #[serde(default = "defaults::warmup_windows")]
     warmup_windows: u32,
-    /// EWMA smoothing factor of the baseline, in (0, 1].
+    /// EWMA smoothing factor of the baseline, in (0, 1]; higher follows changes faster.
     #[serde(default = "defaults::alpha")]
+    #[schemars(extend("exclusiveMinimum" = 0, "maximum" = 1))]
     alpha: f64,
-    /// How long a silent client's baseline is kept.
-    #[serde(default = "defaults::baseline_ttl", deserialize_with = "duration")]
-    baseline_ttl: Duration,
-    /// Response statuses counted as errors: `404`, `"4xx"`, `"500-503"`.
+    /// How long a silent client's baseline is kept: a duration from `"1m"` to `"30d"`, and at least two windows.
+    #[serde(default = "defaults::baseline_ttl")]
+    baseline_ttl: HumanDuration,
+    /// Upstream statuses counted as errors: codes (`404`), classes (`"5xx"`) or inclusive ranges (`"500-503"`).
+    /// Empty only with `weights.errors = 0`.
     #[serde(default = "defaults::error_statuses")]
     error_statuses: Vec<StatusRange>,
-    /// Leading path segments that make a path distinct (0: the whole path).
+    /// Leading path segments that make a path distinct (`1`: `/users/7` and `/users/8` are one path); `0`: the
+    /// whole path. The query never counts.
     #[serde(default)]
     path_segments: u32,
-    /// Request header the `flag` action sets.
+    /// Request header set by the `flag` action, a valid HTTP header name. Any copy the client sent is removed.
     #[serde(default = "defaults::flag_header")]
     flag_header: String,
-    /// The `challenge` action's response.
-    #[serde(default)]
+    /// The `challenge` action's response; only with `action = "challenge"`.
     challenge: Option<ChallengeSettings>,
-    /// How events name the client: `"hash"` or `"raw"`.
+    /// How events name the client: `"hash"` (the hash that also names its state keys) or `"raw"` (the IP address,
+    /// the IPv6 network or the header value; never with secret API keys).
     #[serde(default)]
     event_client: EventClient,
 }
@@ -69,7 +89,7 @@ struct Settings {
 mod defaults {
     use std::time::Duration;
 
-    use super::StatusRange;
+    use super::{HumanDuration, StatusRange};
 
     pub(super) fn key() -> String {
         "ip".into()
@@ -77,14 +97,14 @@ mod defaults {
     pub(super) fn ipv6_prefix() -> u32 {
         64
     }
-    pub(super) fn window() -> Duration {
-        Duration::from_secs(10)
+    pub(super) fn window() -> HumanDuration {
+        HumanDuration(Duration::from_secs(10))
     }
     pub(super) fn threshold() -> f64 {
         6.0
     }
-    pub(super) fn cooldown() -> Duration {
-        Duration::from_secs(60)
+    pub(super) fn cooldown() -> HumanDuration {
+        HumanDuration(Duration::from_secs(60))
     }
     pub(super) fn min_requests() -> u32 {
         20
@@ -98,11 +118,12 @@ mod defaults {
     pub(super) fn alpha() -> f64 {
         0.2
     }
-    pub(super) fn baseline_ttl() -> Duration {
-        Duration::from_secs(3600)
+    pub(super) fn baseline_ttl() -> HumanDuration {
+        HumanDuration(Duration::from_secs(3600))
     }
+    /// `["4xx", "5xx"]`.
     pub(super) fn error_statuses() -> Vec<StatusRange> {
-        vec![StatusRange(400, 599)]
+        vec![StatusRange(400, 499), StatusRange(500, 599)]
     }
     pub(super) fn flag_header() -> String {
         "x-weir-anomaly".into()
@@ -119,17 +140,20 @@ mod defaults {
 }
 
 /// The weight of each signal.
-#[derive(Deserialize, Clone, Copy, Debug, PartialEq)]
+#[derive(Deserialize, Serialize, JsonSchema, Clone, Copy, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Weights {
-    /// Multiplies the rate z-score.
+    /// Multiplies the rate z-score (at least 0).
     #[serde(default = "defaults::rate_weight")]
+    #[schemars(range(min = 0))]
     pub(crate) rate: f64,
-    /// Multiplies the error ratio (0..1).
+    /// Multiplies the error ratio, 0 to 1 (at least 0; `0` also skips the response phase).
     #[serde(default = "defaults::ratio_weight")]
+    #[schemars(range(min = 0))]
     pub(crate) errors: f64,
-    /// Multiplies the distinct-path ratio (0..1).
+    /// Multiplies the distinct-path ratio, 0 to 1 (at least 0).
     #[serde(default = "defaults::ratio_weight")]
+    #[schemars(range(min = 0))]
     pub(crate) paths: f64,
 }
 
@@ -139,7 +163,8 @@ impl Default for Weights {
     }
 }
 
-#[derive(Deserialize, Default, Clone, Copy, Debug, PartialEq, Eq)]
+/// The action taken at the threshold.
+#[derive(Deserialize, Serialize, JsonSchema, Default, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 enum ActionKind {
     #[default]
@@ -148,27 +173,30 @@ enum ActionKind {
     Challenge,
 }
 
-/// How events name the client.
-#[derive(Deserialize, Default, Clone, Copy, Debug, PartialEq, Eq)]
+/// How events name the client: `hash`, the hash that also names its state
+/// keys, or `raw`, the IP address or header value itself.
+// No doc comments on the variants: the schema then lists them as a plain
+// `enum`, which a config check names in its message.
+#[derive(Deserialize, Serialize, JsonSchema, Default, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum EventClient {
-    /// The hash that also names its state keys.
     #[default]
     Hash,
-    /// The IP address or header value itself.
     Raw,
 }
 
-#[derive(Deserialize)]
+/// The response of the `challenge` action.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ChallengeSettings {
+    /// The response's status, 400 to 599.
     #[serde(default = "defaults::challenge_status")]
+    #[schemars(range(min = 400, max = 599))]
     status: u16,
-    /// Replaces the default `www-authenticate` header when given.
-    #[serde(default)]
+    /// The response's headers, name → value; when given they replace the default
+    /// `www-authenticate: Bearer error="invalid_token", error_description="re-authentication required"`.
     headers: Option<BTreeMap<String, String>>,
-    /// Replaces the default JSON body when given.
-    #[serde(default)]
+    /// The response's body; when given it replaces the default JSON `{"error":"re-authentication required"}`.
     body: Option<String>,
 }
 
@@ -227,9 +255,75 @@ impl<'de> Deserialize<'de> for StatusRange {
     }
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(|e| de::Error::custom(format!("invalid duration {s:?}: {e}")))
+/// A status, a class or a range, as written: a number or a string.
+impl JsonSchema for StatusRange {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "StatusRange".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        // One schema with both types rather than an `anyOf`, so that a
+        // mismatch is reported for what it is (`minimum` applies to numbers).
+        json_schema!({
+            "description": "A status (`404`), a class (`\"1xx\"` to `\"5xx\"`) or an inclusive range (`\"500-503\"`).",
+            "type": ["integer", "string"],
+            "minimum": 100,
+            "maximum": 599,
+        })
+    }
+}
+
+/// Written back the way it is read (for the schema's `default`): `404`,
+/// `"4xx"` or `"500-503"`.
+impl Serialize for StatusRange {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let StatusRange(lo, hi) = *self;
+        if lo == hi {
+            s.serialize_u16(lo)
+        } else if lo % 100 == 0 && hi == lo + 99 {
+            s.collect_str(&format_args!("{}xx", lo / 100))
+        } else {
+            s.collect_str(&format_args!("{lo}-{hi}"))
+        }
+    }
+}
+
+/// A duration written as in `gateway.toml` (`"500ms"`, `"10s"`, `"1m"`,
+/// `"1h 30m"`); its schema is a string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct HumanDuration(Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| de::Error::custom(format!("invalid duration {s:?}: {e}")))
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(self.0))
+    }
+}
+
+impl JsonSchema for HumanDuration {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "HumanDuration".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "type": "string" })
+    }
 }
 
 /// Who a client is.
@@ -358,10 +452,10 @@ pub(crate) fn load(config: &Config) -> Result<Conf> {
         _ => return Err(bad("ipv6_prefix", format_args!("must be between 1 and 128, got {}", s.ipv6_prefix))),
     };
 
-    let window_ms = millis("window", s.window, Duration::from_secs(1), Duration::from_secs(3600))?;
-    let cooldown_ms = millis("cooldown", s.cooldown, Duration::from_secs(1), Duration::from_secs(7 * 86400))?;
+    let window_ms = millis("window", s.window.0, Duration::from_secs(1), Duration::from_secs(3600))?;
+    let cooldown_ms = millis("cooldown", s.cooldown.0, Duration::from_secs(1), Duration::from_secs(7 * 86400))?;
     let baseline_ttl_ms =
-        millis("baseline_ttl", s.baseline_ttl, Duration::from_secs(60), Duration::from_secs(30 * 86400))?;
+        millis("baseline_ttl", s.baseline_ttl.0, Duration::from_secs(60), Duration::from_secs(30 * 86400))?;
     if baseline_ttl_ms < 2 * window_ms {
         return Err(bad("baseline_ttl", "must be at least two windows"));
     }

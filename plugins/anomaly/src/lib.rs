@@ -36,7 +36,7 @@ mod config;
 mod signals;
 
 use client::{Client, path_hash};
-use config::{ActionConf, ClientKey, Conf, EventClient};
+use config::{ActionConf, ClientKey, Conf, EventClient, Settings};
 use signals::{Baseline, Counts, ONE_ERROR, ONE_PATH, ONE_REQUEST, Record, SATURATION, Signals, score};
 
 /// Window counters live this many windows, so a client's last active
@@ -164,6 +164,10 @@ struct Anomaly {
 }
 
 impl Plugin for Anomaly {
+    fn config_schema() -> Option<String> {
+        weir_plugin_sdk::schema_for::<Settings>()
+    }
+
     fn new(config: &Config) -> Result<Self> {
         Ok(Self { conf: config::load(config)?, cache: RefCell::default(), last_warning_ms: Cell::new(None) })
     }

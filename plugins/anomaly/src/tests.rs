@@ -818,3 +818,166 @@ fn state_unavailable_fails_open() {
     testing::set_state_unavailable(false);
     assert!((0..30).any(|i| answered(&h, get(&format!("/again/{i}")), 404)));
 }
+
+// ---- the declared config schema (contract 0.2.5) ------------------------------
+
+/// The schema, checked as the gateway checks a `config` table before `new`.
+mod schema {
+    use super::*;
+
+    fn schema() -> Value {
+        let text = Anomaly::config_schema().expect("anomaly declares a schema");
+        serde_json::from_str(&text).expect("the schema is JSON")
+    }
+
+    fn validator() -> jsonschema::Validator {
+        jsonschema::options().should_validate_formats(false).build(&schema()).expect("a valid JSON Schema")
+    }
+
+    fn errors(v: &jsonschema::Validator, config: &Value) -> Vec<String> {
+        v.iter_errors(config).map(|e| format!("{}: {e}", e.instance_path())).collect()
+    }
+
+    #[test]
+    fn describes_every_documented_key() {
+        let schema = schema();
+        let props = schema["properties"].as_object().expect("properties");
+        let documented = [
+            "key",
+            "ipv6_prefix",
+            "window",
+            "threshold",
+            "action",
+            "cooldown",
+            "weights",
+            "min_requests",
+            "min_rate",
+            "warmup_windows",
+            "alpha",
+            "baseline_ttl",
+            "error_statuses",
+            "path_segments",
+            "flag_header",
+            "challenge",
+            "event_client",
+        ];
+        assert_eq!(props.keys().collect::<Vec<_>>(), documented);
+        for (key, prop) in props {
+            assert!(prop["description"].as_str().is_some_and(|d| !d.is_empty()), "`{key}` is described");
+        }
+        assert_eq!(schema["additionalProperties"], false);
+        assert!(schema.get("required").is_none(), "every key is optional");
+        // Defaults as the README gives them, durations written as in gateway.toml.
+        for (key, default) in [
+            ("key", json!("ip")),
+            ("ipv6_prefix", json!(64)),
+            ("window", json!("10s")),
+            ("threshold", json!(6.0)),
+            ("action", json!("flag")),
+            ("cooldown", json!("1m")),
+            ("weights", json!({ "rate": 1.0, "errors": 4.0, "paths": 4.0 })),
+            ("min_requests", json!(20)),
+            ("min_rate", json!(5.0)),
+            ("warmup_windows", json!(3)),
+            ("alpha", json!(0.2)),
+            ("baseline_ttl", json!("1h")),
+            ("error_statuses", json!(["4xx", "5xx"])),
+            ("path_segments", json!(0)),
+            ("flag_header", json!("x-weir-anomaly")),
+            ("event_client", json!("hash")),
+        ] {
+            assert_eq!(props[key]["default"], default, "default of `{key}`");
+        }
+        for key in ["window", "cooldown", "baseline_ttl"] {
+            assert_eq!(props[key]["type"], "string", "`{key}` is a duration string");
+            assert!(props[key]["description"].as_str().is_some_and(|d| d.contains("duration")), "{key}");
+        }
+        let defs = &schema["$defs"];
+        assert_eq!(defs["ActionKind"]["enum"], json!(["flag", "throttle", "challenge"]));
+        assert_eq!(defs["EventClient"]["enum"], json!(["hash", "raw"]));
+        let weights = defs["Weights"]["properties"].as_object().expect("weights");
+        assert_eq!(weights.keys().collect::<Vec<_>>(), ["rate", "errors", "paths"]);
+        assert_eq!(defs["Weights"]["additionalProperties"], false);
+        let challenge = defs["ChallengeSettings"]["properties"].as_object().expect("challenge");
+        assert_eq!(challenge.keys().collect::<Vec<_>>(), ["status", "headers", "body"]);
+        assert_eq!(defs["ChallengeSettings"]["additionalProperties"], false);
+        // A status is a number or a string (class, range); the challenge,
+        // when given, is a table (an absent key, never `null`).
+        assert_eq!(props["error_statuses"]["items"]["type"], json!(["integer", "string"]));
+        assert_eq!(props["challenge"]["$ref"], "#/$defs/ChallengeSettings");
+    }
+
+    #[test]
+    fn accepts_every_form_the_plugin_accepts() {
+        let v = validator();
+        for config in [
+            json!({}),
+            json!({ "key": "header:x-api-key", "action": "throttle", "window": "10s", "threshold": 6.0, "cooldown": "1m" }),
+            json!({ "key": "data:auth.x-auth-sub", "threshold": 6, "alpha": 1, "min_rate": 0, "warmup_windows": 0 }),
+            json!({ "window": "1h", "cooldown": "1h 30m", "baseline_ttl": "30days", "ipv6_prefix": 128 }),
+            json!({ "error_statuses": [404, "404", "5xx", "4XX", "500-503", " 401 - 403 "] }),
+            json!({ "weights": { "errors": 0 }, "error_statuses": [] }),
+            json!({ "weights": { "rate": 0.5 }, "path_segments": 2, "flag_header": "x-suspect", "event_client": "raw" }),
+            json!({ "action": "challenge" }),
+            json!({ "action": "challenge", "challenge": { "status": 403, "headers": { "x-why": "because" }, "body": "no" } }),
+            paths_only(4, "flag"),
+        ] {
+            let errors = errors(&v, &config);
+            assert!(errors.is_empty(), "{config}: {errors:?}");
+            Harness::<Anomaly>::new(config).expect("the plugin accepts it too");
+        }
+    }
+
+    #[test]
+    fn refuses_what_a_schema_can_say() {
+        let v = validator();
+        for (config, at) in [
+            (json!({ "colour": 1 }), ""),
+            (json!({ "weights": { "speed": 1 } }), "/weights"),
+            (json!({ "action": "challenge", "challenge": { "stauts": 401 } }), "/challenge"),
+            (json!({ "action": "ban" }), "/action"),
+            (json!({ "event_client": "plain" }), "/event_client"),
+            (json!({ "threshold": 0 }), "/threshold"),
+            (json!({ "threshold": "high" }), "/threshold"),
+            (json!({ "weights": { "rate": -1 } }), "/weights/rate"),
+            (json!({ "min_requests": 0 }), "/min_requests"),
+            (json!({ "min_rate": -2 }), "/min_rate"),
+            (json!({ "alpha": 0 }), "/alpha"),
+            (json!({ "alpha": 1.5 }), "/alpha"),
+            (json!({ "warmup_windows": -1 }), "/warmup_windows"),
+            (json!({ "error_statuses": [700] }), "/error_statuses/0"),
+            (json!({ "error_statuses": "5xx" }), "/error_statuses"),
+            (json!({ "action": "challenge", "challenge": { "status": 302 } }), "/challenge/status"),
+            (json!({ "ipv6_prefix": 0 }), "/ipv6_prefix"),
+            (json!({ "ipv6_prefix": 129 }), "/ipv6_prefix"),
+            (json!({ "ipv6_prefix": "64" }), "/ipv6_prefix"),
+            (json!({ "window": 10 }), "/window"),
+        ] {
+            let errors = errors(&v, &config);
+            assert!(errors.iter().any(|e| e.starts_with(&format!("{at}: "))), "{config}: {errors:?}");
+            assert!(Harness::<Anomaly>::new(config).is_err(), "the plugin refuses it too");
+        }
+    }
+
+    #[test]
+    fn readme_examples_match_the_schema() {
+        let v = validator();
+        let mut checked = 0;
+        for block in include_str!("../README.md").split("```toml").skip(1) {
+            let block = block.split("```").next().expect("closed block");
+            let doc: toml::Table = toml::from_str(block).expect("README example is TOML");
+            for (name, p) in doc.get("plugins").and_then(|p| p.as_table()).into_iter().flatten() {
+                if p.get("module").and_then(|m| m.as_str()) != Some("anomaly.wasm") {
+                    continue;
+                }
+                let config = p.get("config").cloned().unwrap_or_else(|| toml::Value::Table(Default::default()));
+                let config = serde_json::to_value(&config).expect("TOML as JSON");
+                let errors = errors(&v, &config);
+                assert!(errors.is_empty(), "README example `{name}`: {errors:?}");
+                Harness::<Anomaly>::new(config).unwrap_or_else(|e| panic!("README example `{name}`: {e}"));
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 4, "every example was checked");
+    }
+}

@@ -6,6 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -24,11 +25,19 @@ use crate::verdict::{Challenges, Grant};
 /// The largest `jwt.cache_size` accepted.
 const MAX_CACHE_SIZE: usize = 65_536;
 
-/// The plugin's `config` table.
-#[derive(Deserialize)]
+/// The plugin's `config` table; its JSON Schema is the one the plugin
+/// declares (`Plugin::config_schema`). What a schema cannot say (header
+/// names, durations, keys, combinations of keys) is checked by
+/// [`Settings::compile`].
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(
+    title = "auth config",
+    description = "The `config` table of `auth.wasm`: JWT bearer tokens (`jwt`) and/or API keys (`api_keys`); at least \
+                   one of the two."
+)]
 pub(crate) struct Settings {
-    /// The realm in `WWW-Authenticate` challenges.
+    /// The realm of the `WWW-Authenticate` challenges: printable ASCII without `"` or `\`.
     #[serde(default = "default_realm")]
     realm: String,
     /// Remove the credential(s) before the request goes upstream.
@@ -38,7 +47,7 @@ pub(crate) struct Settings {
     /// identity headers); a bad credential is still refused.
     #[serde(default)]
     allow_missing: bool,
-    /// JWT bearer tokens.
+    /// JWT bearer tokens (and opaque tokens, with `introspection`).
     #[serde(default)]
     jwt: Option<JwtSettings>,
     /// API keys.
@@ -46,41 +55,54 @@ pub(crate) struct Settings {
     api_keys: Option<ApiKeySettings>,
 }
 
-#[derive(Deserialize)]
+/// JWT bearer tokens: where keys come from, where the token is, what it must
+/// hold and which claims are forwarded.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct JwtSettings {
-    /// Keys given one by one.
+    /// Verification keys given one by one.
     #[serde(default)]
     keys: Vec<KeySettings>,
-    /// A JWKS document: a JSON string, or the same as a table.
+    /// A JWKS document (RFC 7517) added to `keys`: its JSON text, or the same
+    /// written as a table with a `keys` array.
     #[serde(default)]
+    #[schemars(schema_with = "jwks_schema")]
     jwks: Option<Value>,
     /// The upstream (in the instance's `outbound` list) that publishes the
     /// identity provider's key set.
     #[serde(default)]
     jwks_upstream: Option<String>,
-    /// The key set's path on `jwks_upstream`.
+    /// The key set's path (and query) on `jwks_upstream`, starting with `/`
+    /// (default `"/.well-known/jwks.json"`; not with `oidc_discovery`).
     #[serde(default)]
     jwks_path: Option<String>,
-    /// Read the path from `jwks_uri` in `/.well-known/openid-configuration`.
+    /// Read the path from `jwks_uri` in `/.well-known/openid-configuration` on
+    /// `jwks_upstream` (not with `jwks_path`).
     #[serde(default)]
     oidc_discovery: bool,
-    /// How long a fetched key set is fresh without `Cache-Control: max-age`.
+    /// How long a fetched key set is fresh without `Cache-Control: max-age`:
+    /// a positive duration, a whole number and one unit of `ms`, `s`, `m`,
+    /// `h`, e.g. `"10m"`.
     #[serde(default = "default_jwks_refresh")]
     jwks_refresh: String,
     /// The least time between two fetches (a token with an unknown `kid`
-    /// asks for one; a failed fetch is retried after it).
+    /// asks for one; a failed fetch is retried after it): a positive duration
+    /// like `"30s"` (`ms`, `s`, `m`, `h`), at most `jwks_refresh`.
     #[serde(default = "default_jwks_min_refresh")]
     jwks_min_refresh: String,
-    /// Per-call timeout of the key and introspection calls (default: the
-    /// upstream's `timeout`).
+    /// Per-call timeout of the key and introspection calls, a positive
+    /// duration like `"2s"` (`ms`, `s`, `m`, `h`); default: the upstream's
+    /// `timeout`.
     #[serde(default)]
     idp_timeout: Option<String>,
     /// Opaque tokens: asked about at the identity provider (RFC 7662).
     #[serde(default)]
     introspection: Option<IntrospectionSettings>,
-    /// Where the token is looked for, in order.
+    /// Where the token is looked for: `{ header = "NAME" }`, `{ query = "NAME" }`
+    /// or `{ cookie = "NAME" }` (names written decoded, without `%`). Every
+    /// location is read; a request may hold one credential.
     #[serde(default = "default_jwt_from")]
+    #[schemars(length(min = 1))]
     from: Vec<SourceConfig>,
     /// Accepted `iss` values (any if empty).
     #[serde(default)]
@@ -88,80 +110,145 @@ struct JwtSettings {
     /// Accepted `aud` values (not checked if empty).
     #[serde(default)]
     audiences: Vec<String>,
-    /// Clock skew allowed on `exp` and `nbf`, e.g. `"30s"`.
+    /// Clock skew allowed on `exp` and `nbf`: a duration, a whole number and
+    /// one unit of `ms`, `s`, `m`, `h`, e.g. `"30s"` or `"500ms"`.
     #[serde(default = "default_leeway")]
     leeway: String,
     /// Refuse tokens without `exp`.
     #[serde(default = "yes")]
     require_exp: bool,
-    /// Scopes the token must all have (`scope` or `scp`).
+    /// Scopes the token must all have (in `scope` or `scp`), each an RFC 6749
+    /// scope token.
     #[serde(default)]
     required_scopes: Vec<String>,
-    /// Claims the token must have.
+    /// Claims the token must have (not `null`): a top-level claim, or else a
+    /// dotted path such as `realm_access.roles`.
     #[serde(default)]
     required_claims: Vec<String>,
-    /// Claims that must have one of the given values.
+    /// Claims that must have one of the given values: claim → a string,
+    /// number or boolean, or a non-empty list of them. A claim that is an
+    /// array matches if one of its elements does.
     #[serde(default)]
+    #[schemars(schema_with = "claim_values_schema")]
     claim_values: BTreeMap<String, Value>,
-    /// Claim → request header it is forwarded in.
+    /// Claim → the request header it is forwarded in (a header name the
+    /// plugin may set); `{}` forwards nothing.
     #[serde(default = "default_forward")]
     forward_claims: BTreeMap<String, String>,
-    /// Verified tokens remembered per instance (0 disables the cache).
+    /// Verified tokens remembered per instance, at most 65536 (0 disables the
+    /// cache).
     #[serde(default = "default_cache_size")]
+    #[schemars(range(max = 65_536))]
     cache_size: usize,
 }
 
-#[derive(Deserialize)]
+/// Opaque tokens, introspected at the identity provider (RFC 7662).
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct IntrospectionSettings {
     /// The upstream (in the instance's `outbound` list) to ask.
     upstream: String,
-    /// The introspection endpoint's path on it.
+    /// The introspection endpoint's path on it, starting with `/`.
     path: String,
-    /// The gateway's client credentials at the provider.
+    /// The gateway's client id at the provider (not empty).
     client_id: String,
+    /// The gateway's client secret at the provider.
     client_secret: String,
-    /// The longest an active token's answer is reused (also bounded by its `exp`).
+    /// The longest an active token's answer is reused (also bounded by its
+    /// `exp`): a positive duration like `"5m"` (`ms`, `s`, `m`, `h`).
     #[serde(default = "default_introspection_ttl")]
     cache_ttl: String,
 }
 
-#[derive(Deserialize)]
+/// One verification key: exactly one of `secret`, `secret_base64` or `pem`.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct KeySettings {
+    /// Key id: a token whose header names this `kid` is verified with this
+    /// key only (not empty).
     #[serde(default)]
     kid: Option<String>,
+    /// The algorithms this key may verify (default: all that fit the key).
     #[serde(default)]
+    #[schemars(schema_with = "algs_schema")]
     algs: Option<Vec<String>>,
+    /// HMAC secret: its UTF-8 bytes, at least 32 of them.
     #[serde(default)]
     secret: Option<String>,
+    /// HMAC secret in base64 (standard or URL-safe alphabet, padded or not).
     #[serde(default)]
     secret_base64: Option<String>,
+    /// PEM public key: RSA (at least 2048 bits), EC P-256 or P-384; not a
+    /// private key, not a certificate.
     #[serde(default)]
     pem: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// API keys.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ApiKeySettings {
-    /// Where the key is looked for, in order.
+    /// Where the key is looked for, as `jwt.from`: `{ header = "NAME" }`,
+    /// `{ query = "NAME" }` or `{ cookie = "NAME" }`.
     #[serde(default = "default_api_from")]
+    #[schemars(length(min = 1))]
     from: Vec<SourceConfig>,
-    /// The header the consumer's name is forwarded in.
+    /// The request header the consumer's name is forwarded in (a header name
+    /// the plugin may set).
     #[serde(default = "default_consumer_header")]
     consumer_header: String,
-    /// The keys.
+    /// The keys, at least one: `{ name, key }` or `{ name, sha256 }`. Names and
+    /// keys are unique.
+    #[schemars(length(min = 1))]
     keys: Vec<ApiKeySetting>,
 }
 
-#[derive(Deserialize)]
+/// One API key: its consumer's name and either the key or its SHA-256.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ApiKeySetting {
+    /// The consumer, forwarded in `consumer_header`: non-empty, usable as a
+    /// header value.
     name: String,
+    /// The key in plain (not empty).
     #[serde(default)]
     key: Option<String>,
+    /// The key's SHA-256 instead, 64 hex digits.
     #[serde(default)]
     sha256: Option<String>,
+}
+
+/// `jwks`: JSON text, or the document as a table with a `keys` array. One
+/// schema with both types (`required` and `properties` only apply to
+/// tables), so that a mismatch is reported as it is.
+fn jwks_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": ["string", "object"],
+        "required": ["keys"],
+        "properties": { "keys": { "type": "array" } },
+    })
+}
+
+/// `claim_values`: claim → a scalar or a non-empty list of scalars.
+fn claim_values_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "additionalProperties": {
+            "type": ["string", "number", "boolean", "array"],
+            "items": { "type": ["string", "number", "boolean"] },
+            "minItems": 1,
+        },
+    })
+}
+
+/// `algs`: a non-empty list of the algorithm names the plugin knows.
+fn algs_schema(_: &mut SchemaGenerator) -> Schema {
+    let names: Vec<&str> = Alg::ALL.iter().map(|a| a.name()).collect();
+    json_schema!({
+        "type": "array",
+        "items": { "type": "string", "enum": names },
+        "minItems": 1,
+    })
 }
 
 fn default_realm() -> String {

@@ -164,6 +164,10 @@ impl Credential<'_, '_> {
 }
 
 impl Plugin for Auth {
+    fn config_schema() -> Option<String> {
+        weir_plugin_sdk::schema_for::<Settings>()
+    }
+
     fn new(config: &Config) -> Result<Self> {
         let settings: Settings = config.parse()?;
         let c = settings.compile().map_err(Error::internal)?;

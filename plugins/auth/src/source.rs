@@ -2,7 +2,8 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
 use weir_plugin_sdk::http;
 use weir_plugin_sdk::prelude::*;
 
@@ -10,12 +11,48 @@ use crate::verdict::Denial;
 
 /// One credential location, as configured: `{ header = "x-api-key" }`,
 /// `{ query = "access_token" }` or `{ cookie = "session" }`.
-#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub(crate) enum SourceConfig {
     Header(String),
     Query(String),
     Cookie(String),
+}
+
+/// A table with exactly one of `header`, `query` and `cookie`: what serde
+/// reads for the enum, written as one object schema rather than the
+/// derived `oneOf`, so that a mismatch (`{ body = "t" }`) is reported at
+/// its key instead of as "no alternative matched".
+impl JsonSchema for SourceConfig {
+    fn schema_name() -> Cow<'static, str> {
+        "Location".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "Where a credential is read: `{ header = \"NAME\" }`, `{ query = \"NAME\" }` or \
+                            `{ cookie = \"NAME\" }`, exactly one of them.",
+            "type": "object",
+            "properties": {
+                "header": {
+                    "description": "A request header's name, e.g. `\"x-api-key\"`; in `authorization` only the \
+                                    `Bearer` scheme is a token, in any other header the whole value is.",
+                    "type": "string",
+                },
+                "query": {
+                    "description": "A query parameter's name, written decoded (without `%`).",
+                    "type": "string",
+                },
+                "cookie": {
+                    "description": "A cookie's name, written decoded (without `%`).",
+                    "type": "string",
+                },
+            },
+            "additionalProperties": false,
+            "minProperties": 1,
+            "maxProperties": 1,
+        })
+    }
 }
 
 /// A validated location.

@@ -1413,3 +1413,222 @@ fn introspection_applies_the_token_rules_and_fails_closed() {
     allowed(&h, bearer(&hs256(&claims(json!({})))));
     assert!(testing::outbound_calls().is_empty());
 }
+
+// ---- the declared config schema (contract 0.2.5) ----------------------------
+
+/// The schema, checked as the gateway checks a `config` table before `new`.
+mod schema {
+    use super::*;
+
+    fn schema() -> Value {
+        let text = Auth::config_schema().expect("auth declares a schema");
+        serde_json::from_str(&text).expect("the schema is JSON")
+    }
+
+    fn validator() -> jsonschema::Validator {
+        jsonschema::options().should_validate_formats(false).build(&schema()).expect("a valid JSON Schema")
+    }
+
+    fn errors(v: &jsonschema::Validator, config: &Value) -> Vec<String> {
+        v.iter_errors(config).map(|e| format!("{}: {e}", e.instance_path())).collect()
+    }
+
+    /// The keys of a table's schema, in order.
+    fn keys(table: &Value) -> Vec<&str> {
+        table["properties"].as_object().expect("properties").keys().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn describes_every_documented_key() {
+        let schema = schema();
+        let defs = &schema["$defs"];
+        // Every table of the README's reference, each closed to unknown keys.
+        for (table, documented, required) in [
+            (&schema, &["realm", "strip_credential", "allow_missing", "jwt", "api_keys"][..], &[][..]),
+            (
+                &defs["JwtSettings"],
+                &[
+                    "keys",
+                    "jwks",
+                    "jwks_upstream",
+                    "jwks_path",
+                    "oidc_discovery",
+                    "jwks_refresh",
+                    "jwks_min_refresh",
+                    "idp_timeout",
+                    "introspection",
+                    "from",
+                    "issuers",
+                    "audiences",
+                    "leeway",
+                    "require_exp",
+                    "required_scopes",
+                    "required_claims",
+                    "claim_values",
+                    "forward_claims",
+                    "cache_size",
+                ],
+                &[],
+            ),
+            (&defs["KeySettings"], &["kid", "algs", "secret", "secret_base64", "pem"], &[]),
+            (
+                &defs["IntrospectionSettings"],
+                &["upstream", "path", "client_id", "client_secret", "cache_ttl"],
+                &["upstream", "path", "client_id", "client_secret"],
+            ),
+            (&defs["ApiKeySettings"], &["from", "consumer_header", "keys"], &["keys"]),
+            (&defs["ApiKeySetting"], &["name", "key", "sha256"], &["name"]),
+            (&defs["Location"], &["header", "query", "cookie"], &[]),
+        ] {
+            assert_eq!(keys(table), documented);
+            for key in documented {
+                let d = &table["properties"][key]["description"];
+                assert!(d.as_str().is_some_and(|d| !d.is_empty()), "`{key}` is described");
+            }
+            assert_eq!(table["additionalProperties"], false, "{documented:?}");
+            assert_eq!(table.get("required").cloned().unwrap_or(json!([])), json!(required), "{documented:?}");
+        }
+        let jwt = &defs["JwtSettings"]["properties"];
+        assert_eq!(schema["properties"]["jwt"]["$ref"], "#/$defs/JwtSettings", "a table, never null");
+        assert_eq!(schema["properties"]["realm"]["default"], "weir");
+        assert_eq!(jwt["from"]["default"], json!([{ "header": "authorization" }]));
+        assert_eq!(jwt["forward_claims"]["default"], json!({ "sub": "x-auth-sub" }));
+        assert_eq!(jwt["leeway"]["default"], "60s");
+        assert_eq!(jwt["jwks_refresh"]["default"], "10m");
+        assert_eq!(jwt["jwks_min_refresh"]["default"], "30s");
+        assert_eq!(jwt["require_exp"]["default"], true);
+        assert_eq!(jwt["cache_size"]["default"], 1024);
+        assert_eq!(jwt["cache_size"]["maximum"], 65536);
+        for key in ["leeway", "jwks_refresh", "jwks_min_refresh", "idp_timeout"] {
+            assert!(jwt[key]["description"].as_str().is_some_and(|d| d.contains("duration")), "{key}");
+        }
+        // The forms a key accepts in several shapes.
+        assert_eq!(jwt["jwks"]["type"], json!(["string", "object"]));
+        assert_eq!(
+            jwt["claim_values"]["additionalProperties"]["type"],
+            json!(["string", "number", "boolean", "array"])
+        );
+        let algs = &defs["KeySettings"]["properties"]["algs"]["items"]["enum"];
+        assert_eq!(algs.as_array().map(Vec::len), Some(11));
+        assert!(!algs.as_array().expect("algs").contains(&json!("none")));
+        assert_eq!(defs["ApiKeySettings"]["properties"]["from"]["default"], json!([{ "header": "x-api-key" }]));
+        assert_eq!(defs["ApiKeySettings"]["properties"]["consumer_header"]["default"], "x-auth-sub");
+    }
+
+    #[test]
+    fn accepts_every_form_the_plugin_accepts() {
+        let v = validator();
+        for config in [
+            hs_config(json!({})),
+            api_config(json!({})),
+            json!({
+                "realm": "api",
+                "strip_credential": true,
+                "allow_missing": true,
+                "jwt": {
+                    "keys": [
+                        { "kid": "h", "secret": LONG_SECRET, "algs": ["HS256", "HS512"] },
+                        { "kid": "b", "secret_base64": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=" },
+                        { "kid": "r", "pem": key_file("rsa.pkcs1.pub.pem") },
+                        { "kid": "e", "pem": key_file("ec256.pub.pem"), "algs": ["ES256"] },
+                    ],
+                    "jwks": key_file("jwks.json"),
+                    "issuers": ["i"], "audiences": ["a"], "leeway": "500ms", "require_exp": false,
+                    "required_scopes": ["s"], "required_claims": ["c"],
+                    "claim_values": { "t": "x", "n": [1, 2], "b": true, "f": 1.5, "m": ["a", 2, false] },
+                    "forward_claims": { "sub": "x-auth-sub", "email": "x-auth-email" }, "cache_size": 16,
+                    "from": [{ "header": "authorization" }, { "cookie": "session" }],
+                },
+                "api_keys": {
+                    "from": [{ "header": "x-api-key" }, { "query": "key" }],
+                    "consumer_header": "x-consumer",
+                    "keys": [{ "name": "a", "key": "k" }, { "name": "b", "sha256": sha256_hex("k2") }],
+                },
+            }),
+            // A JWKS written as a table, and keys from an identity provider.
+            json!({ "jwt": { "jwks": serde_json::from_str::<Value>(&key_file("jwks.json")).expect("JSON") } }),
+            json!({ "jwt": {
+                "jwks_upstream": "idp", "oidc_discovery": true, "jwks_refresh": "1h", "jwks_min_refresh": "1m",
+                "idp_timeout": "2s", "forward_claims": {}, "cache_size": 0,
+            } }),
+            json!({ "jwt": { "jwks_upstream": "idp", "jwks_path": "/certs?v=2" } }),
+            json!({ "jwt": { "introspection": {
+                "upstream": "idp", "path": "/oauth2/introspect", "client_id": "gw", "client_secret": "s", "cache_ttl": "2m",
+            } } }),
+        ] {
+            let errors = errors(&v, &config);
+            assert!(errors.is_empty(), "{config}: {errors:?}");
+            harness(config);
+        }
+    }
+
+    #[test]
+    fn refuses_what_a_schema_can_say() {
+        let v = validator();
+        let hs = |key: Value| json!({ "jwt": { "keys": [key] } });
+        for (config, at) in [
+            (json!({ "jwt": { "keys": [{ "secret": SECRET }] }, "color": 1 }), ""),
+            (json!({ "jwt": { "keys": [{ "secret": SECRET }], "issuer": "x" } }), "/jwt"),
+            (hs(json!({ "secret": SECRET, "algs": ["none"] })), "/jwt/keys/0/algs/0"),
+            (hs(json!({ "secret": SECRET, "algs": ["XS256"] })), "/jwt/keys/0/algs/0"),
+            (hs(json!({ "secret": SECRET, "algs": [] })), "/jwt/keys/0/algs"),
+            (hs(json!({ "secret": SECRET, "colour": "red" })), "/jwt/keys/0"),
+            (json!({ "jwt": { "jwks": { "kys": [] } } }), "/jwt/jwks"),
+            (json!({ "jwt": { "jwks": 7 } }), "/jwt/jwks"),
+            (json!({ "jwt": { "keys": [{ "secret": SECRET }], "leeway": 30 } }), "/jwt/leeway"),
+            (json!({ "jwt": { "keys": [{ "secret": SECRET }], "from": [] } }), "/jwt/from"),
+            (json!({ "jwt": { "keys": [{ "secret": SECRET }], "from": [{ "body": "t" }] } }), "/jwt/from/0"),
+            (
+                json!({ "jwt": { "keys": [{ "secret": SECRET }], "from": [{ "header": "a", "query": "b" }] } }),
+                "/jwt/from/0",
+            ),
+            (json!({ "jwt": { "keys": [{ "secret": SECRET }], "from": [{}] } }), "/jwt/from/0"),
+            (
+                json!({ "jwt": { "keys": [{ "secret": SECRET }], "claim_values": { "roles": [] } } }),
+                "/jwt/claim_values/roles",
+            ),
+            (
+                json!({ "jwt": { "keys": [{ "secret": SECRET }], "claim_values": { "r": [["a"]] } } }),
+                "/jwt/claim_values/r/0",
+            ),
+            (
+                json!({ "jwt": { "keys": [{ "secret": SECRET }], "claim_values": { "r": { "a": 1 } } } }),
+                "/jwt/claim_values/r",
+            ),
+            (json!({ "jwt": { "keys": [{ "secret": SECRET }], "cache_size": 1_000_000 } }), "/jwt/cache_size"),
+            (
+                json!({ "jwt": { "introspection": { "upstream": "idp", "path": "/i", "client_id": "gw" } } }),
+                "/jwt/introspection",
+            ),
+            (json!({ "api_keys": { "keys": [] } }), "/api_keys/keys"),
+            (json!({ "api_keys": {} }), "/api_keys"),
+            (json!({ "api_keys": { "keys": [{ "key": "k" }] } }), "/api_keys/keys/0"),
+            (json!({ "api_keys": { "keys": [{ "name": "a", "key": 7 }] } }), "/api_keys/keys/0/key"),
+        ] {
+            let errors = errors(&v, &config);
+            assert!(errors.iter().any(|e| e.starts_with(&format!("{at}: "))), "{config}: {errors:?}");
+            config_error(config);
+        }
+    }
+
+    #[test]
+    fn readme_examples_match_the_schema() {
+        let v = validator();
+        let mut checked = 0;
+        for block in include_str!("../README.md").split("```toml").skip(1) {
+            let block = block.split("```").next().expect("closed block");
+            let doc: toml::Table = toml::from_str(block).expect("README example is TOML");
+            for (name, p) in doc.get("plugins").and_then(|p| p.as_table()).into_iter().flatten() {
+                // Fragments without `module` are auth tables too.
+                if p.get("module").is_some_and(|m| m.as_str() != Some("auth.wasm")) {
+                    continue;
+                }
+                let config = serde_json::to_value(p.get("config").expect("a config")).expect("TOML as JSON");
+                let errors = errors(&v, &config);
+                assert!(errors.is_empty(), "README example `{name}`: {errors:?}");
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 6, "every example was checked");
+    }
+}

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use weir_plugin_sdk::{Config, Error, HeaderName, Request, Result, StatusCode};
 
@@ -11,44 +12,59 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest cache TTL.
 const MAX_TTL: Duration = Duration::from_secs(3600);
 
-#[derive(Deserialize)]
+/// The `config` table as written; its JSON Schema is the one the plugin
+/// declares (`Plugin::config_schema`). What a schema cannot say (header
+/// names, durations, the cache key template) is checked by
+/// [`Spec::from_config`].
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Settings {
-    /// The authorization service: an upstream in the instance's `outbound`.
+#[schemars(
+    title = "ext-authz config",
+    description = "The `config` table of `ext_authz.wasm`: ask an external authorization service about every request."
+)]
+pub(crate) struct Settings {
+    /// The authorization service: an upstream in the instance's `outbound` list.
+    #[schemars(length(min = 1))]
     upstream: String,
-    /// Put before the original path in the check request.
+    /// Put before the original path in the check request, e.g. `"/check"`: starts with `/` and does not end with
+    /// one (or empty).
     #[serde(default)]
     path_prefix: String,
-    /// Request headers sent along to the service.
+    /// Request headers sent along to the service (every value), as header names.
     #[serde(default = "default_forward")]
     forward_headers: Vec<String>,
-    /// Headers of an allowing answer copied into the upstream request.
+    /// Headers of an allowing answer set on the request upstream, as header names.
     #[serde(default)]
     upstream_headers: Vec<String>,
-    /// Headers of a denying answer copied to the client.
+    /// Headers of a denying answer passed to the client, as header names (`content-type` always is).
     #[serde(default = "default_client")]
     client_headers: Vec<String>,
-    /// No answer: `deny` (default) or `allow`.
+    /// What no answer means: `"deny"` (answer `failure_status`, fail closed) or `"allow"` (let the request through,
+    /// fail open).
     #[serde(default)]
     failure: Failure,
-    /// The status of a denial for want of an answer.
+    /// The status of a denial for want of an answer, 400 to 599.
     #[serde(default = "default_failure_status")]
+    #[schemars(range(min = 400, max = 599))]
     failure_status: u16,
-    /// How long the service may take.
+    /// How long the service may take: a duration above zero and at most `"1m"`, e.g. `"200ms"` (the plugin's
+    /// `limits.deadline` must be longer).
     #[serde(default = "default_timeout")]
     timeout: String,
-    /// Cache decisions.
+    /// Cache decisions in the host's shared state.
     #[serde(default)]
     cache: Option<CacheSettings>,
 }
 
-#[derive(Deserialize)]
+/// The decision cache.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct CacheSettings {
-    /// What one decision is cached for.
+    /// What one decision is cached for: a template of text and `{method}`, `{path}`, `{query}`, `{client_ip}` and
+    /// `{header:NAME}`, naming at least one of them.
     #[serde(default = "default_key")]
     key: String,
-    /// For how long.
+    /// For how long: a duration above zero and at most `"1h"`, e.g. `"30s"`.
     ttl: String,
 }
 
@@ -72,14 +88,16 @@ fn default_key() -> String {
     "{method} {path} {header:authorization}".into()
 }
 
-/// What to do without an answer.
-#[derive(Deserialize, Default, Debug, Clone, Copy, PartialEq, Eq)]
+/// What to do without an answer: `deny` (fail closed) or `allow` (fail open).
+// No doc comments on the variants: the schema then lists them as a plain
+// `enum`, which a config check names in its message.
+#[derive(Deserialize, Serialize, JsonSchema, Default, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Failure {
-    /// Refuse with `failure_status` (fail closed).
+    // Refuse with `failure_status` (fail closed).
     #[default]
     Deny,
-    /// Let the request through (fail open).
+    // Let the request through (fail open).
     Allow,
 }
 

@@ -17,7 +17,7 @@ mod config;
 use weir_plugin_sdk::prelude::*;
 use weir_plugin_sdk::{Callout, OutboundError, State, http};
 
-use crate::config::{Failure, Spec};
+use crate::config::{Failure, Settings, Spec};
 
 /// A decision as cached: status, headers to copy, body (for denials).
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -111,6 +111,10 @@ impl ExtAuthz {
 }
 
 impl Plugin for ExtAuthz {
+    fn config_schema() -> Option<String> {
+        weir_plugin_sdk::schema_for::<Settings>()
+    }
+
     fn new(config: &Config) -> Result<Self> {
         Ok(Self { spec: Spec::from_config(config)? })
     }

@@ -128,3 +128,120 @@ fn bad_configs_are_refused_naming_the_key() {
         assert!(err.contains(expect), "{config}: {err}");
     }
 }
+
+// ---- the declared config schema (contract 0.2.5) ----------------------------
+
+/// The schema, checked as the gateway checks a `config` table before `new`.
+mod schema {
+    use super::*;
+
+    fn schema() -> Value {
+        let text = ExtAuthz::config_schema().expect("ext-authz declares a schema");
+        serde_json::from_str(&text).expect("the schema is JSON")
+    }
+
+    fn validator() -> jsonschema::Validator {
+        jsonschema::options().should_validate_formats(false).build(&schema()).expect("a valid JSON Schema")
+    }
+
+    fn errors(v: &jsonschema::Validator, config: &Value) -> Vec<String> {
+        v.iter_errors(config).map(|e| format!("{}: {e}", e.instance_path())).collect()
+    }
+
+    #[test]
+    fn describes_every_documented_key() {
+        let schema = schema();
+        let props = schema["properties"].as_object().expect("properties");
+        let documented = [
+            "upstream",
+            "path_prefix",
+            "forward_headers",
+            "upstream_headers",
+            "client_headers",
+            "failure",
+            "failure_status",
+            "timeout",
+            "cache",
+        ];
+        assert_eq!(props.keys().collect::<Vec<_>>(), documented);
+        for (key, prop) in props {
+            assert!(prop["description"].as_str().is_some_and(|d| !d.is_empty()), "`{key}` is described");
+        }
+        assert_eq!(schema["additionalProperties"], false);
+        assert_eq!(schema["required"], json!(["upstream"]));
+        assert_eq!(props["forward_headers"]["default"], json!(["authorization"]));
+        assert_eq!(props["client_headers"]["default"], json!(["www-authenticate"]));
+        assert_eq!(props["failure"]["default"], "deny");
+        assert_eq!(schema["$defs"]["Failure"]["enum"], json!(["deny", "allow"]));
+        assert_eq!(
+            (&props["failure_status"]["minimum"], &props["failure_status"]["maximum"]),
+            (&json!(400), &json!(599))
+        );
+        assert_eq!(props["timeout"]["default"], "200ms");
+        assert!(props["timeout"]["description"].as_str().is_some_and(|d| d.contains("duration")));
+        for key in ["forward_headers", "upstream_headers", "client_headers"] {
+            assert!(props[key]["description"].as_str().is_some_and(|d| d.contains("header names")), "{key}");
+        }
+        let cache = &schema["$defs"]["CacheSettings"];
+        assert_eq!(props["cache"]["$ref"], "#/$defs/CacheSettings", "a table, never null");
+        assert_eq!(cache["properties"].as_object().expect("cache").keys().collect::<Vec<_>>(), ["key", "ttl"]);
+        assert_eq!(cache["required"], json!(["ttl"]));
+        assert_eq!(cache["additionalProperties"], false);
+        assert_eq!(cache["properties"]["key"]["default"], "{method} {path} {header:authorization}");
+    }
+
+    #[test]
+    fn accepts_every_form_the_plugin_accepts() {
+        let v = validator();
+        for config in [
+            json!({ "upstream": "authz" }),
+            json!({ "upstream": "authz", "path_prefix": "", "failure": "allow", "failure_status": 403, "timeout": "1m" }),
+            json!({ "upstream": "authz", "forward_headers": [], "upstream_headers": ["x-user-id"], "client_headers": [] }),
+            json!({ "upstream": "authz", "cache": { "ttl": "1h" } }),
+            json!({ "upstream": "authz", "cache": { "key": "{client_ip}", "ttl": "1s 500ms" } }),
+        ] {
+            let errors = errors(&v, &config);
+            assert!(errors.is_empty(), "{config}: {errors:?}");
+            plugin(config);
+        }
+    }
+
+    #[test]
+    fn refuses_what_a_schema_can_say() {
+        let v = validator();
+        for (config, at) in [
+            (json!({}), ""),
+            (json!({ "upstream": "a", "extra": 1 }), ""),
+            (json!({ "upstream": "" }), "/upstream"),
+            (json!({ "upstream": "a", "failure_status": 200 }), "/failure_status"),
+            (json!({ "upstream": "a", "failure": "open" }), "/failure"),
+            (json!({ "upstream": "a", "timeout": 200 }), "/timeout"),
+            (json!({ "upstream": "a", "forward_headers": "authorization" }), "/forward_headers"),
+            (json!({ "upstream": "a", "cache": { "key": "{path}" } }), "/cache"),
+            (json!({ "upstream": "a", "cache": { "ttl": "1s", "size": 9 } }), "/cache"),
+        ] {
+            let errors = errors(&v, &config);
+            assert!(errors.iter().any(|e| e.starts_with(&format!("{at}: "))), "{config}: {errors:?}");
+            rejects(config);
+        }
+    }
+
+    #[test]
+    fn readme_examples_match_the_schema() {
+        let v = validator();
+        let mut checked = 0;
+        for block in include_str!("../README.md").split("```toml").skip(1) {
+            let block = block.split("```").next().expect("closed block");
+            let doc: toml::Table = toml::from_str(block).expect("README example is TOML");
+            for (name, p) in doc.get("plugins").and_then(|p| p.as_table()).into_iter().flatten() {
+                assert_eq!(p.get("module").and_then(|m| m.as_str()), Some("ext_authz.wasm"), "{name}");
+                let config = serde_json::to_value(p.get("config").expect("a config")).expect("TOML as JSON");
+                let errors = errors(&v, &config);
+                assert!(errors.is_empty(), "README example `{name}`: {errors:?}");
+                plugin(config);
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 1, "every example was checked");
+    }
+}

@@ -1,11 +1,13 @@
 //! The `config` table, checked once in `new`: every error names its key.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::time::Duration;
 
-use serde::Deserialize;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
 use weir_plugin_sdk::{Config, Error, HeaderName, Result};
 
 /// Most limits one instance may hold (each costs a state call per request).
@@ -19,55 +21,75 @@ const MAX_KEY_PARTS: usize = 4;
 /// Longest limit name.
 const MAX_NAME_LEN: usize = 32;
 
-/// The whole `config` table.
-#[derive(Deserialize)]
+/// The whole `config` table; its JSON Schema is the one the plugin declares
+/// (`Plugin::config_schema`). What a schema cannot say (durations, header
+/// names, unique limit names) is checked by [`Spec::from_config`] and the
+/// `deserialize_with` functions.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Settings {
-    /// The limits; a request must fit every one of them.
+#[schemars(
+    title = "rate-limit config",
+    description = "The `config` table of `rate_limit.wasm`: rate limits on shared host counters."
+)]
+pub(crate) struct Settings {
+    /// The limits, 1 to 16; a request must fit every one that applies to it.
+    #[schemars(length(min = 1, max = 16))]
     limits: Vec<LimitSettings>,
-    /// What identifies a client, for limits without their own `key`.
+    /// What identifies a client, for limits without their own `key`: `"ip"` (IPv6 by its `ipv6_prefix` network),
+    /// `"route"`, `"header:<name>"` (a request header's first value, hashed), `"data:<plugin>.<key>"` (what a plugin
+    /// earlier in the chain published, hashed), or a list of 1 to 4 of them such as `["route", "ip"]`.
     #[serde(default)]
+    #[schemars(extend("default" = "ip"))]
     key: Option<Key>,
-    /// What to do when a `header:` key part is absent, for limits without
-    /// their own `missing`.
+    /// When a `header:` or `data:` key part is absent or empty, for limits without their own `missing`: `"ip"` uses
+    /// the client IP in its place, `"deny"` answers `400`, `"allow"` skips that limit for the request.
     #[serde(default)]
     missing: Missing,
-    /// `sliding` (default) or `fixed` windows.
+    /// How requests are counted: `"sliding"` or `"fixed"` windows, or `"gcra"` (an exact bound on any interval, with
+    /// a `burst`).
     #[serde(default)]
     algorithm: Algorithm,
-    /// `allow` (default) or `deny` when the state backend fails.
+    /// When the state backend fails: `"allow"` lets requests through (fail open), `"deny"` answers `503` (fail
+    /// closed).
     #[serde(default)]
     on_state_error: OnStateError,
-    /// Add the RateLimit headers to responses that were let through.
+    /// Add the `RateLimit-Policy` and `RateLimit` headers to responses that were let through.
     #[serde(default = "yes")]
     headers: bool,
-    /// IPv6 clients are keyed by this prefix length.
+    /// IPv6 clients are keyed by this network prefix length, 1 to 128.
     #[serde(default = "default_ipv6_prefix", deserialize_with = "ipv6_prefix")]
+    #[schemars(range(min = 1, max = 128))]
     ipv6_prefix: u8,
 }
 
 /// One entry of `limits`.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct LimitSettings {
-    /// Shown in the RateLimit headers and part of the state keys.
+    /// Names the limit in the headers, the 429 body and the state keys: 1 to 32 characters of `A-Z a-z 0-9 _ - .`,
+    /// unique within the instance (default: the window, e.g. `"1m"`).
     #[serde(default)]
+    #[schemars(length(min = 1, max = 32))]
     name: Option<String>,
-    /// Requests allowed per window.
+    /// Requests allowed per window, 1 to 1000000000.
     #[serde(deserialize_with = "requests")]
+    #[schemars(range(min = 1, max = 1_000_000_000))]
     requests: u64,
-    /// Window length in whole seconds, e.g. `"1s"`, `"1m"`, `"1h"`.
+    /// Window length: a duration that is a whole number of seconds from `"1s"` to `"24h"`, e.g. `"1s"`, `"90s"`,
+    /// `"5m"`, `"1h"`.
     #[serde(deserialize_with = "window")]
+    #[schemars(with = "String")]
     window: u64,
-    /// Overrides the instance's `key`.
+    /// What identifies a client for this limit, as the instance's `key` (default: the instance's `key`).
     #[serde(default)]
     key: Option<Key>,
-    /// Overrides the instance's `missing`.
+    /// The missing-header policy for this limit (default: the instance's `missing`).
     #[serde(default)]
     missing: Option<Missing>,
-    /// With `algorithm = "gcra"`: requests allowed at once on top of the
-    /// steady rate (default 0).
+    /// With `algorithm = "gcra"` only: requests allowed at once on top of the
+    /// steady rate, 0 to 1000000000 (default 0).
     #[serde(default)]
+    #[schemars(range(max = 1_000_000_000))]
     burst: Option<u64>,
 }
 
@@ -79,44 +101,51 @@ fn default_ipv6_prefix() -> u8 {
     64
 }
 
-/// How counts carry from one window to the next.
-#[derive(Deserialize, Default, Debug, Clone, Copy, PartialEq, Eq)]
+// The variants of the enums below carry `//` comments, not doc comments:
+// the schema then lists them as a plain `enum`, which a config check names
+// in its message.
+
+/// How counts carry from one window to the next: `sliding` or `fixed`
+/// windows, or `gcra`.
+#[derive(Deserialize, Serialize, JsonSchema, Default, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Algorithm {
-    /// The current window's count plus the previous window's count weighted
-    /// by the share of it still inside the sliding window.
+    // The current window's count plus the previous window's count weighted
+    // by the share of it still inside the sliding window.
     #[default]
     Sliding,
-    /// Plain fixed windows: the count restarts at every window boundary.
+    // Plain fixed windows: the count restarts at every window boundary.
     Fixed,
-    /// GCRA, the generic cell rate algorithm (a token bucket kept as one
-    /// timestamp): `requests` per `window` flow steadily, `burst` more may
-    /// come at once, and no interval of one window ever holds more than
-    /// `requests + burst`. One host call per limit and request.
+    // GCRA, the generic cell rate algorithm (a token bucket kept as one
+    // timestamp): `requests` per `window` flow steadily, `burst` more may
+    // come at once, and no interval of one window ever holds more than
+    // `requests + burst`. One host call per limit and request.
     Gcra,
 }
 
-/// What to do when the state backend fails.
-#[derive(Deserialize, Default, Debug, Clone, Copy, PartialEq, Eq)]
+/// What to do when the state backend fails: `allow` (fail open) or `deny`
+/// (fail closed).
+#[derive(Deserialize, Serialize, JsonSchema, Default, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum OnStateError {
-    /// Let the request through (fail open), with a throttled warning.
+    // Let the request through (fail open), with a throttled warning.
     #[default]
     Allow,
-    /// Answer 503 (fail closed).
+    // Answer 503 (fail closed).
     Deny,
 }
 
-/// What to do when a `header:` key part is absent (or empty).
-#[derive(Deserialize, Default, Debug, Clone, Copy, PartialEq, Eq)]
+/// What to do when a `header:` or `data:` key part is absent (or empty):
+/// `ip`, `deny` or `allow`.
+#[derive(Deserialize, Serialize, JsonSchema, Default, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Missing {
-    /// Use the client IP in its place.
+    // Use the client IP in its place.
     #[default]
     Ip,
-    /// Answer 400 naming the header.
+    // Answer 400 naming the header.
     Deny,
-    /// Skip this limit for the request.
+    // Skip this limit for the request.
     Allow,
 }
 
@@ -172,6 +201,33 @@ impl fmt::Display for KeyPart {
 /// A `key`: one kind (`"ip"`) or a list of them (`["route", "ip"]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Key(Vec<KeyPart>);
+
+/// A string or a list of 1 to 4 distinct strings: one schema with both
+/// types rather than an `anyOf`, so that a mismatch is reported for what it
+/// is (`items` and the counts only apply to lists).
+impl JsonSchema for Key {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        "Key".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "What identifies a client: `\"ip\"` (IPv6 by its `ipv6_prefix` network), `\"route\"`, \
+                            `\"header:<name>\"` (a request header's first value, hashed) or `\"data:<plugin>.<key>\"` \
+                            (what a plugin earlier in the chain published, hashed), or a list of 1 to 4 of them such \
+                            as `[\"route\", \"ip\"]`.",
+            "type": ["string", "array"],
+            "items": { "type": "string" },
+            "minItems": 1,
+            "maxItems": MAX_KEY_PARTS,
+            "uniqueItems": true,
+        })
+    }
+}
 
 impl<'de> Deserialize<'de> for Key {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

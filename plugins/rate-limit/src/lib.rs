@@ -44,7 +44,7 @@ use weir_plugin_sdk::prelude::*;
 use weir_plugin_sdk::{State, StateError};
 
 use crate::cache::PreviousCounts;
-use crate::config::{Algorithm, LimitSpec, OnStateError, Spec};
+use crate::config::{Algorithm, LimitSpec, OnStateError, Settings, Spec};
 use crate::key::Subject;
 use crate::window::{Counts, Position, Window, ceil_secs};
 
@@ -348,6 +348,10 @@ impl RateLimit {
 }
 
 impl Plugin for RateLimit {
+    fn config_schema() -> Option<String> {
+        weir_plugin_sdk::schema_for::<Settings>()
+    }
+
     fn new(config: &Config) -> Result<Self> {
         let spec = Spec::from_config(config)?;
         let sliding = spec.algorithm == Algorithm::Sliding;

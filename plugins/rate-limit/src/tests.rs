@@ -762,3 +762,147 @@ fn a_value_published_earlier_in_the_chain_keys_the_limit() {
     let body: Value = serde_json::from_slice(&body).expect("JSON");
     assert_eq!(body["error"], "`auth.x-auth-sub` from the chain is required");
 }
+
+// ---- the declared config schema (contract 0.2.5) ----------------------------
+
+/// The schema, checked as the gateway checks a `config` table before `new`.
+mod schema {
+    use super::*;
+
+    fn schema() -> Value {
+        let text = RateLimit::config_schema().expect("rate-limit declares a schema");
+        serde_json::from_str(&text).expect("the schema is JSON")
+    }
+
+    fn validator() -> jsonschema::Validator {
+        jsonschema::options().should_validate_formats(false).build(&schema()).expect("a valid JSON Schema")
+    }
+
+    fn errors(v: &jsonschema::Validator, config: &Value) -> Vec<String> {
+        v.iter_errors(config).map(|e| format!("{}: {e}", e.instance_path())).collect()
+    }
+
+    #[test]
+    fn describes_every_documented_key() {
+        let schema = schema();
+        let props = schema["properties"].as_object().expect("properties");
+        let documented = ["limits", "key", "missing", "algorithm", "on_state_error", "headers", "ipv6_prefix"];
+        assert_eq!(props.keys().collect::<Vec<_>>(), documented);
+        for (key, prop) in props {
+            assert!(prop["description"].as_str().is_some_and(|d| !d.is_empty()), "`{key}` is described");
+        }
+        assert_eq!(schema["additionalProperties"], false);
+        assert_eq!(schema["required"], json!(["limits"]));
+        assert_eq!((&props["limits"]["minItems"], &props["limits"]["maxItems"]), (&json!(1), &json!(16)));
+        for (key, default) in [
+            ("key", json!("ip")),
+            ("missing", json!("ip")),
+            ("algorithm", json!("sliding")),
+            ("on_state_error", json!("allow")),
+            ("headers", json!(true)),
+            ("ipv6_prefix", json!(64)),
+        ] {
+            assert_eq!(props[key]["default"], default, "default of `{key}`");
+        }
+        // `key`: a string or a list of 1 to 4 distinct strings.
+        assert_eq!(props["key"]["type"], json!(["string", "array"]));
+        assert_eq!((&props["key"]["minItems"], &props["key"]["maxItems"]), (&json!(1), &json!(4)));
+        let defs = &schema["$defs"];
+        assert_eq!(defs["Missing"]["enum"], json!(["ip", "deny", "allow"]));
+        assert_eq!(defs["Algorithm"]["enum"], json!(["sliding", "fixed", "gcra"]));
+        assert_eq!(defs["OnStateError"]["enum"], json!(["allow", "deny"]));
+
+        let limit = &defs["LimitSettings"];
+        let limit_props = limit["properties"].as_object().expect("limit");
+        let documented = ["name", "requests", "window", "key", "missing", "burst"];
+        assert_eq!(limit_props.keys().collect::<Vec<_>>(), documented);
+        for (key, prop) in limit_props {
+            assert!(prop["description"].as_str().is_some_and(|d| !d.is_empty()), "`limits[].{key}` is described");
+        }
+        assert_eq!(limit["additionalProperties"], false);
+        assert_eq!(limit["required"], json!(["requests", "window"]));
+        assert_eq!(limit_props["window"]["type"], "string", "a duration, written as a string");
+        assert!(limit_props["window"]["description"].as_str().is_some_and(|d| d.contains("duration")));
+        assert_eq!(limit_props["requests"]["minimum"], 1);
+        assert_eq!(limit_props["requests"]["maximum"], 1_000_000_000);
+        assert_eq!(limit_props["missing"]["$ref"], "#/$defs/Missing", "an absent key, never null");
+    }
+
+    #[test]
+    fn accepts_every_form_the_plugin_accepts() {
+        let v = validator();
+        for config in [
+            json!({ "limits": [{ "requests": 100, "window": "1m" }] }),
+            json!({ "key": "route", "missing": "deny", "algorithm": "fixed", "on_state_error": "deny", "headers": false,
+                    "ipv6_prefix": 128, "limits": [{ "requests": 1, "window": "24h", "name": "a.b-c_d" }] }),
+            json!({ "key": ["route", "header:x-api-key", "data:auth.x-auth-sub", "ip"], "limits": [
+                { "requests": 1_000_000_000, "window": "1s", "key": "ip", "missing": "allow" },
+                { "requests": 5, "window": "1h 30m", "key": ["header:x-a"] },
+            ] }),
+            json!({ "algorithm": "gcra", "limits": [{ "requests": 10, "window": "1s", "burst": 0 }] }),
+            json!({ "algorithm": "gcra", "limits": [{ "requests": 10, "window": "90s", "burst": 1_000_000_000 }] }),
+        ] {
+            let errors = errors(&v, &config);
+            assert!(errors.is_empty(), "{config}: {errors:?}");
+            plugin(config);
+        }
+    }
+
+    #[test]
+    fn refuses_what_a_schema_can_say() {
+        let v = validator();
+        let one = |limit: Value| json!({ "limits": [limit] });
+        let many: Vec<Value> =
+            (0..17).map(|i| json!({ "name": format!("l{i}"), "requests": 1, "window": "1s" })).collect();
+        for (config, at) in [
+            (json!({}), ""),
+            (json!({ "limit": [] }), ""),
+            (json!({ "limits": [] }), "/limits"),
+            (json!({ "limits": many }), "/limits"),
+            (one(json!({ "requests": 0, "window": "1s" })), "/limits/0/requests"),
+            (one(json!({ "requests": -1, "window": "1s" })), "/limits/0/requests"),
+            (one(json!({ "requests": "ten", "window": "1s" })), "/limits/0/requests"),
+            (one(json!({ "window": "1s" })), "/limits/0"),
+            (one(json!({ "requests": 1 })), "/limits/0"),
+            (one(json!({ "requests": 1, "window": 60 })), "/limits/0/window"),
+            (one(json!({ "requests": 1, "window": "1s", "per": "ip" })), "/limits/0"),
+            (one(json!({ "requests": 1, "window": "1s", "name": "" })), "/limits/0/name"),
+            (one(json!({ "requests": 1, "window": "1s", "name": "x".repeat(33) })), "/limits/0/name"),
+            (one(json!({ "requests": 1, "window": "1s", "missing": "skip" })), "/limits/0/missing"),
+            (one(json!({ "requests": 1, "window": "1s", "burst": -1 })), "/limits/0/burst"),
+            (json!({ "key": [], "limits": [] }), "/key"),
+            (json!({ "key": ["ip", "ip"], "limits": [] }), "/key"),
+            (json!({ "key": ["ip", "route", "header:a", "header:b", "header:c"], "limits": [] }), "/key"),
+            (json!({ "key": 7, "limits": [] }), "/key"),
+            (json!({ "key": [7], "limits": [] }), "/key/0"),
+            (json!({ "algorithm": "token-bucket", "limits": [] }), "/algorithm"),
+            (json!({ "on_state_error": "open", "limits": [] }), "/on_state_error"),
+            (json!({ "headers": "yes", "limits": [] }), "/headers"),
+            (json!({ "ipv6_prefix": 0, "limits": [] }), "/ipv6_prefix"),
+            (json!({ "ipv6_prefix": 129, "limits": [] }), "/ipv6_prefix"),
+        ] {
+            let errors = errors(&v, &config);
+            assert!(errors.iter().any(|e| e.starts_with(&format!("{at}: "))), "{config}: {errors:?}");
+            rejects(config);
+        }
+    }
+
+    #[test]
+    fn readme_examples_match_the_schema() {
+        let v = validator();
+        let mut checked = 0;
+        for block in include_str!("../README.md").split("```toml").skip(1) {
+            let block = block.split("```").next().expect("closed block");
+            let doc: toml::Table = toml::from_str(block).expect("README example is TOML");
+            for (name, p) in doc.get("plugins").and_then(|p| p.as_table()).into_iter().flatten() {
+                assert_eq!(p.get("module").and_then(|m| m.as_str()), Some("rate_limit.wasm"), "{name}");
+                let config = serde_json::to_value(p.get("config").expect("a config")).expect("TOML as JSON");
+                let errors = errors(&v, &config);
+                assert!(errors.is_empty(), "README example `{name}`: {errors:?}");
+                plugin(config);
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 3, "every example was checked");
+    }
+}

@@ -69,6 +69,10 @@ struct Transform {
 }
 
 impl Plugin for Transform {
+    fn config_schema() -> Option<String> {
+        weir_plugin_sdk::schema_for::<config::Settings>()
+    }
+
     fn new(config: &Config) -> Result<Self> {
         let s: config::Settings = serde_path_to_error::deserialize(config.as_json()).map_err(|e| {
             let at = e.path().to_string();

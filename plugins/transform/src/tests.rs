@@ -735,3 +735,147 @@ fn readme_walkthroughs_hold() {
     let out = h.on_request(with_headers("/t/acme/orders", &[("x-region", "eu west")])).unwrap_continue();
     assert_eq!(out.uri(), "/tenants/acme/eu%20west/orders");
 }
+
+// ---- the declared config schema (contract 0.2.5) ----------------------------
+
+/// The schema, checked as the gateway checks a `config` table before `new`.
+mod schema {
+    use super::*;
+
+    fn schema() -> Value {
+        let text = Transform::config_schema().expect("transform declares a schema");
+        serde_json::from_str(&text).expect("the schema is JSON")
+    }
+
+    fn validator() -> jsonschema::Validator {
+        jsonschema::options().should_validate_formats(false).build(&schema()).expect("a valid JSON Schema")
+    }
+
+    fn errors(v: &jsonschema::Validator, config: &Value) -> Vec<String> {
+        v.iter_errors(config).map(|e| format!("{}: {e}", e.instance_path())).collect()
+    }
+
+    /// The keys of a table's schema, in order.
+    fn keys(table: &Value) -> Vec<&str> {
+        table["properties"].as_object().expect("properties").keys().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn describes_every_documented_key() {
+        let schema = schema();
+        let defs = &schema["$defs"];
+        for (table, documented) in [
+            (&schema, &["request", "response", "max_body"][..]),
+            (&defs["RequestSettings"], &["headers", "path", "query", "body"]),
+            (&defs["ResponseSettings"], &["headers", "body", "status_map"]),
+            (&defs["HeaderSettings"], &["remove", "rename", "set", "add"]),
+            (&defs["PathSettings"], &["strip_prefix", "regex", "replace", "add_prefix"]),
+            (&defs["QuerySettings"], &["remove", "rename", "set", "add"]),
+            (&defs["BodySettings"], &["remove", "rename", "set"]),
+        ] {
+            assert_eq!(keys(table), documented);
+            for key in documented {
+                let d = &table["properties"][key]["description"];
+                assert!(d.as_str().is_some_and(|d| !d.is_empty()), "`{key}` is described");
+            }
+            assert_eq!(table["additionalProperties"], false, "{documented:?}");
+            assert!(table.get("required").is_none(), "every key is optional: {documented:?}");
+        }
+        // Keys with several forms.
+        let max_body = &schema["properties"]["max_body"];
+        assert_eq!(max_body["type"], json!(["integer", "string"]));
+        assert_eq!(max_body["default"], "1MiB");
+        assert!(max_body["description"].as_str().is_some_and(|d| d.contains("MiB")));
+        let set = &defs["HeaderSettings"]["properties"]["set"]["additionalProperties"];
+        assert_eq!(set["type"], json!(["string", "array"]), "a template or a list of them");
+        assert_eq!(defs["QuerySettings"]["properties"]["add"]["additionalProperties"], *set);
+        assert_eq!(defs["BodySettings"]["properties"]["set"]["additionalProperties"], true, "any JSON value");
+        let status_map = &defs["ResponseSettings"]["properties"]["status_map"]["additionalProperties"];
+        assert_eq!((&status_map["minimum"], &status_map["maximum"]), (&json!(200), &json!(599)));
+        assert!(
+            defs["PathSettings"]["properties"]["regex"]["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("regex-lite"))
+        );
+        assert_eq!(defs["PathSettings"]["properties"]["regex"]["type"], "string", "an absent key, never null");
+    }
+
+    #[test]
+    fn accepts_every_form_the_plugin_accepts() {
+        let v = validator();
+        for config in [
+            json!({}),
+            json!({ "max_body": 1 }),
+            json!({ "max_body": "512KiB" }),
+            json!({ "max_body": "2 GB" }),
+            json!({ "request": {
+                "headers": { "remove": ["x-debug"], "rename": { "x-a": "x-b" },
+                             "set": { "x-one": "{path.id}", "x-many": ["a", "{client_ip}"] }, "add": { "x-e": [] } },
+                "path": { "strip_prefix": "/api", "regex": "^/items/([^/]+)$", "replace": "/v2/items/$1", "add_prefix": "/x" },
+                "query": { "remove": ["token"], "rename": { "q": "search" }, "set": { "a": ["1", "2"] }, "add": { "s": "gw" } },
+                "body": { "remove": ["/internal"], "rename": { "/a": "/b" },
+                          "set": { "/s": "{client_ip}", "/n": 1, "/b": true, "/l": [1, "x"], "/o": { "k": null } } },
+            } }),
+            json!({ "response": {
+                "headers": { "add": { "x-served-by": "weir" } },
+                "body": { "rename": { "/userName": "/user_name" } },
+                "status_map": { "404": 200, "5xx": 503, "1XX": 599 },
+            } }),
+        ] {
+            let errors = errors(&v, &config);
+            assert!(errors.is_empty(), "{config}: {errors:?}");
+            harness(config);
+        }
+    }
+
+    #[test]
+    fn refuses_what_a_schema_can_say() {
+        let v = validator();
+        for (config, at) in [
+            (json!({ "requests": {} }), ""),
+            (json!({ "request": { "header": {} } }), "/request"),
+            (json!({ "request": { "headers": { "delete": [] } } }), "/request/headers"),
+            (json!({ "request": { "headers": { "set": { "x-a": 1 } } } }), "/request/headers/set/x-a"),
+            (json!({ "request": { "headers": { "set": { "x-a": [1] } } } }), "/request/headers/set/x-a/0"),
+            (json!({ "request": { "headers": { "remove": "x-a" } } }), "/request/headers/remove"),
+            (json!({ "request": { "path": { "regex": 7 } } }), "/request/path/regex"),
+            (json!({ "request": { "query": { "rename": { "a": 1 } } } }), "/request/query/rename/a"),
+            (json!({ "response": { "query": {} } }), "/response"),
+            (json!({ "response": { "status_map": { "404": 700 } } }), "/response/status_map/404"),
+            (json!({ "response": { "status_map": { "404": 101 } } }), "/response/status_map/404"),
+            (json!({ "response": { "status_map": { "404": -1 } } }), "/response/status_map/404"),
+            (json!({ "response": { "status_map": { "404": "200" } } }), "/response/status_map/404"),
+            (json!({ "max_body": 0 }), "/max_body"),
+            (json!({ "max_body": -5 }), "/max_body"),
+            (json!({ "max_body": true }), "/max_body"),
+        ] {
+            let errors = errors(&v, &config);
+            assert!(errors.iter().any(|e| e.starts_with(&format!("{at}: "))), "{config}: {errors:?}");
+            config_error(config);
+        }
+    }
+
+    #[test]
+    fn readme_examples_match_the_schema() {
+        let v = validator();
+        let crate_doc: String = include_str!("lib.rs")
+            .lines()
+            .filter_map(|l| l.strip_prefix("//!"))
+            .map(|l| format!("{}\n", l.strip_prefix(' ').unwrap_or(l)))
+            .collect();
+        let docs = format!("{}{crate_doc}", include_str!("../README.md"));
+        let mut checked = 0;
+        for block in docs.split("```toml").skip(1) {
+            let block = block.split("```").next().expect("closed block");
+            let doc: toml::Table = toml::from_str(block).expect("README example is TOML");
+            for (name, p) in doc.get("plugins").and_then(|p| p.as_table()).into_iter().flatten() {
+                let config = p.get("config").cloned().unwrap_or_else(|| toml::Value::Table(Default::default()));
+                let config = serde_json::to_value(&config).expect("TOML as JSON");
+                let errors = errors(&v, &config);
+                assert!(errors.is_empty(), "README example `{name}`: {errors:?}");
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 6, "every example was checked");
+    }
+}
