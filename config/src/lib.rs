@@ -479,9 +479,14 @@ impl Severity {
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     /// File name of the module in `plugins_dir` (no paths), e.g.
-    /// `"auth.wasm"`.
+    /// `"auth.wasm"`, or a module in an OCI registry:
+    /// `"oci://HOST[:PORT]/REPO:TAG"` or `"oci://HOST[:PORT]/REPO@sha256:DIGEST"`.
     #[schemars(with = "String")]
     pub module: Spanned<String>,
+    /// How to reach the registry of an `oci://` module.
+    #[serde(default)]
+    #[schemars(with = "RegistryConfig")]
+    pub registry: Option<Spanned<RegistryConfig>>,
     /// The plugin's own settings, handed to its `init` as JSON; the plugin
     /// validates them (see its documentation).
     #[serde(default)]
@@ -497,7 +502,8 @@ pub struct PluginConfig {
     #[serde(default)]
     pub isolation: Isolation,
     /// If set, the module's sha256 (hex) must match, or the config is
-    /// refused.
+    /// refused. For an `oci://` module: the digest of its Wasm layer, which
+    /// lets it load from the local cache with the registry down.
     #[serde(default)]
     #[schemars(with = "String")]
     pub sha256: Option<Spanned<String>>,
@@ -509,6 +515,32 @@ pub struct PluginConfig {
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub outbound: Option<Spanned<Vec<String>>>,
+}
+
+/// `registry = { ... }` of an `oci://` module: plain HTTP, credentials,
+/// time allowed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Plain HTTP instead of HTTPS: only for a registry on a loopback
+    /// address unless `allow_insecure_remote`.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Allow `insecure` for a registry that is not on loopback (traffic and
+    /// credentials in the clear: for a trusted private network only).
+    #[serde(default)]
+    pub allow_insecure_remote: bool,
+    /// User name for the registry (basic auth, or to obtain a token).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The name of an environment variable holding the password (not the
+    /// password itself, which would sit in the config).
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Time allowed for each registry request.
+    #[serde(default = "defaults::registry_timeout", deserialize_with = "duration")]
+    #[schemars(with = "DurationString")]
+    pub timeout: Duration,
 }
 
 /// `crash_loop = { after = 5, backoff = "1s", max_backoff = "1m" }`: after
@@ -727,6 +759,10 @@ fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>
 }
 
 mod defaults {
+    pub(super) fn registry_timeout() -> std::time::Duration {
+        std::time::Duration::from_secs(30)
+    }
+
     pub(super) fn websocket_idle_timeout() -> std::time::Duration {
         std::time::Duration::from_secs(300)
     }

@@ -306,7 +306,8 @@ impl Gateway {
             .map_err(|e| snapshot::file_error(&path, e.to_string()))?;
         let events = Arc::new(Events::new(cfg.events.queue, metrics.clone()));
         let families = (upstream_metrics, cache_metrics);
-        let loader = Loader::new(plugins, events, metrics.clone(), families, &cfg.runtime);
+        let oci_cache = snapshot::oci::cache_dir(&cfg.runtime, &source.base_dir());
+        let loader = Loader::new(plugins, events, metrics.clone(), families, &cfg.runtime, oci_cache);
         let snapshot = loader.build_from(source, cfg, saved.map(|s| &s.modules), 1).await?;
         metrics.set_generation(1);
         Ok(Self {

@@ -93,6 +93,27 @@ enum PluginCommand {
         /// The plugin's .wasm file.
         module: PathBuf,
     },
+    /// Publish a module to an OCI registry (a CNCF Wasm artifact; its config
+    /// schema, if it declares one, as an annotation) and print the digests
+    /// to pin.
+    Push {
+        /// The plugin's .wasm file.
+        module: PathBuf,
+        /// Where: oci://HOST[:PORT]/REPO:TAG.
+        reference: String,
+        /// Plain HTTP (a registry on loopback).
+        #[arg(long)]
+        insecure: bool,
+        /// User name for the registry.
+        #[arg(long)]
+        username: Option<String>,
+        /// The environment variable holding the password.
+        #[arg(long, requires = "username")]
+        password_env: Option<String>,
+        /// A README to attach (as the description annotation).
+        #[arg(long)]
+        readme: Option<PathBuf>,
+    },
     /// Run a plugin on a flight recording, offline: the recorded phase,
     /// once, in a local engine with the plugin's limits. Exits 0 when the
     /// plugin continues or answers, 3 when it traps, overruns its
@@ -170,6 +191,11 @@ fn main() -> ExitCode {
             Command::Plugin(PluginCommand::Schema { module }) => {
                 plugin_schema(module).await.map(|()| ExitCode::SUCCESS)
             }
+            Command::Plugin(PluginCommand::Push { module, reference, insecure, username, password_env, readme }) => {
+                plugin_push(module, reference, insecure, username, password_env, readme)
+                    .await
+                    .map(|()| ExitCode::SUCCESS)
+            }
             Command::Plugin(PluginCommand::Replay { recording, module, config, plugin }) => {
                 let done = weir::replay::replay(&weir::replay::Replay { recording, module, config, plugin }).await?;
                 print!("{}", done.report);
@@ -233,6 +259,52 @@ async fn plugin_schema(module: PathBuf) -> anyhow::Result<()> {
             anyhow::bail!("{} declares no config schema (it predates contract 0.2.5 or returns none)", module.display())
         }
     }
+}
+
+async fn plugin_push(
+    module: PathBuf,
+    reference: String,
+    insecure: bool,
+    username: Option<String>,
+    password_env: Option<String>,
+    readme: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let reference = weir_oci::Reference::parse(&reference)?;
+    let bytes = std::fs::read(&module).with_context(|| format!("cannot read {}", module.display()))?;
+    // Compiled here first: only a module this gateway can load is pushed.
+    let local = weir_plugin_host::LocalPlugin::compile(bytes.clone(), &weir_config::RuntimeConfig::default())
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", module.display()))?;
+    let mut annotations = std::collections::BTreeMap::new();
+    if let Some(name) = module.file_name() {
+        annotations.insert("org.opencontainers.image.title".to_owned(), name.to_string_lossy().into_owned());
+    }
+    if let Some(schema) = local.config_schema().await.map_err(|e| anyhow::anyhow!("{}: {e}", module.display()))? {
+        annotations.insert("dev.weir.plugin.config-schema".to_owned(), schema);
+    }
+    if let Some(readme) = readme {
+        let text = std::fs::read_to_string(&readme).with_context(|| format!("cannot read {}", readme.display()))?;
+        annotations.insert("org.opencontainers.image.description".to_owned(), text);
+    }
+    let credentials = match (username, password_env) {
+        (Some(username), Some(var)) => {
+            let password = std::env::var(&var).with_context(|| format!("the environment variable {var} is not set"))?;
+            Some(weir_oci::Credentials { username, password })
+        }
+        (Some(username), None) => Some(weir_oci::Credentials { username, password: String::new() }),
+        _ => None,
+    };
+    let client = weir_oci::Client::new(weir_oci::ClientOptions { insecure, credentials, ..Default::default() });
+    let manifest = client.push(&reference, &bytes, annotations).await?;
+    let layer = weir_plugin_host::sha256_hex(&bytes);
+    println!("pushed {reference}");
+    println!("  manifest {manifest}");
+    println!("  module   sha256:{layer}");
+    println!("pin it in gateway.toml:");
+    println!("  module = \"oci://{}/{}@{manifest}\"", reference.registry(), reference.repository());
+    println!("  sha256 = \"{layer}\"");
+    Ok(())
 }
 
 /// SIGTERM or Ctrl-C.

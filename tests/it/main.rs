@@ -22,6 +22,7 @@ mod idp;
 mod last_good;
 mod mission;
 mod observability;
+mod oci;
 mod outbound;
 mod pool;
 mod rate_limit;

@@ -980,3 +980,91 @@ impl Drop for GatewayProcess {
         let _ = self.child.wait();
     }
 }
+
+// ---- OCI registry ---------------------------------------------------------
+
+/// A real OCI registry (the CNCF distribution registry, Debian's
+/// `docker-registry`) on a free loopback port, its storage in its own
+/// folder, anonymous read and write; stopped when dropped.
+///
+/// `scripts/test.sh` installs it on a fresh machine; tests that need it
+/// fail with that hint when it is missing.
+pub struct Registry {
+    child: Option<std::process::Child>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Start one and wait until `/v2/` answers.
+    pub fn start() -> Self {
+        let binary = Path::new("/usr/bin/docker-registry");
+        assert!(
+            binary.is_file(),
+            "the OCI tests need Debian's docker-registry package (`apt-get install docker-registry`; scripts/test.sh does)"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        for _ in 0..5 {
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let config = dir.path().join("config.yml");
+            let yaml = format!(
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    \
+                 rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            );
+            std::fs::write(&config, yaml).expect("registry config");
+            let mut child = Command::new(binary)
+                .arg("serve")
+                .arg(&config)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start docker-registry");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                if registry_answers(addr) {
+                    return Self { child: Some(child), addr, _dir: dir };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("docker-registry did not start");
+    }
+
+    /// `oci://127.0.0.1:PORT/{rest}`.
+    pub fn reference(&self, rest: &str) -> String {
+        format!("oci://{}/{rest}", self.addr)
+    }
+
+    /// Stop it (its port then refuses connections).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Whether `GET /v2/` gets an HTTP answer.
+fn registry_answers(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(format!("GET /v2/ HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
+}

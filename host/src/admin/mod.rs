@@ -234,6 +234,7 @@ pub(crate) fn plugins(shared: &Shared) -> serde_json::Value {
             json!({
                 "name": &*s.name,
                 "module": s.module,
+                "resolved": snap.resolved.get(&s.module),
                 "sha256": s.sha256,
                 "config": config,
                 "phases": p.phase_names(),
@@ -286,6 +287,7 @@ pub(crate) fn status(shared: &Shared) -> serde_json::Value {
             json!({
                 "name": &*s.name,
                 "module": s.module,
+                "resolved": snap.resolved.get(&s.module),
                 "sha256": s.sha256,
                 "phases": p.phase_names(),
                 "failure": s.failure,

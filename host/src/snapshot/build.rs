@@ -2,7 +2,7 @@
 //! collect every error, and publish nothing unless all of it is good.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -44,6 +44,8 @@ pub(crate) struct Loader {
     max_idle: usize,
     /// `[runtime] max_module_size`.
     max_module_size: u64,
+    /// Where modules pulled from registries are kept.
+    oci_cache: PathBuf,
 }
 
 impl Loader {
@@ -54,6 +56,7 @@ impl Loader {
         metrics: Arc<Metrics>,
         families: (UpstreamFamilies, CacheFamilies),
         runtime: &RuntimeConfig,
+        oci_cache: PathBuf,
     ) -> Self {
         let (upstream_metrics, cache_metrics) = families;
         Self {
@@ -67,6 +70,7 @@ impl Loader {
             caches: Mutex::default(),
             max_idle: runtime.max_idle_per_plugin,
             max_module_size: runtime.max_module_size,
+            oci_cache,
         }
     }
 
@@ -85,7 +89,12 @@ impl Loader {
         for p in snap.plugins.values() {
             let spec = p.spec();
             if !modules.iter().any(|(name, ..)| *name == spec.module) {
-                modules.push((spec.module.clone(), spec.sha256.clone(), snap.plugins_dir.join(&spec.module)));
+                let file = snap.module_files.get(&spec.module).cloned();
+                modules.push((
+                    spec.module.clone(),
+                    spec.sha256.clone(),
+                    file.unwrap_or_else(|| snap.plugins_dir.join(&spec.module)),
+                ));
             }
         }
         Record {
@@ -195,7 +204,11 @@ impl Loader {
         // The snapshot's event sink (its webhook), shared by its plugins.
         let events: Arc<dyn EventSink> = Arc::new(SnapshotEvents::new(self.events.clone(), webhook.clone()));
         let mut used_modules = HashSet::new();
+        // Where each module was read from, and what an oci:// one resolved to.
+        let mut module_files: BTreeMap<String, PathBuf> = BTreeMap::new();
+        let mut resolved: BTreeMap<String, String> = BTreeMap::new();
         for (name, p) in &cfg.plugins {
+            let mut pulled: Option<Vec<u8>> = None;
             let span = p.span();
             let p = p.get_ref();
             if !weir_config::valid_name(name) {
@@ -203,11 +216,20 @@ impl Loader {
                 continue;
             }
             let module = p.module.get_ref();
-            if module.contains(['/', '\\']) || module.starts_with('.') || module.is_empty() {
+            let from_registry = module.starts_with(weir_oci::SCHEME);
+            if !from_registry && (module.contains(['/', '\\']) || module.starts_with('.') || module.is_empty()) {
                 errors.push(src.error(
                     p.module.span(),
-                    format!("plugin `{name}`: module {module:?} must be a file name in plugins_dir"),
+                    format!(
+                        "plugin `{name}`: module {module:?} must be a file name in plugins_dir or an oci:// reference"
+                    ),
                 ));
+                continue;
+            }
+            if let Some(r) = &p.registry
+                && !from_registry
+            {
+                errors.push(src.error(r.span(), format!("plugin `{name}`: `registry` applies to oci:// modules only")));
                 continue;
             }
             if p.limits.memory > self.plugins.max_memory() {
@@ -225,7 +247,26 @@ impl Loader {
                 errors.push(src.error(span.clone(), format!("plugin `{name}`: limits.deadline must be above zero")));
                 continue;
             }
+            // A registry module (unless the last good state has it).
+            if from_registry && saved.is_none() {
+                let registry = p.registry.as_ref().map(|r| r.get_ref());
+                let pin = p.sha256.as_ref().map(|s| s.get_ref().as_str());
+                match super::oci::fetch(&self.oci_cache, module, registry, pin, self.max_module_size).await {
+                    Ok(fetched) => {
+                        module_files.insert(module.clone(), fetched.file);
+                        if let Some(r) = fetched.resolved {
+                            resolved.insert(module.clone(), r);
+                        }
+                        pulled = Some(fetched.bytes);
+                    }
+                    Err(e) => {
+                        errors.push(src.error(p.module.span(), format!("plugin `{name}`: {e}")));
+                        continue;
+                    }
+                }
+            }
             let (file, within, expected) = match saved {
+                None if from_registry => (module_files.get(module).cloned().unwrap_or_default(), PathBuf::new(), None),
                 None => (plugins_dir.join(module), plugins_dir.clone(), None),
                 Some(saved) => match saved.get(module) {
                     Some((file, sha)) => (file, saved.dir().to_owned(), Some(sha)),
@@ -236,7 +277,12 @@ impl Loader {
                     }
                 },
             };
-            let bytes = match read_module(&file, &within, self.max_module_size).await {
+            let read = match pulled.take() {
+                Some(bytes) => Ok(bytes),
+                None => read_module(&file, &within, self.max_module_size).await,
+            };
+            module_files.insert(module.clone(), file.clone());
+            let bytes = match read {
                 Ok(b) => b,
                 Err(e) => {
                     let why = match e {
@@ -416,6 +462,8 @@ impl Loader {
             access_log,
             tracer,
             recorder,
+            module_files,
+            resolved,
             limits: cfg.limits,
             tls,
             tls_files,

@@ -4,6 +4,7 @@
 
 mod build;
 pub(crate) mod last_good;
+pub(crate) mod oci;
 pub(crate) mod reload;
 
 pub(crate) use build::{Loader, file_error};
@@ -93,6 +94,11 @@ pub(crate) struct Snapshot {
     pub(crate) access_log: Option<Arc<AccessLog>>,
     /// The span exporter, from `[tracing]` (none without an endpoint).
     pub(crate) tracer: Option<Arc<Tracer>>,
+    /// The file each module was read from (a pulled module's is in the
+    /// OCI cache), by the name the config gives it.
+    pub(crate) module_files: BTreeMap<String, PathBuf>,
+    /// What each `oci://` module resolved to (`oci://HOST/REPO@sha256:…`).
+    pub(crate) resolved: BTreeMap<String, String>,
     /// The flight recorder, from `[recorder]` (none when it is off).
     pub(crate) recorder: Option<Arc<crate::observe::recorder::Recorder>>,
     /// `[limits]`.
