@@ -537,10 +537,22 @@ pub struct RegistryConfig {
     /// password itself, which would sit in the config).
     #[serde(default)]
     pub password_env: Option<String>,
-    /// Time allowed for each registry request.
+    /// Time allowed for pulling a module: all its registry requests.
     #[serde(default = "defaults::registry_timeout", deserialize_with = "duration")]
     #[schemars(with = "DurationString")]
     pub timeout: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            insecure: false,
+            allow_insecure_remote: false,
+            username: None,
+            password_env: None,
+            timeout: defaults::registry_timeout(),
+        }
+    }
 }
 
 /// `crash_loop = { after = 5, backoff = "1s", max_backoff = "1m" }`: after

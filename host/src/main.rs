@@ -116,8 +116,9 @@ enum PluginCommand {
     },
     /// Run a plugin on a flight recording, offline: the recorded phase,
     /// once, in a local engine with the plugin's limits. Exits 0 when the
-    /// plugin continues or answers, 3 when it traps, overruns its
-    /// deadline or does not load.
+    /// plugin continues or answers below 500, 3 when it traps, overruns its
+    /// deadline, gives output the gateway refuses or answers 5xx, 1 when
+    /// nothing could be replayed.
     Replay {
         /// The recording (`GET /admin/recordings/ID`, or a file of the
         /// recorder's folder).

@@ -47,9 +47,10 @@ pub struct Replay {
 /// How a replay ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// The plugin continued (with or without edits) or answered.
+    /// The plugin continued (with or without edits) or answered below 500.
     Clean,
-    /// It trapped, overran its deadline, or its output was refused.
+    /// It trapped, overran its deadline, its output was refused, or it
+    /// answered 5xx.
     Failed,
 }
 
@@ -63,7 +64,8 @@ pub struct Replayed {
 }
 
 /// Run the replay `r`. `Err` when it cannot run at all (unreadable
-/// recording, no module, a module that does not load).
+/// recording, no module, a module that does not load, a phase the plugin
+/// does not take).
 pub async fn replay(r: &Replay) -> anyhow::Result<Replayed> {
     let text = std::fs::read(&r.recording).with_context(|| format!("cannot read {}", r.recording.display()))?;
     let rec: Recording =
@@ -84,7 +86,7 @@ pub async fn replay(r: &Replay) -> anyhow::Result<Replayed> {
 
     // The plugin's settings: from the config file, or what was recorded.
     let from_config = match &r.config {
-        Some(path) => Some(plugin_from_config(path, &name)?),
+        Some(path) => Some(plugin_from_config(path, &name, rec.plugin.as_ref().map(|p| p.sha256.as_str()))?),
         None => None,
     };
     let module_path = match (&r.module, &from_config) {
@@ -103,7 +105,7 @@ pub async fn replay(r: &Replay) -> anyhow::Result<Replayed> {
         &sha256[..12],
         if same_module { "the recorded module" } else { "not the recorded module" }
     );
-    let (config_json, limits, runtime) = match from_config {
+    let (config_json, limits, runtime, max_body) = match from_config {
         Some(c) => {
             let same = recorded.is_some_and(|p| p.config_sha256 == sha256_hex(c.config_json.as_bytes()));
             let _ = writeln!(
@@ -112,7 +114,7 @@ pub async fn replay(r: &Replay) -> anyhow::Result<Replayed> {
                 c.file.display(),
                 if same { "the recorded config" } else { "differs from the recorded one" }
             );
-            (c.config_json, c.limits, c.runtime)
+            (c.config_json, c.limits, c.runtime, c.max_body)
         }
         None => {
             let _ = writeln!(out, "  config: {{}} (no --config given)");
@@ -121,7 +123,7 @@ pub async fn replay(r: &Replay) -> anyhow::Result<Replayed> {
                 limits.memory = p.memory;
                 limits.deadline = Duration::from_millis(p.deadline_ms.max(1));
             }
-            (String::from("{}"), limits, RuntimeConfig::default())
+            (String::from("{}"), limits, RuntimeConfig::default(), u64::MAX)
         }
     };
     if !rec.redacted.is_empty() {
@@ -130,13 +132,10 @@ pub async fn replay(r: &Replay) -> anyhow::Result<Replayed> {
 
     let local = LocalPlugin::compile(bytes, &runtime).await.map_err(|e| anyhow!("{}: {e}", module_path.display()))?;
     let module_name = module_path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-    let plugin = match local.load(LocalSpec { name: name.clone(), module: module_name, config_json, limits }).await {
-        Ok(p) => p,
-        Err(e) => {
-            let _ = writeln!(out, "replayed: the plugin did not load: {e}");
-            return Ok(Replayed { report: out, verdict: Verdict::Failed });
-        }
-    };
+    let plugin = local
+        .load(LocalSpec { name: name.clone(), module: module_name, config_json, limits })
+        .await
+        .map_err(|e| anyhow!("{out}the plugin did not load, so nothing was replayed: {e}"))?;
 
     let mut heads = Some(heads_of(&rec)?);
     let before = heads.as_ref().map(view);
@@ -171,14 +170,10 @@ pub async fn replay(r: &Replay) -> anyhow::Result<Replayed> {
         "response_body" if streams(StreamPhases::RESPONSE_BODY) => {
             chunk(plugin.on_response_chunk(&mut heads, &body, true, &mut slot).await, &mut body)
         }
-        phase => {
-            let _ = writeln!(
-                out,
-                "replayed: the plugin does not take the `{phase}` phase (it asks for {:?})",
-                plugin.phase_names()
-            );
-            return Ok(Replayed { report: out, verdict: Verdict::Clean });
-        }
+        phase => bail!(
+            "{out}the plugin does not take the `{phase}` phase (it asks for {:?}), so nothing was replayed",
+            plugin.phase_names()
+        ),
     };
     let took = started.elapsed();
     let verdict = match outcome {
@@ -195,13 +190,21 @@ pub async fn replay(r: &Replay) -> anyhow::Result<Replayed> {
         }
         Outcome::Respond(reply) => {
             let _ = writeln!(out, "replayed: respond {} ({} µs)", reply.status, took.as_micros());
+            // A 5xx answer (an SDK `Err`) is the plugin failing, as the
+            // recorder's `error` trigger counts it.
+            let mut failed = (500..600).contains(&reply.status);
+            // The checks the gateway makes of an answer before sending it.
+            if let Err(e) = crate::proxy::chain::plugin_reply(reply.clone(), max_body, false) {
+                let _ = writeln!(out, "  the gateway refuses this answer: {e}");
+                failed = true;
+            }
             for h in &reply.headers {
                 let _ = writeln!(out, "  {}: {}", h.name, String::from_utf8_lossy(&h.value));
             }
             if !reply.body.is_empty() {
                 let _ = writeln!(out, "  body: {}", preview(&reply.body));
             }
-            Verdict::Clean
+            if failed { Verdict::Failed } else { Verdict::Clean }
         }
         Outcome::Failed(e) => {
             let _ = writeln!(out, "replayed: {e}");
@@ -262,9 +265,11 @@ struct FromConfig {
     config_json: String,
     limits: PluginLimits,
     runtime: RuntimeConfig,
+    /// `[server] max_buffered_body`: the largest answer a plugin may give.
+    max_body: u64,
 }
 
-fn plugin_from_config(path: &Path, name: &str) -> anyhow::Result<FromConfig> {
+fn plugin_from_config(path: &Path, name: &str, recorded_sha: Option<&str>) -> anyhow::Result<FromConfig> {
     let errors = |e: weir_config::LoadErrors| anyhow!("{e}");
     let src = Source::read(path).map_err(errors)?;
     let cfg = src.parse().map_err(errors)?;
@@ -273,11 +278,25 @@ fn plugin_from_config(path: &Path, name: &str) -> anyhow::Result<FromConfig> {
         Some(c) => serde_json::to_string(c.get_ref())?,
         None => "{}".into(),
     };
+    let module = p.module.get_ref();
+    let module = if module.starts_with(weir_oci::SCHEME) {
+        // A registry module: the file the gateway cached, by its digest.
+        let sha =
+            recorded_sha.ok_or_else(|| anyhow!("{module}: the recording names no module digest: pass --module"))?;
+        let dir = crate::snapshot::oci::cache_dir(&cfg.runtime, &src.base_dir());
+        let cache = weir_oci::Cache::open(&dir)?;
+        cache.blob_path(&format!("sha256:{sha}")).filter(|f| f.is_file()).ok_or_else(|| {
+            anyhow!("{module} (sha256:{sha}) is not in the OCI cache at {}: pass --module", dir.display())
+        })?
+    } else {
+        src.base_dir().join(&cfg.server.plugins_dir).join(module)
+    };
     Ok(FromConfig {
         file: path.to_owned(),
-        module: src.base_dir().join(&cfg.server.plugins_dir).join(p.module.get_ref()),
+        module,
         config_json,
         limits: p.limits,
+        max_body: cfg.server.max_buffered_body,
         runtime: cfg.runtime,
     })
 }

@@ -223,27 +223,34 @@ async fn a_bad_recorder_section_is_refused_with_its_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deadline_overrun_is_recorded_and_replays_as_one() {
+async fn a_deadline_overrun_and_refused_output_are_recorded_and_replay_as_such() {
     let up = Upstream::start("backend").await;
-    let body = format!(
-        "[recorder]\n\n[upstreams.backend]\ntargets = [\"{}\"]\n\n\
-         [plugins.spin]\nmodule = \"hostile.wasm\"\nconfig = {{ mode = \"loop\" }}\nlimits = {{ deadline = \"20ms\" }}\n\n\
-         [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"backend\"\nchain = [\"spin\"]\n",
-        up.addr
-    );
-    let gw = TestGateway::start(&body, &["hostile.wasm"]).await;
-    let r = gw.get("/spin").await;
-    assert_eq!(r.status, 504);
-    let list = recordings(&gw, 1).await;
-    let listed = &list["recordings"][0];
-    assert_eq!(listed["trigger"], "deadline", "{list}");
-    let id = listed["id"].as_str().expect("id");
-    let rec = gw.client.get(&format!("{}/admin/recordings/{id}", gw.admin)).await.expect("get").json();
-    assert_eq!(rec["plugin"]["deadline_ms"], 20);
-    let file = recording_file(gw.dir.path(), id);
-    let config = gw.dir.path().join("gateway.toml");
-    let (code, out) = replay(&[file.as_os_str(), "--config".as_ref(), config.as_os_str()]);
-    assert_eq!(code, 3, "{out}");
-    assert!(out.contains("replayed: plugin exceeded its 20ms deadline"), "{out}");
-    gw.shutdown().await;
+    for (mode, status, trigger, replayed) in [
+        ("loop", 504, "deadline", "replayed: plugin exceeded its 20ms deadline"),
+        // An answer whose header the gateway refuses: a failure of the
+        // plugin, recorded as a trap (not as the 200 it claimed).
+        ("invalid_header", 500, "trap", "the gateway refuses this answer"),
+    ] {
+        let body = format!(
+            "[recorder]\n\n[upstreams.backend]\ntargets = [\"{}\"]\n\n\
+             [plugins.spin]\nmodule = \"hostile.wasm\"\nconfig = {{ mode = \"{mode}\" }}\nlimits = {{ deadline = \"20ms\" }}\n\n\
+             [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"backend\"\nchain = [\"spin\"]\n",
+            up.addr
+        );
+        let gw = TestGateway::start(&body, &["hostile.wasm"]).await;
+        let r = gw.get("/spin").await;
+        assert_eq!(r.status, status, "{mode}");
+        let list = recordings(&gw, 1).await;
+        let listed = &list["recordings"][0];
+        assert_eq!(listed["trigger"], trigger, "{mode}: {list}");
+        let id = listed["id"].as_str().expect("id");
+        let rec = gw.client.get(&format!("{}/admin/recordings/{id}", gw.admin)).await.expect("get").json();
+        assert_eq!(rec["plugin"]["deadline_ms"], 20);
+        let file = recording_file(gw.dir.path(), id);
+        let config = gw.dir.path().join("gateway.toml");
+        let (code, out) = replay(&[file.as_os_str(), "--config".as_ref(), config.as_os_str()]);
+        assert!(out.contains(replayed), "{mode}: {out}");
+        assert_eq!(code, 3, "{mode}: {out}");
+        gw.shutdown().await;
+    }
 }

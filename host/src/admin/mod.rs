@@ -195,20 +195,21 @@ pub(crate) fn upstreams(shared: &Shared) -> serde_json::Value {
     json!({ "generation": snap.generation, "upstreams": upstreams })
 }
 
-/// `/admin/plugins`.
-/// `GET /admin/recordings`: the flight recorder's recordings, newest
-/// first (read on a blocking thread: it lists a folder).
+/// `GET /admin/recordings`: the flight recorder's newest recordings,
+/// newest first (read on a blocking thread: it lists a folder).
 async fn recordings(shared: &Shared) -> serde_json::Value {
     let snap = shared.snapshot.load();
     let Some(recorder) = snap.recorder.clone() else {
         return json!({ "enabled": false, "recordings": [] });
     };
     let dir = recorder.dir().to_owned();
-    let list = tokio::task::spawn_blocking(move || crate::observe::recorder::list(&dir)).await.unwrap_or_default();
+    let (list, total) =
+        tokio::task::spawn_blocking(move || crate::observe::recorder::list(&dir)).await.unwrap_or_default();
     json!({
         "enabled": true,
-        "dir": recorder.dir(),
+        "dir": recorder.dir().display().to_string(),
         "dropped": recorder.dropped(),
+        "total": total,
         "recordings": list,
     })
 }
@@ -221,6 +222,7 @@ async fn recording(shared: &Shared, id: String) -> Option<serde_json::Value> {
     serde_json::to_value(r).ok()
 }
 
+/// `/admin/plugins`.
 pub(crate) fn plugins(shared: &Shared) -> serde_json::Value {
     let snap = shared.snapshot.load();
     let live = shared.metrics.live();

@@ -2,10 +2,14 @@
 //! the plugin was given and what became of it, written to a bounded ring
 //! of JSON files for `weir plugin replay` to run again offline.
 //!
-//! Recording is off the request path: the request only copies the head it
-//! already holds (on a failure, which is rare) and hands the write to a
-//! blocking thread. At most [`MAX_PENDING`] writes wait at once; a storm of
-//! failures beyond that is counted as dropped, never queued without bound.
+//! Recording is off the request path: on a failure (which is rare) the
+//! request copies the head it holds and hands the write to a blocking
+//! thread. At most [`MAX_PENDING`] writes wait at once; a storm of failures
+//! beyond that is counted as dropped before anything is copied, never
+//! queued without bound. (The `5xx` trigger is the exception: it copies
+//! the head of every request on a route with plugins, in case it ends 5xx.)
+//! Recordings may hold bodies: the folder is made `0700` and the files
+//! `0600`.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -147,7 +151,6 @@ pub(crate) struct Recorder {
     /// Headers to redact; empty with `redact = false`.
     redact: Vec<String>,
     pending: Arc<AtomicUsize>,
-    seq: AtomicU64,
     dropped: AtomicU64,
 }
 
@@ -170,7 +173,6 @@ impl Recorder {
             triggers: cfg.on.iter().copied().collect(),
             redact,
             pending: Arc::new(AtomicUsize::new(0)),
-            seq: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         })
     }
@@ -198,7 +200,7 @@ impl Recorder {
             (Some(e @ (PluginFailure::Trap(_) | PluginFailure::InvalidOutput(_))), _) => (Trigger::Trap, e.to_string()),
             (Some(e @ PluginFailure::Deadline(_)), _) => (Trigger::Deadline, e.to_string()),
             (Some(_), _) => return None,
-            (None, Some(status)) if status >= 500 => (Trigger::Error, format!("answered {status}")),
+            (None, Some(status)) if (500..600).contains(&status) => (Trigger::Error, format!("answered {status}")),
             (None, _) => return None,
         };
         self.wants(trigger).then_some((trigger, outcome))
@@ -215,8 +217,9 @@ impl Recorder {
         took: Duration,
         heads: Option<&Heads>,
         body: Option<&Bytes>,
-    ) {
-        let Some(heads) = heads else { return };
+    ) -> bool {
+        let Some(heads) = heads else { return false };
+        let Some(slot) = self.reserve() else { return false };
         let spec = plugin.spec();
         let info = heads.request.info();
         let mut redacted = Vec::new();
@@ -264,7 +267,8 @@ impl Recorder {
             chain_data,
             redacted,
         };
-        self.write(recording);
+        self.write(slot, recording);
+        true
     }
 
     /// The request head as a route's chain received it, for a `5xx`
@@ -288,23 +292,27 @@ impl Recorder {
         redacted: Vec<String>,
         took: Duration,
     ) {
-        self.write(Recording {
-            version: RECORDING_VERSION,
-            id: String::new(),
-            time_ms: now_ms(),
-            trigger: Trigger::Status5xx,
-            route: info.route.to_string(),
-            request_id: info.request_id.clone(),
-            plugin: None,
-            phase: "request".into(),
-            outcome: format!("request ended {status}"),
-            duration_us: u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-            request,
-            response: None,
-            body: None,
-            chain_data: Vec::new(),
-            redacted,
-        });
+        let Some(slot) = self.reserve() else { return };
+        self.write(
+            slot,
+            Recording {
+                version: RECORDING_VERSION,
+                id: String::new(),
+                time_ms: now_ms(),
+                trigger: Trigger::Status5xx,
+                route: info.route.to_string(),
+                request_id: info.request_id.clone(),
+                plugin: None,
+                phase: "request".into(),
+                outcome: format!("request ended {status}"),
+                duration_us: u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+                request,
+                response: None,
+                body: None,
+                chain_data: Vec::new(),
+                redacted,
+            },
+        );
     }
 
     fn request(
@@ -351,18 +359,27 @@ impl Recorder {
         }
     }
 
-    /// Hand the recording to a blocking thread, unless too many wait.
-    fn write(&self, mut recording: Recording) {
+    /// A place among the waiting writes, or `None` (counted as dropped)
+    /// when [`MAX_PENDING`] wait already.
+    fn reserve(&self) -> Option<Pending> {
         if self.pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING {
             self.pending.fetch_sub(1, Ordering::AcqRel);
             self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         }
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) % 10_000;
+        Some(Pending(self.pending.clone()))
+    }
+
+    /// Hand the recording to a blocking thread.
+    fn write(&self, slot: Pending, mut recording: Recording) {
+        // One sequence for the process: recorders of successive snapshots
+        // never hand out the same id.
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed) % 10_000;
         recording.id = format!("{:013}-{seq:04}", recording.time_ms);
-        let (dir, max, pending) = (self.dir.clone(), self.max_recordings, self.pending.clone());
+        let (dir, max) = (self.dir.clone(), self.max_recordings);
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            pending.fetch_sub(1, Ordering::AcqRel);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
         handle.spawn_blocking(move || {
@@ -371,18 +388,31 @@ impl Recorder {
             } else {
                 tracing::info!(id = %recording.id, trigger = ?recording.trigger, "recorded {}", recording.outcome);
             }
-            pending.fetch_sub(1, Ordering::AcqRel);
+            drop(slot);
         });
+    }
+}
+
+/// A reserved place among the waiting writes, given back when dropped.
+struct Pending(Arc<AtomicUsize>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// Write one recording (to a temporary name, then renamed, so a reader
 /// never sees half of one) and drop the oldest beyond `max`.
 fn store(dir: &Path, max: usize, recording: &Recording) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     let json = serde_json::to_vec_pretty(recording).map_err(std::io::Error::other)?;
     let tmp = dir.join(format!(".{}.tmp", recording.id));
-    std::fs::write(&tmp, json)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    file.write_all(&json)?;
+    drop(file);
     std::fs::rename(&tmp, dir.join(format!("{}.json", recording.id)))?;
     let mut ids = list_ids(dir)?;
     if ids.len() > max {
@@ -411,11 +441,18 @@ pub(crate) fn valid_id(id: &str) -> bool {
     id.len() == 18 && id.bytes().enumerate().all(|(i, b)| if i == 13 { b == b'-' } else { b.is_ascii_digit() })
 }
 
-/// Newest first: each recording's summary, for `GET /admin/recordings`.
-pub(crate) fn list(dir: &Path) -> Vec<serde_json::Value> {
+/// Most recordings `GET /admin/recordings` reads and lists.
+pub(crate) const MAX_LISTED: usize = 200;
+
+/// Newest first: the summaries of the newest [`MAX_LISTED`] recordings,
+/// and how many there are, for `GET /admin/recordings`.
+pub(crate) fn list(dir: &Path) -> (Vec<serde_json::Value>, usize) {
     let mut ids = list_ids(dir).unwrap_or_default();
     ids.sort_unstable_by(|a, b| b.cmp(a));
-    ids.iter()
+    let total = ids.len();
+    let listed = ids
+        .iter()
+        .take(MAX_LISTED)
         .filter_map(|id| read(dir, id))
         .map(|r| {
             serde_json::json!({
@@ -432,7 +469,8 @@ pub(crate) fn list(dir: &Path) -> Vec<serde_json::Value> {
                 "uri": r.request.uri,
             })
         })
-        .collect()
+        .collect();
+    (listed, total)
 }
 
 /// One recording by id, for `GET /admin/recordings/ID`.

@@ -118,26 +118,25 @@ impl<'a> Chain<'a> {
     }
 
     /// Hand a plugin call that went wrong to the flight recorder (when it
-    /// wants that kind): the heads and body are as the plugin got them,
-    /// since a failed or answering phase leaves them untouched.
-    fn record<T: Responds>(
+    /// wants that kind): `failure` when the call failed or its output was
+    /// refused, `answered` when it answered the client with that status.
+    /// The heads and body are as the plugin got them, since a failed or
+    /// answering phase leaves them untouched.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
         &mut self,
         plugin: &LoadedPlugin,
         phase: Phase,
         t0: u64,
-        result: &Result<T, PluginFailure>,
+        failure: Option<&PluginFailure>,
+        answered: Option<u16>,
         heads: &Option<Heads>,
         body: Option<&Bytes>,
     ) {
         let Some(recorder) = self.recorder else { return };
-        let (failure, answered) = match result {
-            Ok(a) => (None, a.answered()),
-            Err(e) => (Some(e), None),
-        };
         if let Some((trigger, outcome)) = recorder.classify(failure, answered) {
             let took = std::time::Duration::from_nanos(now_ns().saturating_sub(t0));
-            recorder.plugin_call(trigger, outcome, plugin, phase.name(), took, heads.as_ref(), body);
-            self.recorded = true;
+            self.recorded |= recorder.plugin_call(trigger, outcome, plugin, phase.name(), took, heads.as_ref(), body);
         }
     }
 
@@ -191,7 +190,9 @@ impl<'a> Chain<'a> {
                     } else {
                         plugin.on_response(heads, slot).await
                     };
-                    self.record(plugin, phase, t0, &result, heads, None);
+                    if let Err(e) = &result {
+                        self.record(plugin, phase, t0, Some(e), None, heads, None);
+                    }
                     match self.guard(plugin, phase, t0, result, outbound_calls(heads))? {
                         Some(Action::Respond(r)) => Some(r),
                         Some(Action::Continue) | None => None,
@@ -212,10 +213,16 @@ impl<'a> Chain<'a> {
                         Ok(ChunkAction::Abort(reason)) => Err(PluginFailure::Aborted(reason)),
                         other => other,
                     };
-                    self.record(plugin, phase, t0, &result, heads, Some(&*bytes));
+                    if let Err(e) = &result {
+                        self.record(plugin, phase, t0, Some(e), None, heads, Some(&*bytes));
+                    }
                     match self.guard(plugin, phase, t0, result, outbound_calls(heads))? {
                         Some(ChunkAction::Replace(new)) => {
-                            if let Some(new) = guard(plugin, check_body(new, max))? {
+                            let checked = check_body(new, max);
+                            if let Err(e) = &checked {
+                                self.record(plugin, phase, t0, Some(e), None, heads, Some(&*bytes));
+                            }
+                            if let Some(new) = guard(plugin, checked)? {
                                 *bytes = new.into();
                             }
                         }
@@ -232,11 +239,17 @@ impl<'a> Chain<'a> {
                     } else {
                         plugin.on_response_body(heads, bytes, slot).await
                     };
-                    self.record(plugin, phase, t0, &result, heads, Some(&*bytes));
+                    if let Err(e) = &result {
+                        self.record(plugin, phase, t0, Some(e), None, heads, Some(&*bytes));
+                    }
                     match self.guard(plugin, phase, t0, result, outbound_calls(heads))? {
                         Some(BodyAction::Respond(r)) => Some(r),
                         Some(BodyAction::Continue(Some(new))) => {
-                            if let Some(new) = guard(plugin, check_body(new, max))? {
+                            let checked = check_body(new, max);
+                            if let Err(e) = &checked {
+                                self.record(plugin, phase, t0, Some(e), None, heads, Some(&*bytes));
+                            }
+                            if let Some(new) = guard(plugin, checked)? {
                                 *bytes = new.into();
                             }
                             None
@@ -245,10 +258,18 @@ impl<'a> Chain<'a> {
                     }
                 }
             };
-            if let Some(r) = reply
-                && let Some(resp) = guard(plugin, plugin_reply(r, max, self.grpc))?
-            {
-                return Ok(Some(resp));
+            if let Some(r) = reply {
+                // The answer as the gateway takes it: refused output is a
+                // failure of the plugin, a 5xx an error.
+                let status = r.status;
+                let answer = plugin_reply(r, max, self.grpc);
+                match &answer {
+                    Err(e) => self.record(plugin, phase, t0, Some(e), None, heads, body.as_deref()),
+                    Ok(_) => self.record(plugin, phase, t0, None, Some(status), heads, body.as_deref()),
+                }
+                if let Some(resp) = guard(plugin, answer)? {
+                    return Ok(Some(resp));
+                }
             }
         }
         Ok(None)
@@ -402,7 +423,7 @@ fn check_body(body: Vec<u8>, max: u64) -> Result<Vec<u8>, PluginFailure> {
 }
 
 /// A plugin's own response, validated; on a gRPC call, as a gRPC error.
-fn plugin_reply(r: Reply, max_body: u64, grpc: bool) -> Result<Response<ProxyBody>, PluginFailure> {
+pub(crate) fn plugin_reply(r: Reply, max_body: u64, grpc: bool) -> Result<Response<ProxyBody>, PluginFailure> {
     let status = final_status(r.status)?;
     let body = check_body(r.body, max_body)?;
     let headers = from_plugin(r.headers).map_err(|e| invalid(e.to_string()))?;

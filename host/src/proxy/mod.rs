@@ -15,7 +15,7 @@
 //! body phase; then that body alone is buffered, up to
 //! `server.max_buffered_body`.
 
-mod chain;
+pub(crate) mod chain;
 pub(crate) mod checks;
 mod context;
 mod exchange;

@@ -143,6 +143,9 @@ impl Loader {
                 if let Some(h) = bad.first() {
                     errors.push(src.error(r.span(), format!("[recorder]: redact_headers: {h:?} is not a header name")));
                 }
+                if !(1..=10_000).contains(&r.get_ref().max_recordings) {
+                    errors.push(src.error(r.span(), "[recorder]: max_recordings must be 1 to 10000"));
+                }
                 Recorder::new(r.get_ref(), &src.base_dir()).map(Arc::new)
             }
         };
@@ -207,6 +210,7 @@ impl Loader {
         // Where each module was read from, and what an oci:// one resolved to.
         let mut module_files: BTreeMap<String, PathBuf> = BTreeMap::new();
         let mut resolved: BTreeMap<String, String> = BTreeMap::new();
+        let mut pulled_this_build: HashMap<String, Vec<u8>> = HashMap::new();
         for (name, p) in &cfg.plugins {
             let mut pulled: Option<Vec<u8>> = None;
             let span = p.span();
@@ -248,7 +252,13 @@ impl Loader {
                 continue;
             }
             // A registry module (unless the last good state has it).
-            if from_registry && saved.is_none() {
+            if from_registry
+                && saved.is_none()
+                && let Some(bytes) = pulled_this_build.get(module)
+            {
+                // Another plugin of this config names it: pulled once.
+                pulled = Some(bytes.clone());
+            } else if from_registry && saved.is_none() {
                 let registry = p.registry.as_ref().map(|r| r.get_ref());
                 let pin = p.sha256.as_ref().map(|s| s.get_ref().as_str());
                 match super::oci::fetch(&self.oci_cache, module, registry, pin, self.max_module_size).await {
@@ -257,6 +267,7 @@ impl Loader {
                         if let Some(r) = fetched.resolved {
                             resolved.insert(module.clone(), r);
                         }
+                        pulled_this_build.insert(module.clone(), fetched.bytes.clone());
                         pulled = Some(fetched.bytes);
                     }
                     Err(e) => {

@@ -34,13 +34,7 @@ pub(crate) async fn fetch(
     max_size: u64,
 ) -> Result<Fetched, String> {
     let reference = Reference::parse(module).map_err(|e| e.to_string())?;
-    let defaults = RegistryConfig {
-        insecure: false,
-        allow_insecure_remote: false,
-        username: None,
-        password_env: None,
-        timeout: std::time::Duration::from_secs(30),
-    };
+    let defaults = RegistryConfig::default();
     let r = registry.unwrap_or(&defaults);
     let credentials = match (&r.username, &r.password_env) {
         (Some(username), Some(var)) => {
@@ -61,8 +55,16 @@ pub(crate) async fn fetch(
         ..ClientOptions::default()
     });
     client.check(&reference).map_err(|e| e.to_string())?;
-    let cache = Cache::open(cache_dir).map_err(|e| e.to_string())?;
-    let fetched = weir_oci::fetch(&client, &cache, &reference, pin).await.map_err(|e| e.to_string())?;
+    let dir = cache_dir.to_owned();
+    let cache = tokio::task::spawn_blocking(move || Cache::open(dir))
+        .await
+        .map_err(|e| format!("{module}: {e}"))?
+        .map_err(|e| format!("{module}: {e}"))?;
+    // `timeout` bounds the whole pull, however the registry trickles it.
+    let fetched = tokio::time::timeout(r.timeout, weir_oci::fetch(&client, &cache, &reference, pin))
+        .await
+        .map_err(|_| format!("{module}: the pull did not finish within {:?} (registry.timeout)", r.timeout))?
+        .map_err(|e| e.to_string())?;
     let file = cache
         .blob_path(&fetched.layer_digest)
         .ok_or_else(|| format!("{module}: the module is not in the cache at {}", cache_dir.display()))?;
