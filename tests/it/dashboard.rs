@@ -4,12 +4,14 @@
 
 use std::process::Command;
 
-use weir_tests::{TestGateway, Upstream, workspace_root};
+use weir_tests::{Registry, TestGateway, Upstream, fixture, weir_binary, workspace_root};
 
-fn config(upstream: &str) -> String {
+/// `other` comes from an OCI registry (`other_module`), `tag` from the
+/// plugins folder.
+fn config(upstream: &str, other_module: &str) -> String {
     format!(
         "[plugins.tag]\nmodule = \"probe.wasm\"\nconfig = {{ tag = \"t\" }}\n\
-         [plugins.other]\nmodule = \"probe.wasm\"\noutbound = [\"content\"]\n\
+         [plugins.other]\nmodule = \"{other_module}\"\nregistry = {{ insecure = true }}\noutbound = [\"content\"]\n\
          config = {{ tag = \"o\", callout = [\"content /ping\"] }}\n\
          [upstreams.catalog]\ntargets = [\"{upstream}\"]\n\
          [upstreams.content]\ntargets = [\"{upstream}\"]\n\
@@ -21,7 +23,16 @@ fn config(upstream: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_shows_the_config_and_live_traffic_in_headless_chromium() {
     let up = Upstream::start("up").await;
-    let gw = TestGateway::start(&config(&up.addr.to_string()), &["probe.wasm"]).await;
+    let registry = Registry::start();
+    let other = registry.reference("weir/probe:1");
+    let pushed = Command::new(weir_binary())
+        .args(["plugin", "push"])
+        .arg(fixture("probe.wasm"))
+        .args([other.as_str(), "--insecure"])
+        .output()
+        .expect("weir plugin push");
+    assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
+    let gw = TestGateway::start(&config(&up.addr.to_string(), &other), &["probe.wasm"]).await;
     for i in 0..3 {
         assert_eq!(gw.get(&format!("/blog/warmup/{i}")).await.status, 200);
     }
@@ -98,6 +109,9 @@ async fn dashboard_shows_the_config_and_live_traffic_in_headless_chromium() {
     assert_eq!(before["pluginTag"][6], "6", "{before}");
     assert_eq!(before["shopStroke"], "var(--idle)", "no traffic on shop yet");
     assert_eq!(before["pluginOther"][13], "may call content", "no outbound call yet: {before}");
+    // The registry module, with what its tag resolved to.
+    let module = before["pluginOther"][1].as_str().unwrap_or_default();
+    assert!(module.starts_with(&other) && module.contains("@ sha256:"), "{before}");
 
     let sent = r["sentStatuses"].as_array().expect("statuses");
     assert_eq!(sent.iter().filter(|s| *s == 503).count(), 6);
