@@ -20,7 +20,7 @@ use crate::error::{LoadError, PluginFailure};
 use crate::heads::{self, Heads};
 use crate::imports::{Locals, PluginHost, StoreData};
 use crate::metrics::PluginMetrics;
-use crate::schema::ConfigSchema;
+use crate::schema::{ConfigSchema, ModuleSchema, SchemaCache};
 use crate::store::{PeakLimits, describe_trap, is_deadline, new_store};
 
 /// What a request holds for one position of its chain, from phase to phase:
@@ -174,6 +174,7 @@ impl LoadedPlugin {
         host: Arc<PluginHost>,
         metrics: PluginMetrics,
         awaits_host: bool,
+        schemas: &SchemaCache,
     ) -> Result<Self, LoadError> {
         // Optional: modules built for contract 0.2.3 and before lack it.
         let streaming = StreamingIndices::new(&pre).ok();
@@ -195,10 +196,29 @@ impl LoadedPlugin {
             metrics,
             crash: Mutex::new(CrashLoop::default()),
         };
-        let mut first = plugin.new_instance().await?;
         if let Some(describe) = &describe {
-            plugin.config_schema = plugin.check_config(describe, &mut first).await?;
+            let cached = schemas.lock().unwrap_or_else(|p| p.into_inner()).get(&plugin.spec.sha256).cloned();
+            let schema = match cached {
+                Some(schema) => schema,
+                None => {
+                    let schema = plugin.describe(describe).await?;
+                    schemas
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(plugin.spec.sha256.clone(), schema.clone());
+                    schema
+                }
+            };
+            if let Some(schema) = schema {
+                let config = plugin.spec.config_json.clone();
+                let checked = schema.clone();
+                tokio::task::spawn_blocking(move || checked.compiled.check(&config).map_err(LoadError::ConfigSchema))
+                    .await
+                    .map_err(|e| LoadError::Instantiate(format!("schema check failed: {e}")))??;
+                plugin.config_schema = Some(schema.text.clone());
+            }
         }
+        let mut first = plugin.new_instance().await?;
         let (phases, streams) = plugin.init(&mut first).await?;
         plugin.phases = phases;
         plugin.streams = streams;
@@ -281,14 +301,11 @@ impl LoadedPlugin {
         Ok(Instance { store, world, streaming, instance })
     }
 
-    /// Ask a fresh instance for its config schema and check the config
-    /// against it, before `init` sees it. Compiling the schema and checking
-    /// run on a blocking thread (a schema's patterns are the plugin's).
-    async fn check_config(
-        &self,
-        describe: &DescribeIndices,
-        inst: &mut Instance,
-    ) -> Result<Option<Arc<str>>, LoadError> {
+    /// Ask a throwaway instance for the module's config schema (what the
+    /// guest allocates to build it does not stay in the pool) and compile
+    /// it, on a blocking thread (a schema's patterns are the plugin's).
+    async fn describe(&self, describe: &DescribeIndices) -> Result<Option<Arc<ModuleSchema>>, LoadError> {
+        let mut inst = self.new_instance().await?;
         let guest =
             describe.load(&mut inst.store, &inst.instance).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
         let Some(text) = guest
@@ -298,17 +315,14 @@ impl LoadedPlugin {
         else {
             return Ok(None);
         };
+        drop(inst);
         let text: Arc<str> = text.into();
-        let (schema, config) = (text.clone(), self.spec.config_json.clone());
-        tokio::task::spawn_blocking(move || {
-            ConfigSchema::compile(&schema)
-                .map_err(LoadError::BadSchema)?
-                .check(&config)
-                .map_err(LoadError::ConfigSchema)
-        })
-        .await
-        .map_err(|e| LoadError::Instantiate(format!("schema check failed: {e}")))??;
-        Ok(Some(text))
+        let schema = text.clone();
+        let compiled =
+            tokio::task::spawn_blocking(move || ConfigSchema::compile(&schema).map_err(LoadError::BadSchema))
+                .await
+                .map_err(|e| LoadError::Instantiate(format!("schema compile failed: {e}")))??;
+        Ok(Some(Arc::new(ModuleSchema { text, compiled })))
     }
 
     /// Hand a fresh instance its config: the phases and bodies it asks for.

@@ -33,6 +33,8 @@ pub struct PluginRuntime {
     compiled: Compiled,
     state: Arc<StateStore>,
     metrics: HostMetrics,
+    /// Config schemas by module sha256.
+    schemas: crate::schema::SchemaCache,
 }
 
 impl PluginRuntime {
@@ -46,7 +48,7 @@ impl PluginRuntime {
     ) -> Result<Self, EngineError> {
         let engine = PluginEngine::new(rt, config_dir)?;
         let linker = crate::imports::linker(&engine)?;
-        Ok(Self { engine, linker, compiled: Compiled::default(), state, metrics })
+        Ok(Self { engine, linker, compiled: Compiled::default(), state, metrics, schemas: Default::default() })
     }
 
     /// Largest `limits.memory` a plugin may ask for (`[runtime] max_memory`).
@@ -75,6 +77,7 @@ impl PluginRuntime {
     /// Forget compiled modules whose digest is not in `used`.
     pub fn retain_modules(&self, used: &HashSet<String>) {
         self.compiled.retain(used);
+        self.schemas.lock().unwrap_or_else(|p| p.into_inner()).retain(|sha, _| used.contains(sha));
     }
 
     /// The engine.
@@ -124,10 +127,12 @@ impl PluginRuntime {
         let pre = self.instantiate_pre(component)?;
         let awaits_host = imports_interface(engine, component, "weir:plugin/state")
             || imports_interface(engine, component, "weir:plugin/outbound");
-        LoadedPlugin::load(spec, self.engine.clone(), pre, host, metrics, awaits_host).await.map_err(|e| match e {
-            LoadError::NotAPlugin(_) => contract_mismatch(engine, component).map_or(e, LoadError::Contract),
-            e => e,
-        })
+        LoadedPlugin::load(spec, self.engine.clone(), pre, host, metrics, awaits_host, &self.schemas).await.map_err(
+            |e| match e {
+                LoadError::NotAPlugin(_) => contract_mismatch(engine, component).map_or(e, LoadError::Contract),
+                e => e,
+            },
+        )
     }
 }
 

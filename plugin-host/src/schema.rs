@@ -26,7 +26,17 @@ impl fmt::Display for SchemaError {
     }
 }
 
-/// A plugin's config schema, compiled once per load.
+/// The schema a module declares (`None`: it declares none), by module
+/// sha256: asked once per module, however many plugins it backs.
+pub(crate) type SchemaCache = std::sync::Mutex<std::collections::HashMap<String, Option<std::sync::Arc<ModuleSchema>>>>;
+
+/// A module's schema: its text and the compiled checker.
+pub(crate) struct ModuleSchema {
+    pub(crate) text: std::sync::Arc<str>,
+    pub(crate) compiled: ConfigSchema,
+}
+
+/// A plugin's config schema, compiled.
 pub(crate) struct ConfigSchema {
     validator: jsonschema::Validator,
 }
