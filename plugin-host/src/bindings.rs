@@ -24,33 +24,11 @@ mod generated {
     });
 }
 
-/// The `streaming` export (contract `0.2.4`), optional: bound from the
-/// `streaming-plugin` world, reusing the types above, and looked up per
-/// module (`GuestIndices::new` fails for a module without it).
-mod streaming_world {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "streaming-plugin",
-        imports: { default: trappable },
-        exports: { default: async },
-        with: {
-            "weir:plugin/types": super::generated::weir::plugin::types,
-            "weir:plugin/log": super::generated::weir::plugin::log,
-            "weir:plugin/clock": super::generated::weir::plugin::clock,
-            "weir:plugin/state": super::generated::weir::plugin::state,
-            "weir:plugin/request-local": super::generated::weir::plugin::request_local,
-            "weir:plugin/metrics": super::generated::weir::plugin::metrics,
-            "weir:plugin/events": super::generated::weir::plugin::events,
-            "weir:plugin/outbound": super::generated::weir::plugin::outbound,
-            "weir:plugin/chain-data": super::generated::weir::plugin::chain_data,
-            "weir:plugin/handler": super::generated::exports::weir::plugin::handler,
-        },
-    });
-}
-
-/// The `describe` export (contract `0.2.5`), optional like `streaming`:
-/// bound from the `sdk-plugin` world.
-mod describe_world {
+/// The optional exports, `streaming` (contract `0.2.4`) and `describe`
+/// (`0.2.5`): bound from the `sdk-plugin` world, reusing the types above,
+/// and looked up per module and interface (`GuestIndices::new` fails for a
+/// module without that export).
+mod optional_exports {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "sdk-plugin",
@@ -67,19 +45,18 @@ mod describe_world {
             "weir:plugin/outbound": super::generated::weir::plugin::outbound,
             "weir:plugin/chain-data": super::generated::weir::plugin::chain_data,
             "weir:plugin/handler": super::generated::exports::weir::plugin::handler,
-            "weir:plugin/streaming": super::streaming_world::exports::weir::plugin::streaming,
         },
     });
 }
 
-pub(crate) use describe_world::exports::weir::plugin::describe::GuestIndices as DescribeIndices;
 pub use generated::weir::plugin::types::{Action, BodyAction, Header, Phases, Reply};
 pub(crate) use generated::weir::plugin::{
     chain_data, clock, events, log, metrics, outbound, request_local, state, types,
 };
 pub(crate) use generated::{Plugin as PluginWorld, PluginPre};
-pub use streaming_world::exports::weir::plugin::streaming::{ChunkAction, StreamPhases};
-pub(crate) use streaming_world::exports::weir::plugin::streaming::{
+pub(crate) use optional_exports::exports::weir::plugin::describe::GuestIndices as DescribeIndices;
+pub use optional_exports::exports::weir::plugin::streaming::{ChunkAction, StreamPhases};
+pub(crate) use optional_exports::exports::weir::plugin::streaming::{
     Guest as StreamingGuest, GuestIndices as StreamingIndices,
 };
 
