@@ -23,6 +23,7 @@ use toml::Spanned;
 
 use json_schema::{ByteSizeString, DurationString, NAME_PATTERN, SocketAddrString};
 
+mod canary;
 pub mod files;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
@@ -30,6 +31,7 @@ mod json_schema;
 mod recorder;
 mod tls;
 mod upstream;
+pub use canary::{CanaryConfig, RollbackConfig, Sticky};
 pub use json_schema::schema;
 pub use recorder::{RecorderConfig, Trigger};
 pub use tls::*;
@@ -515,6 +517,11 @@ pub struct PluginConfig {
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub outbound: Option<Spanned<Vec<String>>>,
+    /// A second version of the module that takes a share of the traffic
+    /// and is rolled back automatically when it does worse than this one.
+    #[serde(default)]
+    #[schemars(with = "Option<CanaryConfig>")]
+    pub canary: Option<Spanned<CanaryConfig>>,
 }
 
 /// `registry = { ... }` of an `oci://` module: plain HTTP, credentials,

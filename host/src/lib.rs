@@ -12,6 +12,7 @@
 //! |------|--------|
 //! | accept: listeners, protocol detection, the wire sniffer, TLS handshakes, drain | `listen` |
 //! | the request path: checks, the plugin chains, dispatch, the reply, gRPC, WebSocket | `proxy` |
+//! | canary plugin versions: who runs them, the comparison, rollback | `canary` |
 //! | route matching | `router` |
 //! | dispatch to an upstream: targets, balancing, health, breaker, retries, TLS | `upstream` |
 //! | dispatch through the response cache | `cache` |
@@ -42,6 +43,7 @@ mod admin;
 mod aggregate;
 mod body;
 mod cache;
+mod canary;
 mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

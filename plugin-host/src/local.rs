@@ -95,6 +95,7 @@ impl LocalPlugin {
             max_idle: 1,
             crash_loop: CrashLoopConfig::default(),
             outbound: Vec::new(),
+            canary: false,
         };
         let events: Arc<dyn EventSink> = self.events.clone();
         self.runtime.load(spec, &self.module, events, Arc::new(Unobserved), Arc::new(NoNetwork)).await

@@ -113,6 +113,18 @@ pub struct PluginSpec {
     pub crash_loop: CrashLoopConfig,
     /// The upstreams it may call through `outbound`.
     pub outbound: Vec<String>,
+    /// Whether this is the canary version of plugin `name`: it shares the
+    /// name's state, events and chain data, and its calls are counted
+    /// apart, as `NAME@canary`.
+    pub canary: bool,
+}
+
+impl PluginSpec {
+    /// The name its calls are counted and logged under: `NAME`, or
+    /// `NAME@canary` for a canary version.
+    pub fn label(&self) -> std::borrow::Cow<'_, str> {
+        if self.canary { format!("{}@canary", self.name).into() } else { (*self.name).into() }
+    }
 }
 
 /// Crash-loop bookkeeping of one plugin instance name in one snapshot.
@@ -443,7 +455,7 @@ impl LoadedPlugin {
                 self.metrics.trap.inc();
                 self.crashed();
                 let msg = describe_trap(&e);
-                tracing::warn!(plugin = %self.spec.name, error = %msg, "plugin trapped; instance discarded");
+                tracing::warn!(plugin = %self.spec.label(), error = %msg, "plugin trapped; instance discarded");
                 Err(PluginFailure::Trap(msg))
             }
         }
@@ -473,7 +485,7 @@ impl LoadedPlugin {
             self.metrics.crash_looping.set(1);
             self.metrics.crash_loops.inc();
             tracing::warn!(
-                plugin = %self.spec.name,
+                plugin = %self.spec.label(),
                 traps_in_a_row = c.consecutive,
                 pause = ?pause,
                 "plugin is crash-looping: not called until the pause ends"
@@ -486,7 +498,7 @@ impl LoadedPlugin {
         let mut c = self.crash.lock().unwrap_or_else(|p| p.into_inner());
         if c.consecutive > 0 || c.until.is_some() {
             if c.until.is_some() {
-                tracing::info!(plugin = %self.spec.name, "plugin recovered from its crash loop");
+                tracing::info!(plugin = %self.spec.label(), "plugin recovered from its crash loop");
             }
             c.consecutive = 0;
             c.until = None;

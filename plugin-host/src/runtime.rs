@@ -115,7 +115,7 @@ impl PluginRuntime {
             max_calls: spec.limits.outbound_calls,
             max_body: spec.limits.outbound_body,
         };
-        let metrics = self.metrics.plugin(&spec.name, live);
+        let metrics = self.metrics.plugin(&spec.label(), live);
         let host = Arc::new(PluginHost::new(
             spec.name.clone(),
             self.state.clone(),

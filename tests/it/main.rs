@@ -6,6 +6,7 @@
 mod aggregate;
 mod anomaly;
 mod auth;
+mod canary;
 mod chain;
 mod cli;
 mod cluster;

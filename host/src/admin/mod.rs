@@ -13,6 +13,8 @@
 //! | GET | `/admin/upstreams` | JSON: each upstream's targets, error counts and last-minute figures |
 //! | GET | `/admin/plugins` | JSON: each plugin's module, sha256, config (secrets redacted), pool and call figures |
 //! | GET | `/admin/series?since=MS` | JSON: per-second points of every route, upstream and plugin |
+//! | POST | `/admin/plugins/NAME/promote` | a canary becomes the version every request runs |
+//! | POST | `/admin/plugins/NAME/abort` | a canary is taken back: no request runs it |
 //! | GET | `/admin/events` | JSON: the latest plugin events, newest first |
 //! | POST | `/admin/reload` | reload now; JSON with the new generation or the errors |
 //! | GET | `/dashboard` | the live dashboard (one page, assets embedded) |
@@ -22,6 +24,7 @@ use serde_json::json;
 
 use crate::Shared;
 use crate::body::{self, ProxyBody};
+use crate::canary::{Canary, Status};
 use crate::observe::live::Point;
 
 /// The dashboard page: HTML, CSS and script in one file, no external asset.
@@ -84,6 +87,7 @@ pub(crate) async fn handle<B>(shared: &Shared, req: Request<B>) -> Response<Prox
                 json!({ "errors": errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>() }),
             ),
         },
+        (&Method::POST, p) if p.starts_with("/admin/plugins/") => canary_action(shared, p),
         (&Method::GET, "/admin/recordings") => json_response(StatusCode::OK, recordings(shared).await),
         (&Method::GET, p) if p.starts_with("/admin/recordings/") => {
             let id = p["/admin/recordings/".len()..].to_owned();
@@ -250,10 +254,46 @@ pub(crate) fn plugins(shared: &Shared) -> serde_json::Value {
                 "calls": m.calls(),
                 "outbound": { "allowed": s.outbound, "calls": m.outbound_calls() },
                 "last_minute": recent(&live.plugin(&s.name).last(60)),
+                "canary": snap.canaries.get(&*s.name).map(|c| canary(c, &snap, &live.plugin(&c.canary.spec().label()).last(60))),
             })
         })
         .collect();
     json!({ "generation": snap.generation, "plugins": plugins })
+}
+
+/// A plugin's canary in `/admin/plugins`: its module, share, state (and
+/// why), the comparison's window, and its own calls.
+fn canary(c: &Canary, snap: &crate::snapshot::Snapshot, last: &[Point]) -> serde_json::Value {
+    let s = c.canary.spec();
+    let mut doc = c.state.to_json(&s.module, &s.sha256);
+    doc["resolved"] = json!(snap.resolved.get(&s.module));
+    doc["calls"] = json!(c.canary.metrics().calls());
+    doc["crash_loop"] = json!(c.canary.crash_loop());
+    doc["last_minute"] = recent(last);
+    doc
+}
+
+/// `POST /admin/plugins/NAME/promote` or `/abort`: the canary's new state,
+/// 404 without one, 409 when it is past that.
+fn canary_action(shared: &Shared, path: &str) -> Response<ProxyBody> {
+    let rest = &path["/admin/plugins/".len()..];
+    let Some((name, action)) = rest.split_once('/') else {
+        return json_response(StatusCode::NOT_FOUND, json!({ "error": "not found" }));
+    };
+    let to = match action {
+        "promote" => Status::Promoted,
+        "abort" => Status::Aborted,
+        _ => return json_response(StatusCode::NOT_FOUND, json!({ "error": "not found" })),
+    };
+    let snap = shared.snapshot.load();
+    let Some(c) = snap.canaries.get(name) else {
+        let why = if snap.plugins.contains_key(name) { "has no canary" } else { "is not configured" };
+        return json_response(StatusCode::NOT_FOUND, json!({ "error": format!("plugin `{name}` {why}") }));
+    };
+    match c.state.operator(to, &*c.events) {
+        Ok(state) => json_response(StatusCode::OK, json!({ "plugin": name, "state": state.as_str() })),
+        Err(why) => json_response(StatusCode::CONFLICT, json!({ "plugin": name, "error": why })),
+    }
 }
 
 /// A plugin's config with secret-looking values replaced, so the admin API

@@ -106,7 +106,9 @@ pub(crate) async fn serve(
                 let snap = shared.snapshot.load();
                 let routes: Vec<&str> = snap.routes.iter().map(|r| &*r.name).collect();
                 let upstreams: Vec<&str> = snap.upstreams.keys().map(|k| k.as_str()).collect();
-                let plugins: Vec<&str> = snap.plugins.keys().map(|k| k.as_str()).collect();
+                let canaries: Vec<String> = snap.canaries.keys().map(|k| format!("{k}@canary")).collect();
+                let plugins: Vec<&str> =
+                    snap.plugins.keys().map(|k| k.as_str()).chain(canaries.iter().map(String::as_str)).collect();
                 shared.metrics.live().retain(&routes, &upstreams, &plugins);
                 shared.metrics.live().tick();
             }

@@ -27,6 +27,11 @@ pub(crate) struct RouteLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabel {
+    plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadResult {
     result: &'static str,
 }
@@ -67,6 +72,8 @@ pub(crate) struct Metrics {
     websocket_upgrades: Family<RouteLabel, Counter>,
     websocket_open: Family<RouteLabel, Gauge>,
     websocket_bytes: Family<RouteDirection, Counter>,
+    canary_state: Family<PluginLabel, Gauge>,
+    canary_rollbacks: Family<PluginLabel, Counter>,
     live: crate::observe::live::Live,
 }
 
@@ -134,7 +141,21 @@ impl Metrics {
             "Bytes carried over WebSocket connections, by route and direction (downstream: to the client; upstream: to the service)",
             websocket_bytes.clone(),
         );
+        let canary_state = Family::default();
+        registry.register(
+            "plugin_canary_state",
+            "A plugin canary's state: 0 comparing, 1 rolled back, 2 promoted, 3 aborted",
+            canary_state.clone(),
+        );
+        let canary_rollbacks = Family::default();
+        registry.register(
+            "plugin_canary_rollbacks",
+            "Canary versions the gateway rolled back, by plugin",
+            canary_rollbacks.clone(),
+        );
         Self {
+            canary_state,
+            canary_rollbacks,
             websocket_upgrades,
             websocket_open,
             websocket_bytes,
@@ -236,6 +257,16 @@ impl Metrics {
     /// An access log line dropped.
     pub(crate) fn access_log_dropped(&self) {
         self.access_log_dropped.inc();
+    }
+
+    /// Plugin `plugin`'s canary is now in `state` (see `plugin_canary_state`).
+    pub(crate) fn canary_state(&self, plugin: &str, state: i64) {
+        self.canary_state.get_or_create(&PluginLabel { plugin: plugin.to_owned() }).set(state);
+    }
+
+    /// Plugin `plugin`'s canary was rolled back.
+    pub(crate) fn canary_rolled_back(&self, plugin: &str) {
+        self.canary_rollbacks.get_or_create(&PluginLabel { plugin: plugin.to_owned() }).inc();
     }
 
     /// The serving generation.

@@ -19,6 +19,7 @@ use weir_plugin_host::{
 use super::grpc;
 use super::stream::Side;
 use crate::body::{self, ProxyBody};
+use crate::canary::{Arm, Canary};
 use crate::error::ProxyError;
 use crate::observe::recorder::Recorder;
 use crate::observe::trace::{RequestTrace, Span, SpanKind, Value, new_span_id, now_ns};
@@ -76,6 +77,12 @@ impl Phase {
 /// A route's chain as one request runs it.
 pub(super) struct Chain<'a> {
     plugins: &'a [Arc<LoadedPlugin>],
+    /// The route's canaries by chain position (none on most routes).
+    canaries: Option<&'a [Option<Arc<Canary>>]>,
+    /// Canary positions whose version this request has drawn, and those
+    /// where it drew the canary (bit `i` for position `i`).
+    drawn: u64,
+    on_canary: u64,
     /// Per chain position: request-local values, and the instance of an
     /// `isolation = "request"` plugin.
     held: Vec<RequestSlot>,
@@ -98,6 +105,7 @@ impl<'a> Chain<'a> {
     /// `log_outcomes`.
     pub(super) fn new(
         plugins: &'a [Arc<LoadedPlugin>],
+        canaries: Option<&'a [Option<Arc<Canary>>]>,
         trace: &'a mut RequestTrace,
         log_outcomes: bool,
         grpc: bool,
@@ -107,6 +115,9 @@ impl<'a> Chain<'a> {
         let held = plugins.iter().map(|_| RequestSlot::default()).collect();
         Self {
             plugins,
+            canaries,
+            drawn: 0,
+            on_canary: 0,
             held,
             trace,
             outcomes: log_outcomes.then(String::new),
@@ -125,6 +136,7 @@ impl<'a> Chain<'a> {
     #[allow(clippy::too_many_arguments)]
     fn record(
         &mut self,
+        i: usize,
         plugin: &LoadedPlugin,
         phase: Phase,
         t0: u64,
@@ -133,11 +145,58 @@ impl<'a> Chain<'a> {
         heads: &Option<Heads>,
         body: Option<&Bytes>,
     ) {
+        if let Some((canary, arm)) = self.canary_at(i) {
+            // Traps and overruns reached the comparison through the call
+            // observer; what fails after the call, or without one, here.
+            match failure {
+                Some(PluginFailure::InvalidOutput(_)) => canary.failed(arm, true),
+                Some(PluginFailure::CrashLoop(_) | PluginFailure::Unavailable(_)) => canary.failed(arm, false),
+                Some(_) => {}
+                None if answered.is_some_and(|s| s >= 500) => canary.failed(arm, true),
+                None => {}
+            }
+        }
         let Some(recorder) = self.recorder else { return };
         if let Some((trigger, outcome)) = recorder.classify(failure, answered) {
             let took = std::time::Duration::from_nanos(now_ns().saturating_sub(t0));
             self.recorded |= recorder.plugin_call(trigger, outcome, plugin, phase.name(), took, heads.as_ref(), body);
         }
+    }
+
+    /// The plugin this request runs at chain position `i`: the stable
+    /// version unless it drew the canary there.
+    fn plugin_at(&self, i: usize) -> &'a Arc<LoadedPlugin> {
+        match self.canary_at(i) {
+            Some((c, Arm::Canary)) => &c.canary,
+            _ => &self.plugins[i],
+        }
+    }
+
+    /// The canary at position `i`, if any, and the version drawn there.
+    fn canary_at(&self, i: usize) -> Option<(&'a Canary, Arm)> {
+        let c = self.canaries?.get(i)?.as_deref()?;
+        let arm = if self.on_canary & (1 << i) != 0 { Arm::Canary } else { Arm::Stable };
+        Some((c, arm))
+    }
+
+    /// Draw the version of position `i`'s plugin, once, as the request
+    /// reaches it (so a header or chain value set before it can key it).
+    fn draw(&mut self, i: usize, heads: &Option<Heads>) {
+        let Some(c) = self.canaries.and_then(|c| c.get(i)).and_then(Option::as_deref) else { return };
+        let bit = 1u64 << i;
+        if self.drawn & bit != 0 {
+            return;
+        }
+        self.drawn |= bit;
+        let client = heads.as_ref().map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |h| h.request.info().client.ip());
+        if c.choose(heads.as_ref(), client) == Arm::Canary {
+            self.on_canary |= bit;
+        }
+    }
+
+    /// Whether a plugin this request runs wants `phases`.
+    pub(super) fn wants(&self, phases: Phases) -> bool {
+        (0..self.plugins.len()).any(|i| self.plugin_at(i).phases().intersects(phases))
     }
 
     /// The plugins that stream `side`, in call order, each with its slot:
@@ -149,8 +208,10 @@ impl<'a> Chain<'a> {
             Side::Response => StreamPhases::RESPONSE_BODY,
         };
         let mut out: Vec<(Arc<LoadedPlugin>, RequestSlot)> = Vec::new();
-        for (plugin, slot) in self.plugins.iter().zip(self.held.iter_mut()) {
+        for i in 0..self.plugins.len() {
+            let plugin = self.plugin_at(i);
             if plugin.streams().contains(wanted) {
+                let slot = &mut self.held[i];
                 let slot = match side {
                     Side::Request => slot.fork(),
                     Side::Response => std::mem::take(slot),
@@ -172,11 +233,14 @@ impl<'a> Chain<'a> {
         heads: &mut Option<Heads>,
         mut body: Option<&mut Bytes>,
     ) -> Result<Option<Response<ProxyBody>>, ProxyError> {
-        let chain = self.plugins;
+        let len = self.plugins.len();
         let max = self.max_body;
-        for k in 0..chain.len() {
-            let i = if phase.reversed() { chain.len() - 1 - k } else { k };
-            let plugin = &chain[i];
+        for k in 0..len {
+            let i = if phase.reversed() { len - 1 - k } else { k };
+            if phase == Phase::Request {
+                self.draw(i, heads);
+            }
+            let plugin = self.plugin_at(i);
             let whole = plugin.phases().contains(phase.wanted());
             if !whole && !plugin.streams().contains(phase.streamed()) {
                 continue;
@@ -191,7 +255,7 @@ impl<'a> Chain<'a> {
                         plugin.on_response(heads, slot).await
                     };
                     if let Err(e) = &result {
-                        self.record(plugin, phase, t0, Some(e), None, heads, None);
+                        self.record(i, plugin, phase, t0, Some(e), None, heads, None);
                     }
                     match self.guard(plugin, phase, t0, result, outbound_calls(heads))? {
                         Some(Action::Respond(r)) => Some(r),
@@ -214,13 +278,13 @@ impl<'a> Chain<'a> {
                         other => other,
                     };
                     if let Err(e) = &result {
-                        self.record(plugin, phase, t0, Some(e), None, heads, Some(&*bytes));
+                        self.record(i, plugin, phase, t0, Some(e), None, heads, Some(&*bytes));
                     }
                     match self.guard(plugin, phase, t0, result, outbound_calls(heads))? {
                         Some(ChunkAction::Replace(new)) => {
                             let checked = check_body(new, max);
                             if let Err(e) = &checked {
-                                self.record(plugin, phase, t0, Some(e), None, heads, Some(&*bytes));
+                                self.record(i, plugin, phase, t0, Some(e), None, heads, Some(&*bytes));
                             }
                             if let Some(new) = guard(plugin, checked)? {
                                 *bytes = new.into();
@@ -240,14 +304,14 @@ impl<'a> Chain<'a> {
                         plugin.on_response_body(heads, bytes, slot).await
                     };
                     if let Err(e) = &result {
-                        self.record(plugin, phase, t0, Some(e), None, heads, Some(&*bytes));
+                        self.record(i, plugin, phase, t0, Some(e), None, heads, Some(&*bytes));
                     }
                     match self.guard(plugin, phase, t0, result, outbound_calls(heads))? {
                         Some(BodyAction::Respond(r)) => Some(r),
                         Some(BodyAction::Continue(Some(new))) => {
                             let checked = check_body(new, max);
                             if let Err(e) = &checked {
-                                self.record(plugin, phase, t0, Some(e), None, heads, Some(&*bytes));
+                                self.record(i, plugin, phase, t0, Some(e), None, heads, Some(&*bytes));
                             }
                             if let Some(new) = guard(plugin, checked)? {
                                 *bytes = new.into();
@@ -264,8 +328,8 @@ impl<'a> Chain<'a> {
                 let status = r.status;
                 let answer = plugin_reply(r, max, self.grpc);
                 match &answer {
-                    Err(e) => self.record(plugin, phase, t0, Some(e), None, heads, body.as_deref()),
-                    Ok(_) => self.record(plugin, phase, t0, None, Some(status), heads, body.as_deref()),
+                    Err(e) => self.record(i, plugin, phase, t0, Some(e), None, heads, body.as_deref()),
+                    Ok(_) => self.record(i, plugin, phase, t0, None, Some(status), heads, body.as_deref()),
                 }
                 if let Some(resp) = guard(plugin, answer)? {
                     return Ok(Some(resp));

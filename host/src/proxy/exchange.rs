@@ -92,7 +92,7 @@ impl Exchange<'_> {
 
         // The response phases see the request as the chain left it: keep a
         // read-only copy before the head moves upstream.
-        let wants_response = route.chain.iter().any(|p| p.phases().contains(Phases::RESPONSE_HEADERS));
+        let wants_response = self.chain.wants(Phases::RESPONSE_HEADERS);
         let sent = (wants_response || route.buffer_response || route.stream_response).then(|| lent.snapshot());
         let is_head = lent.parts.method == Method::HEAD;
         let resp = self.dispatch(lent.parts, upstream_body).await?;

@@ -100,7 +100,15 @@ where
         snap: &snap,
         route,
         info,
-        chain: Chain::new(&route.chain, &mut cx.trace, logs, cx.grpc, snap.server.max_buffered_body, recorder),
+        chain: Chain::new(
+            &route.chain,
+            route.canaries.as_deref(),
+            &mut cx.trace,
+            logs,
+            cx.grpc,
+            snap.server.max_buffered_body,
+            recorder,
+        ),
         grpc: cx.grpc,
         upgrade,
     };

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use crate::aggregate;
 use crate::cache::{CacheFamilies, RouteCache};
+use crate::canary::{Arm, ArmObserver, Canary, CanaryState};
 use crate::observe::access_log::AccessLogWriter;
 use crate::observe::events::{Events, SnapshotEvents, Webhook};
 use crate::observe::metrics::Metrics;
@@ -46,6 +47,9 @@ pub(crate) struct Loader {
     max_module_size: u64,
     /// Where modules pulled from registries are kept.
     oci_cache: PathBuf,
+    /// Each plugin's canary comparison, kept across reloads that leave
+    /// the canary as it was.
+    canaries: Mutex<HashMap<String, Arc<CanaryState>>>,
 }
 
 impl Loader {
@@ -71,6 +75,7 @@ impl Loader {
             max_idle: runtime.max_idle_per_plugin,
             max_module_size: runtime.max_module_size,
             oci_cache,
+            canaries: Mutex::default(),
         }
     }
 
@@ -86,7 +91,8 @@ impl Loader {
     /// last good state: its text and each module once.
     pub(crate) fn record(&self, snap: &Snapshot, config_path: &Path) -> Record {
         let mut modules: Vec<(String, String, std::path::PathBuf)> = Vec::new();
-        for p in snap.plugins.values() {
+        let versions = snap.plugins.values().chain(snap.canaries.values().map(|c| &c.canary));
+        for p in versions {
             let spec = p.spec();
             if !modules.iter().any(|(name, ..)| *name == spec.module) {
                 let file = snap.module_files.get(&spec.module).cloned();
@@ -206,13 +212,9 @@ impl Loader {
         let mut plugins = BTreeMap::new();
         // The snapshot's event sink (its webhook), shared by its plugins.
         let events: Arc<dyn EventSink> = Arc::new(SnapshotEvents::new(self.events.clone(), webhook.clone()));
-        let mut used_modules = HashSet::new();
-        // Where each module was read from, and what an oci:// one resolved to.
-        let mut module_files: BTreeMap<String, PathBuf> = BTreeMap::new();
-        let mut resolved: BTreeMap<String, String> = BTreeMap::new();
-        let mut pulled_this_build: HashMap<String, Vec<u8>> = HashMap::new();
+        let mut book = ModuleBook::default();
+        let mut canaries: BTreeMap<String, Arc<Canary>> = BTreeMap::new();
         for (name, p) in &cfg.plugins {
-            let mut pulled: Option<Vec<u8>> = None;
             let span = p.span();
             let p = p.get_ref();
             if !weir_config::valid_name(name) {
@@ -220,18 +222,9 @@ impl Loader {
                 continue;
             }
             let module = p.module.get_ref();
-            let from_registry = module.starts_with(weir_oci::SCHEME);
-            if !from_registry && (module.contains(['/', '\\']) || module.starts_with('.') || module.is_empty()) {
-                errors.push(src.error(
-                    p.module.span(),
-                    format!(
-                        "plugin `{name}`: module {module:?} must be a file name in plugins_dir or an oci:// reference"
-                    ),
-                ));
-                continue;
-            }
             if let Some(r) = &p.registry
-                && !from_registry
+                && !module.starts_with(weir_oci::SCHEME)
+                && p.canary.as_ref().is_none_or(|c| !c.get_ref().module.starts_with(weir_oci::SCHEME))
             {
                 errors.push(src.error(r.span(), format!("plugin `{name}`: `registry` applies to oci:// modules only")));
                 continue;
@@ -251,91 +244,30 @@ impl Loader {
                 errors.push(src.error(span.clone(), format!("plugin `{name}`: limits.deadline must be above zero")));
                 continue;
             }
-            // A registry module (unless the last good state has it).
-            if from_registry
-                && saved.is_none()
-                && let Some(bytes) = pulled_this_build.get(module)
-            {
-                // Another plugin of this config names it: pulled once.
-                pulled = Some(bytes.clone());
-            } else if from_registry && saved.is_none() {
-                let registry = p.registry.as_ref().map(|r| r.get_ref());
-                let pin = p.sha256.as_ref().map(|s| s.get_ref().as_str());
-                match super::oci::fetch(&self.oci_cache, module, registry, pin, self.max_module_size).await {
-                    Ok(fetched) => {
-                        module_files.insert(module.clone(), fetched.file);
-                        if let Some(r) = fetched.resolved {
-                            resolved.insert(module.clone(), r);
-                        }
-                        pulled_this_build.insert(module.clone(), fetched.bytes.clone());
-                        pulled = Some(fetched.bytes);
-                    }
-                    Err(e) => {
-                        errors.push(src.error(p.module.span(), format!("plugin `{name}`: {e}")));
+            let pin = p.sha256.as_ref().map(|s| (s.get_ref().as_str(), s.span()));
+            let wanted = Wanted { plugin: name, module, span: p.module.span(), pin, registry: &p.registry };
+            let Some((sha256, module_code)) =
+                self.module(src, &wanted, saved, &plugins_dir, &mut book, &mut errors).await
+            else {
+                continue;
+            };
+            // The canary's module, loaded the same way.
+            let canary = match &p.canary {
+                None => None,
+                Some(c) => {
+                    let (cfg, at) = (c.get_ref(), c.span());
+                    if let Err(e) = cfg.check() {
+                        errors.push(src.error(at, format!("plugin `{name}`: canary: {e}")));
                         continue;
                     }
-                }
-            }
-            let (file, within, expected) = match saved {
-                None if from_registry => (module_files.get(module).cloned().unwrap_or_default(), PathBuf::new(), None),
-                None => (plugins_dir.join(module), plugins_dir.clone(), None),
-                Some(saved) => match saved.get(module) {
-                    Some((file, sha)) => (file, saved.dir().to_owned(), Some(sha)),
-                    None => {
-                        let why = format!("{module} is not in the last good state's modules");
-                        errors.push(src.error(p.module.span(), format!("plugin `{name}`: {why}")));
-                        continue;
+                    let pin = cfg.sha256.as_deref().map(|s| (s, at.clone()));
+                    let wanted = Wanted { plugin: name, module: &cfg.module, span: at, pin, registry: &p.registry };
+                    match self.module(src, &wanted, saved, &plugins_dir, &mut book, &mut errors).await {
+                        Some(loaded) => Some((cfg, loaded)),
+                        None => continue,
                     }
-                },
-            };
-            let read = match pulled.take() {
-                Some(bytes) => Ok(bytes),
-                None => read_module(&file, &within, self.max_module_size).await,
-            };
-            module_files.insert(module.clone(), file.clone());
-            let bytes = match read {
-                Ok(b) => b,
-                Err(e) => {
-                    let why = match e {
-                        FileError::Read(e) => format!("cannot read {}: {e}", file.display()),
-                        other => format!("{} {other}", file.display()),
-                    };
-                    errors.push(src.error(p.module.span(), format!("plugin `{name}`: {why}")));
-                    continue;
                 }
             };
-            let sha256 = sha256_hex(&bytes);
-            if let Some(expected) = expected
-                && expected != sha256
-            {
-                let why = format!("saved module {} has sha256 {sha256}, not {expected}", file.display());
-                errors.push(src.error(p.module.span(), format!("plugin `{name}`: {why}")));
-                continue;
-            }
-            if let Some(pin) = &p.sha256
-                && !pin.get_ref().eq_ignore_ascii_case(&sha256)
-            {
-                errors.push(src.error(
-                    pin.span(),
-                    format!(
-                        "plugin `{name}`: {} has sha256 {sha256}, but the config pins {}",
-                        file.display(),
-                        pin.get_ref()
-                    ),
-                ));
-                continue;
-            }
-            let module_code = match self.plugins.compile(&sha256, bytes).await {
-                Ok(c) => c,
-                Err(e) => {
-                    errors.push(src.error(
-                        p.module.span(),
-                        format!("plugin `{name}`: {} is not a valid plugin component: {e}", file.display()),
-                    ));
-                    continue;
-                }
-            };
-            used_modules.insert(sha256.clone());
             let config_json = match &p.config {
                 Some(c) => serde_json::to_string(c.get_ref()).unwrap_or_else(|_| "{}".into()),
                 None => "{}".into(),
@@ -356,39 +288,68 @@ impl Loader {
                     }
                 }
             }
-            let outbound = Arc::new(crate::upstream::callout::Callouts::new(callable));
-            let spec = PluginSpec {
+            let outbound: Arc<crate::upstream::callout::Callouts> =
+                Arc::new(crate::upstream::callout::Callouts::new(callable));
+            let spec = |module: &str, sha256: String, canary: bool| PluginSpec {
                 outbound: p.outbound.as_ref().map(|l| l.get_ref().clone()).unwrap_or_default(),
                 name: name.as_str().into(),
-                module: module.clone(),
+                module: module.to_owned(),
                 sha256,
-                config_json,
+                config_json: config_json.clone(),
                 failure: p.failure,
                 limits: p.limits,
                 isolation: p.isolation,
                 max_idle: self.max_idle,
                 crash_loop: p.crash_loop,
+                canary,
             };
-            let live = self.metrics.live().plugin(name);
-            match self.plugins.load(spec, &module_code, events.clone(), live, outbound).await {
-                Ok(loaded) => {
+            let at = p.config.as_ref().map_or(span.clone(), |c| c.span());
+            let Some((canary_cfg, (canary_sha, canary_code))) = canary else {
+                let live = self.metrics.live().plugin(name);
+                let spec = spec(module, sha256, false);
+                if let Some(loaded) =
+                    self.load(spec, &module_code, &events, live, &outbound, src, at, &mut errors).await
+                {
                     plugins.insert(name.clone(), Arc::new(loaded));
                 }
-                // One error per mismatch with the plugin's schema, so each
-                // key path gets its own line.
-                Err(weir_plugin_host::LoadError::ConfigSchema(list)) => {
-                    let at = p.config.as_ref().map_or(span.clone(), |c| c.span());
-                    for e in list {
-                        errors.push(
-                            src.error(at.clone(), format!("plugin `{name}` ({module}): {e} (its config schema)")),
-                        );
-                    }
-                }
-                Err(e) => {
-                    let at = p.config.as_ref().map_or(span.clone(), |c| c.span());
-                    errors.push(src.error(at, format!("plugin `{name}` ({module}): {e}")));
-                }
-            }
+                continue;
+            };
+            // A canary: both versions report their calls to the comparison
+            // it shares with earlier snapshots, unless it changed.
+            let fingerprint = format!(
+                "{sha256}/{canary_sha}/{}/{:?}/{:?}/{:?}",
+                sha256_hex(config_json.as_bytes()),
+                p.failure,
+                p.limits,
+                canary_cfg
+            );
+            let state = match self.canaries.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+                Some(s) if s.fingerprint() == fingerprint => s.clone(),
+                _ => Arc::new(CanaryState::new(name, canary_cfg, fingerprint, self.metrics.clone())),
+            };
+            let observer = |arm, live| -> Arc<dyn weir_plugin_host::CallObserver> {
+                Arc::new(ArmObserver { live, state: state.clone(), arm, events: events.clone() })
+            };
+            let live = observer(Arm::Stable, self.metrics.live().plugin(name));
+            let stable = self.load(
+                spec(module, sha256, false),
+                &module_code,
+                &events,
+                live,
+                &outbound,
+                src,
+                at.clone(),
+                &mut errors,
+            );
+            let Some(stable) = stable.await else { continue };
+            let live = observer(Arm::Canary, self.metrics.live().plugin(&format!("{name}@canary")));
+            let spec = spec(&canary_cfg.module, canary_sha, true);
+            let Some(canary) = self.load(spec, &canary_code, &events, live, &outbound, src, at, &mut errors).await
+            else {
+                continue;
+            };
+            plugins.insert(name.clone(), Arc::new(stable));
+            canaries.insert(name.clone(), Arc::new(Canary { canary: Arc::new(canary), state, events: events.clone() }));
         }
 
         // Routes.
@@ -428,6 +389,24 @@ impl Loader {
                     None => {} // the plugin's own error is reported above
                 }
             }
+            // The canaries of the chain's plugins, by position; the route
+            // buffers and streams what either version of each wants.
+            let mut versions: Vec<&Arc<weir_plugin_host::LoadedPlugin>> = chain.iter().collect();
+            let mut route_canaries = None;
+            for (i, c) in r.chain.iter().enumerate() {
+                let Some(canary) = canaries.get(c.get_ref()) else { continue };
+                if i >= 64 {
+                    let why = format!(
+                        "route `{}`: plugin `{}` has a canary, so it must be among the chain's first 64",
+                        r.name,
+                        c.get_ref()
+                    );
+                    errors.push(src.error(c.span(), why));
+                    continue;
+                }
+                route_canaries.get_or_insert_with(|| vec![None; r.chain.len()])[i] = Some(canary.clone());
+                versions.push(&canary.canary);
+            }
             let cache = r.cache.as_ref().map(|c| self.cache(&r.name, c.get_ref()));
             if let (Some(m), Some((backend, upstream_name))) = (matcher, backend) {
                 matchers.push(m);
@@ -435,10 +414,11 @@ impl Loader {
                     name: r.name.as_str().into(),
                     backend,
                     upstream_name,
-                    buffer_request: chain.iter().any(|p| p.phases().contains(Phases::REQUEST_BODY)),
-                    buffer_response: chain.iter().any(|p| p.phases().contains(Phases::RESPONSE_BODY)),
-                    stream_request: chain.iter().any(|p| p.streams().contains(StreamPhases::REQUEST_BODY)),
-                    stream_response: chain.iter().any(|p| p.streams().contains(StreamPhases::RESPONSE_BODY)),
+                    buffer_request: versions.iter().any(|p| p.phases().contains(Phases::REQUEST_BODY)),
+                    buffer_response: versions.iter().any(|p| p.phases().contains(Phases::RESPONSE_BODY)),
+                    stream_request: versions.iter().any(|p| p.streams().contains(StreamPhases::REQUEST_BODY)),
+                    stream_response: versions.iter().any(|p| p.streams().contains(StreamPhases::RESPONSE_BODY)),
+                    canaries: route_canaries.map(Vec::into_boxed_slice),
                     chain,
                     metrics: self.metrics.route(&r.name),
                     matches: serde_json::json!({
@@ -456,7 +436,16 @@ impl Loader {
         if !errors.is_empty() {
             return Err(LoadErrors(errors));
         }
-        self.plugins.retain_modules(&used_modules);
+        self.plugins.retain_modules(&book.used);
+        // The comparisons this snapshot carries on; the others end.
+        {
+            let mut kept = self.canaries.lock().unwrap_or_else(|p| p.into_inner());
+            *kept = canaries.iter().map(|(name, c)| (name.clone(), c.state.clone())).collect();
+            for (name, c) in &canaries {
+                self.metrics.canary_state(name, c.state.status() as i64);
+            }
+        }
+        let ModuleBook { files: module_files, resolved, .. } = book;
         Ok(Snapshot {
             generation,
             config_text: src.text().into(),
@@ -475,6 +464,7 @@ impl Loader {
             recorder,
             module_files,
             resolved,
+            canaries,
             limits: cfg.limits,
             tls,
             tls_files,
@@ -546,6 +536,173 @@ impl Loader {
                 let c = Arc::new(RouteCache::new(config.clone(), self.cache_metrics.cache(name)));
                 caches.insert(name.to_owned(), c.clone());
                 c
+            }
+        }
+    }
+}
+
+/// A module a plugin names: its own, or its canary's.
+struct Wanted<'a> {
+    plugin: &'a str,
+    /// A file name in `plugins_dir` or an `oci://` reference.
+    module: &'a str,
+    /// Where the config names it.
+    span: std::ops::Range<usize>,
+    /// The sha256 the config pins, and where.
+    pin: Option<(&'a str, std::ops::Range<usize>)>,
+    registry: &'a Option<toml::Spanned<weir_config::RegistryConfig>>,
+}
+
+/// What loading a snapshot's modules keeps track of.
+#[derive(Default)]
+struct ModuleBook {
+    /// The digests the snapshot uses (the compile cache keeps these).
+    used: HashSet<String>,
+    /// Where each module was read from, by the name the config gives it.
+    files: BTreeMap<String, PathBuf>,
+    /// What each `oci://` module resolved to.
+    resolved: BTreeMap<String, String>,
+    /// Registry modules pulled by this build: each is pulled once.
+    pulled: HashMap<String, Vec<u8>>,
+}
+
+impl Loader {
+    /// Read (or pull), check and compile the module `w` names: its digest
+    /// and compiled code, or `None` with the problem pushed to `errors`.
+    async fn module(
+        &self,
+        src: &Source,
+        w: &Wanted<'_>,
+        saved: Option<&SavedModules>,
+        plugins_dir: &Path,
+        book: &mut ModuleBook,
+        errors: &mut Vec<LoadError>,
+    ) -> Option<(String, weir_plugin_host::Module)> {
+        let (name, module) = (w.plugin, w.module);
+        let from_registry = module.starts_with(weir_oci::SCHEME);
+        if !from_registry && (module.contains(['/', '\\']) || module.starts_with('.') || module.is_empty()) {
+            errors.push(src.error(
+                w.span.clone(),
+                format!("plugin `{name}`: module {module:?} must be a file name in plugins_dir or an oci:// reference"),
+            ));
+            return None;
+        }
+        // A registry module (unless the last good state has it): pulled
+        // once per build, however many plugins name it.
+        let mut pulled = None;
+        if from_registry && saved.is_none() {
+            if let Some(bytes) = book.pulled.get(module) {
+                pulled = Some(bytes.clone());
+            } else {
+                let registry = w.registry.as_ref().map(|r| r.get_ref());
+                let pin = w.pin.as_ref().map(|(p, _)| *p);
+                match super::oci::fetch(&self.oci_cache, module, registry, pin, self.max_module_size).await {
+                    Ok(fetched) => {
+                        book.files.insert(module.to_owned(), fetched.file);
+                        if let Some(r) = fetched.resolved {
+                            book.resolved.insert(module.to_owned(), r);
+                        }
+                        book.pulled.insert(module.to_owned(), fetched.bytes.clone());
+                        pulled = Some(fetched.bytes);
+                    }
+                    Err(e) => {
+                        errors.push(src.error(w.span.clone(), format!("plugin `{name}`: {e}")));
+                        return None;
+                    }
+                }
+            }
+        }
+        let (file, within, expected) = match saved {
+            None if from_registry => (book.files.get(module).cloned().unwrap_or_default(), PathBuf::new(), None),
+            None => (plugins_dir.join(module), plugins_dir.to_owned(), None),
+            Some(saved) => match saved.get(module) {
+                Some((file, sha)) => (file, saved.dir().to_owned(), Some(sha)),
+                None => {
+                    let why = format!("{module} is not in the last good state's modules");
+                    errors.push(src.error(w.span.clone(), format!("plugin `{name}`: {why}")));
+                    return None;
+                }
+            },
+        };
+        let read = match pulled {
+            Some(bytes) => Ok(bytes),
+            None => read_module(&file, &within, self.max_module_size).await,
+        };
+        book.files.insert(module.to_owned(), file.clone());
+        let bytes = match read {
+            Ok(b) => b,
+            Err(e) => {
+                let why = match e {
+                    FileError::Read(e) => format!("cannot read {}: {e}", file.display()),
+                    other => format!("{} {other}", file.display()),
+                };
+                errors.push(src.error(w.span.clone(), format!("plugin `{name}`: {why}")));
+                return None;
+            }
+        };
+        let sha256 = sha256_hex(&bytes);
+        if let Some(expected) = expected
+            && expected != sha256
+        {
+            let why = format!("saved module {} has sha256 {sha256}, not {expected}", file.display());
+            errors.push(src.error(w.span.clone(), format!("plugin `{name}`: {why}")));
+            return None;
+        }
+        if let Some((pin, at)) = &w.pin
+            && !pin.eq_ignore_ascii_case(&sha256)
+        {
+            errors.push(src.error(
+                at.clone(),
+                format!("plugin `{name}`: {} has sha256 {sha256}, but the config pins {pin}", file.display()),
+            ));
+            return None;
+        }
+        match self.plugins.compile(&sha256, bytes).await {
+            Ok(code) => {
+                book.used.insert(sha256.clone());
+                Some((sha256, code))
+            }
+            Err(e) => {
+                errors.push(src.error(
+                    w.span.clone(),
+                    format!("plugin `{name}`: {} is not a valid plugin component: {e}", file.display()),
+                ));
+                None
+            }
+        }
+    }
+
+    /// Load the plugin `spec` on `code`: `None` with its problems pushed to
+    /// `errors`, at `at` (its config).
+    #[allow(clippy::too_many_arguments)]
+    async fn load(
+        &self,
+        spec: PluginSpec,
+        code: &weir_plugin_host::Module,
+        events: &Arc<dyn EventSink>,
+        live: Arc<dyn weir_plugin_host::CallObserver>,
+        outbound: &Arc<crate::upstream::callout::Callouts>,
+        src: &Source,
+        at: std::ops::Range<usize>,
+        errors: &mut Vec<LoadError>,
+    ) -> Option<weir_plugin_host::LoadedPlugin> {
+        let (name, module) = (spec.name.clone(), spec.module.clone());
+        let version = if spec.canary { " canary" } else { "" };
+        match self.plugins.load(spec, code, events.clone(), live, outbound.clone()).await {
+            Ok(loaded) => Some(loaded),
+            // One error per mismatch with the plugin's schema, so each key
+            // path gets its own line.
+            Err(weir_plugin_host::LoadError::ConfigSchema(list)) => {
+                for e in list {
+                    errors.push(
+                        src.error(at.clone(), format!("plugin `{name}`{version} ({module}): {e} (its config schema)")),
+                    );
+                }
+                None
+            }
+            Err(e) => {
+                errors.push(src.error(at, format!("plugin `{name}`{version} ({module}): {e}")));
+                None
             }
         }
     }

@@ -19,6 +19,7 @@ use weir_plugin_host::LoadedPlugin;
 
 use crate::aggregate::Aggregate;
 use crate::cache::RouteCache;
+use crate::canary::Canary;
 use crate::observe::access_log::AccessLog;
 use crate::observe::events::Webhook;
 use crate::observe::metrics::RouteMetrics;
@@ -35,8 +36,11 @@ pub(crate) struct Route {
     pub(crate) backend: Backend,
     /// The upstream, or the parts' upstreams, for logs and the admin API.
     pub(crate) upstream_name: Arc<str>,
-    /// Plugins in chain order.
+    /// Plugins in chain order (their stable versions).
     pub(crate) chain: Vec<Arc<LoadedPlugin>>,
+    /// The canaries of the chain's plugins, by chain position; `None` when
+    /// no plugin of the chain has one.
+    pub(crate) canaries: Option<Box<[Option<Arc<Canary>>]>>,
     /// Whether some plugin wants the whole request body.
     pub(crate) buffer_request: bool,
     /// Whether some plugin wants the whole response body.
@@ -81,8 +85,10 @@ pub(crate) struct Snapshot {
     pub(crate) router: Router,
     /// Upstreams by name.
     pub(crate) upstreams: BTreeMap<String, Arc<Upstream>>,
-    /// Plugins by name.
+    /// Plugins by name (their stable versions).
     pub(crate) plugins: BTreeMap<String, Arc<LoadedPlugin>>,
+    /// The canary versions, by plugin name.
+    pub(crate) canaries: BTreeMap<String, Arc<Canary>>,
     /// Metrics for requests no route matched.
     pub(crate) unrouted: RouteMetrics,
     /// `[state]` of the file it came from (the store itself is built once,
