@@ -33,7 +33,7 @@ pub struct CanaryConfig {
     /// How a request is assigned: `"client"` (by client address, so one
     /// client stays on one version), `"request"` (each request drawn on its
     /// own), `"header:NAME"` (by a request header's value, as the chain left
-    /// it when it reaches the plugin) or `"chain:PLUGIN/KEY"` (by a value an
+    /// it when it reaches the plugin) or `"data:PLUGIN.KEY"` (by a value an
     /// earlier plugin published, e.g. the authenticated user). Without the
     /// header or value, the client address decides.
     #[serde(default)]
@@ -107,7 +107,7 @@ pub enum Sticky {
 }
 
 impl Sticky {
-    /// Parse `client`, `request`, `header:NAME` or `chain:PLUGIN/KEY`.
+    /// Parse `client`, `request`, `header:NAME` or `data:PLUGIN.KEY`.
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {
             "client" => Ok(Sticky::Client),
@@ -123,15 +123,15 @@ impl Sticky {
                         Err(format!("{name:?} is not a header name"))
                     };
                 }
-                if let Some(rest) = s.strip_prefix("chain:") {
-                    return match rest.split_once('/') {
+                if let Some(rest) = s.strip_prefix("data:") {
+                    return match rest.split_once('.') {
                         Some((plugin, key)) if crate::valid_name(plugin) && !key.is_empty() => {
                             Ok(Sticky::Chain(plugin.to_owned(), key.to_owned()))
                         }
-                        _ => Err(format!("\"chain:{rest}\" must be chain:PLUGIN/KEY")),
+                        _ => Err(format!("sticky = \"data:{rest}\" must be data:PLUGIN.KEY")),
                     };
                 }
-                Err(format!("sticky = {s:?} is not one of client, request, header:NAME, chain:PLUGIN/KEY"))
+                Err(format!("sticky = {s:?} is not one of client, request, header:NAME, data:PLUGIN.KEY"))
             }
         }
     }
@@ -143,7 +143,7 @@ impl fmt::Display for Sticky {
             Sticky::Client => f.write_str("client"),
             Sticky::Request => f.write_str("request"),
             Sticky::Header(h) => write!(f, "header:{h}"),
-            Sticky::Chain(p, k) => write!(f, "chain:{p}/{k}"),
+            Sticky::Chain(p, k) => write!(f, "data:{p}.{k}"),
         }
     }
 }
@@ -177,5 +177,49 @@ impl CanaryConfig {
             return Err(format!("rollback.window must be 1s to 1h, not {:?}", r.window));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sticky_forms_parse_and_print_back() {
+        for (text, sticky) in [
+            ("client", Sticky::Client),
+            ("request", Sticky::Request),
+            ("header:X-User", Sticky::Header("x-user".into())),
+            ("data:auth.x-auth-sub", Sticky::Chain("auth".into(), "x-auth-sub".into())),
+        ] {
+            assert_eq!(Sticky::parse(text), Ok(sticky.clone()), "{text}");
+            assert_eq!(Sticky::parse(&sticky.to_string()), Ok(sticky));
+        }
+        for bad in ["", "cookie", "header:", "header:a b", "data:auth", "data:.key", "data:a/b.c"] {
+            assert!(Sticky::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn settings_out_of_range_are_named() {
+        let ok = CanaryConfig {
+            module: "v2.wasm".into(),
+            sha256: None,
+            percent: 10.0,
+            sticky: Sticky::Client,
+            rollback: RollbackConfig::default(),
+        };
+        assert_eq!(ok.check(), Ok(()));
+        let with = |f: &dyn Fn(&mut CanaryConfig)| {
+            let mut c = ok.clone();
+            f(&mut c);
+            c.check().expect_err("refused")
+        };
+        assert!(with(&|c| c.percent = -1.0).contains("percent"));
+        assert!(with(&|c| c.percent = f64::NAN).contains("percent"));
+        assert!(with(&|c| c.rollback.max_error_rate = 1.5).contains("max_error_rate"));
+        assert!(with(&|c| c.rollback.max_p99_ratio = Some(0.5)).contains("max_p99_ratio"));
+        assert!(with(&|c| c.rollback.min_requests = 0).contains("min_requests"));
+        assert!(with(&|c| c.rollback.window = Duration::from_millis(10)).contains("window"));
     }
 }

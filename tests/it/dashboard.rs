@@ -7,10 +7,11 @@ use std::process::Command;
 use weir_tests::{Registry, TestGateway, Upstream, fixture, weir_binary, workspace_root};
 
 /// `other` comes from an OCI registry (`other_module`), `tag` from the
-/// plugins folder.
+/// plugins folder, with a canary version that takes no traffic (0%).
 fn config(upstream: &str, other_module: &str) -> String {
     format!(
         "[plugins.tag]\nmodule = \"probe.wasm\"\nconfig = {{ tag = \"t\" }}\n\
+         canary = {{ module = \"probe.wasm\", percent = 0 }}\n\
          [plugins.other]\nmodule = \"{other_module}\"\nregistry = {{ insecure = true }}\noutbound = [\"content\"]\n\
          config = {{ tag = \"o\", callout = [\"content /ping\"] }}\n\
          [upstreams.catalog]\ntargets = [\"{upstream}\"]\n\
@@ -109,6 +110,9 @@ async fn dashboard_shows_the_config_and_live_traffic_in_headless_chromium() {
     assert_eq!(before["pluginTag"][6], "6", "{before}");
     assert_eq!(before["shopStroke"], "var(--idle)", "no traffic on shop yet");
     assert_eq!(before["pluginOther"][13], "may call content", "no outbound call yet: {before}");
+    // A canary version shows under its plugin's module, with where it stands.
+    let module = before["pluginTag"][1].as_str().unwrap_or_default();
+    assert!(module.contains("canary probe.wasm") && module.contains("0% · failed 0.0% vs 0.0%"), "{before}");
     // The registry module, with what its tag resolved to.
     let module = before["pluginOther"][1].as_str().unwrap_or_default();
     assert!(module.starts_with(&other) && module.contains("@ sha256:"), "{before}");

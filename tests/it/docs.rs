@@ -23,8 +23,8 @@
 //!   the built modules, so a wrong key in a plugin's own `config` fails too
 //!   (a module the suite does not build fails, unless it is one of
 //!   [`EXAMPLE_MODULES`], the reader's own plugins in the plugin guide, or
-//!   an `oci://` reference, which would need the registry: those are
-//!   parsed, not loaded).
+//!   an `oci://` reference, which would need the registry: a plugin whose
+//!   module or canary module is one of those is parsed, not loaded).
 //!   The rest is parsed, not loaded: a fragment may name upstreams,
 //!   certificates or files that it does not show.
 //! * ```` ```toml targets-file ````: a `targets_file` (the `targets` and
@@ -291,9 +291,10 @@ async fn check_config(block: &Block) -> Result<(), String> {
     // Its plugin instances, loaded: each plugin checks its own `config`.
     let mut plugins = doc.get("plugins").cloned().unwrap_or_default();
     if let Some(plugins) = plugins.as_object_mut() {
-        plugins.retain(|_, p| {
-            !p["module"].as_str().is_some_and(|m| EXAMPLE_MODULES.contains(&m) || m.starts_with("oci://"))
-        });
+        // A canary's module counts too.
+        let example =
+            |m: &serde_json::Value| m.as_str().is_some_and(|m| EXAMPLE_MODULES.contains(&m) || m.starts_with("oci://"));
+        plugins.retain(|_, p| !example(&p["module"]) && !example(&p["canary"]["module"]));
         if !plugins.is_empty() {
             // The upstreams their `outbound` lists name, so those load too
             // (as stand-ins: nothing is sent at load).
