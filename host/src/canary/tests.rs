@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use weir_config::{CanaryConfig, RollbackConfig, Sticky};
-use weir_plugin_host::{EventRecord, EventSink};
+use weir_plugin_host::{ChainData, EventRecord, EventSink, Heads, LentRequest, RequestInfo};
 
 use super::*;
 
@@ -147,4 +147,51 @@ fn the_window_forgets_old_failures() {
         s.record(Arm::Canary, false, 0.001, &sink);
     }
     assert_eq!(s.status(), Status::Comparing);
+}
+
+/// Heads with `headers`, and chain data `(plugin, key, value)`.
+fn heads(headers: &[(&str, &str)], data: &[(&str, &str, &str)]) -> Heads {
+    let mut b = http::Request::get("/");
+    for (n, v) in headers {
+        b = b.header(*n, *v);
+    }
+    let parts = b.body(()).expect("request").into_parts().0;
+    let info = Arc::new(RequestInfo {
+        client: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+        authority: "example.com".into(),
+        route: "r".into(),
+        request_id: "id".into(),
+        params: Vec::new(),
+        tls: None,
+    });
+    let mut chain = ChainData::default();
+    for (plugin, key, value) in data {
+        chain.restore(plugin, (*key).to_owned(), value.as_bytes().to_vec());
+    }
+    Heads { request: LentRequest::new(parts, info), response: None, chain, outbound: Default::default() }
+}
+
+#[test]
+fn a_header_or_a_chain_value_keys_the_draw_and_the_address_stands_in_for_it() {
+    for sticky in [Sticky::Header("x-user".into()), Sticky::Chain("auth".into(), "sub".into())] {
+        let s = state(50.0, sticky.clone(), RollbackConfig::default());
+        let keyed = |user: &str| match &sticky {
+            Sticky::Header(_) => heads(&[("x-user", user)], &[]),
+            _ => heads(&[], &[("auth", "sub", user)]),
+        };
+        let mut on_canary = 0;
+        for u in 0..200 {
+            let user = format!("user-{u}");
+            // The same user from any address: one version.
+            let first = s.arm(Some(&keyed(&user)), client(1));
+            assert!((2..20).all(|n| s.arm(Some(&keyed(&user)), client(n)) == first), "{sticky}: {user} moved");
+            on_canary += usize::from(first == Arm::Canary);
+        }
+        assert!((70..=130).contains(&on_canary), "{sticky}: {on_canary} of 200 users");
+        // Without the key, the client address decides, as with "client".
+        let by_client = state(50.0, Sticky::Client, RollbackConfig::default());
+        for n in 0..50 {
+            assert_eq!(s.arm(Some(&heads(&[], &[])), client(n)), by_client.arm(None, client(n)), "{sticky}");
+        }
+    }
 }

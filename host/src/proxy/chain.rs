@@ -394,7 +394,8 @@ impl<'a> Chain<'a> {
             if !out.is_empty() {
                 out.push(' ');
             }
-            out.push_str(plugin.name());
+            // `auth@canary:ok` for a canary version's call.
+            out.push_str(&plugin.spec().label());
             out.push(':');
             out.push_str(what);
             // `auth:ok(idp=200,authz=timeout)`: each outbound call.

@@ -33,6 +33,7 @@ pub(crate) async fn fetch(
     pin: Option<&str>,
     max_size: u64,
 ) -> Result<Fetched, String> {
+    let started = std::time::Instant::now();
     let reference = Reference::parse(module).map_err(|e| e.to_string())?;
     let defaults = RegistryConfig::default();
     let r = registry.unwrap_or(&defaults);
@@ -72,10 +73,11 @@ pub(crate) async fn fetch(
         .manifest_digest
         .as_ref()
         .map(|d| format!("oci://{}/{}@{d}", reference.registry(), reference.repository()));
+    let took_ms = started.elapsed().as_secs_f64() * 1e3;
     if fetched.from_cache {
-        tracing::debug!(module, "module served from the OCI cache");
+        tracing::debug!(module, took_ms, "module served from the OCI cache");
     } else {
-        tracing::info!(module, resolved = resolved.as_deref().unwrap_or("-"), "module pulled");
+        tracing::info!(module, resolved = resolved.as_deref().unwrap_or("-"), took_ms, "module pulled");
     }
     Ok(Fetched { bytes: fetched.bytes, file, resolved })
 }
