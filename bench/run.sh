@@ -13,6 +13,12 @@ if ! need wrk || ! need nginx || ! need taskset || ! need openssl; then
 fi
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
+# protoc: the etcd client's build script needs it (fleet mode).
+if ! command -v protoc >/dev/null 2>&1; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler >/dev/null
+fi
+
 plugins=()
 for dir in plugins/*/; do plugins+=(-p "$(basename "$dir")"); done
 cargo build --release --target wasm32-wasip2 "${plugins[@]}"

@@ -15,12 +15,16 @@ rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add was
 # Debian packages the tests need: redis-server (the cluster-state tests
 # start real Redis processes), docker-registry (the CNCF distribution
 # registry: the OCI tests push and pull plugin modules through a real one),
+# etcd-server (the fleet tests keep the configuration in a real etcd),
+# protobuf-compiler (protoc: the etcd client's build script needs it),
 # chromium (the dashboard is tested in a real
 # headless browser), Node.js with npm (to drive it with playwright-core),
 # curl and h2load (real HTTP/2 and TLS clients).
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
+[ -x /usr/bin/etcd ] || missing+=(etcd-server)
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
 [ -x /usr/bin/chromium ] || missing+=(chromium)

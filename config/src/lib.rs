@@ -971,9 +971,12 @@ impl std::error::Error for LoadErrors {}
 /// The source text of a config file, to turn spans into line numbers.
 #[derive(Debug, Clone)]
 pub struct Source {
-    /// Path of the file as given.
+    /// Path of the file as given (what errors name: for a configuration
+    /// kept in etcd, `etcd://HOST:PORT/PREFIX/config`).
     pub path: PathBuf,
     text: String,
+    /// Where relative paths resolve, when not beside `path`.
+    base: Option<PathBuf>,
 }
 
 impl Source {
@@ -981,12 +984,19 @@ impl Source {
     pub fn read(path: &Path) -> Result<Self, LoadErrors> {
         let text = files::read_text(path, files::MAX_CONFIG_SIZE)
             .map_err(|e| LoadErrors(vec![LoadError { file: path.to_owned(), line: None, message: e.to_string() }]))?;
-        Ok(Self { path: path.to_owned(), text })
+        Ok(Self { path: path.to_owned(), text, base: None })
     }
 
     /// A source from text (tests, fuzzing).
     pub fn from_text(path: impl Into<PathBuf>, text: impl Into<String>) -> Self {
-        Self { path: path.into(), text: text.into() }
+        Self { path: path.into(), text: text.into(), base: None }
+    }
+
+    /// The same text with relative paths resolved against `dir` (a
+    /// configuration that is not a file: etcd's).
+    pub fn with_base_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.base = Some(dir.into());
+        self
     }
 
     /// The 1-based line of a byte offset.
@@ -1009,7 +1019,7 @@ impl Source {
 
     /// The directory relative paths in the file are resolved against.
     pub fn base_dir(&self) -> PathBuf {
-        base_dir_of(&self.path)
+        self.base.clone().unwrap_or_else(|| base_dir_of(&self.path))
     }
 
     /// The text as read.

@@ -20,6 +20,7 @@
 //! | metrics, the dashboard's series, access log, traces, plugin events | `observe` |
 //! | the admin API and the dashboard | `admin` |
 //! | snapshots: building one from the config, hot reload | `snapshot` |
+//! | fleet mode: the configuration in etcd, watched | `fleet` |
 //! | shared by the rooms: bodies, the typed error, header rules, TLS material | `body`, `error`, `headers`, `tls` |
 //!
 //! The config schema is the `weir-config` crate; everything that touches
@@ -45,6 +46,7 @@ mod body;
 mod cache;
 mod canary;
 mod error;
+pub mod fleet;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod headers;
@@ -86,8 +88,11 @@ pub(crate) struct Shared {
     pub(crate) snapshot: ArcSwap<Snapshot>,
     /// Builds snapshots.
     pub(crate) loader: Loader,
-    /// The config file.
+    /// The config file (for a configuration in etcd, what errors name it:
+    /// `etcd://HOST:PORT/PREFIX/config`).
     pub(crate) config_path: PathBuf,
+    /// Where the configuration comes from.
+    pub(crate) origin: Origin,
     /// Reload bookkeeping.
     pub(crate) status: Mutex<ReloadStatus>,
     /// One reload at a time.
@@ -99,6 +104,43 @@ pub(crate) struct Shared {
     /// Where each published snapshot is saved as the last good state
     /// (none for a gateway made by [`Gateway::load`]).
     pub(crate) last_good: Option<LastGood>,
+}
+
+/// Where a gateway's configuration comes from.
+#[derive(Clone)]
+pub(crate) enum Origin {
+    /// The file at `Shared::config_path`, watched.
+    File,
+    /// A document in etcd, watched.
+    Etcd(Arc<fleet::source::EtcdSource>),
+}
+
+/// What stays node-local when many gateways share one configuration: each
+/// overrides the configuration's `[server]` key of the same name.
+#[derive(Debug, Clone, Default)]
+pub struct NodeLocal {
+    /// Over `[server] listen`.
+    pub listen: Option<SocketAddr>,
+    /// Over `[server] admin_listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// Over `[server] plugins_dir` (absolute, or relative to where
+    /// relative paths of the configuration resolve).
+    pub plugins_dir: Option<PathBuf>,
+}
+
+impl NodeLocal {
+    /// Put the node's own settings into `cfg`.
+    pub(crate) fn apply(&self, cfg: &mut weir_config::GatewayConfig) {
+        if let Some(a) = self.listen {
+            cfg.server.listen = a;
+        }
+        if let Some(a) = self.admin_listen {
+            cfg.server.admin_listen = Some(a);
+        }
+        if let Some(d) = &self.plugins_dir {
+            cfg.server.plugins_dir = d.clone();
+        }
+    }
 }
 
 /// The outcome of the latest reload attempts.
@@ -165,6 +207,9 @@ pub struct StartOptions {
     pub strict: bool,
     /// The state folder, over `[server] state_dir` and the default.
     pub state_dir: Option<PathBuf>,
+    /// This node's own listen addresses and plugins folder, over the
+    /// configuration's.
+    pub node: NodeLocal,
 }
 
 /// Where a gateway being booted saves its last good state.
@@ -189,7 +234,7 @@ impl Gateway {
     /// and embedders (the tests) use; `weir run` uses [`Gateway::start`].
     pub async fn load(config_path: impl AsRef<Path>) -> Result<Self, LoadErrors> {
         let source = Source::read(config_path.as_ref())?;
-        Self::boot(&source, None, StateDir::Off).await
+        Self::boot(&source, None, StateDir::Off, Origin::File, NodeLocal::default()).await
     }
 
     /// Load `config_path` and everything it names. If that fails and
@@ -201,8 +246,53 @@ impl Gateway {
     pub async fn start(config_path: impl AsRef<Path>, options: StartOptions) -> Result<Self, LoadErrors> {
         let path = config_path.as_ref().to_owned();
         let source = Source::read(&path);
+        Self::start_from(path, source, Origin::File, options).await
+    }
+
+    /// [`Gateway::start`] for a configuration kept in etcd, at `location`
+    /// (`etcd://HOST:PORT[,HOST:PORT]/PREFIX`): read once now, then watched
+    /// from [`Gateway::bind`] on. With etcd out of reach (or nothing pushed
+    /// yet) it starts from the last good state, as for a broken file, and
+    /// the watch picks up the configuration once etcd answers. Relative
+    /// paths in the configuration resolve against the working directory.
+    pub async fn start_etcd(location: &str, access: fleet::Access, options: StartOptions) -> Result<Self, LoadErrors> {
+        let loc =
+            fleet::Location::parse(location, access.tls()).map_err(|e| snapshot::file_error(Path::new(location), e))?;
+        let path = loc.source_path();
+        let base =
+            std::env::current_dir().map_err(|e| snapshot::file_error(&path, format!("the working directory: {e}")))?;
+        let etcd = Arc::new(fleet::source::EtcdSource::new(loc, access, base.clone()));
+        let source = match etcd.fetch().await {
+            Ok(Some(stored)) => {
+                let source = Source::from_text(&path, stored.text.clone()).with_base_dir(base);
+                etcd.set_latest(stored);
+                Ok(source)
+            }
+            Ok(None) => Err(snapshot::file_error(
+                &path,
+                "no configuration has been pushed here yet: `weir config push gateway.toml LOCATION`",
+            )),
+            Err(e) => Err(snapshot::file_error(&path, e)),
+        };
+        Self::start_from(path, source, Origin::Etcd(etcd), options).await
+    }
+
+    /// Start from `source` (read from `path`), or from the last good state.
+    async fn start_from(
+        path: PathBuf,
+        source: Result<Source, LoadErrors>,
+        origin: Origin,
+        options: StartOptions,
+    ) -> Result<Self, LoadErrors> {
+        let base = match &origin {
+            Origin::Etcd(e) => Some(e.base_dir.clone()),
+            Origin::File => None,
+        };
         let disk = match &source {
-            Ok(source) => Self::boot(source, None, StateDir::Configured(options.state_dir.clone())).await,
+            Ok(source) => {
+                let state = StateDir::Configured(options.state_dir.clone());
+                Self::boot(source, None, state, origin.clone(), options.node.clone()).await
+            }
             Err(e) => Err(e.clone()),
         };
         let errors = match disk {
@@ -224,7 +314,7 @@ impl Gateway {
             .or_else(|| source.as_ref().ok().and_then(|s| snapshot::last_good::state_dir_in(s.text(), &path)))
             .unwrap_or_else(|| default_state_dir(&path));
         let store = LastGood::new(dir.clone());
-        let saved = match tokio::task::spawn_blocking({
+        let mut saved = match tokio::task::spawn_blocking({
             let (store, path) = (store.clone(), path.clone());
             move || store.read(&path)
         })
@@ -250,20 +340,24 @@ impl Gateway {
             state_dir = %dir.display(),
             generation = saved.generation,
             saved_at_ms = saved.saved_at_ms,
-            "STARTING FROM THE LAST GOOD CONFIG: {} failed to load (errors above); serving what was last published and watching the file",
+            "STARTING FROM THE LAST GOOD CONFIG: {} failed to load (errors above); serving what was last published and watching for a new one",
             path.display(),
         );
-        let gateway = match Self::boot(&saved.source, Some(&saved), StateDir::At(dir.clone())).await {
-            Ok(g) => g,
-            Err(more) => {
-                let mut all = errors;
-                all.0.extend(more.0.into_iter().map(|mut e| {
-                    e.message = format!("in the last good state ({}): {}", dir.display(), e.message);
-                    e
-                }));
-                return Err(all);
-            }
-        };
+        if let Some(base) = base {
+            saved.source = saved.source.with_base_dir(base);
+        }
+        let gateway =
+            match Self::boot(&saved.source, Some(&saved), StateDir::At(dir.clone()), origin, options.node).await {
+                Ok(g) => g,
+                Err(more) => {
+                    let mut all = errors;
+                    all.0.extend(more.0.into_iter().map(|mut e| {
+                        e.message = format!("in the last good state ({}): {}", dir.display(), e.message);
+                        e
+                    }));
+                    return Err(all);
+                }
+            };
         {
             let mut status = gateway.shared.status.lock().unwrap_or_else(|p| p.into_inner());
             status.serving_last_good = true;
@@ -281,7 +375,13 @@ impl Gateway {
     /// Build the runtime and a first snapshot from `source` (modules from
     /// `saved` when given, else the plugins folder). Each published snapshot
     /// is saved to the state folder `state_dir` resolves to, if any.
-    async fn boot(source: &Source, saved: Option<&Saved>, state_dir: StateDir) -> Result<Self, LoadErrors> {
+    async fn boot(
+        source: &Source,
+        saved: Option<&Saved>,
+        state_dir: StateDir,
+        origin: Origin,
+        node: NodeLocal,
+    ) -> Result<Self, LoadErrors> {
         let path = source.path().to_owned();
         let cfg = source.parse()?;
         let state_dir = match state_dir {
@@ -309,7 +409,7 @@ impl Gateway {
         let events = Arc::new(Events::new(cfg.events.queue, metrics.clone()));
         let families = (upstream_metrics, cache_metrics);
         let oci_cache = snapshot::oci::cache_dir(&cfg.runtime, &source.base_dir());
-        let loader = Loader::new(plugins, events, metrics.clone(), families, &cfg.runtime, oci_cache);
+        let loader = Loader::new(plugins, events, metrics.clone(), families, &cfg.runtime, oci_cache, node);
         let snapshot = loader.build_from(source, cfg, saved.map(|s| &s.modules), 1).await?;
         metrics.set_generation(1);
         Ok(Self {
@@ -317,6 +417,7 @@ impl Gateway {
                 snapshot: ArcSwap::from_pointee(snapshot),
                 loader,
                 config_path: path,
+                origin,
                 status: Mutex::new(ReloadStatus::default()),
                 reload_lock: tokio::sync::Mutex::new(()),
                 metrics,
@@ -386,7 +487,11 @@ impl Gateway {
         } else {
             None
         };
-        Ok(Bound { shared: self.shared, proxy, tls, admin, watch, workers })
+        let etcd = match &self.shared.origin {
+            Origin::Etcd(source) => Some(fleet::source::watch(self.shared.clone(), source.clone())),
+            Origin::File => None,
+        };
+        Ok(Bound { shared: self.shared, proxy, tls, admin, watch, etcd, workers })
     }
 }
 
@@ -397,6 +502,8 @@ pub struct Bound {
     tls: Option<TcpListener>,
     admin: Option<TcpListener>,
     watch: Option<snapshot::reload::WatchHandle>,
+    /// The etcd watch, in fleet mode.
+    etcd: Option<fleet::source::WatchHandle>,
     workers: Workers,
 }
 
@@ -421,6 +528,7 @@ impl Bound {
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send) -> anyhow::Result<()> {
         let result = listen::serve(self.shared, self.proxy, self.tls, self.admin, self.workers, shutdown).await;
         drop(self.watch);
+        drop(self.etcd);
         result
     }
 }

@@ -29,9 +29,21 @@ struct Cli {
 enum Command {
     /// Serve with a configuration (reloaded live when it or a module changes).
     Run {
-        /// Path to gateway.toml.
+        /// Path to gateway.toml, or etcd://HOST:PORT[,HOST:PORT]/PREFIX for
+        /// a configuration kept in etcd (fleet mode).
         #[arg(short, long, default_value = "gateway.toml")]
-        config: PathBuf,
+        config: String,
+        /// This node's proxy address, over `[server] listen`.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// This node's admin address, over `[server] admin_listen`.
+        #[arg(long)]
+        admin_listen: Option<std::net::SocketAddr>,
+        /// This node's plugins folder, over `[server] plugins_dir`.
+        #[arg(long)]
+        plugins_dir: Option<PathBuf>,
+        #[command(flatten)]
+        etcd: EtcdArgs,
         /// Runtime worker threads (default: one per CPU).
         #[arg(long)]
         workers: Option<usize>,
@@ -68,6 +80,63 @@ enum ConfigCommand {
     /// Print the JSON Schema of gateway.toml (for editors: taplo, Even
     /// Better TOML).
     Schema,
+    /// Check a configuration as `weir check` does, then store it in etcd
+    /// for a fleet: one transaction, refused if the stored configuration
+    /// changed since this file was pulled.
+    Push {
+        /// The gateway.toml to push.
+        file: PathBuf,
+        /// etcd://HOST:PORT[,HOST:PORT]/PREFIX
+        location: String,
+        /// Overwrite whatever is stored, without checking its revision.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// Write the configuration stored in etcd to a file (or stdout), with
+    /// the revision it was read at as its last line, for `weir config push`.
+    Pull {
+        /// etcd://HOST:PORT[,HOST:PORT]/PREFIX
+        location: String,
+        /// The file to write (default: stdout).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+}
+
+/// How to reach etcd (with an etcd:// location).
+#[derive(clap::Args, Default)]
+struct EtcdArgs {
+    /// etcd user name.
+    #[arg(long)]
+    etcd_username: Option<String>,
+    /// The environment variable holding the etcd password.
+    #[arg(long, requires = "etcd_username")]
+    etcd_password_env: Option<String>,
+    /// CA certificate (PEM): speak TLS to etcd, verified against it.
+    #[arg(long)]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd, with --etcd-key.
+    #[arg(long, requires_all = ["etcd_key", "etcd_ca"])]
+    etcd_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+}
+
+impl EtcdArgs {
+    fn access(self) -> weir::fleet::Access {
+        weir::fleet::Access {
+            username: self.etcd_username,
+            password_env: self.etcd_password_env,
+            ca: self.etcd_ca,
+            cert: self.etcd_cert,
+            key: self.etcd_key,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -176,12 +245,27 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { config, strict, state_dir, workers, reuse_port } => {
+            Command::Run {
+                config,
+                strict,
+                state_dir,
+                workers,
+                reuse_port,
+                listen,
+                admin_listen,
+                plugins_dir,
+                etcd,
+            } => {
                 let workers = match (reuse_port, workers) {
                     (true, Some(n)) => weir::Workers::ReusePort(n.max(1)),
                     _ => weir::Workers::Shared,
                 };
-                run(config, weir::StartOptions { strict, state_dir }, workers).await.map(|()| ExitCode::SUCCESS)
+                // Paths given here are the node's own: relative to where it
+                // was started.
+                let plugins_dir = plugins_dir.map(|d| std::path::absolute(&d).unwrap_or(d));
+                let node = weir::NodeLocal { listen, admin_listen, plugins_dir };
+                let options = weir::StartOptions { strict, state_dir, node };
+                run(config, options, etcd.access(), workers).await.map(|()| ExitCode::SUCCESS)
             }
             Command::Check { config } => check(config).await.map(|()| ExitCode::SUCCESS),
             Command::Plugin(PluginCommand::New { name, template, dir, sdk }) => {
@@ -209,6 +293,22 @@ fn main() -> ExitCode {
                 println!("{:#}", weir_config::schema());
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Config(ConfigCommand::Push { file, location, force, etcd }) => {
+                let revision = weir::fleet::push(&file, &location, &etcd.access(), force).await?;
+                println!("pushed {} to {location}: revision {revision}", file.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Config(ConfigCommand::Pull { location, output, etcd }) => {
+                let text = weir::fleet::pull(&location, &etcd.access()).await.map_err(anyhow::Error::msg)?;
+                match output {
+                    Some(file) => {
+                        std::fs::write(&file, text)
+                            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", file.display()))?;
+                    }
+                    None => print!("{text}"),
+                }
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     match result {
@@ -220,8 +320,17 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: PathBuf, options: weir::StartOptions, workers: weir::Workers) -> anyhow::Result<()> {
-    let gateway = weir::Gateway::start(&config, options).await?;
+async fn run(
+    config: String,
+    options: weir::StartOptions,
+    etcd: weir::fleet::Access,
+    workers: weir::Workers,
+) -> anyhow::Result<()> {
+    let gateway = if config.starts_with(weir::fleet::SCHEME) {
+        weir::Gateway::start_etcd(&config, etcd, options).await?
+    } else {
+        weir::Gateway::start(&config, options).await?
+    };
     let bound = gateway.bind_with(workers).await?;
     bound.serve(shutdown_signal()).await
 }

@@ -13,6 +13,7 @@ mod cluster;
 mod dashboard;
 mod docs;
 mod ext_authz;
+mod fleet;
 mod framing;
 mod fuzz_corpus;
 mod grpc;

@@ -1068,3 +1068,96 @@ fn registry_answers(addr: SocketAddr) -> bool {
     let mut head = [0u8; 12];
     s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
 }
+
+// ---- etcd ----------------------------------------------------------------
+
+/// A real etcd server (Debian's `etcd-server` package) on loopback, with
+/// its own data folder, for the fleet tests. `scripts/test.sh` installs it
+/// on a fresh machine. It can be stopped and started again on the same
+/// ports and data (an outage).
+pub struct Etcd {
+    child: Option<std::process::Child>,
+    /// The client address.
+    pub addr: SocketAddr,
+    peer: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// Start one and wait until it answers.
+    pub fn start() -> Self {
+        assert!(
+            Path::new("/usr/bin/etcd").is_file(),
+            "the fleet tests need Debian's etcd-server package (`apt-get install etcd-server`; scripts/test.sh does)"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let peer = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut etcd = Self { child: None, addr, peer, dir };
+        etcd.resume();
+        etcd
+    }
+
+    /// `etcd://127.0.0.1:PORT/{prefix}`.
+    pub fn location(&self, prefix: &str) -> String {
+        format!("etcd://{}/{prefix}", self.addr)
+    }
+
+    /// Start it again after [`Etcd::stop`], on the same ports and data.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "etcd is running");
+        let (client, peer) = (format!("http://{}", self.addr), format!("http://{}", self.peer));
+        let child = Command::new("/usr/bin/etcd")
+            .args(["--name", "test", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("test={peer}"), "--log-level", "error"])
+            .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if etcd_answers(self.addr) {
+                return;
+            }
+            if let Some(c) = self.child.as_mut()
+                && c.try_wait().ok().flatten().is_some()
+            {
+                panic!("etcd exited at start");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("etcd did not answer on {}", self.addr);
+    }
+
+    /// Stop it (kill: an outage, not a shutdown).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Whether etcd's `/health` answers `"health":"true"`.
+fn etcd_answers(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).is_err() {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.contains("\"health\":\"true\"")
+}

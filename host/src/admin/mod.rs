@@ -317,6 +317,21 @@ fn redact(value: serde_json::Value) -> serde_json::Value {
     }
 }
 
+/// Where the configuration comes from: a file, or etcd with its watch's
+/// state.
+fn config_source(shared: &Shared) -> serde_json::Value {
+    match &shared.origin {
+        crate::Origin::File => json!({ "kind": "file" }),
+        crate::Origin::Etcd(etcd) => {
+            let mut doc = serde_json::to_value(etcd.status()).unwrap_or_default();
+            doc["kind"] = "etcd".into();
+            doc["endpoints"] = json!(etcd.location.endpoints());
+            doc["key"] = etcd.location.config_key().into();
+            doc
+        }
+    }
+}
+
 /// The `/admin/status` document.
 pub(crate) fn status(shared: &Shared) -> serde_json::Value {
     let snap = shared.snapshot.load();
@@ -373,6 +388,7 @@ pub(crate) fn status(shared: &Shared) -> serde_json::Value {
         "generation": snap.generation,
         "loaded_at_ms": weir_plugin_host::clock::unix_ms_of(snap.loaded_at),
         "config": shared.config_path.display().to_string(),
+        "config_source": config_source(shared),
         "plugins_dir": snap.plugins_dir.display().to_string(),
         "last_reload_error": reload.last_error,
         "serving_last_good": reload.serving_last_good,

@@ -50,6 +50,8 @@ pub(crate) struct Loader {
     /// Each plugin's canary comparison, kept across reloads that leave
     /// the canary as it was.
     canaries: Mutex<HashMap<String, Arc<CanaryState>>>,
+    /// This node's own settings, over every configuration's.
+    node: crate::NodeLocal,
 }
 
 impl Loader {
@@ -61,6 +63,7 @@ impl Loader {
         families: (UpstreamFamilies, CacheFamilies),
         runtime: &RuntimeConfig,
         oci_cache: PathBuf,
+        node: crate::NodeLocal,
     ) -> Self {
         let (upstream_metrics, cache_metrics) = families;
         Self {
@@ -76,6 +79,7 @@ impl Loader {
             max_module_size: runtime.max_module_size,
             oci_cache,
             canaries: Mutex::default(),
+            node,
         }
     }
 
@@ -117,10 +121,11 @@ impl Loader {
     pub(crate) async fn build_from(
         &self,
         src: &Source,
-        cfg: GatewayConfig,
+        mut cfg: GatewayConfig,
         saved: Option<&SavedModules>,
         generation: u64,
     ) -> Result<Snapshot, LoadErrors> {
+        self.node.apply(&mut cfg);
         let mut errors = Vec::new();
         let plugins_dir = src.base_dir().join(&cfg.server.plugins_dir);
 

@@ -26,7 +26,20 @@ pub(crate) async fn reload(shared: &Shared) -> Result<u64, LoadErrors> {
     let _one_at_a_time = shared.reload_lock.lock().await;
     let current = shared.snapshot.load_full();
     let generation = current.generation + 1;
-    let result = shared.loader.build(&shared.config_path, generation).await;
+    let result = match &shared.origin {
+        crate::Origin::File => shared.loader.build(&shared.config_path, generation).await,
+        crate::Origin::Etcd(etcd) => match etcd.latest() {
+            Some(stored) => {
+                let source = weir_config::Source::from_text(&shared.config_path, stored.text)
+                    .with_base_dir(etcd.base_dir.clone());
+                match source.parse() {
+                    Ok(cfg) => shared.loader.build_from(&source, cfg, None, generation).await,
+                    Err(e) => Err(e),
+                }
+            }
+            None => Err(super::file_error(&shared.config_path, "nothing read from etcd yet")),
+        },
+    };
     if let Ok(next) = &result {
         // Saved before it is published: once it serves, a restart can
         // start from it.
@@ -118,15 +131,15 @@ pub(crate) fn watch(shared: Arc<Shared>) -> notify::Result<WatchHandle> {
             }
         }
     })?;
-    let config_dir = parent_dir(&shared.config_path);
-    watcher.watch(&config_dir, RecursiveMode::NonRecursive)?;
-    let mut watched = Watched {
-        config_name: shared.config_path.file_name().map(ToOwned::to_owned),
-        config_dir,
-        plugins_dir: PathBuf::new(),
-        tls_files: Vec::new(),
-        dirs: Vec::new(),
+    // A configuration in etcd has its own watch: here only its plugins
+    // folder and TLS files are watched.
+    let (config_dir, config_name) = match &shared.origin {
+        crate::Origin::File => (parent_dir(&shared.config_path), shared.config_path.file_name().map(ToOwned::to_owned)),
+        crate::Origin::Etcd(etcd) => (etcd.base_dir.clone(), None),
     };
+    watcher.watch(&config_dir, RecursiveMode::NonRecursive)?;
+    let mut watched =
+        Watched { config_name, config_dir, plugins_dir: PathBuf::new(), tls_files: Vec::new(), dirs: Vec::new() };
     watched.follow(&mut watcher, &shared.snapshot.load());
 
     let task = tokio::spawn(async move {

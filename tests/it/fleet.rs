@@ -1,0 +1,324 @@
+//! Fleet mode (issue 21, part 1): two `weir run` processes share one
+//! configuration kept in a real etcd. A push reaches both; a conflicting
+//! push is refused; a bad document is rejected by both while they serve
+//! on; etcd down for 10 s under load fails no request and the watches
+//! resume; a node restarted while etcd is down starts from its last good
+//! configuration.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use weir_tests::{Client, Etcd, Load, Upstream, fixture, free_port, wait_for, weir_binary};
+
+/// The shared document: one route through `add_header` setting
+/// `x-version: VERSION`, plus `extra` (more TOML).
+fn document(upstream: &str, version: &str, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:8080\"\nplugins_dir = \"plugins\"\n\n\
+         [upstreams.up]\ntargets = [\"{upstream}\"]\n\n\
+         [plugins.version]\nmodule = \"add_header.wasm\"\nconfig = {{ name = \"x-version\", value = \"{version}\" }}\n\n\
+         [[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"up\"\nchain = [\"version\"]\n{extra}"
+    )
+}
+
+/// A folder with `plugins/add_header.wasm` (for `weir config push` to check
+/// the document, and for the nodes).
+fn folder() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(tmp.path().join("plugins")).expect("mkdir");
+    std::fs::copy(fixture("add_header.wasm"), tmp.path().join("plugins/add_header.wasm")).expect("copy");
+    tmp
+}
+
+fn weir(args: &[&str]) -> Output {
+    Command::new(weir_binary()).args(args).output().expect("run weir")
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// `weir config push FILE LOCATION`, which must succeed.
+fn push(file: &Path, location: &str) {
+    let out = weir(&["config", "push", &file.to_string_lossy(), location]);
+    assert!(out.status.success(), "push refused: {}", text(&out));
+}
+
+/// A gateway node: `weir run` on the etcd location with its own ports,
+/// state folder and plugins folder.
+struct Node {
+    child: Child,
+    port: u16,
+    admin: u16,
+    state: tempfile::TempDir,
+}
+
+impl Node {
+    fn start(location: &str, plugins: &Path) -> Self {
+        let (port, admin) = (free_port(), free_port());
+        let state = tempfile::tempdir().expect("tempdir");
+        let mut node = Self { child: Self::spawn(location, plugins, port, admin, state.path()), port, admin, state };
+        node.wait_up();
+        node
+    }
+
+    fn spawn(location: &str, plugins: &Path, port: u16, admin: u16, state: &Path) -> Child {
+        Command::new(weir_binary())
+            .args(["run", "--config", location])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
+            .arg("--plugins-dir")
+            .arg(plugins)
+            .arg("--state-dir")
+            .arg(state.join("state"))
+            .current_dir(state)
+            .env("XDG_STATE_HOME", state.join("xdg"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn weir")
+    }
+
+    /// Kill it and start it again with the same ports and state.
+    fn restart(&mut self, location: &str, plugins: &Path) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(location, plugins, self.port, self.admin, self.state.path());
+        self.wait_up();
+    }
+
+    fn wait_up(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                panic!("weir run exited: {status}");
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.admin)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("node did not come up");
+    }
+
+    async fn status(&self, client: &Client) -> serde_json::Value {
+        client.get(&format!("http://127.0.0.1:{}/admin/status", self.admin)).await.expect("admin").json()
+    }
+
+    /// `x-version` the upstream saw for `GET path` (None: not 200).
+    async fn version(&self, client: &Client, path: &str) -> Option<String> {
+        let r = client.get(&format!("http://127.0.0.1:{}{path}", self.port)).await.ok()?;
+        (r.status == 200).then(|| r.seen("x-version")).flatten()
+    }
+
+    /// Wait until `GET path` is served with `x-version: want`.
+    async fn serves(&self, client: &Client, path: &str, want: &str) -> Duration {
+        let t0 = Instant::now();
+        wait_for(Duration::from_secs(15), || async {
+            (self.version(client, path).await.as_deref() == Some(want)).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("node {} does not serve {path} with x-version {want}", self.port));
+        t0.elapsed()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Write `text` to `key` directly, as another tool (etcdctl, a script)
+/// would: etcd's JSON gateway, no checks.
+async fn put_raw(client: &Client, etcd: &Etcd, key: &str, text: &str) {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let body = serde_json::json!({ "key": b64(key), "value": b64(text) }).to_string();
+    let r = client
+        .request(
+            http::Method::POST,
+            &format!("http://{}/v3/kv/put", etcd.addr),
+            &[("content-type", "application/json")],
+            &body,
+        )
+        .await
+        .expect("etcd put");
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_reaches_both_nodes_and_conflicting_and_bad_pushes_are_refused() {
+    let etcd = Etcd::start();
+    let up = Upstream::start("up").await;
+    let location = etcd.location("weir/test");
+    let work = folder();
+    let file = work.path().join("gateway.toml");
+    let client = Client::new();
+
+    // Nothing pushed yet: pull says so.
+    let out = weir(&["config", "pull", &location]);
+    assert!(!out.status.success() && text(&out).contains("no configuration"), "{}", text(&out));
+
+    std::fs::write(&file, document(&up.addr.to_string(), "v1", "")).expect("write");
+    push(&file, &location);
+    let plugins = work.path().join("plugins");
+    let (a, b) = (Node::start(&location, &plugins), Node::start(&location, &plugins));
+    for node in [&a, &b] {
+        node.serves(&client, "/a", "v1").await;
+        let status = node.status(&client).await;
+        assert_eq!(status["config_source"]["kind"], "etcd", "{status}");
+        assert_eq!(status["config_source"]["key"], "/weir/test/config");
+        assert_eq!(status["config"], format!("{location}/config"));
+    }
+
+    // Two operators pull the same revision.
+    let (mine, theirs) = (work.path().join("mine.toml"), work.path().join("theirs.toml"));
+    for f in [&mine, &theirs] {
+        let out = weir(&["config", "pull", &location, "-o", &f.to_string_lossy()]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let pulled = std::fs::read_to_string(&mine).expect("pulled");
+    assert!(pulled.trim_end().lines().last().is_some_and(|l| l.starts_with("# weir-etcd-revision = ")), "{pulled}");
+
+    // One adds a route: both nodes serve it.
+    let route_b = "\n[[routes]]\nname = \"b\"\npath_prefix = \"/b\"\nupstream = \"up\"\nchain = [\"version\"]\n";
+    std::fs::write(
+        &mine,
+        pulled.replace("\"v1\"", "\"v2\"").replace("# weir-etcd", &format!("{route_b}\n# weir-etcd")),
+    )
+    .expect("edit");
+    push(&mine, &location);
+    let took = [a.serves(&client, "/b", "v2").await, b.serves(&client, "/b", "v2").await];
+    println!("a pushed route served by both nodes after {:?} and {:?}", took[0], took[1]);
+
+    // The other pushes their edit of the old revision: refused, and the
+    // stored configuration is untouched.
+    let theirs_text = std::fs::read_to_string(&theirs).expect("read").replace("\"v1\"", "\"v3\"");
+    std::fs::write(&theirs, theirs_text).expect("edit");
+    let out = weir(&["config", "push", &theirs.to_string_lossy(), &location]);
+    assert!(!out.status.success(), "a conflicting push was accepted");
+    assert!(text(&out).contains("refused: the configuration in etcd is at revision"), "{}", text(&out));
+    // A file never pulled may not overwrite one either.
+    let fresh = work.path().join("fresh.toml");
+    std::fs::write(&fresh, document(&up.addr.to_string(), "v9", "")).expect("write");
+    let out = weir(&["config", "push", &fresh.to_string_lossy(), &location]);
+    assert!(!out.status.success() && text(&out).contains("pull it first"), "{}", text(&out));
+    // A push that does not load here is refused before etcd sees it.
+    std::fs::write(&fresh, "[server]\nlisten = \"127.0.0.1:1\"\n[[routes]]\nname = \"x\"\nupstream = \"nope\"\n")
+        .expect("write");
+    let out = weir(&["config", "push", &fresh.to_string_lossy(), &location, "--force"]);
+    assert!(!out.status.success() && text(&out).contains("unknown upstream `nope`"), "{}", text(&out));
+    for node in [&a, &b] {
+        assert_eq!(node.version(&client, "/a").await.as_deref(), Some("v2"));
+    }
+
+    // A bad document written behind weir's back: each node rejects it,
+    // names the key and line, and serves on.
+    let bad = document(&up.addr.to_string(), "v4", "\n[[routes]]\nname = \"c\"\nupstream = \"missing\"\n");
+    put_raw(&client, &etcd, "/weir/test/config", &bad).await;
+    for node in [&a, &b] {
+        let error = wait_for(Duration::from_secs(10), || async {
+            node.status(&client).await["last_reload_error"].as_str().map(str::to_owned)
+        })
+        .await
+        .expect("the bad document was rejected");
+        assert!(
+            error.contains(&format!("{location}/config:")) && error.contains("unknown upstream `missing`"),
+            "{error}"
+        );
+        assert_eq!(node.version(&client, "/a").await.as_deref(), Some("v2"), "the last good configuration serves");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_down_for_ten_seconds_under_load_fails_no_request_and_the_watches_resume() {
+    let mut etcd = Etcd::start();
+    let up = Upstream::start("up").await;
+    let location = etcd.location("weir/outage");
+    let work = folder();
+    let file = work.path().join("gateway.toml");
+    std::fs::write(&file, document(&up.addr.to_string(), "v1", "")).expect("write");
+    push(&file, &location);
+    let plugins = work.path().join("plugins");
+    let (a, b) = (Node::start(&location, &plugins), Node::start(&location, &plugins));
+    let client = Client::new();
+    for node in [&a, &b] {
+        node.serves(&client, "/a", "v1").await;
+    }
+
+    let loads = [
+        Load::start(format!("http://127.0.0.1:{}/a", a.port), 2),
+        Load::start(format!("http://127.0.0.1:{}/a", b.port), 2),
+    ];
+    etcd.stop();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    for node in [&a, &b] {
+        let status = node.status(&client).await;
+        assert_eq!(status["config_source"]["connected"], false, "{status}");
+        assert!(status["config_source"]["last_error"].is_string(), "{status}");
+    }
+    etcd.resume();
+    let pulled = work.path().join("pulled.toml");
+    let out = wait_for(Duration::from_secs(10), || async {
+        let out = weir(&["config", "pull", &location, "-o", &pulled.to_string_lossy()]);
+        out.status.success().then_some(out)
+    })
+    .await;
+    assert!(out.is_some(), "etcd answers again");
+    let edited = std::fs::read_to_string(&pulled).expect("read").replace("\"v1\"", "\"v2\"");
+    std::fs::write(&pulled, edited).expect("write");
+    push(&pulled, &location);
+    for node in [&a, &b] {
+        node.serves(&client, "/a", "v2").await;
+        let status = node.status(&client).await;
+        assert_eq!(status["config_source"]["connected"], true, "{status}");
+        assert!(status["config_source"]["reconnects"].as_u64() >= Some(1), "{status}");
+    }
+    let mut served = 0;
+    for load in loads {
+        let (ok, failed) = load.stop().await;
+        assert_eq!(failed, 0, "requests failed while etcd was away");
+        served += ok;
+    }
+    println!("etcd down 10 s: {served} requests served by the two nodes, none failed");
+    assert!(served > 100, "the load ran: {served}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_while_etcd_is_down_starts_from_its_last_good_configuration() {
+    let mut etcd = Etcd::start();
+    let up = Upstream::start("up").await;
+    let location = etcd.location("weir/restart");
+    let work = folder();
+    let file = work.path().join("gateway.toml");
+    std::fs::write(&file, document(&up.addr.to_string(), "v1", "")).expect("write");
+    push(&file, &location);
+    let plugins = work.path().join("plugins");
+    let mut node = Node::start(&location, &plugins);
+    let client = Client::new();
+    node.serves(&client, "/a", "v1").await;
+    // Saved as its last good state once it published it.
+    wait_for(Duration::from_secs(10), || async {
+        node.status(&client).await["last_good"]["saved_generation"].as_u64().map(|_| ())
+    })
+    .await
+    .expect("the last good state was saved");
+
+    etcd.stop();
+    node.restart(&location, &plugins);
+    node.serves(&client, "/a", "v1").await;
+    let status = node.status(&client).await;
+    assert_eq!(status["serving_last_good"], true, "{status}");
+    assert!(status["last_reload_error"].as_str().is_some_and(|e| e.contains("etcd")), "{status}");
+
+    // etcd back: the node reads the configuration and serves it as usual.
+    etcd.resume();
+    wait_for(Duration::from_secs(15), || async {
+        (node.status(&client).await["serving_last_good"] == false).then_some(())
+    })
+    .await
+    .expect("back on the configuration in etcd");
+    node.serves(&client, "/a", "v1").await;
+}
