@@ -126,6 +126,9 @@ pub struct NodeLocal {
     /// Over `[server] plugins_dir` (absolute, or relative to where
     /// relative paths of the configuration resolve).
     pub plugins_dir: Option<PathBuf>,
+    /// The node's name in the fleet's member list (default:
+    /// `HOSTNAME:PORT`).
+    pub node_id: Option<String>,
 }
 
 impl NodeLocal {
@@ -297,6 +300,11 @@ impl Gateway {
         };
         let errors = match disk {
             Ok(gateway) => {
+                if let Origin::Etcd(etcd) = &gateway.shared.origin
+                    && let Some(read) = etcd.latest()
+                {
+                    etcd.set_served(read.revision);
+                }
                 reload::save_last_good(&gateway.shared, &gateway.shared.snapshot.load_full()).await;
                 tracing::info!(
                     state_dir = %gateway.shared.last_good.as_ref().map(|s| s.dir().display().to_string()).unwrap_or_default(),
@@ -487,8 +495,18 @@ impl Gateway {
         } else {
             None
         };
+        // Fleet mode: watch the configuration, and keep this node in the
+        // member list.
         let etcd = match &self.shared.origin {
-            Origin::Etcd(source) => Some(fleet::source::watch(self.shared.clone(), source.clone())),
+            Origin::Etcd(source) => {
+                let listen = proxy.local_addr().unwrap_or(server.listen);
+                let id =
+                    self.shared.loader.node().node_id.clone().unwrap_or_else(|| fleet::members::default_id(listen));
+                Some([
+                    fleet::source::watch(self.shared.clone(), source.clone()),
+                    fleet::members::register(self.shared.clone(), source.clone(), id),
+                ])
+            }
             Origin::File => None,
         };
         Ok(Bound { shared: self.shared, proxy, tls, admin, watch, etcd, workers })
@@ -502,8 +520,8 @@ pub struct Bound {
     tls: Option<TcpListener>,
     admin: Option<TcpListener>,
     watch: Option<snapshot::reload::WatchHandle>,
-    /// The etcd watch, in fleet mode.
-    etcd: Option<fleet::source::WatchHandle>,
+    /// The etcd watch and the membership, in fleet mode.
+    etcd: Option<[fleet::source::WatchHandle; 2]>,
     workers: Workers,
 }
 

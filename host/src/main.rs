@@ -42,6 +42,10 @@ enum Command {
         /// This node's plugins folder, over `[server] plugins_dir`.
         #[arg(long)]
         plugins_dir: Option<PathBuf>,
+        /// This node's name in the fleet's member list (default:
+        /// HOSTNAME:PORT).
+        #[arg(long)]
+        node_id: Option<String>,
         #[command(flatten)]
         etcd: EtcdArgs,
         /// Runtime worker threads (default: one per CPU).
@@ -254,6 +258,7 @@ fn main() -> ExitCode {
                 listen,
                 admin_listen,
                 plugins_dir,
+                node_id,
                 etcd,
             } => {
                 let workers = match (reuse_port, workers) {
@@ -263,7 +268,7 @@ fn main() -> ExitCode {
                 // Paths given here are the node's own: relative to where it
                 // was started.
                 let plugins_dir = plugins_dir.map(|d| std::path::absolute(&d).unwrap_or(d));
-                let node = weir::NodeLocal { listen, admin_listen, plugins_dir };
+                let node = weir::NodeLocal { listen, admin_listen, plugins_dir, node_id };
                 let options = weir::StartOptions { strict, state_dir, node };
                 run(config, options, etcd.access(), workers).await.map(|()| ExitCode::SUCCESS)
             }

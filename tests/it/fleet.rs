@@ -193,6 +193,26 @@ async fn a_push_reaches_both_nodes_and_conflicting_and_bad_pushes_are_refused() 
     let took = [a.serves(&client, "/b", "v2").await, b.serves(&client, "/b", "v2").await];
     println!("a pushed route served by both nodes after {:?} and {:?}", took[0], took[1]);
 
+    // Both list each other, serving the stored revision.
+    let fleet = |node: &Node| {
+        let url = format!("http://127.0.0.1:{}/admin/fleet", node.admin);
+        let client = client.clone();
+        async move { client.get(&url).await.expect("fleet").json() }
+    };
+    let listed = wait_for(Duration::from_secs(10), || async {
+        let doc = fleet(&b).await;
+        let nodes = doc["nodes"].as_array()?;
+        (nodes.len() == 2 && nodes.iter().all(|n| n["state"] == "current" && n["revision"] == doc["revision"]))
+            .then_some(doc)
+    })
+    .await
+    .unwrap_or_else(|| panic!("both nodes current in /admin/fleet"));
+    let ports: Vec<String> =
+        listed["nodes"].as_array().expect("nodes").iter().map(|n| n["listen"].to_string()).collect();
+    for node in [&a, &b] {
+        assert!(ports.iter().any(|p| p.contains(&format!(":{}", node.port))), "{listed}");
+    }
+
     // The other pushes their edit of the old revision: refused, and the
     // stored configuration is untouched.
     let theirs_text = std::fs::read_to_string(&theirs).expect("read").replace("\"v1\"", "\"v3\"");
@@ -230,6 +250,20 @@ async fn a_push_reaches_both_nodes_and_conflicting_and_bad_pushes_are_refused() 
         );
         assert_eq!(node.version(&client, "/a").await.as_deref(), Some("v2"), "the last good configuration serves");
     }
+    // The member list shows both failing on the new revision.
+    wait_for(Duration::from_secs(10), || async {
+        let doc = fleet(&a).await;
+        let nodes = doc["nodes"].as_array()?;
+        (nodes.len() == 2 && nodes.iter().all(|n| n["state"] == "failing")).then_some(())
+    })
+    .await
+    .expect("both nodes failing in /admin/fleet");
+    // A node that stops leaves the list within the lease's TTL (10 s).
+    drop(a);
+    let left =
+        wait_for(Duration::from_secs(20), || async { (fleet(&b).await["nodes"].as_array()?.len() == 1).then_some(()) })
+            .await;
+    assert!(left.is_some(), "the stopped node left the member list");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

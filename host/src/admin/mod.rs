@@ -16,6 +16,7 @@
 //! | POST | `/admin/plugins/NAME/promote` | a canary becomes the version every request runs |
 //! | POST | `/admin/plugins/NAME/abort` | a canary is taken back: no request runs it |
 //! | GET | `/admin/events` | JSON: the latest plugin events, newest first |
+//! | GET | `/admin/fleet` | JSON: in fleet mode, every node in etcd's member list and what it serves |
 //! | POST | `/admin/reload` | reload now; JSON with the new generation or the errors |
 //! | GET | `/dashboard` | the live dashboard (one page, assets embedded) |
 
@@ -43,6 +44,7 @@ const PATHS: &[&str] = &[
     "/admin/events",
     "/admin/reload",
     "/admin/recordings",
+    "/admin/fleet",
     "/dashboard",
 ];
 
@@ -88,6 +90,16 @@ pub(crate) async fn handle<B>(shared: &Shared, req: Request<B>) -> Response<Prox
             ),
         },
         (&Method::POST, p) if p.starts_with("/admin/plugins/") => canary_action(shared, p),
+        (&Method::GET, "/admin/fleet") => match &shared.origin {
+            crate::Origin::Etcd(source) => match crate::fleet::members::list(source).await {
+                Ok(doc) => json_response(StatusCode::OK, doc),
+                Err(e) => json_response(StatusCode::BAD_GATEWAY, json!({ "error": e })),
+            },
+            crate::Origin::File => json_response(
+                StatusCode::NOT_FOUND,
+                json!({ "error": "not in fleet mode: the configuration is a file" }),
+            ),
+        },
         (&Method::GET, "/admin/recordings") => json_response(StatusCode::OK, recordings(shared).await),
         (&Method::GET, p) if p.starts_with("/admin/recordings/") => {
             let id = p["/admin/recordings/".len()..].to_owned();

@@ -24,8 +24,9 @@
 //!
 //! This module is the etcd side: locations, connecting, reading, the
 //! conditional push, the pull. [`source`] keeps a running gateway's copy
-//! and its watch.
+//! and its watch; [`members`] its record in the fleet's member list.
 
+pub(crate) mod members;
 pub(crate) mod source;
 
 use std::path::{Path, PathBuf};

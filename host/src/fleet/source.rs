@@ -11,6 +11,7 @@
 //! published, and `/admin/status` shows the watch's state.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -33,6 +34,9 @@ pub(crate) struct EtcdSource {
     latest: Mutex<Option<Stored>>,
     /// The watch's state, for `/admin/status`.
     status: Mutex<WatchStatus>,
+    /// The revision of the document the serving snapshot was built from
+    /// (0 while serving the last good state).
+    served: AtomicI64,
 }
 
 /// The watch's state.
@@ -52,7 +56,14 @@ pub(crate) struct WatchStatus {
 
 impl EtcdSource {
     pub(crate) fn new(location: Location, access: Access, base_dir: PathBuf) -> Self {
-        Self { location, access, base_dir, latest: Mutex::new(None), status: Mutex::default() }
+        Self {
+            location,
+            access,
+            base_dir,
+            latest: Mutex::new(None),
+            status: Mutex::default(),
+            served: AtomicI64::new(0),
+        }
     }
 
     /// The latest document read.
@@ -69,6 +80,16 @@ impl EtcdSource {
         self.status.lock().unwrap_or_else(|p| p.into_inner()).revision = stored.revision;
         *latest = Some(stored);
         true
+    }
+
+    /// The revision of the document being served.
+    pub(crate) fn served(&self) -> i64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// A snapshot built from the document at `revision` was published.
+    pub(crate) fn set_served(&self, revision: i64) {
+        self.served.store(revision, Ordering::Relaxed);
     }
 
     /// The watch's state.
@@ -197,9 +218,15 @@ fn unix_ms() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Stops the watch when dropped.
+/// Stops the watch (or the membership) when dropped.
 pub(crate) struct WatchHandle {
     task: tokio::task::JoinHandle<()>,
+}
+
+impl WatchHandle {
+    pub(crate) fn new(task: tokio::task::JoinHandle<()>) -> Self {
+        Self { task }
+    }
 }
 
 impl Drop for WatchHandle {

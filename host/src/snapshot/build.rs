@@ -83,6 +83,11 @@ impl Loader {
         }
     }
 
+    /// This node's own settings.
+    pub(crate) fn node(&self) -> &crate::NodeLocal {
+        &self.node
+    }
+
     /// Build a complete snapshot from the config file at `path`, or report
     /// every problem found.
     pub(crate) async fn build(&self, path: &Path, generation: u64) -> Result<Snapshot, LoadErrors> {

@@ -26,10 +26,12 @@ pub(crate) async fn reload(shared: &Shared) -> Result<u64, LoadErrors> {
     let _one_at_a_time = shared.reload_lock.lock().await;
     let current = shared.snapshot.load_full();
     let generation = current.generation + 1;
+    let mut from_revision = None;
     let result = match &shared.origin {
         crate::Origin::File => shared.loader.build(&shared.config_path, generation).await,
         crate::Origin::Etcd(etcd) => match etcd.latest() {
             Some(stored) => {
+                from_revision = Some(stored.revision);
                 let source = weir_config::Source::from_text(&shared.config_path, stored.text)
                     .with_base_dir(etcd.base_dir.clone());
                 match source.parse() {
@@ -64,6 +66,9 @@ pub(crate) async fn reload(shared: &Shared) -> Result<u64, LoadErrors> {
                 shared.metrics.set_serving_last_good(false);
             }
             shared.snapshot.store(Arc::new(next));
+            if let (crate::Origin::Etcd(etcd), Some(revision)) = (&shared.origin, from_revision) {
+                etcd.set_served(revision);
+            }
             shared.metrics.set_generation(generation);
             shared.metrics.reload(true);
             status.last_error = None;
