@@ -34,6 +34,12 @@ pub struct UpstreamConfig {
     #[serde(default)]
     #[schemars(with = "PathBuf")]
     pub targets_file: Option<Spanned<PathBuf>>,
+    /// Targets from a service registry, watched: instances register
+    /// themselves and leave (see the book's "Running a fleet"). Excludes
+    /// `targets`, `backup` and `targets_file`.
+    #[serde(default)]
+    #[schemars(with = "Option<DiscoveryConfig>")]
+    pub discovery: Option<Spanned<DiscoveryConfig>>,
     /// How often host names among the targets are resolved again.
     #[serde(default = "defaults::dns_refresh", deserialize_with = "duration")]
     #[schemars(with = "DurationString")]
@@ -499,4 +505,16 @@ mod defaults {
     pub(super) fn stale_if_error() -> Duration {
         Duration::from_secs(300)
     }
+}
+
+/// `discovery = { etcd = "/services/orders" }`: the upstream's targets are
+/// the instances registered under that etcd key prefix, each key holding
+/// `{"addr": "10.0.0.5:8080", "weight": 10, "zone": "eu-1"}` (weight and
+/// zone optional), usually on a lease its instance keeps alive.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// The key prefix: `/services/orders` on the fleet's own etcd (fleet
+    /// mode), or `etcd://HOST:PORT/services/orders` on another.
+    pub etcd: String,
 }

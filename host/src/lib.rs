@@ -417,7 +417,10 @@ impl Gateway {
         let events = Arc::new(Events::new(cfg.events.queue, metrics.clone()));
         let families = (upstream_metrics, cache_metrics);
         let oci_cache = snapshot::oci::cache_dir(&cfg.runtime, &source.base_dir());
-        let loader = Loader::new(plugins, events, metrics.clone(), families, &cfg.runtime, oci_cache, node);
+        let mut loader = Loader::new(plugins, events, metrics.clone(), families, &cfg.runtime, oci_cache, node);
+        if let Origin::Etcd(etcd) = &origin {
+            loader.set_fleet(etcd.location.clone(), etcd.access.clone());
+        }
         let snapshot = loader.build_from(source, cfg, saved.map(|s| &s.modules), 1).await?;
         metrics.set_generation(1);
         Ok(Self {

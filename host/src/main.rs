@@ -74,6 +74,31 @@ enum Command {
     /// Plugin authoring.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Register a service instance in etcd for gateways whose upstream has
+    /// `discovery = { etcd = PREFIX }`, on a lease kept alive until this
+    /// exits (SIGTERM or Ctrl-C deregisters at once).
+    Register {
+        /// etcd://HOST:PORT[,HOST:PORT]/PREFIX, e.g. etcd://10.0.0.5:2379/services/orders
+        location: String,
+        /// The instance's address, HOST:PORT.
+        #[arg(long)]
+        addr: String,
+        /// Its share of requests relative to the others (1 to 1000).
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        /// Where it runs (informational).
+        #[arg(long)]
+        zone: Option<String>,
+        /// Its key under the prefix (default: the address).
+        #[arg(long)]
+        id: Option<String>,
+        /// The lease's time to live, seconds: how long after this process
+        /// dies the instance stays registered.
+        #[arg(long, default_value_t = 10)]
+        ttl: i64,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
     /// The configuration file's format.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -273,6 +298,17 @@ fn main() -> ExitCode {
                 run(config, options, etcd.access(), workers).await.map(|()| ExitCode::SUCCESS)
             }
             Command::Check { config } => check(config).await.map(|()| ExitCode::SUCCESS),
+            Command::Register { location, addr, weight, zone, id, ttl, etcd } => {
+                if !(1..=1000).contains(&weight) || ttl < 1 {
+                    anyhow::bail!("--weight must be 1 to 1000 and --ttl at least 1");
+                }
+                let id = id.unwrap_or_else(|| addr.clone());
+                let instance = weir::fleet::registry::Instance { addr, weight, zone };
+                weir::fleet::registry::register(&location, &etcd.access(), &id, &instance, ttl, shutdown_signal())
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Plugin(PluginCommand::New { name, template, dir, sdk }) => {
                 let made = weir::scaffold::new_plugin(&name, template, &dir, sdk.as_deref())?;
                 print!("{}", weir::scaffold::next_steps(&made, &dir.join(&name)));

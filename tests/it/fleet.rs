@@ -356,3 +356,76 @@ async fn a_node_restarted_while_etcd_is_down_starts_from_its_last_good_configura
     .expect("back on the configuration in etcd");
     node.serves(&client, "/a", "v1").await;
 }
+
+/// `weir register LOCATION --addr ADDR --ttl TTL`, running.
+fn register(location: &str, addr: &str, ttl: u32) -> Child {
+    Command::new(weir_binary())
+        .args(["register", location, "--addr", addr, "--ttl", &ttl.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn weir register")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_instances_take_traffic_and_leave_within_their_lease_with_no_failed_request() {
+    let etcd = Etcd::start();
+    let (one, two) = (Upstream::start("one").await, Upstream::start("two").await);
+    let location = etcd.location("weir/registry");
+    let work = folder();
+    let file = work.path().join("gateway.toml");
+    let doc = "[server]\nlisten = \"127.0.0.1:8080\"\nplugins_dir = \"plugins\"\n\n\
+               [upstreams.orders]\ndiscovery = { etcd = \"/services/orders\" }\n\n\
+               [[routes]]\nname = \"orders\"\npath_prefix = \"/\"\nupstream = \"orders\"\n";
+    std::fs::write(&file, doc).expect("write");
+    // A key prefix on the fleet's etcd needs fleet mode: `weir check` on the
+    // file alone says so.
+    let out = weir(&["config", "push", &file.to_string_lossy(), &location]);
+    assert!(!out.status.success() && text(&out).contains("not in fleet mode"), "{}", text(&out));
+    std::fs::write(&file, doc.replace("\"/services/orders\"", &format!("\"{}\"", etcd.location("services/orders"))))
+        .expect("write");
+    push(&file, &location);
+    let node = Node::start(&location, &work.path().join("plugins"));
+    let client = Client::new();
+    let services = etcd.location("services/orders");
+
+    // Nothing registered: no target.
+    let r = client.get(&format!("http://127.0.0.1:{}/x", node.port)).await.expect("proxy");
+    assert_eq!(r.status, 503, "{}", r.text());
+
+    // Two instances register; both take traffic.
+    let mut first = register(&services, &one.addr.to_string(), 3);
+    let _second = register(&services, &two.addr.to_string(), 3);
+    let targets = || async {
+        let doc = client.get(&format!("http://127.0.0.1:{}/admin/upstreams", node.admin)).await.ok()?.json();
+        doc["upstreams"][0]["targets"].as_array().map(Vec::len)
+    };
+    wait_for(Duration::from_secs(15), || async { (targets().await == Some(2)).then_some(()) })
+        .await
+        .expect("both instances registered");
+    let load = Load::start(format!("http://127.0.0.1:{}/x", node.port), 2);
+    let both = wait_for(Duration::from_secs(15), || async {
+        let share = load.share();
+        (share.get("one").copied().unwrap_or(0) > 20 && share.get("two").copied().unwrap_or(0) > 20).then_some(share)
+    })
+    .await;
+    assert!(both.is_some(), "both registered instances took traffic");
+
+    // The first one's registrar dies (the instance stays up): it leaves
+    // within its 3 s lease, and no request fails on the way.
+    let _ = first.kill();
+    let _ = first.wait();
+    let t0 = Instant::now();
+    let _ = load.share();
+    let gone = wait_for(Duration::from_secs(10), || async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let share = load.share();
+        (share.get("one").copied().unwrap_or(0) == 0 && share.get("two").copied().unwrap_or(0) > 0).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "the instance without a registrar left");
+    println!("an instance left the upstream {:?} after its registrar died (lease TTL 3 s)", t0.elapsed());
+    let (ok, failed) = load.stop().await;
+    assert_eq!(failed, 0, "{ok} served");
+    assert_eq!(targets().await, Some(1));
+}

@@ -24,9 +24,11 @@
 //!
 //! This module is the etcd side: locations, connecting, reading, the
 //! conditional push, the pull. [`source`] keeps a running gateway's copy
-//! and its watch; [`members`] its record in the fleet's member list.
+//! and its watch; [`members`] its record in the fleet's member list;
+//! [`registry`] upstream targets registered in etcd.
 
 pub(crate) mod members;
+pub mod registry;
 pub(crate) mod source;
 
 use std::path::{Path, PathBuf};

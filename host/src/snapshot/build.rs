@@ -83,6 +83,11 @@ impl Loader {
         }
     }
 
+    /// In fleet mode: the etcd that service-registry prefixes are on.
+    pub(crate) fn set_fleet(&mut self, location: crate::fleet::Location, access: crate::fleet::Access) {
+        self.upstreams.set_fleet(location, access);
+    }
+
     /// This node's own settings.
     pub(crate) fn node(&self) -> &crate::NodeLocal {
         &self.node

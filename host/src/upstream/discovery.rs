@@ -40,6 +40,10 @@ pub(crate) struct Upstreams {
     registry: Arc<TargetRegistry>,
     breakers: Mutex<HashMap<String, Arc<Breaker>>>,
     pools: PoolCache,
+    /// The fleet's etcd, in fleet mode (for `discovery = { etcd = "/…" }`).
+    fleet: Option<(crate::fleet::Location, crate::fleet::Access)>,
+    /// The instances last seen in each service registry.
+    known: Arc<crate::fleet::registry::Known>,
 }
 
 /// The targets an upstream is given, before names are resolved.
@@ -55,6 +59,11 @@ pub(crate) struct Spec {
 }
 
 impl Upstreams {
+    /// In fleet mode: the etcd that `discovery` key prefixes are on.
+    pub(crate) fn set_fleet(&mut self, location: crate::fleet::Location, access: crate::fleet::Access) {
+        self.fleet = Some((location, access));
+    }
+
     /// Build the upstream `name` of `src`, or say what is wrong with it.
     pub(crate) async fn build(
         &self,
@@ -74,7 +83,26 @@ impl Upstreams {
         // Targets: listed, or from a file.
         let listed = !cfg.targets.is_empty() || !cfg.backup.is_empty();
         let mut file = None;
+        // Or from a service registry.
+        let discovery = match &cfg.discovery {
+            None => None,
+            Some(d) if listed || cfg.targets_file.is_some() => {
+                err(d.span(), "`discovery` replaces `targets`, `backup` and `targets_file`: give one of them".into());
+                None
+            }
+            Some(d) => match crate::fleet::registry::Registry::from_config(&d.get_ref().etcd, self.fleet.as_ref()) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    err(d.span(), e);
+                    None
+                }
+            },
+        };
         let spec = match &cfg.targets_file {
+            _ if cfg.discovery.is_some() => match &discovery {
+                Some(r) => instances_spec(&crate::fleet::registry::initial(r, &self.known).await),
+                None => Spec::default(),
+            },
             Some(f) if listed => {
                 err(f.span(), "`targets_file` replaces `targets` and `backup`: give one or the other".into());
                 Spec::default()
@@ -97,7 +125,7 @@ impl Upstreams {
                 backup: cfg.backup.iter().map(|t| t.get_ref().clone()).collect(),
             },
         };
-        if spec.targets.is_empty() && cfg.targets_file.is_none() {
+        if spec.targets.is_empty() && cfg.targets_file.is_none() && cfg.discovery.is_none() {
             err(span.clone(), "no targets".into());
         }
         for t in cfg.targets.iter().chain(&cfg.backup) {
@@ -233,8 +261,35 @@ impl Upstreams {
             metrics: metrics.clone(),
         };
         tokio::spawn(watch.run());
+        if let Some(registry) = discovery {
+            let (policy, family, targets, families) =
+                (cfg.balance, cfg.dns_family, self.registry.clone(), metrics.clone());
+            let apply = move |up: Arc<Upstream>, instances: Vec<crate::fleet::registry::Instance>| {
+                let (targets, families) = (targets.clone(), families.clone());
+                let fut: futures::future::BoxFuture<'static, ()> = Box::pin(async move {
+                    let (resolved, _) = resolve(&instances_spec(&instances), family).await;
+                    let set = make_set(&up.name, &resolved, policy, &targets, &families);
+                    if set.addresses() != up.targets.load().addresses() {
+                        tracing::info!(upstream = %up.name, targets = ?set.addresses()[0], "registered targets changed");
+                        up.targets.store(Arc::new(set));
+                        up.refresh_gauges();
+                    }
+                });
+                fut
+            };
+            crate::fleet::registry::watch(Arc::downgrade(&upstream), registry, self.known.clone(), apply);
+        }
         Ok(upstream)
     }
+}
+
+/// The targets of registered `instances`.
+fn instances_spec(instances: &[crate::fleet::registry::Instance]) -> Spec {
+    let targets = instances
+        .iter()
+        .map(|i| TargetConfig::Weighted { address: i.addr.clone(), weight: i.weight.clamp(1, MAX_WEIGHT) })
+        .collect();
+    Spec { targets, backup: Vec::new() }
 }
 
 /// A target's address and weight, as written.
