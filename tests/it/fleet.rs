@@ -357,14 +357,31 @@ async fn a_node_restarted_while_etcd_is_down_starts_from_its_last_good_configura
     node.serves(&client, "/a", "v1").await;
 }
 
-/// `weir register LOCATION --addr ADDR --ttl TTL`, running.
-fn register(location: &str, addr: &str, ttl: u32) -> Child {
-    Command::new(weir_binary())
+/// `weir register LOCATION --addr ADDR --ttl TTL`, running until dropped.
+struct Registrar(Child);
+
+impl Registrar {
+    /// Kill it (as a crash would: no deregistration).
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Registrar {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn register(location: &str, addr: &str, ttl: u32) -> Registrar {
+    let child = Command::new(weir_binary())
         .args(["register", location, "--addr", addr, "--ttl", &ttl.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("spawn weir register")
+        .expect("spawn weir register");
+    Registrar(child)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,8 +430,7 @@ async fn registered_instances_take_traffic_and_leave_within_their_lease_with_no_
 
     // The first one's registrar dies (the instance stays up): it leaves
     // within its 3 s lease, and no request fails on the way.
-    let _ = first.kill();
-    let _ = first.wait();
+    first.kill();
     let t0 = Instant::now();
     let _ = load.share();
     let gone = wait_for(Duration::from_secs(10), || async {
