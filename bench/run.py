@@ -12,8 +12,10 @@ import urllib.request
 from datetime import datetime, timezone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REL = os.path.join(ROOT, "target", "release")
-WASM = os.path.join(ROOT, "target", "wasm32-wasip2", "release")
+# The build's folder: cargo's CARGO_TARGET_DIR when set, as run.sh builds there.
+TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+REL = os.path.join(TARGET, "release")
+WASM = os.path.join(TARGET, "wasm32-wasip2", "release")
 CLK = os.sysconf("SC_CLK_TCK")
 LOAD_CORE, PROXY_CORE = "0", "1"
 
@@ -879,7 +881,105 @@ def print_workers(s):
               f"{r['cpu_us_per_req']:.1f} |")
 
 
+# ---- scenario (e): protocol translation -----------------------------------------
+
+def start_orders_server():
+    """tests/grpc/orders.py (grpcio, shop.v1.Orders) on the load core: (process, port)."""
+    # Its stdin stays open: the server stops when it reaches EOF.
+    p = subprocess.Popen(["taskset", "-c", LOAD_CORE, sys.executable, os.path.join(ROOT, "tests", "grpc", "orders.py"),
+                          "server"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = p.stdout.readline()
+    if not line.startswith("PORT "):
+        p.kill()
+        raise ScenarioError("tests/grpc/orders.py did not start (needs grpcio and grpcio-tools)")
+    return p, int(line.split()[1])
+
+
+def h2calls(url, seconds, body_file, headers, conns=8, streams=8):
+    cmd = ["taskset", "-c", LOAD_CORE, os.path.join(REL, "h2calls"), url, str(seconds), str(conns), str(streams), body_file]
+    for h in headers:
+        cmd += ["-H", h]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def scenario_transcode(tmp, seconds, rounds):
+    """The same gRPC method (`shop.v1.Orders/Ping`, a real grpcio server)
+    called through one weir route two ways, by the same HTTP/2 client:
+    as gRPC (passed through) and as a JSON POST (transcoded both ways). The
+    gateway's CPU per call, the difference being what transcoding costs."""
+    folder = tempfile.mkdtemp(dir=tmp)
+    protos = os.path.join(ROOT, "transcode", "tests", "protos")
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", protos, "--include_imports",
+                    f"--descriptor_set_out={os.path.join(folder, 'shop.pb')}", "shop/v1/shop.proto"], check=True)
+    # PingRequest { message: "hello" }: field 1, length 5.
+    grpc_body = os.path.join(folder, "ping.grpc")
+    payload = b"\x0a\x05hello"
+    open(grpc_body, "wb").write(b"\x00" + len(payload).to_bytes(4, "big") + payload)
+    json_body = os.path.join(folder, "ping.json")
+    open(json_body, "w").write('{"message": "hello"}')
+    server, port = start_orders_server()
+    try:
+        gw_port, admin = free_port(), free_port()
+        config = f"""[server]
+listen = "127.0.0.1:{gw_port}"
+admin_listen = "127.0.0.1:{admin}"
+plugins_dir = "{WASM}"
+watch = false
+[upstreams.shop]
+targets = ["127.0.0.1:{port}"]
+protocol = "h2"
+[[routes]]
+name = "shop"
+path_prefix = "/"
+upstream = "shop"
+grpc_transcode = {{ descriptors = "shop.pb", services = ["shop.v1.Orders"] }}
+"""
+        open(os.path.join(folder, "gateway.toml"), "w").write(config)
+        w = pinned(PROXY_CORE, [os.path.join(REL, "weir"), "run", "--workers", "1", "--config",
+                                os.path.join(folder, "gateway.toml")], env={**os.environ, "WEIR_LOG": "warn"})
+        try:
+            url = f"http://127.0.0.1:{gw_port}/shop.v1.Orders/Ping"
+            wait_http(f"http://127.0.0.1:{admin}/admin/status")
+            kinds = {
+                "grpc-pass-through": (grpc_body, ["content-type: application/grpc", "te: trailers"]),
+                "json-transcoded": (json_body, ["content-type: application/json"]),
+            }
+            runs = {k: [] for k in kinds}
+            for rnd in range(rounds):
+                for kind in (list(kinds) if rnd % 2 == 0 else list(reversed(kinds))):
+                    body, headers = kinds[kind]
+                    h2calls(url, 1, body, headers)  # warm up
+                    before = cpu_ticks([w.pid])
+                    r = h2calls(url, seconds, body, headers)
+                    r["cpu_us_per_req"] = (cpu_ticks([w.pid]) - before) / CLK * 1e6 / max(r["requests"], 1)
+                    runs[kind].append(r)
+        finally:
+            w.terminate()
+            w.wait()
+    finally:
+        server.terminate()
+        server.wait()
+    out = {k: {m: med([r[m] for r in rs]) for m in ("rps", "cpu_us_per_req", "errors")} for k, rs in runs.items()}
+    out["added_cpu_us"] = out["json-transcoded"]["cpu_us_per_req"] - out["grpc-pass-through"]["cpu_us_per_req"]
+    return out
+
+
+def print_transcode(s):
+    print("\n**Protocol translation** (`shop.v1.Orders/Ping` on a grpcio server, HTTP/2 client `h2calls`, "
+          "8 connections × 8 streams; the upstream is the bottleneck, so compare CPU, not req/s)\n")
+    print("| call | req/s | CPU µs/req | errors |")
+    print("|---|---:|---:|---:|")
+    for name in ("grpc-pass-through", "json-transcoded"):
+        r = s[name]
+        print(f"| {name} | {fmt(r['rps'])} | {r['cpu_us_per_req']:.1f} | {fmt(r['errors'])} |")
+    print(f"\nadded CPU per transcoded call: {s['added_cpu_us']:.1f} µs")
+
+
 SCENARIOS = ("reload_storm", "memory", "startup", "workers")
+# Run only when asked for (`--scenario transcode`): they need more than the
+# harness installs (Python grpcio and grpcio-tools, as scripts/test.sh does).
+OPTIONAL_SCENARIOS = ("transcode",)
 
 
 def run_scenarios(args, tmp, up, weir_empty_rps):
@@ -894,6 +994,7 @@ def run_scenarios(args, tmp, up, weir_empty_rps):
         "startup": lambda: scenario_startup(tmp, up, 1 if smoke else 3),
         "workers": lambda: scenario_workers(tmp, up, 2 if smoke else args.duration, 1 if smoke else args.rounds,
                                             args.connections),
+        "transcode": lambda: scenario_transcode(tmp, 2 if smoke else args.duration, 1 if smoke else args.rounds),
     }
     out = {}
     for name in args.scenario or SCENARIOS:
@@ -908,7 +1009,7 @@ def run_scenarios(args, tmp, up, weir_empty_rps):
 
 def print_scenarios(scenarios):
     printers = {"reload_storm": print_reload_storm, "memory": print_memory, "startup": print_startup,
-                "workers": print_workers}
+                "workers": print_workers, "transcode": print_transcode}
     for name, s in scenarios.items():
         if "error" in s:
             print(f"\n**{name}** · could not run: {s['error']}")
@@ -925,8 +1026,8 @@ def main():
     part = ap.add_mutually_exclusive_group()
     part.add_argument("--scenarios-only", action="store_true", help="skip the main table, run only the scenarios")
     part.add_argument("--no-scenarios", action="store_true", help="run only the main table")
-    ap.add_argument("--scenario", action="append", choices=SCENARIOS,
-                    help="run this scenario (repeatable; default: all three)")
+    ap.add_argument("--scenario", action="append", choices=SCENARIOS + OPTIONAL_SCENARIOS,
+                    help="run this scenario (repeatable; default: all but the optional `transcode`)")
     ap.add_argument("--host-calls", action="store_true",
                     help="count the plugins' host calls per request (adds a hook to every host call: CPU figures are then not comparable)")
     ap.add_argument("--storm-period-ms", type=int, default=100,

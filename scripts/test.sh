@@ -4,7 +4,8 @@
 # .wasm plugins built once for wasm32-wasip2 by the test harness, real
 # redis-server for the cluster-state tests, the dashboard in headless
 # Chromium driven by playwright-core, HTTP/2 abuse from Python's h2, TLS
-# and HTTP/2 with curl and h2load, gRPC with grpcio, WebSocket with the
+# and HTTP/2 with curl and h2load, gRPC with grpcio, descriptor sets for the
+# protocol-translation tests compiled with grpcio-tools, WebSocket with the
 # Python websockets client). First it builds the book (docs/), whose
 # examples the tests check (tests/it/docs.rs, the SDK's doc tests).
 set -euo pipefail
@@ -53,6 +54,11 @@ fi
 # grpcio, and websockets 13 or later (its asyncio API), from PyPI.
 if ! python3 -c 'import grpc, websockets.asyncio.client' 2>/dev/null; then
   python3 -m pip install --quiet 'grpcio>=1.60' 'websockets>=13'
+fi
+# grpcio-tools: protoc as a Python module, for the descriptor sets and the
+# message classes of the protocol-translation tests (tests/it/transcode.rs).
+if ! python3 -c 'import grpc_tools.protoc' 2>/dev/null; then
+  python3 -m pip install --quiet 'grpcio-tools>=1.60'
 fi
 
 # The book: mdbook from crates.io when it is missing (without its default

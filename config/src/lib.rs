@@ -30,11 +30,15 @@ pub mod fuzzing;
 mod json_schema;
 mod recorder;
 mod tls;
+mod transcode;
 mod upstream;
 pub use canary::{CanaryConfig, RollbackConfig, Sticky};
 pub use json_schema::schema;
 pub use recorder::{RecorderConfig, Trigger};
 pub use tls::*;
+pub use transcode::{
+    CorsConfig, DEFAULT_CORS_HEADERS, DEFAULT_MAX_DESCRIPTOR_SIZE, GrpcTranscodeConfig, GrpcWebConfig,
+};
 pub use upstream::*;
 
 /// Longest name of a plugin instance or an aggregate part.
@@ -713,6 +717,16 @@ pub struct RouteConfig {
     #[serde(default = "defaults::websocket_idle_timeout", deserialize_with = "duration")]
     #[schemars(with = "DurationString")]
     pub websocket_idle_timeout: Duration,
+    /// Answer JSON/HTTP requests by calling gRPC methods upstream, bound by
+    /// the `google.api.http` rules of a descriptor set.
+    #[serde(default)]
+    #[schemars(with = "GrpcTranscodeConfig")]
+    pub grpc_transcode: Option<Spanned<GrpcTranscodeConfig>>,
+    /// Accept gRPC-Web from browsers (`true`, or a table with `cors`) and
+    /// call the upstream with gRPC.
+    #[serde(default, deserialize_with = "transcode::grpc_web")]
+    #[schemars(with = "Option<transcode::GrpcWebSetting>")]
+    pub grpc_web: Option<GrpcWebConfig>,
 }
 
 /// `kind = "proxy" | "aggregate"`: what a route does with a request.

@@ -265,6 +265,8 @@ upstream = "users"
 chain = ["auth", "greet"]
 websocket = false
 websocket_idle_timeout = "60s"
+grpc_transcode = { descriptors = "protos/shop.pb", services = ["shop.v1.Orders"], emit_defaults = true, preserve_proto_field_names = false, ignore_unknown_fields = false, ignore_unknown_query_parameters = false, max_descriptor_size = "16MiB" }
+grpc_web = { cors = { allow_origins = ["https://app.example.com"], allow_headers = ["content-type", "x-grpc-web"], expose_headers = ["x-trace"], max_age = "10m", allow_credentials = true } }
 
 [routes.cache]
 max_size = "256MiB"

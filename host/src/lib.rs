@@ -58,6 +58,7 @@ mod router;
 pub mod scaffold;
 mod snapshot;
 mod tls;
+mod translation;
 mod upstream;
 
 pub use listen::Workers;

@@ -37,5 +37,6 @@ mod scaffold;
 mod schema;
 mod streaming;
 mod tls;
+mod transcode;
 mod transform;
 mod websocket;

@@ -42,12 +42,17 @@ pub(super) struct Exchange<'a> {
 
 impl Exchange<'_> {
     /// The request phases, the body, the dispatch, the response phases.
+    /// On a route with CORS (`grpc_web.cors`), a preflight is answered
+    /// first, before the plugins: it carries no credentials.
     pub(super) async fn run<B>(&mut self, parts: Parts, body: B) -> Result<Response<ProxyBody>, ProxyError>
     where
         B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<body::BoxError>,
     {
         let route = self.route;
+        if let Some(resp) = route.translation.as_ref().and_then(|t| t.preflight(&parts)) {
+            return Ok(resp);
+        }
         let max = self.snap.server.max_buffered_body;
         // The heads are lent to each plugin in turn and always come back.
         let request = LentRequest::new(parts, self.info.clone());
@@ -57,20 +62,25 @@ impl Exchange<'_> {
             return Ok(resp);
         }
         // What the plugins published travels with the heads to every phase.
-        let Some(Heads { request: mut lent, mut chain, .. }) = heads.take() else { return Err(lost()) };
+        let Some(Heads { request: lent, chain, .. }) = heads.take() else { return Err(lost()) };
+        // JSON or gRPC-Web on a route that translates them: its own way.
+        let (mut lent, mut chain, body) = match self.translate(lent, chain, body).await? {
+            Ok(resp) => return Ok(resp),
+            Err(untranslated) => untranslated,
+        };
 
         // The request body: buffered for the body phase (whose plugins may
         // still edit the head), streamed through the plugins that take it
         // chunk by chunk, or streamed as it is.
         let upstream_body = if route.buffer_request {
-            let mut bytes = buffer_request(&lent.parts, body, max).await?;
-            let outbound = self.outbound_log();
-            let mut heads = Some(Heads { request: lent, response: None, chain, outbound });
-            if let Some(resp) = self.chain.run(Phase::RequestBody, &mut heads, Some(&mut bytes)).await? {
-                return Ok(resp);
-            }
-            let Some(Heads { request, chain: published, .. }) = heads.take() else { return Err(lost()) };
-            (lent, chain) = (request, published);
+            let bytes = buffer_request(&lent.parts, body, max).await?;
+            let bytes = match self.body_phase(lent, chain, bytes).await? {
+                Ok((request, published, bytes)) => {
+                    (lent, chain) = (request, published);
+                    bytes
+                }
+                Err(resp) => return Ok(resp),
+            };
             lent.parts.headers.remove(header::TRANSFER_ENCODING);
             lent.parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             Outgoing::Replayable(bytes)
@@ -99,14 +109,36 @@ impl Exchange<'_> {
         self.respond(sent, chain, resp, is_head).await
     }
 
+    /// The request body phase on the whole body: the request, what the
+    /// plugins published and the body as they left them, or the answer of
+    /// a plugin that answered itself.
+    pub(super) async fn body_phase(
+        &mut self,
+        lent: LentRequest,
+        chain: ChainData,
+        mut bytes: Bytes,
+    ) -> Result<Result<(LentRequest, ChainData, Bytes), Response<ProxyBody>>, ProxyError> {
+        let outbound = self.outbound_log();
+        let mut heads = Some(Heads { request: lent, response: None, chain, outbound });
+        if let Some(resp) = self.chain.run(Phase::RequestBody, &mut heads, Some(&mut bytes)).await? {
+            return Ok(Err(resp));
+        }
+        let Some(Heads { request, chain, .. }) = heads.take() else { return Err(lost()) };
+        Ok(Ok((request, chain, bytes)))
+    }
+
     /// Where plugins' outbound calls are noted, joining this request's trace.
-    fn outbound_log(&self) -> OutboundLog {
+    pub(super) fn outbound_log(&self) -> OutboundLog {
         OutboundLog { trace: Some(self.chain.trace.context()), calls: Vec::new() }
     }
 
     /// Send the request where the route sends it: its upstream (through its
     /// cache, when it has one) or the aggregate's parts.
-    async fn dispatch(&mut self, mut parts: Parts, body: Outgoing) -> Result<Response<ProxyBody>, ProxyError> {
+    pub(super) async fn dispatch(
+        &mut self,
+        mut parts: Parts,
+        body: Outgoing,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let route = self.route;
         headers::add_forwarding(&mut parts.headers, self.info.client.ip(), &self.info.authority, self.info.scheme());
         // The upstream try is a client span: its id is the parent the
@@ -143,7 +175,7 @@ impl Exchange<'_> {
     }
 
     /// The response phases, on the upstream's (or the aggregate's) answer.
-    async fn respond(
+    pub(super) async fn respond(
         &mut self,
         sent: Option<LentRequest>,
         chain: ChainData,

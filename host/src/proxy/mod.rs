@@ -11,6 +11,9 @@
 //! its `finish`. The trip through a route is an `exchange::Exchange`; its
 //! four plugin phases share one runner (`chain`).
 //!
+//! A route with `grpc_transcode` or `grpc_web` translates JSON and gRPC-Web
+//! requests to gRPC after the request phases (`transcode`).
+//!
 //! Bodies stream straight through unless a plugin on the route asked for a
 //! body phase; then that body alone is buffered, up to
 //! `server.max_buffered_body`.
@@ -23,6 +26,7 @@ mod grpc;
 mod reply;
 mod request_body;
 mod stream;
+mod transcode;
 mod tunnel;
 
 use std::net::SocketAddr;
@@ -81,6 +85,8 @@ where
         }
     };
     cx.routed(route, &parts.method);
+    // CORS goes on every answer of a route that has it, errors included.
+    let origin = route.translation.as_ref().and(parts.headers.get(header::ORIGIN)).cloned();
 
     let tls = forwarded(&snap, &mut parts, &cx.request_id);
     let bytes_in = Arc::new(AtomicU64::new(0));
@@ -124,7 +130,10 @@ where
         }
         (result, ..) => result,
     };
-    let resp = answer(&cx, route, result, &verdict, &snap);
+    let mut resp = answer(&cx, route, result, &verdict, &snap);
+    if let Some(t) = &route.translation {
+        t.add_cors(origin.as_ref(), resp.headers_mut());
+    }
     if let (Some((recorder, (request, redacted), started)), Some(info)) = (received, info)
         && resp.status().is_server_error()
         && !recorded

@@ -16,12 +16,13 @@ use crate::observe::recorder::Recorder;
 use crate::observe::trace::Tracer;
 use crate::router::{RouteMatcher, Router};
 use crate::tls::ListenerTls;
+use crate::translation::Translation;
 use crate::upstream::Upstream;
 use crate::upstream::discovery::Upstreams;
 use crate::upstream::metrics::UpstreamFamilies;
-use weir_config::RuntimeConfig;
 use weir_config::files::{self, FileError};
 use weir_config::{AccessLogConfig, GatewayConfig, LoadError, LoadErrors, RouteConfig, RouteKind, Source};
+use weir_config::{RuntimeConfig, UpstreamProtocol};
 use weir_plugin_host::state::StateStore;
 use weir_plugin_host::{EventSink, Phases, PluginRuntime, PluginSpec, StreamPhases, sha256_hex};
 
@@ -393,6 +394,10 @@ impl Loader {
             };
             let params = matcher.as_ref().map(|m| m.param_names()).unwrap_or_default();
             let backend = self.backend(src, &cfg, r, &upstreams, &params, span.clone(), max_body, &mut errors);
+            let translation = self.translation(src, &cfg, r, span.clone(), max_body, &mut errors).await;
+            if let Some(file) = translation.as_ref().and_then(|t| t.descriptors.clone()) {
+                tls_files.push(file);
+            }
             let mut chain = Vec::new();
             for c in &r.chain {
                 match plugins.get(c.get_ref()) {
@@ -444,6 +449,7 @@ impl Loader {
                     }),
                     cache,
                     websocket: r.websocket.then_some(r.websocket_idle_timeout),
+                    translation,
                 });
             }
         }
@@ -538,6 +544,52 @@ impl Loader {
                 let agg = aggregate::build::from_config(src, r, params, span, max_body, lookup, cache, errors)?;
                 let upstream_name = agg.upstream_names().into();
                 Some((Backend::Aggregate(Arc::new(agg)), upstream_name))
+            }
+        }
+    }
+
+    /// A route's protocol translation (`grpc_transcode`, `grpc_web`), its
+    /// descriptor set read and checked; `None` without either key, or with
+    /// the problems pushed to `errors`. Translating needs HTTP/2 to the
+    /// route's one upstream, so its upstream must say `protocol = "h2"`.
+    async fn translation(
+        &self,
+        src: &Source,
+        cfg: &GatewayConfig,
+        r: &RouteConfig,
+        span: std::ops::Range<usize>,
+        max_body: usize,
+        errors: &mut Vec<LoadError>,
+    ) -> Option<Arc<Translation>> {
+        let transcode = r.grpc_transcode.as_ref();
+        if transcode.is_none() && r.grpc_web.is_none() {
+            return None;
+        }
+        let at = transcode.map_or(span, |t| t.span());
+        let key = if transcode.is_some() { "grpc_transcode" } else { "grpc_web" };
+        if r.kind != RouteKind::Proxy {
+            errors.push(src.error(at, format!("route `{}`: `{key}` is for `kind = \"proxy\"` routes", r.name)));
+            return None;
+        }
+        if let Some(name) = &r.upstream
+            && let Some(up) = cfg.upstreams.get(name.get_ref())
+            && up.get_ref().protocol != UpstreamProtocol::H2
+        {
+            let why = format!(
+                "route `{}`: `{key}` calls the upstream with gRPC, which needs HTTP/2: set `protocol = \"h2\"` on [upstreams.{}]",
+                r.name,
+                name.get_ref()
+            );
+            errors.push(src.error(at, why));
+            return None;
+        }
+        let built =
+            Translation::build(transcode.map(|t| t.get_ref()), r.grpc_web.as_ref(), &src.base_dir(), max_body).await;
+        match built {
+            Ok(t) => t.map(Arc::new),
+            Err(e) => {
+                errors.push(src.error(at, format!("route `{}`: {e}", r.name)));
+                None
             }
         }
     }

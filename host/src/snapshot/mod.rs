@@ -57,6 +57,9 @@ pub(crate) struct Route {
     pub(crate) cache: Option<Arc<RouteCache>>,
     /// The WebSocket idle timeout; `None` when upgrades are refused.
     pub(crate) websocket: Option<std::time::Duration>,
+    /// JSON/HTTP and gRPC-Web translation to gRPC (`grpc_transcode`,
+    /// `grpc_web`), when the route has either.
+    pub(crate) translation: Option<Arc<crate::translation::Translation>>,
 }
 
 /// What a route sends requests to.
@@ -112,6 +115,6 @@ pub(crate) struct Snapshot {
     /// The TLS listener's certificates and settings, from `[server.tls]`.
     pub(crate) tls: Option<Arc<ListenerTls>>,
     /// Certificate, key and CA files the snapshot read (listener and
-    /// upstreams): a change to one reloads.
+    /// upstreams), and the routes' descriptor sets: a change to one reloads.
     pub(crate) tls_files: Vec<PathBuf>,
 }
