@@ -19,8 +19,8 @@
 //! | dispatch to several upstreams at once, answers merged | `aggregate` |
 //! | metrics, the dashboard's series, access log, traces, plugin events | `observe` |
 //! | the admin API and the dashboard | `admin` |
-//! | snapshots: building one from the config, hot reload | `snapshot` |
-//! | fleet mode: the configuration in etcd, watched | `fleet` |
+//! | snapshots: building one from the config, hot reload (from a file or etcd), the node's record in the fleet | `snapshot` |
+//! | fleet mode's etcd side: locations, push and pull, the service registry | `fleet` |
 //! | shared by the rooms: bodies, the typed error, header rules, TLS material | `body`, `error`, `headers`, `tls` |
 //!
 //! The config schema is the `weir-config` crate; everything that touches
@@ -113,7 +113,7 @@ pub(crate) enum Origin {
     /// The file at `Shared::config_path`, watched.
     File,
     /// A document in etcd, watched.
-    Etcd(Arc<fleet::source::EtcdSource>),
+    Etcd(Arc<snapshot::etcd::EtcdSource>),
 }
 
 /// What stays node-local when many gateways share one configuration: each
@@ -265,7 +265,7 @@ impl Gateway {
         let path = loc.source_path();
         let base =
             std::env::current_dir().map_err(|e| snapshot::file_error(&path, format!("the working directory: {e}")))?;
-        let etcd = Arc::new(fleet::source::EtcdSource::new(loc, access, base.clone()));
+        let etcd = Arc::new(snapshot::etcd::EtcdSource::new(loc, access, base.clone()));
         let source = match etcd.fetch().await {
             Ok(Some(stored)) => {
                 let source = Source::from_text(&path, stored.text.clone()).with_base_dir(base);
@@ -505,10 +505,10 @@ impl Gateway {
             Origin::Etcd(source) => {
                 let listen = proxy.local_addr().unwrap_or(server.listen);
                 let id =
-                    self.shared.loader.node().node_id.clone().unwrap_or_else(|| fleet::members::default_id(listen));
+                    self.shared.loader.node().node_id.clone().unwrap_or_else(|| snapshot::members::default_id(listen));
                 Some([
-                    fleet::source::watch(self.shared.clone(), source.clone()),
-                    fleet::members::register(self.shared.clone(), source.clone(), id),
+                    snapshot::etcd::watch(self.shared.clone(), source.clone()),
+                    snapshot::members::register(self.shared.clone(), source.clone(), id),
                 ])
             }
             Origin::File => None,
@@ -525,7 +525,7 @@ pub struct Bound {
     admin: Option<TcpListener>,
     watch: Option<snapshot::reload::WatchHandle>,
     /// The etcd watch and the membership, in fleet mode.
-    etcd: Option<[fleet::source::WatchHandle; 2]>,
+    etcd: Option<[snapshot::etcd::WatchHandle; 2]>,
     workers: Workers,
 }
 

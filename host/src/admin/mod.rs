@@ -91,7 +91,7 @@ pub(crate) async fn handle<B>(shared: &Shared, req: Request<B>) -> Response<Prox
         },
         (&Method::POST, p) if p.starts_with("/admin/plugins/") => canary_action(shared, p),
         (&Method::GET, "/admin/fleet") => match &shared.origin {
-            crate::Origin::Etcd(source) => match crate::fleet::members::list(source).await {
+            crate::Origin::Etcd(source) => match crate::snapshot::members::list(source).await {
                 Ok(doc) => json_response(StatusCode::OK, doc),
                 Err(e) => json_response(StatusCode::BAD_GATEWAY, json!({ "error": e })),
             },

@@ -22,14 +22,14 @@
 //! `--admin-listen`, `--plugins-dir` and `--state-dir` override it on each
 //! node, and relative paths resolve against the node's working directory.
 //!
-//! This module is the etcd side: locations, connecting, reading, the
-//! conditional push, the pull. [`source`] keeps a running gateway's copy
-//! and its watch; [`members`] its record in the fleet's member list;
-//! [`registry`] upstream targets registered in etcd.
+//! This module is the etcd side, below the rest of the gateway: locations,
+//! connecting, reading, the conditional push, the pull, and [`registry`]
+//! (service instances registered in etcd). What a running gateway does
+//! with them lives where it belongs: the configuration's watch and the
+//! node's record in the member list in `snapshot` (`etcd`, `members`),
+//! the registered targets in `upstream::discovery`.
 
-pub(crate) mod members;
 pub mod registry;
-pub(crate) mod source;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

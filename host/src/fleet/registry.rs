@@ -22,7 +22,6 @@ use etcd_client::{GetOptions, WatchOptions};
 use serde::{Deserialize, Serialize};
 
 use super::{Access, Location};
-use crate::upstream::Upstream;
 
 /// One registered instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,13 +143,13 @@ pub(crate) async fn initial(registry: &Registry, known: &Known) -> Vec<Instance>
     }
 }
 
-/// Watch `registry` for as long as `upstream` lives, calling `apply` with
-/// the instances after each change.
-pub(crate) fn watch(
-    upstream: Weak<Upstream>,
+/// Watch `registry` for as long as `upstream` (the upstream being fed)
+/// lives, calling `apply` with the instances after each change.
+pub(crate) fn watch<T: Send + Sync + 'static>(
+    upstream: Weak<T>,
     registry: Registry,
     known: Arc<Known>,
-    apply: impl Fn(Arc<Upstream>, Vec<Instance>) -> futures::future::BoxFuture<'static, ()> + Send + Sync + 'static,
+    apply: impl Fn(Arc<T>, Vec<Instance>) -> futures::future::BoxFuture<'static, ()> + Send + Sync + 'static,
 ) {
     tokio::spawn(async move {
         let mut pause = Duration::from_millis(250);
@@ -166,11 +165,11 @@ pub(crate) fn watch(
 
 /// One connection's watch: `None` when the upstream is gone, else why it
 /// ended.
-async fn watch_once(
-    upstream: &Weak<Upstream>,
+async fn watch_once<T>(
+    upstream: &Weak<T>,
     registry: &Registry,
     known: &Known,
-    apply: &(impl Fn(Arc<Upstream>, Vec<Instance>) -> futures::future::BoxFuture<'static, ()> + Send + Sync),
+    apply: &(impl Fn(Arc<T>, Vec<Instance>) -> futures::future::BoxFuture<'static, ()> + Send + Sync),
     pause: &mut Duration,
 ) -> Option<String> {
     let mut client = match super::connect(&registry.location, &registry.access).await {

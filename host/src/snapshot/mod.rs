@@ -1,9 +1,15 @@
 //! A snapshot: everything a request needs, built whole from one version of
 //! the configuration and the plugin modules, validated, then published
 //! atomically. A request keeps the snapshot it started with to the end.
+//!
+//! The configuration comes from a file (`reload` watches it) or, in fleet
+//! mode, from etcd (`etcd` watches it; `members` keeps the node's record in
+//! the fleet's member list).
 
 mod build;
+pub(crate) mod etcd;
 pub(crate) mod last_good;
+pub(crate) mod members;
 pub(crate) mod oci;
 pub(crate) mod reload;
 

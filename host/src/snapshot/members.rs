@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use etcd_client::{GetOptions, PutOptions};
 use serde::{Deserialize, Serialize};
 
-use super::source::EtcdSource;
+use super::etcd::EtcdSource;
 use crate::Shared;
 
 /// The record's lease: gone this long after its node stops renewing it.
@@ -70,9 +70,9 @@ pub(crate) fn default_id(listen: std::net::SocketAddr) -> String {
 }
 
 /// Keep this node's record in etcd until the handle is dropped.
-pub(crate) fn register(shared: Arc<Shared>, source: Arc<EtcdSource>, id: String) -> super::source::WatchHandle {
+pub(crate) fn register(shared: Arc<Shared>, source: Arc<EtcdSource>, id: String) -> super::etcd::WatchHandle {
     let started = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    super::source::WatchHandle::new(tokio::spawn(async move {
+    super::etcd::WatchHandle::new(tokio::spawn(async move {
         let key = format!("{}/nodes/{id}", source.location.prefix());
         let mut pause = Duration::from_millis(250);
         loop {
@@ -86,7 +86,7 @@ pub(crate) fn register(shared: Arc<Shared>, source: Arc<EtcdSource>, id: String)
 
 /// One lease's life: grant, write, renew and rewrite until something fails.
 async fn keep(shared: &Shared, source: &EtcdSource, key: &str, id: &str, started: u64) -> String {
-    let mut client = match super::connect(&source.location, &source.access).await {
+    let mut client = match crate::fleet::connect(&source.location, &source.access).await {
         Ok(c) => c,
         Err(e) => return e,
     };
@@ -129,8 +129,8 @@ async fn keep(shared: &Shared, source: &EtcdSource, key: &str, id: &str, started
 /// The members as etcd lists them now (`/admin/fleet`), with what each
 /// serves against the stored configuration's revision.
 pub(crate) async fn list(source: &EtcdSource) -> Result<serde_json::Value, String> {
-    let mut client = super::connect(&source.location, &source.access).await?;
-    let (stored, _) = super::read(&mut client, &source.location).await?;
+    let mut client = crate::fleet::connect(&source.location, &source.access).await?;
+    let (stored, _) = crate::fleet::read(&mut client, &source.location).await?;
     let current = stored.map_or(0, |s| s.revision);
     let prefix = format!("{}/nodes/", source.location.prefix());
     let resp = client

@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime};
 
 use etcd_client::{EventType, WatchOptions};
 
-use super::{Access, Location, Stored};
 use crate::Shared;
+use crate::fleet::{self, Access, Location, Stored};
 
 /// Reconnection backoff: first and longest pause.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(2));
@@ -103,8 +103,8 @@ impl EtcdSource {
 
     /// Read the document now: `Ok(None)` when there is none.
     pub(crate) async fn fetch(&self) -> Result<Option<Stored>, String> {
-        let mut client = super::connect(&self.location, &self.access).await?;
-        Ok(super::read(&mut client, &self.location).await?.0)
+        let mut client = fleet::connect(&self.location, &self.access).await?;
+        Ok(fleet::read(&mut client, &self.location).await?.0)
     }
 }
 
@@ -138,13 +138,13 @@ async fn watch_once(
     connected_once: &mut bool,
     pause: &mut Duration,
 ) -> String {
-    let mut client = match super::connect(&source.location, &source.access).await {
+    let mut client = match fleet::connect(&source.location, &source.access).await {
         Ok(c) => c,
         Err(e) => return e,
     };
     // Catch up first: what changed while the watch was away (or since the
     // gateway read the document at start).
-    let from = match super::read(&mut client, &source.location).await {
+    let from = match fleet::read(&mut client, &source.location).await {
         Ok((Some(stored), at)) => {
             if source.set_latest(stored) {
                 reload(shared).await;
