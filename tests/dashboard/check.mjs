@@ -58,6 +58,7 @@ try {
       curveRoutes: [...document.querySelectorAll("#curves .curve")].map((c) => c.dataset.route),
       curvePolylines: document.querySelectorAll("#curves polyline").length,
       plugins: rows("plugins").map((tr) => tr.dataset.plugin).filter(Boolean),
+      fleetHidden: document.getElementById("fleet-section").hidden,
       pluginTag: plugin("tag"),
       pluginOther: plugin("other"),
       upstreams: rows("upstreams").map((tr) => tr.children[0].textContent),

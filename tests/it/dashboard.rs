@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use weir_tests::{Registry, TestGateway, Upstream, fixture, weir_binary, workspace_root};
+use weir_tests::{Etcd, Registry, TestGateway, Upstream, fixture, weir_binary, workspace_root};
 
 /// `other` comes from an OCI registry (`other_module`), `tag` from the
 /// plugins folder, with a canary version that takes no traffic (0%).
@@ -102,6 +102,7 @@ async fn dashboard_shows_the_config_and_live_traffic_in_headless_chromium() {
     }
     assert_eq!(before["curveRoutes"], serde_json::json!(["shop", "blog"]));
     assert_eq!(before["plugins"], serde_json::json!(["other", "tag"]));
+    assert_eq!(before["fleetHidden"], true, "no fleet panel for a file configuration");
     assert_eq!(before["upstreams"], serde_json::json!(["catalog", "content"]));
     assert_eq!(before["heatCells"], 60, "30 cells for each of two routes");
     assert_eq!(before["generation"], "#1", "the rejected reload did not publish");
@@ -136,4 +137,72 @@ async fn dashboard_shows_the_config_and_live_traffic_in_headless_chromium() {
     assert!(after["curvePolylines"].as_u64().is_some_and(|n| n >= 8), "curves drawn: {after}");
     assert_eq!(r["windowOn"], true);
     assert_eq!(r["heatOn"], true);
+}
+
+/// The fleet panel: two gateways in fleet mode on a real etcd, and the
+/// panel of one lists both, serving the stored revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_panel_lists_the_nodes_in_headless_chromium() {
+    let etcd = Etcd::start();
+    let up = Upstream::start("up").await;
+    let location = etcd.location("weir/dashboard");
+    let work = tempfile::tempdir().expect("tempdir");
+    let plugins = work.path().join("plugins");
+    std::fs::create_dir(&plugins).expect("mkdir");
+    std::fs::copy(fixture("probe.wasm"), plugins.join("probe.wasm")).expect("copy");
+    let file = work.path().join("gateway.toml");
+    let doc = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nplugins_dir = \"plugins\"\n\n[runtime]\nmax_instances = 64\n\n\
+         [upstreams.up]\ntargets = [\"{}\"]\n\n[plugins.tag]\nmodule = \"probe.wasm\"\nconfig = {{ tag = \"t\" }}\n\n\
+         [[routes]]\nname = \"r\"\nupstream = \"up\"\nchain = [\"tag\"]\n",
+        up.addr
+    );
+    std::fs::write(&file, doc).expect("write");
+    let pushed = Command::new(weir_binary()).args(["config", "push"]).arg(&file).arg(&location).output().expect("push");
+    assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
+
+    let mut admins = Vec::new();
+    let mut stops = Vec::new();
+    for id in ["node-a", "node-b"] {
+        let node = weir::NodeLocal {
+            listen: Some("127.0.0.1:0".parse().expect("addr")),
+            admin_listen: Some("127.0.0.1:0".parse().expect("addr")),
+            plugins_dir: Some(plugins.clone()),
+            node_id: Some(id.to_owned()),
+        };
+        let options = weir::StartOptions { state_dir: Some(work.path().join(id)), node, ..Default::default() };
+        let gateway = weir::Gateway::start_etcd(&location, weir::fleet::Access::default(), options)
+            .await
+            .unwrap_or_else(|e| panic!("{id} did not start: {e}"));
+        let bound = gateway.bind().await.expect("bind");
+        admins.push(format!("http://{}", bound.admin_addr().expect("admin")));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        stops.push(stop);
+        tokio::spawn(bound.serve(async {
+            let _ = stopped.await;
+        }));
+    }
+
+    let root = workspace_root().join("tests/dashboard");
+    let admin = admins[0].clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node").arg(root.join("fleet.mjs")).arg(&admin).arg("2").current_dir(&root).output()
+    })
+    .await
+    .expect("join")
+    .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("fleet.mjs printed no JSON ({e}):\n{stdout}"));
+    assert_eq!(r["pageErrors"], serde_json::json!([]), "{r}");
+    assert_eq!(r["consoleErrors"], serde_json::json!([]), "{r}");
+    assert_eq!(r["waitError"], serde_json::Value::Null, "both nodes shown current: {r}");
+    let fleet = &r["fleet"];
+    assert_eq!(fleet["hidden"], false, "{r}");
+    let nodes: Vec<&str> = fleet["rows"].as_array().expect("rows").iter().filter_map(|n| n["node"].as_str()).collect();
+    assert_eq!(nodes, ["node-a", "node-b"], "{r}");
+    for stop in stops {
+        let _ = stop.send(());
+    }
 }
