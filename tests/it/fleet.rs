@@ -445,3 +445,91 @@ async fn registered_instances_take_traffic_and_leave_within_their_lease_with_no_
     assert_eq!(failed, 0, "{ok} served");
     assert_eq!(targets().await, Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_with_authentication_takes_a_user_and_a_password_from_the_environment() {
+    let etcd = Etcd::start();
+    let client = Client::new();
+    // etcd's own auth on, through its JSON gateway (as etcdctl would).
+    for (path, body) in [
+        ("/v3/auth/role/add", serde_json::json!({ "name": "root" })),
+        ("/v3/auth/user/add", serde_json::json!({ "name": "root", "password": "s3cret" })),
+        ("/v3/auth/user/grant", serde_json::json!({ "user": "root", "role": "root" })),
+        ("/v3/auth/enable", serde_json::json!({})),
+    ] {
+        let url = format!("http://{}{path}", etcd.addr);
+        let r = client
+            .request(http::Method::POST, &url, &[("content-type", "application/json")], &body.to_string())
+            .await
+            .expect("etcd");
+        assert!(r.status == 200 || path == "/v3/auth/role/add", "{path}: {}", r.text());
+    }
+    let up = Upstream::start("up").await;
+    let location = etcd.location("weir/auth");
+    let work = folder();
+    let file = work.path().join("gateway.toml");
+    std::fs::write(&file, document(&up.addr.to_string(), "v1", "")).expect("write");
+    let file = file.to_string_lossy().into_owned();
+
+    // Without credentials: refused by etcd, and said so.
+    let out = weir(&["config", "push", &file, &location]);
+    assert!(!out.status.success(), "{}", text(&out));
+    // With them: pushed and pulled.
+    let with = |args: &[&str]| {
+        Command::new(weir_binary())
+            .args(args)
+            .args(["--etcd-username", "root", "--etcd-password-env", "WEIR_TEST_ETCD_PASSWORD"])
+            .env("WEIR_TEST_ETCD_PASSWORD", "s3cret")
+            .output()
+            .expect("run weir")
+    };
+    let out = with(&["config", "push", &file, &location]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = with(&["config", "pull", &location]);
+    assert!(out.status.success() && text(&out).contains("x-version"), "{}", text(&out));
+    // A wrong password is refused.
+    let out = Command::new(weir_binary())
+        .args([
+            "config",
+            "pull",
+            &location,
+            "--etcd-username",
+            "root",
+            "--etcd-password-env",
+            "WEIR_TEST_ETCD_PASSWORD",
+        ])
+        .env("WEIR_TEST_ETCD_PASSWORD", "wrong")
+        .output()
+        .expect("run weir");
+    assert!(!out.status.success(), "{}", text(&out));
+    println!("without credentials: {}", text(&weir(&["config", "pull", &location])).trim());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_over_tls_is_reached_with_the_ca_given() {
+    let pki_dir = tempfile::tempdir().expect("tempdir");
+    let pki = weir_tests::tls::Pki::new(pki_dir.path(), "etcd");
+    let server = pki.issue("etcd", "127.0.0.1", &["127.0.0.1", "localhost"], false);
+    let etcd = Etcd::start_tls(&server.cert, &server.key);
+    let up = Upstream::start("up").await;
+    let location = etcd.location("weir/tls");
+    let work = folder();
+    let file = work.path().join("gateway.toml");
+    std::fs::write(&file, document(&up.addr.to_string(), "v1", "")).expect("write");
+    let (file, ca) = (file.to_string_lossy().into_owned(), pki.ca_path().to_string_lossy().into_owned());
+
+    // With the CA: pushed (retried while etcd finishes starting) and pulled.
+    let pushed = wait_for(Duration::from_secs(15), || async {
+        let out = weir(&["config", "push", &file, &location, "--etcd-ca", &ca]);
+        out.status.success().then_some(())
+    })
+    .await;
+    assert!(pushed.is_some(), "{}", text(&weir(&["config", "push", &file, &location, "--etcd-ca", &ca])));
+    let out = weir(&["config", "pull", &location, "--etcd-ca", &ca]);
+    assert!(out.status.success() && text(&out).contains("x-version"), "{}", text(&out));
+    // Plain HTTP to it, or TLS verified against another CA: refused.
+    assert!(!weir(&["config", "pull", &location]).status.success());
+    let other = weir_tests::tls::Pki::new(pki_dir.path(), "other");
+    let out = weir(&["config", "pull", &location, "--etcd-ca", &other.ca_path().to_string_lossy()]);
+    assert!(!out.status.success(), "{}", text(&out));
+}

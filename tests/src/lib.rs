@@ -1081,6 +1081,8 @@ pub struct Etcd {
     pub addr: SocketAddr,
     peer: SocketAddr,
     dir: tempfile::TempDir,
+    /// The server certificate and key (PEM) when clients speak TLS to it.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Etcd {
@@ -1093,7 +1095,18 @@ impl Etcd {
         let dir = tempfile::tempdir().expect("tempdir");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let peer = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut etcd = Self { child: None, addr, peer, dir };
+        let mut etcd = Self { child: None, addr, peer, dir, tls: None };
+        etcd.resume();
+        etcd
+    }
+
+    /// Start one whose clients must speak TLS to it, with this server
+    /// certificate and key (PEM).
+    pub fn start_tls(cert: &Path, key: &Path) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let peer = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut etcd = Self { child: None, addr, peer, dir, tls: Some((cert.to_owned(), key.to_owned())) };
         etcd.resume();
         etcd
     }
@@ -1106,8 +1119,13 @@ impl Etcd {
     /// Start it again after [`Etcd::stop`], on the same ports and data.
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "etcd is running");
-        let (client, peer) = (format!("http://{}", self.addr), format!("http://{}", self.peer));
-        let child = Command::new("/usr/bin/etcd")
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let (client, peer) = (format!("{scheme}://{}", self.addr), format!("http://{}", self.peer));
+        let mut cmd = Command::new("/usr/bin/etcd");
+        if let Some((cert, key)) = &self.tls {
+            cmd.arg("--cert-file").arg(cert).arg("--key-file").arg(key);
+        }
+        let child = cmd
             .args(["--name", "test", "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
@@ -1121,7 +1139,13 @@ impl Etcd {
         self.child = Some(child);
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while std::time::Instant::now() < deadline {
-            if etcd_answers(self.addr) {
+            let up = match self.tls {
+                None => etcd_answers(self.addr),
+                // TLS: listening is enough here; the tests' first call
+                // retries.
+                Some(_) => std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok(),
+            };
+            if up {
                 return;
             }
             if let Some(c) = self.child.as_mut()
