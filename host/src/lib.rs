@@ -525,7 +525,7 @@ pub struct Bound {
     admin: Option<TcpListener>,
     watch: Option<snapshot::reload::WatchHandle>,
     /// The etcd watch and the membership, in fleet mode.
-    etcd: Option<[snapshot::etcd::WatchHandle; 2]>,
+    etcd: Option<[snapshot::reload::WatchHandle; 2]>,
     workers: Workers,
 }
 

@@ -46,14 +46,7 @@ async fn call(sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
 
 fn main() -> anyhow::Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let mut headers = Vec::new();
-    while let Some(i) = args.iter().position(|a| a == "-H") {
-        anyhow::ensure!(i + 1 < args.len(), "-H needs \"name: value\"");
-        let h = args.remove(i + 1);
-        args.remove(i);
-        let (k, v) = h.split_once(':').ok_or_else(|| anyhow::anyhow!("-H {h:?}: no ':'"))?;
-        headers.push((http::HeaderName::try_from(k.trim())?, http::HeaderValue::try_from(v.trim())?));
-    }
+    let headers = weir_bench::take_headers(&mut args)?;
     let [url, seconds, connections, streams, body_file] = args.as_slice() else {
         anyhow::bail!("usage: h2calls URL SECONDS CONNECTIONS STREAMS BODY_FILE [-H \"name: value\"]...");
     };

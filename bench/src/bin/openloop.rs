@@ -35,14 +35,7 @@ async fn connect(authority: &str) -> anyhow::Result<hyper::client::conn::http1::
 fn main() -> anyhow::Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     // `-H "name: value"` pairs may come anywhere; the rest are positional.
-    let mut headers = Vec::new();
-    while let Some(i) = args.iter().position(|a| a == "-H") {
-        anyhow::ensure!(i + 1 < args.len(), "-H needs \"name: value\"");
-        let h = args.remove(i + 1);
-        args.remove(i);
-        let (name, value) = h.split_once(':').ok_or_else(|| anyhow::anyhow!("-H {h:?}: expected name: value"))?;
-        headers.push((http::HeaderName::try_from(name.trim())?, http::HeaderValue::try_from(value.trim())?));
-    }
+    let headers = weir_bench::take_headers(&mut args)?;
     anyhow::ensure!(args.len() >= 3, "usage: openloop URL RATE SECONDS [CONNECTIONS] [-H \"name: value\"]...");
     let uri: http::Uri = args[0].parse()?;
     let rate: f64 = args[1].parse()?;

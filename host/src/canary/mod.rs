@@ -34,6 +34,7 @@ use weir_config::{CanaryConfig, RollbackConfig, Severity, Sticky};
 use weir_plugin_host::{CallObserver, EventRecord, EventSink, Heads, LoadedPlugin};
 
 use crate::observe::metrics::Metrics;
+use weir_plugin_host::clock::unix_ms_of;
 use window::{Summary, Window};
 
 /// Where a canary stands.
@@ -260,7 +261,7 @@ impl CanaryState {
         attributes.insert("canary_calls".into(), verdict.canary_calls.into());
         attributes.insert("canary_failures".into(), verdict.canary_failures.into());
         events.emit(EventRecord {
-            time_ms: unix_ms(verdict.at),
+            time_ms: unix_ms_of(verdict.at),
             plugin: self.plugin.to_string(),
             kind: "canary.rolled_back".into(),
             severity: Severity::Critical,
@@ -308,7 +309,7 @@ impl CanaryState {
         *self.verdict.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(Verdict { reason: format!("{what} (by an operator)"), at, canary_calls: 0, canary_failures: 0 });
         events.emit(EventRecord {
-            time_ms: unix_ms(at),
+            time_ms: unix_ms_of(at),
             plugin: self.plugin.to_string(),
             kind: kind.into(),
             severity: Severity::Info,
@@ -377,8 +378,8 @@ impl CanaryState {
             "sticky": self.sticky.to_string(),
             "state": self.status().as_str(),
             "reason": verdict.as_ref().map(|v| v.reason.clone()),
-            "decided_at_ms": verdict.as_ref().map(|v| unix_ms(v.at)),
-            "since_ms": unix_ms(self.started),
+            "decided_at_ms": verdict.as_ref().map(|v| unix_ms_of(v.at)),
+            "since_ms": unix_ms_of(self.started),
             "rollback": {
                 "max_error_rate": r.max_error_rate,
                 "max_p99_ratio": r.max_p99_ratio,
@@ -388,10 +389,6 @@ impl CanaryState {
             "window": { "stable": side(stable), "canary": side(canary) },
         })
     }
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// FNV-1a, 64 bits: a hash that is the same everywhere, for assignment.

@@ -42,6 +42,37 @@ pub const SCHEME: &str = "etcd://";
 /// How long connecting, and each request, may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The pauses between attempts to reach etcd again (the configuration's
+/// watch, the member record, the service registry, `weir register`):
+/// 250 ms, doubling to 2 s, back to 250 ms once connected.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Backoff(Duration);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(250);
+    const LONGEST: Duration = Duration::from_secs(2);
+
+    pub(crate) fn new() -> Self {
+        Self(Self::FIRST)
+    }
+
+    /// The pause the next [`Backoff::wait`] takes.
+    pub(crate) fn pause(&self) -> Duration {
+        self.0
+    }
+
+    /// Connected again: the next pause is the first one.
+    pub(crate) fn reset(&mut self) {
+        self.0 = Self::FIRST;
+    }
+
+    /// Pause, and double the next pause.
+    pub(crate) async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Self::LONGEST);
+    }
+}
+
 /// The comment `weir config pull` ends a file with: the revision it was
 /// pulled at, which `weir config push` makes its write conditional on.
 const REVISION_MARK: &str = "# weir-etcd-revision = ";

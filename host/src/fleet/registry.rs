@@ -152,13 +152,12 @@ pub(crate) fn watch<T: Send + Sync + 'static>(
     apply: impl Fn(Arc<T>, Vec<Instance>) -> futures::future::BoxFuture<'static, ()> + Send + Sync + 'static,
 ) {
     tokio::spawn(async move {
-        let mut pause = Duration::from_millis(250);
+        let mut backoff = super::Backoff::new();
         while upstream.strong_count() > 0 {
-            let why = watch_once(&upstream, &registry, &known, &apply, &mut pause).await;
+            let why = watch_once(&upstream, &registry, &known, &apply, &mut backoff).await;
             let Some(why) = why else { return };
-            tracing::warn!(prefix = registry.prefix, retry_in = ?pause, "service registry watch lost: {why}; keeping the last known instances");
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(2));
+            tracing::warn!(prefix = registry.prefix, retry_in = ?backoff.pause(), "service registry watch lost: {why}; keeping the last known instances");
+            backoff.wait().await;
         }
     });
 }
@@ -170,7 +169,7 @@ async fn watch_once<T>(
     registry: &Registry,
     known: &Known,
     apply: &(impl Fn(Arc<T>, Vec<Instance>) -> futures::future::BoxFuture<'static, ()> + Send + Sync),
-    pause: &mut Duration,
+    backoff: &mut super::Backoff,
 ) -> Option<String> {
     let mut client = match super::connect(&registry.location, &registry.access).await {
         Ok(c) => c,
@@ -193,7 +192,7 @@ async fn watch_once<T>(
         Ok(s) => s,
         Err(e) => return Some(format!("watching {}: {e}", registry.prefix)),
     };
-    *pause = Duration::from_millis(250);
+    backoff.reset();
     let mut alive = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -235,7 +234,7 @@ pub async fn register(
     let key = format!("{}/{id}", location.prefix());
     let value = serde_json::to_string(instance).map_err(|e| e.to_string())?;
     let mut stop = std::pin::pin!(stop);
-    let mut pause = Duration::from_millis(250);
+    let mut backoff = super::Backoff::new();
     loop {
         let held = async {
             let mut client = super::connect(&location, access).await?;
@@ -245,6 +244,7 @@ pub async fn register(
                 .await
                 .map_err(|e| format!("writing {key}: {e}"))?;
             tracing::info!(key, ttl, "registered");
+            backoff.reset();
             let (mut keeper, mut answers) =
                 client.lease_keep_alive(lease).await.map_err(|e| format!("keep-alive: {e}"))?;
             let every = Duration::from_secs((ttl as u64 / 3).max(1));
@@ -258,11 +258,11 @@ pub async fn register(
                 }
             }
         };
-        let (client_for_revoke, result) = tokio::select! {
+        let (stopped, result) = tokio::select! {
             r = held => (false, Some(r)),
             () = &mut stop => (true, None),
         };
-        if client_for_revoke {
+        if stopped {
             // Leave at once rather than at the lease's end.
             if let Ok(mut client) = super::connect(&location, access).await {
                 let _ = client.delete(key.as_str(), None).await;
@@ -271,9 +271,8 @@ pub async fn register(
             return Ok(());
         }
         if let Some(Err(e)) = result {
-            tracing::warn!(key, retry_in = ?pause, "registration lost: {e}");
+            tracing::warn!(key, retry_in = ?backoff.pause(), "registration lost: {e}");
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(2));
+        backoff.wait().await;
     }
 }

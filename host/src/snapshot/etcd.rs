@@ -13,15 +13,12 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
 
 use etcd_client::{EventType, WatchOptions};
 
+use super::reload::WatchHandle;
 use crate::Shared;
 use crate::fleet::{self, Access, Location, Stored};
-
-/// Reconnection backoff: first and longest pause.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(2));
 
 /// The configuration's home in etcd, as a running gateway knows it.
 pub(crate) struct EtcdSource {
@@ -111,22 +108,21 @@ impl EtcdSource {
 /// Watch the configuration document for `shared` until the handle is
 /// dropped: each change is read and reloaded.
 pub(crate) fn watch(shared: Arc<Shared>, source: Arc<EtcdSource>) -> WatchHandle {
-    WatchHandle { task: tokio::spawn(run(shared, source)) }
+    WatchHandle::new(tokio::spawn(run(shared, source)))
 }
 
 async fn run(shared: Arc<Shared>, source: Arc<EtcdSource>) {
     let key = source.location.config_key();
-    let mut pause = BACKOFF.0;
+    let mut backoff = fleet::Backoff::new();
     let mut connected_once = false;
     loop {
-        let outcome = watch_once(&shared, &source, &key, &mut connected_once, &mut pause).await;
+        let outcome = watch_once(&shared, &source, &key, &mut connected_once, &mut backoff).await;
         source.update(|s| {
             s.connected = false;
             s.last_error = Some(outcome.clone());
         });
-        tracing::warn!(key, retry_in = ?pause, "etcd watch lost: {outcome}; serving the last configuration meanwhile");
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(BACKOFF.1);
+        tracing::warn!(key, retry_in = ?backoff.pause(), "etcd watch lost: {outcome}; serving the last configuration meanwhile");
+        backoff.wait().await;
     }
 }
 
@@ -136,7 +132,7 @@ async fn watch_once(
     source: &EtcdSource,
     key: &str,
     connected_once: &mut bool,
-    pause: &mut Duration,
+    backoff: &mut fleet::Backoff,
 ) -> String {
     let mut client = match fleet::connect(&source.location, &source.access).await {
         Ok(c) => c,
@@ -162,7 +158,7 @@ async fn watch_once(
     source.update(|s| {
         s.connected = true;
         s.last_error = None;
-        s.connected_at_ms = Some(unix_ms());
+        s.connected_at_ms = Some(weir_plugin_host::clock::unix_ms());
         if *connected_once {
             s.reconnects += 1;
         }
@@ -171,7 +167,7 @@ async fn watch_once(
         tracing::info!(key, from_revision = from, "etcd watch resumed");
     }
     *connected_once = true;
-    *pause = BACKOFF.0;
+    backoff.reset();
     loop {
         let message = match stream.message().await {
             Ok(Some(m)) => m,
@@ -212,25 +208,4 @@ async fn watch_once(
 /// the reload itself.
 async fn reload(shared: &Shared) {
     let _ = crate::snapshot::reload::reload(shared).await;
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Stops the watch (or the membership) when dropped.
-pub(crate) struct WatchHandle {
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl WatchHandle {
-    pub(crate) fn new(task: tokio::task::JoinHandle<()>) -> Self {
-        Self { task }
-    }
-}
-
-impl Drop for WatchHandle {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }

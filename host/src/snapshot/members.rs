@@ -6,7 +6,7 @@
 //! addresses, version and start time. `/admin/fleet` lists them.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use etcd_client::{GetOptions, PutOptions};
 use serde::{Deserialize, Serialize};
@@ -70,22 +70,28 @@ pub(crate) fn default_id(listen: std::net::SocketAddr) -> String {
 }
 
 /// Keep this node's record in etcd until the handle is dropped.
-pub(crate) fn register(shared: Arc<Shared>, source: Arc<EtcdSource>, id: String) -> super::etcd::WatchHandle {
-    let started = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    super::etcd::WatchHandle::new(tokio::spawn(async move {
+pub(crate) fn register(shared: Arc<Shared>, source: Arc<EtcdSource>, id: String) -> super::reload::WatchHandle {
+    let started = weir_plugin_host::clock::unix_ms();
+    super::reload::WatchHandle::new(tokio::spawn(async move {
         let key = format!("{}/nodes/{id}", source.location.prefix());
-        let mut pause = Duration::from_millis(250);
+        let mut backoff = crate::fleet::Backoff::new();
         loop {
-            let why = keep(&shared, &source, &key, &id, started).await;
-            tracing::warn!(key, retry_in = ?pause, "fleet membership lost: {why}");
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(2));
+            let why = keep(&shared, &source, &key, &id, started, &mut backoff).await;
+            tracing::warn!(key, retry_in = ?backoff.pause(), "fleet membership lost: {why}");
+            backoff.wait().await;
         }
     }))
 }
 
 /// One lease's life: grant, write, renew and rewrite until something fails.
-async fn keep(shared: &Shared, source: &EtcdSource, key: &str, id: &str, started: u64) -> String {
+async fn keep(
+    shared: &Shared,
+    source: &EtcdSource,
+    key: &str,
+    id: &str,
+    started: u64,
+    backoff: &mut crate::fleet::Backoff,
+) -> String {
     let mut client = match crate::fleet::connect(&source.location, &source.access).await {
         Ok(c) => c,
         Err(e) => return e,
@@ -98,6 +104,7 @@ async fn keep(shared: &Shared, source: &EtcdSource, key: &str, id: &str, started
         Ok(k) => k,
         Err(e) => return format!("lease keep-alive: {e}"),
     };
+    backoff.reset();
     let mut written: Option<NodeRecord> = None;
     let mut tick = tokio::time::interval(EVERY);
     loop {

@@ -242,9 +242,16 @@ fn same_dir(a: &Path, b: &Path) -> bool {
     a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }
 
-/// Stops the watcher when dropped.
+/// Stops a watch (of files, of etcd, or the fleet membership) when
+/// dropped.
 pub(crate) struct WatchHandle {
     task: tokio::task::JoinHandle<()>,
+}
+
+impl WatchHandle {
+    pub(crate) fn new(task: tokio::task::JoinHandle<()>) -> Self {
+        Self { task }
+    }
 }
 
 impl Drop for WatchHandle {
