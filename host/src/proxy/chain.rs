@@ -231,6 +231,21 @@ impl<'a> Chain<'a> {
         &mut self,
         phase: Phase,
         heads: &mut Option<Heads>,
+        body: Option<&mut Bytes>,
+    ) -> Result<Option<Response<ProxyBody>>, ProxyError> {
+        if self.plugins.is_empty() {
+            return Ok(None);
+        }
+        // Boxed: the plugin calls' futures (wasmtime's fiber call under a
+        // timeout) are ~2 KB, and inline they would grow every request's
+        // future, plugins or not, which hyper copies as it moves it.
+        Box::pin(self.run_plugins(phase, heads, body)).await
+    }
+
+    async fn run_plugins(
+        &mut self,
+        phase: Phase,
+        heads: &mut Option<Heads>,
         mut body: Option<&mut Bytes>,
     ) -> Result<Option<Response<ProxyBody>>, ProxyError> {
         let len = self.plugins.len();

@@ -28,14 +28,16 @@ pub(super) struct Pending {
     done: Completion,
     log: Option<Arc<AccessLog>>,
     /// What the access log says about the request, taken before anything
-    /// edits it; `None` when there is no access log.
-    record: Option<Record>,
+    /// edits it; `None` when there is no access log. Boxed, like the span
+    /// below: this struct lives in every request's future, which hyper
+    /// copies as it moves it, and most requests have neither.
+    record: Option<Box<Record>>,
     /// The client's `x-request-id` if it is usable, else a new one.
     pub(super) request_id: String,
     tracer: Option<Arc<Tracer>>,
     /// The request's trace: plugin calls and upstream tries are its spans.
     pub(super) trace: RequestTrace,
-    server_span: Option<Span>,
+    server_span: Option<Box<Span>>,
     /// A gRPC call: the gateway's own answers are gRPC errors.
     pub(super) grpc: bool,
 }
@@ -46,30 +48,34 @@ impl Pending {
         let started = Instant::now();
         let log = snap.access_log.clone();
         let trace = RequestTrace::begin(&parts.headers, snap.tracer.as_deref());
-        let server_span = trace.recording.then(|| Span {
-            span_id: trace.server_span.clone(),
-            parent_id: trace.parent_id.clone(),
-            name: parts.method.to_string(),
-            kind: SpanKind::Server,
-            start_ns: trace.start_ns,
-            end_ns: 0,
-            attributes: vec![
-                ("http.request.method", Value::Str(parts.method.to_string())),
-                ("url.path", Value::Str(parts.uri.path().to_owned())),
-                ("client.address", Value::Str(client.ip().to_string())),
-            ],
-            error: None,
+        let server_span = trace.recording.then(|| {
+            Box::new(Span {
+                span_id: trace.server_span.clone(),
+                parent_id: trace.parent_id.clone(),
+                name: parts.method.to_string(),
+                kind: SpanKind::Server,
+                start_ns: trace.start_ns,
+                end_ns: 0,
+                attributes: vec![
+                    ("http.request.method", Value::Str(parts.method.to_string())),
+                    ("url.path", Value::Str(parts.uri.path().to_owned())),
+                    ("client.address", Value::Str(client.ip().to_string())),
+                ],
+                error: None,
+            })
         });
-        let record = log.as_ref().map(|log| Record {
-            time_ms: weir_plugin_host::clock::unix_ms(),
-            client: client.to_string(),
-            method: parts.method.as_str().to_owned(),
-            path: match (log.with_query(), parts.uri.path_and_query()) {
-                (true, Some(pq)) => pq.as_str().to_owned(),
-                _ => parts.uri.path().to_owned(),
-            },
-            version: version_name(parts.version),
-            ..Record::default()
+        let record = log.as_ref().map(|log| {
+            Box::new(Record {
+                time_ms: weir_plugin_host::clock::unix_ms(),
+                client: client.to_string(),
+                method: parts.method.as_str().to_owned(),
+                path: match (log.with_query(), parts.uri.path_and_query()) {
+                    (true, Some(pq)) => pq.as_str().to_owned(),
+                    _ => parts.uri.path().to_owned(),
+                },
+                version: version_name(parts.version),
+                ..Record::default()
+            })
         });
         Self {
             started,
@@ -139,7 +145,7 @@ impl Pending {
             if status >= 500 {
                 span.error = Some(format!("answered {status}"));
             }
-            done.trace(tracer, trace.trace_id.clone(), trace.spans, span);
+            done.trace(tracer, trace.trace_id.clone(), trace.spans, *span);
         }
         if let (Some(log), Some(mut record)) = (log, record)
             && log.wants(status)

@@ -156,7 +156,8 @@ impl Exchange<'_> {
         }
         let upstream = match &route.backend {
             Backend::Upstream(upstream) => upstream,
-            Backend::Aggregate(agg) => return agg.fetch(&parts, &self.info, self.chain.trace).await,
+            // Boxed, like the cache below: only aggregate routes pay for its future.
+            Backend::Aggregate(agg) => return Box::pin(agg.fetch(&parts, &self.info, self.chain.trace)).await,
         };
         let t0 = now_ns();
         let client_ip = self.info.client.ip();

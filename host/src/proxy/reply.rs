@@ -48,8 +48,8 @@ impl Completion {
     }
 
     /// Write `record` to `log` when done.
-    pub(crate) fn log(&mut self, log: Arc<AccessLog>, record: Record) {
-        self.log = Some((log, Box::new(record)));
+    pub(crate) fn log(&mut self, log: Arc<AccessLog>, record: Box<Record>) {
+        self.log = Some((log, record));
     }
 
     /// Export `spans` and the `server` span, ended when done, to `tracer`.

@@ -66,8 +66,9 @@ impl Exchange<'_> {
         let is_grpc = self.grpc || grpc::is_grpc(&lent.parts.headers);
         match translation.kind(&lent.parts.headers, is_grpc) {
             Kind::Plain => Ok(Err((lent, chain, body))),
-            Kind::Json(t) => self.transcode(lent, chain, body, t).await.map(Ok),
-            Kind::Web(mode) => self.grpc_web(lent, chain, body, mode).await.map(Ok),
+            // Boxed, so translating does not grow every request's future.
+            Kind::Json(t) => Box::pin(self.transcode(lent, chain, body, t)).await.map(Ok),
+            Kind::Web(mode) => Box::pin(self.grpc_web(lent, chain, body, mode)).await.map(Ok),
         }
     }
 
