@@ -331,8 +331,8 @@ impl Request {
         let (name, value) = (name.as_ref(), value.as_ref());
         self.handle.set_header(name, value).map_err(|e| refused(&format!("header {name}"), e))?;
         let v = HeaderValue::from_bytes(value).ok();
-        let handle = &self.handle;
-        self.headers.edited(name, |m, n| set_in(m, n, v), || handle.header(name));
+        // Its only value now is `value`: no need to ask the gateway again.
+        self.headers.edited(name, |m, n| set_in(m, n, v), || vec![value.to_vec()]);
         Ok(())
     }
 
@@ -488,8 +488,8 @@ impl Response {
         let (name, value) = (name.as_ref(), value.as_ref());
         self.handle.set_header(name, value).map_err(|e| refused(&format!("header {name}"), e))?;
         let v = HeaderValue::from_bytes(value).ok();
-        let handle = &self.handle;
-        self.headers.edited(name, |m, n| set_in(m, n, v), || handle.header(name));
+        // Its only value now is `value`: no need to ask the gateway again.
+        self.headers.edited(name, |m, n| set_in(m, n, v), || vec![value.to_vec()]);
         Ok(())
     }
 

@@ -71,6 +71,41 @@ impl RequestInfo {
     }
 }
 
+/// `addr` as `Display` writes it (`1.2.3.4:5`, `[::1]:5`), without the
+/// formatting machinery for IPv4, the common case: plugins ask for the
+/// client's address on most requests (rate limits, anomaly), and
+/// `to_string` cost ~1,700 instructions of a ~2,000-instruction host call.
+pub fn addr_text(addr: &SocketAddr) -> String {
+    let SocketAddr::V4(v4) = addr else { return addr.to_string() };
+    let mut out = String::with_capacity(21);
+    for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        push_decimal(&mut out, u32::from(octet));
+    }
+    out.push(':');
+    push_decimal(&mut out, u32::from(v4.port()));
+    out
+}
+
+fn push_decimal(out: &mut String, n: u32) {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(char::from(d));
+    }
+}
+
 /// The request head while it is lent (or ready to be lent) to plugins.
 pub struct LentRequest {
     /// The head as the chain left it so far.

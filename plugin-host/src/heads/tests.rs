@@ -109,3 +109,14 @@ fn chain_data_is_staged_per_phase_namespaced_and_bounded() {
     assert!(!heads.chain.publish(&auth, "k1".into(), vec![0; 16 * 1024]));
     assert!(heads.chain.publish(&other, "k1".into(), vec![0; 8 * 1024]), "each plugin has its own budget");
 }
+
+#[test]
+fn addresses_are_written_as_display_writes_them() {
+    for text in
+        ["127.0.0.1:40000", "0.0.0.0:0", "255.255.255.255:65535", "10.0.12.9:8", "[::1]:443", "[2001:db8::7]:80"]
+    {
+        let addr: SocketAddr = text.parse().expect("a socket address");
+        assert_eq!(super::addr_text(&addr), addr.to_string(), "{text}");
+        assert_eq!(super::addr_text(&addr), text);
+    }
+}

@@ -54,7 +54,7 @@ impl types::HostRequest for StoreData {
     }
 
     fn client_addr(&mut self, h: Resource<RequestRes>) -> wasmtime::Result<String> {
-        Ok(self.lent_request(&h)?.info.client.to_string())
+        Ok(crate::heads::addr_text(&self.lent_request(&h)?.info.client))
     }
 
     fn route(&mut self, h: Resource<RequestRes>) -> wasmtime::Result<String> {

@@ -1,6 +1,8 @@
-//! Header edits: remove → rename → set → add.
+//! Header edits: remove → rename → set → add, made header by header on
+//! the head (never through the whole map: fetching every header, and
+//! working out what changed in it, cost more than the edits themselves).
 
-use weir_plugin_sdk::{HeaderMap, HeaderName, HeaderValue};
+use weir_plugin_sdk::{HeaderName, HeaderValue, Request, Response, Result};
 
 use crate::config::HeaderSettings;
 use crate::template::{Source, Template, Vars};
@@ -115,41 +117,82 @@ impl HeaderPlan {
 
     /// Whether applying would change `headers` (so untouched headers are
     /// not sent back to the gateway).
-    pub(crate) fn changes(&self, headers: &HeaderMap) -> bool {
+    pub(crate) fn changes(&self, head: &impl Head) -> bool {
         !self.set.is_empty()
             || !self.add.is_empty()
-            || self.remove.iter().any(|n| headers.contains_key(n))
-            || self.rename.iter().any(|(from, _)| headers.contains_key(from))
+            || self.remove.iter().any(|n| head.has(n))
+            || self.rename.iter().any(|(from, _)| head.has(from))
     }
 
-    pub(crate) fn apply(&self, headers: &mut HeaderMap, values: Rendered) {
+    pub(crate) fn apply(&self, head: &mut impl Head, values: Rendered) -> Result<()> {
         for n in &self.remove {
-            headers.remove(n);
+            if head.has(n) {
+                head.remove(n)?;
+            }
         }
         for (from, to) in &self.rename {
-            let moved: Vec<HeaderValue> = headers.get_all(from).iter().cloned().collect();
+            let moved = head.values(from);
             if moved.is_empty() {
                 continue;
             }
-            headers.remove(from);
-            headers.remove(to);
-            for v in moved {
-                headers.append(to.clone(), v);
+            head.remove(from)?;
+            head.remove(to)?;
+            for v in &moved {
+                head.append(to, v)?;
             }
         }
         for ((n, _), vs) in self.set.iter().zip(values.set) {
-            headers.remove(n);
-            for v in vs {
-                headers.append(n.clone(), v);
+            match vs.split_first() {
+                None => head.remove(n)?,
+                Some((first, rest)) => {
+                    head.set(n, first)?;
+                    for v in rest {
+                        head.append(n, v)?;
+                    }
+                }
             }
         }
         for ((n, _), vs) in self.add.iter().zip(values.add) {
-            for v in vs {
-                headers.append(n.clone(), v);
+            for v in &vs {
+                head.append(n, v)?;
             }
         }
+        Ok(())
     }
 }
+
+/// A head the plan edits: the request or the response.
+pub(crate) trait Head {
+    fn values(&self, name: &HeaderName) -> Vec<HeaderValue>;
+    fn set(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<()>;
+    fn append(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<()>;
+    fn remove(&mut self, name: &HeaderName) -> Result<()>;
+
+    fn has(&self, name: &HeaderName) -> bool {
+        !self.values(name).is_empty()
+    }
+}
+
+macro_rules! head {
+    ($t:ty) => {
+        impl Head for $t {
+            fn values(&self, name: &HeaderName) -> Vec<HeaderValue> {
+                self.header_all(name.as_str())
+            }
+            fn set(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<()> {
+                self.set_header(name, value.as_bytes())
+            }
+            fn append(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<()> {
+                self.append_header(name, value.as_bytes())
+            }
+            fn remove(&mut self, name: &HeaderName) -> Result<()> {
+                self.remove_header(name)
+            }
+        }
+    };
+}
+head!(Request);
+head!(Response);
 
 fn name(key: &str, text: &str) -> Result<HeaderName, String> {
     let n =

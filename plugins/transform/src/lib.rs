@@ -108,7 +108,7 @@ impl Plugin for Transform {
         }
         // Render everything first, from the request as it arrived; then edit.
         let vars = Vars::new(req);
-        let headers = if self.req_headers.changes(req.headers()) {
+        let headers = if self.req_headers.changes(req) {
             let (values, invalid) = self.req_headers.render(&vars);
             if let Some(bad) = invalid.first() {
                 // Fail closed: skipping a `set` could let a client's own
@@ -129,7 +129,7 @@ impl Plugin for Transform {
         let query = self.query.apply(req.query(), &vars);
 
         if let Some(values) = headers {
-            self.req_headers.apply(req.headers_mut(), values);
+            self.req_headers.apply(req, values)?;
         }
         if path.is_some() || query.is_some() {
             let path = path.unwrap_or_else(|| req.path().to_owned());
@@ -172,7 +172,7 @@ impl Plugin for Transform {
         if let Some(status) = self.status_map.get(resp.status()) {
             resp.set_status(status)?;
         }
-        if self.resp_headers.changes(resp.headers()) {
+        if self.resp_headers.changes(resp) {
             let kept = self.kept_values(cx);
             let vars = self.vars(req, kept.as_deref());
             let (values, invalid) = self.resp_headers.render(&vars);
@@ -184,7 +184,7 @@ impl Plugin for Transform {
                     &format!("response header {} left out: invalid value ({})", bad.header, bad.reason),
                 );
             }
-            self.resp_headers.apply(resp.headers_mut(), values);
+            self.resp_headers.apply(resp, values)?;
         }
         Ok(Action::Continue)
     }

@@ -367,7 +367,11 @@ impl<'a> Vars<'a> {
 /// A source's value in `req` as it is now.
 pub(crate) fn current<'a>(req: &'a Request, src: &Source) -> Cow<'a, str> {
     match src {
-        Source::Header(h) => req.headers().get(h).map_or(Cow::Borrowed(""), |v| String::from_utf8_lossy(v.as_bytes())),
+        // One header read, not the whole map.
+        Source::Header(h) => req
+            .header_all(h.as_str())
+            .first()
+            .map_or(Cow::Borrowed(""), |v| Cow::Owned(String::from_utf8_lossy(v.as_bytes()).into_owned())),
         Source::PathParam(p) => Cow::Borrowed(req.path_param(p).unwrap_or("")),
         Source::Query(q) => query_value(req.query(), q).unwrap_or(Cow::Borrowed("")),
         Source::ClientIp => req.client_ip().map_or(Cow::Borrowed(""), |ip| Cow::Owned(ip.to_string())),
