@@ -4,7 +4,12 @@
 # upstream, weir under `valgrind --tool=callgrind` with instrumentation off
 # during start-up and warm-up, then N keep-alive requests with h2load.
 #
-#   bench/callgrind.sh [REQUESTS] [CONNECTIONS]     (defaults 20000, 16)
+#   bench/callgrind.sh [--route NAME] [REQUESTS] [CONNECTIONS]     (defaults 20000, 16)
+#
+# `--route NAME` counts a route with built-in plugins instead (auth-hs256,
+# auth-es256, rate-limit, anomaly, transform, mission: the bench table's
+# routes, from `bench/run.py --route-config`); the plugins' functions are
+# named in wasmtime's perf map (/tmp/perf-PID.map) for reading the profile.
 #
 # Installs valgrind and h2load when missing, builds in release, prints the
 # instructions per request and leaves the profile in target/callgrind/ for
@@ -17,7 +22,14 @@ if ! command -v valgrind >/dev/null 2>&1 || ! command -v h2load >/dev/null 2>&1;
   $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind nghttp2-client >/dev/null
 fi
 # --workspace: the same feature set as the test build, so nothing is rebuilt.
+ROUTE=""
+if [ "${1:-}" = "--route" ]; then ROUTE=$2; shift 2; fi
 cargo build --release --workspace --bins
+if [ -n "$ROUTE" ]; then
+  plugins=()
+  for dir in plugins/*/; do plugins+=(-p "$(basename "$dir")"); done
+  cargo build --release --target wasm32-wasip2 "${plugins[@]}"
+fi
 N=${1:-20000}
 C=${2:-16}
 REL=target/release
@@ -34,30 +46,37 @@ admin_listen = "127.0.0.1:$ADMIN"
 watch = false
 [runtime]
 # valgrind cannot reserve the pooling allocator's default address space.
-max_instances = 2
+max_instances = 6
 [upstreams.up]
 targets = ["127.0.0.1:$UP"]
-[[routes]]
-name = "bench"
-upstream = "up"
 EOF
+HEADERS=()
+if [ -n "$ROUTE" ]; then
+  spec=$(python3 bench/run.py --route-config "$ROUTE")
+  sed -i "/^watch = false/a plugins_dir = \"$PWD/target/wasm32-wasip2/release\"" "$OUT/gateway.toml"
+  python3 -c 'import json,sys; print(json.loads(sys.argv[1])["toml"])' "$spec" >>"$OUT/gateway.toml"
+  while IFS= read -r h; do [ -n "$h" ] && HEADERS+=(-H "$h"); done \
+    < <(python3 -c 'import json,sys; print("\n".join(json.loads(sys.argv[1])["headers"]))' "$spec")
+else
+  printf '[[routes]]\nname = "bench"\nupstream = "up"\n' >>"$OUT/gateway.toml"
+fi
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
 "$REL/bench-upstream" "127.0.0.1:$UP" & pids+=($!)
-WEIR_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out.%p" \
+WEIR_WASM_PROFILER=perfmap WEIR_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out.%p" \
   "$REL/weir" run --workers 1 --config "$OUT/gateway.toml" 2>"$OUT/valgrind.log" & pids+=($!)
 VG=$!
 for _ in $(seq 1 600); do
-  curl -fs "http://127.0.0.1:$GW/bench" >/dev/null 2>&1 && break
+  curl -fs "${HEADERS[@]}" "http://127.0.0.1:$GW/bench" >/dev/null 2>&1 && break
   sleep 0.1
 done
 # Warm: connections to the upstream, allocator arenas, lazily built state.
-h2load --h1 -n 2000 -c "$C" "http://127.0.0.1:$GW/bench" >/dev/null
+h2load --h1 -n 2000 -c "$C" "${HEADERS[@]}" "http://127.0.0.1:$GW/bench" >/dev/null
 callgrind_control -i on "$VG" >/dev/null
-h2load --h1 -n "$N" -c "$C" "http://127.0.0.1:$GW/bench" | grep -E "^requests:|^status codes:"
+h2load --h1 -n "$N" -c "$C" "${HEADERS[@]}" "http://127.0.0.1:$GW/bench" | grep -E "^requests:|^status codes:"
 callgrind_control -d "$VG" >/dev/null 2>&1
 callgrind_control -i off "$VG" >/dev/null 2>&1
 sleep 1

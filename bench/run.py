@@ -326,6 +326,26 @@ def start_idp(tmp):
     return proc
 
 
+# The routes `bench/callgrind.sh --route NAME` counts: a built-in plugin
+# alone, or the mission chain (no outbound calls: callgrind runs one process).
+CALLGRIND_ROUTES = {
+    "auth-hs256": (["auth_hs"], ["auth"], "hs"),
+    "auth-es256": (["auth_es"], ["auth"], "es"),
+    "rate-limit": (["limit"], ["limit"], None),
+    "anomaly": (["anomaly"], ["anomaly"], None),
+    "transform": (["shape"], ["shape"], None),
+    "mission": (["auth_es", "limit", "anomaly", "shape"], ["auth", "limit", "anomaly", "shape"], "es"),
+}
+
+
+def route_config(name):
+    """A `CALLGRIND_ROUTES` route as JSON: its TOML (plugins and the bench
+    route on upstream `up`) and the request headers it needs."""
+    p, h = builtin_plugins()
+    sections, names, token = CALLGRIND_ROUTES[name]
+    return json.dumps({"toml": plugin_route([p[s] for s in sections], names), "headers": h[token] if token else []})
+
+
 def builtin_targets(tmp, up):
     """weir with each built-in plugin alone, and with the mission chain
     auth (ES256, verified-token cache) → rate limit → anomaly → transform."""
@@ -1032,7 +1052,12 @@ def main():
                     help="count the plugins' host calls per request (adds a hook to every host call: CPU figures are then not comparable)")
     ap.add_argument("--storm-period-ms", type=int, default=100,
                     help="reload storm: time between rewrites (the watcher's debounce is 100 ms)")
+    ap.add_argument("--route-config", choices=sorted(CALLGRIND_ROUTES),
+                    help="print a built-in plugin route's config as JSON and exit (for bench/callgrind.sh)")
     args = ap.parse_args()
+    if args.route_config:
+        print(route_config(args.route_config))
+        return
     global COUNT_HOST_CALLS
     COUNT_HOST_CALLS = args.host_calls
     if args.smoke:
