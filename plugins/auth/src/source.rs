@@ -165,9 +165,7 @@ impl Source {
             return Ok(());
         }
         match self {
-            Source::Header(name) => {
-                req.headers_mut().remove(name);
-            }
+            Source::Header(name) => req.remove_header(name)?,
             Source::Query(name) => {
                 let kept: Vec<&str> = req
                     .query()
@@ -192,10 +190,9 @@ impl Source {
                         (!kept.is_empty()).then(|| HeaderValue::from_bytes(&kept.join(&b"; "[..])).ok()).flatten()
                     })
                     .collect();
-                let headers = req.headers_mut();
-                headers.remove(http::header::COOKIE);
+                req.remove_header(http::header::COOKIE)?;
                 for c in cookies {
-                    headers.append(http::header::COOKIE, c);
+                    req.append_header(http::header::COOKIE, c.as_bytes())?;
                 }
             }
         }
