@@ -201,9 +201,11 @@ impl Upstream {
         let mut on_stop = stopped.clone();
         tokio::spawn(async move {
             loop {
+                // `biased`, stop first: after `kill` nothing more is accepted.
                 let (stream, _) = tokio::select! {
-                    a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                    biased;
                     _ = on_stop.changed() => break,
+                    a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
                 };
                 conns.fetch_add(1, Ordering::SeqCst);
                 let (name, hits, checks, delay) = (name.clone(), hits.clone(), checks.clone(), delay.clone());
@@ -226,9 +228,13 @@ impl Upstream {
                             Err(_) => return,
                         },
                     };
+                    // `biased`, stop first: a request that reaches a kept-alive
+                    // connection after `kill` finds it closed, never answered
+                    // (an unbiased select picked either at random).
                     tokio::select! {
-                        _ = conn => {}
+                        biased;
                         _ = on_stop.changed() => {}
+                        _ = conn => {}
                     }
                 });
             }
