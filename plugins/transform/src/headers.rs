@@ -125,10 +125,9 @@ impl HeaderPlan {
     }
 
     pub(crate) fn apply(&self, head: &mut impl Head, values: Rendered) -> Result<()> {
+        // Removing an absent header is a no-op: no read first.
         for n in &self.remove {
-            if head.has(n) {
-                head.remove(n)?;
-            }
+            head.remove(n)?;
         }
         for (from, to) in &self.rename {
             let moved = head.values(from);
