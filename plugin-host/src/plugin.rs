@@ -8,6 +8,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use http::{HeaderName, HeaderValue};
+
 use wasmtime::Store;
 use wasmtime::component::InstancePre;
 use weir_config::{CrashLoopConfig, FailurePolicy, Isolation, PluginLimits};
@@ -31,6 +33,9 @@ use crate::store::{PeakLimits, describe_trap, is_deadline, new_store};
 pub struct RequestSlot {
     instance: Option<Instance>,
     locals: Locals,
+    /// Headers for the response, added from the request's phases
+    /// (`add-response-header`, contract `0.2.6`).
+    response_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl RequestSlot {
@@ -39,7 +44,19 @@ impl RequestSlot {
     /// calls set stays with them. No instance (an `isolation = "request"`
     /// plugin gets a fresh one for the stream).
     pub fn fork(&self) -> RequestSlot {
-        RequestSlot { instance: None, locals: self.locals.clone() }
+        RequestSlot { instance: None, locals: self.locals.clone(), response_headers: Vec::new() }
+    }
+
+    /// Whether the plugin added headers for the response.
+    pub fn adds_response_headers(&self) -> bool {
+        !self.response_headers.is_empty()
+    }
+
+    /// The headers the plugin added for the response (`add-response-header`),
+    /// in the order it added them; taken once, at its place in the
+    /// response phases.
+    pub fn take_response_headers(&mut self) -> Vec<(HeaderName, HeaderValue)> {
+        std::mem::take(&mut self.response_headers)
     }
 }
 
@@ -414,7 +431,8 @@ impl LoadedPlugin {
         data.locals = std::mem::take(&mut held.locals);
         let rep = data.next_rep;
         data.next_rep = data.next_rep.wrapping_add(2);
-        data.lent = heads.take().map(|heads| heads::Lent { heads, rep });
+        let response_headers_held = held.response_headers.len();
+        data.lent = heads.take().map(|heads| heads::Lent { heads, rep, response_headers_held });
         data.outbound_calls = 0;
         // The epoch deadline stops guest code; this timeout also bounds time
         // spent awaiting host I/O (state and outbound calls), which epochs
@@ -545,7 +563,12 @@ impl LoadedPlugin {
         let answer = self.run(call, heads, held).await;
         let commit = answer.as_ref().is_ok_and(commits);
         if let Some(h) = heads.as_mut() {
-            if commit { h.commit() } else { h.discard() }
+            if commit {
+                h.commit();
+                held.response_headers.append(&mut h.request.response_headers);
+            } else {
+                h.discard();
+            }
         }
         answer
     }

@@ -354,6 +354,42 @@ impl Request {
         Ok(())
     }
 
+    /// Add a value to header `name` of the response this request will get
+    /// from its upstream (or the route's cache), after any it has, without
+    /// asking for the response phase (contract `0.2.6`). Use it for headers
+    /// decided now that only the response carries: rate-limit quotas, a
+    /// decision's id, CORS. The gateway adds it where this plugin's
+    /// `on_response` would run (before it, if the plugin has one); a
+    /// response a plugin makes itself ([`Reply`](crate::Reply)) does not get
+    /// it. Checked now like [`Request::append_header`], and kept only if
+    /// the phase continues; at most 64 per plugin and request; allowed in
+    /// `on_request` and `on_request_body`.
+    ///
+    /// ```
+    /// # use weir_plugin_sdk::prelude::*;
+    /// # struct Quota;
+    /// # impl Plugin for Quota {
+    /// #     fn new(_: &Config) -> Result<Self> { Ok(Quota) }
+    /// // No response phase needed.
+    /// fn phases(&self) -> Phases {
+    ///     Phases::REQUEST_HEADERS
+    /// }
+    ///
+    /// fn on_request(&self, req: &mut Request, _cx: &Context) -> Result<Action> {
+    ///     req.add_response_header("x-quota-left", "41")?;
+    ///     Ok(Action::Continue)
+    /// }
+    /// # }
+    /// # let h = weir_plugin_sdk::testing::Harness::<Quota>::new(serde_json::json!({})).unwrap();
+    /// # h.on_request(http::Request::new(())).unwrap_continue();
+    /// # let resp = h.on_response(&http::Request::new(()), http::Response::new(())).unwrap_continue();
+    /// # assert_eq!(resp.headers()["x-quota-left"], "41");
+    /// ```
+    pub fn add_response_header(&mut self, name: impl AsRef<str>, value: impl AsRef<[u8]>) -> Result<()> {
+        let (name, value) = (name.as_ref(), value.as_ref());
+        self.handle.add_response_header(name, value).map_err(|e| refused(&format!("response header {name}"), e))
+    }
+
     /// The client's socket address.
     pub fn client_addr(&self) -> Option<SocketAddr> {
         *self.client_addr.get_or_init(|| self.handle.client_addr().parse().ok())

@@ -149,6 +149,9 @@ mod wasm {
         pub(crate) fn append_header(&mut self, name: &str, value: &[u8]) -> Result<(), EditError> {
             edit(self.0.append_header(name, value))
         }
+        pub(crate) fn add_response_header(&mut self, name: &str, value: &[u8]) -> Result<(), EditError> {
+            edit(self.0.add_response_header(name, value))
+        }
         pub(crate) fn remove_header(&mut self, name: &str) -> Result<(), EditError> {
             edit(self.0.remove_header(name))
         }

@@ -40,7 +40,7 @@ use std::rc::Rc;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use crate::bindings::weir::plugin::types::{Action as WitAction, BodyAction as WitBodyAction, Reply as WitReply};
-use crate::host::native::{LocalRequest, LocalResponse, new_request};
+use crate::host::native::{LocalRequest, LocalResponse, new_request, take_response_headers};
 use crate::host::{RequestHandle, ResponseHandle};
 use crate::{__private, Phases, Plugin};
 
@@ -161,7 +161,12 @@ impl<P: Plugin> Harness<P> {
     /// edits are not kept: see [`Harness::on_request_body_mut`].
     pub fn on_request_body(&self, req: &http::Request<()>, body: &[u8]) -> Outcome<Vec<u8>> {
         let local = self.lend(req, true);
-        body_outcome(__private::on_request_body::<P>(self.plugin.get(), RequestHandle(local), body.to_vec()), body)
+        let action = __private::on_request_body::<P>(self.plugin.get(), RequestHandle(local.clone()), body.to_vec());
+        if matches!(action, WitBodyAction::Continue(_)) {
+            // Keeps the response headers it added.
+            local.borrow_mut().commit();
+        }
+        body_outcome(action, body)
     }
 
     /// Run `on-request-body` and, when it continues, apply its head edits
@@ -226,8 +231,17 @@ impl<P: Plugin> Harness<P> {
         Ok(out)
     }
 
-    /// Run `on-response` for `req` and `resp`.
+    /// Run `on-response` for `req` and `resp`, as the gateway would: first
+    /// the headers the request's phases added for the response
+    /// ([`Request::add_response_header`](crate::Request::add_response_header)),
+    /// then the plugin's `on_response` if it asked for the phase.
     pub fn on_response(&self, req: &http::Request<()>, mut resp: http::Response<()>) -> Outcome<http::Response<()>> {
+        for (name, value) in take_response_headers() {
+            resp.headers_mut().append(name, value);
+        }
+        if !self.phases.contains(Phases::RESPONSE_HEADERS) {
+            return Outcome::Continue(resp);
+        }
         let local = LocalResponse::lend(&resp, true);
         let handles = (RequestHandle(self.lend(req, false)), ResponseHandle(local.clone()));
         match __private::on_response::<P>(self.plugin.get(), handles.0, handles.1) {

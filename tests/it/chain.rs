@@ -56,6 +56,48 @@ async fn short_circuit_skips_upstream_and_the_rest_of_the_chain() {
     assert_eq!(r.seen("x-count").as_deref(), Some("1"));
 }
 
+/// Values of `name` the client got, in order.
+fn all(r: &weir_tests::Reply, name: &str) -> Vec<String> {
+    r.headers.get_all(name).iter().map(|v| v.to_str().expect("text").to_owned()).collect()
+}
+
+/// `add_response_header` (contract 0.2.6): a header decided in `on_request`
+/// reaches the client on the upstream's response, added at its plugin's
+/// place in the response phases (reverse chain order), whether or not the
+/// plugin takes that phase; a phase that traps drops it with its other
+/// edits, and a response a plugin makes does not get it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_added_for_the_response_from_the_request_phase() {
+    let up = Upstream::start("up").await;
+    let cfg = format!(
+        "{}{}failure = \"open\"\n{}{}",
+        probe("first", "add_response = \"first\", request_only = true"),
+        probe("middle", "tag = \"middle\", add_response = \"middle\", trap = true"),
+        probe("gate", "respond_status = 418, request_only = true"),
+        route(&["first", "middle", "gate"], &up.addr.to_string())
+    );
+    let gw = TestGateway::start(&cfg, &["probe.wasm"]).await;
+
+    let r = gw.get("/").await;
+    assert_eq!(r.status, 200);
+    // `middle` adds its header before its own `on_response` runs, `first`
+    // (no response phase) after it.
+    assert_eq!(all(&r, "x-added"), ["middle", "first"]);
+    assert_eq!(r.header("x-chain-resp"), Some("middle"));
+    assert_eq!(r.seen("x-added"), None, "a response header, not sent upstream");
+
+    // `middle` traps after adding (failure = "open": the request goes on):
+    // what it added is dropped, `first`'s stays.
+    let r = gw.request(Method::GET, "/", &[("x-probe-trap", "1")], "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(all(&r, "x-added"), ["first"]);
+
+    // `gate` answers itself: its response gets nothing added.
+    let r = gw.request(Method::GET, "/", &[("x-probe-respond", "1")], "").await;
+    assert_eq!(r.status, 418);
+    assert!(all(&r, "x-added").is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_and_response_edits() {
     let up = Upstream::start("up").await;

@@ -194,6 +194,29 @@ impl<'a> Chain<'a> {
         }
     }
 
+    /// The headers plugin `i` added for the response from the request's
+    /// phases (`add-response-header`), at its place in the response phase.
+    fn add_response_headers(&mut self, i: usize, heads: &mut Option<Heads>) {
+        let slot = &mut self.held[i];
+        if slot.adds_response_headers()
+            && let Some(resp) = heads.as_mut().and_then(|h| h.response.as_mut())
+        {
+            for (name, value) in slot.take_response_headers() {
+                resp.add_header(name, value);
+            }
+        }
+    }
+
+    /// The headers the plugins added for the response, in response-phase
+    /// order, on a response no plugin's response phase sees.
+    pub(super) fn add_all_response_headers(&mut self, headers: &mut http::HeaderMap) {
+        for slot in self.held.iter_mut().rev() {
+            for (name, value) in slot.take_response_headers() {
+                headers.append(name, value);
+            }
+        }
+    }
+
     /// Whether a plugin this request runs wants `phases`.
     pub(super) fn wants(&self, phases: Phases) -> bool {
         (0..self.plugins.len()).any(|i| self.plugin_at(i).phases().intersects(phases))
@@ -254,6 +277,9 @@ impl<'a> Chain<'a> {
             let i = if phase.reversed() { len - 1 - k } else { k };
             if phase == Phase::Request {
                 self.draw(i, heads);
+            }
+            if phase == Phase::Response {
+                self.add_response_headers(i, heads);
             }
             let plugin = self.plugin_at(i);
             let whole = plugin.phases().contains(phase.wanted());

@@ -189,6 +189,7 @@ impl Exchange<'_> {
         headers::strip_hop_by_hop(&mut rparts.headers);
         rparts.version = Version::HTTP_11;
         let Some(sent) = sent else {
+            self.chain.add_all_response_headers(&mut rparts.headers);
             return Ok(Response::from_parts(rparts, rbody));
         };
         let response = Some(LentResponse::new(rparts));

@@ -113,7 +113,15 @@ pub struct LentRequest {
     pub(crate) edit: Option<Box<RequestEdit>>,
     pub(crate) editable: bool,
     pub(crate) info: Arc<RequestInfo>,
+    /// Response headers the phase being run added (`add-response-header`,
+    /// contract `0.2.6`): moved to the plugin's [`crate::RequestSlot`] when
+    /// the phase continues, dropped with its other edits when it does not.
+    pub(crate) response_headers: Vec<(HeaderName, HeaderValue)>,
 }
+
+/// Most response headers one plugin may add from a request's phases
+/// (`add-response-header`).
+pub const MAX_RESPONSE_HEADERS_ADDED: usize = 64;
 
 pub(crate) struct RequestEdit {
     pub(crate) method: Method,
@@ -268,7 +276,7 @@ impl LentRequest {
     }
 
     pub fn new(parts: http::request::Parts, info: Arc<RequestInfo>) -> Self {
-        Self { parts, edit: None, editable: true, info }
+        Self { parts, edit: None, editable: true, info, response_headers: Vec::new() }
     }
 
     /// A read-only copy of the head as it is now: what response phases see
@@ -278,7 +286,7 @@ impl LentRequest {
         parts.method = self.parts.method.clone();
         parts.uri = self.parts.uri.clone();
         parts.headers = self.parts.headers.clone();
-        Self { parts, edit: None, editable: false, info: self.info.clone() }
+        Self { parts, edit: None, editable: false, info: self.info.clone(), response_headers: Vec::new() }
     }
 
     /// Stop accepting edits (the body phases run after the head is settled).
@@ -351,6 +359,18 @@ impl LentResponse {
         self.edit.as_ref().map_or(&self.parts.headers, |e| &e.headers)
     }
 
+    /// Append a header a plugin added from the request's phases
+    /// (`add-response-header`, already checked) at that plugin's place in
+    /// the response phases. Not an edit of the phase being run: the head as
+    /// the chain left it gets it, and the response's limits do not apply
+    /// (at most [`MAX_RESPONSE_HEADERS_ADDED`] per plugin).
+    pub fn add_header(&mut self, name: HeaderName, value: HeaderValue) {
+        match &mut self.edit {
+            Some(e) => e.headers.append(name, value),
+            None => self.parts.headers.append(name, value),
+        };
+    }
+
     pub(crate) fn edit(&mut self) -> Result<&mut ResponseEdit, EditError> {
         if !self.editable {
             return Err(EditError::ReadOnly);
@@ -382,6 +402,7 @@ impl Heads {
     /// The edits of a phase that failed or answered are dropped.
     pub fn discard(&mut self) {
         self.request.edit = None;
+        self.request.response_headers.clear();
         if let Some(r) = &mut self.response {
             r.edit = None;
         }
@@ -392,6 +413,9 @@ impl Heads {
 /// The heads lent to one instance for one call, and the handles naming them.
 pub(crate) struct Lent {
     pub(crate) heads: Heads,
+    /// Response headers the plugin added in this request's earlier phases
+    /// (they count towards [`MAX_RESPONSE_HEADERS_ADDED`]).
+    pub(crate) response_headers_held: usize,
     /// The `rep` of this call's request handle; the response's is `+ 1`.
     /// Each call uses new ones, so a handle kept from an earlier call is
     /// recognised and refused.
@@ -468,6 +492,28 @@ pub(crate) fn append_header(
     let value = header_value(&name, value)?;
     room(headers, arrived)?;
     headers.append(name, value);
+    Ok(())
+}
+
+/// Stage a header for the response to `req` (`add-response-header`): checked
+/// as an edit now, kept if the phase continues.
+pub(crate) fn add_response_header(
+    req: &mut LentRequest,
+    held: usize,
+    name: &str,
+    value: &[u8],
+) -> Result<(), EditError> {
+    if !req.editable {
+        return Err(EditError::ReadOnly);
+    }
+    let name = header_name(name)?;
+    let value = header_value(&name, value)?;
+    if held + req.response_headers.len() >= MAX_RESPONSE_HEADERS_ADDED {
+        return Err(EditError::TooLarge(format!(
+            "at most {MAX_RESPONSE_HEADERS_ADDED} response headers added per plugin and request"
+        )));
+    }
+    req.response_headers.push((name, value));
     Ok(())
 }
 

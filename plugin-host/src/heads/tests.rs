@@ -120,3 +120,39 @@ fn addresses_are_written_as_display_writes_them() {
         assert_eq!(super::addr_text(&addr), text);
     }
 }
+
+#[test]
+fn response_headers_added_from_the_request_are_checked_and_staged() {
+    let mut heads =
+        Heads { request: request(&[]), response: None, chain: Default::default(), outbound: Default::default() };
+    let r = &mut heads.request;
+    add_response_header(r, 0, "x-quota", b"41").expect("valid");
+    assert!(matches!(add_response_header(r, 0, "content-length", b"1"), Err(EditError::Reserved(_))));
+    assert!(matches!(add_response_header(r, 0, "bad name", b"1"), Err(EditError::Invalid(_))));
+    assert!(matches!(add_response_header(r, 0, "x-a", b"a\nb"), Err(EditError::Invalid(_))));
+    assert!(r.parts.headers.is_empty() && r.edit.is_none(), "not a request edit");
+    assert_eq!(r.response_headers.len(), 1);
+    heads.discard();
+    assert!(heads.request.response_headers.is_empty(), "a failed phase drops them");
+
+    // At most MAX_RESPONSE_HEADERS_ADDED per plugin and request, counting
+    // those its earlier phases added.
+    let r = &mut heads.request;
+    for _ in 0..MAX_RESPONSE_HEADERS_ADDED - 1 {
+        add_response_header(r, 1, "x-many", b"1").expect("room");
+    }
+    assert!(matches!(add_response_header(r, 1, "x-many", b"1"), Err(EditError::TooLarge(_))));
+
+    // Read-only heads (response phases, chunk calls) refuse.
+    let mut sent = heads.request.snapshot();
+    assert!(matches!(add_response_header(&mut sent, 0, "x-late", b"1"), Err(EditError::ReadOnly)));
+}
+
+#[test]
+fn added_response_headers_land_on_the_head_the_chain_left() {
+    let parts = http::Response::builder().header("x-up", "1").body(()).expect("response").into_parts().0;
+    let mut resp = LentResponse::new(parts);
+    resp.add_header(HeaderName::from_static("x-quota"), HeaderValue::from_static("41"));
+    assert_eq!(resp.parts.headers["x-quota"], "41");
+    assert_eq!(resp.parts.headers["x-up"], "1");
+}

@@ -9,7 +9,10 @@ use wasmtime::component::Resource;
 use super::StoreData;
 use crate::bindings::types::{self, EditError, Header};
 use crate::bindings::{RequestRes, ResponseRes};
-use crate::heads::{LentRequest, LentResponse, append_header, remove_header, set_header, set_headers, to_list, values};
+use crate::heads::{
+    LentRequest, LentResponse, add_response_header, append_header, remove_header, set_header, set_headers, to_list,
+    values,
+};
 
 /// A handle must name this call's head; anything else is a guest bug.
 fn stale(what: &str) -> wasmtime::Error {
@@ -100,6 +103,17 @@ impl types::HostRequest for StoreData {
             req.edit()?.uri = Uri::from(parsed);
             Ok(())
         })())
+    }
+
+    fn add_response_header(
+        &mut self,
+        h: Resource<RequestRes>,
+        name: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), EditError>> {
+        let held = self.lent.as_ref().map_or(0, |l| l.response_headers_held);
+        let req = self.lent_request(&h)?;
+        Ok(add_response_header(req, held, &name, &value))
     }
 
     fn set_header(

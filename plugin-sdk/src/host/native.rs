@@ -50,7 +50,13 @@ pub(crate) struct LocalRequest {
     route: String,
     params: Vec<(String, String)>,
     tls: Option<crate::Tls>,
+    /// Response headers added in this phase (`add-response-header`).
+    response_headers: Vec<(HeaderName, HeaderValue)>,
 }
+
+/// Most response headers a plugin may add per request (the gateway's
+/// `MAX_RESPONSE_HEADERS_ADDED`).
+const MAX_RESPONSE_HEADERS_ADDED: usize = 64;
 
 /// Who sent a request the harness lends: client address, route, path
 /// parameters, TLS.
@@ -78,6 +84,7 @@ impl LocalRequest {
             route,
             params,
             tls,
+            response_headers: Vec::new(),
         }))
     }
 
@@ -97,6 +104,8 @@ impl LocalRequest {
         if let Some(e) = self.edit.take() {
             self.head = e;
         }
+        let added = std::mem::take(&mut self.response_headers);
+        with(|h| h.response_headers.extend(added));
         self.head.clone()
     }
 }
@@ -239,6 +248,9 @@ struct TestHost {
     pinned_ms: Option<u64>,
     state_unavailable: bool,
     locals: Vec<(String, Vec<u8>)>,
+    /// Response headers the request's phases added (`add-response-header`),
+    /// applied by the harness's `on_response`.
+    pub(crate) response_headers: Vec<(HeaderName, HeaderValue)>,
     /// Stubbed outbound answers: upstream, path, answer.
     stubs: Vec<(String, String, Result<crate::outbound::RawAnswer, crate::OutboundError>)>,
     /// Outbound calls made, in order.
@@ -260,8 +272,14 @@ thread_local! {
 pub(crate) fn new_request() {
     with(|h| {
         h.locals.clear();
+        h.response_headers.clear();
         h.chain = h.seeded.clone();
     });
+}
+
+/// The response headers the request's phases added, taken once.
+pub(crate) fn take_response_headers() -> Vec<(HeaderName, HeaderValue)> {
+    with(|h| std::mem::take(&mut h.response_headers))
 }
 
 /// The plugin's instance name, its `chain-data` namespace (default
@@ -435,6 +453,22 @@ pub(crate) mod host {
         }
         pub(crate) fn remove_header(&mut self, name: &str) -> Result<(), EditError> {
             remove_in(&mut self.0.borrow_mut().edit()?.headers, name)
+        }
+        pub(crate) fn add_response_header(&mut self, name: &str, value: &[u8]) -> Result<(), EditError> {
+            let mut r = self.0.borrow_mut();
+            if !r.editable {
+                return Err(EditError::ReadOnly);
+            }
+            let n = name_of(name)?;
+            let v = value_of(&n, value)?;
+            let held = with(|h| h.response_headers.len());
+            if held + r.response_headers.len() >= MAX_RESPONSE_HEADERS_ADDED {
+                return Err(EditError::TooLarge(format!(
+                    "at most {MAX_RESPONSE_HEADERS_ADDED} response headers added per plugin and request"
+                )));
+            }
+            r.response_headers.push((n, v));
+            Ok(())
         }
         pub(crate) fn set_headers(&mut self, list: Vec<(String, Vec<u8>)>) -> Result<(), EditError> {
             let mut r = self.0.borrow_mut();

@@ -41,7 +41,15 @@ pub(crate) fn short_hash(bytes: &[u8]) -> String {
 fn push_ip(out: &mut String, ip: Option<IpAddr>, ipv6_prefix: u8) {
     match ip.map(|ip| ip.to_canonical()) {
         Some(IpAddr::V4(v4)) => {
-            let _ = write!(out, "i:{v4}");
+            // As `Display` writes it, without `core::fmt` (per request).
+            out.push_str("i:");
+            let mut n = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(n.format(octet));
+            }
         }
         Some(IpAddr::V6(v6)) => {
             let bits = u32::from(ipv6_prefix.min(128));
@@ -107,7 +115,8 @@ pub(crate) fn key_prefix(limit: &str, window_secs: u64) -> String {
 pub(crate) fn state_key(prefix: &str, index: u64, subject: &str) -> String {
     let mut key = String::with_capacity(prefix.len() + 21 + subject.len());
     key.push_str(prefix);
-    let _ = write!(key, "{index}:");
+    key.push_str(itoa::Buffer::new().format(index));
+    key.push(':');
     key.push_str(subject);
     key
 }

@@ -48,8 +48,6 @@ use crate::config::{Algorithm, LimitSpec, OnStateError, Settings, Spec};
 use crate::key::Subject;
 use crate::window::{Counts, Position, Window, ceil_secs};
 
-/// Request-local key carrying the headers from `on_request` to `on_response`.
-const LOCAL_HEADERS: &str = "ratelimit";
 /// Extra TTL on counters, for clock skew between gateway nodes.
 const SKEW_SLACK_MS: u64 = 1_000;
 /// A finished window's count is not cached during the first this-many ms of
@@ -141,6 +139,20 @@ struct Refusal<'a> {
 #[derive(Serialize)]
 struct Failure<'a> {
     error: &'a str,
+}
+
+/// The `RateLimit` item `"name";r=REMAINING;t=RESET` (per request: no
+/// `format!`).
+fn current_item(name: &str, remaining: u64, reset: u64) -> String {
+    let mut n = itoa::Buffer::new();
+    let mut out = String::with_capacity(name.len() + 48);
+    out.push('"');
+    out.push_str(name);
+    out.push_str("\";r=");
+    out.push_str(n.format(remaining));
+    out.push_str(";t=");
+    out.push_str(n.format(reset));
+    out
 }
 
 fn non_negative(n: i64) -> u64 {
@@ -252,7 +264,7 @@ impl RateLimit {
         let (name, remaining, reset) = closest?;
         Some(Verdict {
             applied,
-            current: format!("\"{name}\";r={remaining};t={reset}"),
+            current: current_item(name, remaining, reset),
             closest: name,
             retry_after: ceil_secs(wait_max),
         })
@@ -260,13 +272,16 @@ impl RateLimit {
 
     /// Let the request through (keeping the headers for `on_response`) or
     /// refuse it with `429`, as `allowed` says.
-    fn finish(&self, cx: &Context, allowed: bool, standings: &[Standing]) -> Result<Action> {
+    fn finish(&self, req: &mut Request, cx: &Context, allowed: bool, standings: &[Standing]) -> Result<Action> {
         if allowed {
             cx.counter_add("allowed", 1);
             if self.headers
                 && let Some(v) = self.verdict(standings)
             {
-                cx.set_local(LOCAL_HEADERS, format!("{:x}\n{}", v.applied, v.current));
+                // For the response, without taking its phase (contract
+                // 0.2.6). Appended: an upstream's own policies stay listed.
+                req.add_response_header(RATELIMIT_POLICY.as_str(), self.policy(v.applied)?.as_bytes())?;
+                req.add_response_header(RATELIMIT.as_str(), &v.current)?;
             }
             return Ok(Action::Continue);
         }
@@ -287,7 +302,7 @@ impl RateLimit {
 
     /// GCRA: one `throttle` per limit, in order, stopping at the first
     /// refusal, whose earlier limits get their request back.
-    fn gcra(&self, cx: &Context, subjects: Vec<(usize, String)>) -> Result<Action> {
+    fn gcra(&self, req: &mut Request, cx: &Context, subjects: Vec<(usize, String)>) -> Result<Action> {
         let state = cx.state();
         let mut counted: Vec<(usize, String)> = Vec::with_capacity(subjects.len());
         let mut standings = Vec::with_capacity(subjects.len());
@@ -320,7 +335,7 @@ impl RateLimit {
         if !allowed {
             self.give_back_gcra(cx, &state, &counted);
         }
-        self.finish(cx, allowed, &standings)
+        self.finish(req, cx, allowed, &standings)
     }
 
     /// Give back one request to each GCRA limit in `counted` (best effort).
@@ -381,7 +396,9 @@ impl Plugin for RateLimit {
     }
 
     fn phases(&self) -> Phases {
-        if self.headers { Phases::REQUEST_HEADERS | Phases::RESPONSE_HEADERS } else { Phases::REQUEST_HEADERS }
+        // The RateLimit headers go on the response with
+        // `add_response_header`: no response phase.
+        Phases::REQUEST_HEADERS
     }
 
     fn on_request(&self, req: &mut Request, cx: &Context) -> Result<Action> {
@@ -399,7 +416,7 @@ impl Plugin for RateLimit {
         }
 
         if self.gcra {
-            return self.gcra(cx, subjects);
+            return self.gcra(req, cx, subjects);
         }
         let now = cx.wall_now();
         let state = cx.state();
@@ -428,21 +445,7 @@ impl Plugin for RateLimit {
         if !allowed {
             self.give_back(cx, &state, &mut tallies);
         }
-        self.finish(cx, allowed, &self.standings(&tallies))
-    }
-
-    fn on_response(&self, _req: &Request, resp: &mut Response, cx: &Context) -> Result<Action> {
-        if let Some(bytes) = cx.get_local(LOCAL_HEADERS)
-            && let Ok(text) = String::from_utf8(bytes)
-            && let Some((applied, current)) = text.split_once('\n')
-            && let Ok(applied) = Applied::from_str_radix(applied, 16)
-        {
-            // Appended, not replaced: an upstream's own policies stay listed.
-            let policy = self.policy(applied)?;
-            resp.append_header(RATELIMIT_POLICY.as_str(), policy.as_bytes())?;
-            resp.append_header(RATELIMIT.as_str(), current)?;
-        }
-        Ok(Action::Continue)
+        self.finish(req, cx, allowed, &self.standings(&tallies))
     }
 }
 

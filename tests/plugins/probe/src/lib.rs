@@ -76,6 +76,16 @@ struct Settings {
     /// upstream in `x-chain-data`, comma-separated, `-` for none.
     #[serde(default)]
     read: Vec<String>,
+    /// Add `x-added: VALUE` to the response from `on_request`
+    /// (`add_response_header`, contract 0.2.6), first thing.
+    #[serde(default)]
+    add_response: Option<String>,
+    /// Ask for no response phase.
+    #[serde(default)]
+    request_only: bool,
+    /// Trap (after `add_response`) when the request carries `x-probe-trap`.
+    #[serde(default)]
+    trap: bool,
 }
 
 struct Probe {
@@ -92,7 +102,11 @@ impl Plugin for Probe {
     }
 
     fn phases(&self) -> Phases {
-        let mut p = Phases::REQUEST_HEADERS | Phases::RESPONSE_HEADERS;
+        let mut p = if self.s.request_only {
+            Phases::REQUEST_HEADERS
+        } else {
+            Phases::REQUEST_HEADERS | Phases::RESPONSE_HEADERS
+        };
         if self.s.upper_body {
             p |= Phases::REQUEST_BODY;
         }
@@ -103,6 +117,12 @@ impl Plugin for Probe {
     }
 
     fn on_request(&self, req: &mut Request, cx: &Context) -> Result<Action> {
+        if let Some(value) = &self.s.add_response {
+            req.add_response_header("x-added", value)?;
+        }
+        if self.s.trap && req.header("x-probe-trap").is_some() {
+            panic!("probe: trap requested");
+        }
         for i in 0..self.s.header_reads {
             std::hint::black_box(req.header_all(&format!("x-read-{i}")));
         }
