@@ -96,6 +96,20 @@ async fn headers_added_for_the_response_from_the_request_phase() {
     let r = gw.request(Method::GET, "/", &[("x-probe-respond", "1")], "").await;
     assert_eq!(r.status, 418);
     assert!(all(&r, "x-added").is_empty());
+
+    // Only the plugins that asked for a phase are called in it: `first` and
+    // `gate` ran `on_request` three times and nothing else, though `middle`
+    // takes the response phase (`middle`: 2 requests, 2 responses, 1 trap).
+    let metrics = gw.metrics().await;
+    for line in [
+        r#"weir_plugin_calls_total{plugin="first",outcome="ok"} 3"#,
+        r#"weir_plugin_calls_total{plugin="gate",outcome="ok"} 2"#,
+        r#"weir_plugin_calls_total{plugin="gate",outcome="respond"} 1"#,
+        r#"weir_plugin_calls_total{plugin="middle",outcome="ok"} 4"#,
+        r#"weir_plugin_calls_total{plugin="middle",outcome="trap"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -283,7 +283,10 @@ impl<'a> Chain<'a> {
             }
             let plugin = self.plugin_at(i);
             let whole = plugin.phases().contains(phase.wanted());
-            if !whole && !plugin.streams().contains(phase.streamed()) {
+            // A head phase has no streamed side (and every set contains the
+            // empty one): only the plugins that asked for it are called.
+            let streamed = phase.streamed();
+            if !whole && (streamed == StreamPhases::empty() || !plugin.streams().contains(streamed)) {
                 continue;
             }
             let t0 = now_ns();
