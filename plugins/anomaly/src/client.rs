@@ -16,7 +16,8 @@ pub(crate) struct Client {
     pub(crate) id: [u8; 16],
     /// `id` in hex: the part of state keys naming the client.
     pub(crate) hex: String,
-    /// `"ip"` or `"header"`: what identified it (the header may be missing).
+    /// `"ip"`, `"header"` or `"data"`: what identified it (the header may
+    /// be missing).
     pub(crate) source: &'static str,
     /// The IP address (IPv6: `<network>/<prefix>`) or header value, capped
     /// at 256 bytes. Only kept with `event_client = "raw"`, the one use of
@@ -90,14 +91,8 @@ impl Client {
     }
 
     /// A client from its parts, as kept in the request-local store.
-    pub(crate) fn from_parts(hex: &str, source: &str, raw: Option<&str>) -> Option<Self> {
-        let id = unhex16(hex)?;
-        let source = match source {
-            "ip" => "ip",
-            "header" => "header",
-            _ => return None,
-        };
-        Some(Self { id, hex: hex.to_owned(), source, raw: raw.map(str::to_owned) })
+    pub(crate) fn from_id(id: [u8; 16], source: &'static str, raw: Option<String>) -> Self {
+        Self { id, hex: hex(&id), source, raw }
     }
 
     fn from_hash(h: Sha256, source: &'static str, raw: Option<String>) -> Self {
@@ -168,13 +163,23 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-fn unhex16(s: &str) -> Option<[u8; 16]> {
-    if s.len() != 32 {
-        return None;
+/// What identified a client, as one byte of the request-local value; the
+/// high bit says a raw value follows.
+pub(crate) fn source_code(source: &str) -> u8 {
+    match source {
+        "ip" => 0,
+        "header" => 1,
+        _ => 2,
     }
-    let mut out = [0u8; 16];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+}
+
+/// The source a [`source_code`] names, and whether a raw value follows.
+pub(crate) fn source_of(code: u8) -> Option<(&'static str, bool)> {
+    let source = match code & 0x7f {
+        0 => "ip",
+        1 => "header",
+        2 => "data",
+        _ => return None,
+    };
+    Some((source, code & 0x80 != 0))
 }

@@ -114,40 +114,50 @@ struct Local {
 }
 
 impl Local {
-    /// `<client> <window> <windows> <mean> <var> <prev> <source>`, then
-    /// ` <raw>` only with `event_client = "raw"` (the raw value is needed
-    /// for nothing else).
-    fn encode(&self) -> String {
+    /// Fixed part: id (16), window (8), baseline windows (4), mean (8),
+    /// var (8), previous counts (8), source (1).
+    const FIXED: usize = 53;
+
+    /// Binary, not text: formatting the baseline's floats cost more than
+    /// the rest of the request phase's own code. The raw client value
+    /// follows only with `event_client = "raw"` (the one use of it).
+    fn encode(&self) -> Vec<u8> {
         let b = &self.known.baseline;
-        let mut out = format!(
-            "{} {} {} {} {} {} {}",
-            self.client.hex,
-            self.window,
-            b.windows,
-            b.mean,
-            b.var,
-            self.known.prev.pack(),
-            self.client.source,
-        );
-        if let Some(raw) = &self.client.raw {
-            out.push(' ');
-            out.push_str(raw);
-        }
+        let raw = self.client.raw.as_deref().unwrap_or("");
+        let mut out = Vec::with_capacity(Self::FIXED + raw.len());
+        out.extend_from_slice(&self.client.id);
+        out.extend_from_slice(&self.window.to_le_bytes());
+        out.extend_from_slice(&b.windows.to_le_bytes());
+        out.extend_from_slice(&b.mean.to_bits().to_le_bytes());
+        out.extend_from_slice(&b.var.to_bits().to_le_bytes());
+        out.extend_from_slice(&self.known.prev.pack().to_le_bytes());
+        out.push(client::source_code(self.client.source) | if self.client.raw.is_some() { 0x80 } else { 0 });
+        out.extend_from_slice(raw.as_bytes());
         out
     }
 
     fn decode(bytes: &[u8]) -> Option<Self> {
-        let text = std::str::from_utf8(bytes).ok()?;
-        let mut it = text.splitn(8, ' ');
-        let hex = it.next()?;
-        let window = it.next()?.parse().ok()?;
-        let windows = it.next()?.parse().ok()?;
-        let mean = it.next()?.parse().ok()?;
-        let var = it.next()?.parse().ok()?;
-        let prev = Counts::unpack(it.next()?.parse().ok()?);
-        let client = Client::from_parts(hex, it.next()?, it.next())?;
-        let baseline = Baseline { windows, mean, var };
-        Some(Self { client, window, known: Known { baseline, prev, requests: 0, recorded: true } })
+        let (fixed, raw) = bytes.split_at_checked(Self::FIXED)?;
+        let (id, rest) = fixed.split_first_chunk::<16>()?;
+        let (window, rest) = rest.split_first_chunk::<8>()?;
+        let (windows, rest) = rest.split_first_chunk::<4>()?;
+        let (mean, rest) = rest.split_first_chunk::<8>()?;
+        let (var, rest) = rest.split_first_chunk::<8>()?;
+        let (prev, rest) = rest.split_first_chunk::<8>()?;
+        let source = client::source_of(*rest.first()?)?;
+        let raw = (source.1).then(|| String::from_utf8_lossy(raw).into_owned());
+        let client = Client::from_id(*id, source.0, raw);
+        let baseline = Baseline {
+            windows: u32::from_le_bytes(*windows),
+            mean: f64::from_bits(u64::from_le_bytes(*mean)),
+            var: f64::from_bits(u64::from_le_bytes(*var)),
+        };
+        let prev = Counts::unpack(i64::from_le_bytes(*prev));
+        Some(Self {
+            client,
+            window: u64::from_le_bytes(*window),
+            known: Known { baseline, prev, requests: 0, recorded: true },
+        })
     }
 }
 

@@ -208,7 +208,7 @@ fn request_local_value_round_trips() {
     let client = identify(&raw, req());
     assert_eq!((client.source, client.raw.as_deref(), client.hex.len()), ("header", Some("key with spaces"), 32));
     let local = local_for(&client);
-    let back = Local::decode(local.encode().as_bytes()).expect("decodes");
+    let back = Local::decode(&local.encode()).expect("decodes");
     assert_eq!(
         (back.client, back.window, back.known.baseline, back.known.prev),
         (client.clone(), 42, local.known.baseline, local.known.prev)
@@ -218,9 +218,16 @@ fn request_local_value_round_trips() {
     let hashed = identify(&conf(json!({ "key": "header:x-api-key" })), req());
     assert_eq!((hashed.id, hashed.raw.as_deref()), (client.id, None), "same client, no raw value");
     let encoded = local_for(&hashed).encode();
-    assert!(!encoded.contains("key with spaces"), "{encoded}");
-    assert_eq!(Local::decode(encoded.as_bytes()).expect("decodes").client, hashed);
-    assert!(Local::decode(b"nothex 1 1 1 1 1 ip x").is_none());
+    assert!(!String::from_utf8_lossy(&encoded).contains("key with spaces"), "{encoded:?}");
+    assert_eq!(Local::decode(&encoded).expect("decodes").client, hashed);
+    assert!(Local::decode(b"too short").is_none());
+    // A client keyed by a published value round-trips too (its errors were
+    // not counted when the value was text that only knew `ip` and `header`).
+    let data = Client::from_id([7; 16], "data", None);
+    assert_eq!(Local::decode(&local_for(&data).encode()).expect("decodes").client, data);
+    let mut unknown_source = encoded.clone();
+    unknown_source[52] = 9;
+    assert!(Local::decode(&unknown_source).is_none());
 }
 
 #[test]

@@ -1,39 +1,35 @@
 //! The per-instance cache of verified tokens.
 //!
-//! Keyed by the SHA-256 of the whole token (so two tokens share an entry
-//! only if they are the same string), bounded, first-in first-out. An entry
-//! is only made for a token whose signature verified; it keeps the token's
-//! time window and the outcome of every rule that does not depend on the
-//! clock, so a hit re-checks `exp`/`nbf` and skips the signature.
+//! Keyed by a 128-bit keyed hash of the whole token (SipHash-1-3 under a
+//! random key drawn per instance, twice, with a different first byte),
+//! bounded, first-in
+//! first-out. The keys are secret to the instance, so nobody can craft a
+//! token that lands on another's entry: a collision would take about 2^64
+//! tokens sent to it. (It was SHA-256, which needs no key but cost four
+//! times the rest of a cached check: ~13,000 instructions for a 200-byte
+//! JWT, against ~1,500.) An entry is only made for a token whose signature
+//! verified; it keeps the token's time window and the outcome of every rule
+//! that does not depend on the clock, so a hit re-checks `exp`/`nbf` and
+//! skips the signature.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hash, Hasher};
-
-use sha2::{Digest, Sha256};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 
 use crate::verdict::Verdict;
 
-/// A token's identity: the SHA-256 of its bytes.
+/// A token's identity in one cache: its keyed 128-bit hash.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) struct TokenId([u8; 32]);
-
-impl TokenId {
-    pub(crate) fn of(token: &str) -> TokenId {
-        TokenId(Sha256::digest(token.as_bytes()).into())
-    }
-}
+pub(crate) struct TokenId(u64, u64);
 
 impl Hash for TokenId {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        // The digest is already uniform: its first 8 bytes are the hash.
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&self.0[..8]);
-        state.write_u64(u64::from_le_bytes(first));
+        // Already a keyed hash: its first half is the map's hash.
+        state.write_u64(self.0);
     }
 }
 
-/// A hasher that passes a [`TokenId`]'s prefix through (no random seed is
-/// needed: nobody can choose SHA-256 outputs).
+/// A hasher that passes a [`TokenId`]'s first half through (it is keyed
+/// already).
 #[derive(Default)]
 pub(crate) struct PassThrough(u64);
 
@@ -71,11 +67,24 @@ pub(crate) struct Cache {
     capacity: usize,
     map: HashMap<TokenId, Entry, BuildHasherDefault<PassThrough>>,
     order: VecDeque<TokenId>,
+    /// The random key of [`TokenId`]s.
+    key: RandomState,
 }
 
 impl Cache {
     pub(crate) fn new(capacity: usize) -> Cache {
-        Cache { capacity, map: HashMap::default(), order: VecDeque::new() }
+        Cache { capacity, map: HashMap::default(), order: VecDeque::new(), key: RandomState::new() }
+    }
+
+    /// `token`'s identity in this cache.
+    pub(crate) fn id(&self, token: &str) -> TokenId {
+        let half = |domain: u8| {
+            let mut h = self.key.build_hasher();
+            h.write_u8(domain);
+            h.write(token.as_bytes());
+            h.finish()
+        };
+        TokenId(half(0), half(1))
     }
 
     pub(crate) fn get(&self, id: &TokenId) -> Option<&Entry> {

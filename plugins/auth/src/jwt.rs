@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use weir_plugin_sdk::prelude::*;
 
 use crate::alg::Alg;
-use crate::cache::{Cache, Entry, TokenId};
+use crate::cache::{Cache, Entry};
 use crate::introspect::Introspection;
 use crate::keys::Key;
 use crate::remote::Remote;
@@ -85,7 +85,7 @@ impl Jwt {
             }
             _ => None,
         };
-        let id = TokenId::of(token);
+        let id = self.cache.borrow().id(token);
         if let Some(entry) = self.cache.borrow().get(&id)
             && entry.until_ms.is_none_or(|until| now < until)
         {

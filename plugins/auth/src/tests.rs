@@ -512,7 +512,12 @@ fn cache_is_bounded_and_can_be_disabled() {
 fn cache_evicts_first_in_first_out() {
     let mut cache = cache::Cache::new(2);
     let entry = || cache::Entry { exp_ms: None, nbf_ms: None, verdict: Verdict::Deny(Denial::Missing), until_ms: None };
-    let ids: Vec<cache::TokenId> = ["a", "b", "c"].iter().map(|t| cache::TokenId::of(t)).collect();
+    let ids: Vec<cache::TokenId> = ["a", "b", "c"].iter().map(|t| cache.id(t)).collect();
+    assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2]);
+    assert!(cache.id("a") == ids[0], "the same token, the same id");
+    // Another instance draws other keys: ids are not comparable across
+    // caches, and nobody outside can compute them.
+    assert!(cache::Cache::new(2).id("a") != ids[0]);
     cache.insert(ids[0], entry());
     cache.insert(ids[1], entry());
     cache.insert(ids[0], entry());

@@ -74,6 +74,18 @@ impl HeaderPlan {
         self.remove.is_empty() && self.rename.is_empty() && self.set.is_empty() && self.add.is_empty()
     }
 
+    /// Whether the plan only adds values: then, as its templates read the
+    /// request as it arrived, the values can go on the response from the
+    /// request phase (`add_response_header`), without the response phase.
+    pub(crate) fn only_adds(&self) -> bool {
+        !self.add.is_empty() && self.remove.is_empty() && self.rename.is_empty() && self.set.is_empty()
+    }
+
+    /// The `add` values of `values`, header by header.
+    pub(crate) fn added(&self, values: Rendered) -> impl Iterator<Item = (&HeaderName, HeaderValue)> {
+        self.add.iter().zip(values.add).flat_map(|((n, _), vs)| vs.into_iter().map(move |v| (n, v)))
+    }
+
     /// Every template, for the sources it needs.
     pub(crate) fn sources(&self) -> impl Iterator<Item = &Source> {
         self.set

@@ -66,6 +66,10 @@ struct Transform {
     /// Changeable sources that the body and response phases' templates
     /// read, kept from `on_request` so they see the request as it was.
     kept: Vec<Source>,
+    /// The response headers are only values to add (and no status is
+    /// mapped): they are rendered and go on the response from `on_request`
+    /// (`add_response_header`), and the plugin takes no response phase.
+    resp_adds_early: bool,
 }
 
 impl Plugin for Transform {
@@ -93,7 +97,9 @@ impl Plugin for Transform {
         if !self.req_body.is_empty() {
             p |= Phases::REQUEST_BODY;
         }
-        if !self.resp_headers.is_empty() || !self.status_map.is_empty() {
+        if self.resp_adds_early {
+            p |= Phases::REQUEST_HEADERS;
+        } else if !self.resp_headers.is_empty() || !self.status_map.is_empty() {
             p |= Phases::RESPONSE_HEADERS;
         }
         if !self.resp_body.is_empty() {
@@ -127,6 +133,9 @@ impl Plugin for Transform {
             None => None,
         };
         let query = self.query.apply(req.query(), &vars);
+        // Their templates read the request as it arrived, as the response
+        // phase's would (it reads the values kept here).
+        let resp_adds = self.resp_adds_early.then(|| self.rendered_response_headers(&vars, cx));
 
         if let Some(values) = headers {
             self.req_headers.apply(req, values)?;
@@ -139,6 +148,11 @@ impl Plugin for Transform {
                 None => path,
             };
             req.set_uri(&uri).map_err(|e| Error::internal(format!("rewritten uri {uri:?} is invalid: {e}")))?;
+        }
+        if let Some(values) = resp_adds {
+            for (n, v) in self.resp_headers.added(values) {
+                req.add_response_header(n.as_str(), v.as_bytes())?;
+            }
         }
         Ok(Action::Continue)
     }
@@ -175,15 +189,7 @@ impl Plugin for Transform {
         if self.resp_headers.changes(resp) {
             let kept = self.kept_values(cx);
             let vars = self.vars(req, kept.as_deref());
-            let (values, invalid) = self.resp_headers.render(&vars);
-            // The upstream answered: leave out a bad value rather than
-            // turn a client's odd input into an error response.
-            for bad in invalid {
-                cx.log(
-                    Level::Warn,
-                    &format!("response header {} left out: invalid value ({})", bad.header, bad.reason),
-                );
-            }
+            let values = self.rendered_response_headers(&vars, cx);
             self.resp_headers.apply(resp, values)?;
         }
         Ok(Action::Continue)
@@ -230,15 +236,29 @@ impl Transform {
             status_map: StatusMap::compile(&s.response.status_map)?,
             max_body: usize::try_from(max_body).unwrap_or(usize::MAX),
             kept: Vec::new(),
+            resp_adds_early: false,
         };
+        t.resp_adds_early = t.status_map.is_empty() && t.resp_headers.only_adds();
         let mut kept: Vec<Source> = Vec::new();
-        for src in t.req_body.sources().chain(t.resp_headers.sources()).chain(t.resp_body.sources()) {
+        // Early response headers are rendered in `on_request` itself.
+        let resp_header_sources = (!t.resp_adds_early).then(|| t.resp_headers.sources()).into_iter().flatten();
+        for src in t.req_body.sources().chain(resp_header_sources).chain(t.resp_body.sources()) {
             if src.is_mutable() && !kept.contains(src) {
                 kept.push(src.clone());
             }
         }
         t.kept = kept;
         Ok(t)
+    }
+
+    /// The response headers' values. A bad one is left out and logged, not
+    /// turned into an error response: the upstream answers all the same.
+    fn rendered_response_headers(&self, vars: &Vars<'_>, cx: &Context) -> headers::Rendered {
+        let (values, invalid) = self.resp_headers.render(vars);
+        for bad in invalid {
+            cx.log(Level::Warn, &format!("response header {} left out: invalid value ({})", bad.header, bad.reason));
+        }
+        values
     }
 
     /// Keep the changeable values later phases' templates need.

@@ -46,7 +46,16 @@ fn asks_only_for_the_phases_the_config_needs() {
         (json!({ "request": { "path": { "strip_prefix": "/api" } } }), Phases::REQUEST_HEADERS),
         (json!({ "request": { "query": { "remove": ["a"] } } }), Phases::REQUEST_HEADERS),
         (json!({ "request": { "body": { "remove": ["/a"] } } }), Phases::REQUEST_BODY),
-        (json!({ "response": { "headers": { "add": { "x-a": "1" } } } }), Phases::RESPONSE_HEADERS),
+        // Values only added to the response go on it from on_request
+        // (add_response_header): no response phase ...
+        (json!({ "response": { "headers": { "add": { "x-a": "1" } } } }), Phases::REQUEST_HEADERS),
+        (json!({ "response": { "headers": { "add": { "x-a": "{header.x-user}" } } } }), Phases::REQUEST_HEADERS),
+        // ... other response header edits need it.
+        (json!({ "response": { "headers": { "set": { "x-a": "1" } } } }), Phases::RESPONSE_HEADERS),
+        (
+            json!({ "response": { "headers": { "add": { "x-a": "1" } }, "status_map": { "404": 200 } } }),
+            Phases::RESPONSE_HEADERS,
+        ),
         (json!({ "response": { "status_map": { "404": 200 } } }), Phases::RESPONSE_HEADERS),
         (json!({ "response": { "body": { "remove": ["/a"] } } }), Phases::RESPONSE_BODY),
         // Templates of later phases that read values a plugin can change
