@@ -35,7 +35,9 @@ mod client;
 mod config;
 mod signals;
 
-use client::{Client, path_hash};
+use client::Client;
+#[cfg(test)]
+use client::path_hash;
 use config::{ActionConf, ClientKey, Conf, EventClient, Settings};
 use signals::{Baseline, Counts, ONE_ERROR, ONE_PATH, ONE_REQUEST, Record, SATURATION, Signals, score};
 
@@ -170,6 +172,8 @@ struct Throttled {
 struct Anomaly {
     conf: Conf,
     cache: RefCell<Cache>,
+    /// Client ids and path hashes already worked out.
+    memo: RefCell<client::Memo>,
     last_warning_ms: Cell<Option<u64>>,
 }
 
@@ -179,7 +183,12 @@ impl Plugin for Anomaly {
     }
 
     fn new(config: &Config) -> Result<Self> {
-        Ok(Self { conf: config::load(config)?, cache: RefCell::default(), last_warning_ms: Cell::new(None) })
+        Ok(Self {
+            conf: config::load(config)?,
+            cache: RefCell::default(),
+            memo: RefCell::default(),
+            last_warning_ms: Cell::new(None),
+        })
     }
 
     /// Responses are only needed to count errors.
@@ -193,7 +202,7 @@ impl Plugin for Anomaly {
         if !req.header_all(self.conf.flag_header.as_str()).is_empty() {
             req.remove_header(self.conf.flag_header.as_str())?;
         }
-        let client = Client::identify_in(&self.conf, req, cx);
+        let client = self.memo.borrow_mut().client(client::Identity::of(&self.conf, req, cx));
         let now = cx.wall_now();
         match self.judge(req, cx, &client, now) {
             Ok(action) => Ok(action),
@@ -246,7 +255,7 @@ impl Anomaly {
         let window = now / self.conf.window_ms;
         let known = self.known(cx, client, window)?;
 
-        let path = path_hash(req.path(), self.conf.path_segments);
+        let path = self.memo.borrow_mut().path(req.path(), self.conf.path_segments);
         let seen = self.cache.borrow().paths.contains(&(client.id, path));
         let new_path = !seen && {
             let marks = state.incr(&client.path_key(window, path), 1, self.conf.window_ms)?;

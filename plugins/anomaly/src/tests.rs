@@ -271,6 +271,50 @@ fn paths_are_cut_to_their_leading_segments() {
     assert_eq!(path_hash("/a", 3), path_hash("/a", 0), "shorter paths are kept whole");
 }
 
+#[test]
+fn the_memo_gives_the_hashes_it_saves() {
+    let mut memo = client::Memo::default();
+    for (path, segments) in [("/users/1", 1), ("/users/2", 1), ("/users/1/orders", 2), ("/a", 0), ("/a", 0)] {
+        assert_eq!(memo.path(path, segments), path_hash(path, segments), "{path} {segments}");
+    }
+    // More distinct paths than it keeps: emptied, still right.
+    for i in 0..5000 {
+        let path = format!("/p/{i}");
+        assert_eq!(memo.path(&path, 0), path_hash(&path, 0));
+    }
+    // Clients: the same id, source and raw value as hashing each time,
+    // for every source, seen once and again.
+    for cfg in [json!({}), json!({ "key": "header:x-api-key", "event_client": "raw" })] {
+        let c = conf(cfg);
+        for key in ["k1", "k2", "k1"] {
+            let direct = identify(&c, get_as("/", key));
+            let memoized = memo_identify(&c, get_as("/", key), &mut memo);
+            assert_eq!(memoized, direct);
+        }
+    }
+}
+
+/// [`identify`] through a [`client::Memo`].
+fn memo_identify(conf: &Conf, req: http::Request<()>, memo: &mut client::Memo) -> Client {
+    use std::cell::RefCell as Slot;
+    thread_local!(static IDENTITY: Slot<Option<client::Identity>> = const { Slot::new(None) });
+    thread_local!(static CONF: Slot<Option<Conf>> = const { Slot::new(None) });
+    struct Grab;
+    impl Plugin for Grab {
+        fn new(_: &Config) -> Result<Self> {
+            Ok(Grab)
+        }
+        fn on_request(&self, req: &mut Request, _: &Context) -> Result<Action> {
+            let id = CONF.with(|c| c.borrow().as_ref().map(|conf| client::Identity::of_request(conf, req)));
+            IDENTITY.with(|s| *s.borrow_mut() = id);
+            Ok(Action::Continue)
+        }
+    }
+    CONF.with(|c| *c.borrow_mut() = Some(conf.clone()));
+    Harness::<Grab>::new(json!({})).expect("init").on_request(req).unwrap_continue();
+    memo.client(IDENTITY.with(|s| s.borrow_mut().take()).expect("seen"))
+}
+
 // ---- signals ----------------------------------------------------------------
 
 #[test]
