@@ -47,11 +47,6 @@ impl RequestSlot {
         RequestSlot { instance: None, locals: self.locals.clone(), response_headers: Vec::new() }
     }
 
-    /// Whether the plugin added headers for the response.
-    pub fn adds_response_headers(&self) -> bool {
-        !self.response_headers.is_empty()
-    }
-
     /// The headers the plugin added for the response (`add-response-header`),
     /// in the order it added them; taken once, at its place in the
     /// response phases.

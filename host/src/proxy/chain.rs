@@ -48,12 +48,12 @@ impl Phase {
     }
 
     /// The streamed side whose plugins also take this (buffered) body,
-    /// as one chunk.
-    fn streamed(self) -> StreamPhases {
+    /// as one chunk; a head phase has none.
+    fn streamed(self) -> Option<StreamPhases> {
         match self {
-            Phase::RequestBody => StreamPhases::REQUEST_BODY,
-            Phase::ResponseBody => StreamPhases::RESPONSE_BODY,
-            Phase::Request | Phase::Response => StreamPhases::empty(),
+            Phase::RequestBody => Some(StreamPhases::REQUEST_BODY),
+            Phase::ResponseBody => Some(StreamPhases::RESPONSE_BODY),
+            Phase::Request | Phase::Response => None,
         }
     }
 
@@ -197,13 +197,9 @@ impl<'a> Chain<'a> {
     /// The headers plugin `i` added for the response from the request's
     /// phases (`add-response-header`), at its place in the response phase.
     fn add_response_headers(&mut self, i: usize, heads: &mut Option<Heads>) {
-        let slot = &mut self.held[i];
-        if slot.adds_response_headers()
-            && let Some(resp) = heads.as_mut().and_then(|h| h.response.as_mut())
-        {
-            for (name, value) in slot.take_response_headers() {
-                resp.add_header(name, value);
-            }
+        let Some(resp) = heads.as_mut().and_then(|h| h.response.as_mut()) else { return };
+        for (name, value) in self.held[i].take_response_headers() {
+            resp.add_header(name, value);
         }
     }
 
@@ -283,10 +279,7 @@ impl<'a> Chain<'a> {
             }
             let plugin = self.plugin_at(i);
             let whole = plugin.phases().contains(phase.wanted());
-            // A head phase has no streamed side (and every set contains the
-            // empty one): only the plugins that asked for it are called.
-            let streamed = phase.streamed();
-            if !whole && (streamed == StreamPhases::empty() || !plugin.streams().contains(streamed)) {
+            if !whole && !phase.streamed().is_some_and(|side| plugin.streams().contains(side)) {
                 continue;
             }
             let t0 = now_ns();

@@ -156,12 +156,6 @@ impl Memo {
 }
 
 impl Client {
-    /// The client of `req` by [`Identity::of_request`], hashed now.
-    #[cfg(test)]
-    pub(crate) fn identify(conf: &Conf, req: &Request) -> Self {
-        Identity::of_request(conf, req).client()
-    }
-
     /// A client from its parts, as kept in the request-local store.
     pub(crate) fn from_id(id: [u8; 16], source: &'static str, raw: Option<String>) -> Self {
         Self { id, hex: hex(&id), source, raw }

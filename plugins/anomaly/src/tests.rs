@@ -240,11 +240,12 @@ fn ip_clients_keep_a_raw_value_only_for_raw_events() {
     assert_eq!(hashed.id, raw.id, "the same client either way");
 }
 
-/// `Client::identify` on the SDK's `Request` for a plain `http` request,
-/// run inside a phase (where a `Request` exists) through the harness.
-fn identify(conf: &Conf, req: http::Request<()>) -> Client {
+/// What identifies the client of a plain `http` request
+/// ([`client::Identity::of_request`] on the SDK's `Request`), run inside a
+/// phase (where a `Request` exists) through the harness.
+fn identity(conf: &Conf, req: http::Request<()>) -> client::Identity {
     use std::cell::RefCell as Slot;
-    thread_local!(static SEEN: Slot<Option<Client>> = const { Slot::new(None) });
+    thread_local!(static SEEN: Slot<Option<client::Identity>> = const { Slot::new(None) });
     thread_local!(static CONF: Slot<Option<Conf>> = const { Slot::new(None) });
     struct Grab;
     impl Plugin for Grab {
@@ -252,14 +253,19 @@ fn identify(conf: &Conf, req: http::Request<()>) -> Client {
             Ok(Grab)
         }
         fn on_request(&self, req: &mut Request, _: &Context) -> Result<Action> {
-            let client = CONF.with(|c| c.borrow().as_ref().map(|conf| Client::identify(conf, req)));
-            SEEN.with(|s| *s.borrow_mut() = client);
+            let identity = CONF.with(|c| c.borrow().as_ref().map(|conf| client::Identity::of_request(conf, req)));
+            SEEN.with(|s| *s.borrow_mut() = identity);
             Ok(Action::Continue)
         }
     }
     CONF.with(|c| *c.borrow_mut() = Some(conf.clone()));
     Harness::<Grab>::new(json!({})).expect("init").on_request(req).unwrap_continue();
     SEEN.with(|s| s.borrow_mut().take()).expect("seen")
+}
+
+/// The client of a plain `http` request, its id hashed now.
+fn identify(conf: &Conf, req: http::Request<()>) -> Client {
+    identity(conf, req).client()
 }
 
 #[test]
@@ -288,31 +294,10 @@ fn the_memo_gives_the_hashes_it_saves() {
         let c = conf(cfg);
         for key in ["k1", "k2", "k1"] {
             let direct = identify(&c, get_as("/", key));
-            let memoized = memo_identify(&c, get_as("/", key), &mut memo);
+            let memoized = memo.client(identity(&c, get_as("/", key)));
             assert_eq!(memoized, direct);
         }
     }
-}
-
-/// [`identify`] through a [`client::Memo`].
-fn memo_identify(conf: &Conf, req: http::Request<()>, memo: &mut client::Memo) -> Client {
-    use std::cell::RefCell as Slot;
-    thread_local!(static IDENTITY: Slot<Option<client::Identity>> = const { Slot::new(None) });
-    thread_local!(static CONF: Slot<Option<Conf>> = const { Slot::new(None) });
-    struct Grab;
-    impl Plugin for Grab {
-        fn new(_: &Config) -> Result<Self> {
-            Ok(Grab)
-        }
-        fn on_request(&self, req: &mut Request, _: &Context) -> Result<Action> {
-            let id = CONF.with(|c| c.borrow().as_ref().map(|conf| client::Identity::of_request(conf, req)));
-            IDENTITY.with(|s| *s.borrow_mut() = id);
-            Ok(Action::Continue)
-        }
-    }
-    CONF.with(|c| *c.borrow_mut() = Some(conf.clone()));
-    Harness::<Grab>::new(json!({})).expect("init").on_request(req).unwrap_continue();
-    memo.client(IDENTITY.with(|s| s.borrow_mut().take()).expect("seen"))
 }
 
 // ---- signals ----------------------------------------------------------------
